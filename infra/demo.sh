@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Quick start: set up everything, start a local redis-server, and run the main job (recloop demo)
+# on simulated data in RECLOOP_HOME (default ~/.recloop). Extra arguments go to `recloop demo`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash infra/setup.sh
+bash infra/redis.sh start
+exec .venv/bin/recloop demo "$@"

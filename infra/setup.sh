@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Set up recloop on a fresh machine: a virtual environment in .venv with the pinned packages
+# (requirements.lock), the recloop package itself (editable), and redis-server (Debian package,
+# installed when missing). Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+
+if ! command -v redis-server >/dev/null; then
+  echo "setup: installing redis-server (apt-get)"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv with $PY"
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.recloop-lock.sha
+want=$(cat requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: installing pinned packages (a few minutes the first time)"
+  .venv/bin/pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+  # torch first and alone: the pinned CPU build (a multi-GB CUDA build otherwise)
+  .venv/bin/pip install -q "torch==2.13.0" 2>&1 | grep -v '^WARNING: Location' || true
+  .venv/bin/pip install -q -r requirements.lock 2>&1 | grep -v '^WARNING: Location' || true
+  .venv/bin/pip install -q --no-deps -e . 2>&1 | grep -v '^WARNING: Location' || true
+  .venv/bin/python -c "import torch, airflow, feast, mlflow, great_expectations, faiss, redis, duckdb" \
+    || { echo "setup: packages failed to import" >&2; exit 1; }
+  echo "$want" > "$stamp"
+fi
+echo "setup: ready (.venv/bin/recloop, $(redis-server --version | cut -d' ' -f3))"

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The test command: set up, lint, and run the whole test suite. Tests start their own
+# redis-server (the real binary) on a free loopback port and use temporary workspaces.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash infra/setup.sh
+.venv/bin/ruff check .
+exec .venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,1 @@
+"""recloop models: PyTorch recommenders behind one interface (fit / recommend / score / save / load)."""

@@ -1,0 +1,155 @@
+"""The one model interface every recloop recommender implements.
+
+Shapes: ``U`` users, ``I`` items, ``D`` embedding dim, ``B`` batch of users, ``K`` results.
+Users and items are dense indices (``pipelines.vocab.Vocab`` maps raw ids to them); the
+interaction matrix is a ``scipy.sparse.csr_matrix`` of shape ``(U, I)`` whose values are counts
+(implicit feedback) or ratings (explicit feedback).
+
+Saving writes a folder with ``config.json`` (plain JSON: the class name and constructor arguments)
+and ``weights.safetensors``-style tensors saved by ``torch.save`` of a ``dict[str, Tensor]`` and
+loaded with ``torch.load(..., weights_only=True)``: nothing arbitrary is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.pt"
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """``cuda`` when present (unless told otherwise), else ``cpu``."""
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Recommender(ABC):
+    """fit / recommend / score / embeddings / save / load."""
+
+    #: registry name used in ``config.json`` and by ``load_model``
+    name: str = "base"
+
+    @abstractmethod
+    def fit(self, interactions: sp.csr_matrix, **kwargs: Any) -> Recommender:
+        """Train on a ``(U, I)`` interaction matrix; returns ``self``."""
+
+    @abstractmethod
+    def score(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Scores for pairs: ``users``, ``items`` int arrays of shape ``(N,)`` → float32 ``(N,)``."""
+
+    @abstractmethod
+    def score_all(self, users: np.ndarray) -> np.ndarray:
+        """Scores of every item for each user: ``(B,)`` → float32 ``(B, I)``."""
+
+    def recommend(
+        self,
+        users: np.ndarray,
+        k: int,
+        exclude: sp.csr_matrix | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` items per user, best first, excluding the nonzeros of ``exclude`` (``(U, I)``).
+
+        Returns ``(items, scores)``, each ``(B, k)``; rows with fewer than ``k`` candidates are
+        padded with item ``-1`` and score ``-inf``.
+        """
+        users = np.asarray(users, dtype=np.int64)
+        out_items = np.full((len(users), k), -1, dtype=np.int64)
+        out_scores = np.full((len(users), k), -np.inf, dtype=np.float32)
+        for start in range(0, len(users), 1024):
+            batch = users[start : start + 1024]
+            scores = self.score_all(batch).astype(np.float32, copy=True)
+            if exclude is not None:
+                sub = exclude[batch]
+                rows = np.repeat(np.arange(len(batch)), np.diff(sub.indptr))
+                scores[rows, sub.indices] = -np.inf
+            kk = min(k, scores.shape[1])
+            part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+            part_scores = np.take_along_axis(scores, part, axis=1)
+            order = np.argsort(-part_scores, axis=1, kind="stable")
+            top = np.take_along_axis(part, order, axis=1)
+            top_scores = np.take_along_axis(part_scores, order, axis=1)
+            valid = np.isfinite(top_scores)
+            out_items[start : start + len(batch), :kk] = np.where(valid, top, -1)
+            out_scores[start : start + len(batch), :kk] = top_scores
+        return out_items, out_scores
+
+    def user_embeddings(self) -> np.ndarray | None:
+        """``(U, D)`` float32 user vectors, or ``None`` for models without them."""
+        return None
+
+    def item_embeddings(self) -> np.ndarray | None:
+        """``(I, D)`` float32 item vectors (what the FAISS index is built over), or ``None``."""
+        return None
+
+    # --- persistence --------------------------------------------------------------------
+    @abstractmethod
+    def config(self) -> dict[str, Any]:
+        """JSON-serialisable constructor arguments (and shapes) that rebuild this model."""
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any], device: str | None = None) -> Recommender:
+        """Build an untrained model of the right shapes from :meth:`config`'s output."""
+        return cls(**cfg)
+
+    @abstractmethod
+    def state(self) -> dict[str, torch.Tensor]:
+        """Every learned tensor, by name."""
+
+    @abstractmethod
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore tensors produced by :meth:`state`."""
+
+    def save(self, folder: Path) -> Path:
+        """Write ``config.json`` and ``weights.pt`` into ``folder`` (atomically per file)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        cfg = {"model": self.name, **self.config()}
+        tmp = folder / (CONFIG_FILE + ".tmp")
+        tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+        os.replace(tmp, folder / CONFIG_FILE)
+        tmp = folder / (WEIGHTS_FILE + ".tmp")
+        torch.save({k: v.detach().cpu() for k, v in self.state().items()}, tmp)
+        os.replace(tmp, folder / WEIGHTS_FILE)
+        return folder
+
+
+MODEL_CLASSES: dict[str, type[Recommender]] = {}
+
+
+def register(cls: type[Recommender]) -> type[Recommender]:
+    """Class decorator: make ``cls`` loadable by ``load_model`` under ``cls.name``."""
+    MODEL_CLASSES[cls.name] = cls
+    return cls
+
+
+def load_model(folder: Path, device: str | None = None) -> Recommender:
+    """Rebuild a saved model: JSON config + ``torch.load(weights_only=True)``.
+
+    Raises ``ValueError`` naming the file when it is missing, unreadable or of an unknown model.
+    """
+    folder = Path(folder)
+    cfg_path, w_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{cfg_path}: cannot read model config ({exc})") from exc
+    name = cfg.pop("model", None)
+    if name not in MODEL_CLASSES:
+        raise ValueError(f"{cfg_path}: unknown model {name!r} (known: {sorted(MODEL_CLASSES)})")
+    try:
+        state = torch.load(w_path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable weights file is the same error
+        raise ValueError(f"{w_path}: cannot load weights ({exc})") from exc
+    model = MODEL_CLASSES[name].from_config(cfg, device=device)
+    model.load_state(state)
+    return model

@@ -1,0 +1,1 @@
+"""recloop pipelines: each stage of the daily loop as plain functions, testable without Airflow."""

@@ -1,0 +1,144 @@
+"""One typed settings object, read from ``RECLOOP_*`` environment variables.
+
+Nothing here touches the disk or the network: ``Settings.from_env()`` only reads the
+environment, and ``Settings.ensure_dirs()`` is the one place that creates the workspace.
+
+| variable                     | default                                   | meaning |
+|------------------------------|-------------------------------------------|---------|
+| ``RECLOOP_HOME``             | ``~/.recloop``                            | workspace root: everything a run writes |
+| ``RECLOOP_REDIS_URL``        | ``redis://127.0.0.1:6399/0``              | Redis online store (loopback) |
+| ``RECLOOP_MLFLOW_URI``       | ``sqlite:///$RECLOOP_HOME/mlflow/mlflow.db`` | MLflow tracking + registry URI |
+| ``RECLOOP_SCALE``            | ``demo``                                  | default simulator scale |
+| ``RECLOOP_SEED``             | ``42``                                    | default simulator seed |
+| ``RECLOOP_MAX_BAD_ROW_SHARE``| ``0.05``                                  | validation: share of bad rows that fails a partition |
+| ``RECLOOP_MIN_VOLUME_RATIO`` | ``0.2``                                   | validation: day volume / trailing-7-day mean below this fails |
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+WORKSPACE_DIRS = ("data", "quarantine", "features", "mlflow", "airflow", "artifacts", "reports")
+
+
+def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name}={raw!r} is not a number") from exc
+
+
+def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name}={raw!r} is not an integer") from exc
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All recloop settings. Build with :meth:`from_env`; paths are derived from ``home``."""
+
+    home: Path
+    redis_url: str = "redis://127.0.0.1:6399/0"
+    mlflow_uri: str = ""
+    scale: str = "demo"
+    seed: int = 42
+    max_bad_row_share: float = 0.05
+    min_volume_ratio: float = 0.2
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read the settings from ``env`` (default: ``os.environ``)."""
+        env = os.environ if env is None else env
+        home = Path(env.get("RECLOOP_HOME") or Path.home() / ".recloop").expanduser().resolve()
+        mlflow_uri = env.get("RECLOOP_MLFLOW_URI") or f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+        scale = env.get("RECLOOP_SCALE") or "demo"
+        if scale not in ("tiny", "demo", "large"):
+            raise ValueError(f"RECLOOP_SCALE={scale!r}: expected tiny, demo or large")
+        return cls(
+            home=home,
+            redis_url=env.get("RECLOOP_REDIS_URL") or cls.redis_url,
+            mlflow_uri=mlflow_uri,
+            scale=scale,
+            seed=_env_int(env, "RECLOOP_SEED", cls.seed),
+            max_bad_row_share=_env_float(env, "RECLOOP_MAX_BAD_ROW_SHARE", cls.max_bad_row_share),
+            min_volume_ratio=_env_float(env, "RECLOOP_MIN_VOLUME_RATIO", cls.min_volume_ratio),
+        )
+
+    # --- workspace layout -------------------------------------------------------------
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def interactions_dir(self) -> Path:
+        return self.data_dir / "interactions"
+
+    @property
+    def truth_dir(self) -> Path:
+        """Simulator ground truth, written apart from the logs; never read by training."""
+        return self.home / "truth"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.home / "quarantine"
+
+    @property
+    def validated_dir(self) -> Path:
+        """Rows that passed the validation gate, one partition per date."""
+        return self.data_dir / "validated"
+
+    @property
+    def features_dir(self) -> Path:
+        return self.home / "features"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.home / "mlflow"
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.home / "airflow"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.home / "artifacts"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def redis_host_port(self) -> tuple[str, int]:
+        """``(host, port)`` of ``redis_url``."""
+        parsed = urlparse(self.redis_url)
+        return parsed.hostname or "127.0.0.1", parsed.port or 6379
+
+    def ensure_dirs(self) -> None:
+        """Create the workspace folders (the only place that does)."""
+        for name in (*WORKSPACE_DIRS, "truth"):
+            (self.home / name).mkdir(parents=True, exist_ok=True)
+
+    def as_env(self) -> dict[str, str]:
+        """The ``RECLOOP_*`` variables that reproduce these settings in a child process."""
+        return {
+            "RECLOOP_HOME": str(self.home),
+            "RECLOOP_REDIS_URL": self.redis_url,
+            "RECLOOP_MLFLOW_URI": self.mlflow_uri,
+            "RECLOOP_SCALE": self.scale,
+            "RECLOOP_SEED": str(self.seed),
+            "RECLOOP_MAX_BAD_ROW_SHARE": str(self.max_bad_row_share),
+            "RECLOOP_MIN_VOLUME_RATIO": str(self.min_volume_ratio),
+        }
+

@@ -1,0 +1,1 @@
+"""recloop serving: the online multi-stage recommendation service."""

@@ -1,0 +1,88 @@
+"""Shared fixtures: a temporary workspace per test, and one real redis-server per session."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipelines.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings for a fresh workspace under ``tmp_path`` (also exported as RECLOOP_* env)."""
+    monkeypatch.setenv("RECLOOP_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("RECLOOP_MLFLOW_URI", raising=False)
+    monkeypatch.delenv("RECLOOP_REDIS_URL", raising=False)
+    s = Settings.from_env()
+    s.ensure_dirs()
+    return s
+
+
+class RedisServer:
+    """A real ``redis-server`` process on a loopback port."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError("redis-server is not installed: run `bash infra/setup.sh`")
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def redis_settings(settings: Settings, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Workspace settings pointing at the session's real redis-server, with the db flushed."""
+    import redis
+
+    monkeypatch.setenv("RECLOOP_REDIS_URL", redis_server.url)
+    redis.Redis.from_url(redis_server.url).flushall()
+    return Settings.from_env()
