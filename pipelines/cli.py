@@ -23,7 +23,9 @@ RECLOOP_SEED, RECLOOP_MAX_BAD_ROW_SHARE, RECLOOP_MIN_VOLUME_RATIO (see README.md
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="recloop", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="recloop",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

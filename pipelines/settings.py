@@ -141,4 +141,3 @@ class Settings:
             "RECLOOP_MAX_BAD_ROW_SHARE": str(self.max_bad_row_share),
             "RECLOOP_MIN_VOLUME_RATIO": str(self.min_volume_ratio),
         }
-

@@ -50,9 +50,21 @@ class RedisServer:
         if exe is None:
             raise RuntimeError("redis-server is not installed: run `bash infra/setup.sh`")
         self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.time() + 10
         while time.time() < deadline:
@@ -79,7 +91,9 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture()
-def redis_settings(settings: Settings, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> Settings:
+def redis_settings(
+    settings: Settings, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> Settings:
     """Workspace settings pointing at the session's real redis-server, with the db flushed."""
     import redis
 

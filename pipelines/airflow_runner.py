@@ -1,0 +1,141 @@
+"""Run the project's DAGs through Airflow itself, with ``AIRFLOW_HOME`` inside the workspace.
+
+``recloop run`` uses ``airflow dags test DAG DATE`` (one in-process DAG run per logical date, the
+same task code the scheduler runs) and then reads each task instance's state from Airflow's
+metadata database. ``recloop airflow`` starts ``airflow standalone`` (scheduler, DAG processor,
+triggerer, API server + UI) on loopback with the same environment.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipelines import schema
+from pipelines.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+DAGS_FOLDER = REPO / "dags"
+DAILY_DAG = "recloop_daily"
+
+
+def airflow_env(settings: Settings, api_port: int = 8080) -> dict[str, str]:
+    """The environment of every Airflow process recloop starts (metadata DB: SQLite in the workspace)."""
+    home = settings.airflow_home
+    bin_dir = str(Path(sys.executable).parent)
+    env = dict(os.environ)
+    env.update(settings.as_env())
+    env.update(
+        {
+            "PATH": bin_dir + os.pathsep + env.get("PATH", ""),
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(api_port),
+            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{api_port}",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+            "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
+        }
+    )
+    return env
+
+
+def ensure_db(settings: Settings) -> None:
+    """``airflow db migrate`` once per workspace (a stamp file records it)."""
+    settings.ensure_dirs()
+    stamp = settings.airflow_home / ".migrated"
+    if stamp.exists() and (settings.airflow_home / "airflow.db").exists():
+        return
+    proc = subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        env=airflow_env(settings),
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"airflow db migrate failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+        )
+    stamp.write_text(dt.datetime.now(dt.UTC).isoformat())
+
+
+@dataclass
+class DagRunResult:
+    """Outcome of one DAG run: its state and each task's state and try number."""
+
+    dag_id: str
+    date: dt.date
+    state: str
+    tasks: list[tuple[str, str, int]] = field(default_factory=list)
+    seconds: float = 0.0
+    log_tail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "success"
+
+    def __str__(self) -> str:
+        lines = [f"{self.dag_id} {self.date}: {self.state} in {self.seconds:.1f}s"]
+        lines += [
+            f"  {task:<24} {state or 'none':<10} try {tries}" for task, state, tries in self.tasks
+        ]
+        return "\n".join(lines)
+
+
+def _read_states(
+    settings: Settings, dag_id: str, date: dt.date
+) -> tuple[str, list[tuple[str, str, int]]]:
+    """The newest run of ``dag_id`` for logical date ``date``: (run state, [(task, state, try)])."""
+    con = sqlite3.connect(settings.airflow_home / "airflow.db")
+    try:
+        row = con.execute(
+            "SELECT run_id, state FROM dag_run WHERE dag_id = ? AND date(logical_date) = ? "
+            "ORDER BY id DESC LIMIT 1",
+            (dag_id, date.isoformat()),
+        ).fetchone()
+        if row is None:
+            return "missing", []
+        run_id, state = row
+        tasks = con.execute(
+            "SELECT task_id, state, try_number FROM task_instance WHERE dag_id = ? AND run_id = ? "
+            "ORDER BY start_date IS NULL, start_date, task_id",
+            (dag_id, run_id),
+        ).fetchall()
+        return state, [(t, s, int(n or 0)) for t, s, n in tasks]
+    finally:
+        con.close()
+
+
+def run_dag(
+    settings: Settings, date: str | dt.date, dag_id: str = DAILY_DAG, echo: bool = False
+) -> DagRunResult:
+    """Run ``dag_id`` for one logical date with ``airflow dags test`` and return each task's outcome.
+
+    A previous run of the same date is replaced (Airflow's ``dags test`` clears it), so a rerun
+    recomputes the day's outputs.
+    """
+    day = schema.parse_date(date)
+    ensure_db(settings)
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "airflow", "dags", "test", dag_id, day.isoformat()],
+        env=airflow_env(settings),
+        stdout=None if echo else subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seconds = time.perf_counter() - start
+    state, tasks = _read_states(settings, dag_id, day)
+    if proc.returncode != 0 and state == "success":
+        state = "failed"
+    return DagRunResult(dag_id, day, state, tasks, seconds, (proc.stdout or "")[-4000:])

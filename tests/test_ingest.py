@@ -1,0 +1,145 @@
+"""MovieLens and generic importers on small files the tests write."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines import ingest, schema
+from pipelines.cli import main
+
+DAY = 86400
+T0 = 1_700_000_000  # 2023-11-14T22:13:20Z
+
+
+def write_ml100k(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [
+        (1, 10, 5, T0),
+        (1, 20, 3, T0 + 3600),  # 23:13 same UTC day
+        (2, 10, 4, T0 + DAY),
+        (3, 30, 1, T0 + 2 * DAY),
+    ]
+    (folder / "u.data").write_text("".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in rows))
+    genre_flags = ["0"] * 19
+    action = genre_flags.copy()
+    action[1] = "1"
+    drama = genre_flags.copy()
+    drama[8] = "1"
+    (folder / "u.item").write_text(
+        "10|Toy|01-Jan-1995||http://x|" + "|".join(action) + "\n"
+        "20|Heat|15-Dec-1995||http://x|" + "|".join(drama) + "\n"
+        "30|Nix|||http://x|" + "|".join(genre_flags) + "\n",
+        encoding="latin-1",
+    )
+    (folder / "u.user").write_text(
+        "1|24|M|technician|85711\n2|53|F|other|94043\n3|23|M|writer|32067\n"
+    )
+    return folder / "u.data"
+
+
+def test_ml100k_daily_partitions_and_attributes(settings):
+    summary = ingest.import_movielens(settings, write_ml100k(settings.home / "ml"))
+    assert summary.rows == 4 and summary.days == 3 and summary.users == 3 and summary.items == 3
+    dates = schema.partition_dates(settings.interactions_dir)
+    assert [d.isoformat() for d in dates] == ["2023-11-14", "2023-11-15", "2023-11-16"]
+    day0 = schema.read_partition(settings.interactions_dir, dates[0])
+    assert pq.read_schema(
+        next(schema.partition_dir(settings.interactions_dir, dates[0]).glob("*.parquet"))
+    ).equals(schema.INTERACTIONS)
+    assert sorted(day0["item_id"]) == ["10", "20"]
+    assert set(day0["event"]) == {"rating"} and sorted(day0["value"]) == [3.0, 5.0]
+    assert day0["propensity"].isna().all() and day0["event_id"].is_unique
+    items = pd.read_parquet(settings.data_dir / "items.parquet").set_index("item_id")
+    assert items.loc["10", "category"] == "Action" and items.loc["20", "category"] == "Drama"
+    assert str(items.loc["30", "created_date"]) == "2023-11-16"  # no release date: first seen
+    users = pd.read_parquet(settings.data_dir / "users.parquet").set_index("user_id")
+    assert users.loc["2", "age"] == 53 and users.loc["2", "gender"] == "F"
+
+
+def _digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(folder.rglob("*.parquet")):
+        h.update(f.relative_to(folder).as_posix().encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def test_reimport_is_idempotent_and_leaves_other_days(settings):
+    path = write_ml100k(settings.home / "ml")
+    ingest.import_movielens(settings, path)
+    schema.write_partition_atomic(
+        schema.conform(
+            pd.DataFrame(
+                {
+                    "event_id": ["x"],
+                    "ts": ["2020-01-01T00:00:00Z"],
+                    "user_id": ["9"],
+                    "item_id": ["9"],
+                    "event": ["click"],
+                    "value": [1.0],
+                }
+            )
+        ),
+        settings.interactions_dir,
+        "2020-01-01",
+    )
+    before = _digest(settings.data_dir)
+    ingest.import_movielens(settings, path)
+    assert _digest(settings.data_dir) == before
+    assert len(schema.partition_dates(settings.interactions_dir)) == 4
+
+
+def test_ratings_csv_with_movies_csv(settings):
+    folder = settings.home / "ml25"
+    folder.mkdir(parents=True)
+    (folder / "ratings.csv").write_text(
+        f"userId,movieId,rating,timestamp\n1,1,4.5,{T0}\n1,2,3.0,{T0 + DAY}\n2,1,oops,{T0}\n"
+    )
+    (folder / "movies.csv").write_text(
+        "movieId,title,genres\n1,Toy Story,Adventure|Animation\n2,Heat,Action\n"
+    )
+    summary = ingest.import_movielens(settings, folder)
+    assert summary.rows == 2 and summary.dropped == 1
+    items = pd.read_parquet(settings.data_dir / "items.parquet").set_index("item_id")
+    assert items.loc["1", "category"] == "Adventure"
+    assert not (settings.data_dir / "users.parquet").exists()
+
+
+def test_bad_movielens_file_names_the_file(settings, tmp_path):
+    bad = tmp_path / "ratings.csv"
+    bad.write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="ratings.csv: missing column"):
+        ingest.import_movielens(settings, bad)
+    with pytest.raises(FileNotFoundError, match="no u.data or ratings.csv"):
+        ingest.import_movielens(settings, settings.home)
+
+
+def test_generic_table_with_mapping_via_cli(settings, tmp_path, capsys):
+    src = tmp_path / "clicks.csv"
+    src.write_text(f"uid,sku,when\nalice,A1,{T0}\nbob,B2,{T0 + DAY}\nbob,B3,notatime\n")
+    code = main(
+        [
+            "ingest",
+            "table",
+            str(src),
+            "--map",
+            "user_id=uid",
+            "--map",
+            "item_id=sku",
+            "--map",
+            "ts=when",
+            "--ts-unit",
+            "s",
+        ]
+    )
+    assert code == 0
+    assert "imported 2 events" in capsys.readouterr().out
+    day = schema.read_partition(settings.interactions_dir, "2023-11-15")
+    assert day["user_id"].tolist() == ["bob"] and day["event"].tolist() == ["click"]
+    assert main(["ingest", "table", str(src), "--map", "user=uid"]) == 2
+    assert "not a column of the log contract" in capsys.readouterr().err
