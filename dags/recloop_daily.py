@@ -17,7 +17,14 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import dag, task
 
-DEFAULT_ARGS = {"owner": "recloop", "retries": 2, "retry_delay": timedelta(seconds=20)}
+from pipelines.settings import Settings
+
+_settings = Settings.from_env()  # reads environment variables only
+DEFAULT_ARGS = {
+    "owner": "recloop",
+    "retries": _settings.task_retries,
+    "retry_delay": timedelta(seconds=_settings.retry_delay_s),
+}
 
 
 @dag(

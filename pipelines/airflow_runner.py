@@ -139,3 +139,54 @@ def run_dag(
     if proc.returncode != 0 and state == "success":
         state = "failed"
     return DagRunResult(dag_id, day, state, tasks, seconds, (proc.stdout or "")[-4000:])
+
+
+def start_standalone(
+    settings: Settings, port: int = 8080, log_file: Path | None = None
+) -> subprocess.Popen:
+    """Start ``airflow standalone`` (scheduler, DAG processor, triggerer, API server/UI) on loopback.
+
+    Its output goes to ``log_file`` (default ``RECLOOP_HOME/airflow/standalone.log``).
+    """
+    ensure_db(settings)
+    log_file = log_file or settings.airflow_home / "standalone.log"
+    out = open(log_file, "ab")  # noqa: SIM115 - handed to the child process
+    return subprocess.Popen(
+        [sys.executable, "-m", "airflow", "standalone"],
+        env=airflow_env(settings, api_port=port),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def admin_password(settings: Settings, timeout: float = 60.0) -> str:
+    """The ``admin`` password SimpleAuthManager generated (waits for the file to appear)."""
+    import json
+
+    path = settings.airflow_home / "passwords.json"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists() and path.stat().st_size > 0:
+            try:
+                return json.loads(path.read_text())["admin"]
+            except (json.JSONDecodeError, KeyError):
+                pass
+        time.sleep(0.5)
+    raise RuntimeError(f"Airflow wrote no admin password to {path} within {timeout:.0f}s")
+
+
+def wait_ready(port: int, timeout: float = 120.0) -> None:
+    """Wait until the API server answers ``/api/v2/monitor/health``."""
+    import httpx
+
+    deadline = time.time() + timeout
+    url = f"http://127.0.0.1:{port}/api/v2/monitor/health"
+    while time.time() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"Airflow API server not ready at {url} after {timeout:.0f}s")

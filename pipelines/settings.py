@@ -12,6 +12,8 @@ environment, and ``Settings.ensure_dirs()`` is the one place that creates the wo
 | ``RECLOOP_SEED``             | ``42``                                    | default simulator seed |
 | ``RECLOOP_MAX_BAD_ROW_SHARE``| ``0.05``                                  | validation: share of bad rows that fails a partition |
 | ``RECLOOP_MIN_VOLUME_RATIO`` | ``0.2``                                   | validation: day volume / trailing-7-day mean below this fails |
+| ``RECLOOP_TASK_RETRIES``     | ``2``                                     | Airflow retries per task |
+| ``RECLOOP_RETRY_DELAY_S``    | ``30``                                    | Airflow delay between retries, seconds |
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ class Settings:
     seed: int = 42
     max_bad_row_share: float = 0.05
     min_volume_ratio: float = 0.2
+    task_retries: int = 2
+    retry_delay_s: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -74,6 +78,8 @@ class Settings:
             seed=_env_int(env, "RECLOOP_SEED", cls.seed),
             max_bad_row_share=_env_float(env, "RECLOOP_MAX_BAD_ROW_SHARE", cls.max_bad_row_share),
             min_volume_ratio=_env_float(env, "RECLOOP_MIN_VOLUME_RATIO", cls.min_volume_ratio),
+            task_retries=_env_int(env, "RECLOOP_TASK_RETRIES", cls.task_retries),
+            retry_delay_s=_env_float(env, "RECLOOP_RETRY_DELAY_S", cls.retry_delay_s),
         )
 
     # --- workspace layout -------------------------------------------------------------
@@ -140,4 +146,6 @@ class Settings:
             "RECLOOP_SEED": str(self.seed),
             "RECLOOP_MAX_BAD_ROW_SHARE": str(self.max_bad_row_share),
             "RECLOOP_MIN_VOLUME_RATIO": str(self.min_volume_ratio),
+            "RECLOOP_TASK_RETRIES": str(self.task_retries),
+            "RECLOOP_RETRY_DELAY_S": str(self.retry_delay_s),
         }
