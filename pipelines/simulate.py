@@ -1,0 +1,994 @@
+"""A seeded world simulator: daily logs under the log contract, and the ground truth apart.
+
+The world
+---------
+* ``D = 16`` latent dimensions. ``N_CATEGORIES = 16`` item categories, each with a centroid
+  ``c_k ~ N(0, I)``; an item's taste vector is ``v_i = 0.8 c_cat + 0.6 N(0, I)``. Prices are
+  log-normal per category (``log price ~ N(mu_cat, sigma_cat)``).
+* Users have demographics (age, gender, country). A user's taste vector is the sum of an age-band,
+  a gender and a country embedding plus personal noise, so demographics explain about 60 % of the
+  taste variance: user features carry signal.
+* Item *appeal* ``b_i = -log(1 + r_i (M0 - 1))`` with ``r_i ~ U(0, 1)`` and ``M0`` the initial catalog
+  size: ``exp(b_i)`` is a continuous Zipf weight (``~ 1 / rank``), the power-law popularity.
+* True relevance (click probability once the slot is examined)::
+
+      affinity  a = <u, v> / sqrt(D * 1.35)                    (about unit variance)
+      relevance r = sigmoid(REL_BIAS + REL_AFFINITY * a + REL_APPEAL * b / log(M0) + user_bias)
+
+* Position bias: the user examines slot ``k`` (0-based) with ``EXAMINATION[k] = (1 + k) ** -0.7``;
+  ``P(click) = EXAMINATION[k] * r`` (the examination hypothesis).
+* After a click the user buys with ``sigmoid(BUY_BIAS + a + 0.5 user_bias - 0.4 z_price)``
+  (``z_price`` the item's standardised log price), and rates a purchase with probability
+  ``RATE_PROB``; the rating is ``round(1 + 4 sigmoid(1.2 a + 0.5 b/log(M0) + 0.5) + N(0, 0.6))``
+  clipped to 1..5.
+* Arrivals: each day ``Poisson(new_users_per_day)`` users sign up and ``Poisson(new_items_per_day)``
+  items are created (their draws are seeded by ``(seed, day)``, so the world is the same however
+  far it is extended). The initial population signed up / was created before the start date.
+* Traffic: each day ``Poisson(requests_per_day * weekday factor)`` requests; a request's user is drawn
+  among the users signed up by that day with a log-normal activity weight (x3 on the signup day);
+  its time follows a diurnal profile.
+
+The logging policy (``arm="logging_policy"``, ``model_version="sim-v0"``)
+--------------------------------------------------------------------------
+Non-personalised. Over the items created by that day it puts
+
+    q_i = (1 - EXPLORATION) * softmax(b)_i + EXPLORATION / n_items     (EXPLORATION = 0.1)
+
+and fills the ``SLATE_SIZE = 10`` slots in order: slot ``k`` draws an item from ``q`` restricted to
+the items not yet placed (sampling without replacement by renormalisation). The logged
+``propensity`` is that **per-slot conditional probability**::
+
+      propensity(item i at slot k) = q_i / (1 - sum_{j placed in slots < k} q_j)
+
+so the product of a slate's propensities is the probability of the whole ordered slate. It is *not*
+the item-position marginal. Off-policy estimators must compare it with the target policy's
+probability of the same item at the same slot given the same items above.
+
+Files (under ``RECLOOP_HOME``)
+------------------------------
+* ``data/users.parquet``, ``data/items.parquet`` (schema ``USERS`` / ``ITEMS``): everyone that
+  exists by the last simulated day.
+* ``data/interactions/date=D/part-0.parquet`` (schema ``INTERACTIONS``): one ``impression`` per
+  shown item, ``click`` / ``purchase`` (value 1) / ``rating`` (value 1..5) rows with the request,
+  position and propensity of their impression. Ids: users ``u<n>``, items ``i<n>``, requests
+  ``r<YYYYMMDD>-<n>``, events ``<request>-<position><i|c|p|r>``.
+* ``truth/impressions/date=D/part-0.parquet``: per impression (keyed by ``event_id``) the true click,
+  examination, relevance, purchase-given-click probabilities and the expected rating.
+* ``truth/policy_value.parquet``: per day, the logging policy's expected CTR (mean true click
+  probability over its impressions), realised CTR, and expected CTR by position.
+* ``truth/world.json``: scale, seed, start date and constants; :func:`load_world` rebuilds from it.
+
+Same seed, same bytes: every random draw comes from ``numpy.random.default_rng`` seeded by
+``(seed, stream, day, chunk)`` with a fixed chunk size per scale.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines import schema
+from pipelines.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# --- constants of the truth ---------------------------------------------------------------------
+DIM = 16
+SLATE_SIZE = 10
+EXPLORATION = 0.1
+EXAMINATION_POWER = 0.7
+EXAMINATION = (1.0 + np.arange(64)) ** -EXAMINATION_POWER  # P(examine slot k), k = 0..63
+REL_BIAS = -2.6
+REL_AFFINITY = 1.3
+REL_APPEAL = 2.0
+BUY_BIAS = -2.0
+RATE_PROB = 0.5
+TASTE_VAR = 1.35  # per-dimension variance of a user taste vector
+ARM = "logging_policy"
+MODEL_VERSION = "sim-v0"
+DEFAULT_START = dt.date(2026, 1, 1)
+DAY_US = 86_400_000_000
+
+CATEGORIES = (
+    "books", "electronics", "home", "garden", "toys", "sports", "beauty", "fashion",
+    "grocery", "music", "movies", "games", "health", "auto", "pets", "office",
+)  # fmt: skip
+GENDERS = ("F", "M", "X")
+GENDER_P = (0.48, 0.48, 0.04)
+COUNTRIES = ("US", "GB", "DE", "FR", "IN", "BR", "JP", "CA", "ES", "MX")
+AGE_BANDS = (18, 25, 35, 45, 55, 65)  # lower edges of the age bands
+EVENT_CODES = ("i", "c", "p", "r")  # impression, click, purchase, rating
+
+# random streams: the first entropy word after the seed
+_S_GLOBAL, _S_USERS, _S_ITEMS, _S_REQUESTS, _S_SLATES, _S_OUTCOMES, _S_RESPOND = range(1, 8)
+_S_NEW_USERS, _S_NEW_ITEMS = 8, 9
+
+
+@dataclass(frozen=True)
+class ScaleConfig:
+    """Sizes of one scale. ``chunk_requests`` bounds the memory of the dense work."""
+
+    name: str
+    n_users: int
+    n_items: int
+    requests_per_day: int
+    new_users_per_day: float
+    new_items_per_day: float
+    chunk_requests: int
+
+
+SCALES: dict[str, ScaleConfig] = {
+    "tiny": ScaleConfig("tiny", 300, 150, 400, 10, 3, 20_000),
+    "demo": ScaleConfig("demo", 5_000, 2_000, 3_000, 50, 10, 20_000),
+    "large": ScaleConfig("large", 1_000_000, 100_000, 300_000, 5_000, 500, 25_000),
+}
+
+
+def _rng(*words: int) -> np.random.Generator:
+    return np.random.default_rng([int(w) for w in words])
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+@dataclass
+class World:
+    """The hidden truth. Users / items are rows ``0..n-1`` (ids ``u<row>`` / ``i<row>``).
+
+    ``signup_day`` / ``created_day`` are day offsets from ``start_date`` (negative: before it).
+    Arrays grow when :meth:`extend_to` adds the arrivals of later days; each day's arrivals depend
+    only on ``(seed, day)``, so the world is the same whatever order it is extended in.
+    """
+
+    scale: str
+    seed: int
+    start_date: dt.date
+    cfg: ScaleConfig
+    # global truth parameters
+    cat_centroids: np.ndarray  # (N_CATEGORIES, DIM) float32
+    cat_price_mu: np.ndarray  # (N_CATEGORIES,) log price mean
+    cat_price_sigma: np.ndarray  # (N_CATEGORIES,)
+    age_emb: np.ndarray  # (len(AGE_BANDS), DIM)
+    gender_emb: np.ndarray  # (len(GENDERS), DIM)
+    country_emb: np.ndarray  # (len(COUNTRIES), DIM)
+    country_p: np.ndarray  # (len(COUNTRIES),)
+    # users
+    user_vec: np.ndarray = field(repr=False)  # (n_users, DIM) float32
+    user_bias: np.ndarray = field(repr=False)  # (n_users,) float32, logit offset
+    user_activity: np.ndarray = field(repr=False)  # (n_users,) float32, relative request rate
+    user_age: np.ndarray = field(repr=False)  # (n_users,) int32 years
+    user_gender: np.ndarray = field(repr=False)  # (n_users,) int8 index into GENDERS
+    user_country: np.ndarray = field(repr=False)  # (n_users,) int8 index into COUNTRIES
+    signup_day: np.ndarray = field(repr=False)  # (n_users,) int32
+    # items
+    item_vec: np.ndarray = field(repr=False)  # (n_items, DIM) float32
+    item_appeal: np.ndarray = field(repr=False)  # (n_items,) float64, b_i <= 0
+    item_category: np.ndarray = field(repr=False)  # (n_items,) int8 index into CATEGORIES
+    item_price: np.ndarray = field(repr=False)  # (n_items,) float64
+    created_day: np.ndarray = field(repr=False)  # (n_items,) int32
+    days_built: int = 0  # arrivals exist for days 0..days_built-1
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_vec)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_vec)
+
+    @property
+    def appeal_scale(self) -> float:
+        """``log(M0)``: divides the appeal so the catalog size does not move the CTR."""
+        return math.log(self.cfg.n_items)
+
+    def day_index(self, date: str | dt.date) -> int:
+        """Day offset of ``date`` from the start date (raises before the start)."""
+        k = (schema.parse_date(date) - self.start_date).days
+        if k < 0:
+            raise ValueError(f"{date} is before the world's start date {self.start_date}")
+        return k
+
+    def date_of(self, day: int) -> dt.date:
+        return self.start_date + dt.timedelta(days=int(day))
+
+    def extend_to(self, date: str | dt.date) -> None:
+        """Make sure users and items arriving up to and including ``date`` exist."""
+        last = self.day_index(date)
+        if last < self.days_built:
+            return
+        users, items = [], []
+        for k in range(self.days_built, last + 1):
+            rng = _rng(self.seed, _S_NEW_USERS, k)
+            n = int(rng.poisson(self.cfg.new_users_per_day))
+            users.append(_draw_users(self, rng, np.full(n, k, dtype=np.int32)))
+            rng = _rng(self.seed, _S_NEW_ITEMS, k)
+            n = int(rng.poisson(self.cfg.new_items_per_day))
+            items.append(_draw_items(self, rng, np.full(n, k, dtype=np.int32)))
+        for name in users[0]:
+            setattr(self, name, np.concatenate([getattr(self, name)] + [u[name] for u in users]))
+        for name in items[0]:
+            setattr(self, name, np.concatenate([getattr(self, name)] + [i[name] for i in items]))
+        self.days_built = last + 1
+
+    def users_frame(self, date: str | dt.date) -> pd.DataFrame:
+        """Users signed up by ``date`` (columns of ``schema.USERS``)."""
+        self.extend_to(date)
+        keep = np.flatnonzero(self.signup_day <= self.day_index(date))
+        return pd.DataFrame(
+            {
+                "user_id": _ids("u", keep).to_pandas(),
+                "age": self.user_age[keep],
+                "gender": np.asarray(GENDERS, dtype=object)[self.user_gender[keep]],
+                "country": np.asarray(COUNTRIES, dtype=object)[self.user_country[keep]],
+                "signup_date": _dates(self.start_date, self.signup_day[keep]),
+            }
+        )
+
+    def items_frame(self, date: str | dt.date) -> pd.DataFrame:
+        """Items created by ``date`` (columns of ``schema.ITEMS``)."""
+        self.extend_to(date)
+        keep = np.flatnonzero(self.created_day <= self.day_index(date))
+        return pd.DataFrame(
+            {
+                "item_id": _ids("i", keep).to_pandas(),
+                "category": np.asarray(CATEGORIES, dtype=object)[self.item_category[keep]],
+                "price": self.item_price[keep],
+                "created_date": _dates(self.start_date, self.created_day[keep]),
+            }
+        )
+
+
+def _dates(start: dt.date, days: np.ndarray) -> np.ndarray:
+    base = np.datetime64(start.isoformat(), "D")
+    return (base + days.astype("timedelta64[D]")).astype("datetime64[ns]")
+
+
+def _draw_users(world: World, rng: np.random.Generator, signup_day: np.ndarray) -> dict:
+    n = len(signup_day)
+    age = np.clip(np.rint(rng.gamma(3.0, 7.0, n) + 18), 18, 90).astype(np.int32)
+    gender = rng.choice(len(GENDERS), size=n, p=GENDER_P).astype(np.int8)
+    country = rng.choice(len(COUNTRIES), size=n, p=world.country_p).astype(np.int8)
+    band = np.searchsorted(np.asarray(AGE_BANDS), age, side="right") - 1
+    vec = rng.standard_normal((n, DIM), dtype=np.float32)
+    vec *= 0.7
+    for s in range(0, n, 65_536):  # bounded temporaries at large scale
+        e = min(s + 65_536, n)
+        demo = world.age_emb[band[s:e]] + world.gender_emb[gender[s:e]]
+        demo += world.country_emb[country[s:e]]
+        vec[s:e] += demo.astype(np.float32)
+    return {
+        "user_vec": vec,
+        "user_bias": rng.normal(0.0, 0.5, n).astype(np.float32),
+        "user_activity": rng.lognormal(0.0, 1.0, n).astype(np.float32),
+        "user_age": age,
+        "user_gender": gender,
+        "user_country": country,
+        "signup_day": signup_day.astype(np.int32),
+    }
+
+
+def _draw_items(world: World, rng: np.random.Generator, created_day: np.ndarray) -> dict:
+    n = len(created_day)
+    cat = rng.integers(0, len(CATEGORIES), n).astype(np.int8)
+    vec = 0.8 * world.cat_centroids[cat] + 0.6 * rng.normal(0.0, 1.0, (n, DIM))
+    appeal = -np.log1p(rng.random(n) * (world.cfg.n_items - 1))
+    log_price = rng.normal(world.cat_price_mu[cat], world.cat_price_sigma[cat])
+    return {
+        "item_vec": vec.astype(np.float32),
+        "item_appeal": appeal,
+        "item_category": cat,
+        "item_price": np.round(np.exp(log_price), 2),
+        "created_day": created_day.astype(np.int32),
+    }
+
+
+def build_world(scale: str, seed: int, start_date: str | dt.date = DEFAULT_START) -> World:
+    """Build the world of ``(scale, seed, start_date)`` deterministically (arrivals up to day 0)."""
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}: expected one of {sorted(SCALES)}")
+    cfg = SCALES[scale]
+    start = schema.parse_date(start_date)
+    g = _rng(seed, _S_GLOBAL)
+    country_p = 1.0 / (1.0 + np.arange(len(COUNTRIES))) ** 0.8
+    empty = np.empty(0)
+    world = World(
+        scale=scale,
+        seed=int(seed),
+        start_date=start,
+        cfg=cfg,
+        cat_centroids=g.normal(0.0, 1.0, (len(CATEGORIES), DIM)),
+        cat_price_mu=g.uniform(math.log(5.0), math.log(300.0), len(CATEGORIES)),
+        cat_price_sigma=g.uniform(0.3, 0.7, len(CATEGORIES)),
+        age_emb=g.normal(0.0, 0.6, (len(AGE_BANDS), DIM)),
+        gender_emb=g.normal(0.0, 0.5, (len(GENDERS), DIM)),
+        country_emb=g.normal(0.0, 0.5, (len(COUNTRIES), DIM)),
+        country_p=country_p / country_p.sum(),
+        user_vec=empty,
+        user_bias=empty,
+        user_activity=empty,
+        user_age=empty,
+        user_gender=empty,
+        user_country=empty,
+        signup_day=empty,
+        item_vec=empty,
+        item_appeal=empty,
+        item_category=empty,
+        item_price=empty,
+        created_day=empty,
+    )
+    rng = _rng(seed, _S_USERS)
+    users = _draw_users(world, rng, -rng.integers(1, 731, cfg.n_users))
+    rng = _rng(seed, _S_ITEMS)
+    items = _draw_items(world, rng, -rng.integers(1, 366, cfg.n_items))
+    for name, value in {**users, **items}.items():
+        setattr(world, name, value)
+    world.extend_to(start)
+    return world
+
+
+# --- ids ----------------------------------------------------------------------------------------
+def _ids(prefix: str, rows: np.ndarray) -> pa.Array:
+    """``prefix + str(row)`` for each row, as an arrow string array (vectorised)."""
+    text = pc.cast(pa.array(np.asarray(rows, dtype=np.int64)), pa.string())
+    return pc.binary_join_element_wise(prefix, text, "")
+
+
+def _rows(world: World, ids: Sequence[str] | np.ndarray, prefix: str, n: int) -> np.ndarray:
+    """Raw ids ``<prefix><row>`` → int64 rows; ``ValueError`` naming the first bad id."""
+    arr = pa.array(np.asarray(ids, dtype=object).ravel(), type=pa.string())
+    ok = pc.fill_null(pc.starts_with(arr, prefix), False)
+    digits = pc.utf8_slice_codeunits(arr, len(prefix))
+    ok = pc.and_(ok, pc.fill_null(pc.utf8_is_digit(digits), False))
+    ok_np = ok.to_numpy(zero_copy_only=False)
+    rows = np.full(len(arr), -1, dtype=np.int64)
+    if ok_np.any():
+        rows[ok_np] = pc.cast(pc.filter(digits, ok), pa.int64()).to_numpy()
+    bad = np.flatnonzero((rows < 0) | (rows >= n))
+    if len(bad):
+        raise ValueError(
+            f"unknown {'user' if prefix == 'u' else 'item'} id {arr[int(bad[0])].as_py()!r} "
+            f"at position {int(bad[0])} ({len(bad)} unknown of {len(arr)})"
+        )
+    return rows
+
+
+def user_rows(world: World, user_ids: Sequence[str] | np.ndarray) -> np.ndarray:
+    """User ids (``u<row>``) → rows of the world's user arrays."""
+    return _rows(world, user_ids, "u", world.n_users)
+
+
+def item_rows(world: World, item_ids: Sequence[str] | np.ndarray) -> np.ndarray:
+    """Item ids (``i<row>``) → rows of the world's item arrays."""
+    return _rows(world, item_ids, "i", world.n_items)
+
+
+# --- the truth ----------------------------------------------------------------------------------
+def _affinity(world: World, u: np.ndarray, i: np.ndarray) -> np.ndarray:
+    """``<u, v> / sqrt(D * TASTE_VAR)`` per pair (float64, shape of ``u``)."""
+    dot = np.einsum("ij,ij->i", world.user_vec[u], world.item_vec[i])
+    return dot.astype(np.float64) / math.sqrt(DIM * TASTE_VAR)
+
+
+def _relevance(world: World, u: np.ndarray, i: np.ndarray, a: np.ndarray) -> np.ndarray:
+    logit = (
+        REL_BIAS
+        + REL_AFFINITY * a
+        + REL_APPEAL * world.item_appeal[i] / world.appeal_scale
+        + world.user_bias[u]
+    )
+    return _sigmoid(logit)
+
+
+def _truth(world: World, u: np.ndarray, i: np.ndarray, pos: np.ndarray) -> dict[str, np.ndarray]:
+    """All true probabilities of showing item row ``i`` to user row ``u`` at slot ``pos``."""
+    if len(pos) and (pos.min() < 0 or pos.max() >= len(EXAMINATION)):
+        raise ValueError(f"position out of range 0..{len(EXAMINATION) - 1}")
+    a = _affinity(world, u, i)
+    rel = _relevance(world, u, i, a)
+    exam = EXAMINATION[pos]
+    z_price = (np.log(world.item_price[i]) - 4.0) / 1.2
+    buy = _sigmoid(BUY_BIAS + a + 0.5 * world.user_bias[u] - 0.4 * z_price)
+    rating = 1.0 + 4.0 * _sigmoid(1.2 * a + 0.5 * world.item_appeal[i] / world.appeal_scale + 0.5)
+    return {
+        "click": exam * rel,
+        "examination": exam,
+        "relevance": rel,
+        "purchase_given_click": buy,
+        "expected_rating": rating,
+    }
+
+
+def true_click_prob(
+    world: World,
+    user_ids: Sequence[str] | np.ndarray,
+    item_ids: Sequence[str] | np.ndarray,
+    positions: Sequence[int] | np.ndarray | int,
+) -> np.ndarray:
+    """True P(click) of each (user, item, 0-based position), element-wise; float64 ``(n,)``.
+
+    ``positions`` may be one int for all pairs. Unknown ids raise ``ValueError``.
+    """
+    u = user_rows(world, user_ids)
+    i = item_rows(world, item_ids)
+    if len(u) != len(i):
+        raise ValueError(f"{len(u)} user ids but {len(i)} item ids")
+    pos = np.broadcast_to(np.asarray(positions, dtype=np.int64), u.shape)
+    return _truth(world, u, i, pos)["click"]
+
+
+def oracle_slates(
+    world: World, user_ids: Sequence[str] | np.ndarray, date: str | dt.date, k: int = SLATE_SIZE
+) -> np.ndarray:
+    """The ``k`` items of highest true relevance per user among items created by ``date``.
+
+    Returns item ids, shape ``(n_users, k)``, best first (the best slate under position bias).
+    """
+    world.extend_to(date)
+    u = user_rows(world, user_ids)
+    pool = np.flatnonzero(world.created_day <= world.day_index(date))
+    out = np.empty((len(u), k), dtype=np.int64)
+    for s in range(0, len(u), 1024):
+        uu = u[s : s + 1024]
+        a = (world.user_vec[uu] @ world.item_vec[pool].T).astype(np.float64)
+        a /= math.sqrt(DIM * TASTE_VAR)
+        logit = REL_AFFINITY * a + REL_APPEAL * world.item_appeal[pool] / world.appeal_scale
+        top = np.argpartition(-logit, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(logit, top, 1), axis=1, kind="stable")
+        out[s : s + 1024] = pool[np.take_along_axis(top, order, 1)]
+    ids = _ids("i", out.ravel()).to_numpy(zero_copy_only=False)
+    return ids.reshape(out.shape)
+
+
+# --- traffic and the logging policy ---------------------------------------------------------------
+def _epoch_us(ts: pd.Series) -> np.ndarray:
+    """Timestamps (naive = UTC) → int64 microseconds since the epoch."""
+    utc = pd.to_datetime(ts, utc=True).dt.tz_localize(None)
+    return utc.to_numpy().astype("datetime64[us]").astype(np.int64)
+
+
+def _day_start_us(date: dt.date) -> int:
+    return (date - dt.date(1970, 1, 1)).days * DAY_US
+
+
+_HOURLY = 1.0 + 0.8 * np.sin((np.arange(24) - 9.0) / 24.0 * 2 * np.pi)  # peak ~15h UTC
+_HOURLY = _HOURLY / _HOURLY.sum()
+
+
+def requests_for_day(world: World, date: str | dt.date) -> pd.DataFrame:
+    """The day's traffic: one row per request, sorted by time.
+
+    Columns: ``request_id`` (``r<YYYYMMDD>-<n>``), ``user_id``, ``ts`` (UTC), ``user_row`` (int).
+    A user may make several requests. Deterministic in ``(world.seed, date)``.
+    """
+    date = schema.parse_date(date)
+    world.extend_to(date)
+    k = world.day_index(date)
+    rng = _rng(world.seed, _S_REQUESTS, date.toordinal())
+    weekday = 1.0 + 0.15 * math.sin(2 * math.pi * date.weekday() / 7.0)
+    n = int(rng.poisson(world.cfg.requests_per_day * weekday))
+    eligible = np.flatnonzero(world.signup_day <= k)
+    w = world.user_activity[eligible].astype(np.float64)
+    w[world.signup_day[eligible] == k] *= 3.0
+    users = eligible[rng.choice(len(eligible), size=n, p=w / w.sum())]
+    sec = rng.choice(24, size=n, p=_HOURLY) * 3600.0 + rng.random(n) * 3600.0
+    ts = _day_start_us(date) + np.minimum((sec * 1e6).astype(np.int64), DAY_US - 1)
+    order = np.argsort(ts, kind="stable")
+    users, ts = users[order], ts[order]
+    tag = date.strftime("r%Y%m%d-")
+    return pd.DataFrame(
+        {
+            "request_id": _ids(tag, np.arange(n)).to_pandas(),
+            "user_id": _ids("u", users).to_pandas(),
+            "ts": pd.to_datetime(ts, unit="us", utc=True),
+            "user_row": users,
+        }
+    )
+
+
+def users_for_day(world: World, date: str | dt.date) -> np.ndarray:
+    """Distinct ids of the users who make at least one request on ``date`` (first-request order)."""
+    ids = requests_for_day(world, date)["user_id"]
+    return ids.drop_duplicates().to_numpy(dtype=object)
+
+
+def logging_policy(world: World, date: str | dt.date) -> tuple[np.ndarray, np.ndarray]:
+    """The day-0 logging policy on ``date``: ``(item_rows, q)``, ``q`` summing to 1.
+
+    ``q = (1 - EXPLORATION) softmax(appeal) + EXPLORATION / n`` over the items created by ``date``.
+    Slots are filled by sampling ``q`` without replacement (see the module docstring).
+    """
+    world.extend_to(date)
+    pool = np.flatnonzero(world.created_day <= world.day_index(date))
+    b = world.item_appeal[pool]
+    soft = np.exp(b - b.max())
+    q = (1.0 - EXPLORATION) * soft / soft.sum() + EXPLORATION / len(pool)
+    return pool, q / q.sum()
+
+
+def sample_slates(
+    pool: np.ndarray, q: np.ndarray, n: int, k: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw ``n`` slates of ``k`` distinct items from ``q`` slot by slot (rejection of repeats).
+
+    Returns ``(item_rows (n, k) int64, propensity (n, k) float64)`` where propensity is the
+    per-slot conditional ``q_i / (1 - mass already placed)``.
+    """
+    if k > len(pool):
+        raise ValueError(f"slate of {k} items but only {len(pool)} items exist")
+    cdf = np.cumsum(q)
+    cdf /= cdf[-1]
+    last = len(pool) - 1
+    slate = np.empty((n, k), dtype=np.int64)
+    prop = np.empty((n, k), dtype=np.float64)
+    placed = np.zeros(n, dtype=np.float64)
+    for s in range(k):
+        cand = np.minimum(np.searchsorted(cdf, rng.random(n), side="right"), last)
+        todo = np.flatnonzero((slate[:, :s] == cand[:, None]).any(axis=1))
+        while len(todo):
+            cand[todo] = np.minimum(np.searchsorted(cdf, rng.random(len(todo)), side="right"), last)
+            todo = todo[(slate[todo, :s] == cand[todo, None]).any(axis=1)]
+        slate[:, s] = cand
+        prop[:, s] = np.minimum(q[cand] / np.maximum(1.0 - placed, q[cand]), 1.0)
+        placed += q[cand]
+    return pool[slate], prop
+
+
+# --- outcomes -----------------------------------------------------------------------------------
+@dataclass
+class _Outcomes:
+    truth: dict[str, np.ndarray]  # per pair
+    click: np.ndarray  # pair indices clicked
+    click_ts: np.ndarray
+    buy: np.ndarray  # pair indices purchased
+    buy_ts: np.ndarray
+    rate: np.ndarray  # pair indices rated
+    rate_ts: np.ndarray
+    rating: np.ndarray
+
+
+def _outcomes(
+    world: World,
+    u: np.ndarray,
+    i: np.ndarray,
+    pos: np.ndarray,
+    ts: np.ndarray,
+    day_end_us: int,
+    rng: np.random.Generator,
+) -> _Outcomes:
+    """Users' clicks / purchases / ratings for shown pairs (flat arrays, ``ts`` in epoch µs)."""
+    t = _truth(world, u, i, pos)
+    end = day_end_us - 1
+    click = np.flatnonzero(rng.random(len(u)) < t["click"])
+    click_ts = np.minimum(
+        ts[click] + (1e6 * (1.0 + rng.exponential(20.0, len(click)))).astype(np.int64), end
+    )
+    bought = rng.random(len(click)) < t["purchase_given_click"][click]
+    buy = click[bought]
+    buy_ts = np.minimum(
+        click_ts[bought] + (1e6 * rng.exponential(600.0, len(buy))).astype(np.int64), end
+    )
+    rated = rng.random(len(buy)) < RATE_PROB
+    rate = buy[rated]
+    noise = rng.normal(0.0, 0.6, len(rate))
+    rating = np.clip(np.rint(t["expected_rating"][rate] + noise), 1.0, 5.0)
+    rate_ts = np.minimum(
+        buy_ts[rated] + (1e6 * rng.exponential(3600.0, len(rate))).astype(np.int64), end
+    )
+    return _Outcomes(t, click, click_ts, buy, buy_ts, rate, rate_ts, rating)
+
+
+def _event_table(
+    request_ids: pa.Array,
+    req: np.ndarray,
+    pos: np.ndarray,
+    u: np.ndarray,
+    i: np.ndarray,
+    code: np.ndarray,
+    value: np.ndarray,
+    ts: np.ndarray,
+    propensity: np.ndarray | None,
+    arm: str | None,
+    model_version: str | None,
+) -> pa.Table:
+    """Rows of the log contract from integer columns; ``req`` indexes ``request_ids``."""
+    n = len(req)
+    rid = request_ids.take(pa.array(req))
+    codes = pa.array(EVENT_CODES).take(pa.array(code))
+    event_id = pc.binary_join_element_wise(rid, "-", pc.cast(pa.array(pos), pa.string()), codes, "")
+    names = pa.array(schema.EVENTS).take(pa.array(code))
+
+    def const(text: str | None) -> pa.Array:
+        return pa.nulls(n, pa.string()) if text is None else pa.repeat(pa.scalar(text), n)
+
+    arrays = [
+        event_id,
+        pa.array(ts, type=pa.timestamp("us", tz="UTC")),
+        _ids("u", u),
+        _ids("i", i),
+        names,
+        pa.array(value, type=pa.float64()),
+        rid,
+        pa.array(pos, type=pa.int32()),
+        const(arm),
+        const(model_version),
+        pa.nulls(n, pa.float64()) if propensity is None else pa.array(propensity, pa.float64()),
+    ]
+    return pa.Table.from_arrays(arrays, schema=schema.INTERACTIONS)
+
+
+def _assemble(
+    req: np.ndarray,
+    pos: np.ndarray,
+    u: np.ndarray,
+    i: np.ndarray,
+    ts: np.ndarray,
+    out: _Outcomes,
+    with_impressions: bool,
+) -> dict[str, np.ndarray]:
+    """Integer columns of the events (impressions first if asked), sorted by time (stable)."""
+    parts = [(out.click, out.click_ts, 1, None), (out.buy, out.buy_ts, 2, None)]
+    parts.append((out.rate, out.rate_ts, 3, out.rating))
+    if with_impressions:
+        parts.insert(0, (np.arange(len(req)), ts, 0, None))
+    idx = np.concatenate([p[0] for p in parts])
+    cols = {
+        "pair": idx,
+        "ts": np.concatenate([p[1] for p in parts]),
+        "code": np.concatenate([np.full(len(p[0]), p[2], np.int8) for p in parts]),
+        "value": np.concatenate([np.ones(len(p[0])) if p[3] is None else p[3] for p in parts]),
+    }
+    order = np.argsort(cols["ts"], kind="stable")
+    cols = {k: v[order] for k, v in cols.items()}
+    pair = cols["pair"]
+    cols.update(
+        req=req[pair].astype(np.int32),
+        pos=pos[pair].astype(np.int16),
+        u=u[pair].astype(np.int32),
+        i=i[pair].astype(np.int32),
+    )
+    return cols
+
+
+# --- one day of the logging policy ----------------------------------------------------------------
+@dataclass
+class DayResult:
+    """One simulated day: the log partition, the truth partition and a summary row."""
+
+    events: pa.Table  # schema.INTERACTIONS
+    truth: pa.Table  # event_id + true probabilities, one row per impression
+    summary: dict
+
+
+def simulate_day(world: World, date: str | dt.date, progress: bool = False) -> DayResult:
+    """Simulate ``date`` under the logging policy (vectorised, chunked by requests)."""
+    from tqdm import tqdm
+
+    date = schema.parse_date(date)
+    world.extend_to(date)
+    k = world.day_index(date)
+    reqs = requests_for_day(world, date)
+    pool, q = logging_policy(world, date)
+    n_req, K = len(reqs), SLATE_SIZE
+    user = reqs["user_row"].to_numpy()
+    req_ts = _epoch_us(reqs["ts"])
+    day_end = _day_start_us(date) + DAY_US
+    chunk = world.cfg.chunk_requests
+    starts = range(0, n_req, chunk)
+    cols: list[dict[str, np.ndarray]] = []
+    truths: list[dict[str, np.ndarray]] = []
+    bar = tqdm(
+        starts, desc=f"{date} chunks", unit="chunk", leave=False, disable=None if progress else True
+    )
+    for c, s in enumerate(bar):
+        e = min(s + chunk, n_req)
+        n = e - s
+        slates, prop = sample_slates(
+            pool, q, n, K, _rng(world.seed, _S_SLATES, date.toordinal(), c)
+        )
+        req = np.repeat(np.arange(s, e), K)
+        pos = np.tile(np.arange(K), n)
+        u = np.repeat(user[s:e], K)
+        i = slates.ravel()
+        ts = np.repeat(req_ts[s:e], K)
+        rng = _rng(world.seed, _S_OUTCOMES, date.toordinal(), c)
+        out = _outcomes(world, u, i, pos, ts, day_end, rng)
+        ev = _assemble(req, pos, u, i, ts, out, with_impressions=True)
+        ev["propensity"] = prop.ravel()[ev.pop("pair")]
+        cols.append(ev)
+        truths.append(
+            {"pos": pos.astype(np.int16), "req": req.astype(np.int32), "i": i, **out.truth}
+        )
+    if not cols:
+        raise ValueError(f"no requests simulated on {date}")
+    ev = {name: np.concatenate([c.pop(name) for c in cols]) for name in list(cols[0])}
+    del cols  # keep one copy of the day's columns at a time
+    order = np.argsort(ev["ts"], kind="stable")
+    for name in list(ev):
+        ev[name] = ev[name][order]
+    counts = np.bincount(ev["code"], minlength=4)
+    rid = pa.array(reqs["request_id"], type=pa.string())
+    events = _event_table(
+        rid, ev["req"], ev["pos"], ev["u"], ev["i"], ev["code"], ev["value"], ev["ts"],
+        ev["propensity"], ARM, MODEL_VERSION,
+    )  # fmt: skip
+    del ev, order
+    tr = {name: np.concatenate([t.pop(name) for t in truths]) for name in list(truths[0])}
+    del truths
+    codes = pa.repeat(pa.scalar("i"), len(tr["req"]))
+    truth = pa.table(
+        {
+            "event_id": pc.binary_join_element_wise(
+                rid.take(pa.array(tr["req"])),
+                "-",
+                pc.cast(pa.array(tr["pos"]), pa.string()),
+                codes,
+                "",
+            ),  # fmt: skip
+            "true_click_prob": tr["click"],
+            "examination_prob": tr["examination"],
+            "relevance_prob": tr["relevance"],
+            "purchase_prob_given_click": tr["purchase_given_click"],
+            "expected_rating": tr["expected_rating"],
+        }
+    )
+    by_pos = np.bincount(tr["pos"], weights=tr["click"], minlength=K) / np.bincount(
+        tr["pos"], minlength=K
+    )
+    summary = {
+        "date": date.isoformat(),
+        "requests": n_req,
+        "users": int(np.count_nonzero(np.bincount(user, minlength=world.n_users))),
+        "items": int(np.count_nonzero(np.bincount(tr["i"], minlength=world.n_items))),
+        "new_users": int((world.signup_day == k).sum()),
+        "new_items": int((world.created_day == k).sum()),
+        **{name: int(counts[j]) for j, name in enumerate(schema.EVENTS)},
+        "ctr": float(counts[1] / max(counts[0], 1)),
+        "true_ctr": float(tr["click"].mean()),
+        "true_ctr_by_position": [float(x) for x in by_pos],
+    }
+    return DayResult(events, truth, summary)
+
+
+# --- the closed loop: respond to slates a service showed ------------------------------------------
+@dataclass
+class Response:
+    """What users did with the slates they were shown.
+
+    ``events``: click / purchase / rating rows (columns of ``schema.INTERACTIONS``; ``arm``,
+    ``model_version``, ``propensity`` as given to :func:`respond`), sorted by time.
+    ``impressions``: one row per shown (row, position) with ``request_id, user_id, item_id,
+    position, ts`` and the truth: ``true_click_prob, examination_prob, relevance_prob``.
+    """
+
+    events: pd.DataFrame
+    impressions: pd.DataFrame
+
+
+def respond(
+    world: World,
+    user_ids: Sequence[str] | np.ndarray,
+    slates: Sequence[Sequence[str]] | np.ndarray,
+    date: str | dt.date,
+    seed: int,
+    request_ids: Sequence[str] | None = None,
+    ts: Sequence | np.ndarray | None = None,
+    arm: str | None = None,
+    model_version: str | None = None,
+    propensities: Sequence[Sequence[float]] | np.ndarray | None = None,
+) -> Response:
+    """Simulate the users' response to slates shown on ``date``.
+
+    ``user_ids``: ``(n,)``; ``slates``: ``n`` lists of item ids in display order (slot 0 first;
+    lengths may differ); ``request_ids``: ``(n,)`` (default ``q<YYYYMMDD>-<row>``); ``ts``: ``(n,)``
+    request times inside the day (default: drawn from the diurnal profile); ``propensities``: same
+    shape as ``slates``, copied onto the events. Deterministic in ``(world.seed, seed, date)`` and
+    the inputs. Items must exist by ``date``.
+    """
+    date = schema.parse_date(date)
+    world.extend_to(date)
+    day = world.day_index(date)
+    user_ids = np.asarray(user_ids, dtype=object)
+    n = len(user_ids)
+    if len(slates) != n:
+        raise ValueError(f"{n} user ids but {len(slates)} slates")
+    if isinstance(slates, np.ndarray) and slates.ndim == 2:  # rectangular: no Python loop
+        lengths = np.full(n, slates.shape[1], dtype=np.int64)
+        flat_items = slates.ravel()
+    else:
+        lengths = np.fromiter((len(s) for s in slates), dtype=np.int64, count=n)
+        flat_items = np.asarray([x for s in slates for x in s], dtype=object)
+    u_row = user_rows(world, user_ids)
+    late = np.flatnonzero(world.signup_day[u_row] > day)
+    if len(late):
+        raise ValueError(f"user {user_ids[int(late[0])]!r} has not signed up by {date}")
+    row = np.repeat(np.arange(n), lengths)
+    pos = np.arange(len(row)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    i = item_rows(world, flat_items)
+    late = np.flatnonzero(world.created_day[i] > day)
+    if len(late):
+        raise ValueError(f"item {flat_items[int(late[0])]!r} is not created by {date}")
+    rng = _rng(world.seed, _S_RESPOND, seed, date.toordinal())
+    start = _day_start_us(date)
+    if ts is None:
+        sec = rng.choice(24, size=n, p=_HOURLY) * 3600.0 + rng.random(n) * 3600.0
+        req_ts = start + np.minimum((sec * 1e6).astype(np.int64), DAY_US - 1)
+    else:
+        req_ts = _epoch_us(pd.Series(ts))
+        if len(req_ts) != n:
+            raise ValueError(f"{len(req_ts)} timestamps for {n} requests")
+        bad = np.flatnonzero((req_ts < start) | (req_ts >= start + DAY_US))
+        if len(bad):
+            raise ValueError(f"ts of row {int(bad[0])} is not inside {date}")
+    if request_ids is None:
+        rid = _ids(date.strftime("q%Y%m%d-"), np.arange(n))
+    else:
+        rid = pa.array([str(r) for r in request_ids], type=pa.string())
+        if len(rid) != n:
+            raise ValueError(f"{len(rid)} request ids for {n} requests")
+    u = u_row[row]
+    pair_ts = req_ts[row]
+    out = _outcomes(world, u, i, pos, pair_ts, start + DAY_US, rng)
+    ev = _assemble(row, pos, u, i, pair_ts, out, with_impressions=False)
+    prop = None
+    if propensities is not None:
+        if isinstance(propensities, np.ndarray) and propensities.ndim == 2:
+            flat_p = propensities.astype(np.float64).ravel()
+        else:
+            flat_p = np.asarray([p for s in propensities for p in s], dtype=np.float64)
+        if len(flat_p) != len(i):
+            raise ValueError(f"{len(flat_p)} propensities for {len(i)} shown items")
+        prop = flat_p[ev["pair"]]
+    events = _event_table(
+        rid, ev["req"], ev["pos"], ev["u"], ev["i"], ev["code"], ev["value"], ev["ts"],
+        prop, arm, model_version,
+    ).to_pandas()  # fmt: skip
+    impressions = pd.DataFrame(
+        {
+            "request_id": rid.take(pa.array(row)).to_pandas(),
+            "user_id": _ids("u", u).to_pandas(),
+            "item_id": _ids("i", i).to_pandas(),
+            "position": pos.astype(np.int32),
+            "ts": pd.to_datetime(pair_ts, unit="us", utc=True),
+            "true_click_prob": out.truth["click"],
+            "examination_prob": out.truth["examination"],
+            "relevance_prob": out.truth["relevance"],
+        }
+    )
+    return Response(events, impressions)
+
+
+# --- the command --------------------------------------------------------------------------------
+def world_meta(world: World) -> dict:
+    """What ``truth/world.json`` records: enough to rebuild the world and read its logs."""
+    return {
+        "scale": world.scale,
+        "seed": world.seed,
+        "start_date": world.start_date.isoformat(),
+        "slate_size": SLATE_SIZE,
+        "exploration": EXPLORATION,
+        "examination_by_position": [float(x) for x in EXAMINATION[:SLATE_SIZE]],
+        "arm": ARM,
+        "model_version": MODEL_VERSION,
+        "propensity": "per-slot conditional: q_i / (1 - sum of q over items in earlier slots)",
+    }
+
+
+def truth_impressions_dir(settings: Settings) -> Path:
+    """``truth/impressions``: one ``date=D/part-0.parquet`` of true probabilities per impression."""
+    return settings.truth_dir / "impressions"
+
+
+def load_world(settings: Settings) -> World:
+    """Rebuild the world that ``recloop simulate`` used in this workspace (``truth/world.json``)."""
+    path = settings.truth_dir / "world.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run `recloop simulate` first")
+    meta = json.loads(path.read_text())
+    return build_world(meta["scale"], int(meta["seed"]), meta["start_date"])
+
+
+def _write_json_atomic(obj: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _update_policy_value(settings: Settings, rows: list[dict]) -> None:
+    """Replace the rows of these dates in ``truth/policy_value.parquet`` (others kept)."""
+    path = settings.truth_dir / "policy_value.parquet"
+    new = pd.DataFrame(rows)
+    if path.exists():
+        old = pd.read_parquet(path)
+        new = pd.concat([old[~old["date"].isin(new["date"])], new], ignore_index=True)
+    new = new.sort_values("date", kind="stable").reset_index(drop=True)
+    schema.write_table_atomic(pa.Table.from_pandas(new, preserve_index=False), path)
+
+
+def simulate(
+    settings: Settings,
+    days: int,
+    scale: str | None = None,
+    seed: int | None = None,
+    start_date: str | dt.date = DEFAULT_START,
+) -> list[dict]:
+    """Simulate ``days`` days from ``start_date``; write logs, attributes and truth.
+
+    Returns one summary dict per day (events by type, users, items, new users/items, CTR).
+    """
+    from tqdm import tqdm
+
+    if days < 1:
+        raise ValueError(f"--days must be at least 1, got {days}")
+    scale = scale or settings.scale
+    seed = settings.seed if seed is None else int(seed)
+    start = schema.parse_date(start_date)
+    settings.ensure_dirs()
+    world = build_world(scale, seed, start)
+    meta_path = settings.truth_dir / "world.json"
+    if meta_path.exists():
+        old = json.loads(meta_path.read_text())
+        if (old.get("scale"), old.get("seed"), old.get("start_date")) != (
+            scale, seed, start.isoformat(),
+        ):  # fmt: skip
+            log.warning("%s described another world (%s); replacing it", meta_path, old)
+    _write_json_atomic(world_meta(world), meta_path)
+    dates = [start + dt.timedelta(days=d) for d in range(days)]
+    summaries, values = [], []
+    for date in tqdm(dates, desc=f"simulate {scale}", unit="day", disable=None):
+        result = simulate_day(world, date, progress=scale == "large")
+        schema.write_partition_atomic(result.events, settings.interactions_dir, date)
+        schema.write_partition_atomic(result.truth, truth_impressions_dir(settings), date)
+        s = result.summary
+        values.append(
+            {
+                "date": s["date"],
+                "requests": s["requests"],
+                "impressions": s["impression"],
+                "clicks": s["click"],
+                "expected_ctr": s["true_ctr"],
+                "realized_ctr": s["ctr"],
+                "expected_clicks_per_request": s["true_ctr"] * s["impression"] / s["requests"],
+                "expected_ctr_by_position": s["true_ctr_by_position"],
+            }
+        )
+        summaries.append(s)
+        log.info(
+            "simulated %s: %d requests, %d events (%d clicks), ctr %.4f",
+            s["date"], s["requests"], result.events.num_rows, s["click"], s["ctr"],
+        )  # fmt: skip
+    last = dates[-1]
+    schema.write_table_atomic(
+        schema.conform(world.users_frame(last), schema.USERS), settings.data_dir / "users.parquet"
+    )
+    schema.write_table_atomic(
+        schema.conform(world.items_frame(last), schema.ITEMS), settings.data_dir / "items.parquet"
+    )
+    _update_policy_value(settings, values)
+    return summaries
+
+
+SUMMARY_COLUMNS = (
+    "date", "requests", "users", "items", "new_users", "new_items",
+    "impression", "click", "purchase", "rating", "ctr", "true_ctr",
+)  # fmt: skip
+
+
+def format_summary(summaries: list[dict]) -> str:
+    """The per-day summary as a fixed-width text table."""
+    frame = pd.DataFrame(summaries, columns=list(SUMMARY_COLUMNS))
+    return frame.to_string(
+        index=False, formatters={"ctr": "{:.4f}".format, "true_ctr": "{:.4f}".format}
+    )

@@ -1,0 +1,102 @@
+"""The daily DAG run through Airflow itself: `airflow dags test` and `airflow standalone` + REST API."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import signal
+import time
+
+import httpx
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines import airflow_runner, schema, simulate
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.integration
+DAY0, DAY1 = "2026-01-01", "2026-01-02"
+
+
+@pytest.fixture()
+def tiny(settings):
+    """A workspace with two simulated tiny days; retries fast."""
+    simulate.simulate(settings, 2, "tiny", 7)
+    return dataclasses.replace(settings, retry_delay_s=1.0, task_retries=1)
+
+
+def _digest(folder) -> str:
+    return hashlib.sha256(
+        b"".join(f.read_bytes() for f in sorted(folder.rglob("*.parquet")))
+    ).hexdigest()
+
+
+def test_run_one_date_then_rerun_is_identical(tiny):
+    first = airflow_runner.run_dag(tiny, DAY1)
+    assert first.ok, first.log_tail
+    assert {t: s for t, s, _ in first.tasks} == {"validate": "success", "stats": "success"}
+    validated = schema.partition_dir(tiny.validated_dir, DAY1)
+    assert pq.read_table(validated).num_rows > 0
+    stats_file = tiny.reports_dir / "stats" / f"date={DAY1}.json"
+    before = (_digest(validated), stats_file.read_text())
+    again = airflow_runner.run_dag(tiny, DAY1)
+    assert again.ok
+    assert (_digest(validated), stats_file.read_text()) == before
+
+
+def test_bad_partition_fails_validation_without_retry(tiny):
+    part = next(schema.partition_dir(tiny.interactions_dir, DAY0).glob("*.parquet"))
+    part.write_bytes(b"this is not parquet")
+    result = airflow_runner.run_dag(tiny, DAY0)
+    assert result.state == "failed"
+    states = {t: (s, n) for t, s, n in result.tasks}
+    assert states["validate"] == ("failed", 1)  # AirflowFailException: no retry
+    assert states["stats"][0] == "upstream_failed"
+    assert "not parquet" in result.log_tail or part.name in result.log_tail
+
+
+def test_standalone_serves_the_dag_and_runs_it_from_the_rest_api(tiny):
+    port = free_port()
+    proc = airflow_runner.start_standalone(tiny, port=port)
+    try:
+        airflow_runner.wait_ready(port, timeout=180)
+        password = airflow_runner.admin_password(tiny)
+        base = f"http://127.0.0.1:{port}"
+        token = httpx.post(
+            f"{base}/auth/token", json={"username": "admin", "password": password}
+        ).json()
+        client = httpx.Client(
+            base_url=f"{base}/api/v2", headers={"Authorization": f"Bearer {token['access_token']}"}
+        )
+        deadline = time.time() + 120
+        while (
+            r := client.get("/dags/recloop_daily")
+        ).status_code == 404 and time.time() < deadline:
+            time.sleep(2)  # the DAG processor has not parsed the folder yet
+        assert r.status_code == 200 and r.json()["is_paused"] is True
+        assert client.patch("/dags/recloop_daily", json={"is_paused": False}).status_code == 200
+        run = client.post("/dags/recloop_daily/dagRuns", json={"logical_date": f"{DAY0}T00:00:00Z"})
+        assert run.status_code == 200, run.text
+        run_id = run.json()["dag_run_id"]
+        state = None
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            state = client.get(f"/dags/recloop_daily/dagRuns/{run_id}").json()["state"]
+            if state in ("success", "failed"):
+                break
+            time.sleep(2)
+        assert state == "success"
+        tis = client.get(f"/dags/recloop_daily/dagRuns/{run_id}/taskInstances").json()[
+            "task_instances"
+        ]
+        assert {t["task_id"]: t["state"] for t in tis} == {
+            "validate": "success",
+            "stats": "success",
+        }
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except Exception:  # noqa: BLE001
+            os.killpg(proc.pid, signal.SIGKILL)
