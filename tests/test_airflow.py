@@ -64,10 +64,12 @@ def test_standalone_serves_the_dag_and_runs_it_from_the_rest_api(tiny):
         password = airflow_runner.admin_password(tiny)
         base = f"http://127.0.0.1:{port}"
         token = httpx.post(
-            f"{base}/auth/token", json={"username": "admin", "password": password}
+            f"{base}/auth/token", json={"username": "admin", "password": password}, timeout=60
         ).json()
         client = httpx.Client(
-            base_url=f"{base}/api/v2", headers={"Authorization": f"Bearer {token['access_token']}"}
+            base_url=f"{base}/api/v2",
+            headers={"Authorization": f"Bearer {token['access_token']}"},
+            timeout=60,
         )
         deadline = time.time() + 120
         while (
