@@ -9,7 +9,7 @@
 | ``user_id``     | string                | raw user id (integers in raw data are kept as their decimal text) |
 | ``item_id``     | string                | raw item id |
 | ``event``       | string                | one of ``impression``, ``click``, ``purchase``, ``rating`` |
-| ``value``       | float64               | rating (1..5) for ``rating``, count (>= 0) otherwise |
+| ``value``       | float64               | rating (0.5..5) for ``rating``, count (>= 0) otherwise |
 | ``request_id``  | string, nullable      | the serving request (slate) that showed the item |
 | ``position``    | int32, nullable       | 0-based slot in the slate |
 | ``arm``         | string, nullable      | A/B arm or logging policy name |
@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 EVENTS = ("impression", "click", "purchase", "rating")
-RATING_RANGE = (1.0, 5.0)
+RATING_RANGE = (0.5, 5.0)  # MovieLens ratings.csv has half stars from 0.5
 
 INTERACTIONS = pa.schema(
     [
@@ -123,7 +123,7 @@ def conform(df: pd.DataFrame, schema: pa.Schema = INTERACTIONS) -> pa.Table:
         col = df[f.name]
         try:
             if pa.types.is_string(f.type):
-                col = col.astype("string")
+                col = col.astype("string[pyarrow]")
             elif pa.types.is_timestamp(f.type):
                 col = pd.to_datetime(col, utc=True)
             elif pa.types.is_date32(f.type):

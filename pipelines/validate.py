@@ -1,0 +1,811 @@
+"""The validation gate: one day's raw interactions → validated rows, quarantined rows, a report.
+
+``validate_partition(settings, date)`` reads ``data/interactions/date=D/*.parquet`` and
+
+- parses each column into the contract's type (``pipelines.schema.INTERACTIONS``); a value that
+  cannot be parsed (``ts``, ``value``, ``position``, ``propensity``) makes its row bad, not the run;
+- runs the row-level expectations of :data:`ROW_CHECKS` with Great Expectations (an ephemeral data
+  context, created once per process, suite defined in code) over the parsed frame, with
+  ``result_format=COMPLETE`` so every failing row index comes back;
+- writes the good rows to ``data/validated/date=D/part-0.parquet`` (conformed to the contract) and
+  the bad ones to ``quarantine/date=D/part-0.parquet`` with their original values (as text where
+  they could not be parsed), the ``reason`` (the failed checks, ``"; "``-separated), and the
+  source ``file`` and 0-based ``row`` in that file;
+- writes ``reports/validation/date=D.json`` and GX Data Docs HTML under ``reports/data_docs/``.
+
+Unknown ids (a ``user_id`` not in ``data/users.parquet``, an ``item_id`` not in
+``data/items.parquet``) are allowed and counted, never quarantined. When a reference file is absent
+(e.g. MovieLens without ``u.user``) its count is ``None``.
+
+Partition-level faults raise :class:`ValidationError` (a ``ValueError``: the CLI exits 2) before
+anything under ``validated/`` or ``quarantine/`` is touched, so the previous good output stays:
+missing partition, unreadable parquet file, missing required column, empty partition, share of bad
+rows above ``settings.max_bad_row_share``, and volume collapse (fewer rows than
+``settings.min_volume_ratio`` × the mean row count of the validated partitions of the 7 days
+before D, checked when at least 3 of those days exist). The report is still written, with
+``"verdict": "failed"`` and the error.
+
+A rerun of a date with the same inputs writes the same bytes (parquet outputs and JSON report); the
+Data Docs page of a date is overwritten too (its GX run id is fixed to the date).
+
+The GX context is ephemeral on purpose: a file data context writes its validation-result store into
+the repository at run time. The suite is defined here in code and the Data Docs site is pointed at
+``settings.reports_dir / "data_docs"`` before each run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import logging
+import math
+import os
+import threading
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines import schema
+from pipelines.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SUITE_NAME = "recloop_interactions"
+DOCS_SITE = "recloop_reports"
+TRAILING_DAYS = 7
+MIN_HISTORY_DAYS = 3
+MAX_EXAMPLES = 5
+ID_COLUMNS = ("event_id", "user_id", "item_id")
+TEXT = pd.StringDtype("pyarrow")  # text columns: Arrow-backed (fast null checks, no str objects)
+
+# Partition-level checks that are not GX expectations (they happen before GX can see a frame).
+PARTITION_EXISTS = "partition_exists"
+PARQUET_READABLE = "parquet_readable"
+REQUIRED_COLUMNS = "required_columns_present"
+NON_EMPTY = "partition_not_empty"
+BAD_ROW_SHARE = "max_bad_row_share"
+VOLUME = "expect_table_row_count_to_be_between(volume vs trailing 7 days)"
+
+
+class ValidationError(ValueError):
+    """A partition-level failure. The message names the file, the expectation and examples."""
+
+    def __init__(
+        self, message: str, *, file: str, expectation: str, examples: list[str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.file = file
+        self.expectation = expectation
+        self.examples = examples or []
+
+
+@dataclass(frozen=True)
+class RowCheck:
+    """One row-level GX expectation: ``expectation`` is a class name in ``gx.expectations``.
+
+    ``when`` restricts it to rows where ``event == when[1]`` (``when[0] == "=="``) or
+    ``event != when[1]`` (``"!="``). ``reason`` is what a failing row's ``reason`` column says.
+    """
+
+    expectation: str
+    column: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    when: tuple[str, str] | None = None
+
+    @property
+    def reason(self) -> str:
+        snake = "".join("_" + c.lower() if c.isupper() else c for c in self.expectation)[1:]
+        cond = f" where event {self.when[0]} {self.when[1]!r}" if self.when else ""
+        return f"{snake}({self.column}{cond})"
+
+
+_DAY_START = {"$PARAMETER": "day_start"}
+_DAY_END = {"$PARAMETER": "day_end"}
+
+#: The row-level expectations, in the order they appear in reports. Duplicates are special: GX
+#: flags every row sharing an ``event_id``; the gate keeps the first good one and quarantines the
+#: rest.
+ROW_CHECKS: tuple[RowCheck, ...] = (
+    *(RowCheck("ExpectColumnValuesToNotBeNull", c) for c in schema.KEY_COLUMNS),
+    RowCheck("ExpectColumnValuesToBeInSet", "event", {"value_set": list(schema.EVENTS)}),
+    RowCheck(
+        "ExpectColumnValuesToBeBetween",
+        "value",
+        {"min_value": schema.RATING_RANGE[0], "max_value": schema.RATING_RANGE[1]},
+        when=("==", "rating"),
+    ),
+    RowCheck("ExpectColumnValuesToBeBetween", "value", {"min_value": 0.0}, when=("!=", "rating")),
+    RowCheck(
+        "ExpectColumnValuesToBeBetween",
+        "propensity",
+        {"min_value": 0.0, "max_value": 1.0, "strict_min": True},
+    ),
+    RowCheck("ExpectColumnValuesToBeBetween", "position", {"min_value": 0}),
+    RowCheck(
+        "ExpectColumnValuesToBeBetween",
+        "ts",
+        {"min_value": _DAY_START, "max_value": _DAY_END, "strict_max": True},
+    ),
+    RowCheck("ExpectColumnValuesToBeUnique", "event_id"),
+)
+CHECK_ORDER = (*(c.reason for c in ROW_CHECKS), VOLUME)
+UNIQUE_REASON = RowCheck("ExpectColumnValuesToBeUnique", "event_id").reason
+
+#: Columns parsed from raw values; a raw value that does not parse is a row-level failure (checked
+#: in pandas before GX: e.g. GX's value-length expectation took 40% of the suite's time).
+PARSED_TYPES = {
+    **{c: "non-blank string" for c in ID_COLUMNS},
+    "ts": "timestamp[us, UTC]",
+    "value": "finite float64",
+    "position": "int32",
+    "propensity": "finite float64",
+}
+
+
+def parse_reason(column: str) -> str:
+    """The ``reason`` of a row whose ``column`` value could not be parsed."""
+    return f"parse({column} as {PARSED_TYPES[column]})"
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    """What one validated day produced. Returned only when the partition passed.
+
+    Row counts are rows; ``quarantined_by_reason`` counts rows per reason (a row failing two
+    checks counts under both). ``unknown_users``/``unknown_items`` are distinct ids among the good
+    rows that are missing from ``users.parquet``/``items.parquet`` (``None``: file absent), and
+    ``unknown_user_rows``/``unknown_item_rows`` the good rows carrying them. ``volume_ratio`` is
+    rows_total / mean rows of the validated partitions in the 7 days before (``None``: no history).
+    """
+
+    date: dt.date
+    rows_total: int
+    rows_good: int
+    rows_quarantined: int
+    quarantined_by_reason: dict[str, int]
+    unknown_users: int | None
+    unknown_items: int | None
+    unknown_user_rows: int | None
+    unknown_item_rows: int | None
+    volume_ratio: float | None
+    trailing_mean: float | None
+    trailing_days: int
+    passed: bool
+    validated_path: Path
+    quarantine_path: Path
+    report_path: Path
+    data_docs_path: Path | None
+
+
+# --- Great Expectations: one context per process -------------------------------------------------
+
+_GX_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class _Gx:
+    context: Any
+    checkpoint: Any
+
+
+def _condition(when: tuple[str, str] | None) -> Any:
+    if when is None:
+        return None
+    from great_expectations.expectations.row_conditions import Column
+
+    op, value = when
+    return Column("event") == value if op == "==" else Column("event") != value
+
+
+def _fs_backend(base_directory: Path) -> dict[str, Any]:
+    return {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(base_directory)}
+
+
+@functools.lru_cache(maxsize=16)
+def _gx(reports_dir: Path) -> _Gx:
+    """The GX context, suite and checkpoint of one workspace (cached: built once per process).
+
+    An ephemeral context (nothing is written into the repository) whose suite is defined in code
+    from :data:`ROW_CHECKS`. Validation results are kept as JSON under
+    ``reports_dir/gx_validation_results`` (so the Data Docs index lists every validated date, not
+    only this process's) and Data Docs HTML goes to ``reports_dir/data_docs``. The first call
+    imports GX (~3.5 s); later ones for another workspace take a few ms.
+    """
+    # GX logs its own import and set-up at INFO (hundreds of lines); keep its warnings only,
+    # unless someone configured its logger already.
+    gx_log = logging.getLogger("great_expectations")
+    if gx_log.level == logging.NOTSET:
+        gx_log.setLevel(logging.WARNING)
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
+
+    defaults = InMemoryStoreBackendDefaults(init_temp_docs_sites=False)
+    stores = dict(defaults.stores)
+    stores[defaults.validation_results_store_name] = {
+        "class_name": "ValidationResultsStore",
+        "store_backend": _fs_backend(reports_dir / "gx_validation_results"),
+    }
+    config = DataContextConfig(
+        store_backend_defaults=defaults,
+        stores=stores,
+        data_docs_sites={
+            DOCS_SITE: {
+                "class_name": "SiteBuilder",
+                "show_how_to_buttons": False,
+                "store_backend": _fs_backend(reports_dir / "data_docs"),
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            }
+        },
+        analytics_enabled=False,
+        progress_bars=ProgressBarsConfig(globally=False),
+    )
+    context = gx.get_context(mode="ephemeral", project_config=config)
+    batch = (
+        context.data_sources.add_pandas("recloop")
+        .add_dataframe_asset("interactions")
+        .add_batch_definition_whole_dataframe("partition")
+    )
+    suite = gx.ExpectationSuite(name=SUITE_NAME)
+    for check in ROW_CHECKS:
+        cls = getattr(gx.expectations, check.expectation)
+        kwargs = dict(check.kwargs, column=check.column, meta={"check": check.reason})
+        if check.when is not None:
+            kwargs["row_condition"] = _condition(check.when)
+        suite.add_expectation(cls(**kwargs))
+    suite.add_expectation(
+        gx.expectations.ExpectTableRowCountToBeBetween(
+            min_value={"$PARAMETER": "min_rows"}, meta={"check": VOLUME}
+        )
+    )
+    suite = context.suites.add(suite)
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name="interactions_partition", data=batch, suite=suite)
+    )
+    checkpoint = context.checkpoints.add(
+        gx.Checkpoint(
+            name="validate_interactions",
+            validation_definitions=[definition],
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE])],
+            result_format={"result_format": "COMPLETE"},
+        )
+    )
+    return _Gx(context=context, checkpoint=checkpoint)
+
+
+def _run_gx(frame: pd.DataFrame, date: dt.date, min_rows: int, reports_dir: Path) -> dict[str, Any]:
+    """Run the suite over ``frame``; returns ``{check name: ExpectationValidationResult}``.
+
+    Data Docs are updated under ``reports_dir/data_docs``; the run id is ``date=D`` at the day's
+    start, so a rerun of a date overwrites that date's page instead of adding one.
+    """
+    gxo = _gx(reports_dir)  # first: it quiets GX's import-time logging
+    from great_expectations.core.run_identifier import RunIdentifier
+
+    day_start = dt.datetime.combine(date, dt.time(), tzinfo=dt.UTC)
+    with _GX_LOCK:
+        result = gxo.checkpoint.run(
+            batch_parameters={"dataframe": frame},
+            expectation_parameters={
+                "day_start": day_start,
+                "day_end": day_start + dt.timedelta(days=1),
+                "min_rows": int(min_rows),
+            },
+            run_id=RunIdentifier(run_name=f"date={date.isoformat()}", run_time=day_start),
+        )
+    (suite_result,) = result.run_results.values()
+    by_check = {r.expectation_config.meta["check"]: r for r in suite_result.results}
+    for name, r in by_check.items():
+        info = r.exception_info or {}
+        if info.get("raised_exception"):
+            raise RuntimeError(
+                f"GX expectation {name} raised while validating date={date}: "
+                f"{info.get('exception_message')}"
+            )
+    return by_check
+
+
+# --- reading and parsing -------------------------------------------------------------------------
+
+
+def _rel(settings: Settings, path: Path) -> str:
+    try:
+        return path.relative_to(settings.home).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def read_raw_partition(settings: Settings, date: dt.date) -> tuple[pd.DataFrame, list[Path]]:
+    """All files of the raw partition, concatenated, with ``__file`` and ``__row`` columns.
+
+    Raises :class:`ValidationError` for a missing partition, an unreadable file or a file that
+    lacks a required column (``schema.KEY_COLUMNS``).
+    """
+    folder = schema.partition_dir(settings.interactions_dir, date)
+    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    if not files:
+        raise ValidationError(
+            f"{folder}: expectation {PARTITION_EXISTS} failed: no parquet files for date={date} "
+            "(missing partition)",
+            file=str(folder),
+            expectation=PARTITION_EXISTS,
+        )
+    frames = []
+    for path in files:
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowException, OSError) as exc:
+            raise ValidationError(
+                f"{path}: expectation {PARQUET_READABLE} failed: cannot read parquet file: {exc}",
+                file=str(path),
+                expectation=PARQUET_READABLE,
+            ) from exc
+        missing = [c for c in schema.KEY_COLUMNS if c not in table.column_names]
+        if missing:
+            raise ValidationError(
+                f"{path}: expectation {REQUIRED_COLUMNS} failed: missing required column(s) "
+                f"{missing}; columns present: {table.column_names}",
+                file=str(path),
+                expectation=REQUIRED_COLUMNS,
+            )
+        try:
+            frame = table.to_pandas(types_mapper={pa.string(): TEXT, pa.large_string(): TEXT}.get)
+        except (pa.ArrowException, ValueError) as exc:
+            raise ValidationError(
+                f"{path}: expectation {PARQUET_READABLE} failed: cannot convert to rows: {exc}",
+                file=str(path),
+                expectation=PARQUET_READABLE,
+            ) from exc
+        frame["__file"] = _rel(settings, path)
+        frame["__row"] = np.arange(len(frame), dtype=np.int64)
+        frames.append(frame)
+        log.info("read %s: %d rows", path, len(frame))
+    raw = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    return raw, files
+
+
+def _is_text_dtype(s: pd.Series) -> bool:
+    return s.dtype == object or isinstance(s.dtype, pd.StringDtype)
+
+
+def as_text(s: pd.Series) -> pd.Series:
+    """Raw values → Arrow-backed strings (``<NA>`` where null); integers as decimal text."""
+    if isinstance(s.dtype, pd.StringDtype):
+        return s.astype(TEXT)
+    if s.dtype == object and pd.api.types.infer_dtype(s, skipna=True) in ("string", "empty"):
+        return s.astype(TEXT)
+    if pd.api.types.is_float_dtype(s):
+        finite = s.dropna()
+        if len(finite) and np.isfinite(finite).all() and (finite == np.floor(finite)).all():
+            s = s.astype("Int64")
+    return s.map(str, na_action="ignore").where(s.notna(), None).astype(TEXT)
+
+
+def _parse_ts_value(v: Any) -> pd.Timestamp:
+    if isinstance(v, dt.datetime):
+        ts = pd.Timestamp(v)
+    elif isinstance(v, str):
+        try:
+            ts = pd.Timestamp(dt.datetime.fromisoformat(v.strip()))
+        except ValueError:
+            return pd.NaT
+    else:
+        return pd.NaT
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def parse_ts(s: pd.Series) -> pd.Series:
+    """→ ``datetime64[us, UTC]``; naive values are taken as UTC; strings must be ISO 8601."""
+    if isinstance(s.dtype, pd.DatetimeTZDtype):
+        out = s.dt.tz_convert("UTC")
+    elif pd.api.types.is_datetime64_dtype(s):
+        out = s.dt.tz_localize("UTC")
+    elif _is_text_dtype(s):
+        uniques = pd.unique(s.dropna())
+        mapping = {v: _parse_ts_value(v) for v in uniques}
+        out = pd.to_datetime(s.map(mapping), utc=True)
+    else:  # numbers, dates without time, …: not a timestamp
+        out = pd.Series(pd.NaT, index=s.index)
+    return out.astype("datetime64[us, UTC]")
+
+
+def parse_float(s: pd.Series) -> pd.Series:
+    """→ ``float64``, NaN where null or not a finite number."""
+    if pd.api.types.is_bool_dtype(s):
+        out = pd.Series(np.nan, index=s.index)
+    elif pd.api.types.is_numeric_dtype(s):
+        out = s.astype("float64")
+    else:
+        out = pd.to_numeric(s.astype(object), errors="coerce").astype("float64")
+    return out.where(np.isfinite(out))
+
+
+def parse_int32(s: pd.Series) -> pd.Series:
+    """→ ``float64`` holding int32 values; NaN where null, not integral or outside int32.
+
+    (Kept as float64 rather than ``Int32`` because GX compares float64 columns vectorized but
+    nullable integer ones value by value; the outputs are cast to int32 when written.)
+    """
+    f = parse_float(s)
+    ok = f.notna() & (f == np.floor(f)) & (f >= -(2**31)) & (f < 2**31)
+    return f.where(ok)
+
+
+_PARSERS = {
+    "ts": parse_ts,
+    "value": parse_float,
+    "position": parse_int32,
+    "propensity": parse_float,
+}
+
+
+def parse_frame(raw: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Raw rows → a frame with exactly the ``INTERACTIONS`` columns in their pandas types.
+
+    Returns ``(frame, unparsed)``: ``unparsed[col]`` is a boolean mask of rows whose non-null
+    raw value in ``col`` could not be parsed (those values are null in ``frame``).
+    """
+    out: dict[str, pd.Series] = {}
+    unparsed: dict[str, np.ndarray] = {}
+    for f in schema.INTERACTIONS:
+        if f.name not in raw.columns:
+            col = pd.Series(None, index=raw.index, dtype="float64" if f.name in _PARSERS else TEXT)
+            out[f.name] = col.astype("datetime64[us, UTC]") if f.name == "ts" else col
+            continue
+        s = raw[f.name]
+        if f.name in _PARSERS:
+            parsed = _PARSERS[f.name](s)
+        else:
+            parsed = as_text(s)
+            if f.name in ID_COLUMNS:  # a blank id is no id
+                parsed = parsed.mask(parsed.str.strip().str.len() == 0)
+        bad = (s.notna() & parsed.isna()).to_numpy(dtype=bool)
+        if bad.any():
+            unparsed[f.name] = bad
+        out[f.name] = parsed
+    return pd.DataFrame(out, index=raw.index), unparsed
+
+
+# --- volume --------------------------------------------------------------------------------------
+
+
+def trailing_volume(settings: Settings, date: dt.date) -> list[tuple[dt.date, int]]:
+    """``(day, rows)`` of the validated partitions of the ``TRAILING_DAYS`` days before ``date``."""
+    out = []
+    for day in schema.partition_dates(settings.validated_dir):
+        if date - dt.timedelta(days=TRAILING_DAYS) <= day < date:
+            files = sorted(schema.partition_dir(settings.validated_dir, day).glob("*.parquet"))
+            out.append((day, sum(pq.ParquetFile(f).metadata.num_rows for f in files)))
+    return out
+
+
+# --- the gate ------------------------------------------------------------------------------------
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (np.ndim(value) == 0 and pd.isna(value)):
+        return "null"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _row_example(raw: pd.DataFrame, idx: int, reasons: list[str]) -> str:
+    """``file row N [reasons]: col=value, ...`` for one raw row (original values)."""
+    row = raw.loc[idx]
+    values = ", ".join(f"{c}={_fmt(row[c])}" for c in schema.INTERACTIONS.names if c in raw.columns)
+    return f"{row['__file']} row {row['__row']} [{'; '.join(reasons)}]: {values}"
+
+
+def _example_rows(reasons: dict[int, list[str]]) -> list[int]:
+    """Up to ``MAX_EXAMPLES`` bad rows: the first of each reason, then the next ones in order."""
+    picked: dict[str, int] = {}
+    for i in sorted(reasons):
+        for r in reasons[i]:
+            picked.setdefault(r, i)
+    rows = sorted(set(picked.values()))[:MAX_EXAMPLES]
+    for i in sorted(reasons):
+        if len(rows) >= MAX_EXAMPLES:
+            break
+        if i not in rows:
+            rows.append(i)
+    return sorted(rows)
+
+
+def _known_ids(path: Path, column: str) -> np.ndarray | None:
+    if not path.exists():
+        return None
+    try:
+        ids = pq.read_table(path, columns=[column]).column(0).to_pandas()
+    except (pa.ArrowException, OSError, KeyError) as exc:
+        raise ValidationError(
+            f"{path}: expectation {PARQUET_READABLE} failed: cannot read column {column!r}: {exc}",
+            file=str(path),
+            expectation=PARQUET_READABLE,
+        ) from exc
+    return as_text(ids).dropna().unique()
+
+
+def _unknown(good: pd.DataFrame, column: str, known: np.ndarray | None) -> tuple[int, int] | None:
+    if known is None:
+        return None
+    mask = ~good[column].isin(known)
+    return int(good.loc[mask, column].nunique()), int(mask.sum())
+
+
+def _quarantine_table(
+    raw: pd.DataFrame,
+    parsed: pd.DataFrame,
+    unparsed: dict[str, np.ndarray],
+    bad: np.ndarray,
+    reasons: list[str],
+) -> pa.Table:
+    """Bad rows with every original column (text where a value did not parse) + reason/file/row."""
+    fields, arrays = [], []
+    for f in schema.INTERACTIONS:
+        if f.name in unparsed and unparsed[f.name][bad].any():
+            fields.append(pa.field(f.name, pa.string()))
+            arrays.append(pa.array(as_text(raw[f.name].iloc[bad]), type=pa.string()))
+        else:
+            fields.append(pa.field(f.name, f.type))
+            col = parsed[f.name].iloc[bad]
+            arrays.append(pa.array(col, type=f.type, from_pandas=True))
+    extras = [
+        c for c in raw.columns if c not in schema.INTERACTIONS.names and not c.startswith("__")
+    ]
+    for c in extras:
+        fields.append(pa.field(c, pa.string()))
+        arrays.append(pa.array(as_text(raw[c].iloc[bad]), type=pa.string()))
+    fields += [
+        pa.field("reason", pa.string()),
+        pa.field("file", pa.string()),
+        pa.field("row", pa.int64()),
+    ]
+    arrays += [
+        pa.array(reasons, type=pa.string()),
+        pa.array(raw["__file"].iloc[bad].astype(str), type=pa.string()),
+        pa.array(raw["__row"].iloc[bad], type=pa.int64()),
+    ]
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def _write_json_atomic(obj: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:8]}"
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def report_path(settings: Settings, date: str | dt.date) -> Path:
+    """``reports/validation/date=D.json``."""
+    return settings.reports_dir / "validation" / f"date={schema.parse_date(date).isoformat()}.json"
+
+
+def validate_partition(settings: Settings, date: str | dt.date) -> ValidationResult:
+    """Validate the raw partition of ``date``; write validated rows, quarantine and report.
+
+    Raises :class:`ValidationError` on a partition-level failure (nothing under ``validated/`` or
+    ``quarantine/`` is changed then; the report says ``"verdict": "failed"``).
+    """
+    day = schema.parse_date(date)
+    report: dict[str, Any] = {
+        "date": day.isoformat(),
+        "thresholds": {
+            "max_bad_row_share": settings.max_bad_row_share,
+            "min_volume_ratio": settings.min_volume_ratio,
+            "trailing_days": TRAILING_DAYS,
+            "min_history_days": MIN_HISTORY_DAYS,
+        },
+    }
+    try:
+        return _validate(settings, day, report)
+    except ValidationError as exc:
+        report.update(verdict="failed", error=str(exc), failed_expectation=exc.expectation)
+        report.update(failed_file=exc.file, examples=exc.examples)
+        report["outputs"] = "unchanged: validated/ and quarantine/ of this date were not touched"
+        _write_json_atomic(report, report_path(settings, day))
+        log.error("validation of date=%s failed: %s", day, exc.expectation)
+        raise
+
+
+def _validate(settings: Settings, day: dt.date, report: dict[str, Any]) -> ValidationResult:
+    folder = schema.partition_dir(settings.interactions_dir, day)
+    raw, files = read_raw_partition(settings, day)
+    report["files"] = [_rel(settings, f) for f in files]
+    n = len(raw)
+    if n == 0:
+        raise ValidationError(
+            f"{folder}: expectation {NON_EMPTY} failed: the partition has 0 rows "
+            f"(files: {[f.name for f in files]})",
+            file=str(folder),
+            expectation=NON_EMPTY,
+        )
+
+    parsed, unparsed = parse_frame(raw)
+    history = trailing_volume(settings, day)
+    trailing_mean = float(np.mean([r for _, r in history])) if history else None
+    checked = len(history) >= MIN_HISTORY_DAYS
+    min_rows = max(1, math.ceil(settings.min_volume_ratio * trailing_mean)) if checked else 1
+    docs_dir = settings.reports_dir / "data_docs"
+    checked_columns = sorted({c.column for c in ROW_CHECKS} | {"event"})
+    by_check = _run_gx(parsed[checked_columns], day, min_rows, settings.reports_dir)
+    report["data_docs"] = str(docs_dir / "index.html")
+
+    # Row reasons: parse failures first, then GX failures (a null that came from an unparsed
+    # value is reported as the parse failure only).
+    reasons: dict[int, list[str]] = {}
+    for col, mask in unparsed.items():
+        for i in np.flatnonzero(mask):
+            reasons.setdefault(int(i), []).append(parse_reason(col))
+    for check in ROW_CHECKS:
+        reason = check.reason
+        if reason == UNIQUE_REASON:
+            continue
+        mask = unparsed.get(check.column)
+        for i in by_check[reason].result.get("unexpected_index_list") or []:
+            if mask is not None and mask[i]:
+                continue
+            reasons.setdefault(int(i), []).append(reason)
+    # Duplicates: among rows that are otherwise good, keep the first of each event_id.
+    dup_rows = sorted(
+        int(i) for i in by_check[UNIQUE_REASON].result.get("unexpected_index_list") or []
+    )
+    seen: set[str] = set()
+    for i in dup_rows:
+        if i in reasons:
+            continue
+        key = parsed.at[i, "event_id"]
+        if key in seen:
+            reasons[i] = [UNIQUE_REASON]
+        else:
+            seen.add(key)
+
+    bad = np.zeros(n, dtype=bool)
+    bad_idx = np.array(sorted(reasons), dtype=np.int64)
+    bad[bad_idx] = True
+    by_reason = Counter(r for rs in reasons.values() for r in rs)
+    report["rows"] = {"total": n, "good": int(n - bad.sum()), "quarantined": int(bad.sum())}
+    report["quarantined_by_reason"] = dict(sorted(by_reason.items()))
+    report["expectations"] = [
+        {
+            "check": name,
+            "expectation": r.expectation_config.type,
+            "success": bool(r.success),
+            "unexpected_count": r.result.get("unexpected_count"),
+            "observed_value": r.result.get("observed_value"),
+        }
+        for name, r in ((c, by_check[c]) for c in CHECK_ORDER)
+    ]
+    report["parse_failures"] = {c: int(m.sum()) for c, m in sorted(unparsed.items())}
+    ratio = n / trailing_mean if trailing_mean else None
+    report["volume"] = {
+        "rows": n,
+        "trailing_days": [d.isoformat() for d, _ in history],
+        "trailing_mean": trailing_mean,
+        "ratio": ratio,
+        "checked": checked,
+        "min_rows": min_rows,
+    }
+
+    failures = []
+    share = bad.sum() / n
+    if share > settings.max_bad_row_share:
+        top = ", ".join(f"{k} ({v} rows)" for k, v in by_reason.most_common())
+        failures.append(
+            (
+                BAD_ROW_SHARE,
+                f"{share:.1%} of {n} rows are bad, above the limit "
+                f"{settings.max_bad_row_share:.1%}; failed expectations: {top}",
+            )
+        )
+    if not by_check[VOLUME].success:
+        failures.append(
+            (
+                VOLUME,
+                f"volume collapse: {n} rows < {settings.min_volume_ratio} x {trailing_mean:.1f} "
+                f"(mean of the validated days {[d.isoformat() for d, _ in history]})",
+            )
+        )
+    if failures:
+        examples = [_row_example(raw, i, reasons[i]) for i in _example_rows(reasons)]
+        files_txt = ", ".join(str(f) for f in files)
+        msg = "; ".join(f"expectation {name} failed: {text}" for name, text in failures)
+        if examples:
+            msg += "; examples of offending rows: " + " | ".join(examples)
+        raise ValidationError(
+            f"{files_txt}: {msg}",
+            file=files_txt,
+            expectation=", ".join(name for name, _ in failures),
+            examples=examples,
+        )
+
+    good = parsed.loc[~bad].reset_index(drop=True)
+    users = _unknown(good, "user_id", _known_ids(settings.data_dir / "users.parquet", "user_id"))
+    items = _unknown(good, "item_id", _known_ids(settings.data_dir / "items.parquet", "item_id"))
+    report["unknown_ids"] = {
+        "users": users[0] if users else None,
+        "user_rows": users[1] if users else None,
+        "items": items[0] if items else None,
+        "item_rows": items[1] if items else None,
+    }
+
+    validated = schema.write_partition_atomic(schema.conform(good), settings.validated_dir, day)
+    q_reasons = ["; ".join(reasons[int(i)]) for i in bad_idx]
+    quarantine = schema.write_partition_atomic(
+        _quarantine_table(raw, parsed, unparsed, bad, q_reasons), settings.quarantine_dir, day
+    )
+    report["outputs"] = {
+        "validated": str(validated / "part-0.parquet"),
+        "quarantine": str(quarantine / "part-0.parquet"),
+    }
+    report["verdict"] = "passed"
+    path = report_path(settings, day)
+    _write_json_atomic(report, path)
+    log.info(
+        "validated date=%s: %d rows, %d good, %d quarantined %s; unknown users %s, items %s",
+        day,
+        n,
+        n - bad.sum(),
+        bad.sum(),
+        dict(by_reason),
+        report["unknown_ids"]["users"],
+        report["unknown_ids"]["items"],
+    )
+    return ValidationResult(
+        date=day,
+        rows_total=n,
+        rows_good=int(n - bad.sum()),
+        rows_quarantined=int(bad.sum()),
+        quarantined_by_reason=dict(sorted(by_reason.items())),
+        unknown_users=users[0] if users else None,
+        unknown_items=items[0] if items else None,
+        unknown_user_rows=users[1] if users else None,
+        unknown_item_rows=items[1] if items else None,
+        volume_ratio=ratio,
+        trailing_mean=trailing_mean,
+        trailing_days=len(history),
+        passed=True,
+        validated_path=validated / "part-0.parquet",
+        quarantine_path=quarantine / "part-0.parquet",
+        report_path=path,
+        data_docs_path=docs_dir / "index.html",
+    )
+
+
+def format_summary(result: ValidationResult) -> str:
+    """A few human-readable lines about one validated day."""
+
+    def unknown(n: int | None, rows: int | None, what: str) -> str:
+        return f"not checked (no {what}.parquet)" if n is None else f"{n} ({rows} rows)"
+
+    lines = [
+        f"date={result.date}: {result.rows_total} rows, {result.rows_good} good, "
+        f"{result.rows_quarantined} quarantined",
+    ]
+    for reason, count in result.quarantined_by_reason.items():
+        lines.append(f"  quarantined {count:>8}  {reason}")
+    lines.append(
+        f"  unknown users: {unknown(result.unknown_users, result.unknown_user_rows, 'users')}; "
+        f"unknown items: {unknown(result.unknown_items, result.unknown_item_rows, 'items')}"
+    )
+    if result.volume_ratio is None:
+        lines.append("  volume: no validated days in the trailing 7 days")
+    else:
+        lines.append(
+            f"  volume: {result.volume_ratio:.2f} x the mean of {result.trailing_days} "
+            f"trailing day(s) ({result.trailing_mean:.1f} rows)"
+        )
+    lines.append(f"  validated:  {result.validated_path}")
+    lines.append(f"  quarantine: {result.quarantine_path}")
+    lines.append(f"  report:     {result.report_path}")
+    lines.append(f"  data docs:  {result.data_docs_path}")
+    return "\n".join(lines)
