@@ -41,7 +41,8 @@ def daily_stats(settings: Settings, date: str | dt.date) -> dict[str, Any]:
             for d in earlier
             for f in schema.partition_dir(settings.validated_dir, d).glob("*.parquet")
         ]
-        con.execute("CREATE VIEW before AS SELECT user_id, item_id FROM read_parquet(?)", [files])
+        listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+        con.execute(f"CREATE VIEW before AS SELECT user_id, item_id FROM read_parquet([{listed}])")
     else:
         con.execute(
             "CREATE VIEW before AS SELECT ''::VARCHAR AS user_id, ''::VARCHAR AS item_id WHERE false"
