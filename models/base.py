@@ -150,6 +150,9 @@ def load_model(folder: Path, device: str | None = None) -> Recommender:
         state = torch.load(w_path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable weights file is the same error
         raise ValueError(f"{w_path}: cannot load weights ({exc})") from exc
-    model = MODEL_CLASSES[name].from_config(cfg, device=device)
-    model.load_state(state)
+    try:
+        model = MODEL_CLASSES[name].from_config(cfg, device=device)
+        model.load_state(state)
+    except (ValueError, KeyError, RuntimeError, TypeError) as exc:
+        raise ValueError(f"{w_path}: weights do not fit the {name!r} config ({exc})") from exc
     return model

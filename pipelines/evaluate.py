@@ -1,0 +1,322 @@
+"""Offline ranking metrics and the evaluation protocol.
+
+Definitions follow the reference chapter (section 16.1). Conventions, stated once:
+
+* ``recs`` is an int array ``(U_eval, K)`` of item indices, best first, padded with ``-1`` when a
+  model returned fewer than ``K`` items. Padding is never relevant; Precision@K still divides by
+  ``K`` (a short list is penalised, not rewarded).
+* ``relevance`` gives each row of ``recs`` its graded relevance: a ``scipy.sparse`` matrix
+  ``(U_eval, I)`` (row ``r`` belongs to ``recs[r]``) or a sequence/mapping ``row -> {item: grade}``.
+  An item is *relevant* when its grade is ``> 0``; NDCG uses the grade itself.
+* Rows with no relevant item are **skipped** by every per-user metric (recall and NDCG are
+  undefined for them, and counting them as zeros would reward nothing but test-set sparsity);
+  ``n_users`` in :func:`evaluate_model` reports how many rows were averaged. When no row has a
+  relevant item the metric is ``nan``.
+* Duplicate items inside one list count once (the first occurrence); later copies are misses.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+if TYPE_CHECKING:
+    from models.base import Recommender
+
+log = logging.getLogger(__name__)
+
+Relevance = (
+    sp.spmatrix | sp.sparray | Sequence[Mapping[int, float]] | Mapping[int, Mapping[int, float]]
+)
+
+
+# --- inputs -----------------------------------------------------------------------------------
+def _relevance_csr(relevance: Relevance, recs: np.ndarray) -> sp.csr_matrix:
+    """Normalise ``relevance`` to a CSR ``(U_eval, n)`` holding only grades ``> 0``."""
+    n_rows = len(recs)
+    if sp.issparse(relevance):
+        m = sp.csr_matrix(relevance, dtype=np.float64)
+        if m.shape[0] != n_rows:
+            raise ValueError(f"relevance has {m.shape[0]} rows, recs has {n_rows}")
+    else:
+        if isinstance(relevance, Mapping):
+            dicts = [relevance.get(r, {}) for r in range(n_rows)]
+        else:
+            if len(relevance) != n_rows:
+                raise ValueError(f"relevance has {len(relevance)} rows, recs has {n_rows}")
+            dicts = list(relevance)
+        rows = np.repeat(np.arange(n_rows), [len(d) for d in dicts])
+        cols = np.fromiter((int(i) for d in dicts for i in d), dtype=np.int64, count=len(rows))
+        vals = np.fromiter((float(g) for d in dicts for g in d.values()), np.float64, len(rows))
+        n_cols = int(max(cols.max(initial=-1), np.asarray(recs).max(initial=-1)) + 1)
+        m = sp.csr_matrix((vals, (rows, cols)), shape=(n_rows, n_cols))
+    m = m.multiply(m > 0).tocsr()
+    m.eliminate_zeros()
+    return m
+
+
+def _gains(recs: np.ndarray, rel: sp.csr_matrix, k: int) -> np.ndarray:
+    """Grade of each of the first ``k`` recommended items (0 for misses, padding, duplicates):
+    float ``(U_eval, k)``."""
+    recs = np.asarray(recs)
+    if recs.ndim != 2:
+        raise ValueError(f"recs must be 2-D (U_eval, K), got shape {recs.shape}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    top = recs[:, :k].astype(np.int64)
+    n, w = top.shape
+    valid = (top >= 0) & (top < rel.shape[1])
+    # later copies of an item inside one list are misses
+    order = np.argsort(top, axis=1, kind="stable")
+    srt = np.take_along_axis(top, order, axis=1)
+    dup_sorted = np.zeros_like(srt, dtype=bool)
+    dup_sorted[:, 1:] = srt[:, 1:] == srt[:, :-1]
+    dup = np.zeros_like(dup_sorted)
+    np.put_along_axis(dup, order, dup_sorted, axis=1)
+    valid &= ~dup
+    g = np.zeros((n, k), dtype=np.float64)
+    r, c = np.nonzero(valid)
+    if len(r):
+        g[r, c] = np.asarray(rel[r, top[r, c]]).ravel()
+    return g
+
+
+def _mean_over_users_with_relevance(values: np.ndarray, rel: sp.csr_matrix) -> float:
+    keep = np.diff(rel.indptr) > 0
+    return float(values[keep].mean()) if keep.any() else float("nan")
+
+
+def _n_relevant(rel: sp.csr_matrix) -> np.ndarray:
+    return np.diff(rel.indptr).astype(np.float64)
+
+
+# --- ranking metrics ----------------------------------------------------------------------------
+def precision_at_k(recs: np.ndarray, relevance: Relevance, k: int) -> float:
+    """Mean over users of ``|relevant in top-k| / k``."""
+    rel = _relevance_csr(relevance, recs)
+    hits = (_gains(recs, rel, k) > 0).sum(1)
+    return _mean_over_users_with_relevance(hits / k, rel)
+
+
+def recall_at_k(recs: np.ndarray, relevance: Relevance, k: int) -> float:
+    """Mean over users of ``|relevant in top-k| / |all relevant|``."""
+    rel = _relevance_csr(relevance, recs)
+    hits = (_gains(recs, rel, k) > 0).sum(1)
+    return _mean_over_users_with_relevance(hits / np.maximum(_n_relevant(rel), 1), rel)
+
+
+def map_at_k(recs: np.ndarray, relevance: Relevance, k: int) -> float:
+    """``1/|U| sum_u 1/min(m_u, k) sum_{j<=k} P@j * rel(j)`` (the chapter's form)."""
+    rel = _relevance_csr(relevance, recs)
+    hit = (_gains(recs, rel, k) > 0).astype(np.float64)
+    p_at_j = np.cumsum(hit, axis=1) / np.arange(1, k + 1)
+    m = np.clip(_n_relevant(rel), 1, k)
+    return _mean_over_users_with_relevance((p_at_j * hit).sum(1) / m, rel)
+
+
+def ndcg_at_k(recs: np.ndarray, relevance: Relevance, k: int) -> float:
+    """``DCG@k / IDCG@k`` with gain ``2^rel - 1`` and discount ``log2(i + 1)`` (``i`` from 1).
+
+    IDCG@k is the DCG of the user's own relevant grades sorted best first (at most ``k`` of them).
+    """
+    rel = _relevance_csr(relevance, recs)
+    disc = 1.0 / np.log2(np.arange(2, k + 2))
+    dcg = ((2.0 ** _gains(recs, rel, k) - 1.0) * disc).sum(1)
+    idcg = np.zeros(rel.shape[0])
+    for r in range(rel.shape[0]):
+        best = np.sort(rel.data[rel.indptr[r] : rel.indptr[r + 1]])[::-1][:k]
+        idcg[r] = ((2.0**best - 1.0) * disc[: len(best)]).sum()
+    return _mean_over_users_with_relevance(dcg / np.where(idcg > 0, idcg, 1.0), rel)
+
+
+def hit_rate_at_k(recs: np.ndarray, relevance: Relevance, k: int) -> float:
+    """Share of users with at least one relevant item in the top-k."""
+    rel = _relevance_csr(relevance, recs)
+    hit = (_gains(recs, rel, k) > 0).any(1).astype(np.float64)
+    return _mean_over_users_with_relevance(hit, rel)
+
+
+def mrr(recs: np.ndarray, relevance: Relevance, k: int | None = None) -> float:
+    """Mean reciprocal rank of the first relevant item in the top-k (0 when none; ``k``
+    defaults to the whole list)."""
+    recs = np.asarray(recs)
+    k = recs.shape[1] if k is None else k
+    rel = _relevance_csr(relevance, recs)
+    hit = _gains(recs, rel, k) > 0
+    first = np.where(hit.any(1), hit.argmax(1) + 1, np.inf)
+    return _mean_over_users_with_relevance(1.0 / first, rel)
+
+
+# --- classification metrics -----------------------------------------------------------------------
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney): P(score of a positive > score of a negative),
+    ties counted as 1/2. ``nan`` when all labels are the same."""
+    y = np.asarray(labels).astype(bool).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if y.shape != s.shape:
+        raise ValueError(f"labels {y.shape} and scores {s.shape} differ in shape")
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    neg = np.sort(s[~y])
+    below = np.searchsorted(neg, s[y], side="left")  # negatives strictly below each positive
+    tied = np.searchsorted(neg, s[y], side="right") - below
+    return float((below.sum() + 0.5 * tied.sum()) / (n_pos * n_neg))
+
+
+def logloss(labels: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> float:
+    """Mean binary cross-entropy, probabilities clipped to ``[eps, 1 - eps]``."""
+    y = np.asarray(labels, dtype=np.float64).ravel()
+    p = np.clip(np.asarray(probs, dtype=np.float64).ravel(), eps, 1 - eps)
+    if y.shape != p.shape:
+        raise ValueError(f"labels {y.shape} and probs {p.shape} differ in shape")
+    if len(y) == 0:
+        return float("nan")
+    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+
+
+# --- beyond accuracy ---------------------------------------------------------------------------------
+def catalog_coverage(recs: np.ndarray, n_items: int) -> float:
+    """Share of the catalog that appears in at least one list."""
+    items = np.unique(np.asarray(recs))
+    return float((items >= 0).sum() / n_items)
+
+
+def _item_probability(item_counts: np.ndarray, n_users: int) -> np.ndarray:
+    """``p(i) = max(count_i, 1) / n_users``: the share of users who interacted with ``i``
+    (an item nobody interacted with is treated as seen once, so its information is finite)."""
+    counts = np.maximum(np.asarray(item_counts, dtype=np.float64), 1.0)
+    return np.minimum(counts / max(n_users, 1), 1.0)
+
+
+def novelty(recs: np.ndarray, item_counts: np.ndarray, n_users: int) -> float:
+    """Mean self-information ``-log2 p(i)`` (bits) of the recommended items (padding ignored);
+    ``item_counts[i]`` = training users who interacted with ``i``."""
+    recs = np.asarray(recs)
+    items = recs[recs >= 0]
+    if len(items) == 0:
+        return float("nan")
+    return float(-np.log2(_item_probability(item_counts, n_users)[items]).mean())
+
+
+def mean_popularity(recs: np.ndarray, item_counts: np.ndarray, n_users: int) -> float:
+    """Popularity bias: mean ``p(i)`` (share of training users) of the recommended items."""
+    recs = np.asarray(recs)
+    items = recs[recs >= 0]
+    if len(items) == 0:
+        return float("nan")
+    return float(_item_probability(item_counts, n_users)[items].mean())
+
+
+# --- protocol -----------------------------------------------------------------------------------
+def user_auc(scores: np.ndarray, positives: np.ndarray, candidates: np.ndarray) -> float:
+    """AUC of one user's scores: positives vs the other candidates (boolean masks over items)."""
+    return auc(positives[candidates], scores[candidates])
+
+
+def evaluate_model(
+    model: Recommender,
+    train_csr: sp.csr_matrix,
+    test_csr: sp.csr_matrix,
+    k: int = 10,
+    users: np.ndarray | None = None,
+    recall_ks: Sequence[int] = (100,),
+    with_auc: bool = True,
+) -> dict[str, float]:
+    """Rank every item for each test user, training items excluded, and score the lists.
+
+    Protocol: the model was trained on ``train_csr`` (history up to day D), ``test_csr`` holds
+    what happened after (graded values; > 0 = relevant). For each user the candidates are all
+    items not in their training row, so test items already seen in training are dropped from the
+    relevance too. ``users`` defaults to every row with a test item; rows beyond the training
+    matrix (users the model never saw) are skipped. Returns ``precision@k``, ``recall@k``,
+    ``map@k``, ``ndcg@k``, ``hit_rate@k``, ``mrr@k``, ``recall@R`` for ``R`` in ``recall_ks``,
+    ``auc`` (mean per-user AUC over all candidates), ``coverage@k``, ``novelty@k``,
+    ``mean_popularity@k`` and ``n_users``.
+    """
+    train = sp.csr_matrix(train_csr)
+    test = sp.csr_matrix(test_csr)
+    n_users, n_items = train.shape
+    if test.shape[1] != n_items:
+        raise ValueError(f"test has {test.shape[1]} items, train has {n_items}")
+    test = test[: min(test.shape[0], n_users)]
+    seen = (train[: test.shape[0]] != 0).astype(np.float32)
+    relevant = test.multiply(test > 0).tocsr()
+    relevant = (relevant - relevant.multiply(seen)).tocsr()
+    relevant.eliminate_zeros()
+    if users is None:
+        users = np.flatnonzero(np.diff(relevant.indptr) > 0)
+    users = np.asarray(users, dtype=np.int64)
+    users = users[(users >= 0) & (users < relevant.shape[0])]
+    rel = relevant[users]
+    depth = max([k, *recall_ks])
+    recs, _ = model.recommend(users, depth, exclude=train)
+    out: dict[str, float] = {
+        f"precision@{k}": precision_at_k(recs, rel, k),
+        f"recall@{k}": recall_at_k(recs, rel, k),
+        f"map@{k}": map_at_k(recs, rel, k),
+        f"ndcg@{k}": ndcg_at_k(recs, rel, k),
+        f"hit_rate@{k}": hit_rate_at_k(recs, rel, k),
+        f"mrr@{k}": mrr(recs, rel, k),
+    }
+    for r in recall_ks:
+        out[f"recall@{r}"] = recall_at_k(recs, rel, r)
+    if with_auc:
+        out["auc"] = _mean_user_auc(model, users, train, rel)
+    item_counts = np.asarray((train != 0).sum(0)).ravel()
+    top = recs[:, :k]
+    out[f"coverage@{k}"] = catalog_coverage(top, n_items)
+    out[f"novelty@{k}"] = novelty(top, item_counts, n_users)
+    out[f"mean_popularity@{k}"] = mean_popularity(top, item_counts, n_users)
+    out["n_users"] = float(len(users))
+    log.info(
+        "evaluated %s on %d users: %s",
+        getattr(model, "name", type(model).__name__),
+        len(users),
+        ", ".join(f"{key}={val:.4f}" for key, val in out.items()),
+    )
+    return out
+
+
+def _mean_user_auc(
+    model: Recommender, users: np.ndarray, train: sp.csr_matrix, rel: sp.csr_matrix
+) -> float:
+    values = []
+    for start in range(0, len(users), 512):
+        batch = users[start : start + 512]
+        scores = model.score_all(batch)
+        for j, u in enumerate(batch):
+            cand = np.ones(scores.shape[1], dtype=bool)
+            cand[train.indices[train.indptr[u] : train.indptr[u + 1]]] = False
+            pos = np.zeros(scores.shape[1], dtype=bool)
+            row = start + j
+            pos[rel.indices[rel.indptr[row] : rel.indptr[row + 1]]] = True
+            if pos.any():
+                values.append(user_auc(scores[j], pos, cand))
+    vals = np.array(values, dtype=np.float64)
+    vals = vals[np.isfinite(vals)]
+    return float(vals.mean()) if len(vals) else float("nan")
+
+
+def compare_models(
+    models: Mapping[str, Recommender],
+    train_csr: sp.csr_matrix,
+    test_csr: sp.csr_matrix,
+    k: int = 10,
+    users: np.ndarray | None = None,
+    recall_ks: Sequence[int] = (100,),
+    with_auc: bool = True,
+) -> pd.DataFrame:
+    """:func:`evaluate_model` for each named model: one row per model, one column per metric."""
+    rows = {
+        name: evaluate_model(m, train_csr, test_csr, k, users, recall_ks, with_auc)
+        for name, m in models.items()
+    }
+    df = pd.DataFrame.from_dict(rows, orient="index")
+    df.index.name = "model"
+    return df

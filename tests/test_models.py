@@ -1,0 +1,375 @@
+"""One contract for every recommender, plus what is particular to ALS and the baselines.
+
+To put another model under the contract add one line to ``CASES``:
+``Case("two_tower", lambda: TwoTower(...), personalized=True)`` (``fit`` gets the ``(U, I)``
+matrix; pass extra fit arguments through ``fit_kwargs``).
+
+The synthetic data has a known right answer: two disjoint blocks (users 0-19 x items 0-11 and
+users 20-39 x items 12-23), each user has seen 6 of their block's 12 items, so the best unseen
+items for a user are exactly the other 6 of their block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from models.als import ALS
+from models.base import CONFIG_FILE, MODEL_CLASSES, WEIGHTS_FILE, Recommender, load_model
+from models.baselines import ItemKNN, MostPopular, UserKNN, topk_similarity
+
+N_USERS, N_ITEMS, BLOCK_USERS, BLOCK_ITEMS, SEEN = 40, 24, 20, 12, 6
+
+
+def block_matrix(seed: int = 0) -> sp.csr_matrix:
+    rng = np.random.default_rng(seed)
+    rows, cols, vals = [], [], []
+    for u in range(N_USERS):
+        block = u // BLOCK_USERS
+        items = block * BLOCK_ITEMS + rng.choice(BLOCK_ITEMS, SEEN, replace=False)
+        rows += [u] * SEEN
+        cols += items.tolist()
+        vals += rng.integers(1, 4, SEEN).tolist()  # counts 1..3
+    return sp.csr_matrix((np.array(vals, np.float32), (rows, cols)), shape=(N_USERS, N_ITEMS))
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    make: Callable[[], Recommender]
+    personalized: bool = True  # must find the block structure
+    fit_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+CASES = [
+    # the data has rank 2 (two blocks), so two factors are the right model size
+    Case("als_cg", lambda: ALS(factors=2, regularization=0.1, alpha=5.0, iterations=8)),
+    Case("als_cholesky", lambda: ALS(factors=2, regularization=0.1, alpha=5.0, solver="cholesky")),
+    Case("als_nmf", lambda: ALS(factors=2, regularization=0.1, alpha=5.0, nonnegative=True)),
+    # explicit: every observed cell is a rating, no block signal in unobserved cells to rank on
+    Case("als_explicit", lambda: ALS(factors=3, feedback="explicit", iterations=5), False),
+    Case("itemknn_cosine", lambda: ItemKNN(k=5, similarity="cosine")),
+    Case("itemknn_pearson", lambda: ItemKNN(k=5, similarity="pearson")),
+    Case("userknn_cosine", lambda: UserKNN(k=5, similarity="cosine")),
+    Case("userknn_pearson", lambda: UserKNN(k=5, similarity="pearson")),
+    Case(
+        "popular",
+        lambda: MostPopular(window_days=7),
+        False,
+        {"item_weights": np.arange(N_ITEMS, dtype=np.float32)},
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def data() -> sp.csr_matrix:
+    return block_matrix()
+
+
+@pytest.fixture(scope="module", params=CASES, ids=[c.name for c in CASES])
+def fitted(request, data) -> tuple[Case, Recommender]:
+    case: Case = request.param
+    return case, case.make().fit(data, **case.fit_kwargs)
+
+
+# --- the contract ---------------------------------------------------------------------------------
+def test_registered(fitted):
+    _, model = fitted
+    assert MODEL_CLASSES[model.name] is type(model)
+
+
+def test_block_structure_recovered(fitted, data):
+    case, model = fitted
+    if not case.personalized:
+        pytest.skip("not a personalised model")
+    users = np.arange(N_USERS)
+    items, _ = model.recommend(users, 3, exclude=data)
+    for u in users:
+        block = u // BLOCK_USERS
+        seen = set(data[u].indices)
+        for i in items[u]:
+            assert i // BLOCK_ITEMS == block, f"user {u} got item {i} of the other block"
+            assert i not in seen
+
+
+def test_seen_items_excluded_and_padding(fitted, data):
+    _, model = fitted
+    users = np.arange(N_USERS)
+    items, scores = model.recommend(users, N_ITEMS, exclude=data)
+    assert items.shape == scores.shape == (N_USERS, N_ITEMS)
+    for u in users:
+        seen = set(data[u].indices)
+        valid = items[u][items[u] >= 0]
+        assert not seen & set(valid.tolist())
+        assert len(valid) == N_ITEMS - SEEN  # all the rest, padded with -1 after
+        assert np.all(items[u][len(valid) :] == -1)
+        assert np.all(np.diff(scores[u][: len(valid)]) <= 0)  # best first
+
+
+def test_score_matches_score_all(fitted):
+    _, model = fitted
+    users = np.array([0, 5, 25, 39, 0])
+    items = np.array([3, 20, 13, 0, 23])
+    full = model.score_all(users)
+    assert full.shape == (5, N_ITEMS) and full.dtype == np.float32
+    np.testing.assert_allclose(
+        model.score(users, items), full[np.arange(5), items], rtol=1e-5, atol=1e-6
+    )
+
+
+def test_deterministic_under_seed(fitted, data):
+    case, model = fitted
+    again = case.make().fit(data, **case.fit_kwargs)
+    users = np.arange(N_USERS)
+    assert np.array_equal(model.score_all(users), again.score_all(users))
+
+
+def test_save_load_round_trip(fitted, tmp_path: Path):
+    _, model = fitted
+    model.save(tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert type(loaded) is type(model)
+    assert loaded.config() == model.config()
+    users = np.arange(N_USERS)
+    assert np.array_equal(loaded.score_all(users), model.score_all(users))
+    a, _ = loaded.recommend(users, 5)
+    b, _ = model.recommend(users, 5)
+    assert np.array_equal(a, b)
+
+
+def test_corrupt_or_missing_weights_raise_value_error(fitted, tmp_path: Path):
+    _, model = fitted
+    folder = model.save(tmp_path / "m")
+    (folder / WEIGHTS_FILE).write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match=WEIGHTS_FILE):
+        load_model(folder)
+    (folder / WEIGHTS_FILE).unlink()
+    with pytest.raises(ValueError, match=WEIGHTS_FILE):
+        load_model(folder)
+    (folder / CONFIG_FILE).write_text("{not json")
+    with pytest.raises(ValueError, match=CONFIG_FILE):
+        load_model(folder)
+
+
+def test_wrong_tensors_raise_value_error(fitted):
+    _, model = fitted
+    fresh = type(model).from_config(model.config())
+    with pytest.raises(ValueError):
+        fresh.load_state({})
+
+
+def test_embeddings_rank_like_scores(fitted):
+    _, model = fitted
+    users_emb, items_emb = model.user_embeddings(), model.item_embeddings()
+    if items_emb is None:
+        return
+    assert users_emb.shape[0] == N_USERS and items_emb.shape[0] == N_ITEMS
+    assert users_emb.shape[1] == items_emb.shape[1]
+    dots = users_emb @ items_emb.T
+    full = model.score_all(np.arange(N_USERS))
+    # equal up to a per-user constant (explicit ALS: mu + b_u)
+    diff = full - dots
+    np.testing.assert_allclose(diff, diff[:, :1].repeat(N_ITEMS, 1), atol=1e-4)
+
+
+# --- ALS specifics ------------------------------------------------------------------------------------
+def test_nmf_factors_non_negative(data):
+    for model in (
+        ALS(factors=4, nonnegative=True, alpha=5.0, iterations=5).fit(data),
+        ALS(factors=3, feedback="explicit", nonnegative=True, iterations=5).fit(data),
+    ):
+        assert (model.user_factors >= 0).all() and (model.item_factors >= 0).all()
+        assert model.user_factors.sum() > 0 and model.item_factors.sum() > 0
+
+
+def test_als_seed_changes_the_start(data):
+    a = ALS(factors=4, iterations=2, seed=0).fit(data)
+    b = ALS(factors=4, iterations=2, seed=1).fit(data)
+    torch.manual_seed(123)  # global RNG state must not matter
+    c = ALS(factors=4, iterations=2, seed=0).fit(data)
+    assert not torch.equal(a.user_factors, b.user_factors)
+    assert torch.equal(a.user_factors, c.user_factors)
+
+
+def test_cg_converges_to_the_exact_solution(data):
+    # one iteration from the same start: many CG steps == Cholesky
+    exact = ALS(factors=4, alpha=5.0, iterations=1, solver="cholesky").fit(data)
+    cg = ALS(factors=4, alpha=5.0, iterations=1, solver="cg", cg_steps=30).fit(data)
+    torch.testing.assert_close(cg.user_factors, exact.user_factors, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(cg.item_factors, exact.item_factors, rtol=1e-3, atol=1e-4)
+
+
+def test_implicit_als_fits_confidence_weighted_targets(data):
+    # observed cells should score near 1, unobserved near 0
+    model = ALS(factors=8, alpha=10.0, regularization=0.01, iterations=15).fit(data)
+    full = model.score_all(np.arange(N_USERS))
+    observed = data.toarray() > 0
+    assert full[observed].mean() > 0.8
+    assert abs(full[~observed].mean()) < 0.3
+
+
+def low_rank_ratings(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    n_u, n_i, rank = 80, 60, 3
+    p = rng.normal(0, 0.5, (n_u, rank))
+    q = rng.normal(0, 0.5, (n_i, rank))
+    bu = rng.normal(0, 0.4, n_u)
+    bi = rng.normal(0, 0.6, n_i)
+    full = 3.5 + bu[:, None] + bi[None, :] + p @ q.T
+    mask = rng.random((n_u, n_i)) < 0.6
+    train_mask = mask & (rng.random((n_u, n_i)) < 0.85)
+    test_mask = mask & ~train_mask
+    train = sp.csr_matrix(np.where(train_mask, full, 0.0))
+    return train, full, test_mask, bi
+
+
+@pytest.mark.parametrize("solver", ["cg", "cholesky"])
+def test_explicit_als_recovers_low_rank_ratings(solver):
+    train, full, test_mask, true_item_bias = low_rank_ratings()
+    model = ALS(
+        factors=3, feedback="explicit", regularization=0.001, iterations=25, solver=solver
+    ).fit(train)
+    users, items = np.nonzero(test_mask)
+    pred = model.score(users, items)
+    rmse = float(np.sqrt(np.mean((pred - full[users, items]) ** 2)))
+    assert rmse < 0.1, rmse  # ratings spread ~1.0: predicting the mean would give ~1
+    assert float(model.global_mean) == pytest.approx(train.data.mean(), rel=1e-5)
+    # item biases track the true ones (identified up to what the factors absorb)
+    corr = np.corrcoef(model.item_bias.numpy(), true_item_bias)[0, 1]
+    assert corr > 0.8, corr
+
+
+def test_explicit_als_biases_on_additive_ratings():
+    # r = 3 + b_u + b_i exactly: the biases carry everything, the factors should stay ~0
+    rng = np.random.default_rng(5)
+    bu, bi = rng.normal(0, 0.5, 50), rng.normal(0, 0.8, 40)
+    mask = rng.random((50, 40)) < 0.5
+    full = 3.0 + bu[:, None] + bi[None, :]
+    model = ALS(factors=2, feedback="explicit", regularization=0.001, iterations=20)
+    model.fit(sp.csr_matrix(np.where(mask, full, 0.0)))
+    assert np.corrcoef(model.item_bias.numpy(), bi)[0, 1] > 0.98
+    assert np.corrcoef(model.user_bias.numpy(), bu)[0, 1] > 0.98
+    # biases differ from the truth at most by a shared shift (mu + b_u + b_i is identified)
+    shift = model.item_bias.numpy() - bi
+    assert shift.std() < 0.05
+    users, items = np.nonzero(~mask)
+    pred = model.score(users, items)
+    assert float(np.sqrt(np.mean((pred - full[users, items]) ** 2))) < 0.05
+    assert float(model.user_factors.abs().max()) < 0.3
+
+
+def test_als_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="feedback"):
+        ALS(feedback="ratings")
+    with pytest.raises(ValueError, match="solver"):
+        ALS(solver="lu")
+    with pytest.raises(ValueError, match="non-negative"):
+        ALS().fit(sp.csr_matrix(np.array([[1.0, -1.0]])))
+
+
+def test_als_load_state_checks_shapes(data):
+    model = ALS(factors=4, iterations=1).fit(data)
+    state = model.state()
+    state["item_factors"] = torch.zeros(3, 4)
+    fresh = ALS.from_config(model.config())
+    with pytest.raises(ValueError, match="item_factors"):
+        fresh.load_state(state)
+
+
+# --- baselines specifics ---------------------------------------------------------------------------
+def test_most_popular_orders_by_popularity_or_window_weights(data):
+    model = MostPopular().fit(data)
+    counts = (data.toarray() > 0).sum(0)
+    full = model.score_all(np.array([0, 30]))
+    np.testing.assert_array_equal(full[0], counts)
+    np.testing.assert_array_equal(full[1], counts)
+    weights = np.zeros(N_ITEMS, np.float32)
+    weights[[7, 3]] = [2.0, 5.0]
+    items, _ = (
+        MostPopular(window_days=3).fit(data, item_weights=weights).recommend(np.array([39]), 2)
+    )
+    assert items.tolist() == [[3, 7]]
+    with pytest.raises(ValueError, match="item_weights"):
+        MostPopular().fit(data, item_weights=np.ones(3))
+
+
+def test_window_item_weights():
+    from models.baselines import window_item_weights
+
+    ts = np.array(
+        ["2024-01-01T10", "2024-01-05T00", "2024-01-07T23", "2024-01-08T00"], "datetime64[ns]"
+    )
+    # window [01-05, 01-08): the 2nd and 3rd events
+    w = window_item_weights(np.array([0, 1, 1, 2]), ts, np.datetime64("2024-01-08"), 3, 4)
+    assert w.tolist() == [0.0, 2.0, 0.0, 0.0]
+
+
+def naive_similarity(m: np.ndarray, kind: str) -> np.ndarray:
+    """Column-by-column similarity by the textbook loops (complete-matrix convention)."""
+    n = m.shape[1]
+    s = np.zeros((n, n))
+    for a in range(n):
+        for b in range(n):
+            x, y = m[:, a].astype(float), m[:, b].astype(float)
+            if kind == "pearson":
+                x, y = x - x.mean(), y - y.mean()
+            den = np.sqrt((x * x).sum() * (y * y).sum())
+            s[a, b] = (x * y).sum() / den if den > 0 else 0.0
+    return s
+
+
+def naive_topk(s: np.ndarray, k: int) -> list[list[int]]:
+    out = []
+    for a in range(len(s)):
+        order = [b for b in np.argsort(-s[a], kind="stable") if b != a and s[a, b] != 0]
+        out.append(order[:k])
+    return out
+
+
+@pytest.mark.parametrize("kind", ["cosine", "pearson"])
+def test_itemknn_matches_chapter_formula(kind):
+    rng = np.random.default_rng(3)
+    r = (rng.random((12, 7)) < 0.4) * rng.integers(1, 6, (12, 7))
+    model = ItemKNN(k=3, similarity=kind).fit(sp.csr_matrix(r.astype(np.float32)))
+    s = naive_similarity(r, kind)
+    neigh = naive_topk(s, 3)
+    expected = np.zeros(r.shape)
+    for u in range(r.shape[0]):
+        for i in range(r.shape[1]):
+            num = sum(s[i, j] * r[u, j] for j in neigh[i])
+            den = sum(abs(s[i, j]) for j in neigh[i])
+            expected[u, i] = num / den if den else 0.0
+    np.testing.assert_allclose(model.score_all(np.arange(12)), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["cosine", "pearson"])
+def test_userknn_matches_chapter_formula(kind):
+    rng = np.random.default_rng(4)
+    r = (rng.random((9, 11)) < 0.4) * rng.integers(1, 6, (9, 11))
+    model = UserKNN(k=3, similarity=kind).fit(sp.csr_matrix(r.astype(np.float32)))
+    s = naive_similarity(r.T, kind)
+    neigh = naive_topk(s, 3)
+    mean = r.mean(1)
+    expected = np.zeros(r.shape)
+    for u in range(r.shape[0]):
+        den = sum(abs(s[u, v]) for v in neigh[u])
+        for i in range(r.shape[1]):
+            num = sum(s[u, v] * (r[v, i] - mean[v]) for v in neigh[u])
+            expected[u, i] = mean[u] + (num / den if den else 0.0)
+    np.testing.assert_allclose(model.score_all(np.arange(9)), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_topk_similarity_is_sparse_and_excludes_self(data):
+    s = topk_similarity(data, 4, "cosine")
+    assert s.shape == (N_ITEMS, N_ITEMS)
+    assert np.all(np.diff(s.indptr) <= 4)
+    assert np.all(s.diagonal() == 0)
+    with pytest.raises(ValueError, match="similarity"):
+        topk_similarity(data, 4, "jaccard")
