@@ -1,0 +1,141 @@
+"""Retrieval training glue on tiny simulated days: artifacts, recommend, predict, forward evaluation."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines import schema, simulate, train
+from pipelines.cli import main
+from pipelines.validate import validate_partition
+
+DAYS = ["2026-01-01", "2026-01-02", "2026-01-03"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Three tiny simulated, validated days in one workspace shared by this module's tests."""
+    from pipelines.settings import Settings
+
+    home = tmp_path_factory.mktemp("train-home")
+    s = Settings.from_env({"RECLOOP_HOME": str(home)})
+    s.ensure_dirs()
+    simulate.simulate(s, len(DAYS), "tiny", 3)
+    for d in DAYS:
+        validate_partition(s, d)
+    return s
+
+
+@pytest.fixture()
+def ws(world, monkeypatch):
+    monkeypatch.setenv("RECLOOP_HOME", str(world.home))
+    return world
+
+
+def test_training_data_positives_and_vocab(ws):
+    data = train.load_training_data(ws, DAYS[1])
+    events = train.read_positives(ws, schema.parse_date(DAYS[1]))
+    assert set(events["event"]) <= set(train.POSITIVE_EVENTS)
+    assert data.implicit.shape == (len(data.users), len(data.items))
+    assert data.users.ids == sorted(data.users.ids)
+    # purchases weigh more than clicks: total mass = clicks + 2 * purchases + ratings
+    counts = events["event"].value_counts()
+    expected = counts.get("click", 0) + 2 * counts.get("purchase", 0) + counts.get("rating", 0)
+    assert data.implicit.sum() == pytest.approx(expected)
+
+
+def test_train_save_load_recommend_excludes_seen(ws):
+    summary = train.train(ws, "mf", DAYS[1])
+    assert summary["version"] == f"mf-{DAYS[1]}"
+    art = train.load_artifact(ws, "mf")
+    recs = train.recommend(ws, "mf", 5)
+    assert list(recs.columns) == ["user_id", "item_id", "rank", "score"]
+    assert recs.groupby("user_id")["item_id"].nunique().eq(5).all()
+    seen = set()
+    rows, cols = art.seen.nonzero()
+    for r, c in zip(rows, cols, strict=True):
+        seen.add((art.users.ids[r], art.items.ids[c]))
+    assert not any((u, i) in seen for u, i in zip(recs["user_id"], recs["item_id"], strict=True))
+    assert (recs.groupby("user_id")["score"].diff().dropna() <= 1e-6).all()  # best first
+
+
+def test_rerun_of_a_date_gives_identical_artifacts(ws):
+    def digest():
+        folder = train.artifact_dir(ws, "popular", DAYS[1])
+        return hashlib.sha256(
+            b"".join(f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file())
+        ).hexdigest()
+
+    train.train(ws, "popular", DAYS[1])
+    first = digest()
+    train.train(ws, "popular", DAYS[1])
+    assert digest() == first
+
+
+def test_predict_marks_unknown_ids_and_keeps_rows(ws, tmp_path, capsys):
+    train.train(ws, "itemknn", DAYS[1])
+    art = train.load_artifact(ws, "itemknn")
+    pairs = pd.DataFrame(
+        {
+            "user_id": [art.users.ids[0], "nobody", art.users.ids[1]],
+            "item_id": [art.items.ids[0], art.items.ids[1], "nothing"],
+        }
+    )
+    src, out = tmp_path / "pairs.csv", tmp_path / "scores.csv"
+    pairs.to_csv(src, index=False)
+    assert main(["predict", "--model", "itemknn", "--pairs", str(src), "--out", str(out)]) == 0
+    got = pd.read_csv(out)
+    assert got["known"].tolist() == [True, False, False]
+    assert np.isfinite(got["score"][0]) and got["score"][1:].isna().all()
+    assert "2 with unknown ids" in capsys.readouterr().out
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user,item\n1,2\n")
+    assert main(["predict", "--model", "itemknn", "--pairs", str(bad), "--out", str(out)]) == 2
+    assert "bad.csv" in capsys.readouterr().err
+
+
+def test_recommend_cli_with_user_file(ws, tmp_path):
+    train.train(ws, "popular", DAYS[1])
+    art = train.load_artifact(ws, "popular")
+    users = tmp_path / "users.txt"
+    users.write_text("user_id\n" + "\n".join(art.users.ids[:3]) + "\nghost\n")
+    out = tmp_path / "recs.parquet"
+    assert (
+        main(
+            [
+                "recommend",
+                "--model",
+                "popular",
+                "--k",
+                "4",
+                "--users",
+                str(users),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    recs = pd.read_parquet(out)
+    assert sorted(recs["user_id"].unique()) == sorted(art.users.ids[:3]) and len(recs) == 12
+
+
+def test_forward_evaluation_scores_yesterdays_models_on_today(ws):
+    train.train(ws, "mf", DAYS[1])
+    out = train.evaluate_forward(ws, DAYS[2], models=("mf",))
+    assert out["trained_through"] == DAYS[1]
+    metrics = out["metrics"]
+    assert set(metrics) == {"mf", "popular", "itemknn", "userknn"}
+    for row in metrics.values():
+        assert 0.0 <= row["ndcg@10"] <= 1.0 and row["n_users"] > 0
+    assert (ws.reports_dir / "eval" / f"date={DAYS[2]}.json").exists()
+    first_day = train.evaluate_forward(ws, DAYS[0], models=("mf",))
+    assert "nothing to evaluate" in first_day["note"]
+
+
+def test_missing_model_is_a_clear_error(ws):
+    with pytest.raises(FileNotFoundError, match="no trained 'userknn' model"):
+        train.load_artifact(ws, "userknn")
