@@ -1,0 +1,156 @@
+"""recloop's Feast definitions: entities, feature views and versioned feature services.
+
+One module, shaped like Feast's local template. The objects are built by :func:`build` for a
+given features folder (the workspace's ``RECLOOP_HOME/features``): ``pipelines/feature_store.py``
+calls it in-process with the settings at hand. The module-level objects below are the same
+definitions for the ``RECLOOP_HOME`` of the environment, so that the ``feast`` CLI, run inside
+this folder, finds them (``cd feature_repo && feast apply``; see feature_store.yaml).
+
+Feature columns and their meaning are defined with the tables in ``pipelines/features.py``
+(``USER_FEATURES`` / ``ITEM_FEATURES``); this module maps them to Feast types.
+
+Feature services, one per consumer, versioned by name (a new version is a new service; an
+old one stays until its consumer moves):
+
+- ``ranker_v1``: every user and item feature (the DLRM ranker's dense + sparse inputs);
+- ``two_tower_v1``: the subset the two-tower towers read (attributes + 28-day activity);
+- ``serving_v1``: every feature, for the online service's hydration step.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
+from feast.types import Float64, Int64, String
+
+from pipelines.features import ITEM_FEATURES, USER_FEATURES
+
+TTL = timedelta(days=2)
+"""A feature row is valid for 2 days after its event timestamp (the end of its day): the next
+day's table normally replaces it after one day; one missed day is tolerated, two are stale."""
+
+_DTYPES = {"int64": Int64, "float64": Float64, "string": String}
+
+TWO_TOWER_USER = (
+    "user_age",
+    "user_gender",
+    "user_country",
+    "user_tenure_days",
+    "user_top_category",
+    "user_impressions_28d",
+    "user_clicks_28d",
+    "user_purchases_28d",
+    "user_ctr_28d",
+)
+TWO_TOWER_ITEM = (
+    "item_category",
+    "item_price",
+    "item_age_days",
+    "item_ctr_28d",
+    "item_impressions_28d",
+    "item_clicks_28d",
+    "item_avg_rating_28d",
+)
+
+
+def _schema(features: tuple[tuple[str, str, str], ...]) -> list[Field]:
+    return [Field(name=n, dtype=_DTYPES[t], description=d) for n, t, d in features]
+
+
+def build(features_dir: Path | str) -> dict:
+    """Every Feast object of the repository, reading tables under ``features_dir``.
+
+    Returns a dict: ``user``, ``item`` (entities), ``user_source``, ``item_source``
+    (FileSources), ``user_features``, ``item_features`` (FeatureViews), ``ranker_v1``,
+    ``two_tower_v1``, ``serving_v1`` (FeatureServices).
+    """
+    features_dir = Path(features_dir)
+    user = Entity(
+        name="user",
+        join_keys=["user_id"],
+        value_type=ValueType.STRING,
+        description="a user (raw id, string)",
+    )
+    item = Entity(
+        name="item",
+        join_keys=["item_id"],
+        value_type=ValueType.STRING,
+        description="an item (raw id, string)",
+    )
+    user_source = FileSource(
+        name="user_features_source",
+        path=str(features_dir / "user"),
+        timestamp_field="event_timestamp",
+        created_timestamp_column="created",
+        description="features/user/date=D/part-0.parquet, one partition per logical date",
+    )
+    item_source = FileSource(
+        name="item_features_source",
+        path=str(features_dir / "item"),
+        timestamp_field="event_timestamp",
+        created_timestamp_column="created",
+        description="features/item/date=D/part-0.parquet, one partition per logical date",
+    )
+    user_features = FeatureView(
+        name="user_features",
+        entities=[user],
+        ttl=TTL,
+        schema=_schema(USER_FEATURES),
+        source=user_source,
+        online=True,
+        tags={"owner": "recloop", "table": "user"},
+    )
+    item_features = FeatureView(
+        name="item_features",
+        entities=[item],
+        ttl=TTL,
+        schema=_schema(ITEM_FEATURES),
+        source=item_source,
+        online=True,
+        tags={"owner": "recloop", "table": "item"},
+    )
+    ranker_v1 = FeatureService(
+        name="ranker_v1",
+        features=[user_features, item_features],
+        description="DLRM ranker: every user and item feature",
+        tags={"consumer": "ranker"},
+    )
+    two_tower_v1 = FeatureService(
+        name="two_tower_v1",
+        features=[user_features[list(TWO_TOWER_USER)], item_features[list(TWO_TOWER_ITEM)]],
+        description="two-tower retriever: attributes and 28-day activity",
+        tags={"consumer": "two_tower"},
+    )
+    serving_v1 = FeatureService(
+        name="serving_v1",
+        features=[user_features, item_features],
+        description="online service hydration: every user and item feature",
+        tags={"consumer": "serving"},
+    )
+    return {
+        "user": user,
+        "item": item,
+        "user_source": user_source,
+        "item_source": item_source,
+        "user_features": user_features,
+        "item_features": item_features,
+        "ranker_v1": ranker_v1,
+        "two_tower_v1": two_tower_v1,
+        "serving_v1": serving_v1,
+    }
+
+
+# Module-level objects for the `feast` CLI (it collects the objects defined in the repo's
+# modules). Same path rule as pipelines.settings: RECLOOP_HOME, default ~/.recloop.
+_home = Path(os.environ.get("RECLOOP_HOME") or Path.home() / ".recloop").expanduser().resolve()
+_objects = build(_home / "features")
+user = _objects["user"]
+item = _objects["item"]
+user_features = _objects["user_features"]
+item_features = _objects["item_features"]
+ranker_v1 = _objects["ranker_v1"]
+two_tower_v1 = _objects["two_tower_v1"]
+serving_v1 = _objects["serving_v1"]
