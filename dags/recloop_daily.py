@@ -6,6 +6,14 @@ Takes one day's interaction logs (`RECLOOP_HOME/data/interactions/date={{ ds }}`
 1. **validate** — Great Expectations gate; bad rows to `quarantine/`, partition-level failures stop
    the run (no retry: the data will not fix itself).
 2. **stats** — counts, CTR by position, new users and items → `reports/stats/`.
+3. **features** — DuckDB feature tables for the day, `feast apply`, materialize the day's window
+   into the Redis online store (retried when Redis is unreachable).
+4. **train_mf**, **train_two_tower**, **train_popular**, **train_itemknn** — retrieval models on the
+   validated history up to the day → `artifacts/models/<model>/date=D/`.
+5. **build_index** — FAISS index over the two-tower item embeddings; recall@10 against exact search
+   is measured and a build below its target fails.
+6. **evaluate** — forward evaluation: the models trained through yesterday, scored on today's
+   positives beside the baselines → `reports/eval/`.
 
 One run per logical date; a rerun of a date overwrites that date's outputs and nothing else.
 Every task body is one call into `pipelines.tasks`; nothing heavy is imported at parse time.
@@ -15,7 +23,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import dag, task
+from airflow.sdk import Asset, dag, task
 
 from pipelines.settings import Settings
 
@@ -25,6 +33,9 @@ DEFAULT_ARGS = {
     "retries": _settings.task_retries,
     "retry_delay": timedelta(seconds=_settings.retry_delay_s),
 }
+VALIDATED = Asset("recloop://validated-interactions")
+ONLINE_FEATURES = Asset("recloop://online-features")
+ITEM_INDEX = Asset("recloop://item-index")
 
 
 @dag(
@@ -38,7 +49,7 @@ DEFAULT_ARGS = {
     doc_md=__doc__,
 )
 def recloop_daily():
-    @task
+    @task(outlets=[VALIDATED])
     def validate(ds: str | None = None) -> dict:
         from pipelines import tasks
 
@@ -50,7 +61,55 @@ def recloop_daily():
 
         return tasks.stats(ds)
 
-    validate() >> stats()
+    @task(outlets=[ONLINE_FEATURES])
+    def features(ds: str | None = None) -> dict:
+        from pipelines import tasks
+
+        return tasks.features(ds)
+
+    @task
+    def train_mf(ds: str | None = None) -> dict:
+        from pipelines import tasks
+
+        return tasks.train_model(ds, "mf")
+
+    @task
+    def train_two_tower(ds: str | None = None) -> dict:
+        from pipelines import tasks
+
+        return tasks.train_model(ds, "two_tower")
+
+    @task
+    def train_popular(ds: str | None = None) -> dict:
+        from pipelines import tasks
+
+        return tasks.train_model(ds, "popular")
+
+    @task
+    def train_itemknn(ds: str | None = None) -> dict:
+        from pipelines import tasks
+
+        return tasks.train_model(ds, "itemknn")
+
+    @task(outlets=[ITEM_INDEX])
+    def build_index(ds: str | None = None) -> dict:
+        from pipelines import tasks
+
+        return tasks.build_index(ds)
+
+    @task
+    def evaluate(ds: str | None = None) -> dict:
+        from pipelines import tasks
+
+        return tasks.evaluate(ds)
+
+    checked = validate()
+    checked >> [stats(), evaluate()]
+    feats = features()
+    checked >> feats
+    two_tower = train_two_tower()
+    feats >> [train_mf(), two_tower, train_popular(), train_itemknn()]
+    two_tower >> build_index()
 
 
 recloop_daily()

@@ -12,6 +12,7 @@ loaded with ``torch.load(..., weights_only=True)``: nothing arbitrary is ever un
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from abc import ABC, abstractmethod
@@ -124,6 +125,15 @@ class Recommender(ABC):
 
 
 MODEL_CLASSES: dict[str, type[Recommender]] = {}
+#: where each registered model lives, so ``load_model`` can import it on demand
+MODEL_MODULES = {
+    "als": "models.als",
+    "popular": "models.baselines",
+    "itemknn": "models.baselines",
+    "userknn": "models.baselines",
+    "two_tower": "models.two_tower",
+    "dlrm": "models.dlrm",
+}
 
 
 def register(cls: type[Recommender]) -> type[Recommender]:
@@ -144,6 +154,8 @@ def load_model(folder: Path, device: str | None = None) -> Recommender:
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"{cfg_path}: cannot read model config ({exc})") from exc
     name = cfg.pop("model", None)
+    if name in MODEL_MODULES and name not in MODEL_CLASSES:
+        importlib.import_module(MODEL_MODULES[name])
     if name not in MODEL_CLASSES:
         raise ValueError(f"{cfg_path}: unknown model {name!r} (known: {sorted(MODEL_CLASSES)})")
     try:

@@ -49,3 +49,51 @@ def stats(ds: str) -> dict[str, Any]:
     out = daily_stats(_settings(), ds)
     log.info("%s", format_stats(out))
     return out
+
+
+def features(ds: str) -> dict[str, Any]:
+    """Feature tables for day ``ds`` (DuckDB), ``feast apply``, then materialize D's window into
+    Redis. Redis unreachable → a clear error naming the URL; Airflow retries the task."""
+    from pipelines.feature_store import apply_repo, materialize_date
+    from pipelines.features import compute_features
+
+    s = _settings()
+    computed = compute_features(s, ds)
+    apply_repo(s)
+    materialized = materialize_date(s, ds)
+    log.info("features for %s: %s; materialized %s", ds, computed, materialized)
+    return {"computed": _jsonable(computed), "materialized": _jsonable(materialized)}
+
+
+def train_model(ds: str, name: str) -> dict[str, Any]:
+    """Train retrieval model ``name`` (mf, two_tower, popular, itemknn, userknn) through ``ds``."""
+    from pipelines.train import train
+
+    return _jsonable(train(_settings(), name, ds))
+
+
+def build_index(ds: str) -> dict[str, Any]:
+    """FAISS index over the two-tower item embeddings trained through ``ds``, recall-checked."""
+    from pipelines.train import build_item_index
+
+    return _jsonable(build_item_index(_settings(), ds))
+
+
+def evaluate(ds: str) -> dict[str, Any]:
+    """Forward evaluation: yesterday's models on today's positives, beside the baselines."""
+    from pipelines.train import evaluate_forward
+
+    return _jsonable(evaluate_forward(_settings(), ds))
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON types only (Airflow stores task results as XCom JSON)."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    if hasattr(obj, "item"):
+        return obj.item()
+    return str(obj)

@@ -139,3 +139,15 @@ def test_forward_evaluation_scores_yesterdays_models_on_today(ws):
 def test_missing_model_is_a_clear_error(ws):
     with pytest.raises(FileNotFoundError, match="no trained 'userknn' model"):
         train.load_artifact(ws, "userknn")
+
+
+def test_artifact_loads_in_a_fresh_process(ws):
+    """load_model imports the model's module itself (a task process may not have imported it)."""
+    import subprocess
+    import sys
+
+    train.train(ws, "mf", DAYS[1])
+    code = "import sys; from models.base import load_model; print(type(load_model(sys.argv[1])).__name__)"
+    folder = train.artifact_dir(ws, "mf", DAYS[1]) / "model"
+    out = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ALS"
