@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 POSITIVE_EVENTS = ("click", "purchase", "rating")
 PURCHASE_WEIGHT = 2.0
-MODELS = ("mf", "two_tower", "popular", "itemknn", "userknn")
+MODELS = ("mf", "mf_explicit", "two_tower", "popular", "itemknn", "userknn")
 BASELINES = ("popular", "itemknn", "userknn")
 POPULAR_WINDOW_DAYS = 7
 #: ALS settings for the daily job. Tuned on the demo simulator (benchmarks/README.md): with ~3
@@ -192,6 +192,12 @@ def build_model(name: str, data: TrainingData, settings: Settings, seed: int = 0
         return ALS(factors=64, regularization=0.05, alpha=10.0, iterations=15, seed=seed).fit(
             data.implicit
         )
+    if name == "mf_explicit":
+        if data.explicit.nnz == 0:
+            raise ValueError(f"no rating events up to {data.date}: explicit MF needs ratings")
+        return ALS(
+            factors=32, regularization=0.1, iterations=15, feedback="explicit", seed=seed
+        ).fit(data.explicit)
     if name == "two_tower":
         model = TwoTower(dim=64, epochs=10, seed=seed)
         return model.fit(

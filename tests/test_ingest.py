@@ -143,3 +143,34 @@ def test_generic_table_with_mapping_via_cli(settings, tmp_path, capsys):
     assert day["user_id"].tolist() == ["bob"] and day["event"].tolist() == ["click"]
     assert main(["ingest", "table", str(src), "--map", "user=uid"]) == 2
     assert "not a column of the log contract" in capsys.readouterr().err
+
+
+def test_movielens_end_to_end_recommend_and_predict_ratings(settings, tmp_path):
+    """Import → validate → train (implicit MF and explicit MF) → recommend / predict, raw ids out."""
+    import numpy as np
+
+    from pipelines import train
+    from pipelines.validate import validate_partition
+
+    rng = np.random.default_rng(0)
+    lines = []
+    for u in range(1, 41):
+        liked = rng.choice(30, size=8, replace=False) + (u % 2) * 30  # two taste groups
+        for j, item in enumerate(liked):
+            rating = int(rng.integers(4, 6)) if item < 30 else int(rng.integers(1, 3))
+            lines.append(f"{u}\t{item + 100}\t{rating}\t{T0 + (j % 2) * DAY + u}\n")
+    folder = tmp_path / "ml-tiny"
+    folder.mkdir()
+    (folder / "u.data").write_text("".join(lines))
+    ingest.import_movielens(settings, folder)
+    for day in schema.partition_dates(settings.interactions_dir):
+        validate_partition(settings, day)
+    last = schema.partition_dates(settings.validated_dir)[-1]
+    train.train(settings, "mf", last)
+    recs = train.recommend(settings, "mf", 3, ["1", "2"])
+    assert sorted(recs["user_id"].unique()) == ["1", "2"] and recs["item_id"].str.isdigit().all()
+    train.train(settings, "mf_explicit", last)
+    pairs = pd.DataFrame({"user_id": ["2", "3"], "item_id": ["105", "140"]})
+    scores = train.predict_pairs(settings, "mf_explicit", pairs)
+    assert scores["known"].all()
+    assert ((scores["score"] > 0) & (scores["score"] < 6.5)).all()  # on the rating scale

@@ -1,9 +1,9 @@
 """Score given user-item pairs with a trained model.
 
-  recloop predict --model mf|two_tower|itemknn|userknn|popular --pairs FILE --out FILE [--date D]
+  recloop predict --model mf|mf_explicit|two_tower|itemknn|userknn|popular --pairs FILE --out FILE [--date D]
 
-FILE is a CSV or parquet with columns user_id, item_id. The output adds `score` (for explicit-
-feedback MF a predicted rating; otherwise the model's preference score) and `known` (false where
+FILE is a CSV or parquet with columns user_id, item_id. The output adds `score` (for mf_explicit
+a predicted rating; otherwise the model's preference score) and `known` (false where
 the user or item is unknown to the model: the score is left empty, nothing is dropped).
 """
 
@@ -17,7 +17,9 @@ from pipelines.settings import Settings
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", required=True, choices=["mf", "two_tower", "popular", "itemknn", "userknn"]
+        "--model",
+        required=True,
+        choices=["mf", "mf_explicit", "two_tower", "popular", "itemknn", "userknn"],
     )
     parser.add_argument(
         "--pairs", type=Path, required=True, help="CSV/parquet with user_id, item_id"

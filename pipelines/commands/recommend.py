@@ -19,7 +19,9 @@ from pipelines.settings import Settings
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", required=True, choices=["mf", "two_tower", "popular", "itemknn", "userknn"]
+        "--model",
+        required=True,
+        choices=["mf", "mf_explicit", "two_tower", "popular", "itemknn", "userknn"],
     )
     parser.add_argument("--k", type=int, default=10, help="items per user (1..1000)")
     parser.add_argument("--users", type=Path, help="file with one user id per line")
