@@ -5,7 +5,8 @@
 1. simulates --days days of a seeded world (users, items, a logging policy with known
    propensities) into RECLOOP_HOME/data, with the ground truth apart in RECLOOP_HOME/truth;
 2. runs the daily DAG through Airflow (`airflow dags test`) for each simulated date;
-3. prints a summary: the simulated days, each DAG run's task outcomes, and the day statistics.
+3. prints a summary: the simulated days, each DAG run's task outcomes, the day statistics and
+   the offline metrics of each day's models (forward evaluation: trained through D-1, scored on D).
 
 Needs Redis on loopback for the feature tasks (infra/demo.sh starts it).
 """
@@ -24,6 +25,32 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scale", choices=["tiny", "demo", "large"], help="default: RECLOOP_SCALE")
     parser.add_argument("--seed", type=int, help="default: RECLOOP_SEED")
     parser.add_argument("--start-date", default="2026-01-01", help="first simulated day")
+
+
+def metrics_table(settings: Settings, dates: list[dt.date]) -> str:
+    """Forward-evaluation NDCG@10 / recall@100 per day and model, and each day's index recall."""
+    import pandas as pd
+
+    rows = []
+    for day in dates:
+        path = settings.reports_dir / "eval" / f"date={day.isoformat()}.json"
+        report = json.loads(path.read_text()) if path.exists() else {}
+        for model, m in report.get("metrics", {}).items():
+            rows.append(
+                {
+                    "day": day.isoformat(),
+                    "model": model,
+                    "ndcg@10": m.get("ndcg@10"),
+                    "recall@100": m.get("recall@100"),
+                }
+            )
+    if not rows:
+        return "offline metrics: none yet (the first day has no model trained before it)"
+    table = pd.DataFrame(rows).pivot(index="model", columns="day", values="ndcg@10")
+    return (
+        "offline NDCG@10 of the models trained through the day before (forward evaluation):\n"
+        + table.to_string(float_format="%.4f")
+    )
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -54,6 +81,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         path = settings.reports_dir / "stats" / f"date={result.date.isoformat()}.json"
         if path.exists():
             print(format_stats(json.loads(path.read_text())))
+    print(metrics_table(settings, [r.date for r in results]))
     total = sum(r.seconds for r in results)
     print(f"{len(results)} DAG run(s) succeeded in {total:.0f}s; outputs under {settings.home}")
     return 0
