@@ -29,6 +29,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -220,19 +221,14 @@ def artifact_dir(settings: Settings, name: str, date: str | dt.date) -> Path:
     return settings.artifacts_dir / "models" / name / f"date={schema.parse_date(date).isoformat()}"
 
 
-def save_artifact(
-    settings: Settings, name: str, model: Any, data: TrainingData, meta: dict[str, Any]
-) -> Path:
-    """Write model + vocabularies + seen matrix + meta to ``artifact_dir`` atomically."""
-    final = artifact_dir(settings, name, data.date)
+def publish_dir(build: Callable[[Path], None], final: Path) -> Path:
+    """Atomically replace folder ``final`` with what ``build(tmp)`` writes into a temp folder
+    beside it; the old folder is moved aside first and removed only once the new one is in place."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
     try:
-        model.save(tmp / "model")
-        data.users.save(tmp / "users.json")
-        data.items.save(tmp / "items.json")
-        sp.save_npz(tmp / "seen.npz", data.implicit.astype(np.float32))
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+        build(tmp)
         old = None
         if final.exists():
             old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
@@ -244,6 +240,21 @@ def save_artifact(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def save_artifact(
+    settings: Settings, name: str, model: Any, data: TrainingData, meta: dict[str, Any]
+) -> Path:
+    """Write model + vocabularies + seen matrix + meta to ``artifact_dir`` atomically."""
+
+    def build(tmp: Path) -> None:
+        model.save(tmp / "model")
+        data.users.save(tmp / "users.json")
+        data.items.save(tmp / "items.json")
+        sp.save_npz(tmp / "seen.npz", data.implicit.astype(np.float32))
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+
+    return publish_dir(build, artifact_dir(settings, name, data.date))
 
 
 @dataclass

@@ -1,0 +1,465 @@
+"""Promotion gates: does a registered serving bundle become ``challenger`` (or, on the first day,
+``champion``)?
+
+:func:`decide` is pure: numbers in, a :class:`Decision` out. Gates, in order:
+
+==============  ==============================================================================
+``validation``  the bundle's training data (its logical date's partition) passed validation
+                (``reports/validation/date=D.json`` verdict ``passed``). Missing report: fail.
+``ndcg@10``     offline NDCG@10 of the bundle's two-tower on the test day >= champion's on the same
+                day − ``tol.ndcg``; no champion: > ``tol.ndcg_floor``. Missing: fail.
+``ranker_auc``  ranker AUC >= champion's − ``tol.auc`` (no champion AUC: > ``tol.auc_floor``).
+                No ranker pinned: ``skipped``. Ranker pinned but no AUC given: ``not_evaluated``.
+``index_recall``  ANN recall@10 of the pinned index >= its target (``tol.recall_target`` when
+                the index does not record one). Missing: fail.
+``snips``       lower bound of the candidate's SNIPS interval >= champion's SNIPS estimate −
+                ``tol.snips``. No OPE numbers: ``not_evaluated``; no champion: the candidate's
+                numbers are reported and the gate passes (nothing to compare with).
+==============  ==============================================================================
+
+Verdicts: ``pass``, ``fail``, ``skipped`` (does not apply), ``not_evaluated`` (an input is
+missing: said so in the decision, never counted as a pass; it blocks only when ``tol.strict``).
+Any ``fail`` rejects. With a champion, a bundle that passes becomes ``challenger``; with none, it
+becomes ``champion`` directly (first day: the gates above with no champion are the absolute floors).
+
+:func:`gate_day` is the one call the DAG's gate task makes for logical date D. **Which bundle**:
+offline numbers must come from a day the models did not see (forward chaining, as in
+``pipelines.train.evaluate_forward``), so on day D the candidate is the newest bundle trained
+before D (normally the one registered by the run of D−1: what would serve on D), scored on D's
+positives beside the champion scored on the same day. Every decision is written to
+``reports/gates/date=D.json``, logged to MLflow (experiment ``recloop-gates``: params, metrics,
+``decision.json``) and to the task log as a table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import math
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines import schema
+from pipelines.settings import Settings
+
+log = logging.getLogger(__name__)
+
+GATES_EXPERIMENT = "recloop-gates"
+PASS, FAIL, SKIPPED, NOT_EVALUATED = "pass", "fail", "skipped", "not_evaluated"
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """How much worse than the champion a candidate may be (absolute), and the first-day floors."""
+
+    ndcg: float = 0.005
+    auc: float = 0.005
+    snips: float = 0.0
+    recall_target: float = 0.95
+    ndcg_floor: float = 0.0
+    auc_floor: float = 0.5
+    strict: bool = False
+    """When True a ``not_evaluated`` gate blocks promotion too."""
+
+
+@dataclass
+class Gate:
+    """One gate's numbers and verdict."""
+
+    name: str
+    candidate: float | str | None
+    champion: float | str | None
+    tolerance: float | None
+    verdict: str
+    note: str = ""
+
+
+@dataclass
+class Decision:
+    """The outcome for one candidate bundle on one date.
+
+    ``action``: ``champion`` (first day), ``challenger``, ``rejected`` or ``already_champion``.
+    """
+
+    date: str
+    candidate_version: str | None
+    champion_version: str | None
+    action: str
+    gates: list[Gate] = field(default_factory=list)
+    reason: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.action in ("champion", "challenger", "already_champion")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "passed": self.passed}
+
+
+def _num(x: Any) -> float | None:
+    if x is None or isinstance(x, bool):
+        return None
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _snips(ope: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The SNIPS entry of a ``pipelines.ope.estimate`` result (or the entry itself)."""
+    if not ope:
+        return None
+    entry = ope.get("snips", ope)
+    return entry if isinstance(entry, dict) and _num(entry.get("estimate")) is not None else None
+
+
+def _compare(
+    name: str, cand: float | None, champ: float | None, tol: float, floor: float, missing: str
+) -> Gate:
+    if cand is None:
+        return Gate(name, None, champ, tol, missing, f"no {name} for the candidate")
+    if champ is None:
+        ok = cand > floor
+        return Gate(
+            name, cand, None, floor, PASS if ok else FAIL, f"no champion value: floor > {floor}"
+        )
+    ok = cand >= champ - tol
+    return Gate(name, cand, champ, tol, PASS if ok else FAIL, f"candidate >= champion - {tol}")
+
+
+def decide(
+    settings: Settings,
+    date: str | dt.date,
+    candidate: dict[str, Any],
+    champion: dict[str, Any] | None,
+    tolerances: Tolerances | None = None,
+) -> Decision:
+    """Apply the gates (module docstring) to ``candidate`` against ``champion`` (None: first day).
+
+    ``candidate`` keys: ``version``, ``validation`` (verdict string or None), ``ndcg@10``,
+    ``has_ranker`` (bool), ``auc`` (ranker AUC or None), ``index_recall``,
+    ``index_recall_target`` (optional), ``ope`` (a ``pipelines.ope.estimate`` result or None).
+    ``champion`` keys: ``version``, ``ndcg@10``, ``auc``, ``ope`` (same day, same meanings).
+    ``settings`` is accepted for symmetry with :func:`gate_day` (not read).
+    """
+    tol = tolerances or Tolerances()
+    day = schema.parse_date(date).isoformat()
+    champ = champion or {}
+    gates: list[Gate] = []
+
+    verdict = candidate.get("validation")
+    gates.append(
+        Gate("validation", verdict, None, None, PASS if verdict == "passed" else FAIL,
+             "no validation report" if verdict is None else "verdict of the bundle's data day")
+    )  # fmt: skip
+    gates.append(
+        _compare("ndcg@10", _num(candidate.get("ndcg@10")), _num(champ.get("ndcg@10")),
+                 tol.ndcg, tol.ndcg_floor, FAIL)
+    )  # fmt: skip
+    if not candidate.get("has_ranker", candidate.get("auc") is not None):
+        gates.append(
+            Gate("ranker_auc", None, _num(champ.get("auc")), tol.auc, SKIPPED, "no ranker pinned")
+        )
+    else:
+        gates.append(
+            _compare("ranker_auc", _num(candidate.get("auc")), _num(champ.get("auc")),
+                     tol.auc, tol.auc_floor, NOT_EVALUATED)
+        )  # fmt: skip
+    recall = _num(candidate.get("index_recall"))
+    target = _num(candidate.get("index_recall_target")) or tol.recall_target
+    if recall is None:
+        gates.append(Gate("index_recall", None, None, target, FAIL, "no index recall recorded"))
+    else:
+        ok = recall >= target
+        gates.append(
+            Gate("index_recall", recall, None, target, PASS if ok else FAIL, f">= target {target}")
+        )
+
+    cand_snips, champ_snips = _snips(candidate.get("ope")), _snips(champ.get("ope"))
+    if cand_snips is None:
+        gates.append(Gate("snips", None, _num((champ_snips or {}).get("estimate")), tol.snips,
+                          NOT_EVALUATED, "no OPE estimate for the candidate"))  # fmt: skip
+    else:
+        low = _num(cand_snips.get("ci_low"))
+        low = low if low is not None else _num(cand_snips["estimate"])
+        note = "candidate SNIPS ci_low" + ("" if _num(cand_snips.get("ci_low")) is not None else
+                                           " (no interval: point estimate used)")  # fmt: skip
+        if champion is None:
+            gates.append(
+                Gate("snips", low, None, tol.snips, PASS, note + "; no champion to compare")
+            )
+        elif champ_snips is None:
+            gates.append(Gate("snips", low, None, tol.snips, NOT_EVALUATED,
+                              note + "; no OPE estimate for the champion"))  # fmt: skip
+        else:
+            ref = _num(champ_snips["estimate"])
+            ok = low >= ref - tol.snips
+            gates.append(Gate("snips", low, ref, tol.snips, PASS if ok else FAIL,
+                              note + " >= champion SNIPS estimate - tolerance"))  # fmt: skip
+
+    failed = [g.name for g in gates if g.verdict == FAIL]
+    missing = [g.name for g in gates if g.verdict == NOT_EVALUATED]
+    blocking = failed + (missing if tol.strict else [])
+    cand_v = None if candidate.get("version") is None else str(candidate["version"])
+    champ_v = None if champion is None or champ.get("version") is None else str(champ["version"])
+    if blocking:
+        action = "rejected"
+        reason = "failed: " + ", ".join(failed) if failed else ""
+        if tol.strict and missing:
+            reason = "; ".join(
+                x for x in (reason, "not evaluated (strict): " + ", ".join(missing)) if x
+            )
+    elif champion is None:
+        action, reason = "champion", "first bundle passing the absolute floors: becomes champion"
+    elif cand_v is not None and cand_v == champ_v:
+        action, reason = "already_champion", "the candidate is the champion"
+    else:
+        action, reason = "challenger", "every gate passed: becomes challenger"
+    if missing and not blocking:
+        reason += f" (not evaluated: {', '.join(missing)})"
+    return Decision(day, cand_v, champ_v, action, gates, reason)
+
+
+def format_decision(decision: dict[str, Any] | Decision) -> str:
+    """Decision as a fixed-width table: gate, candidate, champion, tolerance, verdict, note."""
+    d = decision.to_dict() if isinstance(decision, Decision) else decision
+
+    def cell(v: Any) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.4f}"
+        return str(v)
+
+    rows = [("gate", "candidate", "champion", "tolerance", "verdict", "note")]
+    rows += [
+        (g["name"], cell(g["candidate"]), cell(g["champion"]), cell(g["tolerance"]), g["verdict"], g["note"])
+        for g in d["gates"]
+    ]  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = [
+        f"gates for {d['date']}: candidate bundle {cell(d['candidate_version'])}, "
+        f"champion {cell(d['champion_version'])}"
+    ]
+    for r in rows:
+        lines.append(
+            "  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5]
+        )
+    lines.append(f"decision: {d['action']} — {d['reason']}")
+    return "\n".join(lines)
+
+
+# --- the DAG task ---------------------------------------------------------------------------------
+
+
+def report_path(settings: Settings, date: str | dt.date) -> Path:
+    """``reports/gates/date=D.json``."""
+    return settings.reports_dir / "gates" / f"date={schema.parse_date(date).isoformat()}.json"
+
+
+def _write_json_atomic(obj: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:8]}"
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _validation_verdict(settings: Settings, date: str | None) -> str | None:
+    from pipelines.validate import report_path as validation_report
+
+    if not date:
+        return None
+    path = validation_report(settings, date)
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text()).get("verdict")
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: unreadable validation report ({exc})") from exc
+
+
+def offline_ndcg(settings: Settings, folder: Path, day: dt.date, k: int = 10) -> float | None:
+    """NDCG@``k`` of the model artifact in ``folder`` (``pipelines.train`` layout) on ``day``'s
+    positives, its own training matrix excluded; None when no user it knows had a positive."""
+    import scipy.sparse as sp
+
+    from models.base import load_model
+    from pipelines.evaluate import evaluate_model
+    from pipelines.train import day_relevance
+    from pipelines.vocab import Vocab
+
+    folder = Path(folder)
+    users, items = Vocab.load(folder / "users.json"), Vocab.load(folder / "items.json")
+    test = day_relevance(settings, day, users, items)
+    if test.nnz == 0:
+        return None
+    seen = sp.load_npz(folder / "seen.npz").tocsr()
+    model = load_model(folder / "model")
+    return float(evaluate_model(model, seen, test, k=k, recall_ks=(), with_auc=False)[f"ndcg@{k}"])
+
+
+def _bundle_numbers(
+    settings: Settings, bundle: dict[str, Any], day: dt.date, given: dict[str, Any] | None
+) -> dict[str, Any]:
+    given = dict(given or {})
+    paths = bundle["paths"]
+    out: dict[str, Any] = {
+        "version": bundle["bundle_version"],
+        "logical_date": bundle["logical_date"],
+        "has_ranker": bundle.get("ranker") is not None,
+    }
+    if "ndcg@10" in given:
+        out["ndcg@10"] = given.pop("ndcg@10")
+    else:
+        out["ndcg@10"] = offline_ndcg(settings, Path(paths["two_tower"]), day)
+    meta = json.loads((Path(paths["index"]) / "meta.json").read_text())
+    out["index_recall"] = meta.get("recall")
+    out["index_recall_target"] = meta.get("recall_target")
+    out["validation"] = _validation_verdict(settings, bundle["logical_date"])
+    out.update(given)
+    return out
+
+
+def _candidate_version(settings: Settings, day: dt.date) -> str | None:
+    from pipelines import registry
+
+    versions = registry.find_versions(settings, registry.BUNDLE)
+    before = [v for v in versions if (v.tags.get("logical_date") or "9999") < day.isoformat()]
+    if not before:
+        return None
+    newest = max(before, key=lambda v: (v.tags["logical_date"], int(v.version)))
+    return str(newest.version)
+
+
+def _log_to_mlflow(settings: Settings, record: dict[str, Any]) -> str:
+    import tempfile
+
+    from pipelines import registry
+
+    metrics: dict[str, Any] = {}
+    for g in record["gates"]:
+        for side in ("candidate", "champion"):
+            if isinstance(g[side], (int, float)) and not isinstance(g[side], bool):
+                metrics[f"{g['name']}.{side}"] = g[side]
+        metrics[f"{g['name']}.pass"] = 1.0 if g["verdict"] == PASS else 0.0
+    params = {
+        "date": record["date"],
+        "candidate_version": record["candidate_version"],
+        "champion_version": record["champion_version"],
+        "action": record["action"],
+        **{f"verdict.{g['name']}": g["verdict"] for g in record["gates"]},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "decision.json"
+        path.write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
+        return registry.log_run(
+            settings, GATES_EXPERIMENT, f"gates-{record['date']}", params, metrics,
+            {"recloop.logical_date": record["date"], "recloop.action": record["action"]},
+            {"": path},
+        )  # fmt: skip
+
+
+def gate_day(
+    settings: Settings,
+    date: str | dt.date,
+    *,
+    candidate_version: str | int | None = None,
+    ope: dict[str, Any] | None = None,
+    champion_ope: dict[str, Any] | None = None,
+    candidate_metrics: dict[str, Any] | None = None,
+    champion_metrics: dict[str, Any] | None = None,
+    tolerances: Tolerances | None = None,
+) -> dict[str, Any]:
+    """Gate one bundle on test day ``date``, move the alias, record the decision; JSON-able dict.
+
+    ``candidate_version``: a ``serving_bundle`` version (default: the newest bundle trained before
+    ``date``, see the module docstring). ``ope`` / ``champion_ope``: ``pipelines.ope.estimate``
+    results for the candidate and champion on ``date``'s logs (None: ``not_evaluated``).
+    ``candidate_metrics`` / ``champion_metrics``: numbers measured elsewhere that override or add
+    to the ones computed here, e.g. ``{"auc": ranker_auc}``; ``ndcg@10`` is computed from the
+    pinned two-tower on ``date`` unless given.
+    """
+    from pipelines import registry
+
+    day = schema.parse_date(date)
+    version = (
+        str(candidate_version)
+        if candidate_version is not None
+        else _candidate_version(settings, day)
+    )
+    champ_v = registry.get_alias(settings, "champion")
+    if version is None:
+        record = Decision(day.isoformat(), None, champ_v, "rejected", [],
+                          f"no serving bundle trained before {day} to gate").to_dict()  # fmt: skip
+    else:
+        cand_bundle = registry.load_bundle(settings, version)
+        candidate = _bundle_numbers(settings, cand_bundle, day, candidate_metrics)
+        candidate["ope"] = ope
+        champion = None
+        if champ_v is not None:
+            if champ_v == version:
+                champion = {**candidate, **(champion_metrics or {})}
+            else:
+                champ_bundle = registry.load_bundle(settings, champ_v)
+                champion = _bundle_numbers(settings, champ_bundle, day, champion_metrics)
+            same = champ_v == version and champion_ope is None
+            champion["ope"] = ope if same else champion_ope
+        decision = decide(settings, day, candidate, champion, tolerances)
+        record = decision.to_dict()
+        if decision.action == "champion":
+            if not registry.promote(settings, version, "champion", expected=None):
+                winner = registry.get_alias(settings, "champion")
+                record["reason"] += f"; lost the race: champion is now version {winner}"
+                record["action"] = "challenger"
+                registry.promote(settings, version, "challenger")
+        elif decision.action == "challenger":
+            registry.promote(settings, version, "challenger")
+    record["aliases"] = {
+        "champion": registry.get_alias(settings, "champion"),
+        "challenger": registry.get_alias(settings, "challenger"),
+    }
+    record["tolerances"] = dataclasses.asdict(tolerances or Tolerances())
+    record["mlflow_run_id"] = _log_to_mlflow(settings, record)
+    _write_json_atomic(record, report_path(settings, day))
+    log.info("%s", format_decision(record))
+    return json.loads(json.dumps(record, default=str))
+
+
+def read_decision(settings: Settings, date: str | dt.date) -> dict[str, Any]:
+    """The recorded decision of ``date``: ``reports/gates/date=D.json``, else the newest
+    ``decision.json`` of the MLflow ``recloop-gates`` run of that date."""
+    path = report_path(settings, date)
+    if path.exists():
+        return json.loads(path.read_text())
+    from pipelines import registry
+
+    day = schema.parse_date(date).isoformat()
+    uri = settings.mlflow_uri
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        raise FileNotFoundError(f"no gate decision for {day}: no {path} and no MLflow database")
+    c = registry.client(settings)
+    exp = c.get_experiment_by_name(GATES_EXPERIMENT)
+    runs = (
+        c.search_runs(
+            [exp.experiment_id],
+            f"tags.`recloop.logical_date` = '{day}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if exp
+        else []
+    )
+    if not runs:
+        raise FileNotFoundError(f"no gate decision for {day}: neither {path} nor an MLflow run")
+    import mlflow
+
+    local = mlflow.artifacts.download_artifacts(
+        run_id=runs[0].info.run_id, artifact_path="decision.json", tracking_uri=settings.mlflow_uri
+    )
+    return json.loads(Path(local).read_text())

@@ -1,0 +1,208 @@
+"""Promotion gates: the decision table, and gate_day against a real MLflow registry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipelines import promote, registry
+from pipelines.cli import main
+from pipelines.promote import Tolerances, decide
+from pipelines.settings import Settings
+from tests.test_registry import fresh_mlflow, make_bundle
+
+
+def ope(estimate: float, low: float, high: float) -> dict:
+    entry = {"estimate": estimate, "ci_low": low, "ci_high": high, "ess": 100.0, "n": 500}
+    return {"ips": dict(entry), "snips": entry}
+
+
+CANDIDATE = {
+    "version": "2",
+    "validation": "passed",
+    "ndcg@10": 0.30,
+    "has_ranker": True,
+    "auc": 0.75,
+    "index_recall": 0.97,
+    "index_recall_target": 0.95,
+    "ope": ope(0.11, 0.10, 0.12),
+}
+CHAMPION = {"version": "1", "ndcg@10": 0.30, "auc": 0.75, "ope": ope(0.10, 0.09, 0.11)}
+TOL = Tolerances(ndcg=0.01, auc=0.01, snips=0.0, recall_target=0.95)
+
+
+def verdicts(decision: promote.Decision) -> dict[str, str]:
+    return {g.name: g.verdict for g in decision.gates}
+
+
+def test_all_gates_pass_makes_a_challenger(settings: Settings):
+    d = decide(settings, "2026-01-02", CANDIDATE, CHAMPION, TOL)
+    assert d.action == "challenger" and d.passed
+    assert set(verdicts(d).values()) == {"pass"}
+    assert [g.name for g in d.gates] == [
+        "validation",
+        "ndcg@10",
+        "ranker_auc",
+        "index_recall",
+        "snips",
+    ]
+
+
+@pytest.mark.parametrize(
+    "change, gate",
+    [
+        ({"validation": "failed"}, "validation"),
+        ({"validation": None}, "validation"),
+        ({"ndcg@10": 0.285}, "ndcg@10"),  # 0.015 worse, tolerance 0.01
+        ({"ndcg@10": None}, "ndcg@10"),
+        ({"auc": 0.73}, "ranker_auc"),
+        ({"index_recall": 0.94}, "index_recall"),
+        ({"index_recall": None}, "index_recall"),
+        ({"ope": ope(0.10, 0.08, 0.12)}, "snips"),  # ci_low 0.08 < champion 0.10
+    ],
+)
+def test_each_gate_failing_alone_blocks(settings: Settings, change: dict, gate: str):
+    d = decide(settings, "2026-01-02", {**CANDIDATE, **change}, CHAMPION, TOL)
+    assert d.action == "rejected" and not d.passed
+    v = verdicts(d)
+    assert v[gate] == "fail"
+    assert [name for name, verdict in v.items() if verdict != "pass"] == [gate]
+    assert gate in d.reason
+
+
+def test_within_tolerance_passes(settings: Settings):
+    d = decide(settings, "2026-01-02", {**CANDIDATE, "ndcg@10": 0.295, "auc": 0.745}, CHAMPION, TOL)
+    assert d.action == "challenger"
+
+
+def test_first_day_champion_and_floors(settings: Settings):
+    d = decide(settings, "2026-01-02", CANDIDATE, None, TOL)
+    assert d.action == "champion" and d.champion_version is None
+    assert verdicts(d)["ndcg@10"] == "pass" and "floor" in d.gates[1].note
+    floor = decide(settings, "2026-01-02", {**CANDIDATE, "ndcg@10": 0.0}, None, TOL)
+    assert floor.action == "rejected" and verdicts(floor)["ndcg@10"] == "fail"
+    bad_auc = decide(settings, "2026-01-02", {**CANDIDATE, "auc": 0.5}, None, TOL)
+    assert bad_auc.action == "rejected" and verdicts(bad_auc)["ranker_auc"] == "fail"
+
+
+def test_missing_ope_is_reported_not_passed(settings: Settings):
+    d = decide(settings, "2026-01-02", {**CANDIDATE, "ope": None}, CHAMPION, TOL)
+    assert verdicts(d)["snips"] == "not_evaluated"
+    assert d.action == "challenger" and "not evaluated: snips" in d.reason
+    no_champ_ope = decide(settings, "2026-01-02", CANDIDATE, {**CHAMPION, "ope": None}, TOL)
+    assert verdicts(no_champ_ope)["snips"] == "not_evaluated"
+    strict = decide(settings, "2026-01-02", {**CANDIDATE, "ope": None}, CHAMPION,
+                    Tolerances(strict=True))  # fmt: skip
+    assert strict.action == "rejected" and "strict" in strict.reason
+
+
+def test_no_ranker_is_skipped_and_pinned_ranker_without_auc_is_not_evaluated(settings: Settings):
+    d = decide(
+        settings, "2026-01-02", {**CANDIDATE, "has_ranker": False, "auc": None}, CHAMPION, TOL
+    )
+    assert verdicts(d)["ranker_auc"] == "skipped" and d.action == "challenger"
+    d = decide(settings, "2026-01-02", {**CANDIDATE, "auc": None}, CHAMPION, TOL)
+    assert verdicts(d)["ranker_auc"] == "not_evaluated"
+
+
+def test_gate_day_moves_aliases_and_records(settings: Settings, capsys: pytest.CaptureFixture):
+    fresh_mlflow(settings)
+    v1 = make_bundle(settings, "2026-01-01")
+    # day 2: the bundle trained through day 1 is gated on day 2; no champion yet -> champion
+    out = promote.gate_day(
+        settings, "2026-01-02", ope=ope(0.1, 0.09, 0.11), candidate_metrics={"ndcg@10": 0.2}
+    )
+    assert (out["candidate_version"], out["action"]) == (v1, "champion")
+    assert out["aliases"] == {"champion": v1, "challenger": None}
+    assert registry.load_bundle(settings, "champion")["bundle_version"] == v1
+
+    v2 = make_bundle(settings, "2026-01-02")
+    common = {"ope": ope(0.12, 0.11, 0.13), "champion_ope": ope(0.1, 0.09, 0.11)}
+    out = promote.gate_day(
+        settings, "2026-01-03", candidate_metrics={"ndcg@10": 0.21},
+        champion_metrics={"ndcg@10": 0.2}, **common,
+    )  # fmt: skip
+    assert (out["candidate_version"], out["action"]) == (v2, "challenger")
+    assert out["aliases"] == {"champion": v1, "challenger": v2}
+
+    v3 = make_bundle(settings, "2026-01-03", recall=0.90)  # index below its 0.95 target
+    out = promote.gate_day(
+        settings, "2026-01-04", candidate_metrics={"ndcg@10": 0.3},
+        champion_metrics={"ndcg@10": 0.2}, **common,
+    )  # fmt: skip
+    assert (out["candidate_version"], out["action"]) == (v3, "rejected")
+    assert {g["name"]: g["verdict"] for g in out["gates"]}["index_recall"] == "fail"
+    assert out["aliases"] == {"champion": v1, "challenger": v2}
+
+    saved = json.loads(promote.report_path(settings, "2026-01-04").read_text())
+    assert saved["action"] == "rejected" and saved["mlflow_run_id"] == out["mlflow_run_id"]
+    run = registry.client(settings).get_run(out["mlflow_run_id"])
+    assert run.data.params["action"] == "rejected"
+    assert run.data.params["verdict.index_recall"] == "fail"
+    assert run.data.metrics["index_recall.candidate"] == pytest.approx(0.90)
+
+    capsys.readouterr()
+    assert main(["gates", "--date", "2026-01-04"]) == 0
+    text = capsys.readouterr().out
+    assert "gate" in text and "candidate" in text and "tolerance" in text
+    line = next(x for x in text.splitlines() if x.startswith("index_recall"))
+    assert "0.9000" in line and "0.9500" in line and "fail" in line
+    assert "decision: rejected" in text and "champion=" + v1 in text
+    # the report file gone, the decision is read back from MLflow
+    promote.report_path(settings, "2026-01-03").unlink()
+    assert main(["gates", "--date", "2026-01-03", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["action"] == "challenger"
+    assert main(["gates", "--date", "2030-01-01"]) == 2
+
+
+def test_gate_day_without_a_bundle_rejects(settings: Settings):
+    fresh_mlflow(settings)
+    out = promote.gate_day(settings, "2026-01-01")
+    assert out["action"] == "rejected" and out["candidate_version"] is None
+    assert "no serving bundle" in out["reason"]
+
+
+@pytest.mark.integration
+def test_real_models_through_registry_and_gates(settings: Settings):
+    """Tiny simulated days, real two-tower + FAISS index tracked, bundled, loaded back and gated;
+    the candidate's NDCG@10 computed by the gate equals the forward evaluation's."""
+    from models.base import load_model
+    from pipelines import simulate, train
+    from pipelines.index import ItemIndex
+    from pipelines.validate import validate_partition
+
+    days = ["2026-01-01", "2026-01-02", "2026-01-03"]
+    fresh_mlflow(settings)
+    simulate.simulate(settings, len(days), "tiny", 3)
+    versions = []
+    for d in days[:2]:
+        validate_partition(settings, d)
+        train.train(settings, "two_tower", d)
+        train.build_item_index(settings, d)
+        first = registry.register_day(settings, d)
+        again = registry.register_day(settings, d)  # a rerun registers nothing new
+        assert again["bundle"] == first["bundle"] and again["two_tower"]["reused"]
+        assert again["index"]["version"] == first["index"]["version"]
+        assert first["mf"] is None and first["ranker"] is None
+        versions.append(first["bundle"])
+    validate_partition(settings, days[2])
+    registry.promote(settings, versions[0], "champion")
+
+    loaded = registry.load_bundle(settings, "champion")
+    model = load_model(Path(loaded["paths"]["two_tower"]) / "model")
+    assert model.item_embeddings().shape[0] > 0
+    assert ItemIndex.load(loaded["paths"]["index"]).model_version == f"two_tower-{days[0]}"
+
+    out = promote.gate_day(settings, days[2])
+    assert (out["candidate_version"], out["champion_version"]) == (versions[1], versions[0])
+    gates = {g["name"]: g for g in out["gates"]}
+    forward = train.evaluate_forward(settings, days[2], models=("two_tower",))
+    assert gates["ndcg@10"]["candidate"] == pytest.approx(
+        forward["metrics"]["two_tower"]["ndcg@10"]
+    )
+    assert gates["ndcg@10"]["champion"] is not None
+    assert gates["index_recall"]["verdict"] == "pass"
+    assert gates["snips"]["verdict"] == "not_evaluated"
+    assert out["action"] in ("challenger", "rejected")
