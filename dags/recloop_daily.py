@@ -14,6 +14,15 @@ Takes one day's interaction logs (`RECLOOP_HOME/data/interactions/date={{ ds }}`
    is measured and a build below its target fails.
 6. **evaluate** — forward evaluation: the models trained through yesterday, scored on today's
    positives beside the baselines → `reports/eval/`.
+7. **train_ranker** — DLRM ranker (and its logistic-regression baseline) on the week's labelled
+   impressions plus sampled negatives (70% uniform, 30% hard from the two-tower), features joined
+   point in time through Feast; **evaluate_ranker** scores yesterday's rankers on today's
+   impressions (AUC, logloss, calibration, NDCG@10 lift over retrieval order) → `reports/ranker/`.
+8. **register** — MLflow runs and registered versions (`mf`, `two_tower`, `index`, `ranker`) and a
+   `serving_bundle` pinning a consistent set; idempotent on reruns.
+9. **gate** — the bundle trained through yesterday is checked on today's numbers (validation,
+   NDCG@10 and ranker AUC against the champion, index recall, OPE when given) and becomes
+   `challenger` (or `champion` on the first day); decision → MLflow and `reports/gates/`.
 
 One run per logical date; a rerun of a date overwrites that date's outputs and nothing else.
 Every task body is one call into `pipelines.tasks`; nothing heavy is imported at parse time.
@@ -36,6 +45,7 @@ DEFAULT_ARGS = {
 VALIDATED = Asset("recloop://validated-interactions")
 ONLINE_FEATURES = Asset("recloop://online-features")
 ITEM_INDEX = Asset("recloop://item-index")
+BUNDLE = Asset("recloop://serving-bundle")
 
 
 @dag(
@@ -103,13 +113,42 @@ def recloop_daily():
 
         return tasks.evaluate(ds)
 
+    @task
+    def train_ranker(ds: str | None = None) -> dict:
+        from pipelines import tasks
+
+        return tasks.train_ranker(ds)
+
+    @task
+    def evaluate_ranker(ds: str | None = None) -> dict:
+        from pipelines import tasks
+
+        return tasks.evaluate_ranker(ds)
+
+    @task(outlets=[BUNDLE])
+    def register(ds: str | None = None) -> dict:
+        from pipelines import tasks
+
+        return tasks.register(ds)
+
+    @task
+    def gate(ds: str | None = None) -> dict:
+        from pipelines import tasks
+
+        return tasks.gate(ds)
+
     checked = validate()
-    checked >> [stats(), evaluate()]
     feats = features()
-    checked >> feats
-    two_tower = train_two_tower()
-    feats >> [train_mf(), two_tower, train_popular(), train_itemknn()]
-    two_tower >> build_index()
+    offline_eval, ranker_eval = evaluate(), evaluate_ranker()
+    checked >> [stats(), feats]
+    feats >> [offline_eval, ranker_eval]
+    mf, two_tower, ranker = train_mf(), train_two_tower(), train_ranker()
+    feats >> [mf, two_tower, train_popular(), train_itemknn()]
+    index = build_index()
+    two_tower >> [index, ranker]
+    registered = register()
+    [mf, index, ranker] >> registered
+    [registered, offline_eval, ranker_eval] >> gate()
 
 
 recloop_daily()

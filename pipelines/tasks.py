@@ -97,3 +97,42 @@ def _jsonable(obj: Any) -> Any:
     if hasattr(obj, "item"):
         return obj.item()
     return str(obj)
+
+
+def train_ranker(ds: str) -> dict[str, Any]:
+    """DLRM ranker (+ LR baseline) on the labelled impressions of the week up to ``ds``."""
+    from pipelines.ranking import train_for_date
+
+    return _jsonable(train_for_date(_settings(), ds))
+
+
+def evaluate_ranker(ds: str) -> dict[str, Any]:
+    """Forward evaluation of the rankers trained through yesterday on today's impressions."""
+    from pipelines.ranking import evaluate_forward
+
+    out = evaluate_forward(_settings(), ds)
+    return _jsonable(
+        {k: v for k, v in out.items() if k != "metrics"}
+        | {"auc": {n: m.get("auc") for n, m in out.get("metrics", {}).items()}}
+    )
+
+
+def register(ds: str) -> dict[str, Any]:
+    """Track and register in MLflow what was trained through ``ds`` and the serving bundle pinning
+    it (idempotent: a rerun on the same data registers nothing new)."""
+    from pipelines.registry import register_day
+
+    return _jsonable(register_day(_settings(), ds))
+
+
+def gate(ds: str) -> dict[str, Any]:
+    """Gate the newest bundle trained before ``ds`` on ``ds``'s evaluation; move the alias."""
+    import json
+
+    from pipelines.promote import gate_day
+
+    s = _settings()
+    report = s.reports_dir / "ranker" / f"date={ds}.json"
+    metrics = json.loads(report.read_text()).get("metrics", {}) if report.exists() else {}
+    auc = metrics.get("ranker", {}).get("auc")
+    return _jsonable(gate_day(s, ds, candidate_metrics={"auc": auc} if auc is not None else None))
