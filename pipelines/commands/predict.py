@@ -1,10 +1,14 @@
 """Score given user-item pairs with a trained model.
 
-  recloop predict --model mf|mf_explicit|two_tower|itemknn|userknn|popular --pairs FILE --out FILE [--date D]
+  recloop predict --model mf|mf_explicit|two_tower|itemknn|userknn|popular|ranker|ranker_lr
+                  --pairs FILE --out FILE [--date D]
 
 FILE is a CSV or parquet with columns user_id, item_id. The output adds `score` (for mf_explicit
 a predicted rating; otherwise the model's preference score) and `known` (false where
 the user or item is unknown to the model: the score is left empty, nothing is dropped).
+For ranker / ranker_lr the score is a click probability computed from the online features in
+Redis (RECLOOP_REDIS_URL): unknown ids get the saved defaults and are flagged in user_missing /
+item_missing instead.
 """
 
 from __future__ import annotations
@@ -19,7 +23,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         required=True,
-        choices=["mf", "mf_explicit", "two_tower", "popular", "itemknn", "userknn"],
+        choices=[
+            "mf",
+            "mf_explicit",
+            "two_tower",
+            "popular",
+            "itemknn",
+            "userknn",
+            "ranker",
+            "ranker_lr",
+        ],
     )
     parser.add_argument(
         "--pairs", type=Path, required=True, help="CSV/parquet with user_id, item_id"
@@ -45,11 +58,22 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     pairs = read_pairs(args.pairs)
     try:
-        out = predict_pairs(settings, args.model, pairs, args.date)
+        if args.model.startswith("ranker"):
+            from pipelines.ranking import predict_pairs as predict_ranker
+
+            out = predict_ranker(settings, pairs, args.model, args.date)
+            flagged = int((out["user_missing"] | out["item_missing"]).sum())
+            summary = (
+                f"scored {len(out)} pairs ({flagged} with missing online features: defaults used)"
+            )
+        else:
+            out = predict_pairs(settings, args.model, pairs, args.date)
+            unknown = int((~out["known"]).sum())
+            summary = (
+                f"scored {len(out) - unknown} of {len(out)} pairs ({unknown} with unknown ids)"
+            )
     except ValueError as exc:
         raise ValueError(f"{args.pairs}: {exc}") from exc
     write_frame(out, args.out)
-    print(
-        f"scored {int(out['known'].sum())} of {len(out)} pairs ({int((~out['known']).sum())} with unknown ids) -> {args.out}"
-    )
+    print(f"{summary} -> {args.out}")
     return 0
