@@ -53,6 +53,22 @@ def metrics_table(settings: Settings, dates: list[dt.date]) -> str:
     )
 
 
+def gates_table(settings: Settings, dates: list[dt.date]) -> str:
+    """One line per day: the gated bundle, the decision and the aliases after it."""
+    lines = ["promotion gates (bundle trained through the day before, judged on the day):"]
+    for day in dates:
+        path = settings.reports_dir / "gates" / f"date={day.isoformat()}.json"
+        if not path.exists():
+            lines.append(f"  {day}: no gate decision")
+            continue
+        d = json.loads(path.read_text())
+        lines.append(
+            f"  {day}: bundle {d.get('candidate_version', '-')} -> {d.get('action', '?')}"
+            f" ({d.get('reason', '')}); aliases {d.get('aliases', {})}"
+        )
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines import simulate
     from pipelines.airflow_runner import run_dag
@@ -82,6 +98,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if path.exists():
             print(format_stats(json.loads(path.read_text())))
     print(metrics_table(settings, [r.date for r in results]))
+    print(gates_table(settings, [r.date for r in results]))
     total = sum(r.seconds for r in results)
     print(f"{len(results)} DAG run(s) succeeded in {total:.0f}s; outputs under {settings.home}")
     return 0
