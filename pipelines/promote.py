@@ -326,7 +326,8 @@ def _bundle_numbers(
     return out
 
 
-def _candidate_version(settings: Settings, day: dt.date) -> str | None:
+def candidate_version(settings: Settings, day: dt.date) -> str | None:
+    """The bundle gated on ``day``: the newest ``serving_bundle`` trained before it (or None)."""
     from pipelines import registry
 
     versions = registry.find_versions(settings, registry.BUNDLE)
@@ -391,7 +392,7 @@ def gate_day(
     version = (
         str(candidate_version)
         if candidate_version is not None
-        else _candidate_version(settings, day)
+        else candidate_version(settings, day)
     )
     champ_v = registry.get_alias(settings, "champion")
     if version is None:

@@ -126,13 +126,26 @@ def register(ds: str) -> dict[str, Any]:
 
 
 def gate(ds: str) -> dict[str, Any]:
-    """Gate the newest bundle trained before ``ds`` on ``ds``'s evaluation; move the alias."""
+    """Gate the newest bundle trained before ``ds`` on ``ds``'s numbers (offline metrics, ranker
+    AUC, index recall, SNIPS of its policy on ``ds``'s logs); move the alias."""
     import json
 
-    from pipelines.promote import gate_day
+    from pipelines.policy_eval import SNIPS_TOLERANCE, gate_inputs
+    from pipelines.promote import Tolerances, gate_day
 
     s = _settings()
     report = s.reports_dir / "ranker" / f"date={ds}.json"
     metrics = json.loads(report.read_text()).get("metrics", {}) if report.exists() else {}
     auc = metrics.get("ranker", {}).get("auc")
-    return _jsonable(gate_day(s, ds, candidate_metrics={"auc": auc} if auc is not None else None))
+    ope = gate_inputs(s, ds)
+    return _jsonable(
+        gate_day(
+            s,
+            ds,
+            candidate_version=ope["candidate_version"],
+            ope=ope["ope"],
+            champion_ope=ope["champion_ope"],
+            candidate_metrics={"auc": auc} if auc is not None else None,
+            tolerances=Tolerances(snips=SNIPS_TOLERANCE),
+        )
+    )

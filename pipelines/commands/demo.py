@@ -53,6 +53,32 @@ def metrics_table(settings: Settings, dates: list[dt.date]) -> str:
     )
 
 
+def ope_table(settings: Settings, dates: list[dt.date]) -> str:
+    """Each day's off-policy estimates of the gated bundles beside the simulator's truth."""
+    lines = [
+        "off-policy estimates of each bundle's policy on the day's logs (SNIPS, DR) vs the truth:"
+    ]
+    for day in dates:
+        folder = settings.reports_dir / "ope" / f"date={day.isoformat()}"
+        for path in sorted(folder.glob("*.json")) if folder.exists() else []:
+            r = json.loads(path.read_text())
+            est = r.get("estimates", {})
+
+            def fmt(name: str, est=est) -> str:
+                e = est.get(name) or {}
+                if e.get("estimate") is None:
+                    return f"{name} -"
+                return f"{name} {e['estimate']:.4f} [{e['ci_low']:.4f}, {e['ci_high']:.4f}]"
+
+            truth = r.get("truth")
+            lines.append(
+                f"  {day} {r.get('policy')}: {fmt('snips')}  {fmt('dr')}  truth "
+                + (f"{truth:.4f}" if truth is not None else "-")
+                + f"  (softmax T={r.get('temperature')}, {r.get('users')} users)"
+            )
+    return "\n".join(lines) if len(lines) > 1 else "off-policy estimates: none yet"
+
+
 def gates_table(settings: Settings, dates: list[dt.date]) -> str:
     """One line per day: the gated bundle, the decision and the aliases after it."""
     lines = ["promotion gates (bundle trained through the day before, judged on the day):"]
@@ -98,6 +124,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if path.exists():
             print(format_stats(json.loads(path.read_text())))
     print(metrics_table(settings, [r.date for r in results]))
+    print(ope_table(settings, [r.date for r in results]))
     print(gates_table(settings, [r.date for r in results]))
     total = sum(r.seconds for r in results)
     print(f"{len(results)} DAG run(s) succeeded in {total:.0f}s; outputs under {settings.home}")

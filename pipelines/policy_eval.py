@@ -1,0 +1,141 @@
+"""Off-policy evaluation of a registered bundle on one day's logs (the gate's SNIPS input).
+
+The bundle's policy is its two-tower retriever turned stochastic: ``π = softmax(u·v / T)`` over
+the catalog the model knows, slates of ``k`` drawn without replacement (temperature ``T`` =
+``TEMPERATURE``, stated in every report). ``pipelines.ope.policy_table`` turns D's logged
+impressions into the item-position table and ``pipelines.ope.estimate`` gives IPS/SNIPS/... with
+bootstrap intervals. Users the model does not know get the mean user vector (what the service
+does for a new user without features).
+
+Logging propensities: on simulated data (``truth/world.json`` present) the simulator's logging
+policy's item-position marginals are computed exactly from its definition; on real logs the
+logged ``propensity`` must already be the item-position marginal (the log contract). On simulated
+data the report also carries the policy's **true** value (``truth``) from the simulator, so an
+estimate can be checked.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines import schema
+from pipelines.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TEMPERATURE = 0.05
+#: the SNIPS gate's tolerance (absolute CTR): about the half-width of one demo day's 95% interval,
+#: so an equally good challenger is not blocked by the width of its own interval alone
+SNIPS_TOLERANCE = 0.01
+N_BOOT = 300
+MAX_USERS = 400  # distinct users (contexts) evaluated per day, a seeded sample, to bound the cost
+N_SAMPLES = 100  # Rao-Blackwellised slates per user for the target's item-position marginals
+
+
+def two_tower_scorer(folder: Path):
+    """``(score(user_ids, item_ids) -> (U, I), item_ids)`` of the two-tower artifact in ``folder``."""
+    from models.base import load_model
+    from pipelines.vocab import Vocab
+
+    model = load_model(Path(folder) / "model")
+    users, items = Vocab.load(Path(folder) / "users.json"), Vocab.load(Path(folder) / "items.json")
+    uvec, ivec = model.user_embeddings(), model.item_embeddings()
+    mean_user = uvec.mean(axis=0)
+
+    def score(user_ids: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
+        u = users.encode(user_ids)
+        i = items.encode(item_ids)
+        U = np.where((u >= 0)[:, None], uvec[np.maximum(u, 0)], mean_user)
+        V = np.where((i >= 0)[:, None], ivec[np.maximum(i, 0)], 0.0)
+        return (U @ V.T).astype(np.float64)
+
+    return score, np.array(items.ids, dtype=object)
+
+
+def _world(settings: Settings):
+    if not (settings.truth_dir / "world.json").exists():
+        return None
+    from pipelines.simulate import load_world
+
+    return load_world(settings)
+
+
+def evaluate_bundle(
+    settings: Settings, date: str | dt.date, two_tower_folder: Path, label: str, seed: int = 0
+) -> dict[str, Any]:
+    """OPE estimates (and, on simulated data, the truth) of the bundle's policy on day ``date``.
+
+    Writes ``reports/ope/date=D/<label>.json`` and returns it."""
+    from pipelines import ope
+
+    day = schema.parse_date(date)
+    logs = schema.read_partition(settings.validated_dir, day)
+    rng = np.random.default_rng(seed)
+    users = np.array(
+        sorted(logs.loc[logs["event"] == "impression", "user_id"].unique()), dtype=object
+    )
+    if len(users) > MAX_USERS:
+        users = np.sort(rng.choice(users, MAX_USERS, replace=False))
+    logs = logs[logs["user_id"].isin(set(users))]
+    score, items = two_tower_scorer(two_tower_folder)
+    world = _world(settings)
+    k = int(logs["position"].max()) + 1
+    marginals = ope.simulator_logging_marginals(world, day, k=k) if world is not None else None
+    table = ope.policy_table(
+        logs, score, items, TEMPERATURE, k, marginals, n_samples=N_SAMPLES, seed=seed
+    )
+    out: dict[str, Any] = {
+        "date": day.isoformat(),
+        "policy": label,
+        "temperature": TEMPERATURE,
+        "k": k,
+        "users": len(users),
+        "estimates": ope.estimate(table, n_boot=N_BOOT, seed=seed),
+    }
+    if world is not None:
+        per_user = ope.true_policy_value(
+            world, users, score, items, TEMPERATURE, k, n_samples=N_SAMPLES, seed=seed
+        )
+        weights = table.groupby("user_id").size().reindex(users).fillna(0).to_numpy()
+        out["truth"] = float(np.average(per_user, weights=weights)) if weights.sum() else None
+        shown = table["reward"].to_numpy()
+        out["logging_ctr"] = float(shown.mean()) if len(shown) else None
+    target = settings.reports_dir / "ope" / f"date={day.isoformat()}" / f"{label}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(out, indent=2, sort_keys=True, default=float))
+    snips = out["estimates"].get("snips", {})
+    log.info(
+        "OPE of %s on %s: SNIPS %.4f [%.4f, %.4f], truth %s",
+        label,
+        day,
+        snips.get("estimate") or float("nan"),
+        snips.get("ci_low") or float("nan"),
+        snips.get("ci_high") or float("nan"),
+        out.get("truth"),
+    )
+    return out
+
+
+def gate_inputs(settings: Settings, date: str | dt.date) -> dict[str, Any]:
+    """OPE of the bundle the gate will judge on ``date`` and of the champion (when another)."""
+    from pipelines import registry
+    from pipelines.promote import candidate_version
+
+    day = schema.parse_date(date)
+    version = candidate_version(settings, day)
+    champion = registry.get_alias(settings, "champion")
+    out: dict[str, Any] = {"candidate_version": version, "ope": None, "champion_ope": None}
+    if version is None:
+        return out
+    for key, v in (("ope", version), ("champion_ope", champion)):
+        if v is None or (key == "champion_ope" and v == version):
+            continue
+        folder = registry.load_bundle(settings, v)["paths"]["two_tower"]
+        out[key] = evaluate_bundle(settings, day, Path(folder), f"bundle-{v}")["estimates"]
+    return out
