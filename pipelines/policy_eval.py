@@ -125,10 +125,10 @@ def evaluate_bundle(
 def gate_inputs(settings: Settings, date: str | dt.date) -> dict[str, Any]:
     """OPE of the bundle the gate will judge on ``date`` and of the champion (when another)."""
     from pipelines import registry
-    from pipelines.promote import candidate_version
+    from pipelines.promote import gated_bundle_version
 
     day = schema.parse_date(date)
-    version = candidate_version(settings, day)
+    version = gated_bundle_version(settings, day)
     champion = registry.get_alias(settings, "champion")
     out: dict[str, Any] = {"candidate_version": version, "ope": None, "champion_ope": None}
     if version is None:

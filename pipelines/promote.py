@@ -326,7 +326,7 @@ def _bundle_numbers(
     return out
 
 
-def candidate_version(settings: Settings, day: dt.date) -> str | None:
+def gated_bundle_version(settings: Settings, day: dt.date) -> str | None:
     """The bundle gated on ``day``: the newest ``serving_bundle`` trained before it (or None)."""
     from pipelines import registry
 
@@ -392,7 +392,7 @@ def gate_day(
     version = (
         str(candidate_version)
         if candidate_version is not None
-        else candidate_version(settings, day)
+        else gated_bundle_version(settings, day)
     )
     champ_v = registry.get_alias(settings, "champion")
     if version is None:
