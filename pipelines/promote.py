@@ -38,8 +38,6 @@ import datetime as dt
 import json
 import logging
 import math
-import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -263,13 +261,6 @@ def report_path(settings: Settings, date: str | dt.date) -> Path:
     return settings.reports_dir / "gates" / f"date={schema.parse_date(date).isoformat()}.json"
 
 
-def _write_json_atomic(obj: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:8]}"
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 def _validation_verdict(settings: Settings, date: str | None) -> str | None:
     from pipelines.validate import report_path as validation_report
 
@@ -427,7 +418,7 @@ def gate_day(
     }
     record["tolerances"] = dataclasses.asdict(tolerances or Tolerances())
     record["mlflow_run_id"] = _log_to_mlflow(settings, record)
-    _write_json_atomic(record, report_path(settings, day))
+    schema.write_json_atomic(record, report_path(settings, day))
     log.info("%s", format_decision(record))
     return json.loads(json.dumps(record, default=str))
 

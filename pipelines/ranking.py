@@ -84,7 +84,6 @@ def train_for_date(
     """Train the DLRM ranker and the LR baseline on the window ending at ``date``; save both."""
     from pipelines.feature_store import training_frame
     from pipelines.ranker import fit_logistic_regression, sample_negatives, train_ranker
-    from pipelines.train import publish_dir
 
     day = schema.parse_date(date)
     labelled = labelled_impressions(settings, day - dt.timedelta(days=window_days - 1), day)
@@ -137,7 +136,9 @@ def train_for_date(
             model.save(tmp / "model")
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
 
-        publish_dir(build, settings.artifacts_dir / "models" / name / f"date={day.isoformat()}")
+        schema.publish_dir(
+            build, settings.artifacts_dir / "models" / name / f"date={day.isoformat()}"
+        )
     log.info("ranker trained through %s: %s", day, summary)
     return summary
 
@@ -205,8 +206,7 @@ def evaluate_forward(settings: Settings, date: str | dt.date) -> dict[str, Any]:
             },
         )
     target = settings.reports_dir / "ranker" / f"date={day.isoformat()}.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(out, indent=2, sort_keys=True, default=_plain))
+    schema.write_json_atomic(json.loads(json.dumps(out, default=_plain)), target)
     return json.loads(target.read_text())
 
 

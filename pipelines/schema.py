@@ -26,10 +26,13 @@ so a reader sees the old partition or the new one, never half of either.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -150,22 +153,26 @@ def write_table_atomic(table: pa.Table | pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def write_partition_atomic(
-    table: pa.Table | pd.DataFrame, root: Path, date: str | dt.date, name: str = "part-0.parquet"
-) -> Path:
-    """Replace the partition ``root/date=D`` with one file holding ``table``.
+def write_json_atomic(obj: Any, path: Path) -> Path:
+    """Write ``obj`` as indented, key-sorted JSON (non-JSON values as ``str``), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(path)
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
 
-    The new partition is written to a temporary folder and renamed into place; the old one, if
-    any, is moved aside first and deleted only after the new one is in place. Returns the folder.
-    """
-    final = partition_dir(root, date)
+
+def publish_dir(build: Callable[[Path], None], final: Path) -> Path:
+    """Atomically replace folder ``final`` with what ``build(tmp)`` writes into a temporary
+    folder beside it. The old folder, if any, is moved aside first and deleted only after the new
+    one is in place; if ``build`` fails, ``final`` is untouched."""
+    final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(table, pd.DataFrame):
-        table = pa.Table.from_pandas(table, preserve_index=False)
     tmp = _tmp_sibling(final)
     tmp.mkdir()
     try:
-        pq.write_table(table, tmp / name)
+        build(tmp)
         old = None
         if final.exists():
             old = _tmp_sibling(final)
@@ -177,6 +184,15 @@ def write_partition_atomic(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def write_partition_atomic(
+    table: pa.Table | pd.DataFrame, root: Path, date: str | dt.date, name: str = "part-0.parquet"
+) -> Path:
+    """Replace the partition ``root/date=D`` with one file holding ``table`` (:func:`publish_dir`)."""
+    if isinstance(table, pd.DataFrame):
+        table = pa.Table.from_pandas(table, preserve_index=False)
+    return publish_dir(lambda tmp: pq.write_table(table, tmp / name), partition_dir(root, date))
 
 
 def read_partition(root: Path, date: str | dt.date) -> pd.DataFrame:

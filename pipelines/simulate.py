@@ -68,7 +68,6 @@ import datetime as dt
 import json
 import logging
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -899,13 +898,6 @@ def load_world(settings: Settings) -> World:
     return build_world(meta["scale"], int(meta["seed"]), meta["start_date"])
 
 
-def _write_json_atomic(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 def _update_policy_value(settings: Settings, rows: list[dict]) -> None:
     """Replace the rows of these dates in ``truth/policy_value.parquet`` (others kept)."""
     path = settings.truth_dir / "policy_value.parquet"
@@ -944,7 +936,7 @@ def simulate(
             scale, seed, start.isoformat(),
         ):  # fmt: skip
             log.warning("%s described another world (%s); replacing it", meta_path, old)
-    _write_json_atomic(world_meta(world), meta_path)
+    schema.write_json_atomic(world_meta(world), meta_path)
     dates = [start + dt.timedelta(days=d) for d in range(days)]
     summaries, values = [], []
     for date in tqdm(dates, desc=f"simulate {scale}", unit="day", disable=None):

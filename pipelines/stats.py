@@ -8,8 +8,6 @@ gives the same numbers whatever ran after it.
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -85,11 +83,7 @@ def daily_stats(settings: Settings, date: str | dt.date) -> dict[str, Any]:
             for p, n, c in by_position
         ],
     }
-    target = settings.reports_dir / "stats" / f"date={day.isoformat()}.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=2, sort_keys=True))
-    os.replace(tmp, target)
+    schema.write_json_atomic(out, settings.reports_dir / "stats" / f"date={day.isoformat()}.json")
     return out
 
 

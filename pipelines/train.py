@@ -25,11 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
-import shutil
 import time
-import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -221,27 +217,6 @@ def artifact_dir(settings: Settings, name: str, date: str | dt.date) -> Path:
     return settings.artifacts_dir / "models" / name / f"date={schema.parse_date(date).isoformat()}"
 
 
-def publish_dir(build: Callable[[Path], None], final: Path) -> Path:
-    """Atomically replace folder ``final`` with what ``build(tmp)`` writes into a temp folder
-    beside it; the old folder is moved aside first and removed only once the new one is in place."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        build(tmp)
-        old = None
-        if final.exists():
-            old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
-            os.replace(final, old)
-        os.replace(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
 def save_artifact(
     settings: Settings, name: str, model: Any, data: TrainingData, meta: dict[str, Any]
 ) -> Path:
@@ -254,7 +229,7 @@ def save_artifact(
         sp.save_npz(tmp / "seen.npz", data.implicit.astype(np.float32))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
 
-    return publish_dir(build, artifact_dir(settings, name, data.date))
+    return schema.publish_dir(build, artifact_dir(settings, name, data.date))
 
 
 @dataclass
@@ -430,11 +405,7 @@ def evaluate_forward(
             prev,
             table.to_string(float_format="%.4f"),
         )
-    target = settings.reports_dir / "eval" / f"date={day.isoformat()}.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=2, sort_keys=True))
-    os.replace(tmp, target)
+    schema.write_json_atomic(out, settings.reports_dir / "eval" / f"date={day.isoformat()}.json")
     return out
 
 

@@ -37,12 +37,9 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import json
 import logging
 import math
-import os
 import threading
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -578,13 +575,6 @@ def _quarantine_table(
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
-def _write_json_atomic(obj: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:8]}"
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 def report_path(settings: Settings, date: str | dt.date) -> Path:
     """``reports/validation/date=D.json``."""
     return settings.reports_dir / "validation" / f"date={schema.parse_date(date).isoformat()}.json"
@@ -612,7 +602,7 @@ def validate_partition(settings: Settings, date: str | dt.date) -> ValidationRes
         report.update(verdict="failed", error=str(exc), failed_expectation=exc.expectation)
         report.update(failed_file=exc.file, examples=exc.examples)
         report["outputs"] = "unchanged: validated/ and quarantine/ of this date were not touched"
-        _write_json_atomic(report, report_path(settings, day))
+        schema.write_json_atomic(report, report_path(settings, day))
         log.error("validation of date=%s failed: %s", day, exc.expectation)
         raise
 
@@ -749,7 +739,7 @@ def _validate(settings: Settings, day: dt.date, report: dict[str, Any]) -> Valid
     }
     report["verdict"] = "passed"
     path = report_path(settings, day)
-    _write_json_atomic(report, path)
+    schema.write_json_atomic(report, path)
     log.info(
         "validated date=%s: %d rows, %d good, %d quarantined %s; unknown users %s, items %s",
         day,

@@ -1,0 +1,52 @@
+"""Serve recommendations over HTTP: the champion (and challenger) bundle from the registry.
+
+  recloop serve [--host 127.0.0.1] [--port 8000] [--max-in-flight N] [--reload-s S]
+
+Runs the ASGI app of ``serving.app`` under uvicorn, bound to loopback unless --host says
+otherwise. The service loads the bundles the registry aliases ``champion`` / ``challenger``
+point to (`recloop run` registers them, the gate moves the aliases), re-checks them every
+--reload-s seconds and swaps a new one in after a smoke test; impressions are logged under
+RECLOOP_HOME/serving/impressions/date=D/. Admin endpoints (/admin/reload, /admin/experiment)
+are on only when RECLOOP_ADMIN_TOKEN is set (at least 16 characters); send it as
+`Authorization: Bearer <token>`. Other knobs: RECLOOP_SERVE_* (see serving/config.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from pipelines.settings import Settings
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    parser.add_argument("--max-in-flight", type=int, help="requests at once before 503s")
+    parser.add_argument("--reload-s", type=float, help="seconds between registry alias checks")
+    parser.add_argument("--log-level", default="info", help="uvicorn log level")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    import logging
+
+    import torch
+    import uvicorn
+
+    from serving.app import create_app
+    from serving.config import ServingConfig
+
+    overrides = {"host": args.host, "port": args.port}
+    if args.max_in_flight:
+        overrides["max_in_flight"] = args.max_in_flight
+    if args.reload_s is not None:
+        overrides["reload_interval_s"] = args.reload_s
+    config = ServingConfig.from_env(**overrides)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        logging.getLogger("recloop.serve").warning(
+            "binding %s: the service is reachable beyond this machine", args.host
+        )
+    torch.set_num_threads(1)  # one request per thread; intra-op threads only contend
+    settings.ensure_dirs()
+    app = create_app(settings, config)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    return 0
