@@ -186,9 +186,7 @@ def build_model(name: str, data: TrainingData, settings: Settings, seed: int = 0
     from models.two_tower import TwoTower
 
     if name == "mf":
-        return ALS(factors=64, regularization=0.05, alpha=10.0, iterations=15, seed=seed).fit(
-            data.implicit
-        )
+        return ALS(**MF_PARAMS, seed=seed).fit(data.implicit)
     if name == "mf_explicit":
         if data.explicit.nnz == 0:
             raise ValueError(f"no rating events up to {data.date}: explicit MF needs ratings")
