@@ -34,12 +34,9 @@ def validate(ds: str) -> dict[str, Any]:
 
         log.error("validation failed for %s: %s", ds, exc)
         raise AirflowFailException(str(exc)) from exc
-    summary = dataclasses.asdict(result) if dataclasses.is_dataclass(result) else dict(result)
+    summary = dataclasses.asdict(result)
     log.info("validation of %s: %s", ds, summary)
-    return {
-        k: (str(v) if not isinstance(v, (int, float, bool, type(None))) else v)
-        for k, v in summary.items()
-    }
+    return _jsonable(summary)
 
 
 def stats(ds: str) -> dict[str, Any]:
