@@ -303,8 +303,8 @@ def train(
         "n_items": len(data.items),
         "n_events": data.n_events,
         "nnz": int(data.implicit.nnz),
-        "fit_seconds": round(seconds, 3),
     }
+    # the fit time is logged and returned, not saved: a rerun must write identical bytes
     path = save_artifact(settings, name, model, data, meta)
     log.info(
         "trained %s through %s in %.1fs: %d users x %d items, %d nonzeros -> %s",
@@ -316,7 +316,7 @@ def train(
         data.implicit.nnz,
         path,
     )
-    return {**meta, "path": str(path)}
+    return {**meta, "fit_seconds": round(seconds, 3), "path": str(path)}
 
 
 def build_item_index(
