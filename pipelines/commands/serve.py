@@ -1,6 +1,6 @@
 """Serve recommendations over HTTP: the champion (and challenger) bundle from the registry.
 
-  recloop serve [--host 127.0.0.1] [--port 8000] [--max-in-flight N] [--reload-s S]
+  recloop serve [--host 127.0.0.1] [--port 8000] [--workers N] [--max-in-flight N] [--reload-s S]
 
 Runs the ASGI app of ``serving.app`` under uvicorn, bound to loopback unless --host says
 otherwise. The service loads the bundles the registry aliases ``champion`` / ``challenger``
@@ -23,30 +23,34 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     parser.add_argument("--max-in-flight", type=int, help="requests at once before 503s")
     parser.add_argument("--reload-s", type=float, help="seconds between registry alias checks")
+    parser.add_argument(
+        "--workers", type=int, default=1,
+        help="server processes (each loads the bundles; use the cores: the GIL bounds one)",
+    )  # fmt: skip
     parser.add_argument("--log-level", default="info", help="uvicorn log level")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     import logging
+    import os
 
-    import torch
     import uvicorn
 
-    from serving.app import create_app
     from serving.config import ServingConfig
 
-    overrides = {"host": args.host, "port": args.port}
     if args.max_in_flight:
-        overrides["max_in_flight"] = args.max_in_flight
+        os.environ["RECLOOP_SERVE_MAX_IN_FLIGHT"] = str(args.max_in_flight)
     if args.reload_s is not None:
-        overrides["reload_interval_s"] = args.reload_s
-    config = ServingConfig.from_env(**overrides)
+        os.environ["RECLOOP_SERVE_RELOAD_S"] = str(args.reload_s)
+    ServingConfig.from_env()  # fail here, not in every worker, on a bad variable
+    os.environ.update(settings.as_env())
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         logging.getLogger("recloop.serve").warning(
             "binding %s: the service is reachable beyond this machine", args.host
         )
-    torch.set_num_threads(1)  # one request per thread; intra-op threads only contend
     settings.ensure_dirs()
-    app = create_app(settings, config)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    uvicorn.run(
+        "serving.app:app_from_env", factory=True, host=args.host, port=args.port,
+        workers=max(1, args.workers), log_level=args.log_level, access_log=False,
+    )  # fmt: skip
     return 0

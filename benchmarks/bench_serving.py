@@ -1,0 +1,348 @@
+"""Serving load test: the real service under uvicorn on loopback, an async open-loop load generator.
+
+    .venv/bin/python benchmarks/bench_serving.py [--scale demo] [--rate 100] [--seconds 20]
+        [--large-items 1000000] [--home DIR]
+
+1. **Workspace**: ``--scale`` (tiny/demo) simulated for 2 days and run through the daily task
+   functions (validate, features → Redis, two-tower, index, ranker, register, gate), so a
+   champion bundle exists; a ``redis-server`` is started by this script on a free loopback port
+   (``--home`` reuses a workspace built before; its latest features are re-materialized).
+2. **Runs**, each a fresh ``uvicorn`` server (``--workers`` processes, default 2 = the cores;
+   torch one thread each) serving the champion:
+   ``index`` = the bundle's own index (Flat below 50k items); with ``--large-items N`` also the
+   champion with its index replaced by an N-item index (the real items + synthetic unit vectors,
+   HNSW M=32 efSearch≥k, built once and cached under the workspace), then the same N items with
+   exact search (Flat) for comparison. Synthetic items have no features in Redis: their HMGETs
+   come back empty and the ranker scores them on defaults.
+3. **Load**: requests sent at a steady ``--rate`` per second for ``--seconds`` (open loop: a
+   request is due on schedule whether or not earlier ones finished, waits for one of
+   ``--connections`` kept-alive connections of a minimal asyncio HTTP/1.1 client, and its
+   latency counts from when it was due), users drawn from the bundle's known users (90 %) and
+   new ids (10 %), k=10, 500 candidates. Printed: requests, errors (non-200), degraded answers,
+   throughput, end-to-end p50/p99 ms (client side, over loopback) and each stage's p50/p99 ms
+   (server side, from the response's ``timings_ms``).
+
+The load generator runs on the same 2 cores as the server and Redis: figures are conservative.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+STAGES = ("route", "retrieve", "hydrate", "rank", "rerank", "log", "total")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    for _ in range(100):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc, f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("redis-server did not start")
+
+
+def prepare(home: Path, scale: str, redis_url: str) -> None:
+    """A workspace with a champion bundle (built once), features materialized into Redis."""
+    os.environ.update({"RECLOOP_HOME": str(home), "RECLOOP_REDIS_URL": redis_url,
+                       "RECLOOP_SCALE": scale})  # fmt: skip
+    os.environ.pop("RECLOOP_MLFLOW_URI", None)
+    from pipelines import registry, schema, tasks
+    from pipelines.feature_store import apply_repo, materialize_date
+    from pipelines.settings import Settings
+    from pipelines.simulate import simulate
+
+    settings = Settings.from_env()
+    settings.ensure_dirs()
+    if (settings.mlflow_dir / "mlflow.db").exists() and registry.get_alias(settings, "champion"):
+        last = schema.partition_dates(settings.validated_dir)[-1]
+        apply_repo(settings)
+        materialize_date(settings, last, force=True)
+        print(f"workspace {home}: champion {registry.get_alias(settings, 'champion')}", flush=True)
+        return
+    t0 = time.perf_counter()
+    days = ["2026-01-01", "2026-01-02"]
+    simulate(settings, len(days), scale)
+    for ds in days:
+        tasks.validate(ds)
+        tasks.features(ds)
+        tasks.train_model(ds, "two_tower")
+        tasks.build_index(ds)
+        tasks.train_ranker(ds)
+        tasks.register(ds)
+    tasks.gate(days[-1])
+    print(f"workspace {home} built in {time.perf_counter() - t0:.0f}s: champion "
+          f"{registry.get_alias(settings, 'champion')}", flush=True)  # fmt: skip
+
+
+def large_index(settings, bundle, n_items: int, kind: str):
+    """The bundle's items + synthetic unit vectors up to ``n_items``, as an HNSW or Flat index
+    (HNSW cached under ``RECLOOP_HOME/bench/``)."""
+    import numpy as np
+
+    from pipelines.index import ItemIndex, get_index, index_dir
+
+    version = f"synthetic-{n_items}-{kind}"
+    root = settings.home / "bench"
+    if index_dir(root, version).exists():
+        return ItemIndex.load(index_dir(root, version))
+    real = bundle.two_tower.item_embeddings()
+    ids_real = np.asarray(bundle.items.ids, dtype=str)
+    rng = np.random.default_rng(0)
+    extra = rng.standard_normal((n_items - len(real), real.shape[1])).astype(np.float32)
+    extra /= np.linalg.norm(extra, axis=1, keepdims=True)
+    vectors = np.concatenate([real, extra]).astype(np.float32)
+    ids = np.concatenate([ids_real, np.char.add("syn", np.arange(len(extra)).astype(str))])
+    t0 = time.perf_counter()
+    index, kind, params = get_index(vectors.shape[1], len(vectors), kind=kind)
+    if kind == "hnsw":
+        params["efSearch"] = 128
+    index.add(vectors)
+    meta = {"kind": kind, "params": params, "recall": None, "model_version": version,
+            "n_items": len(vectors), "dim": int(vectors.shape[1]), "ids": "str",
+            "build_seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+    out = ItemIndex(index, ids, meta)
+    if kind != "flat":
+        out.save(root)
+    print(f"built {kind} index over {len(vectors)} items in {meta['build_seconds']}s", flush=True)
+    return out
+
+
+def bench_app():
+    """The server app of one worker: the champion, its index replaced when
+    ``BENCH_LARGE_ITEMS`` is set (``BENCH_INDEX_KIND`` hnsw or flat)."""
+    import torch
+
+    from pipelines.settings import Settings
+    from serving.app import create_app
+    from serving.config import ServingConfig
+
+    torch.set_num_threads(1)
+    settings = Settings.from_env()
+    app = create_app(settings, ServingConfig(reload_interval_s=0, max_in_flight=64), load=False)
+    manager = app.state.engine.bundles
+    print("bundle check:", manager.check(), flush=True)
+    n = int(os.environ.get("BENCH_LARGE_ITEMS") or 0)
+    if n:
+        champion = manager.get("champion")
+        champion.index = large_index(settings, champion, n, os.environ["BENCH_INDEX_KIND"])
+    return app
+
+
+def serve(args: argparse.Namespace) -> None:
+    """The server: ``--workers`` uvicorn processes of :func:`bench_app` (a large HNSW index is
+    built once here first, then loaded from its cache by each worker)."""
+    import uvicorn
+
+    os.environ["BENCH_LARGE_ITEMS"] = str(args.large_items or 0)
+    os.environ["BENCH_INDEX_KIND"] = args.index_kind
+    if args.large_items and args.index_kind != "flat":
+        from pipelines.settings import Settings
+        from serving.bundle import load as load_bundle
+
+        settings = Settings.from_env()
+        large_index(settings, load_bundle(settings, "champion"), args.large_items, args.index_kind)
+    uvicorn.run(
+        "bench_serving:bench_app", factory=True, app_dir=str(Path(__file__).parent),
+        host="127.0.0.1", port=args.port, workers=args.workers, log_level="warning",
+        access_log=False,
+    )  # fmt: skip
+
+
+def percentile(values: list[float], q: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+async def _http_post(reader, writer, path: str, body: bytes) -> tuple[int, bytes]:
+    """One HTTP/1.1 POST on a kept-alive connection; ``(status, body)``."""
+    writer.write(
+        b"POST %s HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n%s" % (path.encode(), len(body), body)
+    )
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return status, await reader.readexactly(length)
+
+
+async def load(port: int, users: list[str], rate: float, seconds: float, connections: int) -> dict:
+    """Open-loop load: request ``i`` is due at ``start + i / rate``; it waits for a free
+    kept-alive connection (of ``connections``) and its latency counts from when it was due,
+    so a slow server shows up as latency, not as a slower send rate."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n = int(rate * seconds)
+    lat: list[float] = []
+    stages: dict[str, list[float]] = {s: [] for s in STAGES}
+    errors: dict[str, int] = {}
+    degraded = 0
+    pool: asyncio.Queue = asyncio.Queue()
+    for _ in range(connections):
+        pool.put_nowait(await asyncio.open_connection("127.0.0.1", port))
+
+    async def one(user: str, due: float) -> None:
+        nonlocal degraded
+        body = json.dumps({"user_id": user, "k": 10}).encode()
+        reader, writer = await pool.get()
+        try:
+            status, raw = await _http_post(reader, writer, "/recommend", body)
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+            writer.close()
+            pool.put_nowait(await asyncio.open_connection("127.0.0.1", port))
+            return
+        pool.put_nowait((reader, writer))
+        if status != 200:
+            errors[str(status)] = errors.get(str(status), 0) + 1
+            return
+        lat.append((time.perf_counter() - due) * 1e3)
+        out = json.loads(raw)
+        degraded += bool(out["degraded"])
+        for s in STAGES:
+            stages[s].append(out["timings_ms"].get(s, 0.0))
+
+    for i in range(50):  # warm-up, not counted
+        await one(users[i % len(users)], time.perf_counter())
+    lat.clear()
+    degraded = 0
+    for v in stages.values():
+        v.clear()
+    tasks = []
+    start = time.perf_counter()
+    for i in range(n):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        user = users[rng.integers(len(users))] if rng.random() < 0.9 else f"new-{i}"
+        tasks.append(asyncio.create_task(one(user, due)))
+    await asyncio.gather(*tasks)
+    wall = time.perf_counter() - start
+    while not pool.empty():
+        pool.get_nowait()[1].close()
+    return {
+        "requests": n,
+        "ok": len(lat),
+        "errors": errors,
+        "degraded": degraded,
+        "throughput_rps": round(len(lat) / wall, 1),
+        "e2e_p50_ms": round(percentile(lat, 50), 2),
+        "e2e_p99_ms": round(percentile(lat, 99), 2),
+        "stages_p50_ms": {s: round(percentile(v, 50), 2) for s, v in stages.items()},
+        "stages_p99_ms": {s: round(percentile(v, 99), 2) for s, v in stages.items()},
+    }
+
+
+def run_case(args: argparse.Namespace, env: dict, label: str, extra: list[str]) -> dict:
+    import httpx
+
+    port = free_port()
+    cmd = [sys.executable, __file__, "--serve", "--port", str(port),
+           "--workers", str(args.workers), *extra]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 900
+        while True:
+            try:
+                if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"{label}: server did not get ready")
+            time.sleep(0.5)
+        from pipelines import registry
+        from pipelines.settings import Settings
+        from pipelines.vocab import Vocab
+
+        settings = Settings.from_env()
+        tt = Path(registry.load_bundle(settings, "champion")["paths"]["two_tower"])
+        users = Vocab.load(tt / "users.json").ids
+        out = asyncio.run(load(port, users, args.rate, args.seconds, args.connections))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    out["case"] = label
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--scale", default="demo", choices=("tiny", "demo"))
+    p.add_argument("--home", type=Path, help="workspace to build or reuse (default: a temp dir)")
+    p.add_argument("--rate", type=float, default=100.0, help="requests per second")
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--connections", type=int, default=16, help="kept-alive client connections")
+    p.add_argument("--large-items", type=int, default=0, help="also run with an N-item index")
+    p.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
+    p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--index-kind", default="hnsw", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.serve:
+        serve(args)
+        return 0
+    home = args.home or Path(tempfile.mkdtemp(prefix="recloop-bench-serving-")) / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    redis_proc, redis_url = start_redis(home.parent)
+    try:
+        prepare(home, args.scale, redis_url)
+        env = {**os.environ, "RECLOOP_HOME": str(home), "RECLOOP_REDIS_URL": redis_url}
+        results = [run_case(args, env, f"{args.scale}: bundle index", [])]
+        if args.large_items:
+            n = str(args.large_items)
+            results.append(run_case(args, env, f"{n} items: hnsw", ["--large-items", n]))
+            results.append(run_case(args, env, f"{n} items: flat (exact)",
+                                    ["--large-items", n, "--index-kind", "flat"]))  # fmt: skip
+        print("\ncase | ok/requests | errors | degraded | rps | p50 | p99 | "
+              "stage p50/p99 ms")  # fmt: skip
+        for r in results:
+            st = " ".join(f"{s}={r['stages_p50_ms'][s]}/{r['stages_p99_ms'][s]}" for s in STAGES)
+            print(f"{r['case']} | {r['ok']}/{r['requests']} | {r['errors']} | "
+                  f"{r['degraded']} | {r['throughput_rps']} | {r['e2e_p50_ms']} | "
+                  f"{r['e2e_p99_ms']} | {st}")  # fmt: skip
+    finally:
+        redis_proc.terminate()
+        redis_proc.wait(timeout=10)
+        if args.home is None:
+            shutil.rmtree(home.parent, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,358 @@
+"""Serving bundles in memory: load a registered bundle, smoke-score it, swap it in atomically.
+
+A :class:`LoadedBundle` is everything one arm needs, loaded once and then only read (safe to share
+between request threads): the two-tower model with its vocabularies, precomputed user vectors and
+seen matrix, the FAISS index built from it, the ranker (or None), and the item table (the newest
+offline item feature table on disk: category, age, trending, counts), which backs popularity
+answers, cold start and exploration even while Redis is down.
+
+Only bundles from the configured registry are loaded (:func:`pipelines.registry.load_bundle`
+re-checks pins and artifact hashes), and models load through ``models.base.load_model``
+(JSON config + ``torch.load(weights_only=True)``): no arbitrary pickle.
+
+:class:`BundleManager` holds the arms (``champion``, ``challenger``). :meth:`BundleManager.check`
+asks the registry where the aliases point; a new version is loaded beside the current one,
+smoke-scored (:func:`smoke_score`), then swapped in with one reference assignment, so a request
+sees either the old bundle or the new one, never a mix. A bundle that fails to load or score is
+rejected: logged, counted in ``rejected``, and the old one keeps serving.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipelines.settings import Settings
+
+log = logging.getLogger("recloop.serving.bundle")
+
+ARMS = ("champion", "challenger")
+
+
+class SmokeError(RuntimeError):
+    """A loaded bundle that does not answer a smoke request."""
+
+
+@dataclass
+class ItemTable:
+    """Per-item facts for popularity, cold start, re-ranking rules and exploration.
+
+    Arrays are aligned with ``ids`` (``(I,)``): ``category`` (str), ``age_days`` (int, -1
+    unknown), ``popularity`` (clicks + 2 purchases over 7 days), ``trending`` (the features'
+    ``item_trending``), ``clicks`` / ``impressions`` (28 days, for the click posteriors).
+    ``order`` = item rows by descending trending score (popularity × trending, ties by id).
+    """
+
+    ids: np.ndarray
+    category: np.ndarray
+    age_days: np.ndarray
+    popularity: np.ndarray
+    trending: np.ndarray
+    clicks: np.ndarray
+    impressions: np.ndarray
+    order: np.ndarray
+    date: str | None
+    row: dict[str, int] = field(default_factory=dict)
+    _index: pd.Index | None = None
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, date: str | None) -> ItemTable:
+        f = frame.drop_duplicates("item_id", keep="last").reset_index(drop=True)
+
+        def col(name: str, default: Any) -> np.ndarray:
+            return f[name].to_numpy() if name in f.columns else np.full(len(f), default)
+
+        ids = f["item_id"].astype(str).to_numpy()
+        pop = (col("item_clicks_7d", 0) + 2 * col("item_purchases_7d", 0)).astype(np.float64)
+        trending = col("item_trending", 1.0).astype(np.float64)
+        score = np.log1p(pop) * np.clip(trending, 0.1, 10.0) + 1e-6 * np.log1p(pop)
+        order = np.lexsort((ids, -score))
+        return cls(
+            ids=ids,
+            category=col("item_category", "unknown").astype(str),
+            age_days=col("item_age_days", -1).astype(np.int64),
+            popularity=pop,
+            trending=trending,
+            clicks=col("item_clicks_28d", 0).astype(np.float64),
+            impressions=col("item_impressions_28d", 0).astype(np.float64),
+            order=order,
+            date=date,
+            row={i: r for r, i in enumerate(ids)},
+        )
+
+    @classmethod
+    def load(cls, settings: Settings, item_ids: np.ndarray) -> ItemTable:
+        """The newest item feature table under ``settings.features_dir``, restricted to nothing
+        (every item it lists) plus ``item_ids`` (the index's items) with defaults."""
+        from pipelines import schema
+        from pipelines.features import read_table, table_dir
+
+        dates = schema.partition_dates(table_dir(settings, "item"))
+        frame = pd.DataFrame({"item_id": pd.Series([], dtype=object)})
+        date = None
+        if dates:
+            date = dates[-1].isoformat()
+            frame = read_table(settings, "item", dates[-1]).to_pandas()
+        else:
+            log.warning("no item feature table under %s: popularity is flat", settings.features_dir)
+        extra = np.setdiff1d(np.asarray(item_ids, dtype=str), frame["item_id"].astype(str))
+        if len(extra):
+            frame = pd.concat([frame, pd.DataFrame({"item_id": extra})], ignore_index=True)
+            for c, d in (
+                ("item_category", "unknown"),
+                ("item_age_days", -1),
+                ("item_trending", 1.0),
+            ):
+                if c in frame.columns:
+                    frame[c] = frame[c].fillna(d)
+            frame = frame.fillna(0)
+        return cls.from_frame(frame, date)
+
+    def rows(self, item_ids: list[str] | np.ndarray) -> np.ndarray:
+        """Rows of ``item_ids`` (``-1`` when unknown)."""
+        if self._index is None:
+            self._index = pd.Index(self.ids)
+        return self._index.get_indexer(np.asarray(item_ids, dtype=object)).astype(np.int64)
+
+
+@dataclass
+class LoadedBundle:
+    """One registered serving bundle, loaded (read-only after :func:`load`)."""
+
+    version: str
+    pins: dict[str, Any]
+    paths: dict[str, str | None]
+    feature_service: str
+    two_tower: Any
+    users: Any  # pipelines.vocab.Vocab
+    items: Any
+    seen: Any  # scipy.sparse.csr_matrix (U, I)
+    user_vecs: np.ndarray  # (U, D) float32
+    index: Any  # pipelines.index.ItemIndex
+    ranker: Any | None
+    item_table: ItemTable
+    loaded_at: float = field(default_factory=time.time)
+    load_seconds: float = 0.0
+
+    @property
+    def versions(self) -> dict[str, str | None]:
+        """``{bundle, two_tower, index, ranker}`` version numbers, for responses and logs."""
+        out: dict[str, str | None] = {"bundle": self.version}
+        for comp in ("two_tower", "index", "ranker"):
+            pin = self.pins.get(comp)
+            out[comp] = str(pin["version"]) if pin else None
+        return out
+
+    @property
+    def model_version(self) -> str:
+        """The impression log's ``model_version``: ``bundle-<v>`` (pins in the registry)."""
+        return f"bundle-{self.version}"
+
+    def user_row(self, user_id: str) -> int:
+        return int(self.users.encode([user_id])[0])
+
+    def seen_items(self, row: int) -> set[str]:
+        """Item ids user ``row`` engaged with in the training window (empty for -1)."""
+        if row < 0 or row >= self.seen.shape[0]:
+            return set()
+        cols = self.seen.indices[self.seen.indptr[row] : self.seen.indptr[row + 1]]
+        return set(self.items.decode(cols))
+
+
+def load(settings: Settings, ref: str) -> LoadedBundle:
+    """Load bundle ``ref`` (alias or version number) from the registry.
+
+    Raises :class:`pipelines.registry.BundleError` (mismatched/corrupt set), ``ValueError``
+    (unreadable model or index, naming the file) or ``FileNotFoundError``.
+    """
+    import scipy.sparse as sp
+
+    from models.base import load_model
+    from pipelines import registry
+    from pipelines.index import ItemIndex
+    from pipelines.vocab import Vocab
+
+    t0 = time.perf_counter()
+    b = registry.load_bundle(settings, ref)
+    paths = b["paths"]
+    tt = Path(paths["two_tower"])
+    try:
+        seen = sp.load_npz(tt / "seen.npz").tocsr()
+        json.loads((tt / "meta.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{tt}: broken two-tower artifact ({exc})") from exc
+    model = load_model(tt / "model")
+    users, items = Vocab.load(tt / "users.json"), Vocab.load(tt / "items.json")
+    user_vecs = np.ascontiguousarray(model.user_embeddings(), dtype=np.float32)
+    index = ItemIndex.load(Path(paths["index"]))
+    ranker = None
+    if paths.get("ranker"):
+        rk = Path(paths["ranker"])
+        ranker = load_model(rk / "model" if (rk / "model").is_dir() else rk)
+    ids = index.item_ids if index.item_ids is not None else np.asarray(items.ids)
+    table = ItemTable.load(settings, np.asarray(ids, dtype=str))
+    out = LoadedBundle(
+        version=str(b["bundle_version"]),
+        pins={k: b.get(k) for k in ("two_tower", "index", "ranker")},
+        paths=paths,
+        feature_service=str(b.get("feature_service") or "serving_v1"),
+        two_tower=model,
+        users=users,
+        items=items,
+        seen=seen,
+        user_vecs=user_vecs,
+        index=index,
+        ranker=ranker,
+        item_table=table,
+    )
+    out.load_seconds = time.perf_counter() - t0
+    log.info(
+        "loaded bundle %s (%s) in %.2fs: %d users, %d indexed items (%s), ranker %s",
+        out.version, ref, out.load_seconds, len(users), index.n_items, index.kind,
+        out.versions["ranker"],
+    )  # fmt: skip
+    return out
+
+
+def smoke_score(bundle: LoadedBundle, n_users: int = 4, k: int = 10) -> None:
+    """Score a few known users end to end without Redis (vectors → index → ranker on default
+    features); :class:`SmokeError` if anything raises or returns non-finite or empty results."""
+    from pipelines import features as ft
+
+    try:
+        rows = np.arange(min(n_users, len(bundle.user_vecs)))
+        queries = bundle.user_vecs[rows] if len(rows) else np.zeros((1, bundle.index.dim), "f4")
+        ids, scores = bundle.index.search(queries, k)
+        if ids.shape[0] != len(queries) or not np.isfinite(scores[:, 0]).all():
+            raise SmokeError(f"index returned no finite top result ({scores[:, :3]})")
+        if bundle.ranker is not None:
+            cols = bundle.ranker.feature_columns
+            frame = pd.DataFrame({c: [ft.DEFAULTS.get(c, 0)] * k for c in cols})
+            probs = bundle.ranker.predict_proba(frame)
+            if probs.shape != (k,) or not np.isfinite(probs).all():
+                raise SmokeError(f"ranker returned {probs!r}")
+    except SmokeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure rejects the bundle
+        raise SmokeError(f"bundle {bundle.version} failed its smoke test: {exc!r}") from exc
+
+
+def warm_up(settings: Settings, bundle: LoadedBundle) -> None:
+    """First-call costs paid at load, not by a request: the Feast read plan of the ranker's
+    feature service (registry read), scipy's special functions, the ranker's trace."""
+    from serving.rerank import thompson_probabilities
+
+    thompson_probabilities(np.array([1.0, 2.0]), np.array([3.0, 4.0]))
+    service = "ranker_v1"
+    if bundle.ranker is not None and getattr(bundle.ranker, "feature_service", ""):
+        service = bundle.ranker.feature_service
+    try:
+        from pipelines.feature_store import _plan
+
+        _plan(settings, service)
+    except Exception as exc:  # noqa: BLE001 - the registry may not exist yet; requests will try
+        log.warning("warm-up: no Feast read plan for %s yet (%r)", service, exc)
+
+
+class BundleManager:
+    """The arms' bundles and the reload logic (thread-safe; swaps are single assignments)."""
+
+    def __init__(self, settings: Settings, smoke_users: int = 4) -> None:
+        self.settings = settings
+        self.smoke_users = smoke_users
+        self.arms: dict[str, LoadedBundle | None] = {a: None for a in ARMS}
+        self.rejected: dict[str, int] = {a: 0 for a in ARMS}
+        self.reloads: dict[str, int] = {a: 0 for a in ARMS}
+        self.rejected_versions: dict[str, str] = {}
+        self.last_error: str | None = None
+        self.last_check: float | None = None
+        self._lock = threading.Lock()  # one check at a time
+
+    def get(self, arm: str) -> LoadedBundle | None:
+        return self.arms.get(arm)
+
+    def check(self) -> dict[str, str]:
+        """Follow the registry aliases once; returns ``{arm: what happened}``.
+
+        Outcomes: ``unchanged``, ``loaded <v>``, ``rejected <v>: <error>``, ``unset``
+        (the alias points nowhere: a challenger is dropped; a champion is kept),
+        ``registry error: ...`` (the registry itself did not answer: nothing changes).
+        """
+        from pipelines import registry
+
+        out: dict[str, str] = {}
+        with self._lock:
+            self.last_check = time.time()
+            for arm in ARMS:
+                try:
+                    version = registry.get_alias(self.settings, arm)
+                except Exception as exc:  # noqa: BLE001 - keep serving what we have
+                    out[arm] = f"registry error: {exc!r}"
+                    log.error("reload check: registry unreachable for %s: %r", arm, exc)
+                    continue
+                current = self.arms[arm]
+                if version is None:
+                    if arm == "challenger" and current is not None:
+                        self.arms[arm] = None
+                        log.info("challenger alias unset: challenger arm dropped")
+                    out[arm] = "unset"
+                    continue
+                if current is not None and current.version == version:
+                    out[arm] = "unchanged"
+                    continue
+                if self.rejected_versions.get(arm) == version:
+                    out[arm] = f"rejected {version} (earlier)"
+                    continue
+                out[arm] = self._load_into(arm, version)
+        return out
+
+    def _load_into(self, arm: str, version: str) -> str:
+        try:
+            other = self.arms["challenger" if arm == "champion" else "champion"]
+            if other is not None and other.version == version:
+                fresh = other  # the same bundle serves both arms (e.g. a challenger promoted)
+            else:
+                fresh = load(self.settings, version)
+                smoke_score(fresh, self.smoke_users)
+                warm_up(self.settings, fresh)
+        except Exception as exc:  # noqa: BLE001 - a bad bundle must never take the service down
+            self.rejected[arm] += 1
+            self.rejected_versions[arm] = version
+            self.last_error = f"{arm} bundle {version}: {exc}"
+            old = self.arms[arm]
+            log.error(
+                "reload: rejected %s bundle %s (%r); still serving %s",
+                arm, version, exc, old.version if old else "nothing",
+            )  # fmt: skip
+            return f"rejected {version}: {exc}"
+        old = self.arms[arm]
+        self.arms[arm] = fresh  # the atomic swap
+        self.reloads[arm] += 1
+        self.rejected_versions.pop(arm, None)
+        log.info("reload: %s now bundle %s (was %s)", arm, version, old.version if old else None)
+        return f"loaded {version}"
+
+    def ready(self) -> tuple[bool, str]:
+        """Ready when a champion is loaded and its index answers a query."""
+        b = self.arms["champion"]
+        if b is None:
+            return False, "no champion bundle loaded"
+        try:
+            ids, _ = b.index.search(np.zeros((1, b.index.dim), dtype=np.float32), 1)
+        except Exception as exc:  # noqa: BLE001
+            return False, f"champion index does not answer: {exc!r}"
+        return True, f"champion bundle {b.version}"
+
+
+def now_date() -> str:
+    """Today's UTC date (the impression log partition)."""
+    return dt.datetime.now(dt.UTC).date().isoformat()

@@ -1,0 +1,129 @@
+"""Serving configuration: one frozen dataclass, defaults in code, a few ``RECLOOP_SERVE_*``
+environment overrides, and the admin token.
+
+| variable                          | default      | meaning |
+|-----------------------------------|--------------|---------|
+| ``RECLOOP_ADMIN_TOKEN``           | unset        | bearer token of the ``/admin/*`` endpoints; unset = admin endpoints off (404) |
+| ``RECLOOP_SERVE_CANDIDATES``      | ``500``      | FAISS top-N retrieved per request |
+| ``RECLOOP_SERVE_MAX_IN_FLIGHT``   | ``32``       | requests processed at once; beyond it ``503`` at once |
+| ``RECLOOP_SERVE_CHALLENGER_SHARE``| ``0.1``      | share of users routed to the challenger (when one is loaded) |
+| ``RECLOOP_SERVE_EXPLORE_RATE``    | ``0.1``      | probability that a response carries one exploration slot |
+| ``RECLOOP_SERVE_RELOAD_S``        | ``30``       | seconds between checks of the registry aliases (0 = no background check) |
+| ``RECLOOP_SERVE_DEADLINE_MS``     | ``250``      | whole-request deadline; hydration gets ``hydrate_deadline_ms`` of it |
+
+The admin token is read from the environment only (never from a file or a flag), and compared in
+constant time. Settings of the platform (paths, Redis, MLflow) stay in ``pipelines.settings``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """Everything the online service needs besides :class:`pipelines.settings.Settings`.
+
+    Times are milliseconds (``*_ms``) or seconds (``*_s``); shares are in ``[0, 1]``.
+    """
+
+    # request limits
+    k_default: int = 10
+    k_max: int = 100
+    max_user_id_len: int = 128
+    max_categories: int = 16
+    max_body_bytes: int = 16_384
+    max_in_flight: int = 32
+    workers: int = 4
+    """Threads running the stages at once (the GIL makes more only contend); requests beyond
+    wait, up to ``max_in_flight`` in all."""
+    # retrieval / ranking
+    candidates: int = 500
+    ranker_batch: int = 65_536
+    # deadlines
+    deadline_ms: float = 250.0
+    hydrate_deadline_ms: float = 100.0
+    redis_cooldown_s: float = 2.0
+    """After a Redis failure, skip Redis for this long (popularity answers): no retry storm."""
+    # A/B experiment
+    experiment: str = "champion-vs-challenger"
+    salt: str = "recloop-ab-v1"
+    challenger_share: float = 0.1
+    # re-ranking
+    category_cap: int = 3
+    """At most this many items of one category in a response (filled beyond it only if short)."""
+    fresh_days: int = 3
+    fresh_boost: float = 0.05
+    """Added to the ranker's click probability of items at most ``fresh_days`` old."""
+    excluded_items: tuple[str, ...] = ()
+    explore_rate: float = 0.1
+    explore_pool: int = 30
+    explore_prior: tuple[float, float] = (1.0, 19.0)
+    """Beta prior of the click posteriors (mean 0.05); a new item keeps the prior's spread."""
+    explore_grid: int = 256
+    # lifecycle
+    reload_interval_s: float = 30.0
+    smoke_users: int = 4
+    # impression log
+    log_flush_rows: int = 2_000
+    log_flush_s: float = 5.0
+    request_cache: int = 100_000
+    """Recent requests kept in memory so ``/feedback`` can name their items."""
+    # security / network
+    admin_token: str | None = field(default=None, repr=False)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    seed: int | None = None
+    """Seed of the exploration draws (None: OS entropy); tests pin it."""
+
+    def __post_init__(self) -> None:
+        checks = [
+            (1 <= self.k_default <= self.k_max, "k_default must be in [1, k_max]"),
+            (self.candidates >= self.k_max, "candidates must be >= k_max"),
+            (0.0 <= self.challenger_share <= 1.0, "challenger_share must be in [0, 1]"),
+            (0.0 <= self.explore_rate < 1.0, "explore_rate must be in [0, 1)"),
+            (self.max_in_flight >= 1 and self.workers >= 1, "max_in_flight, workers must be >= 1"),
+            (self.category_cap >= 1, "category_cap must be >= 1"),
+            (self.deadline_ms > 0 and self.hydrate_deadline_ms > 0, "deadlines must be > 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"serving config: {msg} ({self!r})")
+
+    @property
+    def admin_enabled(self) -> bool:
+        return bool(self.admin_token)
+
+    def with_(self, **changes: Any) -> ServingConfig:
+        """A copy with ``changes`` (validated again)."""
+        return replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> ServingConfig:
+        """Defaults, then the ``RECLOOP_SERVE_*`` / ``RECLOOP_ADMIN_TOKEN`` variables, then
+        ``overrides``."""
+        env = os.environ if env is None else env
+        kw: dict[str, Any] = {}
+        for name, key, cast in (
+            ("RECLOOP_SERVE_CANDIDATES", "candidates", int),
+            ("RECLOOP_SERVE_MAX_IN_FLIGHT", "max_in_flight", int),
+            ("RECLOOP_SERVE_CHALLENGER_SHARE", "challenger_share", float),
+            ("RECLOOP_SERVE_EXPLORE_RATE", "explore_rate", float),
+            ("RECLOOP_SERVE_RELOAD_S", "reload_interval_s", float),
+            ("RECLOOP_SERVE_DEADLINE_MS", "deadline_ms", float),
+        ):
+            raw = env.get(name)
+            if raw:
+                try:
+                    kw[key] = cast(raw)
+                except ValueError as exc:
+                    raise ValueError(f"{name}={raw!r} is not a {cast.__name__}") from exc
+        token = env.get("RECLOOP_ADMIN_TOKEN") or None
+        if token is not None and len(token) < 16:
+            raise ValueError("RECLOOP_ADMIN_TOKEN must be at least 16 characters")
+        kw["admin_token"] = token
+        kw.update(overrides)
+        return cls(**kw)

@@ -1,0 +1,406 @@
+"""One recommendation request through the stages: route → retrieve → hydrate → rank → re-rank.
+
+:func:`recommend` runs in a worker thread (the app hands it off the event loop) and returns the
+response dict; every stage is timed (``timings_ms``) and has a fallback, so a request answers
+(never raises) as long as a champion bundle is loaded:
+
+- **route** (:func:`route`): sticky A/B arm from ``sha256(salt:experiment:user_id)``: the first
+  8 bytes as a number in [0, 1) below ``challenger_share`` → ``challenger`` (when one is loaded).
+- **retrieve**: a user the two-tower model knows → its vector → FAISS top-``candidates`` with the
+  user's seen items and excluded items removed. An unknown (well-formed) user → **cold start**:
+  trending items (popularity × trending from the item table), those of the context's categories
+  first. Index failure → the popularity order, flagged ``retrieve``.
+- **hydrate**: user + candidate features from Redis (``online_features_fast``) in a separate
+  thread with ``hydrate_deadline_ms`` (capped by what is left of ``deadline_ms``). Redis down,
+  slow or failing → a **popularity answer** (``degraded: true``) and Redis is not asked again
+  for ``redis_cooldown_s`` (a breaker: no retry storm; the abandoned read ends at the client's
+  1 s socket timeout).
+- **rank**: the ranker scores all candidates in one batch; failure (or no ranker in the bundle)
+  → the retrieval order and scores, flagged ``rank`` when it failed.
+- **re-rank**: :mod:`serving.rerank` (fresh boost, category caps, exploration, propensities).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipelines.settings import Settings
+from serving import rerank
+from serving.bundle import BundleManager, LoadedBundle
+from serving.config import ServingConfig
+from serving.logging import ImpressionLog, impression_rows
+from serving.metrics import Metrics
+
+log = logging.getLogger("recloop.serving.pipeline")
+
+
+@dataclass
+class Request:
+    """A validated request: ``user_id`` (1..max chars), ``k`` in [1, k_max], context
+    ``categories`` (steer cold start; never capped) and per-request ``exclude`` item ids."""
+
+    user_id: str
+    k: int
+    categories: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+
+@dataclass
+class Breaker:
+    """Redis circuit breaker: open for ``cooldown_s`` after a failure."""
+
+    cooldown_s: float
+    open_until: float = 0.0
+    failures: int = 0
+    last_error: str | None = None
+
+    def is_open(self) -> bool:
+        return time.monotonic() < self.open_until
+
+    def trip(self, error: str) -> None:
+        self.failures += 1
+        self.last_error = error
+        self.open_until = time.monotonic() + self.cooldown_s
+
+
+@dataclass
+class Engine:
+    """What the stages share: settings, config, bundles, the log, metrics, breaker, pools."""
+
+    settings: Settings
+    config: ServingConfig
+    bundles: BundleManager
+    impressions: ImpressionLog
+    metrics: Metrics
+    breaker: Breaker
+    hydrate_pool: ThreadPoolExecutor
+    recent: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _recent_lock: threading.Lock = field(default_factory=threading.Lock)
+    _rng_lock: threading.Lock = field(default_factory=threading.Lock)
+    rng: np.random.Generator = field(default_factory=np.random.default_rng)
+
+    def remember(self, request_id: str, shown: dict[str, Any]) -> None:
+        """Keep the request's shown items for ``/feedback`` (oldest dropped beyond the cap)."""
+        with self._recent_lock:
+            self.recent[request_id] = shown
+            while len(self.recent) > self.config.request_cache:
+                self.recent.pop(next(iter(self.recent)))
+
+    def lookup(self, request_id: str) -> dict[str, Any] | None:
+        with self._recent_lock:
+            return self.recent.get(request_id)
+
+
+def bucket(user_id: str, salt: str, experiment: str) -> float:
+    """The user's sticky position in [0, 1) for ``experiment`` under ``salt``."""
+    h = hashlib.sha256(f"{salt}:{experiment}:{user_id}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2.0**64
+
+
+def route(engine: Engine, user_id: str) -> tuple[str, LoadedBundle | None]:
+    """``(arm, bundle)``; the challenger only when loaded and the user's bucket falls in it."""
+    cfg = engine.config
+    challenger = engine.bundles.get("challenger")
+    if challenger is not None and bucket(user_id, cfg.salt, cfg.experiment) < cfg.challenger_share:
+        return "challenger", challenger
+    return "champion", engine.bundles.get("champion")
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.last = self.t0
+        self.ms: dict[str, float] = {}
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.ms[stage] = round((now - self.last) * 1e3, 3)
+        self.last = now
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.t0) * 1e3
+
+
+def _popular(bundle: LoadedBundle, n: int, drop: set[str], categories: tuple[str, ...]) -> tuple:
+    """Top-``n`` item ids of the trending order (context categories first), minus ``drop``;
+    returns ``(ids list, scores (n,) float64 in (0, 1])``."""
+    t = bundle.item_table
+    order = t.order
+    if categories:
+        wanted = np.isin(t.category[order], list(categories))
+        order = np.concatenate([order[wanted], order[~wanted]])
+    ids: list[str] = []
+    for r in order:
+        i = t.ids[r]
+        if i not in drop:
+            ids.append(str(i))
+            if len(ids) == n:
+                break
+    scores = 1.0 / (1.0 + np.arange(len(ids), dtype=np.float64))  # rank-based, best = 1
+    return ids, scores
+
+
+def _retrieve(
+    bundle: LoadedBundle, row: int, n: int, drop: set[str]
+) -> tuple[list[str], np.ndarray]:
+    """FAISS top-``n`` unseen, not excluded, for known user ``row``."""
+    query = bundle.user_vecs[row : row + 1]
+    ids, scores = bundle.index.search(query, min(n + len(drop), bundle.index.n_items))
+    ids, scores = ids[0].astype(str), scores[0].astype(np.float64)
+    keep = (ids != "") & np.isfinite(scores)
+    if drop:
+        keep &= ~np.isin(ids, np.fromiter(drop, dtype=ids.dtype, count=len(drop)))
+    ids, scores = ids[keep][:n], scores[keep][:n]
+    return ids.tolist(), scores
+
+
+@dataclass
+class Hydrated:
+    """Online features of one request: ``user`` {feature: value}, ``items`` {feature: ``(C,)``
+    array}, defaults (``pipelines.features.DEFAULTS``) filled where Redis has no value;
+    ``missing_items`` = candidates with no row in Redis."""
+
+    user: dict[str, Any]
+    items: dict[str, np.ndarray]
+    missing_items: int
+    read_ms: float
+
+
+def read_features(settings: Settings, service: str, user_id: str, ids: list[str]) -> Hydrated:
+    """One Redis pipeline of HMGETs over Feast's layout, decoded straight into arrays.
+
+    The same read as ``pipelines.feature_store.online_features_fast`` (its key layout, read plan
+    and decoders are reused) without building a DataFrame per request, which cost more than the
+    read itself. ``ConnectionError`` naming the URL when Redis does not answer.
+    """
+    import redis
+
+    from pipelines import feature_store as fs
+    from pipelines.features import DEFAULTS, FEATURE_TYPES
+
+    plan = fs._plan(settings, service)
+    t0 = time.perf_counter()
+    try:
+        replies = fs._hmget_pipeline(
+            fs.redis_client(settings),
+            [(plan.packed["user"], fs.redis_key("user_id", user_id))]
+            + [(plan.packed["item"], fs.redis_key("item_id", i)) for i in ids],
+        )
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise ConnectionError(
+            f"Redis online store unreachable at {settings.redis_url}: {exc}"
+        ) from exc
+    user: dict[str, Any] = {}
+    for name, raw in zip(plan.names["user"], replies[0], strict=False):
+        v = fs._decode_column([raw], FEATURE_TYPES[name])[0]
+        user[name] = DEFAULTS[name] if v is None else v
+    item_replies = replies[1:]
+    items: dict[str, np.ndarray] = {}
+    for j, name in enumerate(plan.names["item"]):
+        vals = fs._decode_column([r[j] for r in item_replies], FEATURE_TYPES[name])
+        kind = FEATURE_TYPES[name]
+        default = DEFAULTS[name]
+        if kind == "string":
+            items[name] = np.array([default if v is None else v for v in vals], dtype=object)
+        else:
+            dtype = np.int64 if kind == "int64" else np.float64
+            items[name] = np.array([default if v is None else v for v in vals], dtype=dtype)
+    ts_col = len(plan.names["item"])
+    missing = sum(1 for r in item_replies if not r[ts_col])
+    return Hydrated(user, items, missing, (time.perf_counter() - t0) * 1e3)
+
+
+def _service(bundle: LoadedBundle) -> str:
+    if bundle.ranker is not None and getattr(bundle.ranker, "feature_service", ""):
+        return str(bundle.ranker.feature_service)
+    return "ranker_v1"
+
+
+def _hydrate(engine: Engine, bundle: LoadedBundle, user_id: str, ids: list[str], budget_ms: float):
+    """``(Hydrated, None)`` or ``(None, error)`` (Redis down/slow/failing: breaker tripped)."""
+    if engine.breaker.is_open():
+        return None, "redis breaker open"
+    fut = engine.hydrate_pool.submit(read_features, engine.settings, _service(bundle), user_id, ids)
+    try:
+        return fut.result(timeout=max(budget_ms, 1.0) / 1e3), None
+    except FutureTimeout:
+        fut.cancel()
+        err = detail = f"redis read exceeded {budget_ms:.0f} ms"
+    except ConnectionError as exc:
+        err, detail = "redis unreachable", str(exc)
+    except Exception as exc:  # noqa: BLE001 - anything else fails the stage the same way
+        err, detail = "redis read failed", repr(exc)
+    engine.breaker.trip(detail)
+    log.warning("hydrate: %s; popularity answers for %.1fs", detail, engine.config.redis_cooldown_s)
+    return None, err  # the response says what failed, not where Redis lives
+
+
+def _rank(bundle: LoadedBundle, online: Hydrated) -> np.ndarray:
+    """Click probabilities ``(C,)`` of the hydrated candidates, in one batch.
+
+    Dense columns go straight into the float32 matrix the network takes (raw values: the
+    network normalizes them and replaces non-finite ones), sparse ones through the ranker's own
+    vocabulary/hash encoding; the result equals ``ranker.predict_proba`` on the same rows."""
+    import torch
+
+    ranker = bundle.ranker
+    n = len(next(iter(online.items.values()))) if online.items else 0
+
+    def column(name: str) -> np.ndarray:
+        if name in online.items:
+            return online.items[name]
+        v = online.user[name]
+        return np.full(n, v, dtype=object if isinstance(v, str) else np.float64)
+
+    dense = np.empty((n, len(ranker.dense_features)), dtype=np.float32)
+    for j, name in enumerate(ranker.dense_features):
+        dense[:, j] = column(name)
+    sparse_frame = pd.DataFrame({name: column(name) for name in ranker.sparse_features})
+    report: dict[str, Any] = {"missing": {}, "oov": {}}
+    sparse = ranker._sparse_idx(sparse_frame, report)
+    logits = ranker.predict_logits(torch.from_numpy(dense), torch.from_numpy(sparse))
+    return torch.sigmoid(logits).cpu().numpy().astype(np.float64)
+
+
+def recommend(engine: Engine, req: Request) -> dict[str, Any]:
+    """Answer one request (see the module docstring). ``RuntimeError`` only when no champion is
+    loaded (the app answers 503)."""
+    cfg = engine.config
+    timer = _Timer()
+    request_id = uuid.uuid4().hex
+    arm, bundle = route(engine, req.user_id)
+    if bundle is None:
+        raise RuntimeError("no champion bundle loaded")
+    timer.lap("route")
+    fallbacks: list[str] = []
+    degraded = False
+    row = bundle.user_row(req.user_id)
+    cold = row < 0
+    drop = bundle.seen_items(row) | set(cfg.excluded_items) | set(req.exclude)
+    n = cfg.candidates
+    if cold:
+        ids, rscores = _popular(bundle, n, drop, req.categories)
+        fallbacks.append("cold_start")
+    else:
+        try:
+            ids, rscores = _retrieve(bundle, row, n, drop)
+        except Exception as exc:  # noqa: BLE001
+            log.error("retrieve failed for bundle %s: %r", bundle.version, exc)
+            ids, rscores = _popular(bundle, n, drop, ())
+            fallbacks.append("retrieve")
+            degraded = True
+    timer.lap("retrieve")
+
+    budget = min(cfg.hydrate_deadline_ms, cfg.deadline_ms - timer.elapsed_ms())
+    # a cold-start answer needs no features: categories and ages come from the item table
+    hydrate = ids and not cold
+    online, err = _hydrate(engine, bundle, req.user_id, ids, budget) if hydrate else (None, None)
+    timer.lap("hydrate")
+    table = bundle.item_table
+    trows = table.rows(ids)
+    known = trows >= 0
+    cats = np.where(known, table.category[np.maximum(trows, 0)], "unknown")
+    ages = np.where(known, table.age_days[np.maximum(trows, 0)], -1)
+    if hydrate and online is None:  # Redis unavailable: the popularity answer
+        ids, scores = _popular(bundle, n, drop, req.categories)
+        trows = table.rows(ids)
+        cats, ages = table.category[trows], table.age_days[trows]
+        fallbacks.append("redis")
+        degraded = True
+        timer.lap("rank")
+    else:
+        if online is not None:
+            if "item_category" in online.items:
+                cats = online.items["item_category"].astype(str)
+            if "item_age_days" in online.items:
+                ages = online.items["item_age_days"]
+        scores = rscores
+        if bundle.ranker is not None and online is not None and not cold:
+            try:
+                scores = _rank(bundle, online)
+            except Exception as exc:  # noqa: BLE001
+                log.error("rank failed for bundle %s: %r", bundle.version, exc)
+                scores = rscores
+                fallbacks.append("rank")
+                degraded = True
+        timer.lap("rank")
+
+    k = min(req.k, len(ids))
+    boosted = rerank.boosted_scores(scores, ages, cfg.fresh_days, cfg.fresh_boost)
+    exploit = rerank.exploit_list(
+        boosted, cats, k, cfg.category_cap, uncapped=frozenset(req.categories)
+    )
+    chosen = set(exploit.tolist())
+    pool_rows = [r for r in np.argsort(-boosted, kind="stable") if r not in chosen]
+    pool_rows = pool_rows[: cfg.explore_pool]
+    prows = table.rows([ids[r] for r in pool_rows]) if pool_rows else np.zeros(0, np.int64)
+    a0, b0 = cfg.explore_prior
+    clicks = np.where(prows >= 0, table.clicks[np.maximum(prows, 0)], 0.0)
+    imps = np.where(prows >= 0, table.impressions[np.maximum(prows, 0)], 0.0)
+    alpha = a0 + clicks
+    beta = b0 + np.maximum(imps - clicks, 0.0)
+    with engine._rng_lock:
+        slate = rerank.explore(
+            exploit, boosted[exploit], np.asarray(pool_rows, np.int64), alpha, beta, k,
+            cfg.explore_rate, engine.rng, cfg.explore_grid,
+        )  # fmt: skip
+    timer.lap("rerank")
+
+    shown = [ids[r] for r in slate.rows]
+    ts = pd.Timestamp.now(tz="UTC")
+    rows = impression_rows(
+        request_id, ts, req.user_id, shown, slate.propensity.tolist(), arm, bundle.model_version
+    )
+    engine.impressions.add(rows)
+    engine.metrics.count_impressions(len(rows))
+    engine.remember(
+        request_id,
+        {
+            "request_id": request_id,
+            "user_id": req.user_id,
+            "items": shown,
+            "propensities": slate.propensity.tolist(),
+            "arm": arm,
+            "model_version": bundle.model_version,
+            "feedback": {},
+        },
+    )
+    timer.lap("log")
+    timer.ms["total"] = round(timer.elapsed_ms(), 3)
+    for kind in fallbacks:
+        engine.metrics.count_fallback(kind)
+    engine.metrics.observe_stages(timer.ms)
+    return {
+        "request_id": request_id,
+        "user_id": req.user_id,
+        "arm": arm,
+        "bundle": bundle.versions,
+        "degraded": degraded,
+        "cold_start": cold,
+        "fallbacks": fallbacks,
+        "items": [
+            {
+                "item_id": item,
+                "score": float(s),
+                "position": pos,
+                "propensity": float(p),
+                "explore": bool(x),
+            }
+            for pos, (item, s, p, x) in enumerate(
+                zip(shown, slate.scores, slate.propensity, slate.explore, strict=True)
+            )
+        ],
+        "timings_ms": timer.ms,
+        "error": err,
+    }

@@ -1,0 +1,173 @@
+"""Re-ranking: business rules, diversity by category caps, and exploration with exact propensities.
+
+Plain functions over arrays of one request's candidates (``C`` of them, already ranked or not).
+
+**Exploit list** (:func:`exploit_list`): excluded items dropped, ``fresh_boost`` added to the
+score of items at most ``fresh_days`` old, then greedily by score, at most ``category_cap`` items
+of any one category (categories the request's context asked for are not capped); if that leaves
+fewer than ``k``, the capped items fill the rest in score order. Deterministic given the request.
+
+**Exploration** (:func:`explore`): with probability ``rate`` one slot of the response explores.
+Its position ``p`` is uniform over the ``k`` slots; the exploit items from ``p`` on move down one
+slot (the last drops out) and the explore item goes to ``p``. The explore item is drawn from a
+pool of items not in the exploit list (the best-ranked remaining candidates plus new items) by
+Thompson sampling over their click posteriors ``Beta(a0 + clicks, b0 + impressions - clicks)``
+(new items keep the prior's spread, so they win often). The draw is made from the Thompson
+choice probabilities ``P(j) = P(theta_j is the largest)`` themselves, computed by quadrature
+(:func:`thompson_probabilities`): sampling from them is the same policy as drawing the thetas,
+and the logged propensity is then the exact probability of what was drawn.
+
+**Propensities** (probability that this policy shows this item in this slot, 0-based slot ``s``):
+
+- exploit item of rank ``r`` (0-based) at slot ``r``: ``(1 - rate) + rate * (k - 1 - r) / k``;
+- exploit item of rank ``r`` at slot ``r + 1`` (an exploration above it): ``rate * (r + 1) / k``;
+- explore item ``j`` at slot ``p``: ``rate / k * P(j)``.
+
+All lie in ``(0, 1]``; with an empty pool there is no exploration and every propensity is 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Slate:
+    """The response's items. ``rows``: indices into the request's candidate arrays, in slot order;
+    ``propensity`` / ``explore`` aligned with them; ``scores`` the (boosted) exploit scores, or the
+    posterior mean for the explore item."""
+
+    rows: np.ndarray
+    scores: np.ndarray
+    propensity: np.ndarray
+    explore: np.ndarray
+
+
+def boosted_scores(
+    scores: np.ndarray, age_days: np.ndarray, fresh_days: int, fresh_boost: float
+) -> np.ndarray:
+    """``scores + fresh_boost`` where ``0 <= age_days <= fresh_days`` (``(C,)`` float64)."""
+    age = np.asarray(age_days)
+    fresh = (age >= 0) & (age <= fresh_days)
+    return np.asarray(scores, dtype=np.float64) + fresh_boost * fresh
+
+
+def exploit_list(
+    scores: np.ndarray,
+    categories: np.ndarray,
+    k: int,
+    cap: int,
+    allowed: np.ndarray | None = None,
+    uncapped: frozenset[str] = frozenset(),
+) -> np.ndarray:
+    """Rows of the top ``k`` (at most ``C``) by ``scores`` under the category cap.
+
+    ``allowed``: boolean ``(C,)`` mask (False = excluded by a business rule). Ties by row.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    ok = np.ones(len(scores), bool) if allowed is None else np.asarray(allowed, bool)
+    order = np.lexsort((np.arange(len(scores)), -np.nan_to_num(scores, nan=-np.inf)))
+    order = order[ok[order]]
+    chosen: list[int] = []
+    skipped: list[int] = []
+    per_cat: dict[str, int] = {}
+    for r in order:
+        if len(chosen) == k:
+            break
+        c = str(categories[r])
+        if c not in uncapped and per_cat.get(c, 0) >= cap:
+            skipped.append(int(r))
+            continue
+        per_cat[c] = per_cat.get(c, 0) + 1
+        chosen.append(int(r))
+    if len(chosen) < k:
+        chosen += skipped[: k - len(chosen)]
+    return np.asarray(chosen, dtype=np.int64)
+
+
+def thompson_probabilities(alpha: np.ndarray, beta: np.ndarray, grid: int = 256) -> np.ndarray:
+    """``P(theta_j = max_i theta_i)`` for independent ``theta_i ~ Beta(alpha_i, beta_i)``, ``(n,)``.
+
+    Quadrature on ``grid`` cells spanning the posteriors' mass (each mean +- 12 standard
+    deviations, clipped to [0, 1]): the mass of ``theta_j`` in a cell (CDF differences, exact)
+    times the product of the others' CDFs averaged over the cell's two edges; renormalized to sum
+    1. Within ~2e-3 of pure Thompson sampling; the draw uses these numbers, so the logged
+    propensity is exact for the policy that runs.
+    """
+    from scipy.special import betainc
+
+    a = np.asarray(alpha, dtype=np.float64)
+    b = np.asarray(beta, dtype=np.float64)
+    n = a.shape[0]
+    if n <= 1:
+        return np.ones(n)
+    mean = a / (a + b)
+    sd = np.sqrt(a * b / ((a + b) ** 2 * (a + b + 1)))
+    lo = max(0.0, float((mean - 12 * sd).min()))
+    hi = min(1.0, float((mean + 12 * sd).max()))
+    edges = np.linspace(lo, hi, grid + 1)[None, :]
+    cdf = betainc(a[:, None], b[:, None], edges)  # (n, G+1)
+    cdf[:, -1] = np.where(hi >= 1.0, 1.0, cdf[:, -1])
+    mass = np.diff(cdf, axis=1)  # (n, G)
+    log_cdf = np.log(np.clip(cdf, 1e-300, None))
+    others_edges = np.exp(log_cdf.sum(axis=0, keepdims=True) - log_cdf)  # prod over i != j
+    others = (others_edges[:, :-1] + others_edges[:, 1:]) / 2
+    p = (mass * others).sum(axis=1)
+    total = p.sum()
+    return p / total if total > 0 else np.full(n, 1.0 / n)
+
+
+def exploit_propensity(rank: int, slot: int, k: int, rate: float) -> float:
+    """Propensity of the exploit item of ``rank`` shown at ``slot`` (both 0-based)."""
+    if slot == rank:
+        return (1.0 - rate) + rate * (k - 1 - rank) / k
+    if slot == rank + 1:
+        return rate * (rank + 1) / k
+    raise ValueError(f"an exploit item of rank {rank} is never shown at slot {slot}")
+
+
+def explore(
+    exploit: np.ndarray,
+    exploit_scores: np.ndarray,
+    pool: np.ndarray,
+    alpha: np.ndarray,
+    beta: np.ndarray,
+    k: int,
+    rate: float,
+    rng: np.random.Generator,
+    grid: int = 512,
+) -> Slate:
+    """Final slate from the exploit list (``(k,)`` rows, best first, ``len <= k``) and the explore
+    ``pool`` (rows not in it, with their posteriors ``alpha``/``beta``). See the module docstring.
+    """
+    exploit = np.asarray(exploit, dtype=np.int64)
+    n = len(exploit)
+    if n == 0:
+        return Slate(np.zeros(0, np.int64), np.zeros(0), np.zeros(0), np.zeros(0, bool))
+    k = n  # the response length; propensities are over its slots
+    pool = np.asarray(pool, dtype=np.int64)
+    if len(pool) == 0 or rate <= 0.0:
+        return Slate(exploit, np.asarray(exploit_scores, float), np.ones(n), np.zeros(n, bool))
+    explore_now = rng.random() < rate
+    if not explore_now:
+        props = np.array([exploit_propensity(r, r, k, rate) for r in range(n)])
+        return Slate(exploit, np.asarray(exploit_scores, float), props, np.zeros(n, bool))
+    probs = thompson_probabilities(alpha, beta, grid)
+    j = int(rng.choice(len(pool), p=probs))
+    p = int(rng.integers(k))
+    rows = np.concatenate([exploit[:p], [pool[j]], exploit[p : n - 1]])
+    mean = float(alpha[j] / (alpha[j] + beta[j]))
+    scores = np.concatenate([exploit_scores[:p], [mean], exploit_scores[p : n - 1]])
+    props = np.empty(n)
+    for slot in range(n):
+        if slot < p:
+            props[slot] = exploit_propensity(slot, slot, k, rate)
+        elif slot == p:
+            props[slot] = rate / k * float(probs[j])
+        else:
+            props[slot] = exploit_propensity(slot - 1, slot, k, rate)
+    flags = np.zeros(n, bool)
+    flags[p] = True
+    return Slate(rows.astype(np.int64), scores.astype(float), props, flags)
