@@ -26,8 +26,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/pip install -q "torch==2.13.0" 2>&1 | grep -v '^WARNING: Location' || true
   .venv/bin/pip install -q -r requirements.lock 2>&1 | grep -v '^WARNING: Location' || true
   .venv/bin/pip install -q --no-deps -e . 2>&1 | grep -v '^WARNING: Location' || true
-  .venv/bin/python -c "import torch, airflow, feast, mlflow, great_expectations, faiss, redis, duckdb" \
-    || { echo "setup: packages failed to import" >&2; exit 1; }
+  check='import torch, airflow, feast, mlflow, great_expectations, faiss, redis, duckdb'
+  .venv/bin/python -c "$check" >/dev/null 2>&1 \
+    || { .venv/bin/python -c "$check"; echo "setup: packages failed to import" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi
 echo "setup: ready (.venv/bin/recloop, $(redis-server --version | cut -d' ' -f3))"
