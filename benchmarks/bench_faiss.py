@@ -1,9 +1,13 @@
 """FAISS index types at catalog scale: recall@10 against exact search, queries/s, build time.
 
 Synthetic but clustered data, the shape of trained embeddings: ``--n`` unit item vectors of
-``--dim`` dims drawn from a mixture of ``--centers`` Gaussians; queries (user vectors) mix 1-3
-centres plus noise and are normalized. Index builds use ``--build-threads`` threads; every search
-runs single-threaded, one query per call (the serving pattern), so queries/s = 1 / latency.
+``--dim`` dims drawn from a mixture of ``--centers`` Gaussians (noise of norm ``--spread`` with a
+``j ** -decay`` spectrum, see ``make_data``); queries (user vectors) mix 1..``--max-mix`` centres
+plus the same noise and are normalized. Queries that mix centres fall between clusters, away from
+every item: much harder for HNSW than queries near one cluster (``--max-mix 1``). Index builds
+use ``--build-threads`` threads; every search runs single-threaded, one query per call (the
+serving pattern), so queries/s = 1 / latency. Besides the chosen kind, the other kinds are built
+and measured at a few settings each (``--skip`` to leave some out; HNSW at 1M takes minutes).
 
 The "chosen" configuration is what ``pipelines.index.build_index(kind="auto")`` picks and tunes
 on ``--tune-queries`` sample queries; it is then measured on the separate ``--queries`` held-out
@@ -27,13 +31,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def make_data(
-    n: int, n_queries: int, dim: int, centers: int, spread: float, decay: float, seed: int
+    n: int,
+    n_queries: int,
+    dim: int,
+    centers: int,
+    spread: float,
+    decay: float,
+    seed: int,
+    max_mix: int = 3,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(items (n, dim), queries (n_queries, dim))``, float32, unit norm.
 
     Items: a unit centre plus noise of expected norm ``spread`` whose per-direction scale falls
     as ``j ** -decay`` in a random basis (learned embeddings have a decaying spectrum; ``decay=0``
-    is isotropic noise). Queries: a random mix of 1-3 centres plus the same noise.
+    is isotropic noise). Queries: a random mix of 1..``max_mix`` centres plus the same noise.
     """
     rng = np.random.default_rng(seed)
     c = rng.standard_normal((centers, dim)).astype(np.float32)
@@ -51,11 +62,29 @@ def make_data(
         m = min(200_000, n - s)
         x = c[rng.integers(0, centers, m)] + noise(m)
         items[s : s + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
-    k = rng.integers(1, 4, n_queries)
-    w = rng.dirichlet(np.ones(3), n_queries) * (np.arange(3)[None, :] < k[:, None])
-    q = np.einsum("qj,qjd->qd", w, c[rng.integers(0, centers, (n_queries, 3))]) + noise(n_queries)
+    k = rng.integers(1, max_mix + 1, n_queries)
+    w = rng.dirichlet(np.ones(max_mix), n_queries) * (np.arange(max_mix)[None, :] < k[:, None])
+    mixed = c[rng.integers(0, centers, (n_queries, max_mix))]
+    q = np.einsum("qj,qjd->qd", w, mixed) + noise(n_queries)
     q = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
     return items, q
+
+
+SWEEPS: dict[str, list[dict]] = {  # search settings measured per kind (held-out queries)
+    "hnsw": [{"efSearch": ef} for ef in (32, 64, 128, 256, 512)],
+    "ivf": [{"nprobe": p} for p in (8, 16, 24, 32, 48, 64)],
+    "ivfpq": [{"nprobe": 32, "k_factor": 1}]
+    + [{"nprobe": p, "k_factor": f} for p, f in ((16, 8), (32, 8), (32, 16), (64, 16))],
+}
+
+
+def label(kind: str, params: dict) -> str:
+    """A short name of an index configuration, e.g. ``IVF4096,Flat``."""
+    if kind == "hnsw":
+        return f"HNSW{params['M']} efC{params['efConstruction']}"
+    if kind == "ivf":
+        return f"IVF{params['nlist']},Flat"
+    return f"IVF{params['nlist']},PQ{params['pq_m']}+refine"
 
 
 def timed_search(index, queries: np.ndarray, k: int, params=None) -> tuple[np.ndarray, float]:
@@ -77,11 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--centers", type=int, default=1000)
     ap.add_argument("--spread", type=float, default=0.8, help="noise norm relative to a centre")
     ap.add_argument("--decay", type=float, default=1.0, help="noise spectrum j**-decay")
+    ap.add_argument("--max-mix", type=int, default=3, help="a query mixes 1..this many centres")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--target", type=float, default=0.95)
     ap.add_argument("--build-threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--skip", nargs="*", default=[], choices=["ivf", "ivfpq"], help="skip kinds")
+    ap.add_argument(
+        "--skip", nargs="*", default=[], choices=["hnsw", "ivf", "ivfpq"], help="skip kinds"
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
@@ -105,10 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         args.spread,
         args.decay,
         args.seed,
+        args.max_mix,
     )
     tune_q, queries = queries[: args.tune_queries], queries[args.tune_queries :]
     print(f"data: {args.n} x {args.dim} items, {len(queries)} queries (+{len(tune_q)} for "
-          f"tuning), {args.centers} centres, spread {args.spread}, decay {args.decay}; {time.perf_counter() - t0:.1f} s")  # fmt: skip
+          f"tuning), {args.centers} centres, spread {args.spread}, decay {args.decay}, queries mix <= {args.max_mix}; {time.perf_counter() - t0:.1f} s")  # fmt: skip
     rows: list[tuple] = []
 
     def row(name: str, build_s: float, recall: float, qps: float) -> None:
@@ -145,35 +178,28 @@ def main(argv: list[str] | None = None) -> int:
               f"{chosen.meta['tune_seconds']:.1f} s")  # fmt: skip
         found, qps = timed_search(chosen.index, queries, k, search_params(chosen.kind, p, k))
         chosen_row = (f"CHOSEN {chosen.kind} {p}", chosen_build, recall_at_k(found, truth), qps)
-        if chosen.kind == "hnsw":
-            for ef in (32, 64, 128, 256, 512):
-                sp = search_params("hnsw", {"efSearch": ef}, k)
+        if chosen.kind in SWEEPS:  # the same index at other settings: no second build
+            for s in SWEEPS[chosen.kind]:
+                sp = search_params(chosen.kind, {**p, **s}, k)
                 found, qps = timed_search(chosen.index, queries, k, sp)
-                row(f"HNSW32 efSearch={ef}", chosen_build, recall_at_k(found, truth), qps)
+                row(f"{label(chosen.kind, p)} {s}", chosen_build, recall_at_k(found, truth), qps)
         del chosen
 
-    for kind, settings in (
-        ("ivf", [{"nprobe": p} for p in (8, 16, 32, 64)]),
-        ("ivfpq", [{"nprobe": 32, "k_factor": 1}] + [{"nprobe": p, "k_factor": f} for p, f in ((16, 8), (32, 8), (32, 16), (64, 16))]),
-    ):  # fmt: skip
-        if kind in args.skip:
+    for kind, settings in SWEEPS.items():
+        if kind in args.skip or (chosen_row and chosen_row[0].startswith(f"CHOSEN {kind} ")):
             continue
         faiss.omp_set_num_threads(args.build_threads)
         t = time.perf_counter()
         index, _, params = get_index(args.dim, args.n, kind=kind)
-        sample = items[
-            np.random.default_rng(1).choice(args.n, min(args.n, 100 * 1024), replace=False)
-        ]
-        index.train(sample)
+        if not index.is_trained:  # as build_index: 64 points per list, >= 25,600
+            n_train = min(args.n, max(64 * params["nlist"], 25_600))
+            index.train(items[np.random.default_rng(1).choice(args.n, n_train, replace=False)])
         index.add(items)
         build_s = time.perf_counter() - t
         faiss.omp_set_num_threads(1)
-        label = f"IVF{params['nlist']}" + (
-            f",PQ{params['pq_m']}+refine" if kind == "ivfpq" else ",Flat"
-        )
         for s in settings:
             found, qps = timed_search(index, queries, k, search_params(kind, {**params, **s}, k))
-            row(f"{label} {s}", build_s, recall_at_k(found, truth), qps)
+            row(f"{label(kind, params)} {s}", build_s, recall_at_k(found, truth), qps)
         del index
 
     if chosen_row is None:

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from pipelines.index import (
+    FLAT_MAX,
     IndexRecallError,
     ItemIndex,
+    _probe_ladder,
     build_index,
     choose_kind,
     default_params,
@@ -52,16 +54,41 @@ def test_flat_is_exact_brute_force(vecs):
 def test_chooser_by_size_and_target():
     assert choose_kind(10) == "flat"
     assert choose_kind(49_999) == "flat"
-    assert choose_kind(50_000) == "hnsw"
-    assert choose_kind(1_000_000) == "hnsw"
+    assert choose_kind(50_000) == "ivf"
+    assert choose_kind(1_000_000) == "ivf"
+    assert choose_kind(5_000_000) == "ivf"
+    assert choose_kind(5_000_001) == "ivfpq"
     assert choose_kind(1_000_000, recall_target=1.0) == "flat"
     assert choose_kind(20_000_000) == "ivfpq"
-    assert default_params("ivf", 1_000_000, 64)["nlist"] == 1024
-    assert default_params("ivfpq", 1_000_000, 64)["pq_m"] == 16
+    # IVF-Flat: ~4 sqrt(n) lists (a power of two), >= 39 training points per list
+    assert default_params("ivf", 1_000_000, 64)["nlist"] == 4096
+    assert default_params("ivf", 50_000, 64)["nlist"] == 1024
+    assert default_params("ivf", 4000, 64)["nlist"] == 4000 // 39
+    assert default_params("ivfpq", 1_000_000, 64) == {
+        "nlist": 1024,
+        "pq_m": 16,
+        "pq_bits": 8,
+        "nprobe": 1,
+        "k_factor": 1,
+    }
+
+
+def test_probe_ladder_has_half_steps_and_ends_at_nlist():
+    assert _probe_ladder(1) == [1]
+    assert _probe_ladder(3) == [1, 2, 3]
+    assert _probe_ladder(100) == [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 100]
+    ladder = _probe_ladder(4096)
+    assert ladder == sorted(set(ladder)) and ladder[-1] == 4096 and 48 in ladder
 
 
 def test_get_index_constructs_without_building():
     index, kind, params = get_index(64, 1_000_000)
+    assert kind == "ivf" and isinstance(index, faiss.IndexIVFFlat)
+    assert index.nlist == params["nlist"] == 4096 and params["nprobe"] == 1
+    assert isinstance(faiss.downcast_index(index.quantizer), faiss.IndexFlatIP)
+    assert index.ntotal == 0 and not index.is_trained
+    assert index.metric_type == faiss.METRIC_INNER_PRODUCT
+    index, kind, params = get_index(64, 1_000_000, kind="hnsw")
     assert kind == "hnsw" and isinstance(index, faiss.IndexHNSWFlat)
     assert index.ntotal == 0 and index.hnsw.nb_neighbors(1) == 32 and params["M"] == 32
     assert index.metric_type == faiss.METRIC_INNER_PRODUCT
@@ -185,3 +212,23 @@ def test_index_over_two_tower_embeddings_matches_model_ranking():
     np.testing.assert_allclose(
         scores, np.sort(model.score_all(np.arange(20)), axis=1)[:, ::-1][:, :5], atol=1e-5
     )
+
+
+def test_auto_picks_ivf_above_flat_max_and_meets_target_on_mixed_interest_queries():
+    """Queries mixing 2 clusters fall between them (the case where HNSW needs a huge efSearch);
+    the auto-chosen IVF-Flat is tuned on one sample and holds the target on another."""
+    n, d = FLAT_MAX, 16
+    x = clustered(n, d, seed=5, centers=200, noise=0.5)
+    c = clustered(400, d, seed=6, centers=200, noise=0.0)  # unit cluster centres
+    rng = np.random.default_rng(7)
+    q = c[rng.integers(0, len(c), 400)] + c[rng.integers(0, len(c), 400)]
+    q = (q + 0.3 * rng.standard_normal(q.shape)).astype(np.float32)
+    tune_q, held_q = q[:200], q[200:]
+    idx = build_index(x, sample_queries=tune_q, model_version="mix-1")
+    assert idx.kind == "ivf" and idx.params["nlist"] == default_params("ivf", n, d)["nlist"]
+    assert idx.recall >= 0.95 and idx.params["nprobe"] in _probe_ladder(idx.params["nlist"])
+    assert idx.params["nprobe"] < idx.params["nlist"]  # tuning stopped before exhaustive search
+    found, _ = idx.search(held_q, 10)
+    exact, _ = brute_force(x, held_q, 10)
+    hits = [len(set(f) & set(e)) for f, e in zip(found, exact, strict=True)]
+    assert np.mean(hits) / 10 >= 0.93
