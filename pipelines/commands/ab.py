@@ -1,0 +1,67 @@
+"""Show an A/B experiment: the per-arm table and its decision history.
+
+  recloop ab --experiment E [--date D] [--json]
+
+E names the experiment as the pair of serving_bundle versions, "<champion>-vs-<challenger>"
+(e.g. 3-vs-5; the service logs arm and model_version = bundle-<v>, not an experiment name).
+The arm table (impressions, clicks, CTR with a Wilson 95% interval, purchases, conversion,
+users) is computed from the validated logs, from the experiment's start through D (default: the
+newest decision's date, else the newest validated day). The history lists every decision the A/B
+DAG recorded (reports/ab/E/date=*.json): action, CTR difference, always-valid interval and
+p-value (mSPRT), and the reason. Nothing is decided or changed here: see pipelines.ab.analyze.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from pipelines.settings import Settings
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--experiment", required=True, help="'<champion>-vs-<challenger>'")
+    parser.add_argument("--date", help="last day of the arm table, YYYY-MM-DD")
+    parser.add_argument("--json", action="store_true", help="print table and history as JSON")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from pipelines import ab, schema
+
+    ab.parse_experiment(args.experiment)
+    records = ab.history(settings, args.experiment)
+    if args.date:
+        last = schema.parse_date(args.date)
+    elif records:
+        last = schema.parse_date(records[-1]["date"])
+    else:
+        dates = schema.partition_dates(settings.validated_dir)
+        if not dates:
+            raise FileNotFoundError(f"no validated partitions under {settings.validated_dir}")
+        last = dates[-1]
+    start = ab.start_date(settings, args.experiment, last)
+    if start is None:
+        arms: list[dict] = []
+    else:
+        table = ab.arm_stats(settings, args.experiment, start, last).reset_index()
+        arms = json.loads(table.to_json(orient="records"))
+    if args.json:
+        print(json.dumps({"experiment": args.experiment, "start_date": str(start),
+                          "through": last.isoformat(), "arms": arms, "history": records},
+                         indent=2, sort_keys=True, default=str))  # fmt: skip
+        return 0
+    print(f"experiment {args.experiment} (champion bundle-{ab.parse_experiment(args.experiment)[0]}"
+          f" vs challenger bundle-{ab.parse_experiment(args.experiment)[1]})")  # fmt: skip
+    if start is None:
+        print(f"no challenger traffic through {last}")
+    else:
+        print(f"arms from {start} through {last}:")
+        print(ab.format_arms(arms))
+    print()
+    if records:
+        print("decisions:")
+        print(ab.format_history(records))
+    else:
+        print("no decisions recorded yet")
+    return 0
