@@ -109,3 +109,34 @@ def redis_settings(
     monkeypatch.setenv("RECLOOP_REDIS_URL", redis_server.url)
     redis.Redis.from_url(redis_server.url).flushall()
     return Settings.from_env()
+
+
+def tiny_trained_workspace(
+    home: Path, redis_url: str, days: tuple[str, ...]
+) -> tuple[Settings, pytest.MonkeyPatch]:
+    """A workspace at ``home`` with ``days`` simulated at tiny scale and the daily DAG's task
+    bodies run for each (in-process, in the DAG's order): the registry then holds one serving
+    bundle per day and, from the second day on, a champion. Returns the settings and the
+    MonkeyPatch holding the ``RECLOOP_*`` environment (call ``undo()`` when done)."""
+    from pipelines import tasks
+    from pipelines.simulate import simulate
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RECLOOP_HOME", str(home))
+    mp.setenv("RECLOOP_REDIS_URL", redis_url)
+    mp.setenv("RECLOOP_SCALE", "tiny")
+    mp.delenv("RECLOOP_MLFLOW_URI", raising=False)
+    mp.delenv("RECLOOP_ADMIN_TOKEN", raising=False)
+    settings = Settings.from_env()
+    settings.ensure_dirs()
+    simulate(settings, len(days), "tiny")
+    for ds in days:
+        tasks.validate(ds)
+        tasks.features(ds)
+        tasks.train_model(ds, "mf")
+        tasks.train_model(ds, "two_tower")
+        tasks.build_index(ds)
+        tasks.train_ranker(ds)
+        tasks.register(ds)
+        tasks.gate(ds)
+    return settings, mp

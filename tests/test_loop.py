@@ -28,7 +28,7 @@ from pipelines.loop import (
 from pipelines.settings import Settings
 from serving.config import ServingConfig
 from serving.logging import impressions_dir
-from tests.conftest import RedisServer, free_port
+from tests.conftest import RedisServer, free_port, tiny_trained_workspace
 
 TRAIN_DAYS = ("2026-01-01", "2026-01-02")
 DAY = "2026-01-03"  # the served day
@@ -40,27 +40,11 @@ def loop(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer):
     """``(settings, counts)`` after simulated traffic of DAY against the champion over HTTP."""
     import uvicorn
 
-    from pipelines import tasks
-    from pipelines.simulate import load_world, simulate, simulate_day
+    from pipelines.simulate import load_world, simulate_day
     from serving.app import create_app
 
-    mp = pytest.MonkeyPatch()
     home = tmp_path_factory.mktemp("loop") / "home"
-    mp.setenv("RECLOOP_HOME", str(home))
-    mp.setenv("RECLOOP_REDIS_URL", redis_server.url)
-    mp.setenv("RECLOOP_SCALE", "tiny")
-    mp.delenv("RECLOOP_MLFLOW_URI", raising=False)
-    mp.delenv("RECLOOP_ADMIN_TOKEN", raising=False)
-    settings = Settings.from_env()
-    settings.ensure_dirs()
-    simulate(settings, len(TRAIN_DAYS), "tiny")
-    for ds in TRAIN_DAYS:
-        tasks.validate(ds)
-        tasks.features(ds)
-        tasks.train_model(ds, "mf")
-        tasks.train_model(ds, "two_tower")
-        for step in (tasks.build_index, tasks.train_ranker, tasks.register, tasks.gate):
-            step(ds)
+    settings, mp = tiny_trained_workspace(home, redis_server.url, TRAIN_DAYS)
     assert registry.get_alias(settings, "champion") == "1"
     # the logging policy's log of DAY: rows from another source, already in the partition
     other = simulate_day(load_world(settings), DAY).events

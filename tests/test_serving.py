@@ -28,7 +28,7 @@ from serving.app import create_app
 from serving.config import ServingConfig
 from serving.logging import impressions_dir
 from serving.pipeline import bucket, route
-from tests.conftest import REPO, RedisServer, free_port
+from tests.conftest import REPO, RedisServer, free_port, tiny_trained_workspace
 
 DAYS = ("2026-01-01", "2026-01-02")
 TOKEN = "test-admin-token-0123456789"
@@ -37,28 +37,8 @@ TOKEN = "test-admin-token-0123456789"
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer):
     """Settings of a workspace whose registry has champion = bundle 1 and a bundle 2."""
-    from pipelines import tasks
-    from pipelines.simulate import simulate
-
-    mp = pytest.MonkeyPatch()
     home = tmp_path_factory.mktemp("serving") / "home"
-    mp.setenv("RECLOOP_HOME", str(home))
-    mp.setenv("RECLOOP_REDIS_URL", redis_server.url)
-    mp.setenv("RECLOOP_SCALE", "tiny")
-    mp.delenv("RECLOOP_MLFLOW_URI", raising=False)
-    mp.delenv("RECLOOP_ADMIN_TOKEN", raising=False)
-    settings = Settings.from_env()
-    settings.ensure_dirs()
-    simulate(settings, len(DAYS), "tiny")
-    for ds in DAYS:
-        tasks.validate(ds)
-        tasks.features(ds)
-        tasks.train_model(ds, "mf")
-        tasks.train_model(ds, "two_tower")
-        tasks.build_index(ds)
-        tasks.train_ranker(ds)
-        tasks.register(ds)
-        tasks.gate(ds)
+    settings, mp = tiny_trained_workspace(home, redis_server.url, DAYS)
     assert registry.get_alias(settings, "champion") == "1"
     assert registry.bundle_version(settings, "2") is not None
     yield settings
