@@ -18,28 +18,24 @@ the logs on every run: reruns and restarts count nothing twice.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-
 from airflow.sdk import Asset, dag, task
 
-from pipelines.settings import Settings
+from pipelines.dag_defaults import (
+    START_DATE,
+    VALIDATED_URI,
+    default_args,
+)
 
-_settings = Settings.from_env()  # reads environment variables only
-DEFAULT_ARGS = {
-    "owner": "recloop",
-    "retries": _settings.task_retries,
-    "retry_delay": timedelta(seconds=_settings.retry_delay_s),
-}
-VALIDATED = Asset("recloop://validated-interactions")  # as in recloop_daily.py
+VALIDATED = Asset(VALIDATED_URI)  # the daily DAG's validate outlet
 
 
 @dag(
     dag_id="recloop_ab",
     schedule=[VALIDATED],
-    start_date=datetime(1995, 1, 1, tzinfo=UTC),
+    start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
-    default_args=DEFAULT_ARGS,
+    default_args=default_args(),
     tags=["recloop", "ab"],
     doc_md=__doc__,
 )
@@ -47,6 +43,7 @@ def recloop_ab():
     @task
     def analyze(ds: str | None = None) -> dict:
         from pipelines import ab
+        from pipelines.settings import Settings
 
         return ab.analyze_current(Settings.from_env(), ds)
 

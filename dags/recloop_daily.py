@@ -30,31 +30,30 @@ Every task body is one call into `pipelines.tasks`; nothing heavy is imported at
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-
 from airflow.sdk import Asset, dag, task
 
-from pipelines.settings import Settings
+from pipelines.dag_defaults import (
+    BUNDLE_URI,
+    ITEM_INDEX_URI,
+    ONLINE_FEATURES_URI,
+    START_DATE,
+    VALIDATED_URI,
+    default_args,
+)
 
-_settings = Settings.from_env()  # reads environment variables only
-DEFAULT_ARGS = {
-    "owner": "recloop",
-    "retries": _settings.task_retries,
-    "retry_delay": timedelta(seconds=_settings.retry_delay_s),
-}
-VALIDATED = Asset("recloop://validated-interactions")
-ONLINE_FEATURES = Asset("recloop://online-features")
-ITEM_INDEX = Asset("recloop://item-index")
-BUNDLE = Asset("recloop://serving-bundle")
+VALIDATED = Asset(VALIDATED_URI)
+ONLINE_FEATURES = Asset(ONLINE_FEATURES_URI)
+ITEM_INDEX = Asset(ITEM_INDEX_URI)
+BUNDLE = Asset(BUNDLE_URI)
 
 
 @dag(
     dag_id="recloop_daily",
     schedule="@daily",
-    start_date=datetime(1995, 1, 1, tzinfo=UTC),
+    start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
-    default_args=DEFAULT_ARGS,
+    default_args=default_args(),
     tags=["recloop", "daily"],
     doc_md=__doc__,
 )
