@@ -8,7 +8,9 @@ length. Users and items are dense indices (see ``models.base``).
 **Item tower**: item id embedding + item features → MLP → L2 norm. Each id table has one extra
 row, the shared "unknown" id, which training reaches through id dropout (a random share of ids is
 replaced by it), so a new user or item with no trained id still gets a vector from its features
-(and, for users, its history). Scores are cosine similarities in ``[-1, 1]``.
+(and, for users, its history). Scores are cosine similarities in ``[-1, 1]``, plus, with
+``popularity_prior``, ``temperature * popularity_weight * log(1 + positives of the item)`` (the
+towers then learn taste over popularity; see :class:`TwoTower`).
 
 **Features** are plain ``pandas.DataFrame`` frames (later filled from the Feast feature store,
 point in time, by the training pipeline; this module only needs the frames):
@@ -68,6 +70,15 @@ NEGATIVE_SOURCES = ("uniform", "popularity", "hard")
 DEFAULT_NEGATIVES = {"uniform": 0.0, "popularity": 1.0, "hard": 0.0}
 ID_COLUMNS = ("user_id", "item_id")
 _EPOCH = pd.Timestamp("1970-01-01", tz="UTC")
+
+#: values of config keys added after models were first saved, for configs that lack them
+LEGACY_DEFAULTS = {
+    "user_ids": True,
+    "item_ids": True,
+    "history": True,
+    "popularity_prior": False,
+    "popularity_weight": 1.0,
+}
 
 HardNegatives = Mapping[int, np.ndarray] | Callable[[int], np.ndarray]
 
@@ -212,14 +223,16 @@ class _Tower(nn.Module):
         extra_dim: int,
         hidden: Sequence[int],
         dim: int,
+        use_ids: bool = True,
     ) -> None:
         super().__init__()
+        self.use_ids = use_ids
         self.ids = nn.Embedding(n_ids + 1, id_dim)  # last row: the shared "unknown" id
         nn.init.normal_(self.ids.weight, std=0.1)
         self.cats = nn.ModuleList(nn.Embedding(size + 1, cat_dim) for size in cat_sizes)
         for emb in self.cats:
             nn.init.normal_(emb.weight, std=0.1)
-        width = id_dim + extra_dim + n_numeric + cat_dim * len(cat_sizes)
+        width = id_dim * use_ids + extra_dim + n_numeric + cat_dim * len(cat_sizes)
         layers: list[nn.Module] = []
         for h in hidden:
             layers += [nn.Linear(width, h), nn.ReLU()]
@@ -230,7 +243,7 @@ class _Tower(nn.Module):
     def forward(
         self, ids: torch.Tensor, num: torch.Tensor, cat: torch.Tensor, extra: torch.Tensor | None
     ) -> torch.Tensor:
-        parts = [self.ids(ids)]
+        parts = [self.ids(ids)] if self.use_ids else []
         if extra is not None:
             parts.append(extra)
         if num.shape[-1]:
@@ -250,11 +263,13 @@ class _TwoTowerNet(nn.Module):
             "hidden": hp["hidden"],
             "dim": hp["dim"],
         }
+        self.use_history = bool(hp["history"])
         self.user = _Tower(
             n_users,
             n_numeric=len(user_spec["numeric"]),
             cat_sizes=[len(e["vocab"]) for e in user_spec["categorical"]],
-            extra_dim=hp["id_dim"],
+            extra_dim=hp["id_dim"] if self.use_history else 0,
+            use_ids=bool(hp["user_ids"]),
             **common,
         )
         self.item = _Tower(
@@ -262,11 +277,17 @@ class _TwoTowerNet(nn.Module):
             n_numeric=len(item_spec["numeric"]),
             cat_sizes=[len(e["vocab"]) for e in item_spec["categorical"]],
             extra_dim=0,
+            use_ids=bool(hp["item_ids"]),
             **common,
         )
 
-    def history_mean(self, hist: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean item id embedding over ``hist`` ``(B, L)`` (``-1`` = padding), minus ``exclude``."""
+    def history_mean(
+        self, hist: torch.Tensor, exclude: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """Mean item id embedding over ``hist`` ``(B, L)`` (``-1`` = padding), minus ``exclude``;
+        ``None`` when the user tower has no history input (``history=False``)."""
+        if not self.use_history:
+            return None
         mask = hist >= 0
         if exclude is not None:
             mask &= hist != exclude[:, None]
@@ -332,6 +353,8 @@ class _Batcher:
         uvec = net.user(uid, t["user_num"][ub], t["user_cat"][ub], hist) / tau
         ivec = net.item(cid, t["item_num"][cand], t["item_cat"][cand], None)
         logits = uvec @ ivec.T
+        if "item_prior" in t:  # the towers learn the residual over log popularity
+            logits = logits + t["item_prior"][cand][None, :]
         if self.hp["logq"]:
             logits = logits - self.log_expected[cand][None, :]
         # accidental hits: the row's own item elsewhere, or another positive of the same user
@@ -344,7 +367,10 @@ class _Batcher:
             valid = (hard >= 0) & (hard != ib[:, None])
             hid = hard.clamp(min=0)
             hvec = net.item(hid, t["item_num"][hid], t["item_cat"][hid], None)
-            hlog = torch.einsum("bd,bhd->bh", uvec, hvec).masked_fill(~valid, float("-inf"))
+            hlog = torch.einsum("bd,bhd->bh", uvec, hvec)
+            if "item_prior" in t:
+                hlog = hlog + t["item_prior"][hid]
+            hlog = hlog.masked_fill(~valid, float("-inf"))
             logits = torch.cat([logits, hlog], dim=1)
         return F.cross_entropy(logits, diag)
 
@@ -362,7 +388,14 @@ class TwoTower(Recommender):
     ``max_hard_per_user`` hard candidates kept per user; ``log_columns`` numeric features that are
     log-transformed; ``epochs`` (at most), ``batch_size``, ``lr``, ``weight_decay`` (Adam);
     ``val_fraction``/``max_val``/``patience`` early stopping; ``seed``; ``device`` (default: CUDA
-    when present). ``n_users``/``n_items``/``user_spec``/``item_spec`` are set by ``fit`` and
+    when present). ``user_ids`` / ``item_ids`` / ``history``: whether the towers read id embeddings
+    and the user's history mean (off, a tower reads its features only). ``popularity_prior``: add
+    the fixed log popularity ``p_i = log(1 + positives of i)`` to every training logit, so the
+    towers learn the taste residual over popularity instead of spending the cosine on it;
+    scores are then ``cos(u, v) + temperature * popularity_weight * p_i`` and the embeddings
+    carry it in one extra coordinate (users ``[u, 1]``, items ``[v, temperature * w * p_i]``,
+    width ``dim + 1``, not unit norm). Configs saved before these keys existed load with the old
+    behaviour (ids and history on, no prior). ``n_users``/``n_items``/``user_spec``/``item_spec`` are set by ``fit`` and
     stored in the config so ``from_config`` rebuilds the same shapes.
     """
 
@@ -391,6 +424,11 @@ class TwoTower(Recommender):
         lr: float = 5e-3,
         weight_decay: float = 0.0,
         seed: int = 0,
+        user_ids: bool = True,
+        item_ids: bool = True,
+        history: bool = True,
+        popularity_prior: bool = False,
+        popularity_weight: float = 1.0,
         device: str | None = None,
         n_users: int | None = None,
         n_items: int | None = None,
@@ -429,6 +467,11 @@ class TwoTower(Recommender):
             "lr": float(lr),
             "weight_decay": float(weight_decay),
             "seed": int(seed),
+            "user_ids": bool(user_ids),
+            "item_ids": bool(item_ids),
+            "history": bool(history),
+            "popularity_prior": bool(popularity_prior),
+            "popularity_weight": float(popularity_weight),
         }
         self.device = pick_device(device)
         self.n_users = n_users
@@ -487,6 +530,17 @@ class TwoTower(Recommender):
         itf = _align(item_features, n_items, "item features")
         self.user_spec = fit_feature_spec(uf, self.hp["log_columns"])
         self.item_spec = fit_feature_spec(itf, self.hp["log_columns"])
+        for who, spec, own in (
+            ("user", self.user_spec, "user_ids"),
+            ("item", self.item_spec, "item_ids"),
+        ):
+            has_input = self.hp[own] or spec["numeric"] or spec["categorical"]
+            if who == "user":
+                has_input = has_input or self.hp["history"]
+            if not has_input:
+                raise ValueError(
+                    f"two_tower: the {who} tower has no input ({own}=False, no features)"
+                )
         unum, ucat = encode_features(uf, self.user_spec, n_users, "user features")
         inum, icat = encode_features(itf, self.item_spec, n_items, "item features")
         hist = self._history_table(interactions, histories)
@@ -596,6 +650,8 @@ class TwoTower(Recommender):
             row = train_hist[u]
             row[row == i] = -1
         counts = np.bincount(pos_i.numpy(), minlength=n_items).astype(np.float64)
+        if hp["popularity_prior"]:  # training prior from the training positives only
+            self.tensors["item_prior"] = torch.from_numpy(np.log1p(counts)).float()
 
         hard_table = self._hard_table(hard, interactions)
         w_uni, w_pop, n_shared, n_hard = self._negative_plan(hard_table is not None)
@@ -646,6 +702,9 @@ class TwoTower(Recommender):
         if best is not None:
             net.load_state_dict(best[2])
             log.info("two_tower: keeping epoch %d (validation loss %.4f)", best[1] + 1, best[0])
+        if hp["popularity_prior"]:  # serve with the popularity of every positive
+            full = np.bincount(coo.col[keep], minlength=n_items).astype(np.float64)
+            self.tensors["item_prior"] = torch.from_numpy(np.log1p(full)).float()
         net.eval()
 
     @torch.no_grad()
@@ -665,6 +724,8 @@ class TwoTower(Recommender):
             hist = net.history_mean(t["histories"][u], exclude=i)
             uvec = net.user(u, t["user_num"][u], t["user_cat"][u], hist)
             logits = (uvec / self.hp["temperature"]) @ ivec.T
+            if "item_prior" in t:
+                logits = logits + t["item_prior"][None, :]
             total += float(F.cross_entropy(logits, i, reduction="sum"))
         return total / len(users)
 
@@ -687,6 +748,8 @@ class TwoTower(Recommender):
                 h,
             )
             out[sl] = v.cpu().numpy()
+        if self.hp["popularity_prior"]:  # the prior's coordinate: users read it with weight 1
+            out = np.concatenate([out, np.ones((len(ids), 1), np.float32)], axis=1)
         return out
 
     @torch.no_grad()
@@ -704,6 +767,12 @@ class TwoTower(Recommender):
                 None,
             )
             out[sl] = v.cpu().numpy()
+        if self.hp["popularity_prior"]:  # temperature * weight * log popularity (new items: 0)
+            prior = self.tensors["item_prior"].numpy()
+            known = (ids >= 0) & (ids < len(prior))
+            p = np.where(known, prior[np.where(known, ids, 0)], 0.0)
+            p = p * self.hp["temperature"] * self.hp["popularity_weight"]
+            out = np.concatenate([out, p[:, None].astype(np.float32)], axis=1)
         return out
 
     def _embeddings(self) -> tuple[np.ndarray, np.ndarray]:
@@ -718,11 +787,13 @@ class TwoTower(Recommender):
         return self._cache
 
     def user_embeddings(self) -> np.ndarray:
-        """``(U, D)`` float32, unit norm: every training user with their training history."""
+        """``(U, D)`` float32 (``D + 1`` with the popularity prior), unit norm without it: every
+        training user with their training history."""
         return self._embeddings()[0]
 
     def item_embeddings(self) -> np.ndarray:
-        """``(I, D)`` float32, unit norm: what the FAISS index is built over."""
+        """``(I, D)`` float32 (``D + 1`` with the popularity prior): what the FAISS index is built
+        over; inner products with :meth:`user_embeddings` are :meth:`score_all`."""
         return self._embeddings()[1]
 
     def encode_users(
@@ -776,13 +847,13 @@ class TwoTower(Recommender):
         return np.where((ids >= 0) & (ids < size), ids, size)
 
     def score(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """Cosine scores ``(N,)`` float32 for pairs of dense indices."""
+        """Scores ``(N,)`` float32 for pairs of dense indices (module docstring)."""
         ue, ie = self._embeddings()
         users, items = np.asarray(users, np.int64), np.asarray(items, np.int64)
         return np.einsum("nd,nd->n", ue[users], ie[items]).astype(np.float32)
 
     def score_all(self, users: np.ndarray) -> np.ndarray:
-        """``(B, I)`` float32 cosine scores of every item."""
+        """``(B, I)`` float32 scores of every item."""
         ue, ie = self._embeddings()
         return (ue[np.asarray(users, np.int64)] @ ie.T).astype(np.float32)
 
@@ -798,6 +869,7 @@ class TwoTower(Recommender):
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any], device: str | None = None) -> TwoTower:
+        cfg = {**LEGACY_DEFAULTS, **cfg}  # configs saved before a key existed: old behaviour
         return cls(**cfg, device=device)
 
     def state(self) -> dict[str, torch.Tensor]:
@@ -816,6 +888,7 @@ class TwoTower(Recommender):
         except RuntimeError as exc:
             raise ValueError(f"two_tower weights do not match the config: {exc}") from exc
         names = ("user_num", "user_cat", "item_num", "item_cat", "histories")
+        names += ("item_prior",) if self.hp["popularity_prior"] else ()
         missing = [k for k in names if k not in state]
         if missing:
             raise ValueError(f"two_tower weights lack {missing}")

@@ -43,7 +43,45 @@ absolute): the test is most powerful for effects near it and valid for any value
    one below ``−conversion_max_drop`` → ``rollback``;
 3. either arm below ``min_impressions`` → ``continue`` (or ``stop`` when the duration is over);
 4. p ≤ α and the CTR sequence's lower end > 0 → ``promote``;
-5. day ``max_days`` reached (day 1 = start date) → ``stop``; otherwise ``continue``.
+5. **service guardrails** (below) → ``rollback`` when one fails;
+6. p ≤ α and the CTR sequence's lower end > 0 → ``promote``;
+7. day ``max_days`` reached (day 1 = start date) → ``stop``; otherwise ``continue``.
+
+**Service guardrails** (:func:`service_stats`, :func:`service_guardrails`), per arm over the
+experiment's requests so far, from the service's request log (``serving/requests/``, written by
+:class:`serving.logging.RequestLog`): latency p99 (ms, server total), error rate (non-200 among
+routed requests), degraded rate (200 answers that fell back to popularity because Redis, the
+index or the ranker failed; cold start is reported but is not a failure) and catalog coverage
+(distinct items shown / the arm bundle's catalog: its two-tower's item vocabulary, else the item
+table ``data/items.parquet``). The log is written on the wall clock while the loop's ingest moves
+impression rows to simulated dates, so its rows are found by ``request_id``: the requests of the
+experiment's validated impression rows, plus every other logged request of the same ``(arm,
+model_version)`` in the wall-clock span of those (the errors, which have no impression). Rules
+(:class:`ABConfig`): challenger p99 / champion p99 > ``latency_p99_max_ratio``, both p99s first
+raised to ``latency_floor_ms`` (so 2 ms vs 5 ms does not fire); error or degraded rate above the
+champion's by more than ``max_error_rate_increase`` / ``max_degraded_rate_increase``; coverage
+ratio challenger / champion below ``min_coverage_ratio``, both coverages rarefied to the smaller
+arm's impression count (the expected number of distinct items in a random sample of that many
+impressions) because a 10% arm shows fewer distinct items by sample size alone. These are plain
+comparisons of point estimates, not always-valid tests: they are judged only once both arms
+reached ``min_impressions`` (before that: verdict ``pending``); an arm with fewer than
+``service_min_requests`` logged requests (or no request log at all, e.g. logs imported from
+elsewhere) gives verdict ``no data``, never a fail.
+
+**OPE beside A/B** (:func:`ope_prediction`, :func:`true_ctr`): every decision carries
+``predicted`` {arm: OPE or null}: what off-policy evaluation said about the arm's bundle before
+the test, read from the gate's reports (``reports/ope/date=D/bundle-<v>.json``, D = the day the
+gate made the challenger the challenger, ``reports/gates/date=D.json``; else the newest such
+report of the bundle dated on or before the experiment's start): ``snips``, ``ci_low``,
+``ci_high``, ``dr``, ``date``, ``source``. SNIPS estimates the mean reward per logged item-slot
+(one impression) with reward 1 for a click on it: clicks per impression, the same unit as the
+A/B CTR (distinct clicked slots / impressions), so the numbers are used as they are (factor 1).
+Caveats stated in the output: OPE's target is the bundle's two-tower softmax policy (temperature
+``pipelines.policy_eval.TEMPERATURE``) over slates as long as the OPE day's logs, not the
+served ranker + re-ranker, and a per-impression CTR depends on the slate length through position
+bias. ``truth`` {arm: float or null}: on simulated data only (``truth/world.json``), the mean
+true click probability (``simulate.true_click_prob``) of the impressions the arm served in the
+experiment's rows: the arm's expected CTR, which the measured CTR estimates.
 
 Actions: ``promote`` (the challenger's version becomes ``champion`` through
 ``registry.promote(..., expected=<old champion>)``; the ``challenger`` alias is cleared: the
@@ -84,7 +122,9 @@ AB_EXPERIMENT = "recloop-ab"
 ARMS = ("champion", "challenger")  # as serving.bundle.ARMS (not imported: it pulls in FAISS)
 PROMOTE, CONTINUE, ROLLBACK, STOP = "promote", "continue", "rollback", "stop"
 TERMINAL = (PROMOTE, ROLLBACK, STOP)
-_COLUMNS = ["event_id", "user_id", "event", "request_id", "position", "arm", "model_version"]
+_COLUMNS = [
+    "event_id", "user_id", "item_id", "event", "request_id", "position", "arm", "model_version",
+]  # fmt: skip
 _NAME = re.compile(r"^(\d+)-vs-(\d+)$")
 
 
@@ -107,6 +147,18 @@ class ABConfig:
     (absolute) with confidence 1 − alpha (upper end of the always-valid interval < −drop)."""
     conversion_max_drop: float = 0.001
     """Guardrail: same for conversion (purchases per impression)."""
+    latency_p99_max_ratio: float = 1.5
+    """Service guardrail: roll back when challenger p99 / champion p99 exceeds this."""
+    latency_floor_ms: float = 25.0
+    """Both p99s are raised to at least this (ms) before the ratio: tiny latencies never fire."""
+    max_error_rate_increase: float = 0.01
+    """Service guardrail: challenger error rate − champion's above this (absolute) → rollback."""
+    max_degraded_rate_increase: float = 0.05
+    """Service guardrail: same for the degraded (fallback) rate."""
+    min_coverage_ratio: float = 0.5
+    """Service guardrail: challenger coverage / champion coverage below this → rollback."""
+    service_min_requests: int = 50
+    """Logged requests an arm needs before its service guardrails are judged (else ``no data``)."""
 
     def __post_init__(self) -> None:
         checks = [
@@ -115,6 +167,14 @@ class ABConfig:
             (self.min_impressions >= 1, "min_impressions must be >= 1"),
             (self.max_days >= 1, "max_days must be >= 1"),
             (self.ctr_max_drop >= 0 and self.conversion_max_drop >= 0, "max drops must be >= 0"),
+            (self.latency_p99_max_ratio >= 1, "latency_p99_max_ratio must be >= 1"),
+            (self.latency_floor_ms >= 0, "latency_floor_ms must be >= 0"),
+            (
+                self.max_error_rate_increase >= 0 and self.max_degraded_rate_increase >= 0,
+                "max rate increases must be >= 0",
+            ),
+            (0 <= self.min_coverage_ratio <= 1, "min_coverage_ratio must be in [0, 1]"),
+            (self.service_min_requests >= 1, "service_min_requests must be >= 1"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -141,6 +201,12 @@ class Decision:
     applied: str = ""
     aliases: dict[str, str | None] = field(default_factory=dict)
     mlflow_run_id: str | None = None
+    service: dict[str, Any] = field(default_factory=dict)
+    """Per-arm service numbers (:func:`service_stats`) behind the service guardrails."""
+    predicted: dict[str, Any] = field(default_factory=dict)
+    """{arm: OPE dict or None} (:func:`ope_prediction`)."""
+    truth: dict[str, Any] = field(default_factory=dict)
+    """{arm: true expected CTR or None} (:func:`true_ctr`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self), default=str))
@@ -358,6 +424,321 @@ def always_valid(
     return out
 
 
+# --- service guardrails -----------------------------------------------------------------------
+
+_REQUEST_COLUMNS = ["request_id", "ts", "arm", "model_version", "status", "latency_ms",
+                    "degraded", "fallbacks"]  # fmt: skip
+NO_DATA, PENDING = "no data", "pending"
+
+
+def request_log_dir(settings: Settings) -> Path:
+    """``RECLOOP_HOME/serving/requests`` (as ``serving.logging.requests_dir``)."""
+    return settings.home / "serving" / "requests"
+
+
+def read_request_log(settings: Settings) -> pd.DataFrame:
+    """Every partition of the service's request log (columns ``_REQUEST_COLUMNS``), de-duplicated
+    by ``request_id``; empty when there is no log."""
+    import pyarrow.parquet as pq
+
+    root = request_log_dir(settings)
+    frames = []
+    for day in schema.partition_dates(root) if root.exists() else []:
+        for f in sorted(schema.partition_dir(root, day).glob("*.parquet")):
+            try:
+                frames.append(pq.read_table(f, columns=_REQUEST_COLUMNS).to_pandas())
+            except (KeyError, ValueError, OSError) as exc:
+                raise ValueError(f"{f}: not a request-log file ({exc})") from exc
+    if not frames:
+        return pd.DataFrame(columns=_REQUEST_COLUMNS)
+    out = pd.concat(frames, ignore_index=True)
+    return out.drop_duplicates("request_id", keep="first").reset_index(drop=True)
+
+
+def experiment_requests(
+    log_rows: pd.DataFrame, experiment: str, rows: pd.DataFrame
+) -> pd.DataFrame:
+    """The request-log rows of ``experiment``: those whose ``request_id`` has an impression in the
+    experiment's ``rows``, plus every logged request of the same (arm, model_version) between the
+    first and last of those (wall clock: the failed requests, which have no impression). Empty
+    when none of the experiment's requests is in the log."""
+    champ, chall = parse_experiment(experiment)
+    ids = set(rows.loc[rows["event"] == "impression", "request_id"].dropna())
+    if log_rows.empty or not ids:
+        return log_rows.iloc[0:0]
+    matched = log_rows["request_id"].isin(ids)
+    if not matched.any():
+        return log_rows.iloc[0:0]
+    ts = pd.to_datetime(log_rows["ts"], utc=True)
+    lo, hi = ts[matched].min(), ts[matched].max()
+    ours = ((log_rows["arm"] == "champion") & (log_rows["model_version"] == f"bundle-{champ}")) | (
+        (log_rows["arm"] == "challenger") & (log_rows["model_version"] == f"bundle-{chall}")
+    )
+    keep = matched | (ours.fillna(False).astype(bool) & (ts >= lo) & (ts <= hi))
+    return log_rows[keep].reset_index(drop=True)
+
+
+def rarefied_distinct(counts: np.ndarray, n: int) -> float:
+    """Expected number of distinct items in a uniform sample of ``n`` of the ``N = sum(counts)``
+    impressions (without replacement), item i shown ``counts[i]`` times:
+    ``sum_i 1 − C(N − c_i, n) / C(N, n)``. ``n >= N``: the number of items."""
+    from scipy.special import gammaln
+
+    c = np.asarray(counts, dtype=float)
+    c = c[c > 0]
+    total = c.sum()
+    if n <= 0 or total <= 0:
+        return 0.0
+    if n >= total:
+        return float(len(c))
+    rest = total - c
+    with np.errstate(invalid="ignore"):
+        log_p = (gammaln(rest + 1) - gammaln(rest - n + 1) - gammaln(total + 1)
+                 + gammaln(total - n + 1))  # fmt: skip
+    p_missing = np.where(rest >= n, np.exp(np.nan_to_num(log_p, nan=-np.inf)), 0.0)
+    return float((1.0 - p_missing).sum())
+
+
+def catalog_size(settings: Settings, version: str) -> tuple[int | None, str]:
+    """``(items, source)`` of bundle ``version``'s catalog: its two-tower item vocabulary, else
+    the item table ``data/items.parquet``; ``(None, why)`` when neither can be read."""
+    try:
+        from pipelines import registry
+        from pipelines.vocab import Vocab
+
+        folder = registry.load_bundle(settings, version)["paths"]["two_tower"]
+        return len(Vocab.load(Path(folder) / "items.json")), f"bundle-{version} two-tower items"
+    except Exception as exc:  # noqa: BLE001 - any unreadable bundle falls back to the item table
+        log.debug("catalog of bundle-%s from its two-tower failed: %r", version, exc)
+    path = settings.data_dir / "items.parquet"
+    if path.exists():
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(path).metadata.num_rows), str(path)
+    return None, "no bundle item vocabulary and no item table"
+
+
+def service_stats(
+    settings: Settings, experiment: str, rows: pd.DataFrame, log_rows: pd.DataFrame | None = None
+) -> dict[str, dict[str, Any]]:
+    """Per arm: ``requests`` (logged), ``errors``, ``error_rate``, ``latency_p50_ms``,
+    ``latency_p99_ms``, ``degraded_rate``, ``cold_start_rate`` (None without logged requests),
+    ``impressions``, ``distinct_items``, ``catalog``, ``catalog_source``, ``coverage`` (distinct /
+    catalog), ``distinct_items_rarefied`` / ``coverage_rarefied`` (at the smaller arm's
+    impression count). ``log_rows``: the request log (default: read from the workspace)."""
+    champ, chall = parse_experiment(experiment)
+    log_rows = read_request_log(settings) if log_rows is None else log_rows
+    req = experiment_requests(log_rows, experiment, rows)
+    imp = rows[rows["event"] == "impression"]
+    counts = {arm: imp.loc[imp["arm"] == arm, "item_id"].value_counts().to_numpy() for arm in ARMS}
+    n_min = int(min(c.sum() for c in counts.values()))
+    out: dict[str, dict[str, Any]] = {}
+    for arm, version in zip(ARMS, (champ, chall), strict=True):
+        r = req[req["arm"] == arm]
+        n = len(r)
+        ok = r[r["status"] == 200]
+        lat = r["latency_ms"].to_numpy(float)
+        fb = ok["fallbacks"].fillna("").astype(str)
+        catalog, source = catalog_size(settings, version)
+        distinct = int(len(counts[arm]))
+        rare = rarefied_distinct(counts[arm], n_min)
+        out[arm] = {
+            "requests": n,
+            "errors": int((r["status"] != 200).sum()),
+            "error_rate": float((r["status"] != 200).mean()) if n else None,
+            "latency_p50_ms": float(np.percentile(lat, 50)) if n else None,
+            "latency_p99_ms": float(np.percentile(lat, 99)) if n else None,
+            "degraded_rate": float(ok["degraded"].astype(bool).mean()) if len(ok) else None,
+            "cold_start_rate": float(fb.str.contains("cold_start").mean()) if len(ok) else None,
+            "impressions": int(counts[arm].sum()),
+            "distinct_items": distinct,
+            "catalog": catalog,
+            "catalog_source": source,
+            "coverage": distinct / catalog if catalog else None,
+            "distinct_items_rarefied": rare,
+            "coverage_rarefied": rare / catalog if catalog else None,
+        }
+    return out
+
+
+def service_guardrails(
+    stats: dict[str, dict[str, Any]] | None, cfg: ABConfig, sample_met: bool
+) -> list[dict[str, Any]]:
+    """The four service guardrails (module docstring) from :func:`service_stats`; each entry has
+    ``name, kind="service", champion, challenger`` (per-arm values), ``value`` (the compared
+    number), ``threshold``, ``verdict`` (pass / fail / pending / no data) and ``note``."""
+    stats = stats or {}
+    a, b = stats.get("champion") or {}, stats.get("challenger") or {}
+    logged = min(a.get("requests") or 0, b.get("requests") or 0)
+    floor = cfg.latency_floor_ms
+
+    def ratio_p99() -> float:
+        return max(b["latency_p99_ms"], floor) / max(a["latency_p99_ms"], floor, 1e-9)
+
+    def cov(x: dict[str, Any]) -> float | None:
+        both = a.get("catalog") and b.get("catalog")
+        return x.get("coverage_rarefied") if both else x.get("distinct_items_rarefied")
+
+    def cov_ratio() -> float:
+        ca, cb = cov(a), cov(b)
+        return float("inf") if not ca else float(cb) / float(ca)
+
+    specs = [
+        ("latency_p99", "latency_p99_ms", True, ratio_p99, cfg.latency_p99_max_ratio, "ratio",
+         f"challenger / champion p99 (ms), each floored at {floor:g} ms; fail when > threshold"),
+        ("error_rate", "error_rate", True, lambda: b["error_rate"] - a["error_rate"],
+         cfg.max_error_rate_increase, "increase",
+         "non-200 share of routed requests, challenger − champion; fail when > threshold"),
+        ("degraded_rate", "degraded_rate", True, lambda: b["degraded_rate"] - a["degraded_rate"],
+         cfg.max_degraded_rate_increase, "increase",
+         "share of 200 answers degraded (fallback), challenger − champion; fail when > threshold"),
+        ("catalog_coverage", "coverage_rarefied", False, cov_ratio, cfg.min_coverage_ratio,
+         "min ratio", "challenger / champion coverage at equal impressions (rarefied); "
+         "fail when < threshold"),
+    ]  # fmt: skip
+    out = []
+    for name, key, from_log, value, threshold, _, note in specs:
+        g: dict[str, Any] = {"name": name, "kind": "service", "champion": a.get(key),
+                             "challenger": b.get(key), "value": None, "threshold": threshold,
+                             "verdict": NO_DATA, "note": note}  # fmt: skip
+        if key == "coverage_rarefied" and g["champion"] is None:
+            g["champion"], g["challenger"] = (
+                a.get("distinct_items_rarefied"),
+                b.get("distinct_items_rarefied"),
+            )
+            g["note"] += " (catalog size unknown: distinct items compared)"
+        have = (
+            logged >= cfg.service_min_requests and None not in (a.get(key), b.get(key))
+            if from_log
+            else bool(a.get("impressions")) and bool(b.get("impressions"))
+        )
+        if not have:
+            if from_log:
+                g["note"] += (
+                    f"; no data: {logged} logged requests in the smaller arm "
+                    f"(< {cfg.service_min_requests}) or no request log"
+                )
+            out.append(g)
+            continue
+        g["value"] = float(value())
+        if not sample_met:
+            g["verdict"] = PENDING
+            g["note"] += "; pending: judged once both arms reach min_impressions"
+        elif name == "catalog_coverage":
+            g["verdict"] = "fail" if g["value"] < threshold else "pass"
+        else:
+            g["verdict"] = "fail" if g["value"] > threshold else "pass"
+        out.append(g)
+    return out
+
+
+# --- OPE beside A/B ---------------------------------------------------------------------------
+
+
+def _ope_file(settings: Settings, day: dt.date, version: str) -> Path:
+    return settings.reports_dir / "ope" / f"date={day.isoformat()}" / f"bundle-{version}.json"
+
+
+def _ope_entry(path: Path) -> dict[str, Any] | None:
+    """The contract's OPE dict from a ``pipelines.policy_eval`` report (None: no SNIPS)."""
+    try:
+        rep = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        log.warning("%s: unreadable OPE report (%s)", path, exc)
+        return None
+    est = rep.get("estimates") or {}
+    sn, dr = est.get("snips") or {}, est.get("dr") or {}
+    if sn.get("estimate") is None:
+        return None
+
+    def num(x: Any) -> float | None:
+        return None if x is None else float(x)
+
+    return {
+        "snips": float(sn["estimate"]),
+        "ci_low": num(sn.get("ci_low")),
+        "ci_high": num(sn.get("ci_high")),
+        "dr": num(dr.get("estimate")),
+        "date": str(rep.get("date") or path.parent.name.removeprefix("date=")),
+        "source": str(path),
+    }
+
+
+def gated_on(settings: Settings, version: str, last: dt.date) -> dt.date | None:
+    """The first day through ``last`` whose gate decision (``reports/gates/date=D.json``) made
+    bundle ``version`` the challenger (or champion); None when no such report."""
+    folder = settings.reports_dir / "gates"
+    files = sorted(folder.glob("date=*.json")) if folder.exists() else []
+    for f in files:
+        day = schema.parse_date(f.stem.removeprefix("date="))
+        if day > last:
+            break
+        try:
+            rec = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        if str(rec.get("candidate_version")) == str(version) and rec.get("action") in (
+            "challenger", "champion",
+        ):  # fmt: skip
+            return day
+    return None
+
+
+def ope_prediction(
+    settings: Settings, experiment: str, before: str | dt.date
+) -> dict[str, dict[str, Any] | None]:
+    """{arm: OPE dict or None}: the gate's OPE report of each arm's bundle (module docstring),
+    from the day the challenger was gated, else the newest dated on or before ``before``."""
+    champ, chall = parse_experiment(experiment)
+    last = schema.parse_date(before)
+    gate_day = gated_on(settings, chall, last)
+    root = settings.reports_dir / "ope"
+    days = [d for d in schema.partition_dates(root) if d <= last] if root.exists() else []
+    out: dict[str, dict[str, Any] | None] = {}
+    for arm, version in zip(ARMS, (champ, chall), strict=True):
+        order = ([gate_day] if gate_day else []) + sorted(days, reverse=True)
+        out[arm] = None
+        for day in order:
+            path = _ope_file(settings, day, version)
+            if path.exists() and (entry := _ope_entry(path)) is not None:
+                out[arm] = entry
+                break
+    return out
+
+
+def true_ctr(
+    settings: Settings, rows: pd.DataFrame, last: str | dt.date
+) -> dict[str, float | None]:
+    """{arm: mean true click probability of the arm's impressions in ``rows``} on simulated data
+    (``truth/world.json``); all None on real data or when an id is not the simulator's."""
+    out: dict[str, float | None] = {arm: None for arm in ARMS}
+    if not (settings.truth_dir / "world.json").exists():
+        return out
+    from pipelines import simulate
+
+    world = simulate.load_world(settings)
+    try:
+        world.extend_to(schema.parse_date(last))
+    except ValueError as exc:
+        log.warning("truth not computed: %s", exc)
+        return out
+    imp = rows[rows["event"] == "impression"]
+    for arm in ARMS:
+        r = imp[imp["arm"] == arm]
+        if r.empty:
+            continue
+        try:
+            p = simulate.true_click_prob(
+                world, r["user_id"].to_numpy(), r["item_id"].to_numpy(),
+                r["position"].to_numpy(np.int64),
+            )  # fmt: skip
+        except ValueError as exc:
+            log.warning("truth of arm %s not computed: %s", arm, exc)
+            continue
+        out[arm] = float(p.mean())
+    return out
+
+
 # --- decision ---------------------------------------------------------------------------------
 
 
@@ -390,9 +771,15 @@ def _looks(rows: pd.DataFrame, days: list[dt.date], cfg: ABConfig) -> list[dict[
     return out
 
 
-def decide(looks: list[dict[str, Any]], day: int, cfg: ABConfig) -> tuple[str, str, list[dict]]:
-    """Pure rule (module docstring, steps 2-5) on the looks so far and the experiment's day
-    number (1 = start): ``(action, reason, guardrails)``."""
+def decide(
+    looks: list[dict[str, Any]],
+    day: int,
+    cfg: ABConfig,
+    service: dict[str, dict[str, Any]] | None = None,
+) -> tuple[str, str, list[dict]]:
+    """Pure rule (module docstring, steps 2-7) on the looks so far, the experiment's day number
+    (1 = start) and the per-arm service numbers (:func:`service_stats`; None: no request log,
+    the service guardrails say ``no data``): ``(action, reason, guardrails)``."""
     last = looks[-1]
     guardrails = [
         {
@@ -411,15 +798,21 @@ def decide(looks: list[dict[str, Any]], day: int, cfg: ABConfig) -> tuple[str, s
         },
     ]
     failed = [g["name"] for g in guardrails if g["verdict"] == "fail"]
+    n_min = min(last["impressions_champion"], last["impressions_challenger"])
+    svc = service_guardrails(service, cfg, sample_met=n_min >= cfg.min_impressions)
+    guardrails += svc
     if failed:
         return ROLLBACK, f"guardrail failed: {', '.join(failed)}", guardrails
-    n_min = min(last["impressions_champion"], last["impressions_challenger"])
     over = day >= cfg.max_days
     if n_min < cfg.min_impressions:
         if over:
             return STOP, f"max duration {cfg.max_days} days reached below the minimum sample " \
                 f"({n_min} < {cfg.min_impressions} impressions in an arm)", guardrails  # fmt: skip
         return CONTINUE, f"minimum sample not reached ({n_min} < {cfg.min_impressions})", guardrails
+    failed = [f"{g['name']} ({_f(g['value'], '.4g')} vs {g['threshold']:g})"
+              for g in svc if g["verdict"] == "fail"]  # fmt: skip
+    if failed:
+        return ROLLBACK, f"service guardrail failed: {', '.join(failed)}", guardrails
     if last["p_value"] <= cfg.alpha and last["lower"] > 0:
         return PROMOTE, (
             f"challenger better: p={last['p_value']:.4g} <= alpha={cfg.alpha}, CTR diff "
@@ -495,6 +888,14 @@ def _log_to_mlflow(settings: Settings, rec: dict[str, Any]) -> str:
         metrics[f"{arm['arm']}.users"] = arm["users"]
     metrics.update({f"diff.{k}": v for k, v in rec["diff"].items() if isinstance(v, float)})
     metrics["day"] = rec["day"]
+    for g in rec["guardrails"]:
+        if g.get("kind") == "service":
+            for side in ("champion", "challenger", "value"):
+                metrics[f"guardrail.{g['name']}.{side}"] = g.get(side)
+    for arm in ARMS:
+        pred = (rec.get("predicted") or {}).get(arm) or {}
+        metrics[f"{arm}.ope_snips"] = pred.get("snips")
+        metrics[f"{arm}.true_ctr"] = (rec.get("truth") or {}).get(arm)
     params = {
         "experiment": rec["experiment"],
         "date": rec["date"],
@@ -542,8 +943,13 @@ def analyze(
         dec.applied = "nothing (already applied then)"
         dec.day, dec.arms, dec.diff = done["day"], done["arms"], done["diff"]
         dec.looks, dec.guardrails = done["looks"], done["guardrails"]
+        dec.service = done.get("service") or {}
+        dec.predicted = done.get("predicted") or {arm: None for arm in ARMS}
+        dec.truth = done.get("truth") or {arm: None for arm in ARMS}
     elif start is None:
         dec.reason = f"no challenger traffic of bundle-{chall} in the validated logs through {day}"
+        dec.predicted = ope_prediction(settings, experiment, day)
+        dec.truth = {arm: None for arm in ARMS}
     else:
         rows = experiment_rows(settings, experiment, start, day)
         days = [d for d in schema.partition_dates(settings.validated_dir) if start <= d <= day]
@@ -560,7 +966,10 @@ def analyze(
             conversion_lower=float(last["conversion_lower"]),
             conversion_upper=float(last["conversion_upper"]),
         )
-        dec.action, dec.reason, dec.guardrails = decide(looks, dec.day, cfg)
+        dec.service = service_stats(settings, experiment, rows)
+        dec.predicted = ope_prediction(settings, experiment, start)
+        dec.truth = true_ctr(settings, rows, day)
+        dec.action, dec.reason, dec.guardrails = decide(looks, dec.day, cfg, dec.service)
         dec.applied = _apply(settings, dec.action, champ, chall) if apply else "not applied"
     dec.aliases = {a: registry.get_alias(settings, a) for a in ("champion", "challenger")}
     rec = dec.to_dict()
@@ -623,5 +1032,44 @@ def format_history(records: list[dict[str, Any]]) -> str:
         lines.append(
             f"{r['date']:<12}{r['day']:>4}  {r['action']:<9}{_f(d.get('ctr_diff'), '+.4f'):>9}  "
             f"{ci:<20}{_f(d.get('p_value'), '.4f'):>8}  {r['reason']}"
+        )
+    return "\n".join(lines)
+
+
+def format_ope(rec: dict[str, Any]) -> str:
+    """OPE beside A/B: per arm, the OPE prediction (SNIPS [95% CI]), the measured CTR [Wilson
+    95%] and, on simulated data, the true expected CTR; all in clicks per impression."""
+    arms = {a["arm"]: a for a in rec.get("arms") or []}
+    pred, truth = rec.get("predicted") or {}, rec.get("truth") or {}
+    head = f"{'arm':<11}{'OPE predicted (SNIPS [CI])':<31}{'A/B measured CTR [CI]':<31}{'truth':>7}"
+    lines = [head]
+    sources = []
+    for arm in ARMS:
+        p, a = pred.get(arm), arms.get(arm) or {}
+        if p:
+            ope = f"{_f(p['snips'], '.4f')} [{_f(p['ci_low'], '.4f')}, {_f(p['ci_high'], '.4f')}]"
+            sources.append(f"{arm}: OPE of {p['date']} ({p['source']})")
+        else:
+            ope = "-"
+        ctr = (f"{_f(a.get('ctr'), '.4f')} [{_f(a.get('ctr_lo'), '.4f')}, "
+               f"{_f(a.get('ctr_hi'), '.4f')}]") if a else "-"  # fmt: skip
+        lines.append(f"{arm:<11}{ope:<31}{ctr:<31}{_f(truth.get(arm), '.4f'):>7}")
+    lines.append(
+        "units: clicks per impression (SNIPS = mean reward per logged item-slot; CTR = clicked "
+        "slots / impressions; truth = mean true click prob of the served impressions). OPE's "
+        "target is the bundle's two-tower softmax policy, not the served ranker + re-ranker."
+    )
+    lines += sources
+    return "\n".join(lines)
+
+
+def format_guardrails(rec: dict[str, Any]) -> str:
+    """The guardrails of one decision: name, per-arm values, compared value, threshold, verdict."""
+    lines = [f"{'guardrail':<18}{'champion':>10}{'challenger':>12}{'value':>10}{'threshold':>11}"
+             f"  verdict"]  # fmt: skip
+    for g in rec.get("guardrails") or []:
+        lines.append(
+            f"{g['name']:<18}{_f(g.get('champion'), '.4g'):>10}{_f(g.get('challenger'), '.4g'):>12}"
+            f"{_f(g.get('value'), '.4g'):>10}{_f(g.get('threshold'), '.4g'):>11}  {g['verdict']}"
         )
     return "\n".join(lines)

@@ -7,9 +7,11 @@ impressions into the item-position table and ``pipelines.ope.estimate`` gives IP
 bootstrap intervals. Users the model does not know get the mean user vector (what the service
 does for a new user without features).
 
-Logging propensities: on simulated data (``truth/world.json`` present) the simulator's logging
-policy's item-position marginals are computed exactly from its definition; on real logs the
-logged ``propensity`` must already be the item-position marginal (the log contract). On simulated
+Logging propensities: on a day logged by the simulator's logging policy (``truth/world.json``
+present and every impression's ``arm`` is ``simulate.ARM``) its item-position marginals are
+computed exactly from its definition; on any other day (real logs, or the service's own logs in
+the closed loop) the logged ``propensity`` is used: it must be the item-position marginal of the
+policy that served the row (the log contract; the service logs it per shown item). On simulated
 data the report also carries the policy's **true** value (``truth``) from the simulator, so an
 estimate can be checked.
 """
@@ -66,6 +68,14 @@ def _world(settings: Settings):
     return load_world(settings)
 
 
+def _logged_by_simulator(logs: Any) -> bool:
+    """True when every impression of ``logs`` was shown by the simulator's logging policy."""
+    from pipelines.simulate import ARM
+
+    arms = logs.loc[logs["event"] == "impression", "arm"]
+    return bool(len(arms)) and bool((arms == ARM).all())
+
+
 def evaluate_bundle(
     settings: Settings, date: str | dt.date, two_tower_folder: Path, label: str, seed: int = 0
 ) -> dict[str, Any]:
@@ -85,8 +95,12 @@ def evaluate_bundle(
     logs = logs[logs["user_id"].isin(set(users))]
     score, items = two_tower_scorer(two_tower_folder)
     world = _world(settings)
+    if world is not None:
+        world.extend_to(day)  # the users and items that had arrived by D
     k = int(logs["position"].max()) + 1
-    marginals = ope.simulator_logging_marginals(world, day, k=k) if world is not None else None
+    marginals = None
+    if world is not None and _logged_by_simulator(logs):
+        marginals = ope.simulator_logging_marginals(world, day, k=k)
     table = ope.policy_table(
         logs, score, items, TEMPERATURE, k, marginals, n_samples=N_SAMPLES, seed=seed
     )
@@ -95,6 +109,7 @@ def evaluate_bundle(
         "policy": label,
         "temperature": TEMPERATURE,
         "k": k,
+        "logging_propensities": "simulator marginals" if marginals is not None else "logged",
         "users": len(users),
         "estimates": ope.estimate(table, n_boot=N_BOOT, seed=seed),
     }

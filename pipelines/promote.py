@@ -22,6 +22,14 @@ missing: said so in the decision, never counted as a pass; it blocks only when `
 Any ``fail`` rejects. With a champion, a bundle that passes becomes ``challenger``; with none, it
 becomes ``champion`` directly (first day: the gates above with no champion are the absolute floors).
 
+**One experiment at a time.** While the ``challenger`` alias points at another bundle, its A/B
+experiment (``pipelines.ab``) is running: a bundle that passes every gate is then ``held`` (its
+numbers recorded, no alias moved) instead of replacing the challenger mid-test, which would
+restart the experiment every day and never let it reach its sample size. The A/B analysis
+clears the alias when the experiment ends (promote, rollback or stop); the next day's gate then
+makes the newest passing bundle the challenger. ``gate_day(..., replace_challenger=True)``
+restores the replace-every-day behaviour.
+
 :func:`gate_day` is the one call the DAG's gate task makes for logical date D. **Which bundle**:
 offline numbers must come from a day the models did not see (forward chaining, as in
 ``pipelines.train.evaluate_forward``), so on day D the candidate is the newest bundle trained
@@ -81,7 +89,8 @@ class Gate:
 class Decision:
     """The outcome for one candidate bundle on one date.
 
-    ``action``: ``champion`` (first day), ``challenger``, ``rejected`` or ``already_champion``.
+    ``action``: ``champion`` (first day), ``challenger``, ``held`` (passed, but another
+    challenger's experiment is running), ``rejected`` or ``already_champion``.
     """
 
     date: str
@@ -93,7 +102,7 @@ class Decision:
 
     @property
     def passed(self) -> bool:
-        return self.action in ("champion", "challenger", "already_champion")
+        return self.action in ("champion", "challenger", "held", "already_champion")
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "passed": self.passed}
@@ -367,6 +376,7 @@ def gate_day(
     candidate_metrics: dict[str, Any] | None = None,
     champion_metrics: dict[str, Any] | None = None,
     tolerances: Tolerances | None = None,
+    replace_challenger: bool = False,
 ) -> dict[str, Any]:
     """Gate one bundle on test day ``date``, move the alias, record the decision; JSON-able dict.
 
@@ -375,7 +385,8 @@ def gate_day(
     results for the candidate and champion on ``date``'s logs (None: ``not_evaluated``).
     ``candidate_metrics`` / ``champion_metrics``: numbers measured elsewhere that override or add
     to the ones computed here, e.g. ``{"auc": ranker_auc}``; ``ndcg@10`` is computed from the
-    pinned two-tower on ``date`` unless given.
+    pinned two-tower on ``date`` unless given. ``replace_challenger``: a passing bundle replaces a
+    running challenger (default: it is ``held``, see "One experiment at a time").
     """
     from pipelines import registry
 
@@ -411,7 +422,15 @@ def gate_day(
                 record["action"] = "challenger"
                 registry.promote(settings, version, "challenger")
         elif decision.action == "challenger":
-            registry.promote(settings, version, "challenger")
+            running = registry.get_alias(settings, "challenger")
+            if running not in (None, version) and not replace_challenger:
+                record["action"] = "held"
+                record["reason"] += (
+                    f"; held: the A/B experiment {champ_v}-vs-{running} is running "
+                    "(one experiment at a time)"
+                )
+            else:
+                registry.promote(settings, version, "challenger")
     record["aliases"] = {
         "champion": registry.get_alias(settings, "champion"),
         "challenger": registry.get_alias(settings, "challenger"),

@@ -68,8 +68,8 @@ class Settings:
         home = Path(env.get("RECLOOP_HOME") or Path.home() / ".recloop").expanduser().resolve()
         mlflow_uri = env.get("RECLOOP_MLFLOW_URI") or f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
         scale = env.get("RECLOOP_SCALE") or "demo"
-        if scale not in ("tiny", "demo", "large"):
-            raise ValueError(f"RECLOOP_SCALE={scale!r}: expected tiny, demo or large")
+        if scale not in ("tiny", "small", "demo", "large"):
+            raise ValueError(f"RECLOOP_SCALE={scale!r}: expected tiny, small, demo or large")
         return cls(
             home=home,
             redis_url=env.get("RECLOOP_REDIS_URL") or cls.redis_url,

@@ -129,6 +129,8 @@ class ScaleConfig:
 
 SCALES: dict[str, ScaleConfig] = {
     "tiny": ScaleConfig("tiny", 300, 150, 400, 10, 3, 20_000),
+    # tiny's catalog with more users and traffic: enough impressions per day for an A/B test
+    "small": ScaleConfig("small", 1_500, 200, 1_500, 20, 3, 20_000),
     "demo": ScaleConfig("demo", 5_000, 2_000, 3_000, 50, 10, 20_000),
     "large": ScaleConfig("large", 1_000_000, 100_000, 300_000, 5_000, 500, 25_000),
 }
@@ -920,7 +922,6 @@ def simulate(
 
     Returns one summary dict per day (events by type, users, items, new users/items, CTR).
     """
-    from tqdm import tqdm
 
     if days < 1:
         raise ValueError(f"--days must be at least 1, got {days}")
@@ -938,9 +939,29 @@ def simulate(
             log.warning("%s described another world (%s); replacing it", meta_path, old)
     schema.write_json_atomic(world_meta(world), meta_path)
     dates = [start + dt.timedelta(days=d) for d in range(days)]
+    return simulate_dates(settings, world, dates)
+
+
+def write_attributes(settings: Settings, world: World, date: str | dt.date) -> None:
+    """Write ``data/users.parquet`` / ``data/items.parquet``: everyone signed up / created by
+    ``date`` (deterministic, so rewriting the same date gives the same rows)."""
+    schema.write_table_atomic(
+        schema.conform(world.users_frame(date), schema.USERS), settings.data_dir / "users.parquet"
+    )
+    schema.write_table_atomic(
+        schema.conform(world.items_frame(date), schema.ITEMS), settings.data_dir / "items.parquet"
+    )
+
+
+def simulate_dates(settings: Settings, world: World, dates: list[dt.date]) -> list[dict]:
+    """Log ``dates`` (ascending) of ``world`` through the logging policy: each day's partition
+    and its truth, then the attribute tables through the last date and the policy values.
+    Returns one summary dict per day."""
+    from tqdm import tqdm
+
     summaries, values = [], []
-    for date in tqdm(dates, desc=f"simulate {scale}", unit="day", disable=None):
-        result = simulate_day(world, date, progress=scale == "large")
+    for date in tqdm(dates, desc=f"simulate {world.scale}", unit="day", disable=None):
+        result = simulate_day(world, date, progress=world.scale == "large")
         schema.write_partition_atomic(result.events, settings.interactions_dir, date)
         schema.write_partition_atomic(result.truth, truth_impressions_dir(settings), date)
         s = result.summary
@@ -961,13 +982,7 @@ def simulate(
             "simulated %s: %d requests, %d events (%d clicks), ctr %.4f",
             s["date"], s["requests"], result.events.num_rows, s["click"], s["ctr"],
         )  # fmt: skip
-    last = dates[-1]
-    schema.write_table_atomic(
-        schema.conform(world.users_frame(last), schema.USERS), settings.data_dir / "users.parquet"
-    )
-    schema.write_table_atomic(
-        schema.conform(world.items_frame(last), schema.ITEMS), settings.data_dir / "items.parquet"
-    )
+    write_attributes(settings, world, dates[-1])
     _update_policy_value(settings, values)
     return summaries
 

@@ -19,17 +19,23 @@ over-long or odd user id, ``k`` outside [1, k_max], too many categories) → 422
 ``max_in_flight`` requests at once → 503 at once (no queue). No champion loaded → 503.
 
 Background (started by the lifespan): the alias check every ``reload_interval_s`` and the
-impression-log flush every ``log_flush_s``; the log is flushed at shutdown.
+impression-log and request-log flush every ``log_flush_s``; both logs are flushed at shutdown.
+
+Request log (:class:`serving.logging.RequestLog`, ``RECLOOP_HOME/serving/requests/``): one row
+per ``/recommend`` call that passed validation and the in-flight guard: 200 (degraded or not),
+500 (an unexpected failure after routing, logged with the routed arm; the body says only
+"internal error"), 503 with a null arm (no champion loaded). Rejections before the pipeline (4xx,
+413, overload 503) are only counted in ``/metrics``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hmac
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
@@ -99,10 +105,18 @@ def create_app(settings: Settings, config: ServingConfig | None = None, load: bo
     """The FastAPI app. ``load``: check the registry aliases at startup (the lifespan does it);
     tests may pass ``False`` and fill ``app.state.engine.bundles`` themselves."""
     import numpy as np
+    import pandas as pd
 
-    from serving.logging import ImpressionLog, feedback_row, impressions_dir
+    from serving.logging import (
+        ImpressionLog,
+        RequestLog,
+        feedback_row,
+        impressions_dir,
+        request_row,
+        requests_dir,
+    )
     from serving.metrics import Metrics
-    from serving.pipeline import Breaker, Engine, recommend
+    from serving.pipeline import Breaker, Engine, NoChampion, recommend
     from serving.pipeline import Request as RecRequest
 
     cfg = config or ServingConfig.from_env()
@@ -115,6 +129,7 @@ def create_app(settings: Settings, config: ServingConfig | None = None, load: bo
         breaker=Breaker(cfg.redis_cooldown_s),
         hydrate_pool=ThreadPoolExecutor(max(4, cfg.max_in_flight), thread_name_prefix="hydrate"),
         rng=np.random.default_rng(cfg.seed),
+        requests=RequestLog(requests_dir(settings.home), cfg.log_flush_rows),
     )
     limiter = anyio.CapacityLimiter(cfg.workers)
 
@@ -149,7 +164,12 @@ def create_app(settings: Settings, config: ServingConfig | None = None, load: bo
         if load:
             outcome = await anyio.to_thread.run_sync(engine.bundles.check)
             log.info("startup bundle check: %s", outcome)
-        flush = functools.partial(engine.impressions.flush_due, cfg.log_flush_s)
+
+        def flush() -> None:
+            engine.impressions.flush_due(cfg.log_flush_s)
+            if engine.requests is not None:
+                engine.requests.flush_due(cfg.log_flush_s)
+
         tasks = [asyncio.create_task(periodic(min(cfg.log_flush_s, 0.5), flush, "flush"))]
         if cfg.reload_interval_s > 0:
             tasks.append(
@@ -161,6 +181,8 @@ def create_app(settings: Settings, config: ServingConfig | None = None, load: bo
             for t in tasks:
                 t.cancel()
             await anyio.to_thread.run_sync(engine.impressions.flush)
+            if engine.requests is not None:
+                await anyio.to_thread.run_sync(engine.requests.flush)
             engine.hydrate_pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="recloop serving", version="1", lifespan=lifespan, docs_url=None,
@@ -190,19 +212,46 @@ def create_app(settings: Settings, config: ServingConfig | None = None, load: bo
             for e in exc.errors(include_url=False)
         ]
 
-    async def serve(body: RecommendBody) -> JSONResponse:
+    def arrival() -> tuple[float, Any]:
+        return time.perf_counter(), pd.Timestamp.now(tz="UTC")
+
+    def log_request(start: tuple[float, Any], user_id: str, info: dict[str, Any], status: int,
+                    out: dict[str, Any] | None = None) -> None:  # fmt: skip
+        """One request-log row; latency = handler start to now (ms)."""
+        if engine.requests is None:
+            return
+        latency_ms = (time.perf_counter() - start[0]) * 1e3
+        engine.requests.add([request_row(
+            info.get("request_id") or "", start[1], user_id, info.get("arm"),
+            info.get("model_version"), status, latency_ms,
+            degraded=bool(out and out["degraded"]), fallbacks=out["fallbacks"] if out else (),
+            n_items=len(out["items"]) if out else 0,
+        )])  # fmt: skip
+
+    async def serve(body: RecommendBody, start: tuple[float, Any]) -> JSONResponse:
         req = RecRequest(
             user_id=body.user_id,
             k=body.k,
             categories=tuple(body.context.categories),
             exclude=tuple(body.exclude),
         )
+        info: dict[str, Any] = {}
         try:
-            out = await anyio.to_thread.run_sync(recommend, engine, req, limiter=limiter)
-        except RuntimeError as exc:
+            out = await anyio.to_thread.run_sync(recommend, engine, req, info, limiter=limiter)
+        except NoChampion as exc:
             engine.metrics.count_request("none", "unavailable")
+            log_request(start, body.user_id, {"request_id": info.get("request_id")}, 503)
             return JSONResponse({"detail": str(exc)}, status_code=503)
+        except Exception:  # noqa: BLE001 - answered 500, logged against the routed arm
+            log.exception("recommend failed for request %s", info.get("request_id"))
+            engine.metrics.count_request(info.get("arm") or "none", "error")
+            log_request(start, body.user_id, info, 500)
+            return JSONResponse(
+                {"detail": "internal error", "request_id": info.get("request_id")},
+                status_code=500,
+            )
         engine.metrics.count_request(out["arm"], "degraded" if out["degraded"] else "ok")
+        log_request(start, body.user_id, info, 200, out)
         return JSONResponse(out)
 
     @app.exception_handler(HTTPException)
@@ -211,15 +260,17 @@ def create_app(settings: Settings, config: ServingConfig | None = None, load: bo
 
     @app.post("/recommend")
     async def recommend_post(request: Request) -> JSONResponse:
+        start = arrival()
         payload = await read_json(request)
         try:
             body = RecommendBody.model_validate(payload)
         except ValidationError as exc:
             return bad(422, errors(exc))
-        return await serve(body)
+        return await serve(body, start)
 
     @app.get("/recommend")
     async def recommend_get(request: Request) -> JSONResponse:
+        start = arrival()
         q = request.query_params
         unknown = set(q.keys()) - {"user_id", "k", "categories"}
         if unknown:
@@ -233,7 +284,7 @@ def create_app(settings: Settings, config: ServingConfig | None = None, load: bo
             body = RecommendBody.model_validate(payload)
         except ValidationError as exc:
             return bad(422, errors(exc))
-        return await serve(body)
+        return await serve(body, start)
 
     @app.post("/feedback")
     async def feedback(request: Request) -> JSONResponse:

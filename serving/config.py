@@ -10,6 +10,8 @@ environment overrides, and the admin token.
 | ``RECLOOP_SERVE_EXPLORE_RATE``    | ``0.1``      | probability that a response carries one exploration slot |
 | ``RECLOOP_SERVE_RELOAD_S``        | ``30``       | seconds between checks of the registry aliases (0 = no background check) |
 | ``RECLOOP_SERVE_DEADLINE_MS``     | ``250``      | whole-request deadline; hydration gets ``hydrate_deadline_ms`` of it |
+| ``RECLOOP_SERVE_LOG_FLUSH_S``     | ``5``        | seconds between flushes of the impression log to parquet |
+| ``RECLOOP_SERVE_SEED``            | unset        | seed of the exploration draws (unset: OS entropy) |
 
 The admin token is read from the environment only (never from a file or a flag), and compared in
 constant time. Settings of the platform (paths, Redis, MLflow) stay in ``pipelines.settings``.
@@ -88,6 +90,7 @@ class ServingConfig:
             (self.max_in_flight >= 1 and self.workers >= 1, "max_in_flight, workers must be >= 1"),
             (self.category_cap >= 1, "category_cap must be >= 1"),
             (self.deadline_ms > 0 and self.hydrate_deadline_ms > 0, "deadlines must be > 0"),
+            (self.log_flush_s > 0, "log_flush_s must be > 0"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -114,6 +117,8 @@ class ServingConfig:
             ("RECLOOP_SERVE_EXPLORE_RATE", "explore_rate", float),
             ("RECLOOP_SERVE_RELOAD_S", "reload_interval_s", float),
             ("RECLOOP_SERVE_DEADLINE_MS", "deadline_ms", float),
+            ("RECLOOP_SERVE_LOG_FLUSH_S", "log_flush_s", float),
+            ("RECLOOP_SERVE_SEED", "seed", int),
         ):
             raw = env.get(name)
             if raw:

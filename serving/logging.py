@@ -13,6 +13,20 @@ rows wait or ``flush_s`` seconds passed; and at shutdown) into
 and per event date, written beside the partition and renamed into it (atomic: a reader never
 sees half a file). Copy or point the pipeline's ``data/interactions/date=D/`` at these files
 to close the loop.
+
+**The request log** (:class:`RequestLog`, the A/B analysis's service-guardrail feed): one row per
+``/recommend`` call that reached the pipeline (validated and admitted; :data:`REQUESTS`
+columns) in ``RECLOOP_HOME/serving/requests/date=D/part-<time>-<uuid>.parquet``, partitioned by
+the wall-clock UTC date of the request's arrival, buffered and flushed exactly like the impression
+log (same background task and schedule, flushed at shutdown, atomic renames). ``status`` is the
+HTTP status answered: 200 (also when degraded), 500 (an unexpected failure after routing: ``arm``
+and ``model_version`` are those of the routed bundle) or 503 with ``arm`` / ``model_version``
+null (no champion bundle loaded, nothing to route to). Requests refused *before* the pipeline
+(4xx for bad input, 413, the overload 503 of the in-flight guard) are not logged here: they are
+only counted (``recloop_requests_total`` with ``arm="none"``), having no arm to charge them to.
+``latency_ms`` is the server's total for the request: from the handler's start (the body read)
+to the response being built, including the wait for a worker thread; ``fallbacks`` is the
+comma-joined list of the response's fallbacks (``""`` for none).
 """
 
 from __future__ import annotations
@@ -26,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
 from pipelines import schema
 
@@ -34,13 +49,38 @@ log = logging.getLogger("recloop.serving.log")
 EVENT_CODES = {"impression": "i", "click": "c", "purchase": "p"}
 
 
+REQUESTS = pa.schema(
+    [
+        pa.field("request_id", pa.string(), nullable=False),
+        pa.field("ts", pa.timestamp("us", tz="UTC"), nullable=False),  # arrival, wall clock
+        pa.field("arm", pa.string()),  # champion | challenger; null: not routed (503)
+        pa.field("model_version", pa.string()),  # bundle-<v>; null when not routed
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("status", pa.int32(), nullable=False),  # HTTP status answered
+        pa.field("latency_ms", pa.float64(), nullable=False),  # server total, milliseconds
+        pa.field("degraded", pa.bool_(), nullable=False),
+        pa.field("fallbacks", pa.string(), nullable=False),  # comma-joined, "" for none
+        pa.field("n_items", pa.int32(), nullable=False),  # items answered (0 on errors)
+    ]
+)
+"""Columns of the request log (one row per ``/recommend`` call that reached the pipeline)."""
+
+
 def impressions_dir(home: Path) -> Path:
     """``RECLOOP_HOME/serving/impressions`` (partitions ``date=D`` below it)."""
     return Path(home) / "serving" / "impressions"
 
 
+def requests_dir(home: Path) -> Path:
+    """``RECLOOP_HOME/serving/requests`` (partitions ``date=D`` below it, wall-clock dates)."""
+    return Path(home) / "serving" / "requests"
+
+
 class ImpressionLog:
     """Thread-safe buffered writer of INTERACTIONS rows (see the module docstring)."""
+
+    table_schema: pa.Schema = schema.INTERACTIONS
+    what = "impression log"
 
     def __init__(self, root: Path, flush_rows: int = 2_000) -> None:
         self.root = Path(root)
@@ -87,7 +127,7 @@ class ImpressionLog:
                 return self._write(rows)
             except Exception:
                 self.errors += 1
-                log.exception("impression log: flush of %d rows failed; kept for retry", len(rows))
+                log.exception("%s: flush of %d rows failed; kept for retry", self.what, len(rows))
                 with self._lock:
                     self._rows = rows + self._rows
                 return []
@@ -98,7 +138,7 @@ class ImpressionLog:
         out = []
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         for day, part in frame.groupby(frame["ts"].dt.date, sort=True):
-            table = schema.conform(part.reset_index(drop=True), schema.INTERACTIONS)
+            table = schema.conform(part.reset_index(drop=True), self.table_schema)
             folder = schema.partition_dir(self.root, day)
             folder.mkdir(parents=True, exist_ok=True)
             name = f"part-{stamp}-{uuid.uuid4().hex[:12]}.parquet"
@@ -110,8 +150,44 @@ class ImpressionLog:
             out.append(folder / name)
             self.rows_written += table.num_rows
             self.files_written += 1
-        log.info("impression log: wrote %d rows to %d file(s)", len(rows), len(out))
+        log.info("%s: wrote %d rows to %d file(s)", self.what, len(rows), len(out))
         return out
+
+
+class RequestLog(ImpressionLog):
+    """Thread-safe buffered writer of :data:`REQUESTS` rows (one per ``/recommend`` call that
+    reached the pipeline), partitioned by the wall-clock date of ``ts``; same buffering, flush
+    schedule and atomic writes as :class:`ImpressionLog`."""
+
+    table_schema = REQUESTS
+    what = "request log"
+
+
+def request_row(
+    request_id: str,
+    ts: pd.Timestamp,
+    user_id: str,
+    arm: str | None,
+    model_version: str | None,
+    status: int,
+    latency_ms: float,
+    degraded: bool = False,
+    fallbacks: list[str] | tuple[str, ...] = (),
+    n_items: int = 0,
+) -> dict[str, Any]:
+    """One :data:`REQUESTS` row (``latency_ms`` in milliseconds, ``fallbacks`` comma-joined)."""
+    return {
+        "request_id": request_id,
+        "ts": ts,
+        "arm": arm,
+        "model_version": model_version,
+        "user_id": user_id,
+        "status": int(status),
+        "latency_ms": float(latency_ms),
+        "degraded": bool(degraded),
+        "fallbacks": ",".join(fallbacks),
+        "n_items": int(n_items),
+    }
 
 
 def impression_rows(

@@ -39,10 +39,14 @@ from pipelines.settings import Settings
 from serving import rerank
 from serving.bundle import BundleManager, LoadedBundle
 from serving.config import ServingConfig
-from serving.logging import ImpressionLog, impression_rows
+from serving.logging import ImpressionLog, RequestLog, impression_rows
 from serving.metrics import Metrics
 
 log = logging.getLogger("recloop.serving.pipeline")
+
+
+class NoChampion(RuntimeError):
+    """No champion bundle is loaded: nothing to route to (the app answers 503)."""
 
 
 @dataclass
@@ -76,7 +80,9 @@ class Breaker:
 
 @dataclass
 class Engine:
-    """What the stages share: settings, config, bundles, the log, metrics, breaker, pools."""
+    """What the stages share: settings, config, bundles, the logs, metrics, breaker, pools.
+
+    ``requests``: the per-request log (:class:`serving.logging.RequestLog`; None: not kept)."""
 
     settings: Settings
     config: ServingConfig
@@ -89,6 +95,7 @@ class Engine:
     _recent_lock: threading.Lock = field(default_factory=threading.Lock)
     _rng_lock: threading.Lock = field(default_factory=threading.Lock)
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
+    requests: RequestLog | None = None
 
     def remember(self, request_id: str, shown: dict[str, Any]) -> None:
         """Keep the request's shown items for ``/feedback`` (oldest dropped beyond the cap)."""
@@ -273,15 +280,19 @@ def _rank(bundle: LoadedBundle, online: Hydrated) -> np.ndarray:
     return torch.sigmoid(logits).cpu().numpy().astype(np.float64)
 
 
-def recommend(engine: Engine, req: Request) -> dict[str, Any]:
-    """Answer one request (see the module docstring). ``RuntimeError`` only when no champion is
-    loaded (the app answers 503)."""
+def recommend(engine: Engine, req: Request, info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Answer one request (see the module docstring). :class:`NoChampion` when no champion is
+    loaded (the app answers 503). ``info``: filled with ``request_id`` at once and ``arm``,
+    ``model_version`` once routed, so a caller can log a request that fails later."""
     cfg = engine.config
     timer = _Timer()
     request_id = uuid.uuid4().hex
+    info = {} if info is None else info
+    info["request_id"] = request_id
     arm, bundle = route(engine, req.user_id)
     if bundle is None:
-        raise RuntimeError("no champion bundle loaded")
+        raise NoChampion("no champion bundle loaded")
+    info.update(arm=arm, model_version=bundle.model_version)
     timer.lap("route")
     fallbacks: list[str] = []
     degraded = False

@@ -112,7 +112,7 @@ def redis_settings(
 
 
 def tiny_trained_workspace(
-    home: Path, redis_url: str, days: tuple[str, ...]
+    home: Path, redis_url: str, days: tuple[str, ...], scale: str = "tiny"
 ) -> tuple[Settings, pytest.MonkeyPatch]:
     """A workspace at ``home`` with ``days`` simulated at tiny scale and the daily DAG's task
     bodies run for each (in-process, in the DAG's order): the registry then holds one serving
@@ -124,12 +124,12 @@ def tiny_trained_workspace(
     mp = pytest.MonkeyPatch()
     mp.setenv("RECLOOP_HOME", str(home))
     mp.setenv("RECLOOP_REDIS_URL", redis_url)
-    mp.setenv("RECLOOP_SCALE", "tiny")
+    mp.setenv("RECLOOP_SCALE", scale)
     mp.delenv("RECLOOP_MLFLOW_URI", raising=False)
     mp.delenv("RECLOOP_ADMIN_TOKEN", raising=False)
     settings = Settings.from_env()
     settings.ensure_dirs()
-    simulate(settings, len(days), "tiny")
+    simulate(settings, len(days), scale)
     for ds in days:
         tasks.validate(ds)
         tasks.features(ds)

@@ -143,6 +143,22 @@ def test_gate_day_moves_aliases_and_records(settings: Settings, capsys: pytest.C
     assert run.data.params["verdict.index_recall"] == "fail"
     assert run.data.metrics["index_recall.candidate"] == pytest.approx(0.90)
 
+    # day 5: a passing bundle while challenger v2's experiment runs is held, not swapped in
+    v4 = make_bundle(settings, "2026-01-04")
+    out = promote.gate_day(
+        settings, "2026-01-05", candidate_metrics={"ndcg@10": 0.3},
+        champion_metrics={"ndcg@10": 0.2}, **common,
+    )  # fmt: skip
+    assert (out["candidate_version"], out["action"]) == (v4, "held")
+    assert f"{v1}-vs-{v2} is running" in out["reason"] and out["passed"]
+    assert out["aliases"] == {"champion": v1, "challenger": v2}
+    out = promote.gate_day(
+        settings, "2026-01-05", candidate_metrics={"ndcg@10": 0.3},
+        champion_metrics={"ndcg@10": 0.2}, replace_challenger=True, **common,
+    )  # fmt: skip
+    assert out["action"] == "challenger"
+    assert out["aliases"] == {"champion": v1, "challenger": v4}
+
     capsys.readouterr()
     assert main(["gates", "--date", "2026-01-04"]) == 0
     text = capsys.readouterr().out

@@ -8,7 +8,12 @@ The arm table (impressions, clicks, CTR with a Wilson 95% interval, purchases, c
 users) is computed from the validated logs, from the experiment's start through D (default: the
 newest decision's date, else the newest validated day). The history lists every decision the A/B
 DAG recorded (reports/ab/E/date=*.json): action, CTR difference, always-valid interval and
-p-value (mSPRT), and the reason. Nothing is decided or changed here: see pipelines.ab.analyze.
+p-value (mSPRT), and the reason. Below the arm table, from the newest decision through D:
+"OPE beside A/B" (per arm: what off-policy evaluation predicted for the arm's bundle before the
+test, SNIPS with its 95% interval, beside the CTR the test measured and, on simulated data, the
+true expected CTR; all clicks per impression) and the guardrails with their verdicts (CTR and
+conversion drops; service latency p99, error rate, degraded rate, catalog coverage). Nothing is
+decided or changed here: see pipelines.ab.analyze.
 """
 
 from __future__ import annotations
@@ -59,6 +64,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"arms from {start} through {last}:")
         print(ab.format_arms(arms))
     print()
+    upto = [r for r in records if r["date"] <= last.isoformat()]
+    if upto:
+        rec = upto[-1]
+        print(f"OPE beside A/B (decision of {rec['date']}):")
+        print(ab.format_ope(rec))
+        print()
+        print(f"guardrails (decision of {rec['date']}):")
+        print(ab.format_guardrails(rec))
+        print()
     if records:
         print("decisions:")
         print(ab.format_history(records))

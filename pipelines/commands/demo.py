@@ -1,14 +1,22 @@
-"""The main job on the embedded default: simulate days, then run the daily DAG over each.
+"""The main job: the whole loop over simulated days, ending with a summary and an HTML report.
 
-  recloop demo [--days 3] [--scale demo] [--seed 42] [--start-date 2026-01-01]
+  recloop demo [--days 5] [--scale demo] [--seed 42] [--start-date 2026-01-01]
+               [--requests N] [--share 0.5] [--runner airflow|inline]
 
-1. simulates --days days of a seeded world (users, items, a logging policy with known
-   propensities) into RECLOOP_HOME/data, with the ground truth apart in RECLOOP_HOME/truth;
-2. runs the daily DAG through Airflow (`airflow dags test`) for each simulated date;
-3. prints a summary: the simulated days, each DAG run's task outcomes, the day statistics and
-   the offline metrics of each day's models (forward evaluation: trained through D-1, scored on D).
+For each simulated day D (pipelines.closed_loop):
+1. D's logs: until a champion bundle exists, the simulator's logging policy writes them; then the
+   platform's own service does (`recloop serve` on loopback, hot-reloading the registry aliases):
+   the simulator's users of D are sent to it over HTTP, click and buy according to the truth,
+   report it through /feedback, and the service's log becomes D's partition;
+2. the daily DAG through Airflow (validate, features to Redis, MF / two-tower / baselines, FAISS
+   index, DLRM ranker, forward evaluation, OPE, register, gate → challenger);
+3. the A/B DAG: the running experiment (champion vs challenger arms) under an always-valid test:
+   promote (the service serves the new champion the next day), roll back, or keep collecting.
 
-Needs Redis on loopback for the feature tasks (infra/demo.sh starts it).
+Ends with a table per day (who logged it, each arm's measured and true CTR, gate and A/B
+decisions, seconds), the offline metrics, OPE against the truth, the gate decisions, the A/B
+history, and RECLOOP_HOME/reports/index.html with the plots. Resumable: run it again on the same
+RECLOOP_HOME and it continues where it stopped. Needs Redis on loopback (infra/demo.sh starts it).
 """
 
 from __future__ import annotations
@@ -21,10 +29,19 @@ from pipelines.settings import Settings
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--days", type=int, default=3, help="days to simulate and run (default 3)")
-    parser.add_argument("--scale", choices=["tiny", "demo", "large"], help="default: RECLOOP_SCALE")
+    parser.add_argument("--days", type=int, default=5, help="days to run (default 5)")
+    parser.add_argument("--scale", choices=["tiny", "small", "demo", "large"], help="default: RECLOOP_SCALE")
     parser.add_argument("--seed", type=int, help="default: RECLOOP_SEED")
     parser.add_argument("--start-date", default="2026-01-01", help="first simulated day")
+    parser.add_argument(
+        "--requests", type=int, default=1500,
+        help="simulated requests sent to the service per served day (default 1500; 0 = all)",
+    )  # fmt: skip
+    parser.add_argument("--share", type=float, default=0.5, help="challenger traffic share")
+    parser.add_argument(
+        "--runner", choices=["airflow", "inline"], default="airflow",
+        help="run the DAGs through Airflow (default) or their task functions in-process",
+    )  # fmt: skip
 
 
 def metrics_table(settings: Settings, dates: list[dt.date]) -> str:
@@ -95,37 +112,68 @@ def gates_table(settings: Settings, dates: list[dt.date]) -> str:
     return "\n".join(lines)
 
 
+def ab_table(settings: Settings) -> str:
+    """Every A/B experiment's decisions, one line per analysed day."""
+    from pipelines import ab
+
+    folder = settings.reports_dir / "ab"
+    names = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.exists() else []
+    if not names:
+        return "A/B experiments: none yet"
+    out = []
+    for name in names:
+        records = ab.history(settings, name)
+        out.append(f"A/B experiment {name} (champion-vs-challenger bundle versions):")
+        out.append(ab.format_history(records))
+        if records and records[-1].get("arms"):
+            out.append(ab.format_arms(records[-1]["arms"]))
+    return "\n".join(out)
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines import simulate
-    from pipelines.airflow_runner import run_dag
+    from pipelines import closed_loop, report
     from pipelines.schema import parse_date
     from pipelines.stats import format_stats
 
-    start = parse_date(args.start_date)
-    print(f"recloop demo: workspace {settings.home}", flush=True)
-    print(f"== 1. simulating {args.days} day(s) ==", flush=True)
-    summaries = simulate.simulate(settings, args.days, args.scale, args.seed, start)
-    print(simulate.format_summary(summaries), flush=True)
+    cfg = closed_loop.LoopConfig(
+        days=args.days, start=parse_date(args.start_date), scale=args.scale, seed=args.seed,
+        max_requests=args.requests or None, challenger_share=args.share, runner=args.runner,
+    )  # fmt: skip
+    print(f"recloop demo: workspace {settings.home}; {args.days} day(s) from {cfg.start}, "
+          f"runner {cfg.runner}", flush=True)  # fmt: skip
 
-    print("== 2. daily DAG through Airflow ==", flush=True)
-    results = []
-    for offset in range(args.days):
-        day = start + dt.timedelta(days=offset)
-        result = run_dag(settings, day)
-        results.append(result)
-        print(result, flush=True)
-        if not result.ok:
-            print("--- Airflow log (tail) ---\n" + result.log_tail[-2500:])
-            return 1
+    def progress(day: dt.date, phase: str, rec: dict) -> None:
+        secs = rec["seconds"].get(phase, 0.0)
+        if phase == "logs":
+            what = f"logs written by the {rec['source'].replace('_', ' ')}"
+            if rec.get("traffic"):
+                t = rec["traffic"]
+                what += f" ({t.get('served', '?')} requests served, {t.get('clicks', '?')} clicks)"
+        else:
+            gate, ab = rec.get("gate") or {}, rec.get("ab") or {}
+            what = f"daily + A/B DAGs: gate {gate.get('action', '-')}"
+            if ab:
+                what += f", A/B {ab.get('experiment')} {ab.get('action')}"
+        print(f"  {day} {phase:<5} {secs:6.1f}s  {what}", flush=True)
 
-    print("== 3. summary ==", flush=True)
-    for result in results:
-        path = settings.reports_dir / "stats" / f"date={result.date.isoformat()}.json"
+    try:
+        records = closed_loop.run_loop(settings, cfg, on_phase=progress)
+    except closed_loop.StageFailed as exc:
+        print(f"recloop demo: {exc}", flush=True)
+        return 1
+    dates = [parse_date(r["date"]) for r in records]
+
+    print("== summary ==", flush=True)
+    for day in dates:
+        path = settings.reports_dir / "stats" / f"date={day.isoformat()}.json"
         if path.exists():
             print(format_stats(json.loads(path.read_text())))
-    print(metrics_table(settings, [r.date for r in results]))
-    print(ope_table(settings, [r.date for r in results]))
-    print(gates_table(settings, [r.date for r in results]))
-    total = sum(r.seconds for r in results)
-    print(f"{len(results)} DAG run(s) succeeded in {total:.0f}s; outputs under {settings.home}")
+    print(closed_loop.format_days(records))
+    print(metrics_table(settings, dates))
+    print(ope_table(settings, dates))
+    print(gates_table(settings, dates))
+    print(ab_table(settings))
+    html = report.write_report(settings, dates)
+    total = sum(r.get("seconds", {}).get("total", 0.0) for r in records)
+    print(f"{len(records)} day(s) in {total:.0f}s; report {html}; outputs under {settings.home}")
     return 0

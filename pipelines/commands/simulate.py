@@ -1,6 +1,6 @@
 """Simulate a seeded world: daily logs of a logging policy, and the ground truth apart.
 
-  recloop simulate --days N [--scale tiny|demo|large] [--seed S] [--start-date YYYY-MM-DD]
+  recloop simulate --days N [--scale tiny|small|demo|large] [--seed S] [--start-date YYYY-MM-DD]
 
 Writes under RECLOOP_HOME: data/users.parquet, data/items.parquet,
 data/interactions/date=D/part-0.parquet (one partition per day, replaced atomically), and the
@@ -20,7 +20,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--days", type=int, required=True, help="number of days to simulate")
     parser.add_argument(
         "--scale",
-        choices=["tiny", "demo", "large"],
+        choices=["tiny", "small", "demo", "large"],
         help="world size (default: RECLOOP_SCALE)",
     )
     parser.add_argument("--seed", type=int, help="random seed (default: RECLOOP_SEED)")
