@@ -42,10 +42,9 @@ absolute): the test is most powerful for effects near it and valid for any value
    the upper end of the CTR confidence sequence below ``−ctr_max_drop``, or of the conversion
    one below ``−conversion_max_drop`` → ``rollback``;
 3. either arm below ``min_impressions`` → ``continue`` (or ``stop`` when the duration is over);
-4. p ≤ α and the CTR sequence's lower end > 0 → ``promote``;
-5. **service guardrails** (below) → ``rollback`` when one fails;
-6. p ≤ α and the CTR sequence's lower end > 0 → ``promote``;
-7. day ``max_days`` reached (day 1 = start date) → ``stop``; otherwise ``continue``.
+4. **service guardrails** (below) → ``rollback`` when one fails;
+5. p ≤ α and the CTR sequence's lower end > 0 → ``promote``;
+6. day ``max_days`` reached (day 1 = start date) → ``stop``; otherwise ``continue``.
 
 **Service guardrails** (:func:`service_stats`, :func:`service_guardrails`), per arm over the
 experiment's requests so far, from the service's request log (``serving/requests/``, written by
@@ -105,7 +104,9 @@ import datetime as dt
 import json
 import logging
 import math
+import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,6 +180,24 @@ class ABConfig:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(f"ABConfig: {msg}")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ABConfig:
+        """Defaults overridden by ``RECLOOP_AB_<FIELD>`` variables (e.g. ``RECLOOP_AB_ALPHA``,
+        ``RECLOOP_AB_MIN_IMPRESSIONS``, ``RECLOOP_AB_MAX_DAYS``); a bad value names the variable."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name = f"RECLOOP_AB_{f.name.upper()}"
+            raw = env.get(name)
+            if raw is None or raw == "":
+                continue
+            kind = int if f.type in (int, "int") else float
+            try:
+                values[f.name] = kind(raw)
+            except ValueError as exc:
+                raise ValueError(f"{name}={raw!r}: expected {kind.__name__}") from exc
+        return cls(**values)
 
 
 @dataclass
@@ -930,7 +949,7 @@ def analyze(
     ``apply`` is False), record to ``reports/ab/`` and MLflow; the :class:`Decision`."""
     from pipelines import registry
 
-    cfg = config or ABConfig()
+    cfg = config or ABConfig.from_env()
     champ, chall = parse_experiment(experiment)
     day = schema.parse_date(date)
     done = _concluded(settings, experiment, day)

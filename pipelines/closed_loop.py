@@ -499,7 +499,7 @@ def _traffic(settings: Settings, day: dt.date, service: Service, cfg: LoopConfig
 # --- display --------------------------------------------------------------------------------------
 def format_days(records: list[dict[str, Any]]) -> str:
     """One line per day: source, per-arm CTR (measured / true), gate and A/B actions, seconds."""
-    lines = [f"{'date':<11} {'logs by':<15}{'arms: CTR measured / true':<44}{'gate':<11}"
+    lines = [f"{'date':<11} {'logs by':<15}{'arms: CTR measured / true':<52}{'gate':<11}"
              f"{'A/B':<22}{'aliases after':<16}{'sec':>6}"]  # fmt: skip
     for r in records:
         arms = r.get("served") or {}
@@ -513,7 +513,7 @@ def format_days(records: list[dict[str, Any]]) -> str:
         al = r.get("aliases_after") or {}
         al_s = f"C{al.get('champion') or '-'} c{al.get('challenger') or '-'}"
         lines.append(
-            f"{r['date']:<11} {r.get('source', '-'):<15}{'; '.join(cells) or '-':<44}{gate:<11}"
+            f"{r['date']:<11} {r.get('source', '-'):<15}{'; '.join(cells) or '-':<52}{gate:<11}"
             f"{ab_s:<22}{al_s:<16}{r.get('seconds', {}).get('total', 0):>6.0f}"
         )
     return "\n".join(lines)

@@ -877,6 +877,14 @@ def _experiment(experiment: str, records: dict[str, dict[str, Any]]) -> str:
     parts.append(_guardrails(last))
     parts.append(_service(last))
     parts.append("<h4>OPE prediction vs A/B measured vs truth</h4>")
+    parts.append(
+        "<p>The OPE prediction is the gate's SNIPS estimate of each bundle's <em>two-tower softmax"
+        " policy</em> (temperature in the OPE section), not of the served pipeline (retrieval,"
+        " ranker, re-ranking, exploration, cold start): a different policy, so a gap to the"
+        " measured CTR is expected. On days logged by the service itself, support is thin (one"
+        " exploration slot in a share of responses) and the estimate is biased low; compare"
+        " with the truth of the same policy in section 5.</p>"
+    )
     parts.append(_ope_vs_ab(experiment, last))
     return "\n".join(parts)
 

@@ -262,3 +262,13 @@ def test_always_valid_interval_matches_the_test():
     assert lo < 0.05 < hi
     with pytest.raises(ValueError, match="max_days"):
         ab.ABConfig(max_days=0)
+
+
+def test_config_from_environment_names_a_bad_variable():
+    cfg = ab.ABConfig.from_env({"RECLOOP_AB_MIN_IMPRESSIONS": "500", "RECLOOP_AB_ALPHA": "0.01"})
+    assert (cfg.min_impressions, cfg.alpha, cfg.max_days) == (500, 0.01, ab.ABConfig().max_days)
+    assert ab.ABConfig.from_env({}) == ab.ABConfig()
+    with pytest.raises(ValueError, match="RECLOOP_AB_MAX_DAYS"):
+        ab.ABConfig.from_env({"RECLOOP_AB_MAX_DAYS": "two weeks"})
+    with pytest.raises(ValueError, match="alpha"):
+        ab.ABConfig.from_env({"RECLOOP_AB_ALPHA": "1.5"})
