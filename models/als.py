@@ -28,6 +28,21 @@ Solvers (all rows at once, batched torch ops, CPU or CUDA):
   sweeps of exact coordinate descent with projection (``x_k <- max(0, x_k - g_k / A_kk)``),
   warm-started; every factor is ``>= 0`` (biases, for explicit, stay unconstrained).
 
+Side features and a popularity prior (both off by default, so the plain solvers above are what
+``implicit``'s ALS is benchmarked against):
+
+* ``fit(..., user_groups=, item_groups=)``: integer codes of categorical attributes per row (user
+  age band, gender, country; item category). Each row's factors are regularised toward a prior
+  mean ``m_r = sum_a W[a, code_a(r)]`` instead of toward 0, i.e. the ridge ``lambda |x_r|^2``
+  becomes ``lambda |x_r - m_r|^2`` (the right-hand side gains ``lambda m_r``), and before every
+  half-step the attribute embeddings ``W`` are refit as the ridge regression (ridge
+  ``group_regularization``) of that side's current factors on its one-hot attributes: a
+  hierarchical ("regression-based latent factor") model. A user with two positives then gets mostly the taste
+  of their demographic groups instead of a vector shrunk to nothing.
+* ``popularity_weight = w > 0`` (implicit only): scores are ``x_u . y_i + w * log(1 + n_i)``
+  with ``n_i`` the item's training positives (saved as ``item_prior``), the same fixed prior the
+  two-tower model adds to its logits; embeddings carry it as one extra coordinate.
+
 Shapes: ``U`` users, ``I`` items, ``F`` factors. Deterministic under ``seed`` on CPU for a given
 thread count (initial factors come from a private ``torch.Generator``, so global RNG state does
 not matter; every kernel used is deterministic on CPU, but float sums are split differently with
@@ -132,6 +147,52 @@ class _Rows:
             yield torch.cat([r for r, _ in pending]), torch.cat([a for _, a in pending])
 
 
+def _torch_csr(m: sp.csr_matrix, device: torch.device) -> torch.Tensor:
+    m = m.tocsr()
+    m.sort_indices()
+    parts = (m.indptr.astype(np.int64), m.indices.astype(np.int64), m.data.astype(np.float32))
+    return _csr(*(torch.from_numpy(p).to(device) for p in parts), m.shape)
+
+
+class _Groups:
+    """Side attributes of one side as a one-hot design matrix ``A`` ``(n, G)``.
+
+    ``codes`` ``(n, A)`` (or ``(n,)``) integer codes per attribute, ``-1`` = unknown; attribute
+    ``a`` takes columns ``offset_a .. offset_a + max(code_a)``, so a row has one 1 per known
+    attribute and ``G`` is the total number of attribute values.
+    """
+
+    def __init__(self, codes: np.ndarray, n: int, device: torch.device) -> None:
+        codes = np.asarray(codes)
+        if codes.ndim == 1:
+            codes = codes[:, None]
+        if codes.ndim != 2 or codes.shape[0] != n or not np.issubdtype(codes.dtype, np.integer):
+            raise ValueError(
+                f"side attribute codes must be integers of shape ({n}, A) (rows of the "
+                f"interaction matrix), got {codes.dtype} {codes.shape}"
+            )
+        codes = codes.astype(np.int64)
+        sizes = np.maximum(codes.max(0) + 1, 0) if n else np.zeros(codes.shape[1], np.int64)
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        known = codes >= 0
+        rows = np.repeat(np.arange(n), known.sum(1))
+        cols = (codes + offsets[None, :])[known]
+        self.n_groups = int(sizes.sum())
+        a = sp.csr_matrix((np.ones(len(cols), np.float32), (rows, cols)), shape=(n, self.n_groups))
+        self.a = _torch_csr(a, device)
+        self.at = _torch_csr(a.T.tocsr(), device)
+        self.ata = torch.from_numpy((a.T @ a).toarray().astype(np.float32)).to(device)
+
+    def means(self, x: torch.Tensor, ridge: float) -> torch.Tensor:
+        """Each row's prior ``A W`` ``(n, F)``, with the attribute embeddings ``W`` ``(G, F)``
+        the ridge regression of ``x`` on the attributes: ``(A^T A + ridge I) W = A^T x``."""
+        if self.n_groups == 0:
+            return torch.zeros_like(x)
+        eye = torch.eye(self.n_groups, device=x.device)
+        w = torch.linalg.solve(self.ata + ridge * eye, self.at @ x)
+        return self.a @ w
+
+
 def _length_buckets(counts: np.ndarray) -> list[tuple[np.ndarray, int]]:
     """Rows sorted by nonzero count, cut into buckets of at most ``_BUCKET_ELEMS`` padded cells."""
     order = np.argsort(counts, kind="stable")
@@ -158,12 +219,14 @@ def _cg(
     steps: int,
     gram: torch.Tensor | None = None,
     ridge: torch.Tensor | None = None,
+    rhs: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Batched conjugate gradient over all rows at once, warm-started at ``x`` ``(n, F)``.
 
     Solves ``A_r x_r = sum_j b_rj y_j`` with ``A_r v = v G + ridge_r v + sum_j w_rj (y_j . v) y_j``
     (``G`` = ``gram`` ``(F, F)`` shared by all rows, ``ridge`` ``(n,)`` per row; either may be
-    absent). ``w``, ``b_values``: ``(nnz,)`` in the CSR order of ``rows``; ``fixed`` = ``Y``.
+    absent). ``w``, ``b_values``: ``(nnz,)`` in the CSR order of ``rows``; ``fixed`` = ``Y``;
+    ``rhs`` ``(n, F)``, when given, is a dense term added to the right-hand side.
     Written with few, fused kernels: each is one parallel region, which matters on busy CPUs.
     """
 
@@ -179,6 +242,8 @@ def _cg(
 
     x = x.clone()
     r = matvec(x, values=b_values, sign=-1.0)  # b - A x in one sparse pass
+    if rhs is not None:
+        r += rhs
     p = r.clone()
     rs = torch.linalg.vecdot(r, r)[:, None]
     for _ in range(steps):
@@ -235,15 +300,31 @@ class ALS(Recommender):
         device: str | None = None,
         n_users: int = 0,
         n_items: int = 0,
+        group_regularization: float = 1.0,
+        popularity_weight: float = 0.0,
     ) -> None:
         if feedback not in FEEDBACKS:
             raise ValueError(f"feedback={feedback!r}: expected one of {FEEDBACKS}")
         if solver not in SOLVERS:
             raise ValueError(f"solver={solver!r}: expected one of {SOLVERS}")
-        if factors < 1 or iterations < 0 or cg_steps < 1 or regularization < 0 or alpha < 0:
+        if (
+            factors < 1
+            or iterations < 0
+            or cg_steps < 1
+            or regularization < 0
+            or alpha < 0
+            or group_regularization < 0
+            or popularity_weight < 0
+        ):
             raise ValueError(
                 f"bad ALS hyper-parameters: factors={factors} iterations={iterations} "
-                f"cg_steps={cg_steps} regularization={regularization} alpha={alpha}"
+                f"cg_steps={cg_steps} regularization={regularization} alpha={alpha} "
+                f"group_regularization={group_regularization} "
+                f"popularity_weight={popularity_weight}"
+            )
+        if popularity_weight and feedback != "implicit":
+            raise ValueError(
+                "popularity_weight is for implicit feedback (explicit ALS has item biases)"
             )
         self.factors = int(factors)
         self.regularization = float(regularization)
@@ -258,12 +339,15 @@ class ALS(Recommender):
         self.device = pick_device(device)
         self.n_users = int(n_users)
         self.n_items = int(n_items)
+        self.group_regularization = float(group_regularization)
+        self.popularity_weight = float(popularity_weight)
         f = self.factors
         self.user_factors = torch.zeros(self.n_users, f, device=self.device)
         self.item_factors = torch.zeros(self.n_items, f, device=self.device)
         self.user_bias = torch.zeros(self.n_users, device=self.device)
         self.item_bias = torch.zeros(self.n_items, device=self.device)
         self.global_mean = torch.zeros((), device=self.device)
+        self.item_prior = torch.zeros(self.n_items, device=self.device)
 
     # --- training ----------------------------------------------------------------------------
     @property
@@ -271,8 +355,22 @@ class ALS(Recommender):
         """``cg`` or ``cholesky`` (``auto``: CG; ``nonnegative`` always uses the Gram path)."""
         return "cg" if self.solver == "auto" else self.solver
 
-    def fit(self, interactions: sp.csr_matrix, progress: bool = False, **kwargs: Any) -> ALS:
-        """Train on a ``(U, I)`` matrix of counts (implicit) or ratings (explicit)."""
+    def fit(
+        self,
+        interactions: sp.csr_matrix,
+        progress: bool = False,
+        user_groups: np.ndarray | None = None,
+        item_groups: np.ndarray | None = None,
+        **kwargs: Any,
+    ) -> ALS:
+        """Train on a ``(U, I)`` matrix of counts (implicit) or ratings (explicit).
+
+        ``user_groups`` ``(U, A)`` / ``item_groups`` ``(I, B)`` (or 1-D): optional integer codes
+        of categorical side attributes (e.g. age band, gender, country; category), ``-1`` =
+        unknown. With them, each row's factors are regularised toward the sum of its attribute
+        embeddings instead of toward 0 (module docstring, "side features"); without, the plain
+        Hu-Koren-Volinsky / biased-MF objective is solved, unchanged.
+        """
         m = sp.csr_matrix(interactions, dtype=np.float32)
         m.sum_duplicates()
         if self.feedback == "implicit":
@@ -300,40 +398,70 @@ class ALS(Recommender):
 
         by_user = _Rows(m, dev)
         by_item = _Rows(m.T.tocsr(), dev)
+        ug = _Groups(user_groups, self.n_users, dev) if user_groups is not None else None
+        ig = _Groups(item_groups, self.n_items, dev) if item_groups is not None else None
+        # log(1 + positives) per item; scored only with popularity_weight > 0
+        self.item_prior = torch.from_numpy(
+            np.log1p(np.asarray(m.sum(0), dtype=np.float64).ravel()).astype(np.float32)
+        ).to(dev)
         log.info(
             "ALS fit: %d users x %d items, %d nonzeros, %s feedback, solver=%s%s, %d factors, "
-            "%d iterations on %s",
+            "%d iterations on %s; side attributes: %d user groups, %d item groups",
             self.n_users, self.n_items, m.nnz, self.feedback, self.effective_solver,
             " (non-negative)" if self.nonnegative else "", f, self.iterations, dev,
+            ug.n_groups if ug else 0, ig.n_groups if ig else 0,
         )  # fmt: skip
         start = time.perf_counter()
         for _ in tqdm(range(self.iterations), desc="ALS", disable=not progress):
+            um = ug.means(self.user_factors, self.group_regularization) if ug else None
             if self.feedback == "implicit":
                 self.user_factors = self._implicit_half(
-                    by_user, self.user_factors, self.item_factors
+                    by_user, self.user_factors, self.item_factors, um
                 )
+                im = ig.means(self.item_factors, self.group_regularization) if ig else None
                 self.item_factors = self._implicit_half(
-                    by_item, self.item_factors, self.user_factors
+                    by_item, self.item_factors, self.user_factors, im
                 )
             else:
                 self.user_factors, self.user_bias = self._explicit_half(
-                    by_user, self.user_factors, self.user_bias, self.item_factors, self.item_bias
+                    by_user,
+                    self.user_factors,
+                    self.user_bias,
+                    self.item_factors,
+                    self.item_bias,
+                    um,
                 )
+                im = ig.means(self.item_factors, self.group_regularization) if ig else None
                 self.item_factors, self.item_bias = self._explicit_half(
-                    by_item, self.item_factors, self.item_bias, self.user_factors, self.user_bias
+                    by_item,
+                    self.item_factors,
+                    self.item_bias,
+                    self.user_factors,
+                    self.user_bias,
+                    im,
                 )
         log.info("ALS fit done in %.2fs", time.perf_counter() - start)
         return self
 
-    def _implicit_half(self, rows: _Rows, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """New factors for the ``rows`` side with the other side ``y`` fixed."""
+    def _implicit_half(
+        self,
+        rows: _Rows,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        prior: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """New factors for the ``rows`` side with the other side ``y`` fixed; with ``prior``
+        ``(n, F)`` the ridge pulls each row toward its prior instead of toward 0."""
         f = self.factors
         gram = y.T @ y + self.regularization * torch.eye(f, device=y.device)
         conf = 1.0 + self.alpha * rows.val
         w = conf - 1.0
+        rhs = None if prior is None else self.regularization * prior
         if self.effective_solver == "cg" and not self.nonnegative:
-            return _cg(rows, x, y, w, conf, self.cg_steps, gram=gram)
+            return _cg(rows, x, y, w, conf, self.cg_steps, gram=gram, rhs=rhs)
         b_all = rows.spmm(conf, y)
+        if rhs is not None:
+            b_all = b_all + rhs
         out = x.clone()
         for idx, a in rows.gram(w, y):
             a = a + gram
@@ -350,6 +478,7 @@ class ALS(Recommender):
         bias: torch.Tensor,
         y: torch.Tensor,
         other_bias: torch.Tensor,
+        prior: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Solve ``[x_r, b_r]`` against ``[y_c, 1]`` on the observed entries of each row."""
         f = self.factors
@@ -358,10 +487,15 @@ class ALS(Recommender):
         target = rows.val - self.global_mean - other_bias[rows.col]
         lam = self.regularization * rows.counts.clamp_min(1.0)  # ALS-WR: lambda * n_r
         ones = torch.ones_like(rows.val)
+        rhs = None
+        if prior is not None:
+            rhs = lam[:, None] * torch.cat([prior, prior.new_zeros(prior.shape[0], 1)], dim=1)
         if self.effective_solver == "cg" and not self.nonnegative:
-            out = _cg(rows, x_aug, y_aug, ones, target, self.cg_steps, ridge=lam)
+            out = _cg(rows, x_aug, y_aug, ones, target, self.cg_steps, ridge=lam, rhs=rhs)
         else:
             b_all = rows.spmm(target, y_aug)
+            if rhs is not None:
+                b_all = b_all + rhs
             eye = torch.eye(f + 1, device=y.device)
             out = x_aug.clone()
             for idx, a in rows.gram(ones, y_aug):
@@ -380,6 +514,8 @@ class ALS(Recommender):
         """Predicted preference (implicit) or rating (explicit) per pair: ``(N,)`` float32."""
         u, i = self._users(users), self._users(items)
         s = (self.user_factors[u] * self.item_factors[i]).sum(1)
+        if self.popularity_weight:
+            s = s + self.popularity_weight * self.item_prior[i]
         if self.feedback == "explicit":
             s = s + self.global_mean + self.user_bias[u] + self.item_bias[i]
         return s.float().cpu().numpy()
@@ -388,23 +524,30 @@ class ALS(Recommender):
         """Scores of every item for each user: ``(B,)`` → float32 ``(B, I)``."""
         u = self._users(users)
         s = self.user_factors[u] @ self.item_factors.T
+        if self.popularity_weight:
+            s = s + self.popularity_weight * self.item_prior[None, :]
         if self.feedback == "explicit":
             s = s + (self.global_mean + self.user_bias[u])[:, None] + self.item_bias[None, :]
         return s.float().cpu().numpy()
 
     def user_embeddings(self) -> np.ndarray:
-        """``(U, F)``; explicit: ``(U, F + 1)`` = ``[p_u, 1]`` (pairs with ``[q_i, b_i]``)."""
+        """``(U, F)``; explicit: ``(U, F + 1)`` = ``[p_u, 1]`` (pairs with ``[q_i, b_i]``); with
+        ``popularity_weight``: ``(U, F + 1)`` = ``[x_u, 1]`` (pairs with ``[y_i, w * prior_i]``)."""
         x = self.user_factors
-        if self.feedback == "explicit":
+        if self.feedback == "explicit" or self.popularity_weight:
             x = torch.cat([x, torch.ones(x.shape[0], 1, device=x.device)], dim=1)
         return x.float().cpu().numpy()
 
     def item_embeddings(self) -> np.ndarray:
         """``(I, F)``; explicit: ``(I, F + 1)`` = ``[q_i, b_i]``, so the inner product ranks items
-        exactly as :meth:`score` does for a fixed user (``mu + b_u`` is constant per user)."""
+        exactly as :meth:`score` does for a fixed user (``mu + b_u`` is constant per user); with
+        ``popularity_weight``: ``(I, F + 1)`` = ``[y_i, w * log(1 + positives_i)]``, the inner
+        product then equals :meth:`score`."""
         y = self.item_factors
         if self.feedback == "explicit":
             y = torch.cat([y, self.item_bias[:, None]], dim=1)
+        elif self.popularity_weight:
+            y = torch.cat([y, self.popularity_weight * self.item_prior[:, None]], dim=1)
         return y.float().cpu().numpy()
 
     # --- persistence -------------------------------------------------------------------------
@@ -422,6 +565,8 @@ class ALS(Recommender):
             "seed": self.seed,
             "n_users": self.n_users,
             "n_items": self.n_items,
+            "group_regularization": self.group_regularization,
+            "popularity_weight": self.popularity_weight,
         }
 
     @classmethod
@@ -435,6 +580,7 @@ class ALS(Recommender):
             "user_bias": self.user_bias,
             "item_bias": self.item_bias,
             "global_mean": self.global_mean,
+            "item_prior": self.item_prior,
         }
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
@@ -444,8 +590,13 @@ class ALS(Recommender):
             "user_bias": (self.n_users,),
             "item_bias": (self.n_items,),
             "global_mean": (),
+            "item_prior": (self.n_items,),
         }
         for key, shape in expected.items():
+            if key == "item_prior" and key not in state and not self.popularity_weight:
+                # saved before the popularity prior existed: nothing scores with it
+                self.item_prior = torch.zeros(self.n_items, device=self.device)
+                continue
             if key not in state:
                 raise ValueError(f"ALS weights: missing tensor {key!r}")
             if tuple(state[key].shape) != shape:

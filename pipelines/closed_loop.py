@@ -430,8 +430,11 @@ def run_loop(
                     rec["source"] = "service"
                     if service is None:
                         service = Service(settings, cfg.port, _service_env(cfg))
-                    service.start()
-                    rec["reload"] = service.reload()["outcome"]
+                    try:
+                        service.start()
+                        rec["reload"] = service.reload()["outcome"]
+                    except Exception as exc:
+                        raise StageFailed(f"{day}: the service did not come up: {exc}") from exc
                     simulate.write_attributes(settings, world, day)
                     rec["traffic"] = _traffic(settings, day, service, cfg)
                     rec["ingest"] = _ingest_when_flushed(settings, day)

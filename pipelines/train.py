@@ -45,9 +45,25 @@ PURCHASE_WEIGHT = 2.0
 MODELS = ("mf", "mf_explicit", "two_tower", "popular", "itemknn", "userknn")
 BASELINES = ("popular", "itemknn", "userknn")
 POPULAR_WINDOW_DAYS = 7
-#: ALS settings for the daily job. Tuned on the demo simulator (benchmarks/README.md): with ~3
-#: positives per user, weak regularization overfits the long tail (NDCG@10 0.003 at 0.05 vs 0.17 at 200).
-MF_PARAMS = {"factors": 64, "regularization": 200.0, "alpha": 20.0, "iterations": 15}
+#: ALS settings for the daily job, chosen on the demo simulator's validation day (train days 1-6,
+#: validate day 7; benchmarks/bench_retrieval.py). With ~2 positives per user, weak regularization
+#: overfits the long tail (NDCG@10 0.003 at 0.05) and strong regularization toward 0 leaves a
+#: popularity model; instead user factors are regularized toward their demographic groups' and item
+#: factors toward their category's embeddings (``MF_USER_GROUPS`` / ``MF_ITEM_GROUPS``), and scores
+#: add a fixed ``popularity_weight * log(1 + positives)`` prior.
+MF_PARAMS: dict[str, Any] = {
+    "factors": 64,
+    "regularization": 100.0,
+    "alpha": 20.0,
+    "iterations": 15,
+    "group_regularization": 1.0,
+    "popularity_weight": 0.1,
+}
+#: side attributes of MF: per attribute, the feature-store column or the raw ``users.parquet`` /
+#: ``items.parquet`` column (the first one present); numeric ones are cut into ``MF_BANDS`` bands
+MF_USER_GROUPS = (("user_age", "age"), ("user_gender", "gender"), ("user_country", "country"))
+MF_ITEM_GROUPS = (("item_category", "category"),)
+MF_BANDS = {"user_age": 10.0, "age": 10.0}
 #: Two-tower settings for the daily job, chosen on the demo simulator's validation day (train days
 #: 1-6, validate day 7; benchmarks/bench_retrieval.py). With ~2 positives per user, id embeddings,
 #: the history mean and near-unique numeric features (counts, tenure, price) only memorize, and
@@ -209,6 +225,34 @@ def _columns(frame: pd.DataFrame | None, names: tuple[str, ...]) -> pd.DataFrame
     return frame[keep] if keep else None
 
 
+def group_codes(
+    frame: pd.DataFrame | None, attributes: tuple[tuple[str, ...], ...], n: int
+) -> np.ndarray | None:
+    """Integer codes ``(n, A)`` of the categorical side attributes of rows ``0..n-1`` (``-1`` where
+    unknown), one column per attribute of ``attributes`` that ``frame`` has (the first of its
+    alternative column names present); numeric columns named in ``MF_BANDS`` are cut into bands of
+    that width first. Codes follow the sorted distinct values, so they are deterministic.
+    ``None`` when ``frame`` has none of the attributes."""
+    if frame is None:
+        return None
+    frame = frame.reindex(range(n))
+    out = []
+    for names in attributes:
+        col = next((c for c in names if c in frame.columns), None)
+        if col is None:
+            continue
+        values = frame[col]
+        if col in MF_BANDS and pd.api.types.is_numeric_dtype(values):
+            values = np.floor(values / MF_BANDS[col])
+        known = values.notna().to_numpy()
+        codes = np.full(n, -1, dtype=np.int64)
+        if known.any():
+            kept = values[known].astype(str)
+            codes[known] = pd.Categorical(kept, categories=sorted(kept.unique())).codes
+        out.append(codes)
+    return np.stack(out, axis=1) if out else None
+
+
 def build_model(name: str, data: TrainingData, settings: Settings, seed: int = 0) -> Any:
     """Construct and fit model ``name`` (one of ``MODELS``) on ``data``."""
     from models.als import ALS
@@ -216,7 +260,13 @@ def build_model(name: str, data: TrainingData, settings: Settings, seed: int = 0
     from models.two_tower import TwoTower
 
     if name == "mf":
-        return ALS(**MF_PARAMS, seed=seed).fit(data.implicit)
+        users = _entity_features(settings, "user", data.date, data.users)
+        items = _entity_features(settings, "item", data.date, data.items)
+        return ALS(**MF_PARAMS, seed=seed).fit(
+            data.implicit,
+            user_groups=group_codes(users, MF_USER_GROUPS, len(data.users)),
+            item_groups=group_codes(items, MF_ITEM_GROUPS, len(data.items)),
+        )
     if name == "mf_explicit":
         if data.explicit.nnz == 0:
             raise ValueError(f"no rating events up to {data.date}: explicit MF needs ratings")

@@ -11,6 +11,7 @@ items for a user are exactly the other 6 of their block.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,13 @@ def block_matrix(seed: int = 0) -> sp.csr_matrix:
     return sp.csr_matrix((np.array(vals, np.float32), (rows, cols)), shape=(N_USERS, N_ITEMS))
 
 
+def block_codes() -> dict[str, np.ndarray]:
+    """Side attributes that name each row's block: users ``(U, 2)`` (block, a constant), items
+    ``(I,)`` (block)."""
+    users = np.stack([np.arange(N_USERS) // BLOCK_USERS, np.zeros(N_USERS, np.int64)], axis=1)
+    return {"user_groups": users, "item_groups": np.arange(N_ITEMS) // BLOCK_ITEMS}
+
+
 @dataclass(frozen=True)
 class Case:
     name: str
@@ -53,6 +61,12 @@ CASES = [
     Case("als_cg", lambda: ALS(factors=2, regularization=0.1, alpha=5.0, iterations=8)),
     Case("als_cholesky", lambda: ALS(factors=2, regularization=0.1, alpha=5.0, solver="cholesky")),
     Case("als_nmf", lambda: ALS(factors=2, regularization=0.1, alpha=5.0, nonnegative=True)),
+    # side attributes + popularity prior (the daily job's MF): same contract
+    Case(
+        "als_side_prior",
+        lambda: ALS(factors=2, regularization=0.1, alpha=5.0, popularity_weight=0.05),
+        fit_kwargs=block_codes(),
+    ),
     # explicit: every observed cell is a rating, no block signal in unobserved cells to rank on
     Case("als_explicit", lambda: ALS(factors=3, feedback="explicit", iterations=5), False),
     Case("itemknn_cosine", lambda: ItemKNN(k=5, similarity="cosine")),
@@ -281,6 +295,84 @@ def test_als_load_state_checks_shapes(data):
     fresh = ALS.from_config(model.config())
     with pytest.raises(ValueError, match="item_factors"):
         fresh.load_state(state)
+
+
+def test_group_prior_gives_cold_rows_their_groups_taste(data):
+    # 10 users per block with no interactions at all: without side attributes their factors are
+    # 0 (every item scores the same); with them, the group prior puts them in their block
+    cold = 10
+    m = sp.vstack([data, sp.csr_matrix((2 * cold, N_ITEMS), dtype=np.float32)]).tocsr()
+    block = np.r_[np.arange(N_USERS) // BLOCK_USERS, np.repeat([0, 1], cold)]
+    users = np.arange(N_USERS, N_USERS + 2 * cold)
+    plain = ALS(factors=2, regularization=1.0, alpha=5.0).fit(m)
+    assert np.ptp(plain.score_all(users), axis=1).max() < 1e-6
+    for solver in ("cg", "cholesky"):
+        side = ALS(factors=2, regularization=1.0, alpha=5.0, solver=solver)
+        side.fit(m, user_groups=block, item_groups=np.arange(N_ITEMS) // BLOCK_ITEMS)
+        items, _ = side.recommend(users, 6)
+        assert np.all(items // BLOCK_ITEMS == block[users][:, None]), solver
+        # users with data still find their block's unseen items
+        items, _ = side.recommend(np.arange(N_USERS), 3, exclude=data)
+        assert np.all(items // BLOCK_ITEMS == block[:N_USERS, None]), solver
+
+
+def test_unknown_group_codes_fall_back_to_the_plain_objective(data):
+    # every code -1: no attribute embeddings, so the fit is the plain one bit for bit
+    plain = ALS(factors=3, alpha=5.0, iterations=3).fit(data)
+    unknown = ALS(factors=3, alpha=5.0, iterations=3).fit(
+        data, user_groups=np.full((N_USERS, 2), -1), item_groups=np.full(N_ITEMS, -1)
+    )
+    assert torch.equal(plain.user_factors, unknown.user_factors)
+    assert torch.equal(plain.item_factors, unknown.item_factors)
+
+
+def test_group_codes_are_checked(data):
+    with pytest.raises(ValueError, match=r"\(40, A\)"):
+        ALS(factors=2, iterations=1).fit(data, user_groups=np.zeros((3, 1), np.int64))
+    with pytest.raises(ValueError, match="integers"):
+        ALS(factors=2, iterations=1).fit(data, item_groups=np.zeros(N_ITEMS))
+
+
+def test_popularity_prior_adds_weighted_log_popularity(data):
+    base = ALS(factors=2, regularization=0.1, alpha=5.0).fit(data)
+    prior = ALS(factors=2, regularization=0.1, alpha=5.0, popularity_weight=0.3).fit(data)
+    # the prior is not part of the fit: same factors, scores shifted by 0.3 * log(1 + n_i)
+    assert torch.equal(base.item_factors, prior.item_factors)
+    log_pop = np.log1p(np.asarray(data.sum(0)).ravel())
+    users = np.arange(N_USERS)
+    np.testing.assert_allclose(
+        prior.score_all(users), base.score_all(users) + 0.3 * log_pop[None, :], rtol=1e-5
+    )
+    emb_u, emb_i = prior.user_embeddings(), prior.item_embeddings()
+    assert emb_u.shape == (N_USERS, 3) and emb_i.shape == (N_ITEMS, 3)
+    np.testing.assert_allclose(emb_u @ emb_i.T, prior.score_all(users), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="popularity_weight"):
+        ALS(feedback="explicit", popularity_weight=0.1)
+    with pytest.raises(ValueError, match="popularity_weight"):
+        ALS(popularity_weight=-1.0)
+
+
+def test_als_saved_before_side_features_still_loads(data, tmp_path: Path):
+    # an artifact written before group_regularization / popularity_weight / item_prior existed
+    model = ALS(factors=3, alpha=5.0, iterations=3).fit(data)
+    folder = model.save(tmp_path / "old")
+    cfg = json.loads((folder / CONFIG_FILE).read_text())
+    for key in ("group_regularization", "popularity_weight"):
+        del cfg[key]
+    (folder / CONFIG_FILE).write_text(json.dumps(cfg))
+    state = torch.load(folder / WEIGHTS_FILE, weights_only=True)
+    del state["item_prior"]
+    torch.save(state, folder / WEIGHTS_FILE)
+    loaded = load_model(folder)
+    assert loaded.popularity_weight == 0.0
+    users = np.arange(N_USERS)
+    assert np.array_equal(loaded.score_all(users), model.score_all(users))
+    assert np.array_equal(loaded.item_embeddings(), model.item_embeddings())
+    # with the prior on, the prior tensor is required
+    cfg["popularity_weight"] = 0.1
+    (folder / CONFIG_FILE).write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="item_prior"):
+        load_model(folder)
 
 
 # --- baselines specifics ---------------------------------------------------------------------------

@@ -149,5 +149,44 @@ def test_artifact_loads_in_a_fresh_process(ws):
     train.train(ws, "mf", DAYS[1])
     code = "import sys; from models.base import load_model; print(type(load_model(sys.argv[1])).__name__)"
     folder = train.artifact_dir(ws, "mf", DAYS[1]) / "model"
-    out = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(folder)], capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == "ALS"
+
+
+def test_group_codes_band_numbers_and_mark_unknown():
+    frame = pd.DataFrame(
+        {"user_age": [23, 29, 41, None], "user_gender": ["F", "M", None, "F"], "other": 1},
+        index=[0, 1, 2, 4],  # row 3 has no features at all
+    )
+    attrs = (("user_age", "age"), ("user_gender", "gender"), ("user_country", "country"))
+    codes = train.group_codes(frame, attrs, 5)
+    assert codes.shape == (5, 2)  # no country column: that attribute is left out
+    age, gender = codes[:, 0], codes[:, 1]
+    assert age[0] == age[1] != age[2] and age[3] == age[4] == -1  # 20s, 20s, 40s
+    assert gender[0] == gender[4] != gender[1] and gender[2] == gender[3] == -1
+    raw = pd.DataFrame({"age": [23, 41], "category": ["a", "b"]})  # users.parquet names
+    assert train.group_codes(raw, attrs, 2).tolist() == [[0], [1]]
+    assert train.group_codes(raw, (("user_country",),), 2) is None
+    assert train.group_codes(None, attrs, 2) is None
+
+
+def test_mf_reads_side_attributes(ws):
+    data = train.load_training_data(ws, DAYS[1])
+    model = train.build_model("mf", data, ws, seed=0)
+    assert model.popularity_weight == train.MF_PARAMS["popularity_weight"] > 0
+    emb_u, emb_i = model.user_embeddings(), model.item_embeddings()
+    assert emb_u.shape[1] == emb_i.shape[1] == train.MF_PARAMS["factors"] + 1
+    # users of the same (age band, gender, country) with no positives in common still share
+    # most of their taste: their factors are pulled toward the same group prior
+    users = pd.read_parquet(ws.data_dir / "users.parquet").set_index("user_id")
+    users = users.reindex(data.users.ids)
+    key = (users["age"] // 10).astype(str) + users["gender"] + users["country"]
+    x = model.user_factors.numpy()
+    x = x - x.mean(0)  # every factor shares a popularity direction: compare the rest
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    same = key.to_numpy()[:, None] == key.to_numpy()[None, :]
+    cos = x @ x.T
+    off_diag = ~np.eye(len(x), dtype=bool)
+    assert cos[same & off_diag].mean() > cos[~same].mean() + 0.2

@@ -267,3 +267,90 @@ def test_feature_encoding_errors_name_the_column():
         TwoTower(epochs=1).fit(train, item_features=frame.set_index(pd.Index(["a", "b", "c"])))
     with pytest.raises(ValueError, match="item features: index 7 is outside"):
         TwoTower(epochs=1).fit(train, item_features=frame.set_index(pd.Index([0, 1, 7])))
+
+
+# --- attribute-only towers and the popularity prior (the daily job's settings) -------------------
+PRIOR_KW = {
+    "dim": 16,
+    "hidden": (32,),
+    "epochs": 2,
+    "val_fraction": 0.0,
+    "user_ids": False,
+    "item_ids": False,
+    "history": False,
+    "popularity_prior": True,
+    "popularity_weight": 0.5,
+    "temperature": 0.1,
+}
+
+
+@pytest.fixture(scope="module")
+def with_prior(data):
+    train, _, users, items, *_ = data
+    feats_u = users[["age", "gender"]]
+    return TwoTower(seed=5, **PRIOR_KW).fit(train, feats_u, items[["category"]])
+
+
+def test_config_saved_before_the_new_keys_loads_with_the_old_behaviour(tmp_path: Path, fitted):
+    # `fitted` uses the old defaults (ids and history on, no prior): strip the keys added later
+    folder = fitted.save(tmp_path / "old")
+    cfg = json.loads((folder / "config.json").read_text())
+    for key in ("user_ids", "item_ids", "history", "popularity_prior", "popularity_weight"):
+        del cfg[key]
+    (folder / "config.json").write_text(json.dumps(cfg))
+    state = torch.load(folder / "weights.pt", weights_only=True)
+    assert "item_prior" not in state
+    loaded = load_model(folder)
+    assert loaded.hp["user_ids"] and loaded.hp["item_ids"] and loaded.hp["history"]
+    assert not loaded.hp["popularity_prior"]
+    assert np.array_equal(loaded.user_embeddings(), fitted.user_embeddings())
+    assert np.array_equal(loaded.item_embeddings(), fitted.item_embeddings())
+
+
+def test_save_load_with_popularity_prior(tmp_path: Path, data, with_prior):
+    loaded = load_model(with_prior.save(tmp_path / "prior"))
+    assert loaded.hp["popularity_prior"] and loaded.hp["popularity_weight"] == 0.5
+    assert torch.equal(loaded.tensors["item_prior"], with_prior.tensors["item_prior"])
+    users = np.arange(N_USERS)
+    assert np.array_equal(loaded.score_all(users), with_prior.score_all(users))
+    assert np.array_equal(loaded.item_embeddings(), with_prior.item_embeddings())
+    # the prior is required when the config says it is on
+    state = {k: v for k, v in with_prior.state().items() if k != "item_prior"}
+    fresh = TwoTower.from_config(with_prior.config())
+    with pytest.raises(ValueError, match="item_prior"):
+        fresh.load_state(state)
+
+
+def test_score_is_cosine_plus_weighted_log_popularity(data, with_prior):
+    train, *_ = data
+    ue, ie = with_prior.user_embeddings(), with_prior.item_embeddings()
+    assert ue.shape == (N_USERS, 17) and ie.shape == (N_ITEMS, 17)
+    u, v = ue[:, :16], ie[:, :16]
+    np.testing.assert_allclose(np.linalg.norm(u, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    # served prior: log(1 + positives of the item) over all the training positives
+    log_pop = np.log1p(np.asarray((train > 0).sum(0), dtype=np.float64).ravel())
+    np.testing.assert_allclose(with_prior.tensors["item_prior"].numpy(), log_pop, rtol=1e-6)
+    expected = u @ v.T + 0.1 * 0.5 * log_pop[None, :]
+    np.testing.assert_allclose(
+        with_prior.score_all(np.arange(N_USERS)), expected, rtol=1e-5, atol=1e-5
+    )
+    users, items = np.array([0, 3, 9]), np.array([1, 100, 239])
+    np.testing.assert_allclose(
+        with_prior.score(users, items), expected[users, items], rtol=1e-5, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("who", ["user", "item"])
+def test_tower_without_inputs_is_a_clear_error(data, who):
+    train, _, users, items, *_ = data
+    kw = {**PRIOR_KW, "epochs": 1}
+    if who == "user":  # no ids, no history, no user features
+        args = (train, None, items[["category"]])
+    else:  # no item ids, no item features
+        args = (train, users[["age", "gender"]], None)
+    with pytest.raises(ValueError, match=f"the {who} tower has no input"):
+        TwoTower(seed=0, **kw).fit(*args)
+    # the user history alone is an input
+    if who == "user":
+        TwoTower(seed=0, **{**kw, "history": True}).fit(*args)
