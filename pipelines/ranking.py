@@ -210,6 +210,23 @@ def evaluate_forward(settings: Settings, date: str | dt.date) -> dict[str, Any]:
     return json.loads(target.read_text())
 
 
+def ranker_auc(settings: Settings, folder: Path | str, date: str | dt.date) -> float | None:
+    """AUC of the ranker saved in ``folder`` (its ``model/``) on D's labelled impressions: the
+    gate's champion number, on the same test day as the candidate's. ``None`` without impressions.
+    """
+    from models.base import load_model
+    from pipelines.feature_store import training_frame
+    from pipelines.ranker import evaluate_ranker
+
+    day = schema.parse_date(date)
+    test = labelled_impressions(settings, day, day)
+    if test.empty:
+        return None
+    ranker = load_model(Path(folder) / "model")
+    auc = evaluate_ranker(ranker, training_frame(settings, test, SERVICE)).get("auc")
+    return None if auc is None else float(auc)
+
+
 def _plain(obj: Any) -> Any:
     if hasattr(obj, "item"):
         return obj.item()

@@ -143,6 +143,23 @@ def gate(ds: str) -> dict[str, Any]:
             ope=ope["ope"],
             champion_ope=ope["champion_ope"],
             candidate_metrics={"auc": auc} if auc is not None else None,
+            champion_metrics=_champion_ranker_auc(s, ds, ope["candidate_version"]),
             tolerances=Tolerances(snips=SNIPS_TOLERANCE),
         )
     )
+
+
+def _champion_ranker_auc(s: Settings, ds: str, candidate: str | None) -> dict[str, Any] | None:
+    """``{"auc": ...}`` of the champion bundle's ranker on ``ds`` (the candidate's test day), or
+    None when there is no other champion or it pins no ranker."""
+    from pipelines import registry
+    from pipelines.ranking import ranker_auc
+
+    champ = registry.get_alias(s, "champion")
+    if champ is None or champ == candidate:
+        return None
+    folder = registry.load_bundle(s, champ)["paths"].get("ranker")
+    if not folder:
+        return None
+    auc = ranker_auc(s, folder, ds)
+    return {"auc": auc} if auc is not None else None

@@ -137,6 +137,7 @@ def tiny_trained_workspace(
         tasks.train_model(ds, "two_tower")
         tasks.build_index(ds)
         tasks.train_ranker(ds)
+        tasks.evaluate_ranker(ds)
         tasks.register(ds)
         tasks.gate(ds)
     return settings, mp

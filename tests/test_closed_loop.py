@@ -168,3 +168,19 @@ def test_loop_config_refuses_bad_values():
         closed_loop.LoopConfig(retrain=False, runner="airflow")
     with pytest.raises(ValueError, match="challenger_share"):
         closed_loop.LoopConfig(challenger_share=1.5)
+
+
+def test_gate_compares_ranker_auc_with_the_champion_on_the_same_day(loop):
+    """Day 3's gate judged bundle 2 against champion 1: both rankers scored on day 3."""
+    import json
+
+    from pipelines.ranking import ranker_auc
+
+    settings = loop["settings"]
+    record = json.loads((settings.reports_dir / "gates" / "date=2026-01-03.json").read_text())
+    assert (record["candidate_version"], record["champion_version"]) == ("2", "1")
+    gate = {g["name"]: g for g in record["gates"]}["ranker_auc"]
+    assert 0.0 < gate["champion"] < 1.0 and 0.0 < gate["candidate"] < 1.0
+    folder = registry.load_bundle(settings, "1")["paths"]["ranker"]
+    assert gate["champion"] == pytest.approx(ranker_auc(settings, folder, "2026-01-03"))
+    assert "champion" in gate["note"] or gate["verdict"] in ("pass", "fail")
