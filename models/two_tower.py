@@ -837,6 +837,29 @@ class TwoTower(Recommender):
         num, cat = encode_features(item_features, self.item_spec, n, "item features")
         return self._encode_items_t(ids, num, cat)
 
+    def user_feature_columns(self) -> list[str] | None:
+        """The user tower's feature columns when it reads features only (no user id embedding,
+        no history mean), so any user with those attributes gets a vector from
+        :meth:`encode_user_features`; ``None`` when it reads ids or history (a user outside the
+        training vocabulary would then get the shared unknown-id vector, not their own)."""
+        self._check_fitted()
+        if self.hp["user_ids"] or self.hp["history"]:
+            return None
+        names = _names(self.user_spec)
+        return names or None
+
+    def encode_user_features(self, features: pd.DataFrame) -> np.ndarray:
+        """Vectors ``(B, D)`` float32 (``D + 1`` with the popularity prior) of ``B`` users from
+        their raw features alone (row ``j`` = user ``j``; the columns of
+        :meth:`user_feature_columns`). Equal to :meth:`user_embeddings` for a training user with
+        the same features. ``ValueError`` when the tower also reads ids or history."""
+        if self.user_feature_columns() is None:
+            raise ValueError("encode_user_features: this user tower reads user ids or history")
+        n = len(features)
+        num, cat = encode_features(features, self.user_spec, n, "user features")
+        hist = np.full((n, self.hp["history_len"]), -1, dtype=np.int64)
+        return self._encode_users_t(np.full(n, self.n_users, np.int64), num, cat, hist)
+
     @staticmethod
     def _ids(ids: np.ndarray | None, n: int, size: int) -> np.ndarray:
         if ids is None:

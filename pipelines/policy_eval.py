@@ -4,8 +4,14 @@ The bundle's policy is its two-tower retriever turned stochastic: ``π = softmax
 the catalog the model knows, slates of ``k`` drawn without replacement (temperature ``T`` =
 ``TEMPERATURE``, stated in every report). ``pipelines.ope.policy_table`` turns D's logged
 impressions into the item-position table and ``pipelines.ope.estimate`` gives IPS/SNIPS/... with
-bootstrap intervals. Users the model does not know get the mean user vector (what the service
-does for a new user without features).
+bootstrap intervals. Users the model does not know (outside its ``users.json``: no positives in
+the training window) are scored as the service serves them: when the two-tower's user tower reads
+attributes only (no user id embedding, no history mean), a user with attributes in
+``data/users.parquet`` gets the tower's vector of those attributes (the service encodes the same
+attributes read from the online store; :func:`tower_user_frame` maps them to the tower's columns
+the way the feature table does); a user without attributes, or any unknown user of a tower that
+reads ids or history, gets the mean user vector (the service answers those with trending items;
+the mean vector is the policy's closest stand-in).
 
 Logging propensities: on a day logged by the simulator's logging policy (``truth/world.json``
 present and every impression's ``arm`` is ``simulate.ARM``) its item-position marginals are
@@ -25,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from pipelines import schema
 from pipelines.settings import Settings
@@ -40,8 +47,42 @@ MAX_USERS = 400  # distinct users (contexts) evaluated per day, a seeded sample,
 N_SAMPLES = 100  # Rao-Blackwellised slates per user for the target's item-position marginals
 
 
-def two_tower_scorer(folder: Path):
-    """``(score(user_ids, item_ids) -> (U, I), item_ids)`` of the two-tower artifact in ``folder``."""
+def user_attributes(settings: Settings) -> pd.DataFrame | None:
+    """``data/users.parquet`` (``user_id`` and the raw attributes), or None when absent."""
+    path = settings.data_dir / "users.parquet"
+    return pd.read_parquet(path) if path.exists() else None
+
+
+def tower_user_frame(attributes: pd.DataFrame, columns: list[str]) -> pd.DataFrame | None:
+    """The user tower's input columns from raw attributes, indexed by ``user_id`` (str).
+
+    A column named as an attribute (``age``: the tower was trained from ``users.parquet``) is
+    copied; a feature-table column (``user_age``) is the attribute with the table's fill for
+    unknown values (``pipelines.features.DEFAULTS``: ``-1``, ``"unknown"``), as the feature
+    table and so the online store hold it. None when a column has no attribute to come from."""
+    from pipelines.features import DEFAULTS
+
+    frame = attributes.drop_duplicates("user_id", keep="last")
+    out = pd.DataFrame(index=pd.Index(frame["user_id"].astype(str), name="user_id"))
+    for col in columns:
+        if col in frame.columns:
+            out[col] = frame[col].to_numpy()
+        elif col.startswith("user_") and col[5:] in frame.columns and col in DEFAULTS:
+            raw = frame[col[5:]]
+            out[col] = raw.where(raw.notna(), DEFAULTS[col]).to_numpy()
+        else:
+            log.warning("user tower column %r: no such user attribute; unknown users get the "
+                        "mean vector", col)  # fmt: skip
+            return None
+    return out
+
+
+def two_tower_scorer(folder: Path, attributes: pd.DataFrame | None = None):
+    """``(score(user_ids, item_ids) -> (U, I), item_ids)`` of the two-tower artifact in ``folder``.
+
+    ``attributes``: raw user attributes (``data/users.parquet``); users outside the vocabulary
+    that have a row get their user-tower vector from it when the tower reads attributes only,
+    the others the mean user vector (module docstring)."""
     from models.base import load_model
     from pipelines.vocab import Vocab
 
@@ -49,11 +90,37 @@ def two_tower_scorer(folder: Path):
     users, items = Vocab.load(Path(folder) / "users.json"), Vocab.load(Path(folder) / "items.json")
     uvec, ivec = model.user_embeddings(), model.item_embeddings()
     mean_user = uvec.mean(axis=0)
+    columns_of = getattr(model, "user_feature_columns", None)
+    columns = columns_of() if columns_of is not None else None
+    frame = None
+    if columns and attributes is not None:
+        frame = tower_user_frame(attributes, columns)
+    cache: dict[str, np.ndarray] = {}
+
+    def tower_vectors(ids: np.ndarray) -> np.ndarray:
+        """``(N, D)`` tower vectors of unknown users ``ids`` (mean vector: no attributes)."""
+        out = np.tile(mean_user, (len(ids), 1)).astype(uvec.dtype)
+        if frame is None or not len(ids):
+            return out
+        todo = sorted({str(x) for x in ids} - cache.keys())
+        pos = frame.index.get_indexer(todo)
+        have = [t for t, p in zip(todo, pos, strict=True) if p >= 0]
+        if have:
+            vecs = model.encode_user_features(frame.loc[have].reset_index(drop=True))
+            cache.update(zip(have, vecs, strict=True))
+        for j, x in enumerate(ids):
+            v = cache.get(str(x))
+            if v is not None:
+                out[j] = v
+        return out
 
     def score(user_ids: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
         u = users.encode(user_ids)
         i = items.encode(item_ids)
         U = np.where((u >= 0)[:, None], uvec[np.maximum(u, 0)], mean_user)
+        unknown = np.flatnonzero(u < 0)
+        if len(unknown):
+            U[unknown] = tower_vectors(np.asarray(user_ids, dtype=object)[unknown])
         V = np.where((i >= 0)[:, None], ivec[np.maximum(i, 0)], 0.0)
         return (U @ V.T).astype(np.float64)
 
@@ -93,7 +160,7 @@ def evaluate_bundle(
     if len(users) > MAX_USERS:
         users = np.sort(rng.choice(users, MAX_USERS, replace=False))
     logs = logs[logs["user_id"].isin(set(users))]
-    score, items = two_tower_scorer(two_tower_folder)
+    score, items = two_tower_scorer(two_tower_folder, user_attributes(settings))
     world = _world(settings)
     if world is not None:
         world.extend_to(day)  # the users and items that had arrived by D

@@ -2,9 +2,20 @@
 
 A :class:`LoadedBundle` is everything one arm needs, loaded once and then only read (safe to share
 between request threads): the two-tower model with its vocabularies, precomputed user vectors and
-seen matrix, the FAISS index built from it, the ranker (or None), and the item table (the newest
+seen matrix, the FAISS index built from it, the ranker (or None), the item table (the newest
 offline item feature table on disk: category, age, trending, counts), which backs popularity
-answers, cold start and exploration even while Redis is down.
+answers, cold start and exploration even while Redis is down, and the :class:`UserTower` (or
+None) that gives users outside the two-tower's vocabulary a vector from their online features.
+
+**User vectors.** A user in the two-tower's ``users.json`` (positives in the training window) gets
+their precomputed vector. When the user tower reads attributes only (no user id embedding, no
+history mean: the daily two-tower since demographics-only training), any other user is encoded from
+the ``user_features`` attributes the tower reads (``user_age``, ``user_gender``, ``user_country``),
+read from the online store at request time; vectors are cached by the attribute values (a few
+thousand distinct tuples cover every user) and the cache is filled at load, in one batch, with
+every distinct tuple of the newest offline user feature table, so a request almost never runs the
+network. Older bundles, whose user tower reads ids or history, have no :class:`UserTower`: their
+unknown users get cold start (trending), as before.
 
 Only bundles from the configured registry are loaded (:func:`pipelines.registry.load_bundle`
 re-checks pins and artifact hashes), and models load through ``models.base.load_model``
@@ -24,6 +35,8 @@ import json
 import logging
 import threading
 import time
+from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,6 +137,144 @@ class ItemTable:
         return self._index.get_indexer(np.asarray(item_ids, dtype=object)).astype(np.int64)
 
 
+class UserTower:
+    """A feature-only user tower serving users outside the vocabulary, with a vector cache.
+
+    ``columns``: the tower's feature columns as trained (feature-table names such as
+    ``user_age``, or raw attribute names such as ``age`` when it was trained from
+    ``users.parquet``); ``online``: the ``user_features`` feature each is read from (``age`` →
+    ``user_age``). Values are passed as the feature table holds them (``-1`` / ``"unknown"`` =
+    unknown), converted to missing for attribute-named columns (trained on raw, null-able
+    attributes).
+
+    Two caches, both bounded and living as long as the bundle: vectors by attribute tuple
+    (:meth:`vectors`), and, per user id, the vector of a user whose features were read
+    (:meth:`remember` / :meth:`cached`), so a returning user costs no Redis read; attributes are
+    slowly changing and a bundle is replaced daily. Users without features are never cached
+    (their row may be materialized later). Thread-safe: a lock guards the caches, encoding runs
+    outside it.
+    """
+
+    def __init__(
+        self, model: Any, columns: list[str], max_cache: int = 100_000, max_users: int = 200_000
+    ) -> None:
+        self.model = model
+        self.columns = list(columns)
+        self.online = [c if c.startswith("user_") else f"user_{c}" for c in self.columns]
+        self.max_cache = max_cache
+        self.max_users = max_users
+        self._by_user: OrderedDict[str, tuple] = OrderedDict()
+        self.hits = 0  # lookups answered from the cache
+        self.encoded = 0  # attribute tuples run through the network
+        self._cache: dict[tuple, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_model(cls, model: Any) -> UserTower | None:
+        """The bundle's user tower, or None when it cannot encode users from online features
+        (it reads user ids or history, or a column the ``user_features`` view lacks)."""
+        from pipelines.features import USER_FEATURES
+
+        columns_of = getattr(model, "user_feature_columns", None)
+        columns = columns_of() if columns_of is not None else None
+        if not columns:
+            return None
+        tower = cls(model, columns)
+        available = {n for n, _, _ in USER_FEATURES}
+        lacking = [n for n in tower.online if n not in available]
+        if lacking:
+            log.warning("user tower reads %s, not in the user_features view: disabled", lacking)
+            return None
+        return tower
+
+    def key(self, values: Mapping[str, Any]) -> tuple:
+        """The cache key of one user: the ``online`` features' values, in order (absent = None)."""
+        return tuple(values.get(n) for n in self.online)
+
+    def _frame(self, keys: list[tuple]) -> pd.DataFrame:
+        cols: dict[str, list[Any]] = {}
+        for j, (col, name) in enumerate(zip(self.columns, self.online, strict=True)):
+            vals = [k[j] for k in keys]
+            if col != name:  # a raw attribute column: the feature table's "unknown" is missing
+                vals = [None if v in (-1, "unknown") else v for v in vals]
+            cols[col] = vals
+        return pd.DataFrame(cols, index=pd.RangeIndex(len(keys)))
+
+    def vectors(self, rows: list[Mapping[str, Any]]) -> np.ndarray:
+        """Vectors ``(B, D)`` float32 of ``B`` users from their online features (``{feature:
+        value}`` each, keyed by ``online`` names); cache misses are encoded in one batch."""
+        keys = [self.key(r) for r in rows]
+        with self._lock:
+            found = [self._cache.get(k) for k in keys]
+        missing = sorted({k for k, v in zip(keys, found, strict=True) if v is None}, key=repr)
+        fresh: dict[tuple, np.ndarray] = {}
+        if missing:
+            vecs = np.asarray(self.model.encode_user_features(self._frame(missing)), np.float32)
+            fresh = dict(zip(missing, vecs, strict=True))
+            with self._lock:
+                if len(self._cache) + len(fresh) > self.max_cache:
+                    self._cache.clear()  # rare: more distinct attribute tuples than the cap
+                self._cache.update(fresh)
+        with self._lock:
+            self.hits += sum(1 for v in found if v is not None)
+            self.encoded += len(missing)
+        if not keys:
+            return np.zeros((0, self.model.user_embeddings().shape[1]), np.float32)
+        return np.stack(
+            [v if v is not None else fresh[k] for k, v in zip(keys, found, strict=True)]
+        )
+
+    def cached(self, user_id: str) -> np.ndarray | None:
+        """The vector ``(1, D)`` of ``user_id``'s remembered features, or None."""
+        with self._lock:
+            key = self._by_user.get(user_id)
+            vec = None if key is None else self._cache.get(key)
+        return None if vec is None else vec[None, :]
+
+    def remember(self, user_id: str, values: Mapping[str, Any]) -> None:
+        """Remember ``user_id``'s features (their cache key; the oldest user dropped beyond
+        ``max_users``), whose vector :meth:`vectors` has cached."""
+        key = self.key(values)
+        with self._lock:
+            self._by_user[user_id] = key
+            while len(self._by_user) > self.max_users:
+                self._by_user.popitem(last=False)
+
+    def prewarm(self, frame: pd.DataFrame) -> int:
+        """Encode every distinct tuple of ``frame``'s ``online`` columns (an offline user feature
+        table) in one batch into the cache; returns how many were encoded."""
+        lacking = [n for n in self.online if n not in frame.columns]
+        if lacking:
+            raise ValueError(f"user feature table lacks {lacking}")
+        distinct = frame[self.online].drop_duplicates()
+        rows = [
+            {n: (None if pd.isna(v) else v) for n, v in zip(self.online, r, strict=True)}
+            for r in distinct.itertuples(index=False, name=None)
+        ]
+        self.vectors(rows)
+        return len(rows)
+
+
+def _prewarm_user_tower(settings: Settings, tower: UserTower) -> None:
+    """Fill ``tower``'s cache from the newest user feature table on disk (none: logged)."""
+    import pyarrow.parquet as pq
+
+    from pipelines import schema
+    from pipelines.features import table_dir, table_path
+
+    dates = schema.partition_dates(table_dir(settings, "user"))
+    if not dates:
+        log.warning("no user feature table under %s: user tower cache starts empty",
+                    settings.features_dir)  # fmt: skip
+        return
+    path = table_path(settings, "user", dates[-1])
+    t0 = time.perf_counter()
+    frame = pq.read_table(path, columns=tower.online).to_pandas()
+    n = tower.prewarm(frame)
+    log.info("user tower: %d distinct attribute tuples of %s encoded in %.2fs",
+             n, path, time.perf_counter() - t0)  # fmt: skip
+
+
 @dataclass
 class LoadedBundle:
     """One registered serving bundle, loaded (read-only after :func:`load`)."""
@@ -140,6 +291,7 @@ class LoadedBundle:
     index: Any  # pipelines.index.ItemIndex
     ranker: Any | None
     item_table: ItemTable
+    user_tower: UserTower | None = None
     loaded_at: float = field(default_factory=time.time)
     load_seconds: float = 0.0
 
@@ -200,6 +352,9 @@ def load(settings: Settings, ref: str) -> LoadedBundle:
         ranker = load_model(rk / "model" if (rk / "model").is_dir() else rk)
     ids = index.item_ids if index.item_ids is not None else np.asarray(items.ids)
     table = ItemTable.load(settings, np.asarray(ids, dtype=str))
+    tower = UserTower.for_model(model)
+    if tower is not None:
+        _prewarm_user_tower(settings, tower)
     out = LoadedBundle(
         version=str(b["bundle_version"]),
         pins={k: b.get(k) for k in ("two_tower", "index", "ranker")},
@@ -213,24 +368,32 @@ def load(settings: Settings, ref: str) -> LoadedBundle:
         index=index,
         ranker=ranker,
         item_table=table,
+        user_tower=tower,
     )
     out.load_seconds = time.perf_counter() - t0
     log.info(
-        "loaded bundle %s (%s) in %.2fs: %d users, %d indexed items (%s), ranker %s",
+        "loaded bundle %s (%s) in %.2fs: %d users, %d indexed items (%s), ranker %s, "
+        "new users by %s",
         out.version, ref, out.load_seconds, len(users), index.n_items, index.kind,
-        out.versions["ranker"],
+        out.versions["ranker"], f"user tower {tower.online}" if tower else "cold start",
     )  # fmt: skip
     return out
 
 
 def smoke_score(bundle: LoadedBundle, n_users: int = 4, k: int = 10) -> None:
     """Score a few known users end to end without Redis (vectors → index → ranker on default
-    features); :class:`SmokeError` if anything raises or returns non-finite or empty results."""
+    features), and a new user with default features through the user tower when there is one;
+    :class:`SmokeError` if anything raises or returns non-finite or empty results."""
     from pipelines import features as ft
 
     try:
         rows = np.arange(min(n_users, len(bundle.user_vecs)))
         queries = bundle.user_vecs[rows] if len(rows) else np.zeros((1, bundle.index.dim), "f4")
+        if bundle.user_tower is not None:
+            new = bundle.user_tower.vectors([{n: ft.DEFAULTS[n] for n in bundle.user_tower.online}])
+            if new.shape != (1, bundle.index.dim) or not np.isfinite(new).all():
+                raise SmokeError(f"user tower returned {new!r} (index dim {bundle.index.dim})")
+            queries = np.concatenate([queries, new]).astype(np.float32)
         ids, scores = bundle.index.search(queries, k)
         if ids.shape[0] != len(queries) or not np.isfinite(scores[:, 0]).all():
             raise SmokeError(f"index returned no finite top result ({scores[:, :3]})")
@@ -252,6 +415,12 @@ def warm_up(settings: Settings, bundle: LoadedBundle) -> None:
     from serving.rerank import thompson_probabilities
 
     thompson_probabilities(np.array([1.0, 2.0]), np.array([3.0, 4.0]))
+    try:  # the protobuf decoders of the Redis fast path (built once per process)
+        from pipelines.feature_store import _column_classes
+
+        _column_classes()
+    except Exception as exc:  # noqa: BLE001 - requests build them on first use instead
+        log.warning("warm-up: no Redis value decoders (%r)", exc)
     service = "ranker_v1"
     if bundle.ranker is not None and getattr(bundle.ranker, "feature_service", ""):
         service = bundle.ranker.feature_service

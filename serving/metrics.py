@@ -4,7 +4,7 @@
   log, total);
 - ``recloop_requests_total`` counter, labels ``arm`` and ``status`` (ok, degraded, rejected
   = 503, bad_request = 4xx);
-- ``recloop_fallbacks_total`` counter, label ``kind`` (redis, retrieve, rank, cold_start);
+- ``recloop_fallbacks_total`` counter, label ``kind`` (redis, retrieve, rank, cold_start, user_tower);
 - ``recloop_reloads_total`` / ``recloop_rejected_reloads_total`` counters, label ``arm``;
 - ``recloop_in_flight`` gauge; ``recloop_bundle_info`` gauge (1) labelled with arm and version;
 - ``recloop_impressions_logged_total`` counter.

@@ -6,10 +6,16 @@ response dict; every stage is timed (``timings_ms``) and has a fallback, so a re
 
 - **route** (:func:`route`): sticky A/B arm from ``sha256(salt:experiment:user_id)``: the first
   8 bytes as a number in [0, 1) below ``challenger_share`` → ``challenger`` (when one is loaded).
-- **retrieve**: a user the two-tower model knows → its vector → FAISS top-``candidates`` with the
-  user's seen items and excluded items removed. An unknown (well-formed) user → **cold start**:
-  trending items (popularity × trending from the item table), those of the context's categories
-  first. Index failure → the popularity order, flagged ``retrieve``.
+- **retrieve**: the user's vector → FAISS top-``candidates`` with the user's seen items and
+  excluded items removed. The vector: a user in the two-tower's vocabulary → the precomputed one;
+  any other user, when the bundle has a feature-only user tower (:class:`serving.bundle.UserTower`)
+  → their ``user_features`` row read from Redis (one HMGET, under the hydrate deadline and the
+  breaker; once per user and bundle) encoded by the tower (cached by attribute values), flagged
+  ``user_tower``. A user with no row in the online store (brand new), or any user of a bundle
+  whose tower reads ids or history → **cold start**: trending items (popularity × trending from
+  the item table), those of the context's categories first, flagged ``cold_start``; Redis failing
+  on that read → the same, also flagged ``redis`` and ``degraded``. Index failure → the
+  popularity order, flagged ``retrieve``.
 - **hydrate**: user + candidate features from Redis (``online_features_fast``) in a separate
   thread with ``hydrate_deadline_ms`` (capped by what is left of ``deadline_ms``). Redis down,
   slow or failing → a **popularity answer** (``degraded: true``) and Redis is not asked again
@@ -159,10 +165,10 @@ def _popular(bundle: LoadedBundle, n: int, drop: set[str], categories: tuple[str
 
 
 def _retrieve(
-    bundle: LoadedBundle, row: int, n: int, drop: set[str]
+    bundle: LoadedBundle, query: np.ndarray, n: int, drop: set[str]
 ) -> tuple[list[str], np.ndarray]:
-    """FAISS top-``n`` unseen, not excluded, for known user ``row``."""
-    query = bundle.user_vecs[row : row + 1]
+    """FAISS top-``n`` ids (``list[str]``) and scores ``(n,)`` for one user vector ``query``
+    ``(1, D)`` float32, ``drop`` (seen and excluded ids) removed."""
     ids, scores = bundle.index.search(query, min(n + len(drop), bundle.index.n_items))
     ids, scores = ids[0].astype(str), scores[0].astype(np.float64)
     keep = (ids != "") & np.isfinite(scores)
@@ -228,17 +234,62 @@ def read_features(settings: Settings, service: str, user_id: str, ids: list[str]
     return Hydrated(user, items, missing, (time.perf_counter() - t0) * 1e3)
 
 
+def read_user_features(
+    settings: Settings, service: str, user_id: str, names: list[str] | None = None
+) -> dict[str, Any] | None:
+    """The user's online ``user_features`` values ``{feature: value}`` (``None`` where a field is
+    absent) over ``service``'s user features (only ``names`` of them decoded, when given), in one
+    HMGET; ``None`` when the online store has no row for the user at all (a brand-new user).
+    ``ConnectionError`` naming the URL."""
+    import redis
+
+    from pipelines import feature_store as fs
+    from pipelines.features import FEATURE_TYPES
+
+    plan = fs._plan(settings, service)
+    try:
+        [reply] = fs._hmget_pipeline(
+            fs.redis_client(settings), [(plan.packed["user"], fs.redis_key("user_id", user_id))]
+        )
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise ConnectionError(
+            f"Redis online store unreachable at {settings.redis_url}: {exc}"
+        ) from exc
+    served = plan.names["user"]
+    if not reply[len(served)] and not any(reply[: len(served)]):  # no _ts and no value: no row
+        return None
+    wanted = set(served if names is None else names)
+    return {
+        n: fs._decode_column([raw], FEATURE_TYPES[n])[0]
+        for n, raw in zip(served, reply, strict=False)
+        if n in wanted
+    }
+
+
 def _service(bundle: LoadedBundle) -> str:
     if bundle.ranker is not None and getattr(bundle.ranker, "feature_service", ""):
         return str(bundle.ranker.feature_service)
     return "ranker_v1"
 
 
-def _hydrate(engine: Engine, bundle: LoadedBundle, user_id: str, ids: list[str], budget_ms: float):
-    """``(Hydrated, None)`` or ``(None, error)`` (Redis down/slow/failing: breaker tripped)."""
+def _tower_service(settings: Settings, bundle: LoadedBundle) -> str:
+    """The feature service to read the user tower's features with: the ranker's when it has
+    them all (one read plan warmed at load), else ``two_tower_v1``."""
+    from pipelines import feature_store as fs
+
+    service = _service(bundle)
+    assert bundle.user_tower is not None
+    if set(bundle.user_tower.online) <= set(fs._plan(settings, service).names["user"]):
+        return service
+    return "two_tower_v1"
+
+
+def _redis_call(engine: Engine, budget_ms: float, fn: Any, *args: Any) -> tuple[Any, str | None]:
+    """``(fn(*args), None)`` run on the hydrate pool within ``budget_ms``, or ``(None, error)``
+    when the breaker is open or Redis is down, slow or failing (the breaker is then tripped)."""
     if engine.breaker.is_open():
         return None, "redis breaker open"
-    fut = engine.hydrate_pool.submit(read_features, engine.settings, _service(bundle), user_id, ids)
+    fut = engine.hydrate_pool.submit(fn, *args)
     try:
         return fut.result(timeout=max(budget_ms, 1.0) / 1e3), None
     except FutureTimeout:
@@ -249,8 +300,43 @@ def _hydrate(engine: Engine, bundle: LoadedBundle, user_id: str, ids: list[str],
     except Exception as exc:  # noqa: BLE001 - anything else fails the stage the same way
         err, detail = "redis read failed", repr(exc)
     engine.breaker.trip(detail)
-    log.warning("hydrate: %s; popularity answers for %.1fs", detail, engine.config.redis_cooldown_s)
+    log.warning("redis: %s; popularity answers for %.1fs", detail, engine.config.redis_cooldown_s)
     return None, err  # the response says what failed, not where Redis lives
+
+
+def _hydrate(engine: Engine, bundle: LoadedBundle, user_id: str, ids: list[str], budget_ms: float):
+    """``(Hydrated, None)`` or ``(None, error)`` (Redis down/slow/failing: breaker tripped)."""
+    args = (engine.settings, _service(bundle), user_id, ids)
+    return _redis_call(engine, budget_ms, read_features, *args)
+
+
+def _new_user_vector(
+    engine: Engine, bundle: LoadedBundle, user_id: str, budget_ms: float
+) -> tuple[np.ndarray | None, str | None]:
+    """``(vector (1, D) float32, None)`` of a user outside the vocabulary, from their online
+    features through the bundle's user tower (remembered per user: a returning user costs no
+    Redis read); ``(None, None)`` when the online store has no row for them or the tower fails to
+    encode them (logged); ``(None, error)`` when Redis failed."""
+    tower = bundle.user_tower
+    assert tower is not None
+    known = tower.cached(user_id)
+    if known is not None:
+        return known, None
+
+    def read() -> dict[str, Any] | None:  # the read plan too runs under the deadline
+        service = _tower_service(engine.settings, bundle)
+        return read_user_features(engine.settings, service, user_id, tower.online)
+
+    values, err = _redis_call(engine, budget_ms, read)
+    if err is not None or values is None:
+        return None, err
+    try:
+        vector = tower.vectors([values])
+    except Exception as exc:  # noqa: BLE001 - a user the tower cannot encode gets cold start
+        log.error("user tower of bundle %s failed for %r: %r", bundle.version, values, exc)
+        return None, None
+    tower.remember(user_id, values)
+    return vector, None
 
 
 def _rank(bundle: LoadedBundle, online: Hydrated) -> np.ndarray:
@@ -296,8 +382,18 @@ def recommend(engine: Engine, req: Request, info: dict[str, Any] | None = None) 
     timer.lap("route")
     fallbacks: list[str] = []
     degraded = False
+    err: str | None = None
     row = bundle.user_row(req.user_id)
-    cold = row < 0
+    query = bundle.user_vecs[row : row + 1] if row >= 0 else None
+    if query is None and bundle.user_tower is not None:
+        budget = min(cfg.hydrate_deadline_ms, cfg.deadline_ms - timer.elapsed_ms())
+        query, err = _new_user_vector(engine, bundle, req.user_id, budget)
+        if err is not None:  # Redis failed: the cold-start answer, flagged
+            fallbacks.append("redis")
+            degraded = True
+        elif query is not None:
+            fallbacks.append("user_tower")
+    cold = query is None
     drop = bundle.seen_items(row) | set(cfg.excluded_items) | set(req.exclude)
     n = cfg.candidates
     if cold:
@@ -305,7 +401,7 @@ def recommend(engine: Engine, req: Request, info: dict[str, Any] | None = None) 
         fallbacks.append("cold_start")
     else:
         try:
-            ids, rscores = _retrieve(bundle, row, n, drop)
+            ids, rscores = _retrieve(bundle, query, n, drop)
         except Exception as exc:  # noqa: BLE001
             log.error("retrieve failed for bundle %s: %r", bundle.version, exc)
             ids, rscores = _popular(bundle, n, drop, ())
@@ -316,7 +412,9 @@ def recommend(engine: Engine, req: Request, info: dict[str, Any] | None = None) 
     budget = min(cfg.hydrate_deadline_ms, cfg.deadline_ms - timer.elapsed_ms())
     # a cold-start answer needs no features: categories and ages come from the item table
     hydrate = ids and not cold
-    online, err = _hydrate(engine, bundle, req.user_id, ids, budget) if hydrate else (None, None)
+    online = None
+    if hydrate:
+        online, err = _hydrate(engine, bundle, req.user_id, ids, budget)
     timer.lap("hydrate")
     table = bundle.item_table
     trows = table.rows(ids)
