@@ -1,6 +1,7 @@
 """FAISS index over item embeddings: chosen by catalog size, recall-checked, versioned.
 
-Inner product throughout (the models' vectors are L2-normalized, so it is cosine). Shapes: ``I``
+Inner product throughout (the models' scores are inner products: the two-tower and MF append a
+popularity-prior column, so the vectors are not unit norm and this is not cosine). Shapes: ``I``
 items, ``D`` dims, ``Q`` sample queries, ``B`` query batch, ``K`` results.
 
 - :func:`choose_kind` / :func:`get_index` pick and construct the index type: exact ``flat`` for
