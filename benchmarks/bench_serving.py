@@ -1,7 +1,7 @@
 """Serving load test: the real service under uvicorn on loopback, an async open-loop load generator.
 
     .venv/bin/python benchmarks/bench_serving.py [--scale demo] [--rate 100] [--seconds 20]
-        [--large-items 1000000] [--home DIR]
+        [--large-items 1000000] [--home DIR] [--item-cache-ttl S] [--workers 2]
 
 1. **Workspace**: ``--scale`` (tiny/demo) simulated for 2 days and run through the daily task
    functions (validate, features → Redis, two-tower, index, ranker, register, gate), so a
@@ -20,9 +20,13 @@
    latency counts from when it was due), users drawn from the bundle's known users (90 %) and
    new ids (10 %), k=10, 500 candidates. Printed: requests, errors (non-200), degraded answers,
    throughput, end-to-end p50/p99 ms (client side, over loopback) and each stage's p50/p99 ms
-   (server side, from the response's ``timings_ms``).
+   (server side, from the response's ``timings_ms``), and the machine's load average (1 min)
+   before and after each run.
 
-The load generator runs on the same 2 cores as the server and Redis: figures are conservative.
+The server's ``ServingConfig`` comes from the environment (``RECLOOP_SERVE_*``) with the reload
+check off; ``--item-cache-ttl 0`` turns the item-feature cache off (every candidate read from
+Redis on every request), to compare. The load generator runs on the same 2 cores as the server
+and Redis: figures are conservative.
 """
 
 from __future__ import annotations
@@ -144,7 +148,8 @@ def bench_app():
 
     torch.set_num_threads(1)
     settings = Settings.from_env()
-    app = create_app(settings, ServingConfig(reload_interval_s=0, max_in_flight=64), load=False)
+    cfg = ServingConfig.from_env(reload_interval_s=0, max_in_flight=64)
+    app = create_app(settings, cfg, load=False)
     manager = app.state.engine.bundles
     print("bundle check:", manager.check(), flush=True)
     n = int(os.environ.get("BENCH_LARGE_ITEMS") or 0)
@@ -270,6 +275,7 @@ def run_case(args: argparse.Namespace, env: dict, label: str, extra: list[str]) 
     import httpx
 
     port = free_port()
+    load_before = os.getloadavg()[0]
     cmd = [sys.executable, __file__, "--serve", "--port", str(port),
            "--workers", str(args.workers), *extra]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, cwd=REPO)
@@ -297,6 +303,7 @@ def run_case(args: argparse.Namespace, env: dict, label: str, extra: list[str]) 
         proc.terminate()
         proc.wait(timeout=30)
     out["case"] = label
+    out["load_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     print(json.dumps(out), flush=True)
     return out
 
@@ -310,6 +317,9 @@ def main() -> int:
     p.add_argument("--connections", type=int, default=16, help="kept-alive client connections")
     p.add_argument("--large-items", type=int, default=0, help="also run with an N-item index")
     p.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
+    p.add_argument("--item-cache-ttl", type=float, default=None,
+                   help="the server's item-feature cache TTL in seconds (0 = off; default: "
+                        "the service's default)")  # fmt: skip
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--index-kind", default="hnsw", help=argparse.SUPPRESS)
@@ -323,6 +333,8 @@ def main() -> int:
     try:
         prepare(home, args.scale, redis_url)
         env = {**os.environ, "RECLOOP_HOME": str(home), "RECLOOP_REDIS_URL": redis_url}
+        if args.item_cache_ttl is not None:
+            env["RECLOOP_SERVE_ITEM_CACHE_TTL_S"] = str(args.item_cache_ttl)
         results = [run_case(args, env, f"{args.scale}: bundle index", [])]
         if args.large_items:
             n = str(args.large_items)
@@ -330,12 +342,12 @@ def main() -> int:
             results.append(run_case(args, env, f"{n} items: flat (exact)",
                                     ["--large-items", n, "--index-kind", "flat"]))  # fmt: skip
         print("\ncase | ok/requests | errors | degraded | rps | p50 | p99 | "
-              "stage p50/p99 ms")  # fmt: skip
+              "stage p50/p99 ms | load 1 min before/after")  # fmt: skip
         for r in results:
             st = " ".join(f"{s}={r['stages_p50_ms'][s]}/{r['stages_p99_ms'][s]}" for s in STAGES)
             print(f"{r['case']} | {r['ok']}/{r['requests']} | {r['errors']} | "
                   f"{r['degraded']} | {r['throughput_rps']} | {r['e2e_p50_ms']} | "
-                  f"{r['e2e_p99_ms']} | {st}")  # fmt: skip
+                  f"{r['e2e_p99_ms']} | {st} | {r['load_1min'][0]}/{r['load_1min'][1]}")  # fmt: skip
     finally:
         redis_proc.terminate()
         redis_proc.wait(timeout=10)

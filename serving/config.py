@@ -12,6 +12,7 @@ environment overrides, and the admin token.
 | ``RECLOOP_SERVE_DEADLINE_MS``     | ``250``      | whole-request deadline; hydration gets ``hydrate_deadline_ms`` of it |
 | ``RECLOOP_SERVE_LOG_FLUSH_S``     | ``5``        | seconds between flushes of the impression log to parquet |
 | ``RECLOOP_SERVE_SEED``            | unset        | seed of the exploration draws (unset: OS entropy) |
+| ``RECLOOP_SERVE_ITEM_CACHE_TTL_S``| ``60``       | seconds a candidate's cached online item features are used (0 = no cache) |
 
 The admin token is read from the environment only (never from a file or a flag), and compared in
 constant time. Settings of the platform (paths, Redis, MLflow) stay in ``pipelines.settings``.
@@ -50,6 +51,12 @@ class ServingConfig:
     hydrate_deadline_ms: float = 100.0
     redis_cooldown_s: float = 2.0
     """After a Redis failure, skip Redis for this long (popularity answers): no retry storm."""
+    item_cache_ttl_s: float = 60.0
+    """Candidates' online item features are kept in the process (``serving.pipeline.
+    ItemFeatureCache``) for this long, and dropped at once when a new day is materialized;
+    0 = read every candidate from Redis on every request. The user's row is always read."""
+    item_cache_max: int = 2_000_000
+    """Item rows kept per feature service (beyond: read uncached)."""
     # A/B experiment
     experiment: str = "champion-vs-challenger"
     salt: str = "recloop-ab-v1"
@@ -91,6 +98,7 @@ class ServingConfig:
             (self.category_cap >= 1, "category_cap must be >= 1"),
             (self.deadline_ms > 0 and self.hydrate_deadline_ms > 0, "deadlines must be > 0"),
             (self.log_flush_s > 0, "log_flush_s must be > 0"),
+            (self.item_cache_ttl_s >= 0 and self.item_cache_max >= 0, "item cache must be >= 0"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -119,6 +127,7 @@ class ServingConfig:
             ("RECLOOP_SERVE_DEADLINE_MS", "deadline_ms", float),
             ("RECLOOP_SERVE_LOG_FLUSH_S", "log_flush_s", float),
             ("RECLOOP_SERVE_SEED", "seed", int),
+            ("RECLOOP_SERVE_ITEM_CACHE_TTL_S", "item_cache_ttl_s", float),
         ):
             raw = env.get(name)
             if raw:

@@ -16,13 +16,18 @@ response dict; every stage is timed (``timings_ms``) and has a fallback, so a re
   the item table), those of the context's categories first, flagged ``cold_start``; Redis failing
   on that read → the same, also flagged ``redis`` and ``degraded``. Index failure → the
   popularity order, flagged ``retrieve``.
-- **hydrate**: user + candidate features from Redis (``online_features_fast``) in a separate
-  thread with ``hydrate_deadline_ms`` (capped by what is left of ``deadline_ms``). Redis down,
-  slow or failing → a **popularity answer** (``degraded: true``) and Redis is not asked again
-  for ``redis_cooldown_s`` (a breaker: no retry storm; the abandoned read ends at the client's
-  1 s socket timeout).
-- **rank**: the ranker scores all candidates in one batch; failure (or no ranker in the bundle)
-  → the retrieval order and scores, flagged ``rank`` when it failed.
+- **hydrate**: user + candidate features from Redis (``online_features_fast``'s layout) in a
+  separate thread with ``hydrate_deadline_ms`` (capped by what is left of ``deadline_ms``). The
+  user's row is read on every request; candidates' rows come from the process's
+  :class:`ItemFeatureCache` (item features change once a day, at materialization) and only its
+  misses, and rows older than ``item_cache_ttl_s``, are read, in the same round trip as the
+  user's row and the materialization marker (a new marker drops the cache). Redis down, slow or
+  failing → a **popularity answer** (``degraded: true``) and Redis is not asked again for
+  ``redis_cooldown_s`` (a breaker: no retry storm; the abandoned read ends at the client's 1 s
+  socket timeout); the cache never answers for a Redis that does not.
+- **rank**: the ranker scores all candidates in one batch, its input built as arrays (no
+  DataFrame; text categories encoded once per distinct value and ranker); failure (or no ranker
+  in the bundle) → the retrieval order and scores, flagged ``rank`` when it failed.
 - **re-rank**: :mod:`serving.rerank` (fresh boost, category caps, exploration, propensities).
 """
 
@@ -33,6 +38,7 @@ import logging
 import threading
 import time
 import uuid
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -102,6 +108,7 @@ class Engine:
     _rng_lock: threading.Lock = field(default_factory=threading.Lock)
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
     requests: RequestLog | None = None
+    item_cache: ItemFeatureCache | None = None
 
     def remember(self, request_id: str, shown: dict[str, Any]) -> None:
         """Keep the request's shown items for ``/feedback`` (oldest dropped beyond the cap)."""
@@ -190,48 +197,277 @@ class Hydrated:
     read_ms: float
 
 
-def read_features(settings: Settings, service: str, user_id: str, ids: list[str]) -> Hydrated:
+def read_features(
+    settings: Settings,
+    service: str,
+    user_id: str,
+    ids: list[str],
+    cache: ItemFeatureCache | None = None,
+) -> Hydrated:
     """One Redis pipeline of HMGETs over Feast's layout, decoded straight into arrays.
 
     The same read as ``pipelines.feature_store.online_features_fast`` (its key layout, read plan
     and decoders are reused) without building a DataFrame per request, which cost more than the
-    read itself. ``ConnectionError`` naming the URL when Redis does not answer.
+    read itself. With ``cache``, candidates' rows come from it and only its misses are read (see
+    :class:`ItemFeatureCache`); the user's row is always read. ``ConnectionError`` naming the URL
+    when Redis does not answer.
     """
     import redis
 
     from pipelines import feature_store as fs
-    from pipelines.features import DEFAULTS, FEATURE_TYPES
 
     plan = fs._plan(settings, service)
     t0 = time.perf_counter()
     try:
-        replies = fs._hmget_pipeline(
-            fs.redis_client(settings),
-            [(plan.packed["user"], fs.redis_key("user_id", user_id))]
-            + [(plan.packed["item"], fs.redis_key("item_id", i)) for i in ids],
-        )
+        if cache is None:
+            replies = fs._hmget_pipeline(fs.redis_client(settings), _commands(plan, user_id, ids))
+            user_reply, item_replies = replies[0], replies[1:]
+            cols, present = _decode_items(plan, item_replies)
+            items = dict(zip(plan.names["item"], cols, strict=True))
+        else:
+            user_reply, items, present = cache.read(settings, plan, service, user_id, ids)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise ConnectionError(
             f"Redis online store unreachable at {settings.redis_url}: {exc}"
         ) from exc
-    user: dict[str, Any] = {}
-    for name, raw in zip(plan.names["user"], replies[0], strict=False):
-        v = fs._decode_column([raw], FEATURE_TYPES[name])[0]
-        user[name] = DEFAULTS[name] if v is None else v
-    item_replies = replies[1:]
-    items: dict[str, np.ndarray] = {}
-    for j, name in enumerate(plan.names["item"]):
-        vals = fs._decode_column([r[j] for r in item_replies], FEATURE_TYPES[name])
-        kind = FEATURE_TYPES[name]
-        default = DEFAULTS[name]
-        if kind == "string":
-            items[name] = np.array([default if v is None else v for v in vals], dtype=object)
-        else:
-            dtype = np.int64 if kind == "int64" else np.float64
-            items[name] = np.array([default if v is None else v for v in vals], dtype=dtype)
-    ts_col = len(plan.names["item"])
-    missing = sum(1 for r in item_replies if not r[ts_col])
+    user = _decode_user(plan, user_reply)
+    missing = int(len(ids) - np.count_nonzero(present))
     return Hydrated(user, items, missing, (time.perf_counter() - t0) * 1e3)
+
+
+def _commands(plan: Any, user_id: str, item_ids: list[str]) -> list:
+    """The pre-packed HMGETs of the user's row and each item's row (``_hmget_pipeline``)."""
+    from pipelines import feature_store as fs
+
+    return [(plan.packed["user"], fs.redis_key("user_id", user_id))] + [
+        (plan.packed["item"], fs.redis_key("item_id", i)) for i in item_ids
+    ]
+
+
+def _decode_user(plan: Any, reply: list) -> dict[str, Any]:
+    """The user's HMGET reply → ``{feature: value}`` (defaults where absent), one protobuf parse
+    per value type rather than per feature."""
+    from pipelines import feature_store as fs
+    from pipelines.features import DEFAULTS, FEATURE_TYPES
+
+    names = plan.names["user"]
+    by_kind: dict[str, list[int]] = {}
+    for j, name in enumerate(names):
+        by_kind.setdefault(FEATURE_TYPES[name], []).append(j)
+    values: dict[int, Any] = {}
+    for kind, cols in by_kind.items():
+        decoded = fs._decode_column([reply[j] for j in cols], kind)
+        values.update(zip(cols, decoded, strict=True))
+    return {n: DEFAULTS[n] if values[j] is None else values[j] for j, n in enumerate(names)}
+
+
+_DTYPES = {"int64": np.int64, "float64": np.float64, "string": object}
+
+
+def _decode_items(plan: Any, replies: list) -> tuple[list[np.ndarray], np.ndarray]:
+    """Items' HMGET replies (``M`` of them) → per item feature (``plan.names["item"]`` order) an
+    ``(M,)`` array (int64, float64 or object; defaults where absent), and ``present`` ``(M,)``
+    bool (the item has a row in Redis)."""
+    from pipelines import feature_store as fs
+    from pipelines.features import DEFAULTS, FEATURE_TYPES
+
+    cols: list[np.ndarray] = []
+    for j, name in enumerate(plan.names["item"]):
+        kind = FEATURE_TYPES[name]
+        vals = fs._decode_column([r[j] for r in replies], kind)
+        default = DEFAULTS[name]
+        cols.append(np.array([default if v is None else v for v in vals], dtype=_DTYPES[kind]))
+    ts_col = len(plan.names["item"])
+    present = np.fromiter((bool(r[ts_col]) for r in replies), dtype=bool, count=len(replies))
+    return cols, present
+
+
+def _read_marked(
+    settings: Settings, plan: Any, user_id: str, item_ids: list[str]
+) -> tuple[bytes | None, list, list]:
+    """``(materialization marker, user reply, item replies)`` in one write: ``GET`` of the
+    marker first, then the HMGETs (so rows read after a marker are at least that fresh)."""
+    from pipelines import feature_store as fs
+
+    key = fs.MARKER_KEY.encode()
+    head = b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key), key)
+    commands = _commands(plan, user_id, item_ids)
+    payload = head + b"".join(
+        b"%s$%d\r\n%s\r\n%s" % (h, len(k), k, fields) for (h, fields), k in commands
+    )
+    pool = fs.redis_client(settings).connection_pool
+    conn = pool.get_connection()
+    try:
+        conn.send_packed_command([payload])
+        marker = conn.read_response()
+        replies = [conn.read_response() for _ in commands]
+    except BaseException:
+        conn.disconnect()  # a half-read reply stream must not go back to the pool
+        raise
+    finally:
+        pool.release(conn)
+    return marker, replies[0], replies[1:]
+
+
+_UNSET = b"<unset>"
+
+
+class _ItemRows:
+    """Cached item rows of one feature service, from Redis under one materialization ``marker``:
+    per feature a column array (``names`` order; capacity doubles), ``present`` (a row existed),
+    ``stamp`` (``time.monotonic()`` of the read), ``row`` = item id → row. Its lock guards all."""
+
+    def __init__(self, names: list[str], kinds: list[str], marker: bytes | None) -> None:
+        self.names = list(names)
+        self.marker = marker
+        self.row: dict[str, int] = {}
+        self.n = 0
+        cap = 1024
+        self.cols = [np.empty(cap, dtype=_DTYPES[k]) for k in kinds]
+        self.present = np.zeros(cap, dtype=bool)
+        self.stamp = np.zeros(cap, dtype=np.float64)
+        self.lock = threading.Lock()
+
+    def lookup(self, ids: list[str], fresh_after: float) -> np.ndarray:
+        """Rows ``(C,)`` int64 of ``ids``; ``-1`` where not cached or read before
+        ``fresh_after`` (monotonic seconds)."""
+        with self.lock:
+            get = self.row.get
+            rows = np.fromiter((get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
+            hit = rows >= 0
+            hit[hit] = self.stamp[rows[hit]] >= fresh_after
+        return np.where(hit, rows, -1)
+
+    def merge(
+        self,
+        rows: np.ndarray,
+        miss_ids: list[str],
+        fresh: list[np.ndarray],
+        fresh_present: np.ndarray,
+        now: float,
+        store: bool,
+        max_items: int,
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Candidates' columns ``{feature: (C,)}`` and ``present`` ``(C,)``: cached rows where
+        ``rows >= 0``, the ``fresh`` values read for the others (in order); those are stored
+        (when ``store`` and the table has room for ``max_items`` rows)."""
+        hit = np.flatnonzero(rows >= 0)
+        miss = np.flatnonzero(rows < 0)
+        hr = rows[hit]
+        n = len(rows)
+        with self.lock:
+            out: dict[str, np.ndarray] = {}
+            for name, col, new in zip(self.names, self.cols, fresh, strict=True):
+                a = np.empty(n, dtype=col.dtype)
+                a[hit] = col[hr]
+                a[miss] = new
+                out[name] = a
+            present = np.empty(n, dtype=bool)
+            present[hit] = self.present[hr]
+            present[miss] = fresh_present
+            if store and miss_ids:
+                self._store(miss_ids, fresh, fresh_present, now, max_items)
+        return out, present
+
+    def _store(self, ids, fresh, present, now: float, max_items: int) -> None:
+        get = self.row.get
+        rows = np.fromiter((get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
+        new = np.flatnonzero(rows < 0)
+        if self.n + len(new) > max_items:  # full: serve reads uncached, keep what is cached
+            keep = rows >= 0
+            if not keep.any():
+                return
+            ids = [i for i, k in zip(ids, keep, strict=True) if k]
+            rows, fresh, present = rows[keep], [c[keep] for c in fresh], present[keep]
+            new = new[:0]
+        if self.n + len(new) > len(self.present):
+            cap = max(2 * len(self.present), self.n + len(new))
+            self.cols = [np.concatenate([c, np.empty(cap - len(c), c.dtype)]) for c in self.cols]
+            self.present = np.concatenate([self.present, np.zeros(cap - len(self.present), bool)])
+            self.stamp = np.concatenate([self.stamp, np.zeros(cap - len(self.stamp))])
+        rows[new] = np.arange(self.n, self.n + len(new))
+        for k in new.tolist():
+            self.row[ids[k]] = int(rows[k])
+        self.n += len(new)
+        for col, values in zip(self.cols, fresh, strict=True):
+            col[rows] = values
+        self.present[rows] = present
+        self.stamp[rows] = now
+
+
+class ItemFeatureCache:
+    """Candidates' online item features, kept in the process between requests.
+
+    Item features change once a day (materialization), yet every request hydrates hundreds of
+    candidates: their decoded rows are kept per feature service, by item id, and a request reads
+    from Redis only its user's row, the materialization marker (``feature_store.MARKER_KEY``)
+    and the candidates not cached or cached more than ``ttl_s`` seconds ago, in one round trip.
+    A marker different from the one the cache was filled under (a new day materialized, Redis
+    flushed) drops every cached row and the request reads all its candidates again; the TTL
+    bounds the staleness of rows rewritten without a new marker (a forced re-materialization).
+    At most ``max_items`` rows per service (beyond: read uncached). Thread-safe; ``hits`` /
+    ``misses`` count candidate rows, ``resets`` the drops."""
+
+    def __init__(self, ttl_s: float = 60.0, max_items: int = 2_000_000) -> None:
+        self.ttl_s = ttl_s
+        self.max_items = max_items
+        self.marker: bytes | None = _UNSET
+        self.hits = 0
+        self.misses = 0
+        self.resets = 0
+        self._tables: dict[str, _ItemRows] = {}
+        self._lock = threading.Lock()
+
+    def _table(self, service: str, plan: Any) -> _ItemRows:
+        from pipelines.features import FEATURE_TYPES
+
+        names = plan.names["item"]
+        with self._lock:
+            t = self._tables.get(service)
+            if t is None or t.names != names:
+                t = _ItemRows(names, [FEATURE_TYPES[n] for n in names], self.marker)
+                self._tables[service] = t
+            return t
+
+    def _reset(self, marker: bytes | None) -> None:
+        with self._lock:
+            if self.marker != marker:
+                if self.marker is not _UNSET:
+                    log.info("item feature cache: materialization %r -> %r, %d services dropped",
+                             self.marker, marker, len(self._tables))  # fmt: skip
+                self.marker = marker
+                self._tables = {}
+                self.resets += 1
+
+    def read(
+        self, settings: Settings, plan: Any, service: str, user_id: str, ids: list[str]
+    ) -> tuple[list, dict[str, np.ndarray], np.ndarray]:
+        """``(user's HMGET reply, {item feature: (C,) array}, present (C,) bool)`` of ``ids``.
+        Redis errors propagate (the caller's deadline and breaker apply as without a cache)."""
+        for attempt in range(2):
+            table = self._table(service, plan)
+            now = time.monotonic()
+            rows = table.lookup(ids, now - self.ttl_s)
+            miss_ids = [ids[i] for i in np.flatnonzero(rows < 0)]
+            marker, user_reply, item_replies = _read_marked(settings, plan, user_id, miss_ids)
+            if marker == table.marker:
+                break
+            self._reset(marker)  # cached rows are of another materialization: read them all
+            if attempt == 0:
+                continue
+            rows = np.full(len(ids), -1, dtype=np.int64)  # changed again meanwhile: no cache
+            miss_ids, (marker, user_reply, item_replies) = (
+                ids,
+                _read_marked(settings, plan, user_id, ids),
+            )
+        fresh, fresh_present = _decode_items(plan, item_replies)
+        store = marker == table.marker
+        items, present = table.merge(
+            rows, miss_ids, fresh, fresh_present, now, store, self.max_items
+        )
+        self.hits += len(ids) - len(miss_ids)  # approximate under threads: statistics only
+        self.misses += len(miss_ids)
+        return user_reply, items, present
 
 
 def read_user_features(
@@ -306,7 +542,7 @@ def _redis_call(engine: Engine, budget_ms: float, fn: Any, *args: Any) -> tuple[
 
 def _hydrate(engine: Engine, bundle: LoadedBundle, user_id: str, ids: list[str], budget_ms: float):
     """``(Hydrated, None)`` or ``(None, error)`` (Redis down/slow/failing: breaker tripped)."""
-    args = (engine.settings, _service(bundle), user_id, ids)
+    args = (engine.settings, _service(bundle), user_id, ids, engine.item_cache)
     return _redis_call(engine, budget_ms, read_features, *args)
 
 
@@ -344,26 +580,80 @@ def _rank(bundle: LoadedBundle, online: Hydrated) -> np.ndarray:
 
     Dense columns go straight into the float32 matrix the network takes (raw values: the
     network normalizes them and replaces non-finite ones), sparse ones through the ranker's own
-    vocabulary/hash encoding; the result equals ``ranker.predict_proba`` on the same rows."""
+    vocabulary/hash encoding (:func:`_sparse_codes`); the result equals
+    ``ranker.predict_proba`` on the same rows."""
     import torch
 
     ranker = bundle.ranker
     n = len(next(iter(online.items.values()))) if online.items else 0
-
-    def column(name: str) -> np.ndarray:
-        if name in online.items:
-            return online.items[name]
-        v = online.user[name]
-        return np.full(n, v, dtype=object if isinstance(v, str) else np.float64)
-
     dense = np.empty((n, len(ranker.dense_features)), dtype=np.float32)
     for j, name in enumerate(ranker.dense_features):
-        dense[:, j] = column(name)
-    sparse_frame = pd.DataFrame({name: column(name) for name in ranker.sparse_features})
-    report: dict[str, Any] = {"missing": {}, "oov": {}}
-    sparse = ranker._sparse_idx(sparse_frame, report)
+        col = online.items.get(name)
+        dense[:, j] = online.user[name] if col is None else col
+    sparse = _sparse_codes(ranker, online, n)
     logits = ranker.predict_logits(torch.from_numpy(dense), torch.from_numpy(sparse))
     return torch.sigmoid(logits).cpu().numpy().astype(np.float64)
+
+
+_codes_lock = threading.Lock()
+_codes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_CODES_MAX = 200_000
+"""Distinct values remembered per sparse feature and ranker (beyond: forgotten, recomputed)."""
+
+
+def _sparse_codes(ranker: Any, online: Hydrated, n: int) -> np.ndarray:
+    """The ranker's bucket indices ``(n, F)`` int64 of the candidates' sparse features.
+
+    Text columns (object arrays, and a user's text value repeated) are encoded once per
+    distinct value and ranker (``ranker._sparse_idx`` on the new values; remembered): a text
+    category's code does not depend on the other rows. Numeric categories, whose text depends
+    on the whole column (whole floats as integers), go through ``_sparse_idx`` as a column."""
+    names = ranker.sparse_features
+    with _codes_lock:
+        memo = _codes.get(ranker)
+        if memo is None:
+            memo = _codes[ranker] = {name: {} for name in names}
+    out = np.empty((n, len(names)), dtype=np.int64)
+    numeric: dict[str, np.ndarray] = {}
+    for j, name in enumerate(names):
+        col = online.items.get(name)
+        if col is None:  # a user feature: one value for every row
+            v = online.user[name]
+            if isinstance(v, str):
+                out[:, j] = _text_codes(ranker, memo[name], j, [v])[0]
+            else:
+                numeric[name] = np.full(n, v, dtype=np.float64)
+        elif col.dtype == object:
+            out[:, j] = _text_codes(ranker, memo[name], j, col)
+        else:
+            numeric[name] = col
+    if numeric:
+        zeros = np.zeros(n, dtype=np.float64)
+        frame = pd.DataFrame({name: numeric.get(name, zeros) for name in names})
+        idx = ranker._sparse_idx(frame, {"missing": {}, "oov": {}})
+        for j, name in enumerate(names):
+            if name in numeric:
+                out[:, j] = idx[:, j]
+    return out
+
+
+def _text_codes(ranker: Any, memo: dict, j: int, values: Any) -> np.ndarray:
+    """Codes ``(len(values),)`` of sparse feature ``j`` for object ``values``, via ``memo``."""
+    get = memo.get
+    codes = [get(v, -1) for v in values]
+    if -1 in codes:
+        new = list(dict.fromkeys(v for v, c in zip(values, codes, strict=True) if c == -1))
+        frame = pd.DataFrame(
+            {name: pd.Series(new, dtype=object) for name in ranker.sparse_features}
+        )
+        found = ranker._sparse_idx(frame, {"missing": {}, "oov": {}})[:, j].tolist()
+        learnt = dict(zip(new, found, strict=True))
+        with _codes_lock:
+            if len(memo) + len(learnt) > _CODES_MAX:
+                memo.clear()
+            memo.update(learnt)
+        codes = [learnt[v] if c == -1 else c for v, c in zip(values, codes, strict=True)]
+    return np.asarray(codes, dtype=np.int64)
 
 
 def recommend(engine: Engine, req: Request, info: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -450,10 +740,9 @@ def recommend(engine: Engine, req: Request, info: dict[str, Any] | None = None) 
     exploit = rerank.exploit_list(
         boosted, cats, k, cfg.category_cap, uncapped=frozenset(req.categories)
     )
-    chosen = set(exploit.tolist())
-    pool_rows = [r for r in np.argsort(-boosted, kind="stable") if r not in chosen]
-    pool_rows = pool_rows[: cfg.explore_pool]
-    prows = table.rows([ids[r] for r in pool_rows]) if pool_rows else np.zeros(0, np.int64)
+    order = np.argsort(-boosted, kind="stable")
+    pool_rows = order[~np.isin(order, exploit)][: cfg.explore_pool]
+    prows = trows[pool_rows] if len(pool_rows) else np.zeros(0, np.int64)
     a0, b0 = cfg.explore_prior
     clicks = np.where(prows >= 0, table.clicks[np.maximum(prows, 0)], 0.0)
     imps = np.where(prows >= 0, table.impressions[np.maximum(prows, 0)], 0.0)
@@ -461,7 +750,7 @@ def recommend(engine: Engine, req: Request, info: dict[str, Any] | None = None) 
     beta = b0 + np.maximum(imps - clicks, 0.0)
     with engine._rng_lock:
         slate = rerank.explore(
-            exploit, boosted[exploit], np.asarray(pool_rows, np.int64), alpha, beta, k,
+            exploit, boosted[exploit], pool_rows.astype(np.int64), alpha, beta, k,
             cfg.explore_rate, engine.rng, cfg.explore_grid,
         )  # fmt: skip
     timer.lap("rerank")
@@ -478,8 +767,8 @@ def recommend(engine: Engine, req: Request, info: dict[str, Any] | None = None) 
         {
             "request_id": request_id,
             "user_id": req.user_id,
-            "items": shown,
-            "propensities": slate.propensity.tolist(),
+            "items": tuple(shown),  # immutable: the collector can stop tracking the record
+            "propensities": tuple(slate.propensity.tolist()),
             "arm": arm,
             "model_version": bundle.model_version,
             "feedback": {},
