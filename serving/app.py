@@ -308,12 +308,28 @@ def create_app(settings: Settings, config: ServingConfig | None = None, load: bo
         except ValidationError as exc:
             return bad(422, errors(exc))
         shown = engine.lookup(body.request_id)
+        multi = engine.config.processes > 1
+        if shown is None and multi:  # served by another worker process: shared through Redis
+            from serving import shared
+
+            shown = await anyio.to_thread.run_sync(shared.fetch, engine.settings, body.request_id)
+            if shown is not None:
+                engine.remember(body.request_id, shown)
         if shown is None:
             return bad(404, f"unknown request_id {body.request_id!r} (expired or never served)")
         if body.item_id not in shown["items"]:
             return bad(422, f"item {body.item_id!r} was not shown in request {body.request_id!r}")
         key = (body.item_id, body.event)
-        n = shown["feedback"].get(key, 0)
+        n = None
+        if multi:
+            from serving import shared
+
+            n = await anyio.to_thread.run_sync(
+                shared.feedback_index, engine.settings, body.request_id, body.item_id, body.event,
+                engine.config.request_ttl_s,
+            )  # fmt: skip
+        if n is None:  # one process, or Redis down: this worker's own count
+            n = shown["feedback"].get(key, 0)
         shown["feedback"][key] = n + 1
         row = feedback_row(shown, body.item_id, body.event, body.value,
                            pd.Timestamp.now(tz="UTC"), n)  # fmt: skip

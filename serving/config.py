@@ -80,6 +80,11 @@ class ServingConfig:
     log_flush_rows: int = 2_000
     log_flush_s: float = 5.0
     request_cache: int = 100_000
+    processes: int = 1
+    """Worker processes serving together (``recloop serve --workers``): above 1, served requests
+    are shared through Redis for ``/feedback`` (:mod:`serving.shared`)."""
+    request_ttl_s: float = 86_400.0
+    """How long a served request can receive feedback through Redis (seconds)."""
     """Recent requests kept in memory so ``/feedback`` can name their items."""
     # security / network
     admin_token: str | None = field(default=None, repr=False)
@@ -98,6 +103,10 @@ class ServingConfig:
             (self.category_cap >= 1, "category_cap must be >= 1"),
             (self.deadline_ms > 0 and self.hydrate_deadline_ms > 0, "deadlines must be > 0"),
             (self.log_flush_s > 0, "log_flush_s must be > 0"),
+            (
+                self.processes >= 1 and self.request_ttl_s > 0,
+                "processes, request_ttl_s must be >= 1, > 0",
+            ),
             (self.item_cache_ttl_s >= 0 and self.item_cache_max >= 0, "item cache must be >= 0"),
         ]
         for ok, msg in checks:
@@ -127,6 +136,7 @@ class ServingConfig:
             ("RECLOOP_SERVE_DEADLINE_MS", "deadline_ms", float),
             ("RECLOOP_SERVE_LOG_FLUSH_S", "log_flush_s", float),
             ("RECLOOP_SERVE_SEED", "seed", int),
+            ("RECLOOP_SERVE_PROCESSES", "processes", int),
             ("RECLOOP_SERVE_ITEM_CACHE_TTL_S", "item_cache_ttl_s", float),
         ):
             raw = env.get(name)

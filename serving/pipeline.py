@@ -762,18 +762,20 @@ def recommend(engine: Engine, req: Request, info: dict[str, Any] | None = None) 
     )
     engine.impressions.add(rows)
     engine.metrics.count_impressions(len(rows))
-    engine.remember(
-        request_id,
-        {
-            "request_id": request_id,
-            "user_id": req.user_id,
-            "items": tuple(shown),  # immutable: the collector can stop tracking the record
-            "propensities": tuple(slate.propensity.tolist()),
-            "arm": arm,
-            "model_version": bundle.model_version,
-            "feedback": {},
-        },
-    )
+    record = {
+        "request_id": request_id,
+        "user_id": req.user_id,
+        "items": tuple(shown),  # immutable: the collector can stop tracking the record
+        "propensities": tuple(slate.propensity.tolist()),
+        "arm": arm,
+        "model_version": bundle.model_version,
+        "feedback": {},
+    }
+    engine.remember(request_id, record)
+    if cfg.processes > 1:  # another worker may get its /feedback: share it, off the request path
+        from serving import shared
+
+        engine.hydrate_pool.submit(shared.publish, engine.settings, record, cfg.request_ttl_s)
     timer.lap("log")
     timer.ms["total"] = round(timer.elapsed_ms(), 3)
     for kind in fallbacks:

@@ -42,6 +42,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         os.environ["RECLOOP_SERVE_MAX_IN_FLIGHT"] = str(args.max_in_flight)
     if args.reload_s is not None:
         os.environ["RECLOOP_SERVE_RELOAD_S"] = str(args.reload_s)
+    os.environ["RECLOOP_SERVE_PROCESSES"] = str(max(1, args.workers))  # /feedback across workers
     ServingConfig.from_env()  # fail here, not in every worker, on a bad variable
     os.environ.update(settings.as_env())
     if args.host not in ("127.0.0.1", "localhost", "::1"):

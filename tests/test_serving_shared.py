@@ -1,0 +1,90 @@
+"""/feedback across worker processes: two apps (two workers' engines, each with its own memory)
+on one real Redis; a click reported to the worker that did not serve the request is logged."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from pipelines.settings import Settings
+from serving.app import create_app
+from serving.bundle import load
+from serving.config import ServingConfig
+from tests.conftest import RedisServer, tiny_trained_workspace
+
+DAY = "2026-01-01"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("serving-shared")
+    server = RedisServer(tmp)
+    server.start()
+    settings, mp = tiny_trained_workspace(tmp / "home", server.url, (DAY,))
+    try:
+        yield settings, load(settings, "1")
+    finally:
+        mp.undo()
+        server.stop()
+
+
+def two_workers(settings: Settings, bundle, processes: int, script):
+    """Run ``script(a, b)`` with two ASGI clients, each an app with its own engine."""
+    cfg = ServingConfig(reload_interval_s=0, seed=7, log_flush_s=3600, processes=processes)
+
+    async def go():
+        apps = [create_app(settings, cfg, load=False) for _ in range(2)]
+        for app in apps:
+            app.state.engine.bundles.arms["champion"] = bundle
+        async with apps[0].router.lifespan_context(apps[0]):
+            async with apps[1].router.lifespan_context(apps[1]):
+                clients = [
+                    httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://s")
+                    for app in apps
+                ]
+                try:
+                    return await script(*clients), apps
+                finally:
+                    for c in clients:
+                        await c.aclose()
+
+    return asyncio.run(go())
+
+
+def test_feedback_reaches_any_worker_and_counts_once(world):
+    settings, bundle = world
+    user = bundle.users.ids[0]
+
+    async def script(a, b):
+        served = (await a.post("/recommend", json={"user_id": user, "k": 5})).json()
+        await asyncio.sleep(0.05)  # the publish runs off the request path
+        item = served["items"][1]["item_id"]
+        body = {"request_id": served["request_id"], "item_id": item, "event": "click"}
+        first = await b.post("/feedback", json=body)  # the other worker
+        second = await a.post("/feedback", json=body)  # the serving worker: a repeat click
+        wrong = await b.post("/feedback", json={**body, "item_id": "not-shown"})
+        return served, first, second, wrong
+
+    (served, first, second, wrong), _ = two_workers(settings, bundle, 2, script)
+    rid = served["request_id"]
+    assert first.status_code == 200, first.text
+    assert first.json()["logged"] == f"{rid}-1c"
+    assert second.status_code == 200 and second.json()["logged"] == f"{rid}-1c-2"
+    assert wrong.status_code == 422
+
+
+def test_one_process_keeps_requests_in_memory_only(world):
+    settings, bundle = world
+    user = bundle.users.ids[0]
+
+    async def script(a, b):
+        served = (await a.post("/recommend", json={"user_id": user, "k": 5})).json()
+        body = {"request_id": served["request_id"], "item_id": served["items"][0]["item_id"],
+                "event": "click"}  # fmt: skip
+        return (await b.post("/feedback", json=body)), (await a.post("/feedback", json=body))
+
+    (other, own), _ = two_workers(settings, bundle, 1, script)
+    assert other.status_code == 404  # nothing was shared: one process needs no Redis copy
+    assert own.status_code == 200
