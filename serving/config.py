@@ -10,6 +10,7 @@ environment overrides, and the admin token.
 | ``RECLOOP_SERVE_EXPLORE_RATE``    | ``0.1``      | probability that a response carries one exploration slot |
 | ``RECLOOP_SERVE_RELOAD_S``        | ``30``       | seconds between checks of the registry aliases (0 = no background check) |
 | ``RECLOOP_SERVE_DEADLINE_MS``     | ``250``      | whole-request deadline; hydration gets ``hydrate_deadline_ms`` of it |
+| ``RECLOOP_SERVE_NEW_USERS``      | ``trending`` | users the model has no vector for: ``trending`` or ``user_tower`` (from their demographics) |
 | ``RECLOOP_SERVE_LOG_FLUSH_S``     | ``5``        | seconds between flushes of the impression log to parquet |
 | ``RECLOOP_SERVE_SEED``            | unset        | seed of the exploration draws (unset: OS entropy) |
 | ``RECLOOP_SERVE_ITEM_CACHE_TTL_S``| ``60``       | seconds a candidate's cached online item features are used (0 = no cache) |
@@ -84,6 +85,12 @@ class ServingConfig:
     """Worker processes serving together (``recloop serve --workers``): above 1, served requests
     are shared through Redis for ``/feedback`` (:mod:`serving.shared`)."""
     request_ttl_s: float = 86_400.0
+    new_users: str = "trending"
+    """Users the bundle's model has no vector for: ``trending`` (cold-start list) or
+    ``user_tower`` (encode them from their online demographics). Default trending: in the demo
+    loop the user-tower path served a true CTR of 0.024 to those users against 0.040 for
+    trending (benchmarks/README.md, "The closed loop"), so it stays opt-in until an A/B says
+    otherwise."""
     """How long a served request can receive feedback through Redis (seconds)."""
     """Recent requests kept in memory so ``/feedback`` can name their items."""
     # security / network
@@ -103,6 +110,10 @@ class ServingConfig:
             (self.category_cap >= 1, "category_cap must be >= 1"),
             (self.deadline_ms > 0 and self.hydrate_deadline_ms > 0, "deadlines must be > 0"),
             (self.log_flush_s > 0, "log_flush_s must be > 0"),
+            (
+                self.new_users in ("trending", "user_tower"),
+                "new_users must be trending or user_tower",
+            ),
             (
                 self.processes >= 1 and self.request_ttl_s > 0,
                 "processes, request_ttl_s must be >= 1, > 0",
@@ -137,6 +148,7 @@ class ServingConfig:
             ("RECLOOP_SERVE_LOG_FLUSH_S", "log_flush_s", float),
             ("RECLOOP_SERVE_SEED", "seed", int),
             ("RECLOOP_SERVE_PROCESSES", "processes", int),
+            ("RECLOOP_SERVE_NEW_USERS", "new_users", str),
             ("RECLOOP_SERVE_ITEM_CACHE_TTL_S", "item_cache_ttl_s", float),
         ):
             raw = env.get(name)

@@ -675,7 +675,7 @@ def recommend(engine: Engine, req: Request, info: dict[str, Any] | None = None) 
     err: str | None = None
     row = bundle.user_row(req.user_id)
     query = bundle.user_vecs[row : row + 1] if row >= 0 else None
-    if query is None and bundle.user_tower is not None:
+    if query is None and bundle.user_tower is not None and cfg.new_users == "user_tower":
         budget = min(cfg.hydrate_deadline_ms, cfg.deadline_ms - timer.elapsed_ms())
         query, err = _new_user_vector(engine, bundle, req.user_id, budget)
         if err is not None:  # Redis failed: the cold-start answer, flagged

@@ -385,7 +385,7 @@ def test_health_metrics_and_not_ready_without_a_bundle(world: Settings):
     for stage in ("route", "retrieve", "hydrate", "rank", "rerank", "total"):
         assert f'recloop_stage_seconds_count{{stage="{stage}"}} 1' in text
     assert 'recloop_requests_total{arm="champion",status="ok"} 1' in text
-    assert 'recloop_fallbacks_total{kind="user_tower"} 1' in text
+    assert 'recloop_fallbacks_total{kind="cold_start"} 1' in text  # new users: trending
 
 
 def test_admin_endpoints_need_the_token_and_are_off_without_one(world: Settings):

@@ -44,7 +44,8 @@ def world(tmp_path_factory: pytest.TempPathFactory):
 def config(**kw) -> ServingConfig:
     """No exploration, no category caps, no fresh boost: the slate is the score order."""
     base = {"reload_interval_s": 0, "seed": 7, "explore_rate": 0.0, "log_flush_s": 3600,
-            "category_cap": 100, "fresh_boost": 0.0, "challenger_share": 0.0}  # fmt: skip
+            "category_cap": 100, "fresh_boost": 0.0, "challenger_share": 0.0,
+            "new_users": "user_tower"}  # fmt: skip
     return ServingConfig(**{**base, **kw})
 
 
@@ -129,6 +130,10 @@ def test_user_outside_vocabulary_gets_tower_items_not_cold_start(world):
     )
     trending = [str(bundle.item_table.ids[r]) for r in bundle.item_table.order[:6]]
     assert expected != trending  # the check could fail: this is not the cold-start answer
+    # the default (new_users="trending") keeps such a user on the cold-start list
+    [default] = ask(settings, bundle, config(new_users="trending"), [user], 8)
+    assert default["fallbacks"] == ["cold_start"] and default["cold_start"] is True
+    assert ServingConfig().new_users == "trending"
 
 
 def _without_ranker(bundle: LoadedBundle) -> LoadedBundle:
