@@ -8,8 +8,8 @@ response dict; every stage is timed (``timings_ms``) and has a fallback, so a re
   8 bytes as a number in [0, 1) below ``challenger_share`` → ``challenger`` (when one is loaded).
 - **retrieve**: the user's vector → FAISS top-``candidates`` with the user's seen items and
   excluded items removed. The vector: a user in the two-tower's vocabulary → the precomputed one;
-  any other user, when the bundle has a feature-only user tower (:class:`serving.bundle.UserTower`)
-  → their ``user_features`` row read from Redis (one HMGET, under the hydrate deadline and the
+  any other user, when ``new_users = "user_tower"`` (opt-in; default ``trending``) and the bundle
+  has a feature-only user tower (:class:`serving.bundle.UserTower`) → their ``user_features`` row read from Redis (one HMGET, under the hydrate deadline and the
   breaker; once per user and bundle) encoded by the tower (cached by attribute values), flagged
   ``user_tower``. A user with no row in the online store (brand new), or any user of a bundle
   whose tower reads ids or history → **cold start**: trending items (popularity × trending from
