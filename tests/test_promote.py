@@ -222,3 +222,16 @@ def test_real_models_through_registry_and_gates(settings: Settings):
     assert gates["index_recall"]["verdict"] == "pass"
     assert gates["snips"]["verdict"] == "not_evaluated"
     assert out["action"] in ("challenger", "rejected")
+
+
+def test_snips_with_too_little_support_is_not_evaluated(settings: Settings):
+    """ESS below the minimum: the SNIPS gate does not judge (and does not block) the candidate."""
+    thin = {"snips": {"estimate": 0.02, "ci_low": 0.001, "ci_high": 0.09, "ess": 12.0}}
+    d = decide(settings, "2026-01-02", {**CANDIDATE, "ope": thin}, CHAMPION, TOL)
+    gate = {g.name: g for g in d.gates}["snips"]
+    assert gate.verdict == "not_evaluated" and "effective sample size 12" in gate.note
+    assert d.action == "challenger" and "not evaluated: snips" in d.reason
+    strict = Tolerances(ndcg=0.01, auc=0.01, snips=0.0, recall_target=0.95, strict=True)
+    assert decide(settings, "2026-01-02", {**CANDIDATE, "ope": thin}, CHAMPION, strict).action == (
+        "rejected"
+    )
