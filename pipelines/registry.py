@@ -441,17 +441,20 @@ def track_component(
     feature_service: str | None = None,
     version_key: str | None = None,
     built_from: Path | None = None,
+    data_hash_override: str | None = None,
 ) -> dict[str, Any]:
     """The one call a training task makes: hash the data, log the run, register (idempotent).
 
     ``built_from`` (index only): the local two-tower artifact folder the index was built from;
     its content hash is tagged ``built_from_hash`` and :func:`register_bundle` then requires it
     to equal the pinned two-tower's registered ``artifact_hash``.
+    ``data_hash_override``: the data hash to record instead of hashing the window (an artifact
+    derived from another one on the same data, e.g. ``pipelines.scenarios``' variants).
     Skips the run when this (date, data hash) is already registered. Returns JSON-able
     ``{component, version, run_id, data_hash, logical_date, version_key, reused}``.
     """
     day = schema.parse_date(date)
-    dhash = data_hash(settings, day, window_first)
+    dhash = data_hash_override or data_hash(settings, day, window_first)
     existing = find_versions(settings, component, logical_date=day.isoformat(), data_hash=dhash)
     if existing:
         mv, reused = existing[0], True

@@ -95,18 +95,15 @@ def register_variant(settings: Settings, version: str | int, mode: str, seed: in
 
     dhash = f"{bundle['two_tower'].get('data_hash') or 'nodata'}-{variant}"
     params = {"variant": mode, "base_bundle": bundle["bundle_version"], "variant_seed": seed}
-    tt_run = registry.log_training_run(
-        settings, "two_tower", day, tt, params, {}, (None, day), dhash, "two_tower_v1"
-    )
-    tt_mv = registry.register(settings, "two_tower", tt_run, "two_tower", new_version)
-    idx_run = registry.log_training_run(
-        settings, "index", day, idx_path, params, {}, (None, day), dhash, None
-    )
-    idx_mv = registry.register(settings, "index", idx_run, "index", new_version)
-    registry.client(settings).set_model_version_tag(
-        "index", str(idx_mv.version), "built_from_hash", registry.hash_folder(tt)
-    )
-    mv = registry.register_bundle(settings, day, tt_mv.version, idx_mv.version, None)
+    tt_v = registry.track_component(
+        settings, "two_tower", day, tt, params=params, feature_service="two_tower_v1",
+        version_key=new_version, data_hash_override=dhash,
+    )["version"]  # fmt: skip
+    idx_v = registry.track_component(
+        settings, "index", day, idx_path, params=params, version_key=new_version,
+        built_from=tt, data_hash_override=dhash,
+    )["version"]  # fmt: skip
+    mv = registry.register_bundle(settings, day, tt_v, idx_v, None)
     log.info("registered bundle %s: bundle %s with %s item embeddings (seed %d), no ranker",
              mv.version, bundle["bundle_version"], mode, seed)  # fmt: skip
     return str(mv.version)
