@@ -51,6 +51,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipelines.settings import Settings
+from serving import shared
 from serving.bundle import BundleManager
 from serving.config import ServingConfig
 
@@ -310,8 +311,6 @@ def create_app(settings: Settings, config: ServingConfig | None = None, load: bo
         shown = engine.lookup(body.request_id)
         multi = engine.config.processes > 1
         if shown is None and multi:  # served by another worker process: shared through Redis
-            from serving import shared
-
             shown = await anyio.to_thread.run_sync(shared.fetch, engine.settings, body.request_id)
             if shown is not None:
                 engine.remember(body.request_id, shown)
@@ -322,8 +321,6 @@ def create_app(settings: Settings, config: ServingConfig | None = None, load: bo
         key = (body.item_id, body.event)
         n = None
         if multi:
-            from serving import shared
-
             n = await anyio.to_thread.run_sync(
                 shared.feedback_index, engine.settings, body.request_id, body.item_id, body.event,
                 engine.config.request_ttl_s,

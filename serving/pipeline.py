@@ -48,7 +48,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.settings import Settings
-from serving import rerank
+from serving import rerank, shared
 from serving.bundle import BundleManager, LoadedBundle
 from serving.config import ServingConfig
 from serving.logging import ImpressionLog, RequestLog, impression_rows
@@ -773,8 +773,6 @@ def recommend(engine: Engine, req: Request, info: dict[str, Any] | None = None) 
     }
     engine.remember(request_id, record)
     if cfg.processes > 1:  # another worker may get its /feedback: share it, off the request path
-        from serving import shared
-
         engine.hydrate_pool.submit(shared.publish, engine.settings, record, cfg.request_ttl_s)
     timer.lap("log")
     timer.ms["total"] = round(timer.elapsed_ms(), 3)
