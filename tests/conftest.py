@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.closed_loop import free_port  # noqa: F401 - the tests import it from here
 from pipelines.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,12 +25,6 @@ def pytest_configure(config: pytest.Config) -> None:
 
     os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="recloop-airflow-"))
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture()
@@ -141,3 +137,21 @@ def tiny_trained_workspace(
         tasks.register(ds)
         tasks.gate(ds)
     return settings, mp
+
+
+@contextlib.contextmanager
+def tiny_served_workspace(
+    tmp: Path, days: tuple[str, ...] = ("2026-01-01",)
+) -> Iterator[tuple[Settings, RedisServer]]:
+    """:func:`tiny_trained_workspace` on a redis-server of its own (for tests that rewrite or
+    stop Redis): ``(settings, server)``; the environment and the server are undone after."""
+    server = RedisServer(tmp)
+    server.start()
+    try:
+        settings, mp = tiny_trained_workspace(tmp / "home", server.url, days)
+        try:
+            yield settings, server
+        finally:
+            mp.undo()
+    finally:
+        server.stop()

@@ -23,7 +23,7 @@ from serving.app import create_app
 from serving.bundle import load
 from serving.config import ServingConfig
 from serving.pipeline import ItemFeatureCache, _rank, read_features
-from tests.conftest import RedisServer, tiny_trained_workspace
+from tests.conftest import RedisServer, tiny_served_workspace
 
 DAY = "2026-01-01"
 SERVICE = "ranker_v1"
@@ -32,15 +32,11 @@ SERVICE = "ranker_v1"
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory):
     """``(settings, bundle 1, redis server)`` of a one-day tiny workspace."""
-    tmp = tmp_path_factory.mktemp("serving-cache")
-    server = RedisServer(tmp)
-    server.start()
-    settings, mp = tiny_trained_workspace(tmp / "home", server.url, (DAY,))
-    try:
+    with tiny_served_workspace(tmp_path_factory.mktemp("serving-cache"), (DAY,)) as (
+        settings,
+        server,
+    ):
         yield settings, load(settings, "1"), server
-    finally:
-        mp.undo()
-        server.stop()
 
 
 def set_item_price(settings: Settings, item_id: str, price: float) -> None:

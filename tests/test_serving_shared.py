@@ -12,22 +12,15 @@ from pipelines.settings import Settings
 from serving.app import create_app
 from serving.bundle import load
 from serving.config import ServingConfig
-from tests.conftest import RedisServer, tiny_trained_workspace
+from tests.conftest import tiny_served_workspace
 
 DAY = "2026-01-01"
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory):
-    tmp = tmp_path_factory.mktemp("serving-shared")
-    server = RedisServer(tmp)
-    server.start()
-    settings, mp = tiny_trained_workspace(tmp / "home", server.url, (DAY,))
-    try:
+    with tiny_served_workspace(tmp_path_factory.mktemp("serving-shared"), (DAY,)) as (settings, _):
         yield settings, load(settings, "1")
-    finally:
-        mp.undo()
-        server.stop()
 
 
 def two_workers(settings: Settings, bundle, processes: int, script):

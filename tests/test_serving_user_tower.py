@@ -22,7 +22,7 @@ from serving.app import create_app
 from serving.bundle import LoadedBundle, UserTower, load
 from serving.config import ServingConfig
 from serving.pipeline import read_user_features
-from tests.conftest import RedisServer, free_port, tiny_trained_workspace
+from tests.conftest import free_port, tiny_served_workspace
 
 DAY = "2026-01-01"
 
@@ -30,15 +30,8 @@ DAY = "2026-01-01"
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory):
     """``(settings, bundle 1)`` of a one-day tiny workspace on its own redis-server."""
-    tmp = tmp_path_factory.mktemp("user-tower")
-    server = RedisServer(tmp)
-    server.start()
-    settings, mp = tiny_trained_workspace(tmp / "home", server.url, (DAY,))
-    try:
+    with tiny_served_workspace(tmp_path_factory.mktemp("user-tower"), (DAY,)) as (settings, _):
         yield settings, load(settings, "1")
-    finally:
-        mp.undo()
-        server.stop()
 
 
 def config(**kw) -> ServingConfig:
