@@ -58,8 +58,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from pipelines import ab  # noqa: E402
-from pipelines import simulate as sim  # noqa: E402
+from pipelines.data import simulate as sim
+from pipelines.experiments import ab
 
 K = sim.SLATE_SIZE
 

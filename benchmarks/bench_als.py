@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.als import ALS  # noqa: E402
 from models.base import Recommender  # noqa: E402
-from pipelines.evaluate import evaluate_model  # noqa: E402
+from pipelines.core.metrics import evaluate_model  # noqa: E402
 
 
 def synthetic(

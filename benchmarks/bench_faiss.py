@@ -9,7 +9,7 @@ use ``--build-threads`` threads; every search runs single-threaded, one query pe
 serving pattern), so queries/s = 1 / latency. Besides the chosen kind, the other kinds are built
 and measured at a few settings each (``--skip`` to leave some out; HNSW at 1M takes minutes).
 
-The "chosen" configuration is what ``pipelines.index.build_index(kind="auto")`` picks and tunes
+The "chosen" configuration is what ``pipelines.retrieval.faiss_index.build_index(kind="auto")`` picks and tunes
 on ``--tune-queries`` sample queries; it is then measured on the separate ``--queries`` held-out
 queries. Floor: recall@10 >= 0.95 at >= 50x exact search's queries/s (exit status 1 if missed).
 
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import faiss
 
-    from pipelines.index import (
+    from pipelines.retrieval.faiss_index import (
         IndexRecallError,
         build_index,
         get_index,

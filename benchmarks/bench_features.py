@@ -35,10 +35,10 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 
-from pipelines import feature_store as fs  # noqa: E402
-from pipelines import schema  # noqa: E402
-from pipelines.features import compute_features  # noqa: E402
-from pipelines.settings import Settings  # noqa: E402
+from pipelines.core import schema
+from pipelines.core.settings import Settings  # noqa: E402
+from pipelines.features import store as fs
+from pipelines.features.tables import compute_features  # noqa: E402
 
 SIZES = {
     "demo": {"events": 50_000, "users": 5_000, "items": 2_000},

@@ -3,10 +3,10 @@
   RECLOOP_REDIS_URL=redis://127.0.0.1:6399/0 .venv/bin/python benchmarks/bench_loop.py \
       [--scale demo] [--warmup-days 3] [--days 2] [--requests 1500] [--home DIR]
 
-1. warm-up: the whole loop (``pipelines.closed_loop.run_loop``, full daily DAG in-process) for
+1. warm-up: the whole loop (``pipelines.loop.closed_loop.run_loop``, full daily DAG in-process) for
    ``--warmup-days`` days from a clean workspace: logging policy, then the service, until there is
    a champion trained on the warm-up days;
-2. **worse challenger**: the champion vs its ``inverted`` variant (``pipelines.scenarios``: the
+2. **worse challenger**: the champion vs its ``inverted`` variant (``pipelines.loop.scenarios``: the
    model's favourites shown last) for ``--days`` days (serving + A/B only);
 3. **better challenger**: the inverted variant as champion vs the original champion's retriever
    (``as_is``, both without a ranker) for ``--days`` days.
@@ -43,10 +43,11 @@ def main() -> int:
     os.environ["RECLOOP_HOME"] = str(home)
     os.environ["RECLOOP_SCALE"] = args.scale
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from pipelines import closed_loop, registry
-    from pipelines.ab import ABConfig
-    from pipelines.scenarios import register_variant
-    from pipelines.settings import Settings
+    from pipelines.core.settings import Settings
+    from pipelines.experiments.ab import ABConfig
+    from pipelines.loop import closed_loop
+    from pipelines.loop.scenarios import register_variant
+    from pipelines.release import registry
 
     settings = Settings.from_env()
     start = dt.date(2026, 1, 1)

@@ -26,8 +26,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines import ope  # noqa: E402
-from pipelines import simulate as sim  # noqa: E402
+from pipelines.data import simulate as sim
+from pipelines.release import ope
 
 DATE = "2026-01-01"
 

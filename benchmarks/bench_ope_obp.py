@@ -6,7 +6,7 @@
 Reproduces ``examples/synthetic/evaluate_off_policy_estimators.py`` of st-tech/zr-obp (obp 0.5.x)
 with ``--n_runs 20 --n_rounds 10000 --n_actions 30 --dim_context 5 --beta -3
 --base_model_for_evaluation_policy logistic_regression --base_model_for_reg_model
-logistic_regression`` and feeds :func:`pipelines.ope.estimate` the resulting table. Run ``i``:
+logistic_regression`` and feeds :func:`pipelines.release.ope.estimate` the resulting table. Run ``i``:
 
 * **Data** (``SyntheticBanditDataset(random_state=i)``, ``logistic_reward_function``): contexts
   ``x ~ N(0, I_d)``; actions one-hot; ``q(x, a) = sigmoid(z)`` where ``z`` is the z-scored (over the
@@ -53,7 +53,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines import ope  # noqa: E402
+from pipelines.release import ope
 
 # examples/synthetic/README.md of st-tech/zr-obp, the command above: relative-ee mean, std
 OBP_PUBLISHED = {

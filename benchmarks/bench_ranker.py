@@ -39,9 +39,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.dlrm import Ranker  # noqa: E402
-from pipelines import ranker as rk  # noqa: E402
-from pipelines import schema  # noqa: E402
-from pipelines.settings import Settings  # noqa: E402
+from pipelines.core import schema
+from pipelines.core.settings import Settings  # noqa: E402
+from pipelines.ranking import data as rk
 
 DENSE = [
     "user_impressions_count", "user_clicks_count", "user_ctr",
@@ -107,7 +107,7 @@ def fmt(x: float, digits: int = 4) -> str:
 
 
 def quality(args: argparse.Namespace) -> dict:
-    from pipelines.simulate import simulate, truth_impressions_dir
+    from pipelines.data.simulate import simulate, truth_impressions_dir
 
     home = Path(tempfile.mkdtemp(prefix="bench-ranker-"))
     settings = Settings.from_env({"RECLOOP_HOME": str(home)})

@@ -3,7 +3,7 @@
   .venv/bin/python benchmarks/bench_retrieval.py [--days 8] [--scale demo] [--seed 42]
 
 Simulates --days days into a temporary workspace, validates them, computes the feature tables,
-trains each model on days 0..N-2 (the same `pipelines.train` code the DAG runs) and scores them
+trains each model on days 0..N-2 (the same `pipelines.retrieval.train` code the DAG runs) and scores them
 on day N-1's positives (training items excluded): NDCG@10, recall@100, hit rate, coverage,
 novelty, fit time — and NDCG@10 against the simulator's true click probabilities of every unseen
 item (``truth_ndcg@10``), which no logging policy's exposure bias touches.
@@ -36,11 +36,12 @@ import scipy.sparse as sp
 import torch
 
 from models.base import Recommender
-from pipelines import simulate, train
-from pipelines.evaluate import compare_models, ndcg_at_k
-from pipelines.features import compute_features
-from pipelines.settings import Settings
-from pipelines.validate import validate_partition
+from pipelines.core.metrics import compare_models, ndcg_at_k
+from pipelines.core.settings import Settings
+from pipelines.data import simulate
+from pipelines.data.validate import validate_partition
+from pipelines.features.tables import compute_features
+from pipelines.retrieval import train
 
 
 class ScoreFn(Recommender):

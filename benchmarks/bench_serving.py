@@ -76,10 +76,12 @@ def prepare(home: Path, scale: str, redis_url: str) -> None:
     os.environ.update({"RECLOOP_HOME": str(home), "RECLOOP_REDIS_URL": redis_url,
                        "RECLOOP_SCALE": scale})  # fmt: skip
     os.environ.pop("RECLOOP_MLFLOW_URI", None)
-    from pipelines import registry, schema, tasks
-    from pipelines.feature_store import apply_repo, materialize_date
-    from pipelines.settings import Settings
-    from pipelines.simulate import simulate
+    from pipelines.core import schema
+    from pipelines.core.settings import Settings
+    from pipelines.data.simulate import simulate
+    from pipelines.features.store import apply_repo, materialize_date
+    from pipelines.orchestration import tasks
+    from pipelines.release import registry
 
     settings = Settings.from_env()
     settings.ensure_dirs()
@@ -109,7 +111,7 @@ def large_index(settings, bundle, n_items: int, kind: str):
     (HNSW cached under ``RECLOOP_HOME/bench/``)."""
     import numpy as np
 
-    from pipelines.index import ItemIndex, get_index, index_dir
+    from pipelines.retrieval.faiss_index import ItemIndex, get_index, index_dir
 
     version = f"synthetic-{n_items}-{kind}"
     root = settings.home / "bench"
@@ -142,7 +144,7 @@ def bench_app():
     ``BENCH_LARGE_ITEMS`` is set (``BENCH_INDEX_KIND`` hnsw or flat)."""
     import torch
 
-    from pipelines.settings import Settings
+    from pipelines.core.settings import Settings
     from serving.app import create_app
     from serving.config import ServingConfig
 
@@ -167,7 +169,7 @@ def serve(args: argparse.Namespace) -> None:
     os.environ["BENCH_LARGE_ITEMS"] = str(args.large_items or 0)
     os.environ["BENCH_INDEX_KIND"] = args.index_kind
     if args.large_items and args.index_kind != "flat":
-        from pipelines.settings import Settings
+        from pipelines.core.settings import Settings
         from serving.bundle import load as load_bundle
 
         settings = Settings.from_env()
@@ -291,9 +293,9 @@ def run_case(args: argparse.Namespace, env: dict, label: str, extra: list[str]) 
             if proc.poll() is not None or time.time() > deadline:
                 raise RuntimeError(f"{label}: server did not get ready")
             time.sleep(0.5)
-        from pipelines import registry
-        from pipelines.settings import Settings
-        from pipelines.vocab import Vocab
+        from pipelines.core.settings import Settings
+        from pipelines.core.vocab import Vocab
+        from pipelines.release import registry
 
         settings = Settings.from_env()
         tt = Path(registry.load_bundle(settings, "champion")["paths"]["two_tower"])

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from pipelines import simulate as sim  # noqa: E402
-from pipelines.settings import Settings  # noqa: E402
+from pipelines.core.settings import Settings  # noqa: E402
+from pipelines.data import simulate as sim
 
 
 def _rss_mb() -> float:

@@ -31,8 +31,8 @@ def main() -> int:
     import httpx
     import numpy as np
 
-    from pipelines import simulate
-    from pipelines.settings import Settings
+    from pipelines.core.settings import Settings
+    from pipelines.data import simulate
     from serving.app import create_app
     from serving.bundle import load
     from serving.config import ServingConfig

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     import pandas as pd
     import torch
 
-    from pipelines.settings import Settings
+    from pipelines.core.settings import Settings
     from serving.app import create_app
     from serving.config import ServingConfig
     from serving.pipeline import Request, recommend

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipelines import schema
-from pipelines.settings import Settings
-from pipelines.validate import parse_frame, read_raw_partition, validate_partition
+from pipelines.core import schema
+from pipelines.core.settings import Settings
+from pipelines.data.validate import parse_frame, read_raw_partition, validate_partition
 
 DAY = dt.date(2024, 6, 1)
 

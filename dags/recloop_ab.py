@@ -7,7 +7,7 @@ define now (`champion` vs `challenger` serving bundles, named `<champion>-vs-<ch
 analysed on the validated logs from its start through the day (`ds` when the run has one, else
 the newest validated partition): per-arm impressions, CTR and conversion with intervals, the
 CTR difference under an always-valid mSPRT (p-value and confidence sequence), guardrails on CTR
-and conversion drops, a minimum sample per arm and a maximum duration (`pipelines.ab.ABConfig`).
+and conversion drops, a minimum sample per arm and a maximum duration (`pipelines.experiments.ab.ABConfig`).
 
 Decision: **promote** (challenger becomes `champion`; the service hot-reloads it), **continue**,
 **rollback** (a guardrail failed: challenger alias cleared) or **stop** (max duration without a
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from airflow.sdk import Asset, dag, task
 
-from pipelines.dag_defaults import (
+from pipelines.orchestration.dag_defaults import (
     START_DATE,
     VALIDATED_URI,
     default_args,
@@ -42,8 +42,8 @@ VALIDATED = Asset(VALIDATED_URI)  # the daily DAG's validate outlet
 def recloop_ab():
     @task
     def analyze(ds: str | None = None) -> dict:
-        from pipelines import ab
-        from pipelines.settings import Settings
+        from pipelines.core.settings import Settings
+        from pipelines.experiments import ab
 
         return ab.analyze_current(Settings.from_env(), ds)
 

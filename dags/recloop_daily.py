@@ -25,14 +25,14 @@ Takes one day's interaction logs (`RECLOOP_HOME/data/interactions/date={{ ds }}`
    `challenger` (or `champion` on the first day); decision → MLflow and `reports/gates/`.
 
 One run per logical date; a rerun of a date overwrites that date's outputs and nothing else.
-Every task body is one call into `pipelines.tasks`; nothing heavy is imported at parse time.
+Every task body is one call into `pipelines.orchestration.tasks`; nothing heavy is imported at parse time.
 """
 
 from __future__ import annotations
 
 from airflow.sdk import Asset, dag, task
 
-from pipelines.dag_defaults import (
+from pipelines.orchestration.dag_defaults import (
     BUNDLE_URI,
     ITEM_INDEX_URI,
     ONLINE_FEATURES_URI,
@@ -60,79 +60,79 @@ BUNDLE = Asset(BUNDLE_URI)
 def recloop_daily():
     @task(outlets=[VALIDATED])
     def validate(ds: str | None = None) -> dict:
-        from pipelines import tasks
+        from pipelines.orchestration import tasks
 
         return tasks.validate(ds)
 
     @task
     def stats(ds: str | None = None) -> dict:
-        from pipelines import tasks
+        from pipelines.orchestration import tasks
 
         return tasks.stats(ds)
 
     @task(outlets=[ONLINE_FEATURES])
     def features(ds: str | None = None) -> dict:
-        from pipelines import tasks
+        from pipelines.orchestration import tasks
 
         return tasks.features(ds)
 
     @task
     def train_mf(ds: str | None = None) -> dict:
-        from pipelines import tasks
+        from pipelines.orchestration import tasks
 
         return tasks.train_model(ds, "mf")
 
     @task
     def train_two_tower(ds: str | None = None) -> dict:
-        from pipelines import tasks
+        from pipelines.orchestration import tasks
 
         return tasks.train_model(ds, "two_tower")
 
     @task
     def train_popular(ds: str | None = None) -> dict:
-        from pipelines import tasks
+        from pipelines.orchestration import tasks
 
         return tasks.train_model(ds, "popular")
 
     @task
     def train_itemknn(ds: str | None = None) -> dict:
-        from pipelines import tasks
+        from pipelines.orchestration import tasks
 
         return tasks.train_model(ds, "itemknn")
 
     @task(outlets=[ITEM_INDEX])
     def build_index(ds: str | None = None) -> dict:
-        from pipelines import tasks
+        from pipelines.orchestration import tasks
 
         return tasks.build_index(ds)
 
     @task
     def evaluate(ds: str | None = None) -> dict:
-        from pipelines import tasks
+        from pipelines.orchestration import tasks
 
         return tasks.evaluate(ds)
 
     @task
     def train_ranker(ds: str | None = None) -> dict:
-        from pipelines import tasks
+        from pipelines.orchestration import tasks
 
         return tasks.train_ranker(ds)
 
     @task
     def evaluate_ranker(ds: str | None = None) -> dict:
-        from pipelines import tasks
+        from pipelines.orchestration import tasks
 
         return tasks.evaluate_ranker(ds)
 
     @task(outlets=[BUNDLE])
     def register(ds: str | None = None) -> dict:
-        from pipelines import tasks
+        from pipelines.orchestration import tasks
 
         return tasks.register(ds)
 
     @task
     def gate(ds: str | None = None) -> dict:
-        from pipelines import tasks
+        from pipelines.orchestration import tasks
 
         return tasks.gate(ds)
 

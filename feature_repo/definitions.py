@@ -1,12 +1,12 @@
 """recloop's Feast definitions: entities, feature views and versioned feature services.
 
 One module, shaped like Feast's local template. The objects are built by :func:`build` for a
-given features folder (the workspace's ``RECLOOP_HOME/features``): ``pipelines/feature_store.py``
+given features folder (the workspace's ``RECLOOP_HOME/features``): ``pipelines/features/store.py``
 calls it in-process with the settings at hand. The module-level objects below are the same
 definitions for the ``RECLOOP_HOME`` of the environment, so that the ``feast`` CLI, run inside
 this folder, finds them (``cd feature_repo && feast apply``; see feature_store.yaml).
 
-Feature columns and their meaning are defined with the tables in ``pipelines/features.py``
+Feature columns and their meaning are defined with the tables in ``pipelines/features/tables.py``
 (``USER_FEATURES`` / ``ITEM_FEATURES``); this module maps them to Feast types.
 
 Feature services, one per consumer, versioned by name (a new version is a new service; an
@@ -26,7 +26,7 @@ from pathlib import Path
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
 from feast.types import Float64, Int64, String
 
-from pipelines.features import ITEM_FEATURES, USER_FEATURES
+from pipelines.features.tables import ITEM_FEATURES, USER_FEATURES
 
 TTL = timedelta(days=2)
 """A feature row is valid for 2 days after its event timestamp (the end of its day): the next
@@ -144,7 +144,7 @@ def build(features_dir: Path | str) -> dict:
 
 
 # Module-level objects for the `feast` CLI (it collects the objects defined in the repo's
-# modules). Same path rule as pipelines.settings: RECLOOP_HOME, default ~/.recloop.
+# modules). Same path rule as pipelines.core.settings: RECLOOP_HOME, default ~/.recloop.
 _home = Path(os.environ.get("RECLOOP_HOME") or Path.home() / ".recloop").expanduser().resolve()
 _objects = build(_home / "features")
 user = _objects["user"]

@@ -1,7 +1,7 @@
 """The one model interface every recloop recommender implements.
 
 Shapes: ``U`` users, ``I`` items, ``D`` embedding dim, ``B`` batch of users, ``K`` results.
-Users and items are dense indices (``pipelines.vocab.Vocab`` maps raw ids to them); the
+Users and items are dense indices (``pipelines.core.vocab.Vocab`` maps raw ids to them); the
 interaction matrix is a ``scipy.sparse.csr_matrix`` of shape ``(U, I)`` whose values are counts
 (implicit feedback) or ratings (explicit feedback).
 

@@ -23,7 +23,7 @@ point in time, by the training pipeline; this module only needs the frames):
   ``price``, go through ``sign(x) * log1p(|x|)`` first); dates/timestamps → numeric (days since
   1970-01-01, standardized); anything else (strings, categoricals) → categorical (one embedding
   per column; vocabulary = values seen at ``fit``, index 0 = missing or unseen).
-- the platform's attributes (``pipelines/schema.py``): users ``age`` (numeric), ``gender``,
+- the platform's attributes (``pipelines/core/schema.py``): users ``age`` (numeric), ``gender``,
   ``country`` (categorical), ``signup_date`` (date); items ``category`` (categorical), ``price``
   (numeric, logged), ``created_date`` (date). Missing values: numeric → the mean, categorical →
   the "missing" bucket. No frame at all → an id-only tower (users keep their history mean).

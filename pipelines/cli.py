@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from pipelines import commands
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
 
 DESCRIPTION = """\
 recloop — a workflow-orchestrated MLOps platform for recommender systems.

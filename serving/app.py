@@ -50,7 +50,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
 from serving import shared
 from serving.bundle import BundleManager
 from serving.config import ServingConfig

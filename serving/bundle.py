@@ -17,7 +17,7 @@ every distinct tuple of the newest offline user feature table, so a request almo
 network. Older bundles, whose user tower reads ids or history, have no :class:`UserTower`: their
 unknown users get cold start (trending), as before.
 
-Only bundles from the configured registry are loaded (:func:`pipelines.registry.load_bundle`
+Only bundles from the configured registry are loaded (:func:`pipelines.release.registry.load_bundle`
 re-checks pins and artifact hashes), and models load through ``models.base.load_model``
 (JSON config + ``torch.load(weights_only=True)``): no arbitrary pickle.
 
@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
 
 log = logging.getLogger("recloop.serving.bundle")
 
@@ -105,8 +105,8 @@ class ItemTable:
     def load(cls, settings: Settings, item_ids: np.ndarray) -> ItemTable:
         """The newest item feature table under ``settings.features_dir``, restricted to nothing
         (every item it lists) plus ``item_ids`` (the index's items) with defaults."""
-        from pipelines import schema
-        from pipelines.features import read_table, table_dir
+        from pipelines.core import schema
+        from pipelines.features.tables import read_table, table_dir
 
         dates = schema.partition_dates(table_dir(settings, "item"))
         frame = pd.DataFrame({"item_id": pd.Series([], dtype=object)})
@@ -172,7 +172,7 @@ class UserTower:
     def for_model(cls, model: Any) -> UserTower | None:
         """The bundle's user tower, or None when it cannot encode users from online features
         (it reads user ids or history, or a column the ``user_features`` view lacks)."""
-        from pipelines.features import USER_FEATURES
+        from pipelines.features.tables import USER_FEATURES
 
         columns_of = getattr(model, "user_feature_columns", None)
         columns = columns_of() if columns_of is not None else None
@@ -258,8 +258,8 @@ def _prewarm_user_tower(settings: Settings, tower: UserTower) -> None:
     """Fill ``tower``'s cache from the newest user feature table on disk (none: logged)."""
     import pyarrow.parquet as pq
 
-    from pipelines import schema
-    from pipelines.features import table_dir, table_path
+    from pipelines.core import schema
+    from pipelines.features.tables import table_dir, table_path
 
     dates = schema.partition_dates(table_dir(settings, "user"))
     if not dates:
@@ -283,11 +283,11 @@ class LoadedBundle:
     paths: dict[str, str | None]
     feature_service: str
     two_tower: Any
-    users: Any  # pipelines.vocab.Vocab
+    users: Any  # pipelines.core.vocab.Vocab
     items: Any
     seen: Any  # scipy.sparse.csr_matrix (U, I)
     user_vecs: np.ndarray  # (U, D) float32
-    index: Any  # pipelines.index.ItemIndex
+    index: Any  # pipelines.retrieval.faiss_index.ItemIndex
     ranker: Any | None
     item_table: ItemTable
     user_tower: UserTower | None = None
@@ -322,15 +322,15 @@ class LoadedBundle:
 def load(settings: Settings, ref: str) -> LoadedBundle:
     """Load bundle ``ref`` (alias or version number) from the registry.
 
-    Raises :class:`pipelines.registry.BundleError` (mismatched/corrupt set), ``ValueError``
+    Raises :class:`pipelines.release.registry.BundleError` (mismatched/corrupt set), ``ValueError``
     (unreadable model or index, naming the file) or ``FileNotFoundError``.
     """
     import scipy.sparse as sp
 
     from models.base import load_model
-    from pipelines import registry
-    from pipelines.index import ItemIndex
-    from pipelines.vocab import Vocab
+    from pipelines.core.vocab import Vocab
+    from pipelines.release import registry
+    from pipelines.retrieval.faiss_index import ItemIndex
 
     t0 = time.perf_counter()
     b = registry.load_bundle(settings, ref)
@@ -383,7 +383,7 @@ def smoke_score(bundle: LoadedBundle, n_users: int = 4, k: int = 10) -> None:
     """Score a few known users end to end without Redis (vectors → index → ranker on default
     features), and a new user with default features through the user tower when there is one;
     :class:`SmokeError` if anything raises or returns non-finite or empty results."""
-    from pipelines import features as ft
+    from pipelines.features import tables as ft
 
     try:
         rows = np.arange(min(n_users, len(bundle.user_vecs)))
@@ -415,7 +415,7 @@ def warm_up(settings: Settings, bundle: LoadedBundle) -> None:
 
     thompson_probabilities(np.array([1.0, 2.0]), np.array([3.0, 4.0]))
     try:  # the protobuf decoders of the Redis fast path (built once per process)
-        from pipelines.feature_store import _column_classes
+        from pipelines.features.store import _column_classes
 
         _column_classes()
     except Exception as exc:  # noqa: BLE001 - requests build them on first use instead
@@ -424,7 +424,7 @@ def warm_up(settings: Settings, bundle: LoadedBundle) -> None:
     if bundle.ranker is not None and getattr(bundle.ranker, "feature_service", ""):
         service = bundle.ranker.feature_service
     try:
-        from pipelines.feature_store import _plan
+        from pipelines.features.store import _plan
 
         _plan(settings, service)
     except Exception as exc:  # noqa: BLE001 - the registry may not exist yet; requests will try
@@ -455,7 +455,7 @@ class BundleManager:
         (the alias points nowhere: a challenger is dropped; a champion is kept),
         ``registry error: ...`` (the registry itself did not answer: nothing changes).
         """
-        from pipelines import registry
+        from pipelines.release import registry
 
         out: dict[str, str] = {}
         with self._lock:

@@ -16,7 +16,7 @@ environment overrides, and the admin token.
 | ``RECLOOP_SERVE_ITEM_CACHE_TTL_S``| ``60``       | seconds a candidate's cached online item features are used (0 = no cache) |
 
 The admin token is read from the environment only (never from a file or a flag), and compared in
-constant time. Settings of the platform (paths, Redis, MLflow) stay in ``pipelines.settings``.
+constant time. Settings of the platform (paths, Redis, MLflow) stay in ``pipelines.core.settings``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class ServingConfig:
-    """Everything the online service needs besides :class:`pipelines.settings.Settings`.
+    """Everything the online service needs besides :class:`pipelines.core.settings.Settings`.
 
     Times are milliseconds (``*_ms``) or seconds (``*_s``); shares are in ``[0, 1]``.
     """

@@ -1,6 +1,6 @@
 """The impression and feedback log: what the service showed, with propensities, and outcomes.
 
-Rows follow the interactions contract (``pipelines.schema.INTERACTIONS``) so the daily pipeline
+Rows follow the interactions contract (``pipelines.core.schema.INTERACTIONS``) so the daily pipeline
 ingests them as tomorrow's events: an ``impression`` row per shown item (``value`` 1,
 ``position`` 0-based slot, ``arm``, ``model_version`` = ``bundle-<version>``, ``propensity`` in
 (0, 1]) and a ``click`` / ``purchase`` row per feedback, carrying the impression's position, arm,
@@ -42,7 +42,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from pipelines import schema
+from pipelines.core import schema
 
 log = logging.getLogger("recloop.serving.log")
 

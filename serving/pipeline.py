@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
 from serving import rerank, shared
 from serving.bundle import BundleManager, LoadedBundle
 from serving.config import ServingConfig
@@ -188,7 +188,7 @@ def _retrieve(
 @dataclass
 class Hydrated:
     """Online features of one request: ``user`` {feature: value}, ``items`` {feature: ``(C,)``
-    array}, defaults (``pipelines.features.DEFAULTS``) filled where Redis has no value;
+    array}, defaults (``pipelines.features.tables.DEFAULTS``) filled where Redis has no value;
     ``missing_items`` = candidates with no row in Redis."""
 
     user: dict[str, Any]
@@ -206,7 +206,7 @@ def read_features(
 ) -> Hydrated:
     """One Redis pipeline of HMGETs over Feast's layout, decoded straight into arrays.
 
-    The same read as ``pipelines.feature_store.online_features_fast`` (its key layout, read plan
+    The same read as ``pipelines.features.store.online_features_fast`` (its key layout, read plan
     and decoders are reused) without building a DataFrame per request, which cost more than the
     read itself. With ``cache``, candidates' rows come from it and only its misses are read (see
     :class:`ItemFeatureCache`); the user's row is always read. ``ConnectionError`` naming the URL
@@ -214,7 +214,7 @@ def read_features(
     """
     import redis
 
-    from pipelines import feature_store as fs
+    from pipelines.features import store as fs
 
     plan = fs._plan(settings, service)
     t0 = time.perf_counter()
@@ -237,7 +237,7 @@ def read_features(
 
 def _commands(plan: Any, user_id: str, item_ids: list[str]) -> list:
     """The pre-packed HMGETs of the user's row and each item's row (``_hmget_pipeline``)."""
-    from pipelines import feature_store as fs
+    from pipelines.features import store as fs
 
     return [(plan.packed["user"], fs.redis_key("user_id", user_id))] + [
         (plan.packed["item"], fs.redis_key("item_id", i)) for i in item_ids
@@ -247,8 +247,8 @@ def _commands(plan: Any, user_id: str, item_ids: list[str]) -> list:
 def _decode_user(plan: Any, reply: list) -> dict[str, Any]:
     """The user's HMGET reply → ``{feature: value}`` (defaults where absent), one protobuf parse
     per value type rather than per feature."""
-    from pipelines import feature_store as fs
-    from pipelines.features import DEFAULTS, FEATURE_TYPES
+    from pipelines.features import store as fs
+    from pipelines.features.tables import DEFAULTS, FEATURE_TYPES
 
     names = plan.names["user"]
     by_kind: dict[str, list[int]] = {}
@@ -268,8 +268,8 @@ def _decode_items(plan: Any, replies: list) -> tuple[list[np.ndarray], np.ndarra
     """Items' HMGET replies (``M`` of them) → per item feature (``plan.names["item"]`` order) an
     ``(M,)`` array (int64, float64 or object; defaults where absent), and ``present`` ``(M,)``
     bool (the item has a row in Redis)."""
-    from pipelines import feature_store as fs
-    from pipelines.features import DEFAULTS, FEATURE_TYPES
+    from pipelines.features import store as fs
+    from pipelines.features.tables import DEFAULTS, FEATURE_TYPES
 
     cols: list[np.ndarray] = []
     for j, name in enumerate(plan.names["item"]):
@@ -287,7 +287,7 @@ def _read_marked(
 ) -> tuple[bytes | None, list, list]:
     """``(materialization marker, user reply, item replies)`` in one write: ``GET`` of the
     marker first, then the HMGETs (so rows read after a marker are at least that fresh)."""
-    from pipelines import feature_store as fs
+    from pipelines.features import store as fs
 
     key = fs.MARKER_KEY.encode()
     head = b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key), key)
@@ -419,7 +419,7 @@ class ItemFeatureCache:
         self._lock = threading.Lock()
 
     def _table(self, service: str, plan: Any) -> _ItemRows:
-        from pipelines.features import FEATURE_TYPES
+        from pipelines.features.tables import FEATURE_TYPES
 
         names = plan.names["item"]
         with self._lock:
@@ -479,8 +479,8 @@ def read_user_features(
     ``ConnectionError`` naming the URL."""
     import redis
 
-    from pipelines import feature_store as fs
-    from pipelines.features import FEATURE_TYPES
+    from pipelines.features import store as fs
+    from pipelines.features.tables import FEATURE_TYPES
 
     plan = fs._plan(settings, service)
     try:
@@ -511,7 +511,7 @@ def _service(bundle: LoadedBundle) -> str:
 def _tower_service(settings: Settings, bundle: LoadedBundle) -> str:
     """The feature service to read the user tower's features with: the ranker's when it has
     them all (one read plan warmed at load), else ``two_tower_v1``."""
-    from pipelines import feature_store as fs
+    from pipelines.features import store as fs
 
     service = _service(bundle)
     assert bundle.user_tower is not None

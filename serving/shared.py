@@ -18,7 +18,7 @@ import logging
 import time
 from typing import Any
 
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
 
 log = logging.getLogger("recloop.serving.shared")
 
@@ -28,7 +28,7 @@ _FIELDS = ("request_id", "user_id", "items", "propensities", "arm", "model_versi
 
 
 def _client(settings: Settings):
-    from pipelines.feature_store import redis_client
+    from pipelines.features.store import redis_client
 
     return redis_client(settings)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.closed_loop import free_port  # noqa: F401 - the tests import it from here
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
+from pipelines.loop.closed_loop import free_port  # noqa: F401 - the tests import it from here
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -114,8 +114,8 @@ def tiny_trained_workspace(
     bodies run for each (in-process, in the DAG's order): the registry then holds one serving
     bundle per day and, from the second day on, a champion. Returns the settings and the
     MonkeyPatch holding the ``RECLOOP_*`` environment (call ``undo()`` when done)."""
-    from pipelines import tasks
-    from pipelines.simulate import simulate
+    from pipelines.data.simulate import simulate
+    from pipelines.orchestration import tasks
 
     mp = pytest.MonkeyPatch()
     mp.setenv("RECLOOP_HOME", str(home))

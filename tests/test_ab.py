@@ -14,9 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import ab, registry, schema
 from pipelines.cli import main
-from pipelines.settings import Settings
+from pipelines.core import schema
+from pipelines.core.settings import Settings
+from pipelines.experiments import ab
+from pipelines.release import registry
 from tests.test_registry import fresh_mlflow, make_bundle
 
 START = dt.date(2026, 1, 1)

@@ -11,9 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import ab, registry, schema
 from pipelines.cli import main
-from pipelines.settings import Settings
+from pipelines.core import schema
+from pipelines.core.settings import Settings
+from pipelines.experiments import ab
+from pipelines.release import registry
 from serving.logging import RequestLog, request_row, requests_dir
 from tests.test_ab import START, write_day
 from tests.test_ab import ws as ws  # noqa: PLC0414 - the fixture, re-exported for this module
@@ -161,7 +163,7 @@ def test_rarefied_distinct_matches_enumeration():
 def write_world_day(s: Settings, day: dt.date, champ: str, chall: str, seed: int = 0) -> None:
     """A validated partition with the simulator's user / item ids: per arm 300 slates of 5,
     clicks drawn from the truth; plus rows of another challenger bundle (not this experiment)."""
-    from pipelines.simulate import true_click_prob
+    from pipelines.data.simulate import true_click_prob
 
     world = load_tiny_world(s)
     rng = np.random.default_rng([seed, day.toordinal()])
@@ -186,7 +188,7 @@ def write_world_day(s: Settings, day: dt.date, champ: str, chall: str, seed: int
 
 
 def load_tiny_world(s: Settings):
-    from pipelines.simulate import build_world, load_world, world_meta
+    from pipelines.data.simulate import build_world, load_world, world_meta
 
     path = s.truth_dir / "world.json"
     if not path.exists():
@@ -196,7 +198,7 @@ def load_tiny_world(s: Settings):
 
 
 def write_ope(s: Settings, day: dt.date, version: str, snips: float, dr: float | None) -> None:
-    """A report shaped like ``pipelines.policy_eval.evaluate_bundle``'s."""
+    """A report shaped like ``pipelines.release.bundle_ope.evaluate_bundle``'s."""
     est = {"snips": {"estimate": snips, "ci_low": snips - 0.01, "ci_high": snips + 0.01},
            "dr": {"estimate": dr}, "ips": {"estimate": snips + 0.002}}  # fmt: skip
     path = s.reports_dir / "ope" / f"date={day}" / f"bundle-{version}.json"
@@ -206,7 +208,7 @@ def write_ope(s: Settings, day: dt.date, version: str, snips: float, dr: float |
 
 
 def test_predicted_and_truth_beside_the_measured_ctr(ws, capsys):
-    from pipelines.simulate import true_click_prob
+    from pipelines.data.simulate import true_click_prob
 
     s, champ, chall = ws
     exp = ab.experiment_name(champ, chall)

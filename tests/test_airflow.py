@@ -12,7 +12,9 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import airflow_runner, schema, simulate
+from pipelines.core import schema
+from pipelines.data import simulate
+from pipelines.orchestration import airflow_runner
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration

@@ -3,12 +3,12 @@
 Scale ``small`` (tiny's catalog, 1500 users, 1500 requests a day: about 7000 impressions per arm
 per day, enough for the test to see a clear difference in a day or two). One module-scoped
 workspace: 3 days trained through the daily task bodies (bundle 3 knows the users of 3 days),
-then the loop (``pipelines.closed_loop.run_loop``, inline runner,
+then the loop (``pipelines.loop.closed_loop.run_loop``, inline runner,
 the serving/A/B half: ``retrain=False``) drives ``recloop serve`` (a child process on loopback),
 the simulated users and the A/B analysis, day by day:
 
 * **worse challenger + restart** (days 4-5): champion 3 vs a challenger with inverted item
-  embeddings (``pipelines.scenarios``: the model's favourites shown last); the loop is stopped
+  embeddings (``pipelines.loop.scenarios``: the model's favourites shown last); the loop is stopped
   after day 4's traffic (service and "scheduler" gone), started again, and resumes;
 * **better challenger** (days 6-7): that inverted bundle as champion vs bundle 3's retriever
   (both without a ranker, so they cost the same to serve): promoted on day 6; on day 7 the same
@@ -23,9 +23,12 @@ import socket
 import pandas as pd
 import pytest
 
-from pipelines import ab, closed_loop, registry, schema
-from pipelines.loop import traffic_dir
-from pipelines.scenarios import register_variant
+from pipelines.core import schema
+from pipelines.experiments import ab
+from pipelines.loop import closed_loop
+from pipelines.loop.scenarios import register_variant
+from pipelines.loop.traffic import traffic_dir
+from pipelines.release import registry
 from tests.conftest import RedisServer, tiny_trained_workspace
 
 TRAIN_DAYS = ("2026-01-01", "2026-01-02", "2026-01-03")
@@ -143,7 +146,7 @@ def test_better_challenger_is_promoted_and_then_served(loop):
 
 
 def test_day_records_and_report(loop):
-    from pipelines import report
+    from pipelines.report.html import write_report
 
     settings = loop["settings"]
     records = closed_loop.read_days(settings)
@@ -154,7 +157,7 @@ def test_day_records_and_report(loop):
         assert r["dag"] == {"recloop_daily": "success", "recloop_ab": "success"}
     text = closed_loop.format_days(records)
     assert text.count("\n") == len(records) and "service" in text
-    path = report.write_report(settings)
+    path = write_report(settings)
     html = path.read_text()
     assert "rollback" in html and "promote" in html
 
@@ -174,7 +177,7 @@ def test_gate_compares_ranker_auc_with_the_champion_on_the_same_day(loop):
     """Day 3's gate judged bundle 2 against champion 1: both rankers scored on day 3."""
     import json
 
-    from pipelines.ranking import ranker_auc
+    from pipelines.ranking.train import ranker_auc
 
     settings = loop["settings"]
     record = json.loads((settings.reports_dir / "gates" / "date=2026-01-03.json").read_text())

@@ -22,7 +22,7 @@ from models.dlrm import (
     fm_second_order_explicit,
     hash_bucket,
 )
-from pipelines.evaluate import auc
+from pipelines.core.metrics import auc
 
 DENSE = ["x1", "x2", "item_clicks_7d"]
 SPARSE = ["cat", "user"]

@@ -1,4 +1,4 @@
-"""Feast + Redis (pipelines/feature_store.py): against the real redis-server of conftest."""
+"""Feast + Redis (pipelines/features/store.py): against the real redis-server of conftest."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 import redis
 
-from pipelines import feature_store as fs
-from pipelines import schema
-from pipelines.features import (
+from pipelines.core import schema
+from pipelines.core.settings import Settings
+from pipelines.features import store as fs
+from pipelines.features.tables import (
     DEFAULTS,
     ITEM_FEATURES,
     ITEM_SCHEMA,
@@ -23,7 +24,6 @@ from pipelines.features import (
     feature_time,
     read_table,
 )
-from pipelines.settings import Settings
 
 pytestmark = [
     pytest.mark.integration,

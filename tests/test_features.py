@@ -1,4 +1,4 @@
-"""Feature tables (pipelines/features.py): DuckDB over validated partitions, no Redis needed."""
+"""Feature tables (pipelines/features/tables.py): DuckDB over validated partitions, no Redis needed."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import schema
-from pipelines.features import (
+from pipelines.core import schema
+from pipelines.core.settings import Settings
+from pipelines.features.tables import (
     CTR_PRIOR_IMPRESSIONS,
     DEFAULTS,
     ITEM_SCHEMA,
@@ -19,7 +20,6 @@ from pipelines.features import (
     read_table,
     table_path,
 )
-from pipelines.settings import Settings
 
 D = dt.date(2024, 3, 28)
 

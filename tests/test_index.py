@@ -9,7 +9,7 @@ import faiss
 import numpy as np
 import pytest
 
-from pipelines.index import (
+from pipelines.retrieval.faiss_index import (
     FLAT_MAX,
     IndexRecallError,
     ItemIndex,

@@ -9,8 +9,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import ingest, schema
 from pipelines.cli import main
+from pipelines.core import schema
+from pipelines.data import ingest
 
 DAY = 86400
 T0 = 1_700_000_000  # 2023-11-14T22:13:20Z
@@ -149,8 +150,8 @@ def test_movielens_end_to_end_recommend_and_predict_ratings(settings, tmp_path):
     """Import → validate → train (implicit MF and explicit MF) → recommend / predict, raw ids out."""
     import numpy as np
 
-    from pipelines import train
-    from pipelines.validate import validate_partition
+    from pipelines.data.validate import validate_partition
+    from pipelines.retrieval import train
 
     rng = np.random.default_rng(0)
     lines = []

@@ -16,8 +16,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import registry, schema
-from pipelines.loop import (
+from pipelines.core import schema
+from pipelines.core.settings import Settings
+from pipelines.loop.traffic import (
     MISMATCH,
     UNKNOWN_REQUEST,
     check_loopback,
@@ -25,7 +26,7 @@ from pipelines.loop import (
     served_quarantine_dir,
     simulate_traffic,
 )
-from pipelines.settings import Settings
+from pipelines.release import registry
 from serving.config import ServingConfig
 from serving.logging import impressions_dir
 from tests.conftest import RedisServer, free_port, tiny_trained_workspace
@@ -40,7 +41,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer):
     """``(settings, counts)`` after simulated traffic of DAY against the champion over HTTP."""
     import uvicorn
 
-    from pipelines.simulate import load_world, simulate_day
+    from pipelines.data.simulate import load_world, simulate_day
     from serving.app import create_app
 
     home = tmp_path_factory.mktemp("loop") / "home"
@@ -87,7 +88,7 @@ def test_simulated_traffic_reaches_the_service_and_reports_feedback(loop):
 
 
 def test_ingest_writes_contract_rows_matched_and_validated(loop):
-    from pipelines.validate import validate_partition
+    from pipelines.data.validate import validate_partition
 
     settings, counts, n_other = loop
     out = ingest_served(settings, DAY)

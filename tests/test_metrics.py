@@ -1,6 +1,6 @@
 """Every metric pinned to values computed by hand (the arithmetic is in the comments).
 
-Conventions under test (pipelines/evaluate.py): rows with no relevant item are skipped by the
+Conventions under test (pipelines/core/metrics.py): rows with no relevant item are skipped by the
 per-user metrics; ``-1`` padding is never relevant but Precision@K still divides by K; an item
 repeated in one list counts once.
 """
@@ -14,7 +14,7 @@ import pytest
 import scipy.sparse as sp
 
 from models.baselines import MostPopular
-from pipelines import evaluate as ev
+from pipelines.core import metrics as ev
 
 LOG2_3 = math.log2(3)  # discount of rank 2 is 1 / log2(3) = 0.63093
 

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import ope
-from pipelines import simulate as sim
 from pipelines.cli import main
+from pipelines.data import simulate as sim
+from pipelines.release import ope
 
 DATE = "2026-01-01"
 

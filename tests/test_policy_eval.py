@@ -7,8 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from pipelines import policy_eval, simulate, train
-from pipelines.validate import validate_partition
+from pipelines.data import simulate
+from pipelines.data.validate import validate_partition
+from pipelines.release import bundle_ope
+from pipelines.retrieval import train
 
 DAYS = ["2026-01-01", "2026-01-02"]
 
@@ -19,11 +21,11 @@ def test_bundle_policy_estimates_and_truth(settings):
         validate_partition(settings, d)
     train.train(settings, "two_tower", DAYS[0])
     folder = train.artifact_dir(settings, "two_tower", DAYS[0])
-    out = policy_eval.evaluate_bundle(settings, DAYS[1], folder, "bundle-x")
+    out = bundle_ope.evaluate_bundle(settings, DAYS[1], folder, "bundle-x")
     snips = out["estimates"]["snips"]
     assert snips["n"] > 0 and snips["ess"] > 0
     assert snips["ci_low"] <= snips["estimate"] <= snips["ci_high"]
-    assert 0.0 < out["truth"] < 1.0 and out["temperature"] == policy_eval.TEMPERATURE
+    assert 0.0 < out["truth"] < 1.0 and out["temperature"] == bundle_ope.TEMPERATURE
     # the estimate is in the truth's neighbourhood (CTR scale ~0.03; a broken weighting is far off)
     assert abs(snips["estimate"] - out["truth"]) < 0.5 * out["truth"] + 0.01
     saved = json.loads(
@@ -36,7 +38,7 @@ def test_scorer_gives_unknown_users_the_mean_vector(settings):
     simulate.simulate(settings, 1, "tiny", 5)
     validate_partition(settings, DAYS[0])
     train.train(settings, "two_tower", DAYS[0])
-    score, items = policy_eval.two_tower_scorer(train.artifact_dir(settings, "two_tower", DAYS[0]))
+    score, items = bundle_ope.two_tower_scorer(train.artifact_dir(settings, "two_tower", DAYS[0]))
     art = train.load_artifact(settings, "two_tower", DAYS[0])
     known = art.users.ids[:2]
     s = score(np.array([*known, "stranger"], dtype=object), items[:5])

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import promote, registry
 from pipelines.cli import main
-from pipelines.promote import Tolerances, decide
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
+from pipelines.release import gate, registry
+from pipelines.release.gate import Tolerances, decide
 from tests.test_registry import fresh_mlflow, make_bundle
 
 
@@ -33,7 +33,7 @@ CHAMPION = {"version": "1", "ndcg@10": 0.30, "auc": 0.75, "ope": ope(0.10, 0.09,
 TOL = Tolerances(ndcg=0.01, auc=0.01, snips=0.0, recall_target=0.95)
 
 
-def verdicts(decision: promote.Decision) -> dict[str, str]:
+def verdicts(decision: gate.Decision) -> dict[str, str]:
     return {g.name: g.verdict for g in decision.gates}
 
 
@@ -51,7 +51,7 @@ def test_all_gates_pass_makes_a_challenger(settings: Settings):
 
 
 @pytest.mark.parametrize(
-    "change, gate",
+    "change, gate_name",
     [
         ({"validation": "failed"}, "validation"),
         ({"validation": None}, "validation"),
@@ -63,13 +63,13 @@ def test_all_gates_pass_makes_a_challenger(settings: Settings):
         ({"ope": ope(0.10, 0.08, 0.12)}, "snips"),  # ci_low 0.08 < champion 0.10
     ],
 )
-def test_each_gate_failing_alone_blocks(settings: Settings, change: dict, gate: str):
+def test_each_gate_failing_alone_blocks(settings: Settings, change: dict, gate_name: str):
     d = decide(settings, "2026-01-02", {**CANDIDATE, **change}, CHAMPION, TOL)
     assert d.action == "rejected" and not d.passed
     v = verdicts(d)
-    assert v[gate] == "fail"
-    assert [name for name, verdict in v.items() if verdict != "pass"] == [gate]
-    assert gate in d.reason
+    assert v[gate_name] == "fail"
+    assert [name for name, verdict in v.items() if verdict != "pass"] == [gate_name]
+    assert gate_name in d.reason
 
 
 def test_within_tolerance_passes(settings: Settings):
@@ -111,7 +111,7 @@ def test_gate_day_moves_aliases_and_records(settings: Settings, capsys: pytest.C
     fresh_mlflow(settings)
     v1 = make_bundle(settings, "2026-01-01")
     # day 2: the bundle trained through day 1 is gated on day 2; no champion yet -> champion
-    out = promote.gate_day(
+    out = gate.gate_day(
         settings, "2026-01-02", ope=ope(0.1, 0.09, 0.11), candidate_metrics={"ndcg@10": 0.2}
     )
     assert (out["candidate_version"], out["action"]) == (v1, "champion")
@@ -120,7 +120,7 @@ def test_gate_day_moves_aliases_and_records(settings: Settings, capsys: pytest.C
 
     v2 = make_bundle(settings, "2026-01-02")
     common = {"ope": ope(0.12, 0.11, 0.13), "champion_ope": ope(0.1, 0.09, 0.11)}
-    out = promote.gate_day(
+    out = gate.gate_day(
         settings, "2026-01-03", candidate_metrics={"ndcg@10": 0.21},
         champion_metrics={"ndcg@10": 0.2}, **common,
     )  # fmt: skip
@@ -128,7 +128,7 @@ def test_gate_day_moves_aliases_and_records(settings: Settings, capsys: pytest.C
     assert out["aliases"] == {"champion": v1, "challenger": v2}
 
     v3 = make_bundle(settings, "2026-01-03", recall=0.90)  # index below its 0.95 target
-    out = promote.gate_day(
+    out = gate.gate_day(
         settings, "2026-01-04", candidate_metrics={"ndcg@10": 0.3},
         champion_metrics={"ndcg@10": 0.2}, **common,
     )  # fmt: skip
@@ -136,7 +136,7 @@ def test_gate_day_moves_aliases_and_records(settings: Settings, capsys: pytest.C
     assert {g["name"]: g["verdict"] for g in out["gates"]}["index_recall"] == "fail"
     assert out["aliases"] == {"champion": v1, "challenger": v2}
 
-    saved = json.loads(promote.report_path(settings, "2026-01-04").read_text())
+    saved = json.loads(gate.report_path(settings, "2026-01-04").read_text())
     assert saved["action"] == "rejected" and saved["mlflow_run_id"] == out["mlflow_run_id"]
     run = registry.client(settings).get_run(out["mlflow_run_id"])
     assert run.data.params["action"] == "rejected"
@@ -145,14 +145,14 @@ def test_gate_day_moves_aliases_and_records(settings: Settings, capsys: pytest.C
 
     # day 5: a passing bundle while challenger v2's experiment runs is held, not swapped in
     v4 = make_bundle(settings, "2026-01-04")
-    out = promote.gate_day(
+    out = gate.gate_day(
         settings, "2026-01-05", candidate_metrics={"ndcg@10": 0.3},
         champion_metrics={"ndcg@10": 0.2}, **common,
     )  # fmt: skip
     assert (out["candidate_version"], out["action"]) == (v4, "held")
     assert f"{v1}-vs-{v2} is running" in out["reason"] and out["passed"]
     assert out["aliases"] == {"champion": v1, "challenger": v2}
-    out = promote.gate_day(
+    out = gate.gate_day(
         settings, "2026-01-05", candidate_metrics={"ndcg@10": 0.3},
         champion_metrics={"ndcg@10": 0.2}, replace_challenger=True, **common,
     )  # fmt: skip
@@ -167,7 +167,7 @@ def test_gate_day_moves_aliases_and_records(settings: Settings, capsys: pytest.C
     assert "0.9000" in line and "0.9500" in line and "fail" in line
     assert "decision: rejected" in text and "champion=" + v1 in text
     # the report file gone, the decision is read back from MLflow
-    promote.report_path(settings, "2026-01-03").unlink()
+    gate.report_path(settings, "2026-01-03").unlink()
     assert main(["gates", "--date", "2026-01-03", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["action"] == "challenger"
     assert main(["gates", "--date", "2030-01-01"]) == 2
@@ -175,7 +175,7 @@ def test_gate_day_moves_aliases_and_records(settings: Settings, capsys: pytest.C
 
 def test_gate_day_without_a_bundle_rejects(settings: Settings):
     fresh_mlflow(settings)
-    out = promote.gate_day(settings, "2026-01-01")
+    out = gate.gate_day(settings, "2026-01-01")
     assert out["action"] == "rejected" and out["candidate_version"] is None
     assert "no serving bundle" in out["reason"]
 
@@ -185,9 +185,10 @@ def test_real_models_through_registry_and_gates(settings: Settings):
     """Tiny simulated days, real two-tower + FAISS index tracked, bundled, loaded back and gated;
     the candidate's NDCG@10 computed by the gate equals the forward evaluation's."""
     from models.base import load_model
-    from pipelines import simulate, train
-    from pipelines.index import ItemIndex
-    from pipelines.validate import validate_partition
+    from pipelines.data import simulate
+    from pipelines.data.validate import validate_partition
+    from pipelines.retrieval import train
+    from pipelines.retrieval.faiss_index import ItemIndex
 
     days = ["2026-01-01", "2026-01-02", "2026-01-03"]
     fresh_mlflow(settings)
@@ -211,7 +212,7 @@ def test_real_models_through_registry_and_gates(settings: Settings):
     assert model.item_embeddings().shape[0] > 0
     assert ItemIndex.load(loaded["paths"]["index"]).model_version == f"two_tower-{days[0]}"
 
-    out = promote.gate_day(settings, days[2])
+    out = gate.gate_day(settings, days[2])
     assert (out["candidate_version"], out["champion_version"]) == (versions[1], versions[0])
     gates = {g["name"]: g for g in out["gates"]}
     forward = train.evaluate_forward(settings, days[2], models=("two_tower",))

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.ranker import (
+from pipelines.ranking.data import (
     LABEL_COLUMNS,
     calibration_table,
     evaluate_ranker,
@@ -121,7 +121,7 @@ def test_negative_mix_proportions_and_hard_negatives_exclude_engaged_items() -> 
 def test_without_hard_candidates_the_hard_share_is_uniform(caplog) -> None:
     labelled = _labelled(n_users=50)
     pool = np.array([f"i{j}" for j in range(100)], dtype=object)
-    with caplog.at_level(logging.INFO, logger="pipelines.ranker"):
+    with caplog.at_level(logging.INFO, logger="pipelines.ranking.data"):
         out = sample_negatives(labelled, pool, seed=0)  # default mix 70 % uniform + 30 % hard
     sampled = out[out["sampled"]]
     assert len(sampled) == labelled["label"].sum()

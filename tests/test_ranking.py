@@ -7,10 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import ranking, simulate, train
-from pipelines.feature_store import apply_repo, materialize_date
-from pipelines.features import compute_features
-from pipelines.validate import validate_partition
+from pipelines.data import simulate
+from pipelines.data.validate import validate_partition
+from pipelines.features.store import apply_repo, materialize_date
+from pipelines.features.tables import compute_features
+from pipelines.ranking import train as ranking
+from pipelines.retrieval import train
 
 pytestmark = pytest.mark.integration
 DAYS = ["2026-01-01", "2026-01-02"]

@@ -1,7 +1,7 @@
 """MLflow tracking + registry against a real MLflow (sqlite backend, local artifact store).
 
-The helpers below build tiny fake artifact folders in the ``pipelines.train`` /
-``pipelines.index`` layouts; MLflow itself is real."""
+The helpers below build tiny fake artifact folders in the ``pipelines.retrieval.train`` /
+``pipelines.retrieval.faiss_index`` layouts; MLflow itself is real."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import registry, schema
-from pipelines.settings import Settings
+from pipelines.core import schema
+from pipelines.core.settings import Settings
+from pipelines.release import registry
 
 DAY, DAY2 = "2026-01-01", "2026-01-02"
 
@@ -81,7 +82,7 @@ def fake_index(settings: Settings, model_version: str, recall: float = 0.97) -> 
 def make_bundle(settings: Settings, day: str, recall: float = 0.97, ranker: bool = False) -> str:
     """Validated data, fake two-tower + index (+ ranker) of ``day``, tracked and bundled: the
     bundle version."""
-    from pipelines import registry
+    from pipelines.release import registry
 
     write_validated(settings, day)
     write_validation_report(settings, day)
@@ -272,8 +273,8 @@ def test_racing_promotions_leave_one_champion(ws: Settings, cas: bool):
 RACER = """
 import os, sys, time
 from pathlib import Path
-from pipelines import registry
-from pipelines.settings import Settings
+from pipelines.release import registry
+from pipelines.core.settings import Settings
 
 s = Settings.from_env()
 registry.client(s).search_registered_models()  # warm up before the start signal

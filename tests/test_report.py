@@ -12,8 +12,10 @@ import shutil
 import numpy as np
 import pandas as pd
 
-from pipelines import ab, promote, schema
-from pipelines.report import NO_DATA, SECTIONS, load_reports, write_report
+from pipelines.core import schema
+from pipelines.experiments import ab
+from pipelines.release import gate
+from pipelines.report.html import NO_DATA, SECTIONS, load_reports, write_report
 
 D1, D2 = dt.date(2026, 1, 2), dt.date(2026, 1, 3)
 EVIL = '<script>alert("x")</script>'
@@ -40,12 +42,12 @@ def _day_record(day: dt.date, source: str, ab_action: str | None) -> dict:
 
 def _gate_record(day: dt.date, reason: str) -> dict:
     gates = [
-        promote.Gate("validation", "passed", None, None, "pass"),
-        promote.Gate("ndcg@10", 0.21, 0.2, 0.005, "pass"),
-        promote.Gate("index_recall", 0.97, None, 0.95, "pass"),
-        promote.Gate("snips", 0.019, 0.021, 0.0, "fail"),
+        gate.Gate("validation", "passed", None, None, "pass"),
+        gate.Gate("ndcg@10", 0.21, 0.2, 0.005, "pass"),
+        gate.Gate("index_recall", 0.97, None, 0.95, "pass"),
+        gate.Gate("snips", 0.019, 0.021, 0.0, "fail"),
     ]
-    rec = promote.Decision(day.isoformat(), "2", "1", "rejected", gates, reason).to_dict()
+    rec = gate.Decision(day.isoformat(), "2", "1", "rejected", gates, reason).to_dict()
     rec["aliases"] = {"champion": "1", "challenger": None}
     return rec
 
@@ -163,7 +165,7 @@ def test_empty_workspace_says_no_data_everywhere(settings):
 
 
 def test_missing_reports_dir_entirely(tmp_path, monkeypatch):
-    from pipelines.settings import Settings
+    from pipelines.core.settings import Settings
 
     monkeypatch.setenv("RECLOOP_HOME", str(tmp_path / "never-created"))
     s = Settings.from_env()

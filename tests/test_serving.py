@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import registry, schema
-from pipelines.settings import Settings
+from pipelines.core import schema
+from pipelines.core.settings import Settings
+from pipelines.release import registry
 from serving.app import create_app
 from serving.config import ServingConfig
 from serving.logging import impressions_dir
@@ -136,7 +137,7 @@ def test_cold_start_is_trending_steered_by_categories(world: Settings):
 
 
 def test_feedback_and_impression_log_pass_the_validation_gate(world: Settings, tmp_path: Path):
-    from pipelines.validate import validate_partition
+    from pipelines.data.validate import validate_partition
 
     user, _ = known_user(world)
 
@@ -464,7 +465,7 @@ def test_ranker_and_index_failures_fall_back_flagged(world: Settings):
 def test_redis_stopped_mid_run_gives_degraded_answers_within_the_deadline(
     world: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    from pipelines.feature_store import materialize_date
+    from pipelines.features.store import materialize_date
 
     own = RedisServer(tmp_path)
     own.start()
@@ -550,7 +551,7 @@ def test_recloop_serve_over_real_uvicorn(world: Settings):
 
 def test_fast_hydrate_and_rank_equal_the_feature_store_and_ranker_paths(world: Settings):
     """serving's array read + batch scoring = online_features_fast + Ranker.predict_proba."""
-    from pipelines.feature_store import online_features_fast
+    from pipelines.features.store import online_features_fast
     from serving.bundle import load
     from serving.pipeline import _rank, read_features
 

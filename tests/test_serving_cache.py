@@ -17,8 +17,8 @@ import pytest
 from feast.infra.online_stores.helpers import _mmh3
 from feast.protos.feast.types.Value_pb2 import Value
 
-from pipelines import feature_store as fs
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
+from pipelines.features import store as fs
 from serving.app import create_app
 from serving.bundle import load
 from serving.config import ServingConfig

@@ -11,8 +11,9 @@ import time
 import pandas as pd
 import pytest
 
-from pipelines import registry, schema
-from pipelines.settings import Settings
+from pipelines.core import schema
+from pipelines.core.settings import Settings
+from pipelines.release import registry
 from serving import rerank
 from serving.config import ServingConfig
 from serving.logging import REQUESTS, requests_dir

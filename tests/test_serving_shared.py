@@ -8,7 +8,7 @@ import asyncio
 import httpx
 import pytest
 
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
 from serving.app import create_app
 from serving.bundle import load
 from serving.config import ServingConfig

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import policy_eval
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
+from pipelines.release import bundle_ope
 from serving.app import create_app
 from serving.bundle import LoadedBundle, UserTower, load
 from serving.config import ServingConfig
@@ -70,7 +70,7 @@ def featured_users(settings: Settings, bundle: LoadedBundle) -> pd.DataFrame:
 def tower_vector(settings: Settings, bundle: LoadedBundle, user_id: str) -> np.ndarray:
     """The tower's vector ``(1, D)`` of ``user_id``'s attributes in ``users.parquet``."""
     attrs = pd.read_parquet(settings.data_dir / "users.parquet")
-    frame = policy_eval.tower_user_frame(attrs, bundle.two_tower.user_feature_columns())
+    frame = bundle_ope.tower_user_frame(attrs, bundle.two_tower.user_feature_columns())
     return bundle.two_tower.encode_user_features(frame.loc[[user_id]].reset_index(drop=True))
 
 
@@ -201,9 +201,9 @@ def test_bundle_whose_tower_reads_user_ids_keeps_cold_start(world):
 def test_ope_scorer_gives_unknown_users_their_tower_vector(world):
     settings, bundle = world
     folder = Path(bundle.paths["two_tower"])
-    attrs = policy_eval.user_attributes(settings)
-    score, items = policy_eval.two_tower_scorer(folder, attrs)
-    plain_score, _ = policy_eval.two_tower_scorer(folder)
+    attrs = bundle_ope.user_attributes(settings)
+    score, items = bundle_ope.two_tower_scorer(folder, attrs)
+    plain_score, _ = bundle_ope.two_tower_scorer(folder)
     user = str(featured_users(settings, bundle)["user_id"].iloc[0])
     known = bundle.users.ids[0]
     users = np.array([known, user, "stranger"], dtype=object)

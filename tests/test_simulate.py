@@ -11,10 +11,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import schema
-from pipelines import simulate as sim
 from pipelines.cli import main
-from pipelines.settings import Settings
+from pipelines.core import schema
+from pipelines.core.settings import Settings
+from pipelines.data import simulate as sim
 
 START = dt.date(2026, 1, 1)
 DAYS = 4

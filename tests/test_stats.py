@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from pipelines import schema
-from pipelines.stats import daily_stats, format_stats
+from pipelines.core import schema
+from pipelines.data.stats import daily_stats, format_stats
 
 
 def _day(settings, date, rows):

@@ -8,9 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import schema, simulate, train
 from pipelines.cli import main
-from pipelines.validate import validate_partition
+from pipelines.core import schema
+from pipelines.data import simulate
+from pipelines.data.validate import validate_partition
+from pipelines.retrieval import train
 
 DAYS = ["2026-01-01", "2026-01-02", "2026-01-03"]
 
@@ -18,7 +20,7 @@ DAYS = ["2026-01-01", "2026-01-02", "2026-01-03"]
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Three tiny simulated, validated days in one workspace shared by this module's tests."""
-    from pipelines.settings import Settings
+    from pipelines.core.settings import Settings
 
     home = tmp_path_factory.mktemp("train-home")
     s = Settings.from_env({"RECLOOP_HOME": str(home)})

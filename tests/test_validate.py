@@ -13,10 +13,15 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import schema
 from pipelines.cli import main
-from pipelines.settings import Settings
-from pipelines.validate import ValidationError, ValidationResult, parse_reason, validate_partition
+from pipelines.core import schema
+from pipelines.core.settings import Settings
+from pipelines.data.validate import (
+    ValidationError,
+    ValidationResult,
+    parse_reason,
+    validate_partition,
+)
 
 DAY = dt.date(2024, 3, 10)
 DAY_START = pd.Timestamp(DAY, tz="UTC")

@@ -13,14 +13,14 @@ p-value (mSPRT), and the reason. Below the arm table, from the newest decision t
 test, SNIPS with its 95% interval, beside the CTR the test measured and, on simulated data, the
 true expected CTR; all clicks per impression) and the guardrails with their verdicts (CTR and
 conversion drops; service latency p99, error rate, degraded rate, catalog coverage). Nothing is
-decided or changed here: see pipelines.ab.analyze.
+decided or changed here: see pipelines.experiments.ab.analyze.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +32,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     import json
 
-    from pipelines import ab, schema
+    from pipelines.core import schema
+    from pipelines.experiments import ab
 
     ab.parse_experiment(args.experiment)
     records = ab.history(settings, args.experiment)

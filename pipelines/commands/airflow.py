@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import signal
 
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -21,7 +21,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines import airflow_runner
+    from pipelines.orchestration import airflow_runner
 
     proc = airflow_runner.start_standalone(settings, port=args.port)
     log = settings.airflow_home / "standalone.log"

@@ -3,7 +3,7 @@
   recloop demo [--days 5] [--scale demo] [--seed 42] [--start-date 2026-01-01]
                [--requests N] [--share 0.5] [--runner airflow|inline]
 
-For each simulated day D (pipelines.closed_loop):
+For each simulated day D (pipelines.loop.closed_loop):
 1. D's logs: until a champion bundle exists, the simulator's logging policy writes them; then the
    platform's own service does (`recloop serve` on loopback, hot-reloading the registry aliases):
    the simulator's users of D are sent to it over HTTP, click and buy according to the truth,
@@ -25,7 +25,7 @@ import argparse
 import datetime as dt
 import json
 
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -114,7 +114,7 @@ def gates_table(settings: Settings, dates: list[dt.date]) -> str:
 
 def ab_table(settings: Settings) -> str:
     """Every A/B experiment's decisions, one line per analysed day."""
-    from pipelines import ab
+    from pipelines.experiments import ab
 
     folder = settings.reports_dir / "ab"
     names = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.exists() else []
@@ -131,9 +131,10 @@ def ab_table(settings: Settings) -> str:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines import closed_loop, report
-    from pipelines.schema import parse_date
-    from pipelines.stats import format_stats
+    from pipelines.core.schema import parse_date
+    from pipelines.data.stats import format_stats
+    from pipelines.loop import closed_loop
+    from pipelines.report.html import write_report
 
     cfg = closed_loop.LoopConfig(
         days=args.days, start=parse_date(args.start_date), scale=args.scale, seed=args.seed,
@@ -173,7 +174,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     print(ope_table(settings, dates))
     print(gates_table(settings, dates))
     print(ab_table(settings))
-    html = report.write_report(settings, dates)
+    html = write_report(settings, dates)
     total = sum(r.get("seconds", {}).get("total", 0.0) for r in records)
     print(f"{len(records)} day(s) in {total:.0f}s; report {html}; outputs under {settings.home}")
     return 0

@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
 
 ACTIONS = ("show", "compute", "apply", "materialize", "yaml")
 
@@ -48,8 +48,8 @@ def _need_date(args: argparse.Namespace) -> str:
 def _show(args: argparse.Namespace, settings: Settings) -> int:
     import pandas as pd
 
-    from pipelines import feature_store as fs
-    from pipelines.features import feature_time
+    from pipelines.features import store as fs
+    from pipelines.features.tables import feature_time
 
     if not args.user:
         raise ValueError("`recloop features show` needs --user U (and usually --items I1,I2)")
@@ -88,21 +88,21 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "show":
         return _show(args, settings)
     if args.action == "yaml":
-        from pipelines import feature_store as fs
+        from pipelines.features import store as fs
 
         print(fs.feature_store_yaml(settings), end="")
         return 0
     settings.ensure_dirs()
     if args.action == "compute":
-        from pipelines.features import compute_features
+        from pipelines.features.tables import compute_features
 
         out = compute_features(settings, _need_date(args))
     elif args.action == "apply":
-        from pipelines import feature_store as fs
+        from pipelines.features import store as fs
 
         out = fs.apply_repo(settings)
     else:
-        from pipelines import feature_store as fs
+        from pipelines.features import store as fs
 
         out = fs.materialize_date(settings, _need_date(args), force=args.force)
     print(json.dumps(out, indent=2, default=str))

@@ -2,7 +2,7 @@
 
   recloop gates --date D [--json]
 
-Reads reports/gates/date=D.json (written by the daily DAG's gate task, pipelines.promote.gate_day)
+Reads reports/gates/date=D.json (written by the daily DAG's gate task, pipelines.release.gate.gate_day)
 or, when that file is gone, the decision.json of the date's run in the MLflow experiment
 recloop-gates. One row per gate: candidate value, champion value, tolerance, verdict (pass, fail,
 skipped, not_evaluated) and what was compared; then the action (champion, challenger, rejected).
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +23,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     import json
 
-    from pipelines.promote import format_decision, read_decision
+    from pipelines.release.gate import format_decision, read_decision
 
     decision = read_decision(settings, args.date)
     if args.json:

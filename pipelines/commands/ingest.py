@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +32,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines import ingest
+    from pipelines.data import ingest
 
     if args.format == "movielens":
         summary = ingest.import_movielens(settings, args.path)

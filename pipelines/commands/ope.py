@@ -7,14 +7,14 @@ columns reward, propensity (logging policy's probability of that item at that sl
 target_propensity (the target policy's), optionally predicted_reward and target_predicted_reward
 (for DM and DR) and request_id (bootstrap resamples whole requests). Rows with a missing or zero
 propensity are excluded and counted. Prints JSON on stdout: per estimator its estimate, ci_low,
-ci_high (bootstrap percentile), ess (effective sample size), n and excluded. See pipelines/ope.py.
+ci_high (bootstrap percentile), ess (effective sample size), n and excluded. See pipelines/release/ope.py.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +28,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     import json
 
-    from pipelines import ope
+    from pipelines.release import ope
 
     table = ope.read_table(args.table)
     result = ope.estimate(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +53,7 @@ def write_frame(frame, out: Path) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines.train import recommend
+    from pipelines.retrieval.train import recommend
 
     if not 1 <= args.k <= 1000:
         raise ValueError(f"--k {args.k}: expected 1..1000")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -28,8 +28,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
-    from pipelines import schema
-    from pipelines.report import write_report
+    from pipelines.core import schema
+    from pipelines.report.html import write_report
 
     dates = [schema.parse_date(d) for d in args.date] if args.date else None
     path = write_report(settings, dates, out=Path(args.out) if args.out else None)

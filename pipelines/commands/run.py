@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -24,8 +24,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines.airflow_runner import run_dag
-    from pipelines.schema import parse_date
+    from pipelines.core.schema import parse_date
+    from pipelines.orchestration.airflow_runner import run_dag
 
     first = parse_date(args.date)
     last = parse_date(args.end_date) if args.end_date else first

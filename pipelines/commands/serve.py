@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +30,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines import simulate
+    from pipelines.data import simulate
 
     summaries = simulate.simulate(
         settings,

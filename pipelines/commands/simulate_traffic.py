@@ -4,7 +4,7 @@
                            [--concurrency C] [--seed S] [--k K] [--deadline-s T]
 
 Real HTTP on loopback only (a non-loopback --url is refused). Each request of day D
-(pipelines.simulate.requests_for_day) is POSTed to /recommend; the simulated users respond to
+(pipelines.data.simulate.requests_for_day) is POSTed to /recommend; the simulated users respond to
 the slates shown (clicks and purchases from the truth), reported through POST /feedback. The
 simulated times go to RECLOOP_HOME/serving/traffic/date=D/ for `recloop ingest-served`. Prints the
 counts and the realized CTR per arm; exit 1 when no request was served.
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
 
 NAME = "simulate-traffic"
 
@@ -32,7 +32,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     import json
 
-    from pipelines.loop import simulate_traffic
+    from pipelines.loop.traffic import simulate_traffic
 
     counts = simulate_traffic(
         settings,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +29,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines.train import train
+    from pipelines.retrieval.train import train
 
     print(json.dumps(train(settings, args.model, args.date, args.window_days), indent=2))
     return 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -19,7 +19,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines.validate import format_summary, validate_partition
+    from pipelines.data.validate import format_summary, validate_partition
 
     result = validate_partition(settings, args.date)
     print(format_summary(result))

@@ -3,10 +3,10 @@ through Feast, the DLRM ranker and its logistic-regression baseline, forward eva
 scoring pairs from the online store.
 
 - **Training** (``train_for_date``): impressions of the validated days ``[D-window+1, D]``,
-  labelled by ``pipelines.ranker.label_impressions`` (clicked in that request → 1, shown and not
+  labelled by ``pipelines.ranking.data.label_impressions`` (clicked in that request → 1, shown and not
   clicked → 0), plus sampled negatives (default mix 70% uniform + 30% hard: the two-tower model's
   top candidates for the user that the user did not engage with), joined point in time with the
-  ``ranker_v1`` feature service (``pipelines.feature_store.training_frame``). Saves
+  ``ranker_v1`` feature service (``pipelines.features.store.training_frame``). Saves
   ``artifacts/models/ranker/date=D/`` (the ``dlrm`` Ranker: weights, normalization statistics,
   vocabularies, feature list and feature service) and ``ranker_lr`` (the baseline).
 - **Forward evaluation** (``evaluate_forward``): the rankers trained through D−1 scored on D's
@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines import schema
-from pipelines.settings import Settings
+from pipelines.core import schema
+from pipelines.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,8 @@ MODEL_NAMES = ("ranker", "ranker_lr")
 
 def feature_columns(settings: Settings) -> tuple[list[str], list[str]]:
     """``(dense, sparse)`` feature names of the ranker's feature service."""
-    from pipelines.feature_store import service_features
-    from pipelines.features import FEATURE_TYPES
+    from pipelines.features.store import service_features
+    from pipelines.features.tables import FEATURE_TYPES
 
     names = [n for cols in service_features(settings, SERVICE).values() for n in cols]
     dense = [n for n in names if FEATURE_TYPES[n] != "string"]
@@ -50,7 +50,7 @@ def feature_columns(settings: Settings) -> tuple[list[str], list[str]]:
 
 def labelled_impressions(settings: Settings, first: dt.date, last: dt.date) -> pd.DataFrame:
     """Labelled impressions of the validated days in ``[first, last]`` (empty if none)."""
-    from pipelines.ranker import label_impressions
+    from pipelines.ranking.data import label_impressions
 
     frames = [
         schema.read_partition(settings.validated_dir, d)
@@ -69,7 +69,7 @@ def _hard_candidates(
     settings: Settings, date: dt.date, users: list[str]
 ) -> dict[str, list[str]] | None:
     """Top two-tower candidates per user from the model trained through ``date`` (None if absent)."""
-    from pipelines.train import recommend
+    from pipelines.retrieval.train import recommend
 
     try:
         recs = recommend(settings, "two_tower", HARD_CANDIDATES, users, date.isoformat())
@@ -82,8 +82,8 @@ def train_for_date(
     settings: Settings, date: str | dt.date, window_days: int = WINDOW_DAYS, epochs: int = 3
 ) -> dict[str, Any]:
     """Train the DLRM ranker and the LR baseline on the window ending at ``date``; save both."""
-    from pipelines.feature_store import training_frame
-    from pipelines.ranker import fit_logistic_regression, sample_negatives, train_ranker
+    from pipelines.features.store import training_frame
+    from pipelines.ranking.data import fit_logistic_regression, sample_negatives, train_ranker
 
     day = schema.parse_date(date)
     labelled = labelled_impressions(settings, day - dt.timedelta(days=window_days - 1), day)
@@ -146,7 +146,7 @@ def train_for_date(
 def load_ranker(settings: Settings, name: str = "ranker", date: str | dt.date | None = None):
     """The saved ranker ``name`` trained through ``date`` (default: the newest)."""
     from models.base import load_model
-    from pipelines.train import latest_date
+    from pipelines.retrieval.train import latest_date
 
     day = schema.parse_date(date) if date else latest_date(settings, name)
     folder = settings.artifacts_dir / "models" / name / f"date={day.isoformat()}" if day else None
@@ -160,9 +160,9 @@ def load_ranker(settings: Settings, name: str = "ranker", date: str | dt.date | 
 
 def evaluate_forward(settings: Settings, date: str | dt.date) -> dict[str, Any]:
     """Rankers trained through D−1 scored on D's impressions; writes ``reports/ranker/date=D.json``."""
-    from pipelines.feature_store import training_frame
-    from pipelines.ranker import evaluate_ranker, evaluate_scores
-    from pipelines.train import predict_pairs
+    from pipelines.features.store import training_frame
+    from pipelines.ranking.data import evaluate_ranker, evaluate_scores
+    from pipelines.retrieval.train import predict_pairs
 
     day = schema.parse_date(date)
     prev = day - dt.timedelta(days=1)
@@ -215,8 +215,8 @@ def ranker_auc(settings: Settings, folder: Path | str, date: str | dt.date) -> f
     gate's champion number, on the same test day as the candidate's. ``None`` without impressions.
     """
     from models.base import load_model
-    from pipelines.feature_store import training_frame
-    from pipelines.ranker import evaluate_ranker
+    from pipelines.features.store import training_frame
+    from pipelines.ranking.data import evaluate_ranker
 
     day = schema.parse_date(date)
     test = labelled_impressions(settings, day, day)
@@ -238,7 +238,7 @@ def _plain(obj: Any) -> Any:
 def _true_click_prob(settings: Settings, frame: pd.DataFrame) -> str | None:
     """On simulated data, attach the true click probability of each logged impression (by
     event_id) as column ``true_prob``; returns its name, or None when there is no truth."""
-    from pipelines.simulate import truth_impressions_dir
+    from pipelines.data.simulate import truth_impressions_dir
 
     folder = truth_impressions_dir(settings)
     if "event_id" not in frame.columns or not folder.exists():
@@ -266,7 +266,7 @@ def predict_pairs(
 ) -> pd.DataFrame:
     """Click probabilities for ``pairs`` (``user_id``, ``item_id``) from the online features in
     Redis: adds ``score``, ``user_missing`` and ``item_missing`` (defaults were used)."""
-    from pipelines.feature_store import online_features, online_features_fast
+    from pipelines.features.store import online_features, online_features_fast
 
     for col in ("user_id", "item_id"):
         if col not in pairs.columns:

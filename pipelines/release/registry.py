@@ -26,7 +26,7 @@ version. Serving loads bundles only (:func:`load_bundle`), which re-checks the s
 artifacts themselves and refuses a mismatch.
 
 **DAG entry points** (one call each): :func:`register_day` (the register task: every artifact
-trained through D plus the bundle) and ``pipelines.promote.gate_day`` (the gate task);
+trained through D plus the bundle) and ``pipelines.release.gate.gate_day`` (the gate task);
 :func:`track_component` registers one component.
 
 **Aliases** ``challenger`` and ``champion`` (aliases, not the deprecated stages) are set on the
@@ -56,8 +56,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from pipelines import schema
-from pipelines.settings import Settings
+from pipelines.core import schema
+from pipelines.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ BUNDLE_EXPERIMENT = "recloop-bundles"
 BUNDLE_FILE = "bundle.json"
 BUNDLE_FORMAT = 1
 FEATURE_SERVICES = ("ranker_v1", "two_tower_v1", "serving_v1")
-"""Same names as ``pipelines.feature_store.SERVICES`` (not imported: it pulls in Feast)."""
+"""Same names as ``pipelines.features.store.SERVICES`` (not imported: it pulls in Feast)."""
 
 _lock = threading.Lock()
 _clients: dict[str, Any] = {}
@@ -449,7 +449,7 @@ def track_component(
     its content hash is tagged ``built_from_hash`` and :func:`register_bundle` then requires it
     to equal the pinned two-tower's registered ``artifact_hash``.
     ``data_hash_override``: the data hash to record instead of hashing the window (an artifact
-    derived from another one on the same data, e.g. ``pipelines.scenarios``' variants).
+    derived from another one on the same data, e.g. ``pipelines.loop.scenarios``' variants).
     Skips the run when this (date, data hash) is already registered. Returns JSON-able
     ``{component, version, run_id, data_hash, logical_date, version_key, reused}``.
     """
@@ -502,8 +502,8 @@ def register_day(
     them. Idempotent (a rerun on the same data registers nothing new). Returns JSON-able
     ``{mf, two_tower, index, ranker: track_component results or None, bundle: version}``.
     """
-    from pipelines.index import index_dir
-    from pipelines.train import artifact_dir
+    from pipelines.retrieval.faiss_index import index_dir
+    from pipelines.retrieval.train import artifact_dir
 
     day = schema.parse_date(date)
     out: dict[str, Any] = {"logical_date": day.isoformat()}

@@ -8,9 +8,9 @@ runs in production, one logical date at a time:
    (``source = "service"``): the service (``recloop serve``, a separate process on loopback, with
    an admin token the loop generates) is started or told to re-read the registry aliases
    (``POST /admin/reload``: champion and challenger hot-swap), the simulator's users of day D are
-   sent to it over HTTP and respond to what they are shown (:func:`pipelines.loop.simulate_traffic`),
+   sent to it over HTTP and respond to what they are shown (:func:`pipelines.loop.traffic.simulate_traffic`),
    and the service's impression and feedback logs become D's partition
-   (:func:`pipelines.loop.ingest_served`); D's user and item attribute tables are written from
+   (:func:`pipelines.loop.traffic.ingest_served`); D's user and item attribute tables are written from
    the world (the product database of a real deployment).
 2. **the daily DAG** for D (validate → features → train → index → ranker → register → gate): the
    gate makes the newest passing bundle the ``challenger`` (one experiment at a time).
@@ -61,8 +61,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines import schema
-from pipelines.settings import Settings
+from pipelines.core import schema
+from pipelines.core.settings import Settings
 
 log = logging.getLogger("recloop.closed_loop")
 
@@ -103,7 +103,7 @@ class LoopConfig:
     runner: str = "airflow"
     """``airflow`` (the DAGs through Airflow) or ``inline`` (their task functions in-process)."""
     ab_config: Any = None
-    """``pipelines.ab.ABConfig`` for the inline runner (the A/B DAG uses its defaults)."""
+    """``pipelines.experiments.ab.ABConfig`` for the inline runner (the A/B DAG uses its defaults)."""
     port: int | None = None
     """The service's port (None: a free one)."""
     stop_after: tuple[str, str] | None = None
@@ -162,7 +162,7 @@ def _save_day(settings: Settings, record: dict[str, Any]) -> None:
 
 
 def _aliases(settings: Settings) -> dict[str, str | None]:
-    from pipelines import registry
+    from pipelines.release import registry
 
     return {a: registry.get_alias(settings, a) for a in ("champion", "challenger")}
 
@@ -267,7 +267,7 @@ class Service:
 def _run_daily(settings: Settings, day: dt.date, cfg: LoopConfig) -> dict[str, str]:
     """The daily DAG, then the A/B DAG, for ``day``: ``{dag_id: state}``; raises on a failure."""
     if cfg.runner == "airflow":
-        from pipelines.airflow_runner import run_dag
+        from pipelines.orchestration.airflow_runner import run_dag
 
         states = {}
         for dag_id in ("recloop_daily", "recloop_ab"):
@@ -285,7 +285,8 @@ def _run_daily(settings: Settings, day: dt.date, cfg: LoopConfig) -> dict[str, s
 
 
 def _run_inline(settings: Settings, day: dt.date, cfg: LoopConfig) -> dict[str, str]:
-    from pipelines import ab, tasks
+    from pipelines.experiments import ab
+    from pipelines.orchestration import tasks
 
     ds = day.isoformat()
     saved = dict(os.environ)
@@ -315,7 +316,7 @@ def served_truth(settings: Settings, day: dt.date) -> dict[str, Any] | None:
     ``None`` when the partition holds no service rows."""
     import numpy as np
 
-    from pipelines import simulate
+    from pipelines.data import simulate
 
     frame = schema.read_partition(settings.interactions_dir, day)
     served = frame[frame["model_version"].fillna("").str.startswith("bundle-")]
@@ -343,7 +344,7 @@ def served_truth(settings: Settings, day: dt.date) -> dict[str, Any] | None:
 
 def _ingest_when_flushed(settings: Settings, day: dt.date, wait_s: float = 30.0) -> dict:
     """``ingest_served`` once the service's log holds every request of the day's manifest."""
-    from pipelines.loop import ingest_served
+    from pipelines.loop.traffic import ingest_served
 
     deadline = time.monotonic() + wait_s
     time.sleep(FLUSH_S * 2)  # the service flushes its log every FLUSH_S seconds
@@ -376,7 +377,7 @@ def _ab_record(settings: Settings, day: dt.date) -> dict[str, Any] | None:
 
 
 def _manifest_done(settings: Settings, day: dt.date) -> bool:
-    from pipelines.loop import traffic_dir
+    from pipelines.loop.traffic import traffic_dir
 
     folder = schema.partition_dir(traffic_dir(settings), day)
     return folder.exists() and any(folder.glob("*.parquet"))
@@ -393,7 +394,7 @@ def run_loop(
     ``on_phase(date, phase, record)`` is called after each phase (progress display)."""
     from tqdm import tqdm
 
-    from pipelines import simulate
+    from pipelines.data import simulate
 
     settings.ensure_dirs()
     world = _world(settings, cfg)
@@ -457,7 +458,7 @@ def run_loop(
 
 def _world(settings: Settings, cfg: LoopConfig):
     """The simulated world of this workspace (created and recorded on the first run)."""
-    from pipelines import simulate
+    from pipelines.data import simulate
 
     meta_path = settings.truth_dir / "world.json"
     scale = cfg.scale or settings.scale
@@ -488,7 +489,7 @@ def _service_env(cfg: LoopConfig) -> dict[str, str]:
 
 
 def _traffic(settings: Settings, day: dt.date, service: Service, cfg: LoopConfig) -> dict:
-    from pipelines.loop import simulate_traffic
+    from pipelines.loop.traffic import simulate_traffic
 
     if _manifest_done(settings, day):
         log.info("%s: traffic already sent (manifest present): not sending it again", day)

@@ -43,8 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines import schema
-from pipelines.settings import Settings
+from pipelines.core import schema
+from pipelines.core.settings import Settings
 
 log = logging.getLogger("recloop.report")
 
@@ -635,10 +635,10 @@ def section_ope(data: ReportData) -> str:
 
 
 def _wilson(ctr: float | None, n: float | None) -> tuple[float | None, float | None]:
-    """Wilson 95% interval of a CTR measured over ``n`` impressions (as ``pipelines.ab``)."""
+    """Wilson 95% interval of a CTR measured over ``n`` impressions (as ``pipelines.experiments.ab``)."""
     if ctr is None or n is None or n <= 0:
         return None, None
-    from pipelines.ab import wilson
+    from pipelines.experiments.ab import wilson
 
     lo, hi = wilson(round(ctr * n), n)
     return _num(lo), _num(hi)

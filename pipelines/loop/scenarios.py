@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines import registry
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
+from pipelines.release import registry
 
 log = logging.getLogger("recloop.scenarios")
 
@@ -51,8 +51,8 @@ def _permutation(mode: str, user_vecs: np.ndarray, item_vecs: np.ndarray, seed: 
 def register_variant(settings: Settings, version: str | int, mode: str, seed: int = 0) -> str:
     """Register the ``mode`` variant of bundle ``version`` (module docstring); its version."""
     from models.base import load_model
-    from pipelines.index import build_index
-    from pipelines.vocab import Vocab
+    from pipelines.core.vocab import Vocab
+    from pipelines.retrieval.faiss_index import build_index
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")

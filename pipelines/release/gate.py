@@ -24,7 +24,7 @@ Any ``fail`` rejects. With a champion, a bundle that passes becomes ``challenger
 becomes ``champion`` directly (first day: the gates above with no champion are the absolute floors).
 
 **One experiment at a time.** While the ``challenger`` alias points at another bundle, its A/B
-experiment (``pipelines.ab``) is running: a bundle that passes every gate is then ``held`` (its
+experiment (``pipelines.experiments.ab``) is running: a bundle that passes every gate is then ``held`` (its
 numbers recorded, no alias moved) instead of replacing the challenger mid-test, which would
 restart the experiment every day and never let it reach its sample size. The A/B analysis
 clears the alias when the experiment ends (promote, rollback or stop); the next day's gate then
@@ -33,7 +33,7 @@ restores the replace-every-day behaviour.
 
 :func:`gate_day` is the one call the DAG's gate task makes for logical date D. **Which bundle**:
 offline numbers must come from a day the models did not see (forward chaining, as in
-``pipelines.train.evaluate_forward``), so on day D the candidate is the newest bundle trained
+``pipelines.retrieval.train.evaluate_forward``), so on day D the candidate is the newest bundle trained
 before D (normally the one registered by the run of D−1: what would serve on D), scored on D's
 positives beside the champion scored on the same day. Every decision is written to
 ``reports/gates/date=D.json``, logged to MLflow (experiment ``recloop-gates``: params, metrics,
@@ -51,8 +51,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines import schema
-from pipelines.settings import Settings
+from pipelines.core import schema
+from pipelines.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def _num(x: Any) -> float | None:
 
 
 def _snips(ope: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The SNIPS entry of a ``pipelines.ope.estimate`` result (or the entry itself)."""
+    """The SNIPS entry of a ``pipelines.release.ope.estimate`` result (or the entry itself)."""
     if not ope:
         return None
     entry = ope.get("snips", ope)
@@ -163,7 +163,7 @@ def decide(
 
     ``candidate`` keys: ``version``, ``validation`` (verdict string or None), ``ndcg@10``,
     ``has_ranker`` (bool), ``auc`` (ranker AUC or None), ``index_recall``,
-    ``index_recall_target`` (optional), ``ope`` (a ``pipelines.ope.estimate`` result or None).
+    ``index_recall_target`` (optional), ``ope`` (a ``pipelines.release.ope.estimate`` result or None).
     ``champion`` keys: ``version``, ``ndcg@10``, ``auc``, ``ope`` (same day, same meanings).
     ``settings`` is accepted for symmetry with :func:`gate_day` (not read).
     """
@@ -289,7 +289,7 @@ def report_path(settings: Settings, date: str | dt.date) -> Path:
 
 
 def _validation_verdict(settings: Settings, date: str | None) -> str | None:
-    from pipelines.validate import report_path as validation_report
+    from pipelines.data.validate import report_path as validation_report
 
     if not date:
         return None
@@ -303,14 +303,14 @@ def _validation_verdict(settings: Settings, date: str | None) -> str | None:
 
 
 def offline_ndcg(settings: Settings, folder: Path, day: dt.date, k: int = 10) -> float | None:
-    """NDCG@``k`` of the model artifact in ``folder`` (``pipelines.train`` layout) on ``day``'s
+    """NDCG@``k`` of the model artifact in ``folder`` (``pipelines.retrieval.train`` layout) on ``day``'s
     positives, its own training matrix excluded; None when no user it knows had a positive."""
     import scipy.sparse as sp
 
     from models.base import load_model
-    from pipelines.evaluate import evaluate_model
-    from pipelines.train import day_relevance
-    from pipelines.vocab import Vocab
+    from pipelines.core.metrics import evaluate_model
+    from pipelines.core.vocab import Vocab
+    from pipelines.retrieval.train import day_relevance
 
     folder = Path(folder)
     users, items = Vocab.load(folder / "users.json"), Vocab.load(folder / "items.json")
@@ -346,7 +346,7 @@ def _bundle_numbers(
 
 def gated_bundle_version(settings: Settings, day: dt.date) -> str | None:
     """The bundle gated on ``day``: the newest ``serving_bundle`` trained before it (or None)."""
-    from pipelines import registry
+    from pipelines.release import registry
 
     versions = registry.find_versions(settings, registry.BUNDLE)
     before = [v for v in versions if (v.tags.get("logical_date") or "9999") < day.isoformat()]
@@ -359,7 +359,7 @@ def gated_bundle_version(settings: Settings, day: dt.date) -> str | None:
 def _log_to_mlflow(settings: Settings, record: dict[str, Any]) -> str:
     import tempfile
 
-    from pipelines import registry
+    from pipelines.release import registry
 
     metrics: dict[str, Any] = {}
     for g in record["gates"]:
@@ -399,14 +399,14 @@ def gate_day(
     """Gate one bundle on test day ``date``, move the alias, record the decision; JSON-able dict.
 
     ``candidate_version``: a ``serving_bundle`` version (default: the newest bundle trained before
-    ``date``, see the module docstring). ``ope`` / ``champion_ope``: ``pipelines.ope.estimate``
+    ``date``, see the module docstring). ``ope`` / ``champion_ope``: ``pipelines.release.ope.estimate``
     results for the candidate and champion on ``date``'s logs (None: ``not_evaluated``).
     ``candidate_metrics`` / ``champion_metrics``: numbers measured elsewhere that override or add
     to the ones computed here, e.g. ``{"auc": ranker_auc}``; ``ndcg@10`` is computed from the
     pinned two-tower on ``date`` unless given. ``replace_challenger``: a passing bundle replaces a
     running challenger (default: it is ``held``, see "One experiment at a time").
     """
-    from pipelines import registry
+    from pipelines.release import registry
 
     day = schema.parse_date(date)
     version = (
@@ -466,7 +466,7 @@ def read_decision(settings: Settings, date: str | dt.date) -> dict[str, Any]:
     path = report_path(settings, date)
     if path.exists():
         return json.loads(path.read_text())
-    from pipelines import registry
+    from pipelines.release import registry
 
     day = schema.parse_date(date).isoformat()
     uri = settings.mlflow_uri

@@ -30,8 +30,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipelines import schema
-from pipelines.settings import Settings
+from pipelines.core import schema
+from pipelines.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 ``validate_partition(settings, date)`` reads ``data/interactions/date=D/*.parquet`` and
 
-- parses each column into the contract's type (``pipelines.schema.INTERACTIONS``); a value that
+- parses each column into the contract's type (``pipelines.core.schema.INTERACTIONS``); a value that
   cannot be parsed (``ts``, ``value``, ``position``, ``propensity``) makes its row bad, not the run;
 - runs the row-level expectations of :data:`ROW_CHECKS` with Great Expectations (an ephemeral data
   context, created once per process, suite defined in code) over the parsed frame, with
@@ -50,8 +50,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines import schema
-from pipelines.settings import Settings
+from pipelines.core import schema
+from pipelines.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

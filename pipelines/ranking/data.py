@@ -1,7 +1,7 @@
 """Ranker training data and evaluation: labels from the logs, sampled negatives, IPS weights.
 
 Plain functions over DataFrames; nothing here calls the feature store: the caller joins features
-(``pipelines.feature_store.training_frame`` point in time, or anything else) onto the rows
+(``pipelines.features.store.training_frame`` point in time, or anything else) onto the rows
 :func:`label_impressions` / :func:`sample_negatives` return, then calls :func:`train_ranker`
 and :func:`evaluate_ranker`.
 
@@ -422,7 +422,7 @@ def evaluate_scores(
     (relevance = label); with ``retrieval_score_col`` also ``ndcg@k_retrieval`` and
     ``ndcg@k_lift`` (ours − retrieval order); with a ``position`` column ``ndcg@k_logged`` (the
     order that was shown); with ``true_prob_col`` ``spearman_truth``."""
-    from pipelines.evaluate import auc, logloss
+    from pipelines.core.metrics import auc, logloss
 
     y = frame[label].to_numpy(dtype=np.float64)
     s = np.asarray(scores, dtype=np.float64)

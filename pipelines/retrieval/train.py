@@ -34,9 +34,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from pipelines import schema
-from pipelines.settings import Settings
-from pipelines.vocab import Vocab
+from pipelines.core import schema
+from pipelines.core.settings import Settings
+from pipelines.core.vocab import Vocab
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def _entity_features(
     key = f"{entity}_id"
     frame = None
     try:
-        from pipelines.features import read_table
+        from pipelines.features.tables import read_table
 
         frame = read_table(settings, entity, date).to_pandas()
     except (FileNotFoundError, ValueError, OSError):
@@ -406,7 +406,7 @@ def build_item_index(
 ) -> dict[str, Any]:
     """FAISS index over the item embeddings of model ``name`` trained through ``date``; recall@10
     is measured against exact search on real user vectors (a build below target fails)."""
-    from pipelines.index import build_index, index_dir
+    from pipelines.retrieval.faiss_index import build_index, index_dir
 
     art = load_artifact(settings, name, date)
     items = art.model.item_embeddings()
@@ -452,7 +452,7 @@ def evaluate_forward(
 ) -> dict[str, Any]:
     """Score the models trained through D−1 on day D's positives, beside baselines fit on the same
     history. Writes ``reports/eval/date=D.json`` and returns it; says so when there is no D−1 model."""
-    from pipelines.evaluate import compare_models
+    from pipelines.core.metrics import compare_models
 
     day = schema.parse_date(date)
     prev = day - dt.timedelta(days=1)

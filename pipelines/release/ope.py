@@ -516,7 +516,7 @@ def simulator_logging_marginals(
 
     Returns ``(item_ids (J,), M (J, k))`` for :func:`policy_table`'s ``logging_marginals``.
     """
-    from pipelines import simulate
+    from pipelines.data import simulate
 
     k = simulate.SLATE_SIZE if k is None else k
     pool, q = simulate.logging_policy(world, date)
@@ -529,7 +529,7 @@ def simulator_relevance_score(world: Any) -> ScoreFn:
 
     ``score(user_ids (U,), item_ids (I,)) -> (U, I)``; its top-K is the oracle slate.
     """
-    from pipelines import simulate
+    from pipelines.data import simulate
 
     def score(user_ids: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
         rel = true_click_matrix(world, user_ids, item_ids, 1)[:, :, 0] / simulate.EXAMINATION[0]
@@ -541,7 +541,7 @@ def simulator_relevance_score(world: Any) -> ScoreFn:
 
 def true_click_matrix(world: Any, user_ids: np.ndarray, item_ids: np.ndarray, k: int) -> np.ndarray:
     """True P(click) of every (user, item, slot < k): ``(U, I, k)`` float64, from the simulator."""
-    from pipelines import simulate
+    from pipelines.data import simulate
 
     u = np.repeat(np.asarray(user_ids, dtype=object), len(item_ids))
     i = np.tile(np.asarray(item_ids, dtype=object), len(user_ids))
@@ -558,7 +558,7 @@ def noisy_reward_model(world: Any, noise: float = 0.5, seed: int = 0) -> ScoreFn
 
     ``predict(user_ids (U,), item_ids (I,)) -> (U, I, SLATE_SIZE)``.
     """
-    from pipelines import simulate
+    from pipelines.data import simulate
 
     rng = np.random.default_rng([seed, 7919])
     eps = rng.normal(0.0, noise, (world.n_users, world.n_items))
@@ -609,13 +609,13 @@ def simulated_logs(
     """Logs of the simulator's logging policy for ``n_requests`` requests on ``date``.
 
     Users are drawn among those signed up by ``date`` in proportion to their activity; slates are
-    drawn with :func:`pipelines.simulate.sample_slates` (per-slot conditional ``propensity``, as
+    drawn with :func:`pipelines.data.simulate.sample_slates` (per-slot conditional ``propensity``, as
     ``simulate_day`` logs); clicks are Bernoulli draws of the true click probability. Returns
     impression rows (``request_id, user_id, item_id, position, event, propensity,
     true_click_prob``) followed by one ``click`` row per click. For checks against the truth with a
     chosen sample size; ``simulate_day`` writes the real day's logs.
     """
-    from pipelines import simulate
+    from pipelines.data import simulate
 
     k = simulate.SLATE_SIZE if k is None else k
     world.extend_to(date)

@@ -1,14 +1,14 @@
 """The Feast feature store of a workspace: apply, materialize, point-in-time training data, reads.
 
 Everything runs in-process through the Feast SDK (the ``feast`` CLI costs ~6 s of start-up per
-call). The store is built in code from :class:`~pipelines.settings.Settings` by
+call). The store is built in code from :class:`~pipelines.core.settings.Settings` by
 :func:`repo_config` — registry ``RECLOOP_HOME/features/registry.db``, file offline store over
 ``RECLOOP_HOME/features/{user,item}/date=D/``, Redis online store from ``RECLOOP_REDIS_URL`` with
 1 s socket timeouts — and cached per settings in the process (:func:`get_store`).
 
 The daily DAG calls, for a logical date D::
 
-    compute_features(settings, D)          # pipelines.features: D's tables
+    compute_features(settings, D)          # pipelines.features.tables: D's tables
     apply_repo(settings)                   # register entities / views / services
     materialize_date(settings, D)          # D's rows -> Redis
 
@@ -38,9 +38,9 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import pandas as pd
 
-from pipelines import features as ft
-from pipelines import schema
-from pipelines.settings import Settings
+from pipelines.core import schema
+from pipelines.core.settings import Settings
+from pipelines.features import tables as ft
 
 log = logging.getLogger(__name__)
 
@@ -347,7 +347,7 @@ def training_frame(
     ``event_timestamp <=`` the event's and no older than the view's ttl, through Feast's
     ``get_historical_features``. Returns the rows in input order (``event_timestamp`` as UTC)
     with the service's features and ``user_missing`` / ``item_missing`` (no feature row in
-    time); with ``fill`` the missing values read :data:`pipelines.features.DEFAULTS`.
+    time); with ``fill`` the missing values read :data:`pipelines.features.tables.DEFAULTS`.
 
     Feast is asked once per feature view for the distinct ``(entity id, event_timestamp)``
     pairs of ids that have feature rows, and the answer merged back. Feast 0.67's file (dask)

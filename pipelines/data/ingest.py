@@ -1,4 +1,4 @@
-"""Importers: replay real logs as daily partitions under the log contract (``pipelines/schema.py``).
+"""Importers: replay real logs as daily partitions under the log contract (``pipelines/core/schema.py``).
 
 - MovieLens: ``u.data`` (tab-separated ``user item rating timestamp``, ML-100K) or ``ratings.csv``
   (``userId,movieId,rating,timestamp``, ML-latest / ML-20M...), with ``u.item``/``u.user`` or
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines import schema
-from pipelines.settings import Settings
+from pipelines.core import schema
+from pipelines.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

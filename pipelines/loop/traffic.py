@@ -1,9 +1,9 @@
 """Closing the loop: simulated users on the live service, and the service's logs as a day's data.
 
 ``simulate_traffic(settings, date, base_url)`` replays the simulator's requests of day D
-(:func:`pipelines.simulate.requests_for_day`) against the running service over real HTTP on
+(:func:`pipelines.data.simulate.requests_for_day`) against the running service over real HTTP on
 loopback (``POST /recommend``), lets the simulated users respond to the slates they were shown
-(:func:`pipelines.simulate.respond`: clicks and purchases drawn from the truth) and reports those
+(:func:`pipelines.data.simulate.respond`: clicks and purchases drawn from the truth) and reports those
 outcomes through ``POST /feedback``. The service stamps its log rows with the wall clock; the
 simulated times are kept in a *traffic manifest*,
 ``RECLOOP_HOME/serving/traffic/date=D/part-<run>.parquet`` (columns :data:`MANIFEST_COLUMNS`), one
@@ -44,8 +44,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines import schema
-from pipelines.settings import Settings
+from pipelines.core import schema
+from pipelines.core.settings import Settings
 
 log = logging.getLogger("recloop.loop")
 
@@ -160,7 +160,7 @@ def simulate_traffic(
     purchases, ratings_not_reported, feedback_errors``, ``ctr_by_arm`` (reported clicks /
     impressions per arm) and ``manifest`` (path or ``None``).
     """
-    from pipelines.simulate import load_world, requests_for_day, respond
+    from pipelines.data.simulate import load_world, requests_for_day, respond
 
     url = check_loopback(base_url)
     if concurrency < 1:

@@ -13,8 +13,8 @@ from typing import Any
 
 import duckdb
 
-from pipelines import schema
-from pipelines.settings import Settings
+from pipelines.core import schema
+from pipelines.core.settings import Settings
 
 
 def _glob(folder: Path) -> str:

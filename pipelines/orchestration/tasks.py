@@ -11,7 +11,7 @@ import dataclasses
 import logging
 from typing import Any
 
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
 
 log = logging.getLogger("recloop.tasks")
 
@@ -25,7 +25,7 @@ def _settings() -> Settings:
 def validate(ds: str) -> dict[str, Any]:
     """Validation gate for day ``ds``. A partition-level failure fails the task without retries
     (the data will not fix itself); anything else (I/O, a bug) is retried by Airflow."""
-    from pipelines.validate import ValidationError, validate_partition
+    from pipelines.data.validate import ValidationError, validate_partition
 
     try:
         result = validate_partition(_settings(), ds)
@@ -41,7 +41,7 @@ def validate(ds: str) -> dict[str, Any]:
 
 def stats(ds: str) -> dict[str, Any]:
     """Counts, CTR by position and new users/items of the validated day ``ds``."""
-    from pipelines.stats import daily_stats, format_stats
+    from pipelines.data.stats import daily_stats, format_stats
 
     out = daily_stats(_settings(), ds)
     log.info("%s", format_stats(out))
@@ -51,8 +51,8 @@ def stats(ds: str) -> dict[str, Any]:
 def features(ds: str) -> dict[str, Any]:
     """Feature tables for day ``ds`` (DuckDB), ``feast apply``, then materialize D's window into
     Redis. Redis unreachable → a clear error naming the URL; Airflow retries the task."""
-    from pipelines.feature_store import apply_repo, materialize_date
-    from pipelines.features import compute_features
+    from pipelines.features.store import apply_repo, materialize_date
+    from pipelines.features.tables import compute_features
 
     s = _settings()
     computed = compute_features(s, ds)
@@ -64,21 +64,21 @@ def features(ds: str) -> dict[str, Any]:
 
 def train_model(ds: str, name: str) -> dict[str, Any]:
     """Train retrieval model ``name`` (mf, two_tower, popular, itemknn, userknn) through ``ds``."""
-    from pipelines.train import train
+    from pipelines.retrieval.train import train
 
     return _jsonable(train(_settings(), name, ds))
 
 
 def build_index(ds: str) -> dict[str, Any]:
     """FAISS index over the two-tower item embeddings trained through ``ds``, recall-checked."""
-    from pipelines.train import build_item_index
+    from pipelines.retrieval.train import build_item_index
 
     return _jsonable(build_item_index(_settings(), ds))
 
 
 def evaluate(ds: str) -> dict[str, Any]:
     """Forward evaluation: yesterday's models on today's positives, beside the baselines."""
-    from pipelines.train import evaluate_forward
+    from pipelines.retrieval.train import evaluate_forward
 
     return _jsonable(evaluate_forward(_settings(), ds))
 
@@ -98,14 +98,14 @@ def _jsonable(obj: Any) -> Any:
 
 def train_ranker(ds: str) -> dict[str, Any]:
     """DLRM ranker (+ LR baseline) on the labelled impressions of the week up to ``ds``."""
-    from pipelines.ranking import train_for_date
+    from pipelines.ranking.train import train_for_date
 
     return _jsonable(train_for_date(_settings(), ds))
 
 
 def evaluate_ranker(ds: str) -> dict[str, Any]:
     """Forward evaluation of the rankers trained through yesterday on today's impressions."""
-    from pipelines.ranking import evaluate_forward
+    from pipelines.ranking.train import evaluate_forward
 
     out = evaluate_forward(_settings(), ds)
     return _jsonable(
@@ -117,7 +117,7 @@ def evaluate_ranker(ds: str) -> dict[str, Any]:
 def register(ds: str) -> dict[str, Any]:
     """Track and register in MLflow what was trained through ``ds`` and the serving bundle pinning
     it (idempotent: a rerun on the same data registers nothing new)."""
-    from pipelines.registry import register_day
+    from pipelines.release.registry import register_day
 
     return _jsonable(register_day(_settings(), ds))
 
@@ -127,8 +127,8 @@ def gate(ds: str) -> dict[str, Any]:
     AUC, index recall, SNIPS of its policy on ``ds``'s logs); move the alias."""
     import json
 
-    from pipelines.policy_eval import SNIPS_TOLERANCE, gate_inputs
-    from pipelines.promote import Tolerances, gate_day
+    from pipelines.release.bundle_ope import SNIPS_TOLERANCE, gate_inputs
+    from pipelines.release.gate import Tolerances, gate_day
 
     s = _settings()
     report = s.reports_dir / "ranker" / f"date={ds}.json"
@@ -152,8 +152,8 @@ def gate(ds: str) -> dict[str, Any]:
 def _champion_ranker_auc(s: Settings, ds: str, candidate: str | None) -> dict[str, Any] | None:
     """``{"auc": ...}`` of the champion bundle's ranker on ``ds`` (the candidate's test day), or
     None when there is no other champion or it pins no ranker."""
-    from pipelines import registry
-    from pipelines.ranking import ranker_auc
+    from pipelines.ranking.train import ranker_auc
+    from pipelines.release import registry
 
     champ = registry.get_alias(s, "champion")
     if champ is None or champ == candidate:

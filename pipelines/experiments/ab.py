@@ -76,7 +76,7 @@ report of the bundle dated on or before the experiment's start): ``snips``, ``ci
 (one impression) with reward 1 for a click on it: clicks per impression, the same unit as the
 A/B CTR (distinct clicked slots / impressions), so the numbers are used as they are (factor 1).
 Caveats stated in the output: OPE's target is the bundle's two-tower softmax policy (temperature
-``pipelines.policy_eval.TEMPERATURE``) over slates as long as the OPE day's logs, not the
+``pipelines.release.bundle_ope.TEMPERATURE``) over slates as long as the OPE day's logs, not the
 served ranker + re-ranker, and a per-impression CTR depends on the slate length through position
 bias. ``truth`` {arm: float or null}: on simulated data only (``truth/world.json``), the mean
 true click probability (``simulate.true_click_prob``) of the impressions the arm served in the
@@ -114,8 +114,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines import schema
-from pipelines.settings import Settings
+from pipelines.core import schema
+from pipelines.core.settings import Settings
 
 log = logging.getLogger("recloop.ab")
 
@@ -256,7 +256,7 @@ def parse_experiment(experiment: str) -> tuple[str, str]:
 
 def current_experiment(settings: Settings) -> str | None:
     """The experiment the registry aliases define now, or None without a distinct challenger."""
-    from pipelines import registry
+    from pipelines.release import registry
 
     champ = registry.get_alias(settings, "champion")
     chall = registry.get_alias(settings, "challenger")
@@ -526,8 +526,8 @@ def catalog_size(settings: Settings, version: str) -> tuple[int | None, str]:
     """``(items, source)`` of bundle ``version``'s catalog: its two-tower item vocabulary, else
     the item table ``data/items.parquet``; ``(None, why)`` when neither can be read."""
     try:
-        from pipelines import registry
-        from pipelines.vocab import Vocab
+        from pipelines.core.vocab import Vocab
+        from pipelines.release import registry
 
         folder = registry.load_bundle(settings, version)["paths"]["two_tower"]
         return len(Vocab.load(Path(folder) / "items.json")), f"bundle-{version} two-tower items"
@@ -663,7 +663,7 @@ def _ope_file(settings: Settings, day: dt.date, version: str) -> Path:
 
 
 def _ope_entry(path: Path) -> dict[str, Any] | None:
-    """The contract's OPE dict from a ``pipelines.policy_eval`` report (None: no SNIPS)."""
+    """The contract's OPE dict from a ``pipelines.release.bundle_ope`` report (None: no SNIPS)."""
     try:
         rep = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
@@ -737,7 +737,7 @@ def true_ctr(
     out: dict[str, float | None] = {arm: None for arm in ARMS}
     if not (settings.truth_dir / "world.json").exists():
         return out
-    from pipelines import simulate
+    from pipelines.data import simulate
 
     world = simulate.load_world(settings)
     try:
@@ -872,7 +872,7 @@ def _apply(settings: Settings, action: str, champ: str, chall: str) -> str:
     """Move the aliases for ``action`` (compare-and-set; re-applying is a no-op); what happened."""
     from mlflow.exceptions import MlflowException
 
-    from pipelines import registry
+    from pipelines.release import registry
 
     if action == CONTINUE:
         return "nothing to apply"
@@ -902,7 +902,7 @@ def _apply(settings: Settings, action: str, champ: str, chall: str) -> str:
 def _log_to_mlflow(settings: Settings, rec: dict[str, Any]) -> str:
     import tempfile
 
-    from pipelines import registry
+    from pipelines.release import registry
 
     metrics: dict[str, Any] = {}
     for arm in rec["arms"]:
@@ -951,7 +951,7 @@ def analyze(
 ) -> Decision:
     """Analyse ``experiment`` on the validated logs through ``date``, decide, apply (unless
     ``apply`` is False), record to ``reports/ab/`` and MLflow; the :class:`Decision`."""
-    from pipelines import registry
+    from pipelines.release import registry
 
     cfg = config or ABConfig.from_env()
     champ, chall = parse_experiment(experiment)

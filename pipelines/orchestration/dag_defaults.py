@@ -1,7 +1,7 @@
 """What every recloop DAG file shares: default task arguments and the asset URIs that connect
 the DAGs (the daily DAG's outlets are the A/B DAG's schedule, so they must be one string).
 
-Imports only the standard library and ``pipelines.settings``: DAG files stay thin at parse time.
+Imports only the standard library and ``pipelines.core.settings``: DAG files stay thin at parse time.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
 
 START_DATE = datetime(1995, 1, 1, tzinfo=UTC)  # before any replayed data (MovieLens is 1997+)
 

@@ -77,8 +77,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines import schema
-from pipelines.settings import Settings
+from pipelines.core import schema
+from pipelines.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -2,8 +2,8 @@
 
 The bundle's policy is its two-tower retriever turned stochastic: ``π = softmax(u·v / T)`` over
 the catalog the model knows, slates of ``k`` drawn without replacement (temperature ``T`` =
-``TEMPERATURE``, stated in every report). ``pipelines.ope.policy_table`` turns D's logged
-impressions into the item-position table and ``pipelines.ope.estimate`` gives IPS/SNIPS/... with
+``TEMPERATURE``, stated in every report). ``pipelines.release.ope.policy_table`` turns D's logged
+impressions into the item-position table and ``pipelines.release.ope.estimate`` gives IPS/SNIPS/... with
 bootstrap intervals. Users the model does not know (outside its ``users.json``: no positives in
 the training window) are scored as the service serves them: when the two-tower's user tower reads
 attributes only (no user id embedding, no history mean), a user with attributes in
@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines import schema
-from pipelines.settings import Settings
+from pipelines.core import schema
+from pipelines.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,9 @@ def tower_user_frame(attributes: pd.DataFrame, columns: list[str]) -> pd.DataFra
 
     A column named as an attribute (``age``: the tower was trained from ``users.parquet``) is
     copied; a feature-table column (``user_age``) is the attribute with the table's fill for
-    unknown values (``pipelines.features.DEFAULTS``: ``-1``, ``"unknown"``), as the feature
+    unknown values (``pipelines.features.tables.DEFAULTS``: ``-1``, ``"unknown"``), as the feature
     table and so the online store hold it. None when a column has no attribute to come from."""
-    from pipelines.features import DEFAULTS
+    from pipelines.features.tables import DEFAULTS
 
     frame = attributes.drop_duplicates("user_id", keep="last")
     out = pd.DataFrame(index=pd.Index(frame["user_id"].astype(str), name="user_id"))
@@ -84,7 +84,7 @@ def two_tower_scorer(folder: Path, attributes: pd.DataFrame | None = None):
     that have a row get their user-tower vector from it when the tower reads attributes only,
     the others the mean user vector (module docstring)."""
     from models.base import load_model
-    from pipelines.vocab import Vocab
+    from pipelines.core.vocab import Vocab
 
     model = load_model(Path(folder) / "model")
     users, items = Vocab.load(Path(folder) / "users.json"), Vocab.load(Path(folder) / "items.json")
@@ -130,14 +130,14 @@ def two_tower_scorer(folder: Path, attributes: pd.DataFrame | None = None):
 def _world(settings: Settings):
     if not (settings.truth_dir / "world.json").exists():
         return None
-    from pipelines.simulate import load_world
+    from pipelines.data.simulate import load_world
 
     return load_world(settings)
 
 
 def _logged_by_simulator(logs: Any) -> bool:
     """True when every impression of ``logs`` was shown by the simulator's logging policy."""
-    from pipelines.simulate import ARM
+    from pipelines.data.simulate import ARM
 
     arms = logs.loc[logs["event"] == "impression", "arm"]
     return bool(len(arms)) and bool((arms == ARM).all())
@@ -149,7 +149,7 @@ def evaluate_bundle(
     """OPE estimates (and, on simulated data, the truth) of the bundle's policy on day ``date``.
 
     Writes ``reports/ope/date=D/<label>.json`` and returns it."""
-    from pipelines import ope
+    from pipelines.release import ope
 
     day = schema.parse_date(date)
     logs = schema.read_partition(settings.validated_dir, day)
@@ -206,8 +206,8 @@ def evaluate_bundle(
 
 def gate_inputs(settings: Settings, date: str | dt.date) -> dict[str, Any]:
     """OPE of the bundle the gate will judge on ``date`` and of the champion (when another)."""
-    from pipelines import registry
-    from pipelines.promote import gated_bundle_version
+    from pipelines.release import registry
+    from pipelines.release.gate import gated_bundle_version
 
     day = schema.parse_date(date)
     version = gated_bundle_version(settings, day)

@@ -1,0 +1,1 @@
+"""Shared foundations: settings, the data contracts, vocabularies, metrics, paths and file formats."""

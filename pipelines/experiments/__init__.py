@@ -1,0 +1,1 @@
+"""Online experiments: A/B analysis and decisions (the ``recloop_ab`` DAG)."""

@@ -1,0 +1,1 @@
+"""Airflow: the DAG task bodies, DAG defaults and the runner (``airflow dags test`` / standalone)."""
