@@ -462,9 +462,16 @@ class Ranker(Recommender):
                 out[:, j] = col.to_numpy(dtype=np.float64, na_value=np.nan)
         return out
 
-    def _sparse_idx(self, frame: pd.DataFrame, report: dict[str, Any]) -> np.ndarray:
-        """Bucket indices ``(N, F)`` int64 (0 = OOV/missing); counts into ``report``."""
+    def encode_sparse(
+        self, frame: pd.DataFrame, report: dict[str, Any] | None = None
+    ) -> np.ndarray:
+        """Bucket indices ``(N, F)`` int64 of the sparse columns (0 = OOV/missing).
+
+        ``frame`` needs the sparse feature columns (``sparse_specs`` names); missing / OOV counts
+        per column go into ``report["missing"]`` / ``report["oov"]`` when a report is given.
+        """
         assert self.sparse_specs is not None
+        report = report if report is not None else {"missing": {}, "oov": {}}
         out = np.zeros((len(frame), len(self.sparse_specs)), dtype=np.int64)
         for j, spec in enumerate(self.sparse_specs):
             keys, missing = category_keys(frame[spec["name"]])
@@ -499,7 +506,7 @@ class Ranker(Recommender):
         bad = ~np.isfinite(dense)
         for j in np.flatnonzero(bad.any(axis=0)):
             report["nonfinite"][self.dense_features[j]] = int(bad[:, j].sum())
-        sparse = self._sparse_idx(frame, report)
+        sparse = self.encode_sparse(frame, report)
         self.last_report = report
         if report["nonfinite"] or report["oov"]:
             log.info(

@@ -605,9 +605,9 @@ def _sparse_codes(ranker: Any, online: Hydrated, n: int) -> np.ndarray:
     """The ranker's bucket indices ``(n, F)`` int64 of the candidates' sparse features.
 
     Text columns (object arrays, and a user's text value repeated) are encoded once per
-    distinct value and ranker (``ranker._sparse_idx`` on the new values; remembered): a text
+    distinct value and ranker (``ranker.encode_sparse`` on the new values; remembered): a text
     category's code does not depend on the other rows. Numeric categories, whose text depends
-    on the whole column (whole floats as integers), go through ``_sparse_idx`` as a column."""
+    on the whole column (whole floats as integers), go through ``encode_sparse`` as a column."""
     names = ranker.sparse_features
     with _codes_lock:
         memo = _codes.get(ranker)
@@ -630,7 +630,7 @@ def _sparse_codes(ranker: Any, online: Hydrated, n: int) -> np.ndarray:
     if numeric:
         zeros = np.zeros(n, dtype=np.float64)
         frame = pd.DataFrame({name: numeric.get(name, zeros) for name in names})
-        idx = ranker._sparse_idx(frame, {"missing": {}, "oov": {}})
+        idx = ranker.encode_sparse(frame)
         for j, name in enumerate(names):
             if name in numeric:
                 out[:, j] = idx[:, j]
@@ -646,7 +646,7 @@ def _text_codes(ranker: Any, memo: dict, j: int, values: Any) -> np.ndarray:
         frame = pd.DataFrame(
             {name: pd.Series(new, dtype=object) for name in ranker.sparse_features}
         )
-        found = ranker._sparse_idx(frame, {"missing": {}, "oov": {}})[:, j].tolist()
+        found = ranker.encode_sparse(frame)[:, j].tolist()
         learnt = dict(zip(new, found, strict=True))
         with _codes_lock:
             if len(memo) + len(learnt) > _CODES_MAX:
