@@ -44,7 +44,7 @@ from pipelines.features import tables as ft
 
 log = logging.getLogger(__name__)
 
-REPO_DIR = Path(__file__).resolve().parents[1] / "feature_repo"
+REPO_DIR = Path(__file__).resolve().parents[2] / "feature_repo"
 PROJECT = "recloop"
 VIEWS = {"user": "user_features", "item": "item_features"}
 KEYS = {"user": "user_id", "item": "item_id"}

@@ -20,7 +20,7 @@ from pathlib import Path
 from pipelines.core import schema
 from pipelines.core.settings import Settings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DAGS_FOLDER = REPO / "dags"
 DAILY_DAG = "recloop_daily"
 

@@ -185,7 +185,7 @@ def data_hash(settings: Settings, date: str | dt.date, first: str | dt.date | No
 
 def git_commit(repo: Path | None = None) -> str:
     """``git rev-parse HEAD`` of the code's repository, or ``"unknown"``."""
-    repo = repo or Path(__file__).resolve().parents[1]
+    repo = repo or Path(__file__).resolve().parents[2]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=5
