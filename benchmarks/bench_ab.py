@@ -10,13 +10,13 @@ simulated day ``d`` (day 1 = the world's start date) brings the first ``--reques
 experiment routes users with a fresh salt exactly as the service does (``sha256(salt:experiment:
 user_id) < share``, ``serving.pipeline.bucket``; sticky per user), shows each request a slate of
 10 from its arm's policy, draws the users' clicks from the truth (``P(click) = examination(slot)
-· relevance``) and purchases from ``purchase_given_click`` (``simulate._truth``, as
+· relevance``) and purchases from ``purchase_given_click`` (``simulate.true_probabilities``, as
 ``simulate.respond`` does), and feeds the cumulative per-user numbers of every daily look to the
-real A/B code: the per-arm ratio and its user-clustered variance (``ab._ratio_var``, as
-``ab.summarize``), the mSPRT looks (``ab.always_valid``, assembled as ``ab._looks``) and the
+real A/B code: the per-arm ratio and its user-clustered variance (``ab.ratio_variance``, as
+``ab.summarize``), the mSPRT looks (``ab.always_valid``, assembled as ``ab.daily_looks``) and the
 decision rule ``ab.decide`` on day 1, 2, ... until the first terminal action (as ``ab.analyze``:
 a terminal decision ends the experiment). ``--check N`` rebuilds the first N A/A experiments as
-event rows and asserts that ``ab._looks`` (the DAG's pandas path) gives the same looks.
+event rows and asserts that ``ab.daily_looks`` (the DAG's pandas path) gives the same looks.
 
 Policies (per request, slates of 10):
 
@@ -58,6 +58,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from pipelines.core import fmt
 from pipelines.data import simulate as sim
 from pipelines.experiments import ab
 
@@ -82,7 +83,8 @@ class Day:
 def _probs(world: sim.World, users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, ...]:
     """True (click, purchase-given-click) of item rows ``items (n, K)`` shown to ``users (n,)``."""
     n = len(users)
-    t = sim._truth(world, np.repeat(users, K), items.ravel(), np.tile(np.arange(K), n))
+    u, i, pos = np.repeat(users, K), items.ravel(), np.tile(np.arange(K), n)
+    t = sim.true_probabilities(world, u, i, pos)
     return (
         t["click"].reshape(n, K).astype(np.float32),
         t["purchase_given_click"].reshape(n, K).astype(np.float32),
@@ -218,8 +220,8 @@ def run_experiment(
 
 
 def looks(exp: Experiment, days: list[Day], cfg: ab.ABConfig) -> list[dict[str, Any]]:
-    """The daily looks of ``ab._looks`` from per-user cumulative numbers: per look and arm the
-    ratio and ``ab._ratio_var`` over the arm's users with impressions (as ``ab.summarize``),
+    """The daily looks of ``ab.daily_looks`` from per-user cumulative numbers: per look and arm the
+    ratio and ``ab.ratio_variance`` over the arm's users with impressions (as ``ab.summarize``),
     then ``ab.always_valid`` for CTR and conversion."""
     cum_n, cum_c, cum_b = (np.cumsum(x, axis=0) for x in (exp.impressions, exp.clicks,
                                                           exp.purchases))  # fmt: skip
@@ -234,8 +236,8 @@ def looks(exp: Experiment, days: list[Day], cfg: ab.ABConfig) -> list[dict[str, 
                 "impressions": int(tot),
                 "ctr": c.sum() / tot if tot else float("nan"),
                 "conversion": b.sum() / tot if tot else float("nan"),
-                "ctr_var": ab._ratio_var(c, n),
-                "conv_var": ab._ratio_var(b, n),
+                "ctr_var": ab.ratio_variance(c, n),
+                "conv_var": ab.ratio_variance(b, n),
             }
         a, h = arm["champion"], arm["challenger"]
         d_ctr.append(float(h["ctr"] - a["ctr"]))
@@ -275,7 +277,7 @@ def decision(lks: list[dict[str, Any]], cfg: ab.ABConfig) -> tuple[str, int, str
 
 
 def event_rows(exp: Experiment, days: list[Day]) -> pd.DataFrame:
-    """The experiment as validated event rows (the columns ``ab._looks`` reads)."""
+    """The experiment as validated event rows (the columns ``ab.daily_looks`` reads)."""
     frames = []
     for t, (day, s) in enumerate(zip(days, exp.slots or [], strict=True)):
         n = len(s["users"])
@@ -298,9 +300,9 @@ def event_rows(exp: Experiment, days: list[Day]) -> pd.DataFrame:
 
 
 def check_looks(exp: Experiment, days: list[Day], cfg: ab.ABConfig) -> float:
-    """Largest absolute difference between :func:`looks` and ``ab._looks`` on the same rows."""
+    """Largest absolute difference between :func:`looks` and ``ab.daily_looks`` on the same rows."""
     fast = looks(exp, days, cfg)
-    slow = ab._looks(event_rows(exp, days), [d.date for d in days], cfg)
+    slow = ab.daily_looks(event_rows(exp, days), [d.date for d in days], cfg)
     worst = 0.0
     for f, s in zip(fast, slow, strict=True):
         for key, v in s.items():
@@ -313,7 +315,7 @@ def check_looks(exp: Experiment, days: list[Day], cfg: ab.ABConfig) -> float:
                 continue
             worst = max(worst, abs(a - b))
     if worst > 1e-9:
-        raise AssertionError(f"fast looks differ from ab._looks by {worst:.3g}")
+        raise AssertionError(f"fast looks differ from ab.daily_looks by {worst:.3g}")
     return worst
 
 
@@ -414,8 +416,8 @@ def table(report: dict[str, Any]) -> str:
                 f"{name:<16}{key:<14}{t['challenger']:>8.4f}/{t['champion']:.4f}"
                 f"{100 * lift:>+7.1f}%{d['experiments']:>6}  {_pct(d[ab.PROMOTE]):<22}"
                 f"{_pct(d[ab.ROLLBACK]):<22}{100 * d[ab.STOP]['share']:>6.1f}%"
-                f"{ab._f(d['promote_day_median'], '.0f'):>9}"
-                f"{ab._f(d['rollback_day_median'], '.0f'):>9}  "
+                f"{fmt.number(d['promote_day_median'], '.0f'):>9}"
+                f"{fmt.number(d['rollback_day_median'], '.0f'):>9}  "
                 f"{d['rollback_by']['ctr_drop']}/{d['rollback_by']['conversion_drop']}"
             )
     return "\n".join(lines)
@@ -462,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         "--check",
         type=int,
         default=2,
-        help="A/A experiments re-run through ab._looks (pandas) to compare (default 2)",
+        help="A/A experiments re-run through ab.daily_looks (pandas) to compare (default 2)",
     )
     p.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
     p.add_argument("--out", help="write the figures as JSON here (default: stdout after table)")
@@ -528,8 +530,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table(report))
     aa = scen["A/A logging"]
     if "check_max_abs_diff_vs_ab_looks" in aa:
-        print(f"check: {aa['checked_experiments']} A/A experiments through ab._looks (pandas): "
-              f"max |diff| {aa['check_max_abs_diff_vs_ab_looks']:.2e}")  # fmt: skip
+        print(f"check: {aa['checked_experiments']} A/A experiments through ab.daily_looks "
+              f"(pandas): max |diff| {aa['check_max_abs_diff_vs_ab_looks']:.2e}")  # fmt: skip
     print(f"setup {setup_s:.1f} s, total {report['total_seconds']:.1f} s")
     text = json.dumps(report, indent=2, default=str)
     if args.out:

@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.als import ALS  # noqa: E402
-from models.base import Recommender  # noqa: E402
+from models.base import Retriever  # noqa: E402
 from pipelines.core.metrics import evaluate_model  # noqa: E402
 
 
@@ -51,7 +51,7 @@ def synthetic(
     return train, test
 
 
-class ImplicitWrapper(Recommender):
+class ImplicitWrapper(Retriever):
     """Just enough of the interface to rank with ``implicit``'s factors."""
 
     name = "implicit"

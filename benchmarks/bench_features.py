@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,8 +33,10 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 
-from pipelines.core import schema
+from pipelines.core import layout, schema
+from pipelines.core.redis_server import RedisServer
 from pipelines.core.settings import Settings  # noqa: E402
+from pipelines.features import online
 from pipelines.features import store as fs
 from pipelines.features.tables import compute_features  # noqa: E402
 
@@ -82,8 +82,8 @@ def write_world(settings: Settings, size: dict, days: int, seed: int = 7) -> Non
             ),
         }
     )
-    schema.write_table_atomic(users.cast(schema.USERS), settings.data_dir / "users.parquet")
-    schema.write_table_atomic(items.cast(schema.ITEMS), settings.data_dir / "items.parquet")
+    schema.write_table_atomic(users.cast(schema.USERS), layout.attributes_path(settings, "users"))
+    schema.write_table_atomic(items.cast(schema.ITEMS), layout.attributes_path(settings, "items"))
     events = np.array(list(EVENT_P))
     probs = np.array(list(EVENT_P.values()))
     for back in range(days - 1, -1, -1):
@@ -114,45 +114,15 @@ def write_world(settings: Settings, size: dict, days: int, seed: int = 7) -> Non
         schema.write_partition_atomic(table, settings.validated_dir, date)
 
 
-def start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return proc, f"redis://127.0.0.1:{port}/0"
-        except OSError:
-            time.sleep(0.05)
-    proc.terminate()
-    raise RuntimeError("redis-server did not start")
-
-
 def pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.array(xs), q))
 
 
 def bench(name: str, size: dict, days: int, reads: int, root: Path) -> None:
     home = root / name
-    redis_proc, url = start_redis(root)
+    redis_server = RedisServer(root)
+    redis_server.start()
+    url = redis_server.url
     try:
         settings = Settings.from_env({"RECLOOP_HOME": str(home), "RECLOOP_REDIS_URL": url})
         settings.ensure_dirs()
@@ -210,7 +180,7 @@ def bench(name: str, size: dict, days: int, reads: int, root: Path) -> None:
             user = f"u{rng.integers(0, size['users'])}"
             item_ids = [f"i{i}" for i in rng.choice(size["items"], 500, replace=False)]
             a = fs.online_features(settings, user, item_ids, now=now)
-            b = fs.online_features_fast(settings, user, item_ids, now=now)
+            b = online.online_features_fast(settings, user, item_ids, now=now)
             if k >= 5:  # warm-up
                 feast_ms.append(a.read_ms)
                 fast_ms.append(b.read_ms)
@@ -231,15 +201,14 @@ def bench(name: str, size: dict, days: int, reads: int, root: Path) -> None:
             fs.online_features(settings, user, item_ids, now=now)
             t_feast.append((time.perf_counter() - t0) * 1e3)
             t0 = time.perf_counter()
-            fs.online_features_fast(settings, user, item_ids, now=now)
+            online.online_features_fast(settings, user, item_ids, now=now)
             t_fast.append((time.perf_counter() - t0) * 1e3)
         print(
             f"[{name}] whole call incl. flags/DataFrame: feast p50 {pct(t_feast, 50):.2f} ms, "
             f"fast p50 {pct(t_fast, 50):.2f} ms"
         )
     finally:
-        redis_proc.terminate()
-        redis_proc.wait(timeout=10)
+        redis_server.stop()
         shutil.rmtree(home, ignore_errors=True)
 
 

@@ -60,7 +60,7 @@ def one_run(args: argparse.Namespace, run: int, n_requests: int, n_boot: int) ->
     clicks = 0.0
     for s in range(0, len(req), 5000):
         uu = u_of_req[s : s + 5000]
-        slate = ope._sample_prefixes(probs[uu], sim.SLATE_SIZE, 1, rng)
+        slate = ope.sample_prefixes(probs[uu], sim.SLATE_SIZE, 1, rng)
         p = sim.true_click_prob(
             world, np.repeat(users[uu], sim.SLATE_SIZE), items[slate.ravel()],
             np.tile(np.arange(sim.SLATE_SIZE), len(uu)),

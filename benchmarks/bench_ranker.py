@@ -38,10 +38,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.dlrm import Ranker  # noqa: E402
-from pipelines.core import schema
+from models.dlrm import DLRMRanker  # noqa: E402
+from pipelines.core import layout, schema
+from pipelines.core.fmt import number
 from pipelines.core.settings import Settings  # noqa: E402
 from pipelines.ranking import data as rk
+from pipelines.ranking import evaluate as rk_eval
+from pipelines.ranking import train as rk_train
 
 DENSE = [
     "user_impressions_count", "user_clicks_count", "user_ctr",
@@ -102,8 +105,9 @@ def hard_candidates(labelled: pd.DataFrame, day: pd.Timestamp, n: int = 100) -> 
     return {u: top for u in labelled["user_id"].unique()}
 
 
-def fmt(x: float, digits: int = 4) -> str:
-    return "—" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.{digits}f}"
+def fmt(x: float | None, digits: int = 4) -> str:
+    """``x`` with ``digits`` decimals; ``—`` when it is None or NaN (the README tables' dash)."""
+    return number(x, f".{digits}f", missing="—")
 
 
 def quality(args: argparse.Namespace) -> dict:
@@ -116,8 +120,8 @@ def quality(args: argparse.Namespace) -> dict:
     dates = schema.partition_dates(settings.interactions_dir)
     events = pd.concat([schema.read_partition(settings.interactions_dir, d) for d in dates])
     truth = pd.concat([schema.read_partition(truth_impressions_dir(settings), d) for d in dates])
-    users = pd.read_parquet(settings.data_dir / "users.parquet")
-    items = pd.read_parquet(settings.data_dir / "items.parquet")
+    users = pd.read_parquet(layout.attributes_path(settings, "users"))
+    items = pd.read_parquet(layout.attributes_path(settings, "items"))
     labelled = rk.label_impressions(events)
     labelled["day"] = labelled["ts"].dt.floor("D")
     days = sorted(labelled["day"].unique())
@@ -168,14 +172,14 @@ def quality(args: argparse.Namespace) -> dict:
         t1 = time.perf_counter()
         if run["interaction"] == "linear":
             run.pop("interaction")
-            model = rk.fit_logistic_regression(data, DENSE, sparse, **run, **params)
+            model = rk_train.fit_logistic_regression(data, DENSE, sparse, **run, **params)
         else:
-            model = rk.train_ranker(data, DENSE, sparse, **run, **params)
+            model = rk_train.fit_dlrm(data, DENSE, sparse, **run, **params)
         wall = time.perf_counter() - t1
-        res = rk.evaluate_ranker(
+        res = rk_eval.evaluate_ranker(
             model, test, retrieval_score_col="retrieval_score", true_prob_col="true_click_prob"
         )
-        res["spearman_relevance"] = rk.spearman(
+        res["spearman_relevance"] = rk_eval.spearman(
             model.predict_proba(test), test["relevance_prob"].to_numpy()
         )
         results[name] = res
@@ -183,13 +187,13 @@ def quality(args: argparse.Namespace) -> dict:
         eps = np.mean([h["examples_per_s"] for h in model.history])
         speed[name] = (len(data), wall, eps)
         print(f"  trained {name}: {len(data):,} rows x {model.epochs} epochs in {wall:.1f}s")
-    base = rk.evaluate_scores(
+    base = rk_eval.evaluate_scores(
         test, test["retrieval_score"].to_numpy(), retrieval_score_col="retrieval_score",
         true_prob_col="true_click_prob", probabilities=False,
     )  # fmt: skip
-    base["spearman_relevance"] = rk.spearman(test["retrieval_score"], test["relevance_prob"])
+    base["spearman_relevance"] = rk_eval.spearman(test["retrieval_score"], test["relevance_prob"])
     results["retrieval score only"] = base
-    truth_res = rk.evaluate_scores(test, test["true_click_prob"].to_numpy(), true_prob_col=None)
+    truth_res = rk_eval.evaluate_scores(test, test["true_click_prob"].to_numpy(), true_prob_col=None)
     results["(truth: true click prob)"] = truth_res
 
     print("\n(a) quality on day", f"{test_day:%F}", "(train on the days before)")
@@ -225,7 +229,7 @@ def percentile_ms(times: list[float]) -> tuple[float, float]:
     return float(np.percentile(a, 50)), float(np.percentile(a, 99))
 
 
-def latency(args: argparse.Namespace, model: Ranker | None, test: pd.DataFrame | None) -> None:
+def latency(args: argparse.Namespace, model: DLRMRanker | None, test: pd.DataFrame | None) -> None:
     torch.set_num_threads(1)
     if model is None or test is None:
         model, test = _synthetic_model()
@@ -274,7 +278,7 @@ def latency(args: argparse.Namespace, model: Ranker | None, test: pd.DataFrame |
         if p99 < best[1]:
             best = (name, p99)
     for mode in ("eager", "script", "trace"):
-        m = Ranker.from_config({**model.config(), "inference": mode})
+        m = DLRMRanker.from_config({**model.config(), "inference": mode})
         m.load_state(model.state())
         m.predict_proba(frames[0])
         times = []
@@ -318,9 +322,9 @@ def _synthetic_frame(n: int, n_users: int, n_items: int, seed: int) -> pd.DataFr
     return frame
 
 
-def _synthetic_model() -> tuple[Ranker, pd.DataFrame]:
+def _synthetic_model() -> tuple[DLRMRanker, pd.DataFrame]:
     frame = _synthetic_frame(50_000, 5000, 2000, 0)
-    return Ranker(DENSE, ID_SPARSE, epochs=1).fit(frame, progress=False), frame
+    return DLRMRanker(DENSE, ID_SPARSE, epochs=1).fit(frame, progress=False), frame
 
 
 def throughput(args: argparse.Namespace, speed: dict | None) -> None:
@@ -335,7 +339,7 @@ def throughput(args: argparse.Namespace, speed: dict | None) -> None:
     gen = time.perf_counter() - t0
     for interaction in ("dot", "linear"):
         t0 = time.perf_counter()
-        m = Ranker(DENSE, ID_SPARSE, interaction=interaction, epochs=1, seed=0)
+        m = DLRMRanker(DENSE, ID_SPARSE, interaction=interaction, epochs=1, seed=0)
         m.fit(frame, progress=False)
         wall = time.perf_counter() - t0
         eps = m.history[0]["examples_per_s"]

@@ -35,16 +35,19 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from models.base import Recommender
+from models.base import Retriever
+from pipelines.core import layout
 from pipelines.core.metrics import compare_models, ndcg_at_k
 from pipelines.core.settings import Settings
 from pipelines.data import simulate
 from pipelines.data.validate import validate_partition
 from pipelines.features.tables import compute_features
 from pipelines.retrieval import train
+from pipelines.retrieval.data import TrainingData, load_training_data
+from pipelines.retrieval.evaluate import day_relevance
 
 
-class ScoreFn(Recommender):
+class ScoreFn(Retriever):
     """A reference scorer (not a trainable model): ``score_all`` from a function of user rows."""
 
     name = "score_fn"
@@ -71,7 +74,7 @@ class ScoreFn(Recommender):
         pass
 
 
-def reference_scorers(settings: Settings, data: train.TrainingData) -> dict[str, ScoreFn]:
+def reference_scorers(settings: Settings, data: TrainingData) -> dict[str, ScoreFn]:
     """Oracle, oracle x logging exposure, and the attribute x category lift baseline."""
     world = simulate.load_world(settings)
     world.extend_to(data.date)
@@ -88,9 +91,9 @@ def reference_scorers(settings: Settings, data: train.TrainingData) -> dict[str,
         rel = simulate.REL_BIAS + simulate.REL_AFFINITY * a + appeal[None, :]
         return rel + world.user_bias[urow[users]][:, None]
 
-    users = pd.read_parquet(settings.data_dir / "users.parquet").set_index("user_id")
+    users = pd.read_parquet(layout.attributes_path(settings, "users")).set_index("user_id")
     users = users.reindex(data.users.ids)
-    items = pd.read_parquet(settings.data_dir / "items.parquet").set_index("item_id")
+    items = pd.read_parquet(layout.attributes_path(settings, "items")).set_index("item_id")
     cat = pd.Categorical(items["category"].reindex(data.items.ids).fillna("?"))
     icat = cat.codes.astype(np.int64)
     attrs = {
@@ -127,7 +130,7 @@ GROUP_LIFT_BETA = 1.0
 
 
 def truth_ndcg(
-    settings: Settings, models: dict, data: train.TrainingData, day: dt.date, n_users: int = 300
+    settings: Settings, models: dict, data: TrainingData, day: dt.date, n_users: int = 300
 ) -> pd.DataFrame:
     """NDCG@10 against the simulator's true click probability (slot 0) of every unseen item, for a
     seeded sample of the users active on ``day`` that the models know: relevance free of what the
@@ -193,13 +196,13 @@ def main() -> None:
             validate_partition(s, d)
             compute_features(s, d)
         train_end, test_day = days[-2], days[-1]
-        data = train.load_training_data(s, train_end)
+        data = load_training_data(s, train_end)
         models, fit_s = {}, {}
         for name in ("popular", "itemknn", "userknn", "mf", "two_tower"):
             t0 = time.perf_counter()
             models[name] = train.build_model(name, data, s, seed=args.seed)
             fit_s[name] = time.perf_counter() - t0
-        test = train.day_relevance(s, test_day, data.users, data.items)
+        test = day_relevance(s, test_day, data.users, data.items)
         table = compare_models(models, data.implicit, test, k=10, recall_ks=(100,))
         table["fit_s"] = [fit_s[n] for n in table.index]
         table = table.join(truth_ndcg(s, models, data, test_day))

@@ -36,7 +36,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -49,35 +48,14 @@ sys.path.insert(0, str(REPO))
 STAGES = ("route", "retrieve", "hydrate", "rank", "rerank", "log", "total")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    for _ in range(100):
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return proc, f"redis://127.0.0.1:{port}/0"
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("redis-server did not start")
-
-
 def prepare(home: Path, scale: str, redis_url: str) -> None:
     """A workspace with a champion bundle (built once), features materialized into Redis."""
     os.environ.update({"RECLOOP_HOME": str(home), "RECLOOP_REDIS_URL": redis_url,
                        "RECLOOP_SCALE": scale})  # fmt: skip
     os.environ.pop("RECLOOP_MLFLOW_URI", None)
-    from pipelines.core import schema
+    from pipelines.core import layout
     from pipelines.core.settings import Settings
+    from pipelines.core.validated import validated_dates
     from pipelines.data.simulate import simulate
     from pipelines.features.store import apply_repo, materialize_date
     from pipelines.orchestration import tasks
@@ -85,8 +63,8 @@ def prepare(home: Path, scale: str, redis_url: str) -> None:
 
     settings = Settings.from_env()
     settings.ensure_dirs()
-    if (settings.mlflow_dir / "mlflow.db").exists() and registry.get_alias(settings, "champion"):
-        last = schema.partition_dates(settings.validated_dir)[-1]
+    if layout.mlflow_db_path(settings).exists() and registry.get_alias(settings, "champion"):
+        last = validated_dates(settings)[-1]
         apply_repo(settings)
         materialize_date(settings, last, force=True)
         print(f"workspace {home}: champion {registry.get_alias(settings, 'champion')}", flush=True)
@@ -111,10 +89,11 @@ def large_index(settings, bundle, n_items: int, kind: str):
     (HNSW cached under ``RECLOOP_HOME/bench/``)."""
     import numpy as np
 
+    from pipelines.core import layout
     from pipelines.retrieval.faiss_index import ItemIndex, get_index, index_dir
 
     version = f"synthetic-{n_items}-{kind}"
-    root = settings.home / "bench"
+    root = layout.bench_dir(settings)
     if index_dir(root, version).exists():
         return ItemIndex.load(index_dir(root, version))
     real = bundle.two_tower.item_embeddings()
@@ -276,6 +255,9 @@ async def load(port: int, users: list[str], rate: float, seconds: float, connect
 def run_case(args: argparse.Namespace, env: dict, label: str, extra: list[str]) -> dict:
     import httpx
 
+    from pipelines.core.net import free_port
+    from pipelines.core.wait import wait_until
+
     port = free_port()
     load_before = os.getloadavg()[0]
     cmd = [sys.executable, __file__, "--serve", "--port", str(port),
@@ -283,16 +265,15 @@ def run_case(args: argparse.Namespace, env: dict, label: str, extra: list[str]) 
     proc = subprocess.Popen(cmd, env=env, cwd=REPO)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 900
-        while True:
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{label}: server exited before it was ready")
             try:
-                if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                    break
+                return httpx.get(f"{url}/health/ready", timeout=2).status_code == 200
             except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"{label}: server did not get ready")
-            time.sleep(0.5)
+                return False
+
+        wait_until(ready, 900, f"{label}: the server's /health/ready")
         from pipelines.core.settings import Settings
         from pipelines.core.vocab import Vocab
         from pipelines.release import registry
@@ -331,7 +312,11 @@ def main() -> int:
         return 0
     home = args.home or Path(tempfile.mkdtemp(prefix="recloop-bench-serving-")) / "home"
     home.mkdir(parents=True, exist_ok=True)
-    redis_proc, redis_url = start_redis(home.parent)
+    from pipelines.core.redis_server import RedisServer
+
+    redis_server = RedisServer(home.parent)
+    redis_server.start()
+    redis_url = redis_server.url
     try:
         prepare(home, args.scale, redis_url)
         env = {**os.environ, "RECLOOP_HOME": str(home), "RECLOOP_REDIS_URL": redis_url}
@@ -351,8 +336,7 @@ def main() -> int:
                   f"{r['degraded']} | {r['throughput_rps']} | {r['e2e_p50_ms']} | "
                   f"{r['e2e_p99_ms']} | {st} | {r['load_1min'][0]}/{r['load_1min'][1]}")  # fmt: skip
     finally:
-        redis_proc.terminate()
-        redis_proc.wait(timeout=10)
+        redis_server.stop()
         if args.home is None:
             shutil.rmtree(home.parent, ignore_errors=True)
     return 0

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
+from pipelines.core import layout  # noqa: E402
 from pipelines.core.settings import Settings  # noqa: E402
 from pipelines.data import simulate as sim
 
@@ -43,8 +44,8 @@ def bench_scale(scale: str, days: int, home: Path) -> None:
     t0, c0 = time.perf_counter(), time.process_time()
     summaries = sim.simulate(settings, days=days, scale=scale, seed=42)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    n_users = pq.read_metadata(settings.data_dir / "users.parquet").num_rows
-    n_items = pq.read_metadata(settings.data_dir / "items.parquet").num_rows
+    n_users = pq.read_metadata(layout.attributes_path(settings, "users")).num_rows
+    n_items = pq.read_metadata(layout.attributes_path(settings, "items")).num_rows
     events = sum(s[e] for s in summaries for e in ("impression", "click", "purchase", "rating"))
     print(
         f"[{scale}] simulate {days} day(s): {events:,} events in {wall:.1f} s "
@@ -59,9 +60,8 @@ def bench_scale(scale: str, days: int, home: Path) -> None:
     reqs = sim.requests_for_day(world, day)
     pool, q = sim.logging_policy(world, day)
     rows, _ = sim.sample_slates(pool, q, len(reqs), sim.SLATE_SIZE, np.random.default_rng(0))
-    slates = np.asarray(sim._ids("i", rows.ravel()).to_numpy(zero_copy_only=False)).reshape(
-        rows.shape
-    )
+    ids = sim.ids_from_rows("i", rows.ravel()).to_numpy(zero_copy_only=False)
+    slates = np.asarray(ids).reshape(rows.shape)
     t0, c0 = time.perf_counter(), time.process_time()
     resp = sim.respond(world, reqs["user_id"].to_numpy(), slates, day, seed=1, ts=reqs["ts"])
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0

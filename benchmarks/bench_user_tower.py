@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     import pandas as pd
     import torch
 
+    from pipelines.core import layout
     from pipelines.core.settings import Settings
     from serving.app import create_app
     from serving.config import ServingConfig
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     bundle = engine.bundles.get("champion")
     print(f"bundle check: {outcome}", flush=True)
     vocab = list(bundle.users.ids)
-    everyone = pd.read_parquet(settings.data_dir / "users.parquet", columns=["user_id"])
+    everyone = pd.read_parquet(layout.attributes_path(settings, "users"), columns=["user_id"])
     known = set(vocab)
     featured = [u for u in everyone["user_id"].astype(str) if u not in known]
     rng = np.random.default_rng(0)

@@ -25,7 +25,21 @@ Takes one day's interaction logs (`RECLOOP_HOME/data/interactions/date={{ ds }}`
    `challenger` (or `champion` on the first day); decision → MLflow and `reports/gates/`.
 
 One run per logical date; a rerun of a date overwrites that date's outputs and nothing else.
-Every task body is one call into `pipelines.orchestration.tasks`; nothing heavy is imported at parse time.
+Every task body is one call into `pipelines.orchestration.tasks`, whose function of the same name
+makes one call into the stage module below; nothing heavy is imported at parse time.
+
+| task | code (under `pipelines/`) |
+|---|---|
+| `validate` | `data/validate.py` `validate_partition` |
+| `stats` | `data/stats.py` `daily_stats` |
+| `features` | `features/tables.py` `compute_features`, `features/store.py` `apply_repo`, `materialize_date` |
+| `train_mf`, `train_popular`, `train_itemknn`, `train_two_tower` | `retrieval/train.py` `train` (data: `retrieval/data.py`) |
+| `build_index` | `retrieval/index.py` `build_item_index` (FAISS library: `retrieval/faiss_index.py`) |
+| `evaluate` | `retrieval/evaluate.py` `evaluate_forward` |
+| `train_ranker` | `ranking/train.py` `train_for_date` (data: `ranking/data.py`) |
+| `evaluate_ranker` | `ranking/evaluate.py` `evaluate_forward` |
+| `register` | `release/register.py` `register_day` (MLflow: `release/registry.py`) |
+| `gate` | `release/gate.py` `daily_gate` |
 """
 
 from __future__ import annotations

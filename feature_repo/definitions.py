@@ -80,38 +80,48 @@ def build(features_dir: Path | str) -> dict:
         value_type=ValueType.STRING,
         description="an item (raw id, string)",
     )
-    user_source = FileSource(
-        name="user_features_source",
-        path=str(features_dir / "user"),
+    user_source, user_features = _table_view(features_dir, "user", user, USER_FEATURES)
+    item_source, item_features = _table_view(features_dir, "item", item, ITEM_FEATURES)
+    return {
+        "user": user,
+        "item": item,
+        "user_source": user_source,
+        "item_source": item_source,
+        "user_features": user_features,
+        "item_features": item_features,
+        **_feature_services(user_features, item_features),
+    }
+
+
+def _table_view(
+    features_dir: Path, table: str, entity: Entity, features: tuple[tuple[str, str, str], ...]
+) -> tuple[FileSource, FeatureView]:
+    """The FileSource ``<table>_features_source`` over ``features_dir/<table>`` (one partition
+    per logical date) and its online FeatureView ``<table>_features`` keyed by ``entity``."""
+    source = FileSource(
+        name=f"{table}_features_source",
+        path=str(features_dir / table),
         timestamp_field="event_timestamp",
         created_timestamp_column="created",
-        description="features/user/date=D/part-0.parquet, one partition per logical date",
+        description=f"features/{table}/date=D/part-0.parquet, one partition per logical date",
     )
-    item_source = FileSource(
-        name="item_features_source",
-        path=str(features_dir / "item"),
-        timestamp_field="event_timestamp",
-        created_timestamp_column="created",
-        description="features/item/date=D/part-0.parquet, one partition per logical date",
-    )
-    user_features = FeatureView(
-        name="user_features",
-        entities=[user],
+    view = FeatureView(
+        name=f"{table}_features",
+        entities=[entity],
         ttl=TTL,
-        schema=_schema(USER_FEATURES),
-        source=user_source,
+        schema=_schema(features),
+        source=source,
         online=True,
-        tags={"owner": "recloop", "table": "user"},
+        tags={"owner": "recloop", "table": table},
     )
-    item_features = FeatureView(
-        name="item_features",
-        entities=[item],
-        ttl=TTL,
-        schema=_schema(ITEM_FEATURES),
-        source=item_source,
-        online=True,
-        tags={"owner": "recloop", "table": "item"},
-    )
+    return source, view
+
+
+def _feature_services(
+    user_features: FeatureView, item_features: FeatureView
+) -> dict[str, FeatureService]:
+    """The versioned feature services, one per consumer: ``ranker_v1``, ``two_tower_v1``,
+    ``serving_v1`` (see the module docstring)."""
     ranker_v1 = FeatureService(
         name="ranker_v1",
         features=[user_features, item_features],
@@ -130,17 +140,7 @@ def build(features_dir: Path | str) -> dict:
         description="online service hydration: every user and item feature",
         tags={"consumer": "serving"},
     )
-    return {
-        "user": user,
-        "item": item,
-        "user_source": user_source,
-        "item_source": item_source,
-        "user_features": user_features,
-        "item_features": item_features,
-        "ranker_v1": ranker_v1,
-        "two_tower_v1": two_tower_v1,
-        "serving_v1": serving_v1,
-    }
+    return {"ranker_v1": ranker_v1, "two_tower_v1": two_tower_v1, "serving_v1": serving_v1}
 
 
 # Module-level objects for the `feast` CLI (it collects the objects defined in the repo's

@@ -62,7 +62,7 @@ import scipy.sparse as sp
 import torch
 from tqdm import tqdm
 
-from models.base import Recommender, pick_device, register
+from models.base import Retriever, pick_device, register
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +280,7 @@ def _nnls_cd(
 
 
 @register
-class ALS(Recommender):
+class ALS(Retriever):
     """Matrix factorization by ALS; see the module docstring for the objectives and solvers."""
 
     name = "als"
@@ -371,13 +371,45 @@ class ALS(Recommender):
         embeddings instead of toward 0 (module docstring, "side features"); without, the plain
         Hu-Koren-Volinsky / biased-MF objective is solved, unchanged.
         """
+        m = self._checked_matrix(interactions)
+        self.n_users, self.n_items = m.shape
+        dev = self.device
+        self._init_factors(m)
+        by_user = _Rows(m, dev)
+        by_item = _Rows(m.T.tocsr(), dev)
+        ug = _Groups(user_groups, self.n_users, dev) if user_groups is not None else None
+        ig = _Groups(item_groups, self.n_items, dev) if item_groups is not None else None
+        # log(1 + positives) per item; scored only with popularity_weight > 0
+        self.item_prior = torch.from_numpy(
+            np.log1p(np.asarray(m.sum(0), dtype=np.float64).ravel()).astype(np.float32)
+        ).to(dev)
+        log.info(
+            "ALS fit: %d users x %d items, %d nonzeros, %s feedback, solver=%s%s, %d factors, "
+            "%d iterations on %s; side attributes: %d user groups, %d item groups",
+            self.n_users, self.n_items, m.nnz, self.feedback, self.effective_solver,
+            " (non-negative)" if self.nonnegative else "", self.factors, self.iterations, dev,
+            ug.n_groups if ug else 0, ig.n_groups if ig else 0,
+        )  # fmt: skip
+        start = time.perf_counter()
+        for _ in tqdm(range(self.iterations), desc="ALS", disable=not progress):
+            self._iteration(by_user, by_item, ug, ig)
+        log.info("ALS fit done in %.2fs", time.perf_counter() - start)
+        return self
+
+    def _checked_matrix(self, interactions: sp.csr_matrix) -> sp.csr_matrix:
+        """``interactions`` as float32 CSR with duplicates summed; implicit feedback: explicit
+        zeros dropped, and ``ValueError`` on a negative count."""
         m = sp.csr_matrix(interactions, dtype=np.float32)
         m.sum_duplicates()
         if self.feedback == "implicit":
             m.eliminate_zeros()
             if m.nnz and m.data.min() < 0:
                 raise ValueError("implicit ALS needs non-negative counts")
-        self.n_users, self.n_items = m.shape
+        return m
+
+    def _init_factors(self, m: sp.csr_matrix) -> None:
+        """Seeded starting factors (a private generator: user factors drawn first, then item),
+        zero biases and the global mean (explicit feedback: the mean rating of ``m``)."""
         dev, f = self.device, self.factors
         gen = torch.Generator().manual_seed(self.seed)
         if self.feedback == "implicit":
@@ -396,52 +428,29 @@ class ALS(Recommender):
         mean = float(m.data.mean()) if (self.feedback == "explicit" and m.nnz) else 0.0
         self.global_mean = torch.tensor(mean, device=dev)
 
-        by_user = _Rows(m, dev)
-        by_item = _Rows(m.T.tocsr(), dev)
-        ug = _Groups(user_groups, self.n_users, dev) if user_groups is not None else None
-        ig = _Groups(item_groups, self.n_items, dev) if item_groups is not None else None
-        # log(1 + positives) per item; scored only with popularity_weight > 0
-        self.item_prior = torch.from_numpy(
-            np.log1p(np.asarray(m.sum(0), dtype=np.float64).ravel()).astype(np.float32)
-        ).to(dev)
-        log.info(
-            "ALS fit: %d users x %d items, %d nonzeros, %s feedback, solver=%s%s, %d factors, "
-            "%d iterations on %s; side attributes: %d user groups, %d item groups",
-            self.n_users, self.n_items, m.nnz, self.feedback, self.effective_solver,
-            " (non-negative)" if self.nonnegative else "", f, self.iterations, dev,
-            ug.n_groups if ug else 0, ig.n_groups if ig else 0,
-        )  # fmt: skip
-        start = time.perf_counter()
-        for _ in tqdm(range(self.iterations), desc="ALS", disable=not progress):
-            um = ug.means(self.user_factors, self.group_regularization) if ug else None
-            if self.feedback == "implicit":
-                self.user_factors = self._implicit_half(
-                    by_user, self.user_factors, self.item_factors, um
-                )
-                im = ig.means(self.item_factors, self.group_regularization) if ig else None
-                self.item_factors = self._implicit_half(
-                    by_item, self.item_factors, self.user_factors, im
-                )
-            else:
-                self.user_factors, self.user_bias = self._explicit_half(
-                    by_user,
-                    self.user_factors,
-                    self.user_bias,
-                    self.item_factors,
-                    self.item_bias,
-                    um,
-                )
-                im = ig.means(self.item_factors, self.group_regularization) if ig else None
-                self.item_factors, self.item_bias = self._explicit_half(
-                    by_item,
-                    self.item_factors,
-                    self.item_bias,
-                    self.user_factors,
-                    self.user_bias,
-                    im,
-                )
-        log.info("ALS fit done in %.2fs", time.perf_counter() - start)
-        return self
+    def _iteration(
+        self, by_user: _Rows, by_item: _Rows, ug: _Groups | None, ig: _Groups | None
+    ) -> None:
+        """One ALS iteration: users with items fixed, then items with the new users fixed (each
+        side's group prior, when it has side attributes, refit just before its half-step)."""
+        ridge = self.group_regularization
+        um = ug.means(self.user_factors, ridge) if ug else None
+        if self.feedback == "implicit":
+            self.user_factors = self._implicit_half(
+                by_user, self.user_factors, self.item_factors, um
+            )
+            im = ig.means(self.item_factors, ridge) if ig else None
+            self.item_factors = self._implicit_half(
+                by_item, self.item_factors, self.user_factors, im
+            )
+            return
+        self.user_factors, self.user_bias = self._explicit_half(
+            by_user, self.user_factors, self.user_bias, self.item_factors, self.item_bias, um
+        )
+        im = ig.means(self.item_factors, ridge) if ig else None
+        self.item_factors, self.item_bias = self._explicit_half(
+            by_item, self.item_factors, self.item_bias, self.user_factors, self.user_bias, im
+        )
 
     def _implicit_half(
         self,

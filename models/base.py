@@ -1,13 +1,23 @@
-"""The one model interface every recloop recommender implements.
+"""The two model contracts: :class:`Retriever` and :class:`Ranker`, and how models are saved.
 
-Shapes: ``U`` users, ``I`` items, ``D`` embedding dim, ``B`` batch of users, ``K`` results.
-Users and items are dense indices (``pipelines.core.vocab.Vocab`` maps raw ids to them); the
-interaction matrix is a ``scipy.sparse.csr_matrix`` of shape ``(U, I)`` whose values are counts
-(implicit feedback) or ratings (explicit feedback).
+Every recloop model implements one of them (implicit's ``recommender_base`` shape):
 
-Saving writes a folder with ``config.json`` (plain JSON: the class name and constructor arguments)
-and ``weights.safetensors``-style tensors saved by ``torch.save`` of a ``dict[str, Tensor]`` and
-loaded with ``torch.load(..., weights_only=True)``: nothing arbitrary is ever unpickled.
+- :class:`Retriever` (ALS, the baselines, the two-tower): ``fit`` on a ``(U, I)`` interaction
+  matrix, ``score`` / ``score_all`` / ``recommend``, user and item embeddings (what the FAISS
+  index is built over), save / load. Shapes: ``U`` users, ``I`` items, ``D`` embedding dim,
+  ``B`` batch of users, ``K`` results. Users and items are dense indices
+  (``pipelines.core.vocab.Vocab`` maps raw ids to them); the interaction matrix is a
+  ``scipy.sparse.csr_matrix`` of shape ``(U, I)`` whose values are counts (implicit feedback) or
+  ratings (explicit feedback).
+- :class:`Ranker` (the DLRM variants and the logistic baseline): ``fit`` on a labelled
+  ``pandas.DataFrame`` (one row per (user, item) example: raw feature columns plus a 0/1 label),
+  ``predict_proba`` → click probability per row, save / load.
+
+Both share :class:`SavedModel`: saving writes a folder with ``config.json`` (plain JSON: the
+registry name under ``"model"`` and the constructor arguments) and ``weights.pt``, a
+``dict[str, Tensor]`` written by ``torch.save`` and read back with
+``torch.load(..., weights_only=True)``: nothing arbitrary is ever unpickled. :func:`load_model`
+rebuilds any registered model from such a folder.
 """
 
 from __future__ import annotations
@@ -17,9 +27,10 @@ import json
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 import torch
 
@@ -34,14 +45,48 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-class Recommender(ABC):
-    """fit / recommend / score / embeddings / save / load."""
+class SavedModel(ABC):
+    """Persistence shared by both contracts: config / state / load_state / save, and ``name``."""
 
-    #: registry name used in ``config.json`` and by ``load_model``
+    #: registry name written in ``config.json`` and looked up by :func:`load_model`
     name: str = "base"
 
     @abstractmethod
-    def fit(self, interactions: sp.csr_matrix, **kwargs: Any) -> Recommender:
+    def config(self) -> dict[str, Any]:
+        """JSON-serialisable constructor arguments (and shapes) that rebuild this model."""
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any], device: str | None = None) -> SavedModel:
+        """Build an untrained model of the right shapes from :meth:`config`'s output."""
+        return cls(**cfg)
+
+    @abstractmethod
+    def state(self) -> dict[str, torch.Tensor]:
+        """Every learned tensor, by name."""
+
+    @abstractmethod
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore tensors produced by :meth:`state`; ``ValueError`` when they do not fit."""
+
+    def save(self, folder: Path) -> Path:
+        """Write ``config.json`` and ``weights.pt`` into ``folder`` (atomically per file)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        cfg = {"model": self.name, **self.config()}
+        tmp = folder / (CONFIG_FILE + ".tmp")
+        tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+        os.replace(tmp, folder / CONFIG_FILE)
+        tmp = folder / (WEIGHTS_FILE + ".tmp")
+        torch.save({k: v.detach().cpu() for k, v in self.state().items()}, tmp)
+        os.replace(tmp, folder / WEIGHTS_FILE)
+        return folder
+
+
+class Retriever(SavedModel):
+    """fit on interactions / score / score_all / recommend / embeddings / save / load."""
+
+    @abstractmethod
+    def fit(self, interactions: sp.csr_matrix, **kwargs: Any) -> Retriever:
         """Train on a ``(U, I)`` interaction matrix; returns ``self``."""
 
     @abstractmethod
@@ -92,39 +137,31 @@ class Recommender(ABC):
         """``(I, D)`` float32 item vectors (what the FAISS index is built over), or ``None``."""
         return None
 
-    # --- persistence --------------------------------------------------------------------
+
+class Ranker(SavedModel):
+    """fit on a labelled frame / predict_proba / save / load.
+
+    The frame has one row per (user, item) example: the raw columns named by
+    :attr:`feature_columns` and, at ``fit``, a 0/1 ``label`` column (and optionally per-row loss
+    weights). ``N`` rows.
+    """
+
+    @property
     @abstractmethod
-    def config(self) -> dict[str, Any]:
-        """JSON-serialisable constructor arguments (and shapes) that rebuild this model."""
-
-    @classmethod
-    def from_config(cls, cfg: dict[str, Any], device: str | None = None) -> Recommender:
-        """Build an untrained model of the right shapes from :meth:`config`'s output."""
-        return cls(**cfg)
+    def feature_columns(self) -> list[str]:
+        """Every raw column :meth:`predict_proba` reads."""
 
     @abstractmethod
-    def state(self) -> dict[str, torch.Tensor]:
-        """Every learned tensor, by name."""
+    def fit(self, frame: pd.DataFrame, label: str = "label", weight: str | None = None) -> Ranker:
+        """Train on ``frame`` (``label`` 0/1, optional ``weight`` column); returns ``self``."""
 
     @abstractmethod
-    def load_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore tensors produced by :meth:`state`."""
-
-    def save(self, folder: Path) -> Path:
-        """Write ``config.json`` and ``weights.pt`` into ``folder`` (atomically per file)."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        cfg = {"model": self.name, **self.config()}
-        tmp = folder / (CONFIG_FILE + ".tmp")
-        tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True))
-        os.replace(tmp, folder / CONFIG_FILE)
-        tmp = folder / (WEIGHTS_FILE + ".tmp")
-        torch.save({k: v.detach().cpu() for k, v in self.state().items()}, tmp)
-        os.replace(tmp, folder / WEIGHTS_FILE)
-        return folder
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        """Click probability of each row: float32 ``(N,)`` in ``[0, 1]``. ``ValueError`` naming
+        the :attr:`feature_columns` the frame lacks."""
 
 
-MODEL_CLASSES: dict[str, type[Recommender]] = {}
+MODEL_CLASSES: dict[str, type[SavedModel]] = {}
 #: where each registered model lives, so ``load_model`` can import it on demand
 MODEL_MODULES = {
     "als": "models.als",
@@ -136,14 +173,18 @@ MODEL_MODULES = {
 }
 
 
-def register(cls: type[Recommender]) -> type[Recommender]:
+ModelT = TypeVar("ModelT", bound=SavedModel)
+
+
+def register(cls: type[ModelT]) -> type[ModelT]:
     """Class decorator: make ``cls`` loadable by ``load_model`` under ``cls.name``."""
     MODEL_CLASSES[cls.name] = cls
     return cls
 
 
-def load_model(folder: Path, device: str | None = None) -> Recommender:
-    """Rebuild a saved model: JSON config + ``torch.load(weights_only=True)``.
+def load_model(folder: Path, device: str | None = None) -> SavedModel:
+    """Rebuild a saved model (a :class:`Retriever` or a :class:`Ranker`, by the ``"model"`` name
+    in its config): JSON config + ``torch.load(weights_only=True)``.
 
     Raises ``ValueError`` naming the file when it is missing, unreadable or of an unknown model.
     """

@@ -25,7 +25,7 @@ import scipy.sparse as sp
 import torch
 from tqdm import tqdm
 
-from models.base import Recommender, register
+from models.base import Retriever, register
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 
 @register
-class MostPopular(Recommender):
+class MostPopular(Retriever):
     """Everyone gets the same ranking: items by popularity (training users per item, or the
     ``item_weights`` given to :meth:`fit`, e.g. events in the last ``window_days``)."""
 
@@ -195,7 +195,7 @@ class MostPopular(Recommender):
         self.popularity = pop.numpy().astype(np.float32)
 
 
-class _KNN(Recommender):
+class _KNN(Retriever):
     """Shared parts of the neighbourhood models: config, the training matrix, persistence."""
 
     def __init__(

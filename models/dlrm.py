@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import Recommender, pick_device, register
+from models.base import Ranker, pick_device, register
 
 log = logging.getLogger(__name__)
 
@@ -351,8 +351,13 @@ def table_size(spec: dict[str, Any]) -> int:
 
 
 @register
-class Ranker(Recommender):
+class DLRMRanker(Ranker):
     """DLRM (or DCN / DeepFM / logistic) click model over a DataFrame of feature rows.
+
+    Implements :class:`models.base.Ranker`. Every variant is this one class, chosen by
+    ``interaction`` (module docstring); ``interaction="linear"`` is the logistic-regression
+    baseline (``pipelines.ranking.train.fit_logistic_regression``, the ``ranker_lr`` model). All
+    save under the registry name ``"dlrm"``.
 
     ``fit(frame, label="label", weight=None)`` / ``predict_proba(frame) -> (N,)``. The frame holds
     the raw columns named by ``dense_features`` (numbers; counts, prices, rates...) and
@@ -584,13 +589,13 @@ class Ranker(Recommender):
         weight: str | None = None,
         valid_frame: pd.DataFrame | None = None,
         progress: bool = True,
-    ) -> Ranker:
+    ) -> DLRMRanker:
         """Train on ``frame`` (one row per example; ``label`` 0/1; optional ``weight`` column of
         per-example loss weights). With ``valid_frame`` the epoch with the best validation
         logloss is kept. Deterministic under ``seed`` on CPU. Returns ``self``."""
         if not isinstance(frame, pd.DataFrame):
             raise TypeError(
-                "Ranker.fit takes a DataFrame of feature rows with a label column, not "
+                "DLRMRanker.fit takes a DataFrame of feature rows with a label column, not "
                 f"{type(frame).__name__} (the ranker is not trained on an interaction matrix)"
             )
         if label not in frame.columns:
@@ -726,7 +731,9 @@ class Ranker(Recommender):
             out[s : s + batch_size] = torch.sigmoid(logits).cpu().numpy()
         return out
 
+    # not part of the Ranker contract: a retriever-style call fails with a pointer to the right one
     def score(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Always ``NotImplementedError``: a ranker scores feature rows (:meth:`predict_proba`)."""
         raise NotImplementedError(
             "the DLRM ranker scores (user, item) feature rows, not id pairs: build a frame with "
             f"the columns {self.feature_columns} (e.g. from the feature store) and call "
@@ -734,6 +741,7 @@ class Ranker(Recommender):
         )
 
     def score_all(self, users: np.ndarray) -> np.ndarray:
+        """Always ``NotImplementedError``: a ranker re-ranks candidates (:meth:`predict_proba`)."""
         raise NotImplementedError(
             "the DLRM ranker does not score the whole catalog: it re-ranks retrieval candidates; "
             "call predict_proba(frame) on their feature rows"
@@ -768,7 +776,7 @@ class Ranker(Recommender):
         }
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any], device: str | None = None) -> Ranker:
+    def from_config(cls, cfg: dict[str, Any], device: str | None = None) -> DLRMRanker:
         return cls(**cfg, device=device)
 
     def state(self) -> dict[str, torch.Tensor]:

@@ -62,7 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import Recommender, pick_device, register
+from models.base import Retriever, pick_device, register
 
 log = logging.getLogger(__name__)
 
@@ -300,6 +300,20 @@ class _TwoTowerNet(nn.Module):
 # --- the model ----------------------------------------------------------------------------
 
 
+def negative_weights(negatives: Mapping[str, float] | None) -> dict[str, float]:
+    """The mix of extra negatives, checked: a weight ``>= 0`` for each of
+    :data:`NEGATIVE_SOURCES` (absent ones 0; ``None``: :data:`DEFAULT_NEGATIVES`)."""
+    negatives = dict(DEFAULT_NEGATIVES if negatives is None else negatives)
+    unknown = set(negatives) - set(NEGATIVE_SOURCES)
+    if unknown:
+        raise ValueError(
+            f"negatives: unknown sources {sorted(unknown)} (known: {NEGATIVE_SOURCES})"
+        )
+    if any(w < 0 for w in negatives.values()):
+        raise ValueError(f"negatives: weights must be >= 0, got {negatives}")
+    return {k: float(negatives.get(k, 0.0)) for k in NEGATIVE_SOURCES}
+
+
 class _Batcher:
     """One training step's loss: in-batch + shared extra + per-row hard negatives, log-Q, masks."""
 
@@ -376,7 +390,7 @@ class _Batcher:
 
 
 @register
-class TwoTower(Recommender):
+class TwoTower(Retriever):
     """Two-tower retriever; see the module docstring for towers, features and the loss.
 
     Hyperparameters: ``dim`` output size; ``hidden`` MLP widths; ``id_dim``/``cat_dim`` embedding
@@ -395,8 +409,8 @@ class TwoTower(Recommender):
     scores are then ``cos(u, v) + temperature * popularity_weight * p_i`` and the embeddings
     carry it in one extra coordinate (users ``[u, 1]``, items ``[v, temperature * w * p_i]``,
     width ``dim + 1``, not unit norm). Configs saved before these keys existed load with the old
-    behaviour (ids and history on, no prior). ``n_users``/``n_items``/``user_spec``/``item_spec`` are set by ``fit`` and
-    stored in the config so ``from_config`` rebuilds the same shapes.
+    behaviour (ids and history on, no prior). ``n_users``/``n_items``/``user_spec``/``item_spec``
+    are set by ``fit`` and stored in the config so ``from_config`` rebuilds the same shapes.
     """
 
     name = "two_tower"
@@ -435,14 +449,7 @@ class TwoTower(Recommender):
         user_spec: dict | None = None,
         item_spec: dict | None = None,
     ) -> None:
-        negatives = dict(DEFAULT_NEGATIVES if negatives is None else negatives)
-        unknown = set(negatives) - set(NEGATIVE_SOURCES)
-        if unknown:
-            raise ValueError(
-                f"negatives: unknown sources {sorted(unknown)} (known: {NEGATIVE_SOURCES})"
-            )
-        if any(w < 0 for w in negatives.values()):
-            raise ValueError(f"negatives: weights must be >= 0, got {negatives}")
+        weights = negative_weights(negatives)
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.hp: dict[str, Any] = {
@@ -452,7 +459,7 @@ class TwoTower(Recommender):
             "cat_dim": int(cat_dim),
             "history_len": int(history_len),
             "temperature": float(temperature),
-            "negatives": {k: float(negatives.get(k, 0.0)) for k in NEGATIVE_SOURCES},
+            "negatives": weights,
             "n_extra_negatives": int(n_extra_negatives),
             "logq": bool(logq),
             "id_dropout": float(id_dropout),
@@ -585,10 +592,16 @@ class TwoTower(Recommender):
         out[: len(arr)] = arr
         return out
 
-    def _hard_table(
+    def hard_table(
         self, hard: HardNegatives | None, interactions: sp.csr_matrix
     ) -> torch.Tensor | None:
-        """``(U, H)`` int64 hard-negative candidates per user (``-1`` padded) or ``None``."""
+        """The hard negatives training samples from: ``(U, H)`` int64 candidates per user, best
+        first, ``-1`` padded, or ``None`` when there are none.
+
+        ``hard``: ``{user: items}`` or ``user -> items`` (as ``fit(hard_negatives=...)``). Items
+        outside the catalog or that the user interacted with in ``interactions`` ``(U, I)`` are
+        dropped; at most ``max_hard_per_user`` are kept per user.
+        """
         if hard is None:
             return None
         get = hard.get if isinstance(hard, Mapping) else hard
@@ -607,8 +620,14 @@ class TwoTower(Recommender):
             table[u, : len(r)] = r
         return torch.from_numpy(table)
 
-    def _negative_plan(self, hard_available: bool) -> tuple[float, float, int, int]:
-        """(uniform weight, popularity weight, shared extra count, per-row hard count)."""
+    def negative_plan(self, hard_available: bool) -> tuple[float, float, int, int]:
+        """How the ``n_extra_negatives`` of a batch are drawn: ``(uniform weight, popularity
+        weight, shared extra count, per-row hard count)``.
+
+        The shared draws mix uniform and popularity by their weights; the ``hard`` weight's share
+        of the count goes to per-row hard negatives. Without hard negatives
+        (``hard_available=False``) that share goes to the other sources, with a warning.
+        """
         w = dict(self.hp["negatives"])
         if w["hard"] > 0 and not hard_available:
             log.warning(
@@ -627,70 +646,109 @@ class TwoTower(Recommender):
     def _train(
         self, interactions: sp.csr_matrix, hard: HardNegatives | None, progress: bool
     ) -> None:
+        """Fit the network on the positives of ``interactions`` (module docstring, "Training")."""
         net = self.net
         assert net is not None
-        hp, dev = self.hp, self.device
+        hp = self.hp
+        pos_u, pos_i = self._positives(interactions)
+        every_positive_item = pos_i.numpy()
+        gen = torch.Generator().manual_seed(hp["seed"])
+        pos_u, pos_i, val_u, val_i = self._hold_out(pos_u, pos_i, gen)
+        train_hist = self._histories_without(val_u, val_i)
+        counts = np.bincount(pos_i.numpy(), minlength=self.n_items).astype(np.float64)
+        if hp["popularity_prior"]:  # training prior from the training positives only
+            self.tensors["item_prior"] = torch.from_numpy(np.log1p(counts)).float()
+        B = min(hp["batch_size"], len(pos_u))
+        batch = self._batcher(interactions, hard, train_hist, counts, B, gen)
+        log.info(
+            "two_tower: %d users, %d items, %d train / %d validation positives, <= %d epochs, "
+            "batch %d, extra negatives %d shared + %d hard, logq=%s",
+            self.n_users, self.n_items, len(pos_u), len(val_u), hp["epochs"], B, batch.n_shared,
+            batch.n_hard, hp["logq"],
+        )  # fmt: skip
+        self._run_epochs(batch, (pos_u, pos_i), (val_u, val_i), train_hist, B, gen, progress)
+        if hp["popularity_prior"]:  # serve with the popularity of every positive
+            full = np.bincount(every_positive_item, minlength=self.n_items).astype(np.float64)
+            self.tensors["item_prior"] = torch.from_numpy(np.log1p(full)).float()
+        net.eval()
+
+    def _positives(self, interactions: sp.csr_matrix) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(users, items)``, each int64 ``(P,)``: the cells above ``positive_threshold``."""
         coo = interactions.tocoo()
-        keep = coo.data > hp["positive_threshold"]
+        keep = coo.data > self.hp["positive_threshold"]
         pos_u = torch.from_numpy(coo.row[keep].astype(np.int64))
         pos_i = torch.from_numpy(coo.col[keep].astype(np.int64))
         if len(pos_u) == 0:
             raise ValueError("fit: no positive interactions (all values <= positive_threshold)")
-        gen = torch.Generator().manual_seed(hp["seed"])
-        n_val = min(int(len(pos_u) * hp["val_fraction"]), hp["max_val"])
+        return pos_u, pos_i
+
+    def _hold_out(
+        self, pos_u: torch.Tensor, pos_i: torch.Tensor, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(train users, train items, validation users, validation items)``: a seeded
+        ``val_fraction`` of the positives (at most ``max_val``; none when under 10) held out."""
+        n_val = min(int(len(pos_u) * self.hp["val_fraction"]), self.hp["max_val"])
         if n_val < 10:
             n_val = 0
         split = torch.randperm(len(pos_u), generator=gen)
         val_u, val_i = pos_u[split[:n_val]], pos_i[split[:n_val]]
-        pos_u, pos_i = pos_u[split[n_val:]], pos_i[split[n_val:]]
-        n_pos, n_items = len(pos_u), self.n_items
-        # held-out pairs leave the histories too, or the shared id table memorizes them
+        return pos_u[split[n_val:]], pos_i[split[n_val:]], val_u, val_i
+
+    def _histories_without(self, val_u: torch.Tensor, val_i: torch.Tensor) -> torch.Tensor:
+        """The ``(U, L)`` history table with the held-out pairs blanked (``-1``): otherwise the
+        shared id table memorizes them."""
         train_hist = self.tensors["histories"].clone()
         for u, i in zip(val_u.tolist(), val_i.tolist(), strict=True):
             row = train_hist[u]
             row[row == i] = -1
-        counts = np.bincount(pos_i.numpy(), minlength=n_items).astype(np.float64)
-        if hp["popularity_prior"]:  # training prior from the training positives only
-            self.tensors["item_prior"] = torch.from_numpy(np.log1p(counts)).float()
+        return train_hist
 
-        hard_table = self._hard_table(hard, interactions)
-        w_uni, w_pop, n_shared, n_hard = self._negative_plan(hard_table is not None)
+    def _batcher(
+        self,
+        interactions: sp.csr_matrix,
+        hard: HardNegatives | None,
+        train_hist: torch.Tensor,
+        counts: np.ndarray,
+        batch_size: int,
+        gen: torch.Generator,
+    ) -> _Batcher:
+        """The loss of one step: the negative mix, its proposal ``q`` and the log-Q correction
+        ``log E_j``, ``E_j = B * freq_j + M * q_j`` (``counts`` ``(I,)``: training positives)."""
+        hard_table = self.hard_table(hard, interactions)
+        w_uni, w_pop, n_shared, n_hard = self.negative_plan(hard_table is not None)
         pop = counts**0.75
         pop = pop / pop.sum()
-        proposal = (w_uni / n_items + w_pop * pop) / max(w_uni + w_pop, 1e-12)
-        B = min(hp["batch_size"], n_pos)
-        expected = B * counts / n_pos + n_shared * proposal
-        batch = _Batcher(
+        proposal = (w_uni / self.n_items + w_pop * pop) / max(w_uni + w_pop, 1e-12)
+        expected = batch_size * counts / counts.sum() + n_shared * proposal
+        return _Batcher(
             self, train_hist, hard_table, torch.from_numpy(proposal).float(), n_shared, n_hard,
-            torch.from_numpy(np.log(np.maximum(expected, 1e-12))).float().to(dev), gen,
+            torch.from_numpy(np.log(np.maximum(expected, 1e-12))).float().to(self.device), gen,
         )  # fmt: skip
-        log.info(
-            "two_tower: %d users, %d items, %d train / %d validation positives, <= %d epochs, "
-            "batch %d, extra negatives %d shared + %d hard, logq=%s",
-            self.n_users, n_items, n_pos, n_val, hp["epochs"], B, n_shared, n_hard, hp["logq"],
-        )  # fmt: skip
-        from tqdm import tqdm
 
+    def _run_epochs(
+        self,
+        batch: _Batcher,
+        train: tuple[torch.Tensor, torch.Tensor],
+        val: tuple[torch.Tensor, torch.Tensor],
+        train_hist: torch.Tensor,
+        batch_size: int,
+        gen: torch.Generator,
+        progress: bool,
+    ) -> None:
+        """Adam over ``epochs``; with held-out pairs, early stopping on their full-softmax loss
+        (``patience``) and the best epoch's weights kept. Fills ``loss_history``/``val_history``."""
+        net = self.net
+        assert net is not None
+        hp = self.hp
         opt = torch.optim.Adam(net.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
         self.loss_history, self.val_history = [], []
         best: tuple[float, int, dict[str, torch.Tensor]] | None = None
         for epoch in range(hp["epochs"]):
-            net.train()
-            perm = torch.randperm(n_pos, generator=gen)
-            total, steps = 0.0, 0
-            starts = range(0, n_pos - B + 1, B)
-            for s in tqdm(starts, desc=f"two_tower epoch {epoch + 1}", disable=not progress):
-                idx = perm[s : s + B]
-                loss = batch.loss(pos_u[idx], pos_i[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += float(loss.detach())
-                steps += 1
-            self.loss_history.append(total / max(steps, 1))
+            loss = self._epoch(batch, opt, train, batch_size, gen, epoch, progress)
+            self.loss_history.append(loss)
             msg = f"two_tower epoch {epoch + 1}/{hp['epochs']}: loss {self.loss_history[-1]:.4f}"
-            if n_val:
-                self.val_history.append(self._val_loss(val_u, val_i, train_hist))
+            if len(val[0]):
+                self.val_history.append(self._val_loss(val[0], val[1], train_hist))
                 msg += f", validation full-softmax loss {self.val_history[-1]:.4f}"
                 if best is None or self.val_history[-1] < best[0]:
                     state = {k: v.detach().clone() for k, v in net.state_dict().items()}
@@ -702,10 +760,37 @@ class TwoTower(Recommender):
         if best is not None:
             net.load_state_dict(best[2])
             log.info("two_tower: keeping epoch %d (validation loss %.4f)", best[1] + 1, best[0])
-        if hp["popularity_prior"]:  # serve with the popularity of every positive
-            full = np.bincount(coo.col[keep], minlength=n_items).astype(np.float64)
-            self.tensors["item_prior"] = torch.from_numpy(np.log1p(full)).float()
-        net.eval()
+
+    def _epoch(
+        self,
+        batch: _Batcher,
+        opt: torch.optim.Optimizer,
+        train: tuple[torch.Tensor, torch.Tensor],
+        batch_size: int,
+        gen: torch.Generator,
+        epoch: int,
+        progress: bool,
+    ) -> float:
+        """One shuffled pass over the training positives (the last partial batch dropped);
+        returns the mean step loss."""
+        from tqdm import tqdm
+
+        assert self.net is not None
+        self.net.train()
+        pos_u, pos_i = train
+        n_pos = len(pos_u)
+        perm = torch.randperm(n_pos, generator=gen)
+        total, steps = 0.0, 0
+        starts = range(0, n_pos - batch_size + 1, batch_size)
+        for s in tqdm(starts, desc=f"two_tower epoch {epoch + 1}", disable=not progress):
+            idx = perm[s : s + batch_size]
+            loss = batch.loss(pos_u[idx], pos_i[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach())
+            steps += 1
+        return total / max(steps, 1)
 
     @torch.no_grad()
     def _val_loss(self, users: torch.Tensor, items: torch.Tensor, hist: torch.Tensor) -> float:
@@ -921,7 +1006,7 @@ class TwoTower(Recommender):
 
 
 def mine_hard_negatives(
-    previous: Recommender,
+    previous: Retriever,
     interactions: sp.csr_matrix,
     n: int = 50,
     skip: int = 0,

@@ -411,22 +411,19 @@ def smoke_score(bundle: LoadedBundle, n_users: int = 4, k: int = 10) -> None:
 def warm_up(settings: Settings, bundle: LoadedBundle) -> None:
     """First-call costs paid at load, not by a request: the Feast read plan of the ranker's
     feature service (registry read), scipy's special functions, the ranker's trace."""
+    from pipelines.features import online
     from serving.rerank import thompson_probabilities
 
     thompson_probabilities(np.array([1.0, 2.0]), np.array([3.0, 4.0]))
     try:  # the protobuf decoders of the Redis fast path (built once per process)
-        from pipelines.features.store import _column_classes
-
-        _column_classes()
+        online.column_decoders()
     except Exception as exc:  # noqa: BLE001 - requests build them on first use instead
         log.warning("warm-up: no Redis value decoders (%r)", exc)
     service = "ranker_v1"
     if bundle.ranker is not None and getattr(bundle.ranker, "feature_service", ""):
         service = bundle.ranker.feature_service
     try:
-        from pipelines.features.store import _plan
-
-        _plan(settings, service)
+        online.read_plan(settings, service)
     except Exception as exc:  # noqa: BLE001 - the registry may not exist yet; requests will try
         log.warning("warm-up: no Feast read plan for %s yet (%r)", service, exc)
 

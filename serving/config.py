@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from pipelines.core.settings import env_float, env_int, env_text
+
 
 @dataclass(frozen=True)
 class ServingConfig:
@@ -53,7 +55,7 @@ class ServingConfig:
     redis_cooldown_s: float = 2.0
     """After a Redis failure, skip Redis for this long (popularity answers): no retry storm."""
     item_cache_ttl_s: float = 60.0
-    """Candidates' online item features are kept in the process (``serving.pipeline.
+    """Candidates' online item features are kept in the process (``serving.item_cache.
     ItemFeatureCache``) for this long, and dropped at once when a new day is materialized;
     0 = read every candidate from Redis on every request. The user's row is always read."""
     item_cache_max: int = 2_000_000
@@ -138,26 +140,23 @@ class ServingConfig:
         ``overrides``."""
         env = os.environ if env is None else env
         kw: dict[str, Any] = {}
-        for name, key, cast in (
-            ("RECLOOP_SERVE_CANDIDATES", "candidates", int),
-            ("RECLOOP_SERVE_MAX_IN_FLIGHT", "max_in_flight", int),
-            ("RECLOOP_SERVE_CHALLENGER_SHARE", "challenger_share", float),
-            ("RECLOOP_SERVE_EXPLORE_RATE", "explore_rate", float),
-            ("RECLOOP_SERVE_RELOAD_S", "reload_interval_s", float),
-            ("RECLOOP_SERVE_DEADLINE_MS", "deadline_ms", float),
-            ("RECLOOP_SERVE_LOG_FLUSH_S", "log_flush_s", float),
-            ("RECLOOP_SERVE_SEED", "seed", int),
-            ("RECLOOP_SERVE_PROCESSES", "processes", int),
-            ("RECLOOP_SERVE_NEW_USERS", "new_users", str),
-            ("RECLOOP_SERVE_ITEM_CACHE_TTL_S", "item_cache_ttl_s", float),
+        for name, key, read in (
+            ("RECLOOP_SERVE_CANDIDATES", "candidates", env_int),
+            ("RECLOOP_SERVE_MAX_IN_FLIGHT", "max_in_flight", env_int),
+            ("RECLOOP_SERVE_CHALLENGER_SHARE", "challenger_share", env_float),
+            ("RECLOOP_SERVE_EXPLORE_RATE", "explore_rate", env_float),
+            ("RECLOOP_SERVE_RELOAD_S", "reload_interval_s", env_float),
+            ("RECLOOP_SERVE_DEADLINE_MS", "deadline_ms", env_float),
+            ("RECLOOP_SERVE_LOG_FLUSH_S", "log_flush_s", env_float),
+            ("RECLOOP_SERVE_SEED", "seed", env_int),
+            ("RECLOOP_SERVE_PROCESSES", "processes", env_int),
+            ("RECLOOP_SERVE_NEW_USERS", "new_users", env_text),
+            ("RECLOOP_SERVE_ITEM_CACHE_TTL_S", "item_cache_ttl_s", env_float),
         ):
-            raw = env.get(name)
-            if raw:
-                try:
-                    kw[key] = cast(raw)
-                except ValueError as exc:
-                    raise ValueError(f"{name}={raw!r} is not a {cast.__name__}") from exc
-        token = env.get("RECLOOP_ADMIN_TOKEN") or None
+            value = read(env, name)
+            if value is not None:
+                kw[key] = value
+        token = env_text(env, "RECLOOP_ADMIN_TOKEN")
         if token is not None and len(token) < 16:
             raise ValueError("RECLOOP_ADMIN_TOKEN must be at least 16 characters")
         kw["admin_token"] = token

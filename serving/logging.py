@@ -42,7 +42,8 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from pipelines.core import schema
+from pipelines.core import layout, schema
+from pipelines.core.settings import Settings
 
 log = logging.getLogger("recloop.serving.log")
 
@@ -67,13 +68,15 @@ REQUESTS = pa.schema(
 
 
 def impressions_dir(home: Path) -> Path:
-    """``RECLOOP_HOME/serving/impressions`` (partitions ``date=D`` below it)."""
-    return Path(home) / "serving" / "impressions"
+    """``RECLOOP_HOME/serving/impressions`` (partitions ``date=D`` below it), for the workspace
+    at ``home``: :func:`pipelines.core.layout.impressions_dir`."""
+    return layout.impressions_dir(Settings(home=Path(home)))
 
 
 def requests_dir(home: Path) -> Path:
-    """``RECLOOP_HOME/serving/requests`` (partitions ``date=D`` below it, wall-clock dates)."""
-    return Path(home) / "serving" / "requests"
+    """``RECLOOP_HOME/serving/requests`` (partitions ``date=D`` below it, wall-clock dates), for
+    the workspace at ``home``: :func:`pipelines.core.layout.requests_dir`."""
+    return layout.requests_dir(Settings(home=Path(home)))
 
 
 class ImpressionLog:

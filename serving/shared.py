@@ -28,7 +28,7 @@ _FIELDS = ("request_id", "user_id", "items", "propensities", "arm", "model_versi
 
 
 def _client(settings: Settings):
-    from pipelines.features.store import redis_client
+    from pipelines.features.online import redis_client
 
     return redis_client(settings)
 

@@ -1,21 +1,35 @@
-"""Shared fixtures: a temporary workspace per test, and one real redis-server per session."""
+"""Shared fixtures and the two test tiers.
+
+Tiers (markers registered in ``pyproject.toml``):
+
+- **unit** — everything not marked ``integration``: no server, no Airflow, no MLflow store, no
+  trained workspace; ``pytest -m "not integration"`` runs it alone (under a minute).
+- **integration** — talks to a real service or trains a workspace. A test is marked here,
+  automatically, when it uses a fixture of :data:`INTEGRATION_FIXTURES` (directly or through
+  another fixture: ``item.fixturenames`` is the whole closure), or when its module starts such
+  a thing itself (those modules say ``pytestmark = pytest.mark.integration`` and why).
+
+Plain ``pytest`` runs both tiers. Helpers shared by several test files live in
+``tests/helpers.py``; test files import from there, never from each other or from this file.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pipelines.core.settings import Settings
-from pipelines.loop.closed_loop import free_port  # noqa: F401 - the tests import it from here
+from tests.helpers import RedisServer, fresh_mlflow, make_bundle
 
-REPO = Path(__file__).resolve().parents[1]
+# Fixture name -> what it starts. A test using any of these, even through another fixture, is an
+# integration test: redis_settings, ab_registry and the modules' ``world`` fixtures that train a
+# workspace on the session's redis-server are caught through these two.
+INTEGRATION_FIXTURES: dict[str, str] = {
+    "redis_server": "a real redis-server process, shared by the session",
+    "mlflow_settings": "an MLflow sqlite store (its migrations run once per machine) and client",
+}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -25,6 +39,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
     os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="recloop-airflow-"))
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark ``integration`` every test that uses a fixture of :data:`INTEGRATION_FIXTURES`."""
+    for item in items:
+        if INTEGRATION_FIXTURES.keys() & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture()
@@ -38,57 +59,9 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     return s
 
 
-class RedisServer:
-    """A real ``redis-server`` process on a loopback port."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            raise RuntimeError("redis-server is not installed: run `bash infra/setup.sh`")
-        self.proc = subprocess.Popen(
-            [
-                exe,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-            self.proc = None
-
-
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server for the whole session."""
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     server.start()
     yield server
@@ -107,51 +80,27 @@ def redis_settings(
     return Settings.from_env()
 
 
-def tiny_trained_workspace(
-    home: Path, redis_url: str, days: tuple[str, ...], scale: str = "tiny"
-) -> tuple[Settings, pytest.MonkeyPatch]:
-    """A workspace at ``home`` with ``days`` simulated at tiny scale and the daily DAG's task
-    bodies run for each (in-process, in the DAG's order): the registry then holds one serving
-    bundle per day and, from the second day on, a champion. Returns the settings and the
-    MonkeyPatch holding the ``RECLOOP_*`` environment (call ``undo()`` when done)."""
-    from pipelines.data.simulate import simulate
-    from pipelines.orchestration import tasks
-
-    mp = pytest.MonkeyPatch()
-    mp.setenv("RECLOOP_HOME", str(home))
-    mp.setenv("RECLOOP_REDIS_URL", redis_url)
-    mp.setenv("RECLOOP_SCALE", scale)
-    mp.delenv("RECLOOP_MLFLOW_URI", raising=False)
-    mp.delenv("RECLOOP_ADMIN_TOKEN", raising=False)
-    settings = Settings.from_env()
-    settings.ensure_dirs()
-    simulate(settings, len(days), scale)
-    for ds in days:
-        tasks.validate(ds)
-        tasks.features(ds)
-        tasks.train_model(ds, "mf")
-        tasks.train_model(ds, "two_tower")
-        tasks.build_index(ds)
-        tasks.train_ranker(ds)
-        tasks.evaluate_ranker(ds)
-        tasks.register(ds)
-        tasks.gate(ds)
-    return settings, mp
+@pytest.fixture()
+def mlflow_settings(settings: Settings) -> Settings:
+    """:func:`settings` with an empty, migrated MLflow database at its default sqlite URI."""
+    fresh_mlflow(settings)
+    return settings
 
 
-@contextlib.contextmanager
-def tiny_served_workspace(
-    tmp: Path, days: tuple[str, ...] = ("2026-01-01",)
-) -> Iterator[tuple[Settings, RedisServer]]:
-    """:func:`tiny_trained_workspace` on a redis-server of its own (for tests that rewrite or
-    stop Redis): ``(settings, server)``; the environment and the server are undone after."""
-    server = RedisServer(tmp)
-    server.start()
-    try:
-        settings, mp = tiny_trained_workspace(tmp / "home", server.url, days)
-        try:
-            yield settings, server
-        finally:
-            mp.undo()
-    finally:
-        server.stop()
+@pytest.fixture()
+def ab_registry(mlflow_settings: Settings) -> tuple[Settings, str, str]:
+    """``(settings, champion, challenger)``: a registry with bundle 1 = champion and bundle 2 =
+    challenger (fake artifacts, see :func:`tests.helpers.make_bundle`); no validated data."""
+    import shutil
+
+    from pipelines.core import schema
+    from pipelines.release import registry
+
+    s = mlflow_settings
+    champ = make_bundle(s, "2025-12-01")
+    chall = make_bundle(s, "2025-12-02")
+    assert registry.promote(s, champ, "champion")
+    assert registry.promote(s, chall, "challenger")
+    for day in ("2025-12-01", "2025-12-02"):  # make_bundle's one-column placeholder partitions
+        shutil.rmtree(schema.partition_dir(s.validated_dir, day))
+    return s, champ, chall

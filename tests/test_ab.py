@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -19,54 +18,15 @@ from pipelines.core import schema
 from pipelines.core.settings import Settings
 from pipelines.experiments import ab
 from pipelines.release import registry
-from tests.test_registry import fresh_mlflow, make_bundle
+from tests.helpers import DAGS, START, write_day
 
-START = dt.date(2026, 1, 1)
 CFG = ab.ABConfig(alpha=0.05, tau=0.01, min_impressions=2_000, max_days=7)
 
 
-def write_day(
-    settings: Settings,
-    day: dt.date,
-    champ: str,
-    chall: str,
-    ctr: tuple[float, float],
-    n: tuple[int, int] = (3_000, 3_000),
-    seed: int = 0,
-    buy: float = 0.2,
-) -> None:
-    """Validated partition of ``day``: ``n`` impressions per arm (slates of 5), clicks with
-    probability ``ctr`` per arm, a purchase for a share ``buy`` of clicks."""
-    rng = np.random.default_rng([seed, day.toordinal()])
-    rows = []
-    ts = pd.Timestamp(day, tz="UTC") + pd.Timedelta(hours=12)
-    for arm, version, p, count in zip(ab.ARMS, (champ, chall), ctr, n, strict=True):
-        for i in range(count):
-            req, pos = f"{day}-{arm}-{i // 5}", i % 5
-            user = f"{arm}-u{rng.integers(400)}"
-            base = {"ts": ts, "user_id": user, "item_id": f"i{rng.integers(100)}", "value": 1.0,
-                    "request_id": req, "position": pos, "arm": arm,
-                    "model_version": f"bundle-{version}", "propensity": 0.5}  # fmt: skip
-            rows.append({**base, "event_id": f"{req}-{pos}i", "event": "impression"})
-            if rng.random() < p:
-                rows.append({**base, "event_id": f"{req}-{pos}c", "event": "click"})
-                if rng.random() < buy:
-                    rows.append({**base, "event_id": f"{req}-{pos}p", "event": "purchase"})
-    table = schema.conform(pd.DataFrame(rows), schema.INTERACTIONS)
-    schema.write_partition_atomic(table, settings.validated_dir, day)
-
-
 @pytest.fixture()
-def ws(settings: Settings) -> tuple[Settings, str, str]:
-    """A registry with bundle 1 = champion and bundle 2 = challenger; no validated data."""
-    fresh_mlflow(settings)
-    champ = make_bundle(settings, "2025-12-01")
-    chall = make_bundle(settings, "2025-12-02")
-    assert registry.promote(settings, champ, "champion")
-    assert registry.promote(settings, chall, "challenger")
-    for day in ("2025-12-01", "2025-12-02"):  # make_bundle's one-column placeholder partitions
-        shutil.rmtree(schema.partition_dir(settings.validated_dir, day))
-    return settings, champ, chall
+def ws(ab_registry: tuple[Settings, str, str]) -> tuple[Settings, str, str]:
+    """This module's name for conftest's ``ab_registry``: champion and challenger, no data."""
+    return ab_registry
 
 
 def run_days(s: Settings, champ: str, chall: str, ctr: tuple[float, float], days: int,
@@ -220,8 +180,6 @@ def test_analyze_current_follows_the_aliases(ws):
 
 def test_dag_parses_with_asset_schedule():
     from airflow.dag_processing.dagbag import DagBag
-
-    from tests.test_dags import DAGS
 
     bag = DagBag(dag_folder=str(DAGS / "recloop_ab.py"))
     assert not bag.import_errors, bag.import_errors

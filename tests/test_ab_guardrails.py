@@ -17,11 +17,16 @@ from pipelines.core.settings import Settings
 from pipelines.experiments import ab
 from pipelines.release import registry
 from serving.logging import RequestLog, request_row, requests_dir
-from tests.test_ab import START, write_day
-from tests.test_ab import ws as ws  # noqa: PLC0414 - the fixture, re-exported for this module
+from tests.helpers import START, write_day
 
 CFG = ab.ABConfig(alpha=0.05, tau=0.01, min_impressions=2_000, max_days=7)
 WALL = pd.Timestamp("2026-03-10 09:00", tz="UTC")  # the service's wall clock (not the sim date)
+
+
+@pytest.fixture()
+def ws(ab_registry: tuple[Settings, str, str]) -> tuple[Settings, str, str]:
+    """This module's name for conftest's ``ab_registry``: champion and challenger, no data."""
+    return ab_registry
 
 
 def log_requests(

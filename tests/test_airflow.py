@@ -6,16 +6,16 @@ import dataclasses
 import hashlib
 import os
 import signal
-import time
 
 import httpx
 import pyarrow.parquet as pq
 import pytest
 
 from pipelines.core import schema
+from pipelines.core.wait import wait_until
 from pipelines.data import simulate
 from pipelines.orchestration import airflow_runner
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.integration
 DAY0, DAY1 = "2026-01-01", "2026-01-02"
@@ -79,23 +79,21 @@ def test_standalone_serves_the_dag_and_runs_it_from_the_rest_api(tiny):
             headers={"Authorization": f"Bearer {token['access_token']}"},
             timeout=60,
         )
-        deadline = time.time() + 120
-        while (
-            r := client.get("/dags/recloop_daily")
-        ).status_code == 404 and time.time() < deadline:
-            time.sleep(2)  # the DAG processor has not parsed the folder yet
+        def dag_parsed() -> httpx.Response | None:  # 404: the DAG processor has not parsed it yet
+            r = client.get("/dags/recloop_daily")
+            return None if r.status_code == 404 else r
+
+        r = wait_until(dag_parsed, 120, "the DAG processor to parse recloop_daily", interval_s=2)
         assert r.status_code == 200 and r.json()["is_paused"] is True
         assert client.patch("/dags/recloop_daily", json={"is_paused": False}).status_code == 200
         run = client.post("/dags/recloop_daily/dagRuns", json={"logical_date": f"{DAY0}T00:00:00Z"})
         assert run.status_code == 200, run.text
         run_id = run.json()["dag_run_id"]
-        state = None
-        deadline = time.time() + 240
-        while time.time() < deadline:
+        def finished() -> str | None:
             state = client.get(f"/dags/recloop_daily/dagRuns/{run_id}").json()["state"]
-            if state in ("success", "failed"):
-                break
-            time.sleep(2)
+            return state if state in ("success", "failed") else None
+
+        state = wait_until(finished, 240, f"DAG run {run_id} to finish", interval_s=2)
         assert state == "success"
         tis = client.get(f"/dags/recloop_daily/dagRuns/{run_id}/taskInstances").json()[
             "task_instances"

@@ -24,12 +24,14 @@ import pandas as pd
 import pytest
 
 from pipelines.core import schema
+from pipelines.core.loop_days import read_loop_days
+from pipelines.core.net import free_port
 from pipelines.experiments import ab
 from pipelines.loop import closed_loop
 from pipelines.loop.scenarios import register_variant
 from pipelines.loop.traffic import traffic_dir
 from pipelines.release import registry
-from tests.conftest import RedisServer, tiny_trained_workspace
+from tests.helpers import RedisServer, tiny_trained_workspace
 
 TRAIN_DAYS = ("2026-01-01", "2026-01-02", "2026-01-03")
 WORLD_START = dt.date(2026, 1, 1)
@@ -56,13 +58,13 @@ def loop(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer):
     worse = register_variant(settings, "3", "inverted")
     assert registry.promote(settings, worse, "challenger")
     out["worse"] = worse
-    port = closed_loop.free_port()
+    port = free_port()
     with pytest.raises(closed_loop.LoopStopped):
         cfg = _cfg("2026-01-04", 2, stop_after=("2026-01-04", "logs"), port=port)
         closed_loop.run_loop(settings, cfg)
     with socket.socket() as sock:  # the stop took the service down with it
         out["port_after_stop"] = sock.connect_ex(("127.0.0.1", port))
-    out["after_stop"] = closed_loop.read_days(settings)
+    out["after_stop"] = read_loop_days(settings)
     out["worse_days"] = closed_loop.run_loop(settings, _cfg("2026-01-04", 2))
 
     # --- better challenger: the inverted bundle as champion against bundle 3's retriever
@@ -149,7 +151,7 @@ def test_day_records_and_report(loop):
     from pipelines.report.html import write_report
 
     settings = loop["settings"]
-    records = closed_loop.read_days(settings)
+    records = read_loop_days(settings)
     assert all(r["source"] == "service" for r in records)
     for r in records:
         assert r["traffic"] and r["ingest"]["missing_requests"] == 0
@@ -177,7 +179,7 @@ def test_gate_compares_ranker_auc_with_the_champion_on_the_same_day(loop):
     """Day 3's gate judged bundle 2 against champion 1: both rankers scored on day 3."""
     import json
 
-    from pipelines.ranking.train import ranker_auc
+    from pipelines.ranking.evaluate import ranker_auc
 
     settings = loop["settings"]
     record = json.loads((settings.reports_dir / "gates" / "date=2026-01-03.json").read_text())

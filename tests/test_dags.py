@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
-DAGS = Path(__file__).resolve().parents[1] / "dags"
+from tests.helpers import DAGS
+
+# integration: Airflow parses the DAG folder in-process, and each DAG file in a subprocess of its own
+pytestmark = pytest.mark.integration
 DAG_FILES = sorted(p.name for p in DAGS.glob("*.py"))
 HEAVY = ("torch", "faiss", "feast", "mlflow", "great_expectations", "pandas", "duckdb", "redis")
 

@@ -14,9 +14,9 @@ import torch
 from models.base import WEIGHTS_FILE, load_model
 from models.dlrm import (
     CrossInteraction,
+    DLRMRanker,
     DotInteraction,
     FMInteraction,
-    Ranker,
     category_keys,
     fm_second_order,
     fm_second_order_explicit,
@@ -49,10 +49,10 @@ def make_frame(n: int, seed: int) -> pd.DataFrame:
     )
 
 
-def small_ranker(**kw) -> Ranker:
+def small_ranker(**kw) -> DLRMRanker:
     params = dict(dense_features=DENSE, sparse_features=SPARSE, dim=8, epochs=4, batch_size=256)
     params.update(kw)
-    return Ranker(**params)
+    return DLRMRanker(**params)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def data() -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 @pytest.fixture(scope="module")
-def fitted(data) -> Ranker:
+def fitted(data) -> DLRMRanker:
     return small_ranker(feature_service="ranker_v1").fit(data[0], progress=False)
 
 
@@ -133,14 +133,14 @@ def test_saved_model_gives_identical_predictions_from_raw_features(fitted, data,
     assert state["normalizer.fill"][2].item() == np.median(data[0]["item_clicks_7d"])
 
     loaded = load_model(folder)
-    assert isinstance(loaded, Ranker)
+    assert isinstance(loaded, DLRMRanker)
     test = data[1].copy()
     test.loc[test.index[:5], "x1"] = np.nan
     np.testing.assert_array_equal(loaded.predict_proba(test), fitted.predict_proba(test))
 
 
 def test_nan_and_inf_never_reach_the_network_and_are_counted(fitted, data) -> None:
-    eager = Ranker.from_config({**fitted.config(), "inference": "eager"})  # hooks need eager
+    eager = DLRMRanker.from_config({**fitted.config(), "inference": "eager"})  # hooks need eager
     eager.load_state(fitted.state())
     fitted = eager
     frame = data[1].head(10).copy()
@@ -205,11 +205,11 @@ def test_deterministic_under_a_seed(data) -> None:
 
 def test_inference_modes_agree(fitted, data) -> None:
     assert fitted.inference == "trace"  # the default: fastest in benchmarks/bench_ranker.py
-    eager = Ranker.from_config({**fitted.config(), "inference": "eager"})
+    eager = DLRMRanker.from_config({**fitted.config(), "inference": "eager"})
     eager.load_state(fitted.state())
     eager = eager.predict_proba(data[1])
     for mode in ("script", "trace"):
-        other = Ranker.from_config({**fitted.config(), "inference": mode})
+        other = DLRMRanker.from_config({**fitted.config(), "inference": mode})
         other.load_state(fitted.state())
         np.testing.assert_allclose(other.predict_proba(data[1]), eager, rtol=1e-5, atol=1e-7)
 
@@ -224,7 +224,7 @@ def test_corrupt_weights_file_is_a_value_error_naming_it(fitted, tmp_path: Path)
 def test_weights_of_another_shape_are_a_value_error(fitted, tmp_path: Path) -> None:
     state = fitted.state()
     state["over_arch.mlp.0.weight"] = torch.zeros(3, 3)
-    other = Ranker.from_config(fitted.config())
+    other = DLRMRanker.from_config(fitted.config())
     with pytest.raises(ValueError, match="do not match"):
         other.load_state(state)
 

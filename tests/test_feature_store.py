@@ -13,6 +13,7 @@ import redis
 
 from pipelines.core import schema
 from pipelines.core.settings import Settings
+from pipelines.features import online
 from pipelines.features import store as fs
 from pipelines.features.tables import (
     DEFAULTS,
@@ -122,7 +123,7 @@ def test_repo_applies_and_the_cli_sees_the_same_objects(
     monkeypatch.setenv("RECLOOP_HOME", str(settings.home))
     config = load_repo_config(fs.REPO_DIR, fs.REPO_DIR / "feature_store.yaml")
     assert config.registry.path == str(fs.registry_path(settings))
-    assert config.online_store.type == "redis" and config.project == fs.PROJECT
+    assert config.online_store.type == "redis" and config.project == online.PROJECT
     contents = parse_repo(fs.REPO_DIR)
     assert sorted(v.name for v in contents.feature_views) == out["feature_views"]
     assert sorted(s.name for s in contents.feature_services) == out["feature_services"]
@@ -133,7 +134,7 @@ def test_online_read_equals_offline_values(loaded: Settings) -> None:
     users = read_table(settings, "user", D).to_pandas().set_index("user_id")
     items = read_table(settings, "item", D).to_pandas().set_index("item_id")
     asked = ["i3", "i0", "i7", "i3"]  # order and duplicates kept
-    for read in (fs.online_features, fs.online_features_fast):
+    for read in (fs.online_features, online.online_features_fast):
         res = read(settings, "u2", asked, now=feature_time(D) + dt.timedelta(hours=3))
         assert res.user == {n: pytest.approx(users.loc["u2", n]) for n in USER_NAMES}
         assert res.user_event_timestamp == pd.Timestamp(feature_time(D))
@@ -153,7 +154,7 @@ def test_fast_path_returns_identical_values(loaded: Settings) -> None:
     now = feature_time(D) + dt.timedelta(days=1)
     for user in ("u0", "u5", "ghost"):
         a = fs.online_features(loaded, user, asked, now=now)
-        b = fs.online_features_fast(loaded, user, asked, now=now)
+        b = online.online_features_fast(loaded, user, asked, now=now)
         assert a.user == b.user
         assert (a.user_event_timestamp, a.user_missing, a.user_stale) == (
             b.user_event_timestamp,
@@ -161,7 +162,7 @@ def test_fast_path_returns_identical_values(loaded: Settings) -> None:
             b.user_stale,
         )
         pd.testing.assert_frame_equal(a.items, b.items)
-    assert fs.redis_key("item_id", "i1") in redis_dump(loaded)
+    assert online.redis_key("item_id", "i1") in redis_dump(loaded)
 
 
 def test_rematerialize_is_idempotent(loaded: Settings) -> None:
@@ -182,15 +183,15 @@ def test_recompute_updates_and_an_older_date_does_not_overwrite(loaded: Settings
     old = schema.read_partition(loaded.validated_dir, D)
     fixed = pd.concat([old, extra], ignore_index=True)
     schema.write_partition_atomic(schema.conform(fixed), loaded.validated_dir, D)
-    before = fs.online_features_fast(loaded, "u0", ["i0"]).user["user_impressions_1d"]
+    before = online.online_features_fast(loaded, "u0", ["i0"]).user["user_impressions_1d"]
     compute_features(loaded, D)
     fs.materialize_date(loaded, D)
-    after = fs.online_features_fast(loaded, "u0", ["i0"])
+    after = online.online_features_fast(loaded, "u0", ["i0"])
     assert after.user["user_impressions_1d"] == before + 50
     # Materializing the older date D-1 afterwards is skipped: Redis keeps D's values.
     out = fs.materialize_date(loaded, PREV)
     assert out["skipped"]
-    assert fs.online_features_fast(loaded, "u0", ["i0"]).user == after.user
+    assert online.online_features_fast(loaded, "u0", ["i0"]).user == after.user
 
 
 def test_materialize_refuses_missing_or_empty_tables(loaded: Settings) -> None:
@@ -206,7 +207,7 @@ def test_materialize_refuses_missing_or_empty_tables(loaded: Settings) -> None:
 
 
 def test_stale_and_missing_flags(loaded: Settings) -> None:
-    for read in (fs.online_features, fs.online_features_fast):
+    for read in (fs.online_features, online.online_features_fast):
         later = read(
             loaded, "u1", ["i1", "unknown-item"], now=feature_time(D) + dt.timedelta(days=3)
         )
@@ -298,7 +299,7 @@ def test_redis_down_is_a_fast_clear_error(loaded: Settings, kind: str) -> None:
     fs.service_features(down, "serving_v1")  # registry read (local file) outside the timing
     calls = {
         "feast": lambda: fs.online_features(down, "u1", ["i1", "i2"]),
-        "fast": lambda: fs.online_features_fast(down, "u1", ["i1", "i2"]),
+        "fast": lambda: online.online_features_fast(down, "u1", ["i1", "i2"]),
         "materialize": lambda: fs.materialize_date(down, D),
     }
     try:
@@ -313,7 +314,7 @@ def test_redis_down_is_a_fast_clear_error(loaded: Settings, kind: str) -> None:
         sock.close()
         fs.forget_store(down)
     # The real server still holds D's values.
-    assert not fs.online_features_fast(loaded, "u1", ["i1"]).user_missing
+    assert not online.online_features_fast(loaded, "u1", ["i1"]).user_missing
 
 
 def test_cli_shows_online_values(loaded: Settings, capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,12 +13,12 @@ from pipelines.retrieval.faiss_index import (
     FLAT_MAX,
     IndexRecallError,
     ItemIndex,
-    _probe_ladder,
     build_index,
     choose_kind,
     default_params,
     get_index,
     index_dir,
+    probe_ladder,
 )
 
 
@@ -74,10 +74,10 @@ def test_chooser_by_size_and_target():
 
 
 def test_probe_ladder_has_half_steps_and_ends_at_nlist():
-    assert _probe_ladder(1) == [1]
-    assert _probe_ladder(3) == [1, 2, 3]
-    assert _probe_ladder(100) == [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 100]
-    ladder = _probe_ladder(4096)
+    assert probe_ladder(1) == [1]
+    assert probe_ladder(3) == [1, 2, 3]
+    assert probe_ladder(100) == [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 100]
+    ladder = probe_ladder(4096)
     assert ladder == sorted(set(ladder)) and ladder[-1] == 4096 and 48 in ladder
 
 
@@ -226,7 +226,7 @@ def test_auto_picks_ivf_above_flat_max_and_meets_target_on_mixed_interest_querie
     tune_q, held_q = q[:200], q[200:]
     idx = build_index(x, sample_queries=tune_q, model_version="mix-1")
     assert idx.kind == "ivf" and idx.params["nlist"] == default_params("ivf", n, d)["nlist"]
-    assert idx.recall >= 0.95 and idx.params["nprobe"] in _probe_ladder(idx.params["nlist"])
+    assert idx.recall >= 0.95 and idx.params["nprobe"] in probe_ladder(idx.params["nlist"])
     assert idx.params["nprobe"] < idx.params["nlist"]  # tuning stopped before exhaustive search
     found, _ = idx.search(held_q, 10)
     exact, _ = brute_force(x, held_q, 10)

@@ -151,7 +151,7 @@ def test_movielens_end_to_end_recommend_and_predict_ratings(settings, tmp_path):
     import numpy as np
 
     from pipelines.data.validate import validate_partition
-    from pipelines.retrieval import train
+    from pipelines.retrieval import predict, train
 
     rng = np.random.default_rng(0)
     lines = []
@@ -168,10 +168,10 @@ def test_movielens_end_to_end_recommend_and_predict_ratings(settings, tmp_path):
         validate_partition(settings, day)
     last = schema.partition_dates(settings.validated_dir)[-1]
     train.train(settings, "mf", last)
-    recs = train.recommend(settings, "mf", 3, ["1", "2"])
+    recs = predict.recommend(settings, "mf", 3, ["1", "2"])
     assert sorted(recs["user_id"].unique()) == ["1", "2"] and recs["item_id"].str.isdigit().all()
     train.train(settings, "mf_explicit", last)
     pairs = pd.DataFrame({"user_id": ["2", "3"], "item_id": ["105", "140"]})
-    scores = train.predict_pairs(settings, "mf_explicit", pairs)
+    scores = predict.predict_pairs(settings, "mf_explicit", pairs)
     assert scores["known"].all()
     assert ((scores["score"] > 0) & (scores["score"] < 6.5)).all()  # on the rating scale

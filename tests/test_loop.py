@@ -9,7 +9,6 @@ partition of the next day is written first (another source to merge with).
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pandas as pd
@@ -18,18 +17,18 @@ import pytest
 
 from pipelines.core import schema
 from pipelines.core.settings import Settings
-from pipelines.loop.traffic import (
+from pipelines.core.wait import wait_until
+from pipelines.loop.served import (
     MISMATCH,
     UNKNOWN_REQUEST,
-    check_loopback,
     ingest_served,
     served_quarantine_dir,
-    simulate_traffic,
 )
+from pipelines.loop.traffic import check_loopback, simulate_traffic
 from pipelines.release import registry
 from serving.config import ServingConfig
 from serving.logging import impressions_dir
-from tests.conftest import RedisServer, free_port, tiny_trained_workspace
+from tests.helpers import RedisServer, free_port, tiny_trained_workspace
 
 TRAIN_DAYS = ("2026-01-01", "2026-01-02")
 DAY = "2026-01-03"  # the served day
@@ -58,9 +57,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer):
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: server.started, 30, "uvicorn to start", interval_s=0.05)
     assert server.started, "uvicorn did not start"
     try:
         counts = simulate_traffic(

@@ -11,7 +11,7 @@ from pipelines.cli import main
 from pipelines.core.settings import Settings
 from pipelines.release import gate, registry
 from pipelines.release.gate import Tolerances, decide
-from tests.test_registry import fresh_mlflow, make_bundle
+from tests.helpers import fresh_mlflow, make_bundle
 
 
 def ope(estimate: float, low: float, high: float) -> dict:
@@ -187,8 +187,11 @@ def test_real_models_through_registry_and_gates(settings: Settings):
     from models.base import load_model
     from pipelines.data import simulate
     from pipelines.data.validate import validate_partition
+    from pipelines.release.register import register_day
     from pipelines.retrieval import train
+    from pipelines.retrieval.evaluate import evaluate_forward
     from pipelines.retrieval.faiss_index import ItemIndex
+    from pipelines.retrieval.index import build_item_index
 
     days = ["2026-01-01", "2026-01-02", "2026-01-03"]
     fresh_mlflow(settings)
@@ -197,9 +200,9 @@ def test_real_models_through_registry_and_gates(settings: Settings):
     for d in days[:2]:
         validate_partition(settings, d)
         train.train(settings, "two_tower", d)
-        train.build_item_index(settings, d)
-        first = registry.register_day(settings, d)
-        again = registry.register_day(settings, d)  # a rerun registers nothing new
+        build_item_index(settings, d)
+        first = register_day(settings, d)
+        again = register_day(settings, d)  # a rerun registers nothing new
         assert again["bundle"] == first["bundle"] and again["two_tower"]["reused"]
         assert again["index"]["version"] == first["index"]["version"]
         assert first["mf"] is None and first["ranker"] is None
@@ -215,7 +218,7 @@ def test_real_models_through_registry_and_gates(settings: Settings):
     out = gate.gate_day(settings, days[2])
     assert (out["candidate_version"], out["champion_version"]) == (versions[1], versions[0])
     gates = {g["name"]: g for g in out["gates"]}
-    forward = train.evaluate_forward(settings, days[2], models=("two_tower",))
+    forward = evaluate_forward(settings, days[2], models=("two_tower",))
     assert gates["ndcg@10"]["candidate"] == pytest.approx(
         forward["metrics"]["two_tower"]["ndcg@10"]
     )

@@ -8,18 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.ranking.data import (
-    LABEL_COLUMNS,
+from pipelines.ranking.data import LABEL_COLUMNS, ips_weights, label_impressions, sample_negatives
+from pipelines.ranking.evaluate import (
     calibration_table,
     evaluate_ranker,
     expected_calibration_error,
-    fit_logistic_regression,
-    ips_weights,
-    label_impressions,
     mean_ndcg_at_k,
-    sample_negatives,
-    train_ranker,
 )
+from pipelines.ranking.train import fit_dlrm, fit_logistic_regression
 
 
 def _log(rows: list[tuple]) -> pd.DataFrame:
@@ -190,7 +186,7 @@ def _features(n: int, seed: int) -> pd.DataFrame:
 def test_train_and_evaluate_with_ips_and_the_logistic_baseline() -> None:
     train, test = _features(3000, 0), _features(1000, 1)
     params = dict(dim=4, epochs=3, batch_size=256, feature_service="ranker_v1")
-    model = train_ranker(train, ["x"], ["cat"], ips=True, **params)
+    model = fit_dlrm(train, ["x"], ["cat"], ips=True, **params)
     assert model.feature_service == "ranker_v1" and model.fit_report["rows"] == 3000
     res = evaluate_ranker(model, test, retrieval_score_col="retrieval", true_prob_col="truth")
     for key in (

@@ -11,6 +11,7 @@ from pipelines.data import simulate
 from pipelines.data.validate import validate_partition
 from pipelines.features.store import apply_repo, materialize_date
 from pipelines.features.tables import compute_features
+from pipelines.ranking import data, evaluate, predict
 from pipelines.ranking import train as ranking
 from pipelines.retrieval import train
 
@@ -35,31 +36,31 @@ def test_train_evaluate_and_predict_from_redis(world, tmp_path):
     summary = ranking.train_for_date(world, DAYS[0], epochs=2)
     assert summary["positives"] > 0 and summary["rows"] > summary["positives"]
     assert summary["negative_mix"]["hard"] == pytest.approx(0.3)  # two-tower candidates were there
-    ranker = ranking.load_ranker(world, "ranker", DAYS[0])
-    assert ranker.config()["feature_service"] == ranking.SERVICE
+    ranker = predict.load_ranker(world, "ranker", DAYS[0])
+    assert ranker.config()["feature_service"] == data.SERVICE
 
-    out = ranking.evaluate_forward(world, DAYS[1])
+    out = evaluate.evaluate_forward(world, DAYS[1])
     metrics = out["metrics"]
     assert set(metrics) == {"ranker", "ranker_lr", "retrieval_only"}
     assert 0.0 <= metrics["ranker"]["auc"] <= 1.0 and np.isfinite(metrics["ranker"]["logloss"])
     assert "spearman_truth" in metrics["ranker"]  # simulated data: compared with the truth
     assert (world.reports_dir / "ranker" / f"date={DAYS[1]}.json").exists()
 
-    logs = ranking.labelled_impressions(
+    logs = data.labelled_impressions(
         world, pd.Timestamp(DAYS[1]).date(), pd.Timestamp(DAYS[1]).date()
     )
     pairs = logs[["user_id", "item_id"]].head(20).copy()
     pairs.loc[len(pairs)] = ["nobody", pairs["item_id"].iloc[0]]
-    scored = ranking.predict_pairs(world, pairs)
+    scored = predict.predict_pairs(world, pairs)
     assert len(scored) == len(pairs) and scored["score"].between(0, 1).all()
     assert scored["user_missing"].iloc[-1] and not scored["user_missing"].iloc[0]
     # same features read through Feast's own path give the same scores
-    slow = ranking.predict_pairs(world, pairs, fast=False)
+    slow = predict.predict_pairs(world, pairs, fast=False)
     np.testing.assert_allclose(slow["score"], scored["score"], rtol=1e-5)
 
 
 def test_no_ranker_yet_is_reported_not_an_error(world):
-    out = ranking.evaluate_forward(world, DAYS[0])
+    out = evaluate.evaluate_forward(world, DAYS[0])
     assert "nothing to evaluate" in out["note"]
     with pytest.raises(FileNotFoundError, match="no trained 'ranker'"):
-        ranking.load_ranker(world)
+        predict.load_ranker(world)

@@ -1,116 +1,34 @@
 """MLflow tracking + registry against a real MLflow (sqlite backend, local artifact store).
 
-The helpers below build tiny fake artifact folders in the ``pipelines.retrieval.train`` /
-``pipelines.retrieval.faiss_index`` layouts; MLflow itself is real."""
+The helpers of ``tests/helpers.py`` build tiny fake artifact folders in the
+``pipelines.retrieval.train`` / ``pipelines.retrieval.faiss_index`` layouts; MLflow itself is real."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import shutil
-import tempfile
 import threading
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
-from pipelines.core import schema
 from pipelines.core.settings import Settings
 from pipelines.release import registry
+from tests.helpers import (
+    fake_index,
+    fake_model,
+    make_bundle,
+    write_validated,
+)
 
 DAY, DAY2 = "2026-01-01", "2026-01-02"
 
-# --- helpers (also used by test_promote.py) -------------------------------------------------------
-# Creating an MLflow sqlite database runs every migration (~5-10 s): a migrated empty one is made
-# once per machine and MLflow version and copied into each test's workspace.
-
-
-def fresh_mlflow(settings: Settings) -> None:
-    """Put an empty, migrated MLflow database at ``settings.mlflow_uri`` (the default sqlite)."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    template = Path(tempfile.gettempdir()) / f"recloop-mlflow-template-{mlflow.__version__}.db"
-    if not template.exists():  # made once per machine and MLflow version, then copied
-        folder = Path(tempfile.mkdtemp(prefix="recloop-mlflow-template-"))
-        uri = f"sqlite:///{folder / 'mlflow.db'}"
-        MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments()
-        os.replace(folder / "mlflow.db", template)
-        shutil.rmtree(folder, ignore_errors=True)
-    target = settings.mlflow_dir / "mlflow.db"
-    assert settings.mlflow_uri == f"sqlite:///{target}"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(template, target)
-
-
-def write_validated(settings: Settings, day: str, payload: str = "x") -> Path:
-    """A one-row validated partition for ``day`` (content varies with ``payload``)."""
-    folder = schema.partition_dir(settings.validated_dir, dt.date.fromisoformat(day))
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "part-0.parquet"
-    pq.write_table(pa.table({"event_id": [f"{day}-{payload}"]}), path)
-    return path
-
-
-def write_validation_report(settings: Settings, day: str, verdict: str = "passed") -> None:
-    path = settings.reports_dir / "validation" / f"date={day}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"date": day, "verdict": verdict}))
-
-
-def fake_model(settings: Settings, name: str, day: str, weights: bytes = b"w") -> Path:
-    folder = settings.artifacts_dir / "models" / name / f"date={day}"
-    (folder / "model").mkdir(parents=True, exist_ok=True)
-    (folder / "model" / "config.json").write_text(json.dumps({"model": name}))
-    (folder / "model" / "weights.pt").write_bytes(weights)
-    (folder / "meta.json").write_text(json.dumps({"model": name, "version": f"{name}-{day}"}))
-    return folder
-
-
-def fake_index(settings: Settings, model_version: str, recall: float = 0.97) -> Path:
-    folder = settings.artifacts_dir / "index" / f"index-{model_version}"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "index.faiss").write_bytes(b"faiss")
-    meta = {"kind": "flat", "recall": recall, "recall_target": 0.95, "model_version": model_version}
-    (folder / "meta.json").write_text(json.dumps(meta))
-    return folder
-
-
-def make_bundle(settings: Settings, day: str, recall: float = 0.97, ranker: bool = False) -> str:
-    """Validated data, fake two-tower + index (+ ranker) of ``day``, tracked and bundled: the
-    bundle version."""
-    from pipelines.release import registry
-
-    write_validated(settings, day)
-    write_validation_report(settings, day)
-    tt = registry.track_component(
-        settings, "two_tower", day, fake_model(settings, "two_tower", day),
-        version_key=f"two_tower-{day}", feature_service="two_tower_v1",
-    )  # fmt: skip
-    idx = registry.track_component(
-        settings, "index", day, fake_index(settings, f"two_tower-{day}", recall),
-        version_key=f"two_tower-{day}",
-    )  # fmt: skip
-    rk = None
-    if ranker:
-        rk = registry.track_component(
-            settings,
-            "ranker",
-            day,
-            fake_model(settings, "ranker", day),
-            feature_service="ranker_v1",
-        )["version"]
-    mv = registry.register_bundle(settings, day, tt["version"], idx["version"], rk, "serving_v1")
-    return str(mv.version)
-
 
 @pytest.fixture()
-def ws(settings: Settings) -> Settings:
-    fresh_mlflow(settings)
-    return settings
+def ws(mlflow_settings: Settings) -> Settings:
+    """This module's name for conftest's ``mlflow_settings``."""
+    return mlflow_settings
 
 
 def test_log_and_register_round_trip(ws: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
@@ -288,9 +206,11 @@ print("won" if registry.promote(s, sys.argv[1], "champion", expected=None) else 
 
 @pytest.mark.integration
 def test_racing_promotions_across_processes(ws: Settings, tmp_path: Path):
+    import contextlib
     import subprocess
     import sys
-    import time
+
+    from pipelines.core.wait import wait_until
 
     versions = [make_bundle(ws, DAY), make_bundle(ws, DAY2)]
     go = tmp_path / "go"
@@ -306,11 +226,9 @@ def test_racing_promotions_across_processes(ws: Settings, tmp_path: Path):
         )
         for v, r in zip(versions, ready, strict=True)
     ]
-    deadline = time.time() + 120
-    while not all(r.exists() for r in ready) and time.time() < deadline:
-        if any(p.poll() is not None for p in procs):
-            break
-        time.sleep(0.05)
+    with contextlib.suppress(TimeoutError):  # a racer that died is reported below
+        wait_until(lambda: all(r.exists() for r in ready) or any(p.poll() is not None for p in procs),
+                   120, "both racers to be ready", interval_s=0.05)  # fmt: skip
     go.touch()
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]

@@ -87,7 +87,7 @@ def _ab_record(experiment: str, upto: list[dt.date], with_prediction: bool) -> d
     champ, chall = ab.parse_experiment(experiment)
     cfg = ab.ABConfig(min_impressions=100)
     rows = _ab_rows(upto)
-    looks = ab._looks(rows, upto, cfg)
+    looks = ab.daily_looks(rows, upto, cfg)
     action, reason, guardrails = ab.decide(looks, len(upto), cfg)
     arms = json.loads(ab.summarize(rows).reset_index().to_json(orient="records"))
     rec = ab.Decision(

@@ -24,12 +24,19 @@ import pytest
 
 from pipelines.core import schema
 from pipelines.core.settings import Settings
+from pipelines.core.wait import wait_until
 from pipelines.release import registry
-from serving.app import create_app
 from serving.config import ServingConfig
 from serving.logging import impressions_dir
-from serving.pipeline import bucket, route
-from tests.conftest import REPO, RedisServer, free_port, tiny_trained_workspace
+from serving.routing import bucket, route
+from tests.helpers import (
+    REPO,
+    RedisServer,
+    Service,
+    free_port,
+    known_user,
+    tiny_trained_workspace,
+)
 
 DAYS = ("2026-01-01", "2026-01-02")
 TOKEN = "test-admin-token-0123456789"
@@ -51,38 +58,8 @@ def config(**kw) -> ServingConfig:
     return ServingConfig(**{**base, **kw})
 
 
-class Service:
-    """An app with its lifespan running, and an httpx client over ASGI."""
-
-    def __init__(self, settings: Settings, cfg: ServingConfig, load: bool = True) -> None:
-        self.app = create_app(settings, cfg, load=load)
-        self.engine = self.app.state.engine
-
-    async def __aenter__(self):
-        self._life = self.app.router.lifespan_context(self.app)
-        await self._life.__aenter__()
-        self.client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(self.app), base_url="http://serving", timeout=30
-        )
-        return self
-
-    async def __aexit__(self, *exc):
-        await self.client.aclose()
-        await self._life.__aexit__(*exc)
-
-
 def run(coro):
     return asyncio.run(coro)
-
-
-def known_user(settings: Settings, version: str = "1") -> tuple[str, set[str]]:
-    """A user the bundle's two-tower knows, with seen items, and those items."""
-    from serving.bundle import load
-
-    b = load(settings, version)
-    counts = np.diff(b.seen.indptr)
-    row = int(np.argmax(counts))
-    return b.users.ids[row], b.seen_items(row)
 
 
 # --- the full path ------------------------------------------------------------------------
@@ -522,15 +499,14 @@ def test_recloop_serve_over_real_uvicorn(world: Settings):
     )  # fmt: skip
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 90
-        while True:
+        def ready() -> bool:
+            assert proc.poll() is None, "server did not get ready"
             try:
-                if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                    break
+                return httpx.get(f"{url}/health/ready", timeout=2).status_code == 200
             except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.time() < deadline, "server did not get ready"
-            time.sleep(0.3)
+                return False
+
+        wait_until(ready, 90, "the server's /health/ready", interval_s=0.3)
         user, _ = known_user(world)
         r = httpx.post(f"{url}/recommend", json={"user_id": user, "k": 4}, timeout=10)
         assert r.status_code == 200 and len(r.json()["items"]) == 4
@@ -551,9 +527,10 @@ def test_recloop_serve_over_real_uvicorn(world: Settings):
 
 def test_fast_hydrate_and_rank_equal_the_feature_store_and_ranker_paths(world: Settings):
     """serving's array read + batch scoring = online_features_fast + Ranker.predict_proba."""
-    from pipelines.features.store import online_features_fast
+    from pipelines.features.online import online_features_fast
     from serving.bundle import load
-    from serving.pipeline import _rank, read_features
+    from serving.hydrate import read_features
+    from serving.rank import score_candidates
 
     b = load(world, "1")
     user = b.users.ids[0]
@@ -566,4 +543,4 @@ def test_fast_hydrate_and_rank_equal_the_feature_store_and_ranker_paths(world: S
             assert list(mine.items[name]) == list(ref.items[name]), name
     assert mine.user == ref.user
     frame = ref.items.assign(**ref.user)
-    np.testing.assert_allclose(_rank(b, mine), b.ranker.predict_proba(frame), rtol=0, atol=1e-7)
+    np.testing.assert_allclose(score_candidates(b, mine), b.ranker.predict_proba(frame), rtol=0, atol=1e-7)

@@ -14,17 +14,21 @@ import time
 import httpx
 import numpy as np
 import pytest
-from feast.infra.online_stores.helpers import _mmh3
 from feast.protos.feast.types.Value_pb2 import Value
 
 from pipelines.core.settings import Settings
+from pipelines.features import online
 from pipelines.features import store as fs
 from serving.app import create_app
 from serving.bundle import load
 from serving.config import ServingConfig
-from serving.pipeline import ItemFeatureCache, _rank, read_features
-from tests.conftest import RedisServer, tiny_served_workspace
+from serving.hydrate import read_features
+from serving.item_cache import ItemFeatureCache
+from serving.rank import score_candidates
+from tests.helpers import RedisServer, tiny_served_workspace
 
+# integration: the module's world is a tiny trained workspace on a redis-server of its own
+pytestmark = pytest.mark.integration
 DAY = "2026-01-01"
 SERVICE = "ranker_v1"
 
@@ -41,14 +45,14 @@ def world(tmp_path_factory: pytest.TempPathFactory):
 
 def set_item_price(settings: Settings, item_id: str, price: float) -> None:
     """Overwrite one item's online ``item_price`` in Redis (Feast's hash field and encoding)."""
-    field = _mmh3("item_features:item_price")
-    key = fs.redis_key("item_id", item_id)
-    fs.redis_client(settings).hset(key, field, Value(double_val=price).SerializeToString())
+    field = online.feature_field("item_features", "item_price")
+    key = online.redis_key("item_id", item_id)
+    online.redis_client(settings).hset(key, field, Value(double_val=price).SerializeToString())
 
 
 def bump_marker(settings: Settings, date: str) -> None:
     """What a materialization of a newer day leaves behind: a newer marker."""
-    fs.redis_client(settings).set(fs.MARKER_KEY, date)
+    online.redis_client(settings).set(online.MARKER_KEY, date)
 
 
 def candidates(bundle, n: int = 40) -> list[str]:
@@ -126,7 +130,7 @@ def test_full_cache_serves_uncached_reads_correctly(world):
             read_features(settings, SERVICE, user, ids, cache),
             read_features(settings, SERVICE, user, ids),
         )
-    assert all(t.n <= 8 for t in cache._tables.values())
+    assert all(n <= 8 for n in cache.sizes().values())
 
 
 def test_rank_on_cached_features_equals_the_ranker(world):
@@ -135,12 +139,12 @@ def test_rank_on_cached_features_equals_the_ranker(world):
     ids = candidates(bundle, 60)
     cache = ItemFeatureCache(ttl_s=3600)
     read_features(settings, SERVICE, user, ids[:20], cache)  # part of them cached
-    online = read_features(settings, SERVICE, user, ids, cache)
-    ref = fs.online_features_fast(settings, user, ids, service=SERVICE)
+    hydrated = read_features(settings, SERVICE, user, ids, cache)
+    ref = online.online_features_fast(settings, user, ids, service=SERVICE)
     frame = ref.items.assign(**ref.user)
     want = bundle.ranker.predict_proba(frame)
-    np.testing.assert_allclose(_rank(bundle, online), want, rtol=0, atol=1e-7)
-    np.testing.assert_allclose(_rank(bundle, online), want, rtol=0, atol=1e-7)  # memoized codes
+    np.testing.assert_allclose(score_candidates(bundle, hydrated), want, rtol=0, atol=1e-7)
+    np.testing.assert_allclose(score_candidates(bundle, hydrated), want, rtol=0, atol=1e-7)  # memoized codes
 
 
 def test_item_table_rows_match_an_index_lookup(world):

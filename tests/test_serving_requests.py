@@ -17,8 +17,7 @@ from pipelines.release import registry
 from serving import rerank
 from serving.config import ServingConfig
 from serving.logging import REQUESTS, requests_dir
-from tests.conftest import RedisServer, tiny_trained_workspace
-from tests.test_serving import Service, known_user
+from tests.helpers import RedisServer, Service, known_user, tiny_trained_workspace
 
 DAYS = ("2026-01-01", "2026-01-02")
 

@@ -12,8 +12,10 @@ from pipelines.core.settings import Settings
 from serving.app import create_app
 from serving.bundle import load
 from serving.config import ServingConfig
-from tests.conftest import tiny_served_workspace
+from tests.helpers import tiny_served_workspace
 
+# integration: the module's world is a tiny trained workspace on a redis-server of its own
+pytestmark = pytest.mark.integration
 DAY = "2026-01-01"
 
 

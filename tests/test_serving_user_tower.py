@@ -21,9 +21,11 @@ from pipelines.release import bundle_ope
 from serving.app import create_app
 from serving.bundle import LoadedBundle, UserTower, load
 from serving.config import ServingConfig
-from serving.pipeline import read_user_features
-from tests.conftest import free_port, tiny_served_workspace
+from serving.hydrate import read_user_features
+from tests.helpers import free_port, tiny_served_workspace
 
+# integration: the module's world is a tiny trained workspace on a redis-server of its own
+pytestmark = pytest.mark.integration
 DAY = "2026-01-01"
 
 

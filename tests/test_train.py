@@ -12,7 +12,8 @@ from pipelines.cli import main
 from pipelines.core import schema
 from pipelines.data import simulate
 from pipelines.data.validate import validate_partition
-from pipelines.retrieval import train
+from pipelines.retrieval import data as training_data
+from pipelines.retrieval import evaluate, predict, train
 
 DAYS = ["2026-01-01", "2026-01-02", "2026-01-03"]
 
@@ -38,9 +39,9 @@ def ws(world, monkeypatch):
 
 
 def test_training_data_positives_and_vocab(ws):
-    data = train.load_training_data(ws, DAYS[1])
-    events = train.read_positives(ws, schema.parse_date(DAYS[1]))
-    assert set(events["event"]) <= set(train.POSITIVE_EVENTS)
+    data = training_data.load_training_data(ws, DAYS[1])
+    events = training_data.read_positives(ws, schema.parse_date(DAYS[1]))
+    assert set(events["event"]) <= set(training_data.POSITIVE_EVENTS)
     assert data.implicit.shape == (len(data.users), len(data.items))
     assert data.users.ids == sorted(data.users.ids)
     # purchases weigh more than clicks: total mass = clicks + 2 * purchases + ratings
@@ -53,7 +54,7 @@ def test_train_save_load_recommend_excludes_seen(ws):
     summary = train.train(ws, "mf", DAYS[1])
     assert summary["version"] == f"mf-{DAYS[1]}"
     art = train.load_artifact(ws, "mf")
-    recs = train.recommend(ws, "mf", 5)
+    recs = predict.recommend(ws, "mf", 5)
     assert list(recs.columns) == ["user_id", "item_id", "rank", "score"]
     assert recs.groupby("user_id")["item_id"].nunique().eq(5).all()
     seen = set()
@@ -127,14 +128,14 @@ def test_recommend_cli_with_user_file(ws, tmp_path):
 
 def test_forward_evaluation_scores_yesterdays_models_on_today(ws):
     train.train(ws, "mf", DAYS[1])
-    out = train.evaluate_forward(ws, DAYS[2], models=("mf",))
+    out = evaluate.evaluate_forward(ws, DAYS[2], models=("mf",))
     assert out["trained_through"] == DAYS[1]
     metrics = out["metrics"]
     assert set(metrics) == {"mf", "popular", "itemknn", "userknn"}
     for row in metrics.values():
         assert 0.0 <= row["ndcg@10"] <= 1.0 and row["n_users"] > 0
     assert (ws.reports_dir / "eval" / f"date={DAYS[2]}.json").exists()
-    first_day = train.evaluate_forward(ws, DAYS[0], models=("mf",))
+    first_day = evaluate.evaluate_forward(ws, DAYS[0], models=("mf",))
     assert "nothing to evaluate" in first_day["note"]
 
 
@@ -163,19 +164,19 @@ def test_group_codes_band_numbers_and_mark_unknown():
         index=[0, 1, 2, 4],  # row 3 has no features at all
     )
     attrs = (("user_age", "age"), ("user_gender", "gender"), ("user_country", "country"))
-    codes = train.group_codes(frame, attrs, 5)
+    codes = training_data.group_codes(frame, attrs, 5)
     assert codes.shape == (5, 2)  # no country column: that attribute is left out
     age, gender = codes[:, 0], codes[:, 1]
     assert age[0] == age[1] != age[2] and age[3] == age[4] == -1  # 20s, 20s, 40s
     assert gender[0] == gender[4] != gender[1] and gender[2] == gender[3] == -1
     raw = pd.DataFrame({"age": [23, 41], "category": ["a", "b"]})  # users.parquet names
-    assert train.group_codes(raw, attrs, 2).tolist() == [[0], [1]]
-    assert train.group_codes(raw, (("user_country",),), 2) is None
-    assert train.group_codes(None, attrs, 2) is None
+    assert training_data.group_codes(raw, attrs, 2).tolist() == [[0], [1]]
+    assert training_data.group_codes(raw, (("user_country",),), 2) is None
+    assert training_data.group_codes(None, attrs, 2) is None
 
 
 def test_mf_reads_side_attributes(ws):
-    data = train.load_training_data(ws, DAYS[1])
+    data = training_data.load_training_data(ws, DAYS[1])
     model = train.build_model("mf", data, ws, seed=0)
     assert model.popularity_weight == train.MF_PARAMS["popularity_weight"] > 0
     emb_u, emb_i = model.user_embeddings(), model.item_embeddings()

@@ -209,10 +209,10 @@ def test_hard_negatives_path(data, fitted, as_callable):
         dim=16, id_dim=16, hidden=(32,), epochs=2, seed=0,
         negatives={"uniform": 0.0, "popularity": 0.5, "hard": 0.5}, n_extra_negatives=32,
     )  # fmt: skip
-    assert m._negative_plan(True) == (0.0, 0.5, 16, 16)
+    assert m.negative_plan(True) == (0.0, 0.5, 16, 16)
     # a seen item among the hard negatives is dropped before training
     u0_seen = int(train[0].indices[0])
-    table = m._hard_table({0: np.array([u0_seen, hard[0][0]])}, train)
+    table = m.hard_table({0: np.array([u0_seen, hard[0][0]])}, train)
     assert table[0].tolist() == [int(hard[0][0])] and table[1].tolist() == [-1]
     m.fit(train, users, items, hard_negatives=source)
     assert all(np.isfinite(m.loss_history))
@@ -224,7 +224,7 @@ def test_hard_weight_without_hard_negatives_falls_back(caplog, data):
     train, *_ = data
     m = TwoTower(negatives={"hard": 1.0}, n_extra_negatives=8)
     with caplog.at_level(logging.WARNING):
-        assert m._negative_plan(False) == (0.0, 1.0, 8, 0)
+        assert m.negative_plan(False) == (0.0, 1.0, 8, 0)
     assert "no hard negatives" in caplog.text
 
 

@@ -33,6 +33,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     import json
 
     from pipelines.core import schema
+    from pipelines.core.validated import validated_dates
     from pipelines.experiments import ab
 
     ab.parse_experiment(args.experiment)
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     elif records:
         last = schema.parse_date(records[-1]["date"])
     else:
-        dates = schema.partition_dates(settings.validated_dir)
+        dates = validated_dates(settings)
         if not dates:
             raise FileNotFoundError(f"no validated partitions under {settings.validated_dir}")
         last = dates[-1]

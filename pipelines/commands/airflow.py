@@ -21,10 +21,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from pipelines.core import layout
     from pipelines.orchestration import airflow_runner
 
     proc = airflow_runner.start_standalone(settings, port=args.port)
-    log = settings.airflow_home / "standalone.log"
+    log = layout.airflow_standalone_log_path(settings)
     print(f"airflow: starting (log {log}) ...", flush=True)
     try:
         airflow_runner.wait_ready(args.port)

@@ -48,9 +48,11 @@ def metrics_table(settings: Settings, dates: list[dt.date]) -> str:
     """Forward-evaluation NDCG@10 / recall@100 per day and model, and each day's index recall."""
     import pandas as pd
 
+    from pipelines.core import layout
+
     rows = []
     for day in dates:
-        path = settings.reports_dir / "eval" / f"date={day.isoformat()}.json"
+        path = layout.eval_report_path(settings, day)
         report = json.loads(path.read_text()) if path.exists() else {}
         for model, m in report.get("metrics", {}).items():
             rows.append(
@@ -72,25 +74,27 @@ def metrics_table(settings: Settings, dates: list[dt.date]) -> str:
 
 def ope_table(settings: Settings, dates: list[dt.date]) -> str:
     """Each day's off-policy estimates of the gated bundles beside the simulator's truth."""
+    from pipelines.core import fmt, layout
+
     lines = [
         "off-policy estimates of each bundle's policy on the day's logs (SNIPS, DR) vs the truth:"
     ]
     for day in dates:
-        folder = settings.reports_dir / "ope" / f"date={day.isoformat()}"
+        folder = layout.ope_report_dir(settings, day)
         for path in sorted(folder.glob("*.json")) if folder.exists() else []:
             r = json.loads(path.read_text())
             est = r.get("estimates", {})
 
-            def fmt(name: str, est=est) -> str:
+            def estimate(name: str, est=est) -> str:
                 e = est.get(name) or {}
                 if e.get("estimate") is None:
                     return f"{name} -"
-                return f"{name} {e['estimate']:.4f} [{e['ci_low']:.4f}, {e['ci_high']:.4f}]"
+                return (f"{name} {fmt.number(e['estimate'])} [{fmt.number(e.get('ci_low'))}, "
+                        f"{fmt.number(e.get('ci_high'))}]")  # fmt: skip
 
-            truth = r.get("truth")
             lines.append(
-                f"  {day} {r.get('policy')}: {fmt('snips')}  {fmt('dr')}  truth "
-                + (f"{truth:.4f}" if truth is not None else "-")
+                f"  {day} {r.get('policy')}: {estimate('snips')}  {estimate('dr')}  truth "
+                + fmt.number(r.get("truth"))
                 + f"  (softmax T={r.get('temperature')}, {r.get('users')} users)"
             )
     return "\n".join(lines) if len(lines) > 1 else "off-policy estimates: none yet"
@@ -98,13 +102,14 @@ def ope_table(settings: Settings, dates: list[dt.date]) -> str:
 
 def gates_table(settings: Settings, dates: list[dt.date]) -> str:
     """One line per day: the gated bundle, the decision and the aliases after it."""
+    from pipelines.core.gate_decisions import read_gate_decision
+
     lines = ["promotion gates (bundle trained through the day before, judged on the day):"]
     for day in dates:
-        path = settings.reports_dir / "gates" / f"date={day.isoformat()}.json"
-        if not path.exists():
+        d = read_gate_decision(settings, day)
+        if d is None:
             lines.append(f"  {day}: no gate decision")
             continue
-        d = json.loads(path.read_text())
         lines.append(
             f"  {day}: bundle {d.get('candidate_version', '-')} -> {d.get('action', '?')}"
             f" ({d.get('reason', '')}); aliases {d.get('aliases', {})}"
@@ -114,9 +119,10 @@ def gates_table(settings: Settings, dates: list[dt.date]) -> str:
 
 def ab_table(settings: Settings) -> str:
     """Every A/B experiment's decisions, one line per analysed day."""
+    from pipelines.core import layout
     from pipelines.experiments import ab
 
-    folder = settings.reports_dir / "ab"
+    folder = layout.ab_reports_dir(settings)
     names = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.exists() else []
     if not names:
         return "A/B experiments: none yet"
@@ -131,6 +137,7 @@ def ab_table(settings: Settings) -> str:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from pipelines.core import layout
     from pipelines.core.schema import parse_date
     from pipelines.data.stats import format_stats
     from pipelines.loop import closed_loop
@@ -166,7 +173,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     print("== summary ==", flush=True)
     for day in dates:
-        path = settings.reports_dir / "stats" / f"date={day.isoformat()}.json"
+        path = layout.stats_report_path(settings, day)
         if path.exists():
             print(format_stats(json.loads(path.read_text())))
     print(closed_loop.format_days(records))

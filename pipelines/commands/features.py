@@ -48,6 +48,7 @@ def _need_date(args: argparse.Namespace) -> str:
 def _show(args: argparse.Namespace, settings: Settings) -> int:
     import pandas as pd
 
+    from pipelines.features import online
     from pipelines.features import store as fs
     from pipelines.features.tables import feature_time
 
@@ -55,7 +56,7 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
         raise ValueError("`recloop features show` needs --user U (and usually --items I1,I2)")
     items = [i.strip() for i in args.items.split(",") if i.strip()]
     now = feature_time(args.date) if args.date else None
-    read = fs.online_features_fast if args.fast else fs.online_features
+    read = online.online_features_fast if args.fast else fs.online_features
     res = read(settings, args.user, items, now=now, service=args.service)
 
     def flags(missing: bool, stale: bool) -> str:

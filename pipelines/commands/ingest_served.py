@@ -25,7 +25,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     import json
 
-    from pipelines.loop.traffic import ingest_served
+    from pipelines.loop.served import ingest_served
 
     out = ingest_served(settings, args.date)
     print(json.dumps(out, indent=2, sort_keys=True, default=str))

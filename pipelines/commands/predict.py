@@ -54,12 +54,12 @@ def read_pairs(path: Path):
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines.commands.recommend import write_frame
-    from pipelines.retrieval.train import predict_pairs
+    from pipelines.retrieval.predict import predict_pairs
 
     pairs = read_pairs(args.pairs)
     try:
         if args.model.startswith("ranker"):
-            from pipelines.ranking.train import predict_pairs as predict_ranker
+            from pipelines.ranking.predict import predict_pairs as predict_ranker
 
             out = predict_ranker(settings, pairs, args.model, args.date)
             flagged = int((out["user_missing"] | out["item_missing"]).sum())

@@ -53,7 +53,7 @@ def write_frame(frame, out: Path) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines.retrieval.train import recommend
+    from pipelines.retrieval.predict import recommend
 
     if not 1 <= args.k <= 1000:
         raise ValueError(f"--k {args.k}: expected 1..1000")

@@ -26,7 +26,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 if TYPE_CHECKING:
-    from models.base import Recommender
+    from models.base import Retriever
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ def user_auc(scores: np.ndarray, positives: np.ndarray, candidates: np.ndarray) 
 
 
 def evaluate_model(
-    model: Recommender,
+    model: Retriever,
     train_csr: sp.csr_matrix,
     test_csr: sp.csr_matrix,
     k: int = 10,
@@ -284,7 +284,7 @@ def evaluate_model(
 
 
 def _mean_user_auc(
-    model: Recommender, users: np.ndarray, train: sp.csr_matrix, rel: sp.csr_matrix
+    model: Retriever, users: np.ndarray, train: sp.csr_matrix, rel: sp.csr_matrix
 ) -> float:
     values = []
     for start in range(0, len(users), 512):
@@ -304,7 +304,7 @@ def _mean_user_auc(
 
 
 def compare_models(
-    models: Mapping[str, Recommender],
+    models: Mapping[str, Retriever],
     train_csr: sp.csr_matrix,
     test_csr: sp.csr_matrix,
     k: int = 10,

@@ -27,7 +27,14 @@ from urllib.parse import urlparse
 WORKSPACE_DIRS = ("data", "quarantine", "features", "mlflow", "airflow", "artifacts", "reports")
 
 
-def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
+def env_text(env: Mapping[str, str], name: str, default: str | None = None) -> str | None:
+    """``env[name]``; ``default`` when it is unset or empty (an empty variable means unset)."""
+    return env.get(name) or default
+
+
+def env_float(env: Mapping[str, str], name: str, default: float | None = None) -> float | None:
+    """``env[name]`` as a float (``default`` when unset or empty); ``ValueError`` naming the
+    variable when it is not a number."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -37,7 +44,9 @@ def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ValueError(f"{name}={raw!r} is not a number") from exc
 
 
-def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
+def env_int(env: Mapping[str, str], name: str, default: int | None = None) -> int | None:
+    """``env[name]`` as an int (``default`` when unset or empty); ``ValueError`` naming the
+    variable when it is not an integer."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -65,21 +74,22 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read the settings from ``env`` (default: ``os.environ``)."""
         env = os.environ if env is None else env
-        home = Path(env.get("RECLOOP_HOME") or Path.home() / ".recloop").expanduser().resolve()
-        mlflow_uri = env.get("RECLOOP_MLFLOW_URI") or f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
-        scale = env.get("RECLOOP_SCALE") or "demo"
+        home = Path(env_text(env, "RECLOOP_HOME") or Path.home() / ".recloop").expanduser().resolve()
+        # the default database is pipelines.core.layout.mlflow_db_path (layout needs a Settings)
+        mlflow_uri = env_text(env, "RECLOOP_MLFLOW_URI") or f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+        scale = env_text(env, "RECLOOP_SCALE", "demo")
         if scale not in ("tiny", "small", "demo", "large"):
             raise ValueError(f"RECLOOP_SCALE={scale!r}: expected tiny, small, demo or large")
         return cls(
             home=home,
-            redis_url=env.get("RECLOOP_REDIS_URL") or cls.redis_url,
+            redis_url=env_text(env, "RECLOOP_REDIS_URL", cls.redis_url),
             mlflow_uri=mlflow_uri,
             scale=scale,
-            seed=_env_int(env, "RECLOOP_SEED", cls.seed),
-            max_bad_row_share=_env_float(env, "RECLOOP_MAX_BAD_ROW_SHARE", cls.max_bad_row_share),
-            min_volume_ratio=_env_float(env, "RECLOOP_MIN_VOLUME_RATIO", cls.min_volume_ratio),
-            task_retries=_env_int(env, "RECLOOP_TASK_RETRIES", cls.task_retries),
-            retry_delay_s=_env_float(env, "RECLOOP_RETRY_DELAY_S", cls.retry_delay_s),
+            seed=env_int(env, "RECLOOP_SEED", cls.seed),
+            max_bad_row_share=env_float(env, "RECLOOP_MAX_BAD_ROW_SHARE", cls.max_bad_row_share),
+            min_volume_ratio=env_float(env, "RECLOOP_MIN_VOLUME_RATIO", cls.min_volume_ratio),
+            task_retries=env_int(env, "RECLOOP_TASK_RETRIES", cls.task_retries),
+            retry_delay_s=env_float(env, "RECLOOP_RETRY_DELAY_S", cls.retry_delay_s),
         )
 
     # --- workspace layout -------------------------------------------------------------

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.core import schema
+from pipelines.core import layout, schema
 from pipelines.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -208,12 +208,12 @@ def import_movielens(settings: Settings, path: Path) -> ImportSummary:
     items = _movielens_items(path.parent, first_item)
     if items is not None:
         schema.write_table_atomic(
-            schema.conform(items, schema.ITEMS), settings.data_dir / "items.parquet"
+            schema.conform(items, schema.ITEMS), layout.attributes_path(settings, "items")
         )
     users = _movielens_users(path.parent, first_user)
     if users is not None:
         schema.write_table_atomic(
-            schema.conform(users, schema.USERS), settings.data_dir / "users.parquet"
+            schema.conform(users, schema.USERS), layout.attributes_path(settings, "users")
         )
     return summary
 

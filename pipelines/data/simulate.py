@@ -77,7 +77,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.core import schema
+from pipelines.core import layout, schema
 from pipelines.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -229,7 +229,7 @@ class World:
         keep = np.flatnonzero(self.signup_day <= self.day_index(date))
         return pd.DataFrame(
             {
-                "user_id": _ids("u", keep).to_pandas(),
+                "user_id": ids_from_rows("u", keep).to_pandas(),
                 "age": self.user_age[keep],
                 "gender": np.asarray(GENDERS, dtype=object)[self.user_gender[keep]],
                 "country": np.asarray(COUNTRIES, dtype=object)[self.user_country[keep]],
@@ -243,7 +243,7 @@ class World:
         keep = np.flatnonzero(self.created_day <= self.day_index(date))
         return pd.DataFrame(
             {
-                "item_id": _ids("i", keep).to_pandas(),
+                "item_id": ids_from_rows("i", keep).to_pandas(),
                 "category": np.asarray(CATEGORIES, dtype=object)[self.item_category[keep]],
                 "price": self.item_price[keep],
                 "created_date": _dates(self.start_date, self.created_day[keep]),
@@ -340,8 +340,12 @@ def build_world(scale: str, seed: int, start_date: str | dt.date = DEFAULT_START
 
 
 # --- ids ----------------------------------------------------------------------------------------
-def _ids(prefix: str, rows: np.ndarray) -> pa.Array:
-    """``prefix + str(row)`` for each row, as an arrow string array (vectorised)."""
+def ids_from_rows(prefix: str, rows: np.ndarray) -> pa.Array:
+    """Raw ids ``prefix + str(row)`` of int rows ``(n,)``: an arrow string array ``(n,)``.
+
+    The inverse of :func:`user_rows` / :func:`item_rows`: ``ids_from_rows("i", rows)`` are the item
+    ids of item rows (``"u"``: users). Vectorised.
+    """
     text = pc.cast(pa.array(np.asarray(rows, dtype=np.int64)), pa.string())
     return pc.binary_join_element_wise(prefix, text, "")
 
@@ -392,8 +396,16 @@ def _relevance(world: World, u: np.ndarray, i: np.ndarray, a: np.ndarray) -> np.
     return _sigmoid(logit)
 
 
-def _truth(world: World, u: np.ndarray, i: np.ndarray, pos: np.ndarray) -> dict[str, np.ndarray]:
-    """All true probabilities of showing item row ``i`` to user row ``u`` at slot ``pos``."""
+def true_probabilities(
+    world: World, u: np.ndarray, i: np.ndarray, pos: np.ndarray
+) -> dict[str, np.ndarray]:
+    """All true probabilities of showing item row ``i`` to user row ``u`` at 0-based slot ``pos``.
+
+    ``u``, ``i``, ``pos``: int arrays ``(n,)`` (rows of the world's arrays, not raw ids). Returns
+    float64 ``(n,)`` arrays: ``click`` (= ``examination * relevance``), ``examination``,
+    ``relevance``, ``purchase_given_click`` and ``expected_rating`` (1..5). ``ValueError`` when a
+    position is outside ``0..len(EXAMINATION) - 1``.
+    """
     if len(pos) and (pos.min() < 0 or pos.max() >= len(EXAMINATION)):
         raise ValueError(f"position out of range 0..{len(EXAMINATION) - 1}")
     a = _affinity(world, u, i)
@@ -426,7 +438,7 @@ def true_click_prob(
     if len(u) != len(i):
         raise ValueError(f"{len(u)} user ids but {len(i)} item ids")
     pos = np.broadcast_to(np.asarray(positions, dtype=np.int64), u.shape)
-    return _truth(world, u, i, pos)["click"]
+    return true_probabilities(world, u, i, pos)["click"]
 
 
 def oracle_slates(
@@ -448,7 +460,7 @@ def oracle_slates(
         top = np.argpartition(-logit, k - 1, axis=1)[:, :k]
         order = np.argsort(-np.take_along_axis(logit, top, 1), axis=1, kind="stable")
         out[s : s + 1024] = pool[np.take_along_axis(top, order, 1)]
-    ids = _ids("i", out.ravel()).to_numpy(zero_copy_only=False)
+    ids = ids_from_rows("i", out.ravel()).to_numpy(zero_copy_only=False)
     return ids.reshape(out.shape)
 
 
@@ -490,8 +502,8 @@ def requests_for_day(world: World, date: str | dt.date) -> pd.DataFrame:
     tag = date.strftime("r%Y%m%d-")
     return pd.DataFrame(
         {
-            "request_id": _ids(tag, np.arange(n)).to_pandas(),
-            "user_id": _ids("u", users).to_pandas(),
+            "request_id": ids_from_rows(tag, np.arange(n)).to_pandas(),
+            "user_id": ids_from_rows("u", users).to_pandas(),
             "ts": pd.to_datetime(ts, unit="us", utc=True),
             "user_row": users,
         }
@@ -569,7 +581,7 @@ def _outcomes(
     rng: np.random.Generator,
 ) -> _Outcomes:
     """Users' clicks / purchases / ratings for shown pairs (flat arrays, ``ts`` in epoch µs)."""
-    t = _truth(world, u, i, pos)
+    t = true_probabilities(world, u, i, pos)
     end = day_end_us - 1
     click = np.flatnonzero(rng.random(len(u)) < t["click"])
     click_ts = np.minimum(
@@ -616,8 +628,8 @@ def _event_table(
     arrays = [
         event_id,
         pa.array(ts, type=pa.timestamp("us", tz="UTC")),
-        _ids("u", u),
-        _ids("i", i),
+        ids_from_rows("u", u),
+        ids_from_rows("i", i),
         names,
         pa.array(value, type=pa.float64()),
         rid,
@@ -674,12 +686,33 @@ class DayResult:
 
 def simulate_day(world: World, date: str | dt.date, progress: bool = False) -> DayResult:
     """Simulate ``date`` under the logging policy (vectorised, chunked by requests)."""
-    from tqdm import tqdm
-
     date = schema.parse_date(date)
     world.extend_to(date)
-    k = world.day_index(date)
     reqs = requests_for_day(world, date)
+    cols, truths = _logging_policy_chunks(world, date, reqs, progress)
+    if not cols:
+        raise ValueError(f"no requests simulated on {date}")
+    rid = pa.array(reqs["request_id"], type=pa.string())
+    events, counts = _day_events(rid, cols)
+    del cols  # emptied by _day_events: one copy of the day's columns at a time
+    tr = _pop_concat(truths)
+    del truths
+    summary = _day_summary(world, date, reqs["user_row"].to_numpy(), counts, tr)
+    return DayResult(events, _truth_table(rid, tr), summary)
+
+
+def _logging_policy_chunks(
+    world: World, date: dt.date, reqs: pd.DataFrame, progress: bool
+) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
+    """The logging policy's slates for ``reqs`` and the users' response, chunk by chunk.
+
+    Chunk ``c`` (``world.cfg.chunk_requests`` requests) draws its slates and its outcomes from its
+    own streams seeded by ``(seed, stream, date, c)``. Returns per chunk the event columns
+    (:func:`_assemble`'s, ``pair`` replaced by ``propensity``) and the truth of its impressions
+    (``pos``, ``req``, ``i`` and the keys of :func:`true_probabilities`), ``SLATE_SIZE`` per request.
+    """
+    from tqdm import tqdm
+
     pool, q = logging_policy(world, date)
     n_req, K = len(reqs), SLATE_SIZE
     user = reqs["user_row"].to_numpy()
@@ -711,24 +744,34 @@ def simulate_day(world: World, date: str | dt.date, progress: bool = False) -> D
         truths.append(
             {"pos": pos.astype(np.int16), "req": req.astype(np.int32), "i": i, **out.truth}
         )
-    if not cols:
-        raise ValueError(f"no requests simulated on {date}")
-    ev = {name: np.concatenate([c.pop(name) for c in cols]) for name in list(cols[0])}
-    del cols  # keep one copy of the day's columns at a time
+    return cols, truths
+
+
+def _pop_concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Concatenate same-keyed column dicts, popping each column (the dicts end up empty)."""
+    return {name: np.concatenate([p.pop(name) for p in parts]) for name in list(parts[0])}
+
+
+def _day_events(rid: pa.Array, chunks: list[dict[str, np.ndarray]]) -> tuple[pa.Table, np.ndarray]:
+    """The day's log table from the chunks' event columns, sorted by time (stable), and the
+    count of each event code ``(4,)`` int64. ``rid``: the request ids the ``req`` column indexes.
+    """
+    ev = _pop_concat(chunks)
     order = np.argsort(ev["ts"], kind="stable")
     for name in list(ev):
         ev[name] = ev[name][order]
     counts = np.bincount(ev["code"], minlength=4)
-    rid = pa.array(reqs["request_id"], type=pa.string())
     events = _event_table(
         rid, ev["req"], ev["pos"], ev["u"], ev["i"], ev["code"], ev["value"], ev["ts"],
         ev["propensity"], ARM, MODEL_VERSION,
     )  # fmt: skip
-    del ev, order
-    tr = {name: np.concatenate([t.pop(name) for t in truths]) for name in list(truths[0])}
-    del truths
+    return events, counts
+
+
+def _truth_table(rid: pa.Array, tr: dict[str, np.ndarray]) -> pa.Table:
+    """One row per impression: its ``event_id`` and true probabilities (``truth/impressions``)."""
     codes = pa.repeat(pa.scalar("i"), len(tr["req"]))
-    truth = pa.table(
+    return pa.table(
         {
             "event_id": pc.binary_join_element_wise(
                 rid.take(pa.array(tr["req"])),
@@ -744,12 +787,24 @@ def simulate_day(world: World, date: str | dt.date, progress: bool = False) -> D
             "expected_rating": tr["expected_rating"],
         }
     )
+
+
+def _day_summary(
+    world: World, date: dt.date, user: np.ndarray, counts: np.ndarray, tr: dict[str, np.ndarray]
+) -> dict:
+    """The day's summary row: requests, active users/items, arrivals, event counts and CTRs.
+
+    ``user``: the user row of each request ``(n_req,)``; ``counts``: rows per event code ``(4,)``;
+    ``tr``: the impressions' truth columns (``true_ctr_by_position`` has ``SLATE_SIZE`` entries).
+    """
+    k = world.day_index(date)
+    K = SLATE_SIZE
     by_pos = np.bincount(tr["pos"], weights=tr["click"], minlength=K) / np.bincount(
         tr["pos"], minlength=K
     )
-    summary = {
+    return {
         "date": date.isoformat(),
-        "requests": n_req,
+        "requests": len(user),
         "users": int(np.count_nonzero(np.bincount(user, minlength=world.n_users))),
         "items": int(np.count_nonzero(np.bincount(tr["i"], minlength=world.n_items))),
         "new_users": int((world.signup_day == k).sum()),
@@ -759,7 +814,6 @@ def simulate_day(world: World, date: str | dt.date, progress: bool = False) -> D
         "true_ctr": float(tr["click"].mean()),
         "true_ctr_by_position": [float(x) for x in by_pos],
     }
-    return DayResult(events, truth, summary)
 
 
 # --- the closed loop: respond to slates a service showed ------------------------------------------
@@ -804,53 +858,20 @@ def respond(
     n = len(user_ids)
     if len(slates) != n:
         raise ValueError(f"{n} user ids but {len(slates)} slates")
-    if isinstance(slates, np.ndarray) and slates.ndim == 2:  # rectangular: no Python loop
-        lengths = np.full(n, slates.shape[1], dtype=np.int64)
-        flat_items = slates.ravel()
-    else:
-        lengths = np.fromiter((len(s) for s in slates), dtype=np.int64, count=n)
-        flat_items = np.asarray([x for s in slates for x in s], dtype=object)
-    u_row = user_rows(world, user_ids)
-    late = np.flatnonzero(world.signup_day[u_row] > day)
-    if len(late):
-        raise ValueError(f"user {user_ids[int(late[0])]!r} has not signed up by {date}")
+    lengths, flat_items = _flatten_slates(slates, n)
+    u_row, i = _shown_rows(world, user_ids, flat_items, date, day)
     row = np.repeat(np.arange(n), lengths)
     pos = np.arange(len(row)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    i = item_rows(world, flat_items)
-    late = np.flatnonzero(world.created_day[i] > day)
-    if len(late):
-        raise ValueError(f"item {flat_items[int(late[0])]!r} is not created by {date}")
     rng = _rng(world.seed, _S_RESPOND, seed, date.toordinal())
     start = _day_start_us(date)
-    if ts is None:
-        sec = rng.choice(24, size=n, p=_HOURLY) * 3600.0 + rng.random(n) * 3600.0
-        req_ts = start + np.minimum((sec * 1e6).astype(np.int64), DAY_US - 1)
-    else:
-        req_ts = _epoch_us(pd.Series(ts))
-        if len(req_ts) != n:
-            raise ValueError(f"{len(req_ts)} timestamps for {n} requests")
-        bad = np.flatnonzero((req_ts < start) | (req_ts >= start + DAY_US))
-        if len(bad):
-            raise ValueError(f"ts of row {int(bad[0])} is not inside {date}")
-    if request_ids is None:
-        rid = _ids(date.strftime("q%Y%m%d-"), np.arange(n))
-    else:
-        rid = pa.array([str(r) for r in request_ids], type=pa.string())
-        if len(rid) != n:
-            raise ValueError(f"{len(rid)} request ids for {n} requests")
+    req_ts = _request_times(ts, n, date, rng)
+    rid = _request_ids(request_ids, n, date)
     u = u_row[row]
     pair_ts = req_ts[row]
     out = _outcomes(world, u, i, pos, pair_ts, start + DAY_US, rng)
     ev = _assemble(row, pos, u, i, pair_ts, out, with_impressions=False)
-    prop = None
-    if propensities is not None:
-        if isinstance(propensities, np.ndarray) and propensities.ndim == 2:
-            flat_p = propensities.astype(np.float64).ravel()
-        else:
-            flat_p = np.asarray([p for s in propensities for p in s], dtype=np.float64)
-        if len(flat_p) != len(i):
-            raise ValueError(f"{len(flat_p)} propensities for {len(i)} shown items")
-        prop = flat_p[ev["pair"]]
+    flat_p = None if propensities is None else _flatten_propensities(propensities, len(i))
+    prop = None if flat_p is None else flat_p[ev["pair"]]
     events = _event_table(
         rid, ev["req"], ev["pos"], ev["u"], ev["i"], ev["code"], ev["value"], ev["ts"],
         prop, arm, model_version,
@@ -858,8 +879,8 @@ def respond(
     impressions = pd.DataFrame(
         {
             "request_id": rid.take(pa.array(row)).to_pandas(),
-            "user_id": _ids("u", u).to_pandas(),
-            "item_id": _ids("i", i).to_pandas(),
+            "user_id": ids_from_rows("u", u).to_pandas(),
+            "item_id": ids_from_rows("i", i).to_pandas(),
             "position": pos.astype(np.int32),
             "ts": pd.to_datetime(pair_ts, unit="us", utc=True),
             "true_click_prob": out.truth["click"],
@@ -868,6 +889,74 @@ def respond(
         }
     )
     return Response(events, impressions)
+
+
+def _flatten_slates(
+    slates: Sequence[Sequence[str]] | np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(lengths (n,) int64, item ids of every slate in order (sum(lengths),))``."""
+    if isinstance(slates, np.ndarray) and slates.ndim == 2:  # rectangular: no Python loop
+        return np.full(n, slates.shape[1], dtype=np.int64), slates.ravel()
+    lengths = np.fromiter((len(s) for s in slates), dtype=np.int64, count=n)
+    return lengths, np.asarray([x for s in slates for x in s], dtype=object)
+
+
+def _shown_rows(
+    world: World, user_ids: np.ndarray, item_ids: np.ndarray, date: dt.date, day: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(user rows, item rows)`` of raw ids; ``ValueError`` for an unknown id, a user who has not
+    signed up by ``date`` or an item not created by then (``day``: its index in the world)."""
+    u_row = user_rows(world, user_ids)
+    late = np.flatnonzero(world.signup_day[u_row] > day)
+    if len(late):
+        raise ValueError(f"user {user_ids[int(late[0])]!r} has not signed up by {date}")
+    i = item_rows(world, item_ids)
+    late = np.flatnonzero(world.created_day[i] > day)
+    if len(late):
+        raise ValueError(f"item {item_ids[int(late[0])]!r} is not created by {date}")
+    return u_row, i
+
+
+def _request_times(
+    ts: Sequence | np.ndarray | None, n: int, date: dt.date, rng: np.random.Generator
+) -> np.ndarray:
+    """Request times in epoch µs ``(n,)``: ``ts`` checked to lie inside ``date``, or (``None``)
+    ``n`` draws from ``rng`` following the diurnal profile."""
+    start = _day_start_us(date)
+    if ts is None:
+        sec = rng.choice(24, size=n, p=_HOURLY) * 3600.0 + rng.random(n) * 3600.0
+        return start + np.minimum((sec * 1e6).astype(np.int64), DAY_US - 1)
+    req_ts = _epoch_us(pd.Series(ts))
+    if len(req_ts) != n:
+        raise ValueError(f"{len(req_ts)} timestamps for {n} requests")
+    bad = np.flatnonzero((req_ts < start) | (req_ts >= start + DAY_US))
+    if len(bad):
+        raise ValueError(f"ts of row {int(bad[0])} is not inside {date}")
+    return req_ts
+
+
+def _request_ids(request_ids: Sequence[str] | None, n: int, date: dt.date) -> pa.Array:
+    """``request_ids`` as ``(n,)`` strings, or (``None``) ``q<YYYYMMDD>-<row>``."""
+    if request_ids is None:
+        return ids_from_rows(date.strftime("q%Y%m%d-"), np.arange(n))
+    rid = pa.array([str(r) for r in request_ids], type=pa.string())
+    if len(rid) != n:
+        raise ValueError(f"{len(rid)} request ids for {n} requests")
+    return rid
+
+
+def _flatten_propensities(
+    propensities: Sequence[Sequence[float]] | np.ndarray, n_shown: int
+) -> np.ndarray:
+    """Per-slate propensities → float64 ``(n_shown,)`` in slate order; ``ValueError`` on a
+    count that is not ``n_shown``."""
+    if isinstance(propensities, np.ndarray) and propensities.ndim == 2:
+        flat_p = propensities.astype(np.float64).ravel()
+    else:
+        flat_p = np.asarray([p for s in propensities for p in s], dtype=np.float64)
+    if len(flat_p) != n_shown:
+        raise ValueError(f"{len(flat_p)} propensities for {n_shown} shown items")
+    return flat_p
 
 
 # --- the command --------------------------------------------------------------------------------
@@ -888,12 +977,12 @@ def world_meta(world: World) -> dict:
 
 def truth_impressions_dir(settings: Settings) -> Path:
     """``truth/impressions``: one ``date=D/part-0.parquet`` of true probabilities per impression."""
-    return settings.truth_dir / "impressions"
+    return layout.truth_impressions_dir(settings)
 
 
 def load_world(settings: Settings) -> World:
     """Rebuild the world that ``recloop simulate`` used in this workspace (``truth/world.json``)."""
-    path = settings.truth_dir / "world.json"
+    path = layout.world_path(settings)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run `recloop simulate` first")
     meta = json.loads(path.read_text())
@@ -902,7 +991,7 @@ def load_world(settings: Settings) -> World:
 
 def _update_policy_value(settings: Settings, rows: list[dict]) -> None:
     """Replace the rows of these dates in ``truth/policy_value.parquet`` (others kept)."""
-    path = settings.truth_dir / "policy_value.parquet"
+    path = layout.policy_value_path(settings)
     new = pd.DataFrame(rows)
     if path.exists():
         old = pd.read_parquet(path)
@@ -930,7 +1019,7 @@ def simulate(
     start = schema.parse_date(start_date)
     settings.ensure_dirs()
     world = build_world(scale, seed, start)
-    meta_path = settings.truth_dir / "world.json"
+    meta_path = layout.world_path(settings)
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
         if (old.get("scale"), old.get("seed"), old.get("start_date")) != (
@@ -946,10 +1035,10 @@ def write_attributes(settings: Settings, world: World, date: str | dt.date) -> N
     """Write ``data/users.parquet`` / ``data/items.parquet``: everyone signed up / created by
     ``date`` (deterministic, so rewriting the same date gives the same rows)."""
     schema.write_table_atomic(
-        schema.conform(world.users_frame(date), schema.USERS), settings.data_dir / "users.parquet"
+        schema.conform(world.users_frame(date), schema.USERS), layout.attributes_path(settings, "users")
     )
     schema.write_table_atomic(
-        schema.conform(world.items_frame(date), schema.ITEMS), settings.data_dir / "items.parquet"
+        schema.conform(world.items_frame(date), schema.ITEMS), layout.attributes_path(settings, "items")
     )
 
 

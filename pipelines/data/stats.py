@@ -13,8 +13,10 @@ from typing import Any
 
 import duckdb
 
-from pipelines.core import schema
+from pipelines.core import layout, schema
+from pipelines.core.duckdb_sql import sql_list, sql_string
 from pipelines.core.settings import Settings
+from pipelines.core.validated import validated_files
 
 
 def _glob(folder: Path) -> str:
@@ -25,22 +27,18 @@ def daily_stats(settings: Settings, date: str | dt.date) -> dict[str, Any]:
     """Aggregate the validated partition of ``date`` → a JSON-able dict; also written to
     ``reports/stats/date=D.json``. Raises ``FileNotFoundError`` when the day was not validated."""
     day = schema.parse_date(date)
-    folder = schema.partition_dir(settings.validated_dir, day)
+    folder = layout.validated_partition(settings, day)
     if not any(folder.glob("*.parquet")):
         raise FileNotFoundError(
             f"no validated partition for {day} at {folder}: run validation first"
         )
     con = duckdb.connect()
-    con.execute(f"CREATE VIEW today AS SELECT * FROM read_parquet('{folder}/*.parquet')")
-    earlier = [d for d in schema.partition_dates(settings.validated_dir) if d < day]
+    today = sql_string(folder / "*.parquet")
+    con.execute(f"CREATE VIEW today AS SELECT * FROM read_parquet({today})")
+    earlier = validated_files(settings, last=day - dt.timedelta(days=1))
     if earlier:
-        files = [
-            str(f)
-            for d in earlier
-            for f in schema.partition_dir(settings.validated_dir, d).glob("*.parquet")
-        ]
-        listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-        con.execute(f"CREATE VIEW before AS SELECT user_id, item_id FROM read_parquet([{listed}])")
+        listed = sql_list(earlier)
+        con.execute(f"CREATE VIEW before AS SELECT user_id, item_id FROM read_parquet({listed})")
     else:
         con.execute(
             "CREATE VIEW before AS SELECT ''::VARCHAR AS user_id, ''::VARCHAR AS item_id WHERE false"
@@ -83,7 +81,7 @@ def daily_stats(settings: Settings, date: str | dt.date) -> dict[str, Any]:
             for p, n, c in by_position
         ],
     }
-    schema.write_json_atomic(out, settings.reports_dir / "stats" / f"date={day.isoformat()}.json")
+    schema.write_json_atomic(out, layout.stats_report_path(settings, day))
     return out
 
 

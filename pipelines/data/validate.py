@@ -50,8 +50,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.core import schema
+from pipelines.core import fmt, layout, schema
 from pipelines.core.settings import Settings
+from pipelines.core.validated import validated_dates, validated_files
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +223,31 @@ def _gx(reports_dir: Path) -> _Gx:
     if gx_log.level == logging.NOTSET:
         gx_log.setLevel(logging.WARNING)
     import great_expectations as gx
+
+    context = gx.get_context(mode="ephemeral", project_config=_gx_config(reports_dir))
+    batch = (
+        context.data_sources.add_pandas("recloop")
+        .add_dataframe_asset("interactions")
+        .add_batch_definition_whole_dataframe("partition")
+    )
+    suite = context.suites.add(_gx_suite())
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name="interactions_partition", data=batch, suite=suite)
+    )
+    checkpoint = context.checkpoints.add(
+        gx.Checkpoint(
+            name="validate_interactions",
+            validation_definitions=[definition],
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE])],
+            result_format={"result_format": "COMPLETE"},
+        )
+    )
+    return _Gx(context=context, checkpoint=checkpoint)
+
+
+def _gx_config(reports_dir: Path) -> Any:
+    """An in-memory GX project config, except validation results (JSON under
+    ``reports_dir/gx_validation_results``) and the Data Docs site (``reports_dir/data_docs``)."""
     from great_expectations.data_context.types.base import (
         DataContextConfig,
         InMemoryStoreBackendDefaults,
@@ -234,7 +260,7 @@ def _gx(reports_dir: Path) -> _Gx:
         "class_name": "ValidationResultsStore",
         "store_backend": _fs_backend(reports_dir / "gx_validation_results"),
     }
-    config = DataContextConfig(
+    return DataContextConfig(
         store_backend_defaults=defaults,
         stores=stores,
         data_docs_sites={
@@ -248,12 +274,13 @@ def _gx(reports_dir: Path) -> _Gx:
         analytics_enabled=False,
         progress_bars=ProgressBarsConfig(globally=False),
     )
-    context = gx.get_context(mode="ephemeral", project_config=config)
-    batch = (
-        context.data_sources.add_pandas("recloop")
-        .add_dataframe_asset("interactions")
-        .add_batch_definition_whole_dataframe("partition")
-    )
+
+
+def _gx_suite() -> Any:
+    """The suite :data:`SUITE_NAME`: one expectation per :data:`ROW_CHECKS` entry (its ``meta``
+    names the check), then the row count check :data:`VOLUME` (parameter ``min_rows``)."""
+    import great_expectations as gx
+
     suite = gx.ExpectationSuite(name=SUITE_NAME)
     for check in ROW_CHECKS:
         cls = getattr(gx.expectations, check.expectation)
@@ -266,19 +293,7 @@ def _gx(reports_dir: Path) -> _Gx:
             min_value={"$PARAMETER": "min_rows"}, meta={"check": VOLUME}
         )
     )
-    suite = context.suites.add(suite)
-    definition = context.validation_definitions.add(
-        gx.ValidationDefinition(name="interactions_partition", data=batch, suite=suite)
-    )
-    checkpoint = context.checkpoints.add(
-        gx.Checkpoint(
-            name="validate_interactions",
-            validation_definitions=[definition],
-            actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE])],
-            result_format={"result_format": "COMPLETE"},
-        )
-    )
-    return _Gx(context=context, checkpoint=checkpoint)
+    return suite
 
 
 def _run_gx(frame: pd.DataFrame, date: dt.date, min_rows: int, reports_dir: Path) -> dict[str, Any]:
@@ -480,26 +495,20 @@ def parse_frame(raw: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, np.ndarray]]
 def trailing_volume(settings: Settings, date: dt.date) -> list[tuple[dt.date, int]]:
     """``(day, rows)`` of the validated partitions of the ``TRAILING_DAYS`` days before ``date``."""
     out = []
-    for day in schema.partition_dates(settings.validated_dir):
-        if date - dt.timedelta(days=TRAILING_DAYS) <= day < date:
-            files = sorted(schema.partition_dir(settings.validated_dir, day).glob("*.parquet"))
-            out.append((day, sum(pq.ParquetFile(f).metadata.num_rows for f in files)))
+    first, last = date - dt.timedelta(days=TRAILING_DAYS), date - dt.timedelta(days=1)
+    for day in validated_dates(settings, first, last):
+        files = validated_files(settings, day, day)
+        out.append((day, sum(pq.ParquetFile(f).metadata.num_rows for f in files)))
     return out
 
 
 # --- the gate ------------------------------------------------------------------------------------
 
 
-def _fmt(value: Any) -> str:
-    if value is None or (np.ndim(value) == 0 and pd.isna(value)):
-        return "null"
-    return repr(value) if isinstance(value, str) else str(value)
-
-
 def _row_example(raw: pd.DataFrame, idx: int, reasons: list[str]) -> str:
     """``file row N [reasons]: col=value, ...`` for one raw row (original values)."""
     row = raw.loc[idx]
-    values = ", ".join(f"{c}={_fmt(row[c])}" for c in schema.INTERACTIONS.names if c in raw.columns)
+    values = ", ".join(f"{c}={fmt.literal(row[c])}" for c in schema.INTERACTIONS.names if c in raw.columns)
     return f"{row['__file']} row {row['__row']} [{'; '.join(reasons)}]: {values}"
 
 
@@ -577,7 +586,7 @@ def _quarantine_table(
 
 def report_path(settings: Settings, date: str | dt.date) -> Path:
     """``reports/validation/date=D.json``."""
-    return settings.reports_dir / "validation" / f"date={schema.parse_date(date).isoformat()}.json"
+    return layout.validation_report_path(settings, date)
 
 
 def validate_partition(settings: Settings, date: str | dt.date) -> ValidationResult:
@@ -608,11 +617,59 @@ def validate_partition(settings: Settings, date: str | dt.date) -> ValidationRes
 
 
 def _validate(settings: Settings, day: dt.date, report: dict[str, Any]) -> ValidationResult:
-    folder = schema.partition_dir(settings.interactions_dir, day)
+    """The gate of :func:`validate_partition`. Fills ``report`` as it goes: when a
+    :class:`ValidationError` escapes, the caller writes what it holds so far."""
     raw, files = read_raw_partition(settings, day)
     report["files"] = [_rel(settings, f) for f in files]
+    _check_not_empty(settings, day, raw, files)
     n = len(raw)
-    if n == 0:
+    parsed, unparsed = parse_frame(raw)
+    volume = _trailing(settings, day)
+    checked_columns = sorted({c.column for c in ROW_CHECKS} | {"event"})
+    by_check = _run_gx(parsed[checked_columns], day, volume.min_rows, settings.reports_dir)
+    report["data_docs"] = str(layout.data_docs_dir(settings) / "index.html")
+
+    reasons = _row_reasons(parsed, unparsed, by_check)
+    bad = np.zeros(n, dtype=bool)
+    bad[np.array(sorted(reasons), dtype=np.int64)] = True
+    by_reason = Counter(r for rs in reasons.values() for r in rs)
+    report.update(_checks_report(n, bad, by_reason, by_check, unparsed, volume))
+    failures = _partition_failures(settings, n, bad, by_reason, by_check, volume)
+    if failures:
+        raise _failure_error(failures, raw, files, reasons)
+
+    good = parsed.loc[~bad].reset_index(drop=True)
+    report["unknown_ids"] = _unknown_ids(settings, good)
+    validated = schema.write_partition_atomic(schema.conform(good), settings.validated_dir, day)
+    q_reasons = ["; ".join(reasons[i]) for i in sorted(reasons)]
+    quarantine = schema.write_partition_atomic(
+        _quarantine_table(raw, parsed, unparsed, bad, q_reasons), settings.quarantine_dir, day
+    )
+    report["outputs"] = {
+        "validated": str(validated / "part-0.parquet"),
+        "quarantine": str(quarantine / "part-0.parquet"),
+    }
+    report["verdict"] = "passed"
+    schema.write_json_atomic(report, report_path(settings, day))
+    log.info(
+        "validated date=%s: %d rows, %d good, %d quarantined %s; unknown users %s, items %s",
+        day,
+        n,
+        n - bad.sum(),
+        bad.sum(),
+        dict(by_reason),
+        report["unknown_ids"]["users"],
+        report["unknown_ids"]["items"],
+    )
+    return _passed_result(settings, day, report)
+
+
+def _check_not_empty(
+    settings: Settings, day: dt.date, raw: pd.DataFrame, files: list[Path]
+) -> None:
+    """:class:`ValidationError` (:data:`NON_EMPTY`) when the partition's files hold no row."""
+    if len(raw) == 0:
+        folder = schema.partition_dir(settings.interactions_dir, day)
         raise ValidationError(
             f"{folder}: expectation {NON_EMPTY} failed: the partition has 0 rows "
             f"(files: {[f.name for f in files]})",
@@ -620,18 +677,38 @@ def _validate(settings: Settings, day: dt.date, report: dict[str, Any]) -> Valid
             expectation=NON_EMPTY,
         )
 
-    parsed, unparsed = parse_frame(raw)
+
+@dataclass(frozen=True)
+class _Volume:
+    """The volume check of one day: ``history`` is :func:`trailing_volume`'s ``(day, rows)``,
+    ``trailing_mean`` their mean rows (``None``: no history), ``checked`` whether there are at
+    least ``MIN_HISTORY_DAYS`` of them, and ``min_rows`` the row count GX requires (1 unchecked).
+    """
+
+    history: list[tuple[dt.date, int]]
+    trailing_mean: float | None
+    checked: bool
+    min_rows: int
+
+
+def _trailing(settings: Settings, day: dt.date) -> _Volume:
+    """The volume check of ``day`` against the validated days before it."""
     history = trailing_volume(settings, day)
     trailing_mean = float(np.mean([r for _, r in history])) if history else None
     checked = len(history) >= MIN_HISTORY_DAYS
     min_rows = max(1, math.ceil(settings.min_volume_ratio * trailing_mean)) if checked else 1
-    docs_dir = settings.reports_dir / "data_docs"
-    checked_columns = sorted({c.column for c in ROW_CHECKS} | {"event"})
-    by_check = _run_gx(parsed[checked_columns], day, min_rows, settings.reports_dir)
-    report["data_docs"] = str(docs_dir / "index.html")
+    return _Volume(history, trailing_mean, checked, min_rows)
 
-    # Row reasons: parse failures first, then GX failures (a null that came from an unparsed
-    # value is reported as the parse failure only).
+
+def _row_reasons(
+    parsed: pd.DataFrame, unparsed: dict[str, np.ndarray], by_check: dict[str, Any]
+) -> dict[int, list[str]]:
+    """``{row index: failed checks}`` of the bad rows, each list in report order.
+
+    Parse failures first, then GX failures (a null that came from an unparsed value is reported as
+    the parse failure only). Duplicates: among rows that are otherwise good, the first of each
+    ``event_id`` is kept and the others fail :data:`UNIQUE_REASON`.
+    """
     reasons: dict[int, list[str]] = {}
     for col, mask in unparsed.items():
         for i in np.flatnonzero(mask):
@@ -645,7 +722,6 @@ def _validate(settings: Settings, day: dt.date, report: dict[str, Any]) -> Valid
             if mask is not None and mask[i]:
                 continue
             reasons.setdefault(int(i), []).append(reason)
-    # Duplicates: among rows that are otherwise good, keep the first of each event_id.
     dup_rows = sorted(
         int(i) for i in by_check[UNIQUE_REASON].result.get("unexpected_index_list") or []
     )
@@ -658,34 +734,54 @@ def _validate(settings: Settings, day: dt.date, report: dict[str, Any]) -> Valid
             reasons[i] = [UNIQUE_REASON]
         else:
             seen.add(key)
+    return reasons
 
-    bad = np.zeros(n, dtype=bool)
-    bad_idx = np.array(sorted(reasons), dtype=np.int64)
-    bad[bad_idx] = True
-    by_reason = Counter(r for rs in reasons.values() for r in rs)
-    report["rows"] = {"total": n, "good": int(n - bad.sum()), "quarantined": int(bad.sum())}
-    report["quarantined_by_reason"] = dict(sorted(by_reason.items()))
-    report["expectations"] = [
-        {
-            "check": name,
-            "expectation": r.expectation_config.type,
-            "success": bool(r.success),
-            "unexpected_count": r.result.get("unexpected_count"),
-            "observed_value": r.result.get("observed_value"),
-        }
-        for name, r in ((c, by_check[c]) for c in CHECK_ORDER)
-    ]
-    report["parse_failures"] = {c: int(m.sum()) for c, m in sorted(unparsed.items())}
-    ratio = n / trailing_mean if trailing_mean else None
-    report["volume"] = {
-        "rows": n,
-        "trailing_days": [d.isoformat() for d, _ in history],
-        "trailing_mean": trailing_mean,
-        "ratio": ratio,
-        "checked": checked,
-        "min_rows": min_rows,
+
+def _checks_report(
+    n: int,
+    bad: np.ndarray,
+    by_reason: Counter[str],
+    by_check: dict[str, Any],
+    unparsed: dict[str, np.ndarray],
+    volume: _Volume,
+) -> dict[str, Any]:
+    """The report's ``rows``, ``quarantined_by_reason``, ``expectations``, ``parse_failures`` and
+    ``volume`` entries for a partition of ``n`` rows (``bad``: ``(n,)`` mask of quarantined rows)."""
+    return {
+        "rows": {"total": n, "good": int(n - bad.sum()), "quarantined": int(bad.sum())},
+        "quarantined_by_reason": dict(sorted(by_reason.items())),
+        "expectations": [
+            {
+                "check": name,
+                "expectation": r.expectation_config.type,
+                "success": bool(r.success),
+                "unexpected_count": r.result.get("unexpected_count"),
+                "observed_value": r.result.get("observed_value"),
+            }
+            for name, r in ((c, by_check[c]) for c in CHECK_ORDER)
+        ],
+        "parse_failures": {c: int(m.sum()) for c, m in sorted(unparsed.items())},
+        "volume": {
+            "rows": n,
+            "trailing_days": [d.isoformat() for d, _ in volume.history],
+            "trailing_mean": volume.trailing_mean,
+            "ratio": n / volume.trailing_mean if volume.trailing_mean else None,
+            "checked": volume.checked,
+            "min_rows": volume.min_rows,
+        },
     }
 
+
+def _partition_failures(
+    settings: Settings,
+    n: int,
+    bad: np.ndarray,
+    by_reason: Counter[str],
+    by_check: dict[str, Any],
+    volume: _Volume,
+) -> list[tuple[str, str]]:
+    """``(expectation, what failed)`` of the partition-level checks that failed: the share of bad
+    rows (:data:`BAD_ROW_SHARE`) and the volume (:data:`VOLUME`). Empty when the day passes."""
     failures = []
     share = bad.sum() / n
     if share > settings.max_bad_row_share:
@@ -701,73 +797,69 @@ def _validate(settings: Settings, day: dt.date, report: dict[str, Any]) -> Valid
         failures.append(
             (
                 VOLUME,
-                f"volume collapse: {n} rows < {settings.min_volume_ratio} x {trailing_mean:.1f} "
-                f"(mean of the validated days {[d.isoformat() for d, _ in history]})",
+                f"volume collapse: {n} rows < {settings.min_volume_ratio} x "
+                f"{volume.trailing_mean:.1f} "
+                f"(mean of the validated days {[d.isoformat() for d, _ in volume.history]})",
             )
         )
-    if failures:
-        examples = [_row_example(raw, i, reasons[i]) for i in _example_rows(reasons)]
-        files_txt = ", ".join(str(f) for f in files)
-        msg = "; ".join(f"expectation {name} failed: {text}" for name, text in failures)
-        if examples:
-            msg += "; examples of offending rows: " + " | ".join(examples)
-        raise ValidationError(
-            f"{files_txt}: {msg}",
-            file=files_txt,
-            expectation=", ".join(name for name, _ in failures),
-            examples=examples,
-        )
+    return failures
 
-    good = parsed.loc[~bad].reset_index(drop=True)
-    users = _unknown(good, "user_id", _known_ids(settings.data_dir / "users.parquet", "user_id"))
-    items = _unknown(good, "item_id", _known_ids(settings.data_dir / "items.parquet", "item_id"))
-    report["unknown_ids"] = {
+
+def _failure_error(
+    failures: list[tuple[str, str]],
+    raw: pd.DataFrame,
+    files: list[Path],
+    reasons: dict[int, list[str]],
+) -> ValidationError:
+    """The :class:`ValidationError` of failed partition checks, with examples of bad rows."""
+    examples = [_row_example(raw, i, reasons[i]) for i in _example_rows(reasons)]
+    files_txt = ", ".join(str(f) for f in files)
+    msg = "; ".join(f"expectation {name} failed: {text}" for name, text in failures)
+    if examples:
+        msg += "; examples of offending rows: " + " | ".join(examples)
+    return ValidationError(
+        f"{files_txt}: {msg}",
+        file=files_txt,
+        expectation=", ".join(name for name, _ in failures),
+        examples=examples,
+    )
+
+
+def _unknown_ids(settings: Settings, good: pd.DataFrame) -> dict[str, int | None]:
+    """The report's ``unknown_ids``: distinct unknown ``users``/``items`` among the good rows and
+    the rows carrying them (``user_rows``/``item_rows``); ``None`` where the reference file is
+    absent."""
+    users = _unknown(good, "user_id", _known_ids(layout.attributes_path(settings, "users"), "user_id"))
+    items = _unknown(good, "item_id", _known_ids(layout.attributes_path(settings, "items"), "item_id"))
+    return {
         "users": users[0] if users else None,
         "user_rows": users[1] if users else None,
         "items": items[0] if items else None,
         "item_rows": items[1] if items else None,
     }
 
-    validated = schema.write_partition_atomic(schema.conform(good), settings.validated_dir, day)
-    q_reasons = ["; ".join(reasons[int(i)]) for i in bad_idx]
-    quarantine = schema.write_partition_atomic(
-        _quarantine_table(raw, parsed, unparsed, bad, q_reasons), settings.quarantine_dir, day
-    )
-    report["outputs"] = {
-        "validated": str(validated / "part-0.parquet"),
-        "quarantine": str(quarantine / "part-0.parquet"),
-    }
-    report["verdict"] = "passed"
-    path = report_path(settings, day)
-    schema.write_json_atomic(report, path)
-    log.info(
-        "validated date=%s: %d rows, %d good, %d quarantined %s; unknown users %s, items %s",
-        day,
-        n,
-        n - bad.sum(),
-        bad.sum(),
-        dict(by_reason),
-        report["unknown_ids"]["users"],
-        report["unknown_ids"]["items"],
-    )
+
+def _passed_result(settings: Settings, day: dt.date, report: dict[str, Any]) -> ValidationResult:
+    """The :class:`ValidationResult` of a passed day, from the report just written."""
+    rows, ids, volume = report["rows"], report["unknown_ids"], report["volume"]
     return ValidationResult(
         date=day,
-        rows_total=n,
-        rows_good=int(n - bad.sum()),
-        rows_quarantined=int(bad.sum()),
-        quarantined_by_reason=dict(sorted(by_reason.items())),
-        unknown_users=users[0] if users else None,
-        unknown_items=items[0] if items else None,
-        unknown_user_rows=users[1] if users else None,
-        unknown_item_rows=items[1] if items else None,
-        volume_ratio=ratio,
-        trailing_mean=trailing_mean,
-        trailing_days=len(history),
+        rows_total=rows["total"],
+        rows_good=rows["good"],
+        rows_quarantined=rows["quarantined"],
+        quarantined_by_reason=dict(report["quarantined_by_reason"]),
+        unknown_users=ids["users"],
+        unknown_items=ids["items"],
+        unknown_user_rows=ids["user_rows"],
+        unknown_item_rows=ids["item_rows"],
+        volume_ratio=volume["ratio"],
+        trailing_mean=volume["trailing_mean"],
+        trailing_days=len(volume["trailing_days"]),
         passed=True,
-        validated_path=validated / "part-0.parquet",
-        quarantine_path=quarantine / "part-0.parquet",
-        report_path=path,
-        data_docs_path=docs_dir / "index.html",
+        validated_path=Path(report["outputs"]["validated"]),
+        quarantine_path=Path(report["outputs"]["quarantine"]),
+        report_path=report_path(settings, day),
+        data_docs_path=layout.data_docs_dir(settings) / "index.html",
     )
 
 

@@ -114,8 +114,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.core import schema
-from pipelines.core.settings import Settings
+from pipelines.core import fmt, layout, schema
+from pipelines.core.gate_decisions import gate_decision_dates, read_gate_decision
+from pipelines.core.settings import Settings, env_float, env_int
+from pipelines.core.validated import validated_dates, validated_files
 
 log = logging.getLogger("recloop.ab")
 
@@ -192,15 +194,10 @@ class ABConfig:
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
-            name = f"RECLOOP_AB_{f.name.upper()}"
-            raw = env.get(name)
-            if raw is None or raw == "":
-                continue
-            kind = int if f.type in (int, "int") else float
-            try:
-                values[f.name] = kind(raw)
-            except ValueError as exc:
-                raise ValueError(f"{name}={raw!r}: expected {kind.__name__}") from exc
+            read = env_int if f.type in (int, "int") else env_float
+            value = read(env, f"RECLOOP_AB_{f.name.upper()}")
+            if value is not None:
+                values[f.name] = value
         return cls(**values)
 
 
@@ -268,12 +265,13 @@ def current_experiment(settings: Settings) -> str | None:
 def report_dir(settings: Settings, experiment: str) -> Path:
     """``reports/ab/<experiment>``."""
     parse_experiment(experiment)
-    return settings.reports_dir / "ab" / experiment
+    return layout.ab_report_dir(settings, experiment)
 
 
 def report_path(settings: Settings, experiment: str, date: str | dt.date) -> Path:
     """``reports/ab/<experiment>/date=D.json``."""
-    return report_dir(settings, experiment) / f"date={schema.parse_date(date).isoformat()}.json"
+    parse_experiment(experiment)
+    return layout.ab_report_path(settings, experiment, date)
 
 
 # --- reading the logs -------------------------------------------------------------------------
@@ -282,9 +280,8 @@ def report_path(settings: Settings, experiment: str, date: str | dt.date) -> Pat
 def _read_day(settings: Settings, day: dt.date) -> pd.DataFrame:
     import pyarrow.parquet as pq
 
-    folder = schema.partition_dir(settings.validated_dir, day)
     frames = []
-    for f in sorted(folder.glob("*.parquet")):
+    for f in validated_files(settings, day, day):
         try:
             frames.append(pq.read_table(f, columns=_COLUMNS).to_pandas())
         except (KeyError, ValueError, OSError) as exc:
@@ -300,12 +297,8 @@ def experiment_rows(
     """The experiment's validated rows of days ``first..last`` (None: from the first partition)
     with a ``date`` column; de-duplicated by ``event_id``; columns ``_COLUMNS + [date]``."""
     champ, chall = parse_experiment(experiment)
-    lo = schema.parse_date(first) if first is not None else dt.date.min
-    hi = schema.parse_date(last)
     frames = []
-    for day in schema.partition_dates(settings.validated_dir):
-        if not lo <= day <= hi:
-            continue
+    for day in validated_dates(settings, first, last):
         f = _read_day(settings, day)
         keep = ((f["arm"] == "champion") & (f["model_version"] == f"bundle-{champ}")) | (
             (f["arm"] == "challenger") & (f["model_version"] == f"bundle-{chall}")
@@ -340,8 +333,12 @@ def wilson(successes: float, n: float, z: float = 1.959964) -> tuple[float, floa
     return max(0.0, mid - half), min(1.0, mid + half)
 
 
-def _ratio_var(num: np.ndarray, den: np.ndarray) -> float:
-    """Delta-method variance of sum(num)/sum(den) with the rows (users) as independent units."""
+def ratio_variance(num: np.ndarray, den: np.ndarray) -> float:
+    """Delta-method variance of ``sum(num) / sum(den)`` with the rows (users) as independent units.
+
+    ``num``, ``den``: per-user sums ``(U,)`` (e.g. clicks and impressions: the variance of an arm's
+    CTR, clustered by user). NaN when ``sum(den) <= 0`` or fewer than 2 users.
+    """
     n_tot = float(den.sum())
     units = len(den)
     if n_tot <= 0 or units < 2:
@@ -391,8 +388,8 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
                 "purchases": b,
                 "conversion": b / n if n else float("nan"),
                 "users": len(u),
-                "ctr_var": _ratio_var(clk, imp),
-                "conv_var": _ratio_var(buy, imp),
+                "ctr_var": ratio_variance(clk, imp),
+                "conv_var": ratio_variance(buy, imp),
             }
         )
     return pd.DataFrame(out).set_index("arm")
@@ -456,7 +453,7 @@ NO_DATA, PENDING = "no data", "pending"
 
 def request_log_dir(settings: Settings) -> Path:
     """``RECLOOP_HOME/serving/requests`` (as ``serving.logging.requests_dir``)."""
-    return settings.home / "serving" / "requests"
+    return layout.requests_dir(settings)
 
 
 def read_request_log(settings: Settings) -> pd.DataFrame:
@@ -533,7 +530,7 @@ def catalog_size(settings: Settings, version: str) -> tuple[int | None, str]:
         return len(Vocab.load(Path(folder) / "items.json")), f"bundle-{version} two-tower items"
     except Exception as exc:  # noqa: BLE001 - any unreadable bundle falls back to the item table
         log.debug("catalog of bundle-%s from its two-tower failed: %r", version, exc)
-    path = settings.data_dir / "items.parquet"
+    path = layout.attributes_path(settings, "items")
     if path.exists():
         import pyarrow.parquet as pq
 
@@ -659,7 +656,7 @@ def service_guardrails(
 
 
 def _ope_file(settings: Settings, day: dt.date, version: str) -> Path:
-    return settings.reports_dir / "ope" / f"date={day.isoformat()}" / f"bundle-{version}.json"
+    return layout.ope_report_path(settings, day, f"bundle-{version}")
 
 
 def _ope_entry(path: Path) -> dict[str, Any] | None:
@@ -690,17 +687,14 @@ def _ope_entry(path: Path) -> dict[str, Any] | None:
 def gated_on(settings: Settings, version: str, last: dt.date) -> dt.date | None:
     """The first day through ``last`` whose gate decision (``reports/gates/date=D.json``) made
     bundle ``version`` the challenger (or champion); None when no such report."""
-    folder = settings.reports_dir / "gates"
-    files = sorted(folder.glob("date=*.json")) if folder.exists() else []
-    for f in files:
-        day = schema.parse_date(f.stem.removeprefix("date="))
+    for day in gate_decision_dates(settings):
         if day > last:
             break
         try:
-            rec = json.loads(f.read_text())
-        except (OSError, ValueError):
+            rec = read_gate_decision(settings, day)
+        except ValueError:  # an unreadable decision made nobody challenger
             continue
-        if str(rec.get("candidate_version")) == str(version) and rec.get("action") in (
+        if rec is not None and str(rec.get("candidate_version")) == str(version) and rec.get("action") in (
             "challenger", "champion",
         ):  # fmt: skip
             return day
@@ -715,7 +709,7 @@ def ope_prediction(
     champ, chall = parse_experiment(experiment)
     last = schema.parse_date(before)
     gate_day = gated_on(settings, chall, last)
-    root = settings.reports_dir / "ope"
+    root = layout.ope_reports_dir(settings)
     days = [d for d in schema.partition_dates(root) if d <= last] if root.exists() else []
     out: dict[str, dict[str, Any] | None] = {}
     for arm, version in zip(ARMS, (champ, chall), strict=True):
@@ -735,7 +729,7 @@ def true_ctr(
     """{arm: mean true click probability of the arm's impressions in ``rows``} on simulated data
     (``truth/world.json``); all None on real data or when an id is not the simulator's."""
     out: dict[str, float | None] = {arm: None for arm in ARMS}
-    if not (settings.truth_dir / "world.json").exists():
+    if not layout.world_path(settings).exists():
         return out
     from pipelines.data import simulate
 
@@ -765,8 +759,15 @@ def true_ctr(
 # --- decision ---------------------------------------------------------------------------------
 
 
-def _looks(rows: pd.DataFrame, days: list[dt.date], cfg: ABConfig) -> list[dict[str, Any]]:
-    """Cumulative per-arm numbers and both sequential tests at each daily look."""
+def daily_looks(rows: pd.DataFrame, days: list[dt.date], cfg: ABConfig) -> list[dict[str, Any]]:
+    """Cumulative per-arm numbers and both sequential tests at each daily look.
+
+    ``rows``: the experiment's event rows (:func:`experiment_rows`: both arms, a ``date`` column);
+    ``days``: the look dates, ascending. Returns one dict per day: impressions and CTR per arm
+    (cumulative through that day), ``ctr_diff`` / ``conversion_diff`` (challenger - champion) and
+    the always-valid test of each (:func:`always_valid`: ``lambda``, ``p_value``, ``lower``,
+    ``upper``; the conversion ones prefixed ``conversion_``). What :func:`decide` reads.
+    """
     d_ctr, v_ctr, d_conv, v_conv, out = [], [], [], [], []
     for day in days:
         t = summarize(rows[rows["date"] <= day])
@@ -832,7 +833,7 @@ def decide(
             return STOP, f"max duration {cfg.max_days} days reached below the minimum sample " \
                 f"({n_min} < {cfg.min_impressions} impressions in an arm)", guardrails  # fmt: skip
         return CONTINUE, f"minimum sample not reached ({n_min} < {cfg.min_impressions})", guardrails
-    failed = [f"{g['name']} ({_f(g['value'], '.4g')} vs {g['threshold']:g})"
+    failed = [f"{g['name']} ({fmt.number(g['value'], '.4g')} vs {g['threshold']:g})"
               for g in svc if g["verdict"] == "fail"]  # fmt: skip
     if failed:
         return ROLLBACK, f"service guardrail failed: {', '.join(failed)}", guardrails
@@ -975,8 +976,8 @@ def analyze(
         dec.truth = {arm: None for arm in ARMS}
     else:
         rows = experiment_rows(settings, experiment, start, day)
-        days = [d for d in schema.partition_dates(settings.validated_dir) if start <= d <= day]
-        looks = _looks(rows, days, cfg)
+        days = validated_dates(settings, start, day)
+        looks = daily_looks(rows, days, cfg)
         dec.day = (day - start).days + 1
         dec.looks = looks
         table = summarize(rows).reset_index()
@@ -1010,7 +1011,7 @@ def analyze_current(
     (default: the newest validated partition). JSON-able dict; ``action`` ``none`` when there is
     no experiment running or no validated data."""
     if date is None:
-        dates = schema.partition_dates(settings.validated_dir)
+        dates = validated_dates(settings)
         if not dates:
             return {"action": "none", "reason": "no validated partitions"}
         date = dates[-1]
@@ -1023,24 +1024,16 @@ def analyze_current(
 # --- display ----------------------------------------------------------------------------------
 
 
-def _f(x: Any, spec: str) -> str:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return "-"
-    return format(v, spec) if math.isfinite(v) else "-"
-
-
 def format_arms(arms: list[dict[str, Any]]) -> str:
     """The per-arm table as text."""
     head = f"{'arm':<11}{'impr':>9}{'clicks':>8}{'CTR':>8}  {'95% CI':<17}{'buys':>6}" \
         f"{'conv':>8}{'users':>7}"  # fmt: skip
     lines = [head]
     for a in arms:
-        ci = f"[{_f(a['ctr_lo'], '.4f')}, {_f(a['ctr_hi'], '.4f')}]"
+        ci = f"[{fmt.number(a['ctr_lo'], '.4f')}, {fmt.number(a['ctr_hi'], '.4f')}]"
         lines.append(
-            f"{a['arm']:<11}{a['impressions']:>9}{a['clicks']:>8}{_f(a['ctr'], '.4f'):>8}  "
-            f"{ci:<17}{a['purchases']:>6}{_f(a['conversion'], '.4f'):>8}{a['users']:>7}"
+            f"{a['arm']:<11}{a['impressions']:>9}{a['clicks']:>8}{fmt.number(a['ctr'], '.4f'):>8}  "
+            f"{ci:<17}{a['purchases']:>6}{fmt.number(a['conversion'], '.4f'):>8}{a['users']:>7}"
         )
     return "\n".join(lines)
 
@@ -1051,10 +1044,10 @@ def format_history(records: list[dict[str, Any]]) -> str:
              f"{'p':>8}  reason"]  # fmt: skip
     for r in records:
         d = r.get("diff") or {}
-        ci = f"[{_f(d.get('lower'), '+.4f')}, {_f(d.get('upper'), '+.4f')}]"
+        ci = f"[{fmt.number(d.get('lower'), '+.4f')}, {fmt.number(d.get('upper'), '+.4f')}]"
         lines.append(
-            f"{r['date']:<12}{r['day']:>4}  {r['action']:<9}{_f(d.get('ctr_diff'), '+.4f'):>9}  "
-            f"{ci:<20}{_f(d.get('p_value'), '.4f'):>8}  {r['reason']}"
+            f"{r['date']:<12}{r['day']:>4}  {r['action']:<9}{fmt.number(d.get('ctr_diff'), '+.4f'):>9}  "
+            f"{ci:<20}{fmt.number(d.get('p_value'), '.4f'):>8}  {r['reason']}"
         )
     return "\n".join(lines)
 
@@ -1070,13 +1063,13 @@ def format_ope(rec: dict[str, Any]) -> str:
     for arm in ARMS:
         p, a = pred.get(arm), arms.get(arm) or {}
         if p:
-            ope = f"{_f(p['snips'], '.4f')} [{_f(p['ci_low'], '.4f')}, {_f(p['ci_high'], '.4f')}]"
+            ope = f"{fmt.number(p['snips'], '.4f')} [{fmt.number(p['ci_low'], '.4f')}, {fmt.number(p['ci_high'], '.4f')}]"
             sources.append(f"{arm}: OPE of {p['date']} ({p['source']})")
         else:
             ope = "-"
-        ctr = (f"{_f(a.get('ctr'), '.4f')} [{_f(a.get('ctr_lo'), '.4f')}, "
-               f"{_f(a.get('ctr_hi'), '.4f')}]") if a else "-"  # fmt: skip
-        lines.append(f"{arm:<11}{ope:<31}{ctr:<31}{_f(truth.get(arm), '.4f'):>7}")
+        ctr = (f"{fmt.number(a.get('ctr'), '.4f')} [{fmt.number(a.get('ctr_lo'), '.4f')}, "
+               f"{fmt.number(a.get('ctr_hi'), '.4f')}]") if a else "-"  # fmt: skip
+        lines.append(f"{arm:<11}{ope:<31}{ctr:<31}{fmt.number(truth.get(arm), '.4f'):>7}")
     lines.append(
         "units: clicks per impression (SNIPS = mean reward per logged item-slot; CTR = clicked "
         "slots / impressions; truth = mean true click prob of the served impressions). OPE's "
@@ -1092,7 +1085,7 @@ def format_guardrails(rec: dict[str, Any]) -> str:
              f"  verdict"]  # fmt: skip
     for g in rec.get("guardrails") or []:
         lines.append(
-            f"{g['name']:<18}{_f(g.get('champion'), '.4g'):>10}{_f(g.get('challenger'), '.4g'):>12}"
-            f"{_f(g.get('value'), '.4g'):>10}{_f(g.get('threshold'), '.4g'):>11}  {g['verdict']}"
+            f"{g['name']:<18}{fmt.number(g.get('champion'), '.4g'):>10}{fmt.number(g.get('challenger'), '.4g'):>12}"
+            f"{fmt.number(g.get('value'), '.4g'):>10}{fmt.number(g.get('threshold'), '.4g'):>11}  {g['verdict']}"
         )
     return "\n".join(lines)

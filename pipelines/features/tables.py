@@ -30,8 +30,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipelines.core import schema
+from pipelines.core import layout, schema
+from pipelines.core.duckdb_sql import sql_list, sql_string
 from pipelines.core.settings import Settings
+from pipelines.core.validated import validated_files
 
 log = logging.getLogger(__name__)
 
@@ -131,20 +133,18 @@ def feature_time(date: str | dt.date) -> dt.datetime:
 
 def table_dir(settings: Settings, entity: str) -> Path:
     """``features/<entity>`` (entity: ``user`` or ``item``): the FileSource path Feast reads."""
-    if entity not in ("user", "item"):
-        raise ValueError(f"entity must be 'user' or 'item', got {entity!r}")
-    return settings.features_dir / entity
+    return layout.feature_table_dir(settings, entity)
 
 
 def table_path(settings: Settings, entity: str, date: str | dt.date) -> Path:
     """``features/<entity>/date=D/part-0.parquet``."""
-    return schema.partition_dir(table_dir(settings, entity), date) / "part-0.parquet"
+    return layout.feature_table_path(settings, entity, date)
 
 
 def _window_files(settings: Settings, date: dt.date) -> list[str]:
     """Parquet files of the validated partitions in ``[D-27, D]``; D's own must exist."""
-    own = schema.partition_dir(settings.validated_dir, date)
-    if not sorted(own.glob("*.parquet")):
+    if not validated_files(settings, date, date):
+        own = layout.validated_partition(settings, date)
         raise FileNotFoundError(
             f"no validated log for {date}: {own} holds no parquet file (run validation first)"
         )
@@ -152,7 +152,7 @@ def _window_files(settings: Settings, date: dt.date) -> list[str]:
     missing = []
     for back in range(LOOKBACK_DAYS):
         d = date - dt.timedelta(days=back)
-        found = sorted(schema.partition_dir(settings.validated_dir, d).glob("*.parquet"))
+        found = validated_files(settings, d, d)
         if not found:
             missing.append(d)
         files += [str(f) for f in found]
@@ -161,14 +161,10 @@ def _window_files(settings: Settings, date: dt.date) -> list[str]:
     return files
 
 
-def _sql_list(paths: list[str]) -> str:
-    return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
-
-
 def _attribute_view(con, name: str, path: Path, arrow_schema: pa.Schema) -> None:
     """Register ``path`` (or an empty table with ``arrow_schema`` if absent) as view ``name``."""
     if path.exists():
-        con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{path}')")
+        con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({sql_string(path)})")
     else:
         log.info("no %s: %s attributes default to unknown", path, name)
         con.register(f"{name}_empty", arrow_schema.empty_table())
@@ -299,13 +295,13 @@ def compute_features(settings: Settings, date: str | dt.date) -> dict:
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
-        _attribute_view(con, "users", settings.data_dir / "users.parquet", schema.USERS)
-        _attribute_view(con, "items", settings.data_dir / "items.parquet", schema.ITEMS)
+        _attribute_view(con, "users", layout.attributes_path(settings, "users"), schema.USERS)
+        _attribute_view(con, "items", layout.attributes_path(settings, "items"), schema.ITEMS)
         con.execute(
             f"""CREATE VIEW ev AS
             SELECT user_id, item_id, event, value, ts,
                    DATE '{d}' - CAST(date AS DATE) AS days_ago
-            FROM read_parquet({_sql_list(files)}, hive_partitioning = true, union_by_name = true)
+            FROM read_parquet({sql_list(files)}, hive_partitioning = true, union_by_name = true)
             """
         )
         n_events = con.execute("SELECT COUNT(*) FROM ev").fetchone()[0]

@@ -10,7 +10,7 @@ runs in production, one logical date at a time:
    (``POST /admin/reload``: champion and challenger hot-swap), the simulator's users of day D are
    sent to it over HTTP and respond to what they are shown (:func:`pipelines.loop.traffic.simulate_traffic`),
    and the service's impression and feedback logs become D's partition
-   (:func:`pipelines.loop.traffic.ingest_served`); D's user and item attribute tables are written from
+   (:func:`pipelines.loop.served.ingest_served`); D's user and item attribute tables are written from
    the world (the product database of a real deployment).
 2. **the daily DAG** for D (validate → features → train → index → ranker → register → gate): the
    gate makes the newest passing bundle the ``challenger`` (one experiment at a time).
@@ -52,7 +52,6 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -61,8 +60,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.core import schema
+from pipelines.core import fmt, layout, schema
+from pipelines.core.gate_decisions import read_gate_decision
+from pipelines.core.loop_days import read_loop_days, save_loop_day
+from pipelines.core.net import free_port
 from pipelines.core.settings import Settings
+from pipelines.core.wait import wait_until
 
 log = logging.getLogger("recloop.closed_loop")
 
@@ -136,31 +139,7 @@ class StageFailed(RuntimeError):
     """A DAG run (or inline task) of the loop failed; the message names the date and task."""
 
 
-# --- the day records ------------------------------------------------------------------------------
-def days_path(settings: Settings) -> Path:
-    """``reports/loop/days.json``: one record per logical date the loop has worked on."""
-    return settings.reports_dir / "loop" / "days.json"
-
-
-def read_days(settings: Settings) -> list[dict[str, Any]]:
-    """The loop's day records, by date (empty before the first run)."""
-    path = days_path(settings)
-    if not path.exists():
-        return []
-    try:
-        records = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not JSON ({exc}); move it aside to start the loop over") from exc
-    return sorted(records, key=lambda r: r["date"])
-
-
-def _save_day(settings: Settings, record: dict[str, Any]) -> None:
-    others = [r for r in read_days(settings) if r["date"] != record["date"]]
-    schema.write_json_atomic(
-        sorted([*others, record], key=lambda r: r["date"]), days_path(settings)
-    )
-
-
+# --- the day records: pipelines.core.loop_days reads and writes them -----------------------------
 def _aliases(settings: Settings) -> dict[str, str | None]:
     from pipelines.release import registry
 
@@ -168,13 +147,6 @@ def _aliases(settings: Settings) -> dict[str, str | None]:
 
 
 # --- the service process --------------------------------------------------------------------------
-def free_port() -> int:
-    """A TCP port free on loopback now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Service:
     """``recloop serve`` as a child process on loopback, with a fresh admin token.
 
@@ -193,7 +165,7 @@ class Service:
 
     @property
     def log_path(self) -> Path:
-        return self.settings.home / "logs" / "serve.log"
+        return layout.serve_log_path(self.settings)
 
     def start(self, timeout_s: float = 180.0) -> None:
         """Start the process and wait for readiness (a champion loaded, its index answering)."""
@@ -212,9 +184,9 @@ class Service:
                "--log-level", "warning"]  # fmt: skip
         self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
         out.close()
-        deadline = time.monotonic() + timeout_s
-        detail = "no answer"
-        while time.monotonic() < deadline:
+        detail = ["no answer"]
+
+        def ready() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(
                     f"the service exited with {self.proc.returncode} while starting; "
@@ -222,16 +194,19 @@ class Service:
                 )
             try:
                 r = httpx.get(f"{self.url}/health/ready", timeout=2.0, trust_env=False)
-                detail = r.json().get("detail", r.text)
-                if r.status_code == 200:
-                    log.info("service ready on %s: %s", self.url, detail)
-                    return
+                detail[0] = r.json().get("detail", r.text)
+                return r.status_code == 200
             except httpx.HTTPError as exc:
-                detail = repr(exc)
-            time.sleep(0.5)
-        self.stop()
-        raise TimeoutError(f"the service was not ready in {timeout_s:.0f}s ({detail}); "
-                           f"see {self.log_path}")  # fmt: skip
+                detail[0] = repr(exc)
+                return False
+
+        try:
+            wait_until(ready, timeout_s, f"the service on {self.url}")
+        except TimeoutError:
+            self.stop()
+            raise TimeoutError(f"the service was not ready in {timeout_s:.0f}s ({detail[0]}); "
+                               f"see {self.log_path}") from None  # fmt: skip
+        log.info("service ready on %s: %s", self.url, detail[0])
 
     def reload(self) -> dict[str, Any]:
         """``POST /admin/reload``: ``{"outcome": {arm: what happened}, "rejected": n}``."""
@@ -344,30 +319,33 @@ def served_truth(settings: Settings, day: dt.date) -> dict[str, Any] | None:
 
 def _ingest_when_flushed(settings: Settings, day: dt.date, wait_s: float = 30.0) -> dict:
     """``ingest_served`` once the service's log holds every request of the day's manifest."""
-    from pipelines.loop.traffic import ingest_served
+    from pipelines.loop.served import ingest_served
 
-    deadline = time.monotonic() + wait_s
     time.sleep(FLUSH_S * 2)  # the service flushes its log every FLUSH_S seconds
-    while True:
-        out = ingest_served(settings, day)
-        if out.get("missing_requests", 0) == 0 or time.monotonic() > deadline:
-            if out.get("missing_requests", 0):
-                log.warning("%s: %d served requests never reached the log", day,
-                            out["missing_requests"])  # fmt: skip
-            return out
-        time.sleep(1.0)
+    out: dict[str, Any] = {}
+
+    def flushed() -> bool:
+        out.clear()
+        out.update(ingest_served(settings, day))
+        return out.get("missing_requests", 0) == 0
+
+    try:
+        wait_until(flushed, wait_s, f"the served log of {day}", interval_s=1.0)
+    except TimeoutError:
+        log.warning("%s: %d served requests never reached the log", day,
+                    out["missing_requests"])  # fmt: skip
+    return out
 
 
 def _gate_record(settings: Settings, day: dt.date) -> dict[str, Any] | None:
-    path = settings.reports_dir / "gates" / f"date={day.isoformat()}.json"
-    if not path.exists():
+    d = read_gate_decision(settings, day)
+    if d is None:
         return None
-    d = json.loads(path.read_text())
     return {k: d.get(k) for k in ("candidate_version", "action", "reason")}
 
 
 def _ab_record(settings: Settings, day: dt.date) -> dict[str, Any] | None:
-    folder = settings.reports_dir / "ab"
+    folder = layout.ab_reports_dir(settings)
     found = sorted(folder.glob(f"*/date={day.isoformat()}.json")) if folder.exists() else []
     if not found:
         return None
@@ -398,7 +376,7 @@ def run_loop(
 
     settings.ensure_dirs()
     world = _world(settings, cfg)
-    done = {r["date"]: r for r in read_days(settings)}
+    done = {r["date"]: r for r in read_loop_days(settings)}
     service: Service | None = None
     records = []
     bar = tqdm(cfg.dates, desc="closed loop", unit="day", disable=None)
@@ -414,7 +392,7 @@ def run_loop(
                 rec["seconds"]["total"] = round(
                     sum(v for k, v in rec["seconds"].items() if k != "total"), 2
                 )
-                _save_day(settings, rec)
+                save_loop_day(settings, rec)
                 if on_phase:
                     on_phase(day, phase, rec)
                 if cfg.stop_after == (day.isoformat(), phase):
@@ -460,7 +438,7 @@ def _world(settings: Settings, cfg: LoopConfig):
     """The simulated world of this workspace (created and recorded on the first run)."""
     from pipelines.data import simulate
 
-    meta_path = settings.truth_dir / "world.json"
+    meta_path = layout.world_path(settings)
     scale = cfg.scale or settings.scale
     seed = settings.seed if cfg.seed is None else int(cfg.seed)
     start = cfg.world_start or cfg.start
@@ -470,7 +448,7 @@ def _world(settings: Settings, cfg: LoopConfig):
         if cfg.world_start is None and start > schema.parse_date(have[2]):
             start = schema.parse_date(have[2])  # a world that began earlier: keep it
         want = (scale, seed, start.isoformat())
-        if have != want and (read_days(settings) or start > schema.parse_date(have[2])):
+        if have != want and (read_loop_days(settings) or start > schema.parse_date(have[2])):
             raise ValueError(
                 f"{meta_path} describes world {have} but the loop asks for {want}: use another "
                 "RECLOOP_HOME, or the same --scale/--seed/--start-date to resume"
@@ -510,7 +488,7 @@ def format_days(records: list[dict[str, Any]]) -> str:
         cells = []
         for arm, s in sorted(arms.items()):
             v = ",".join(x.removeprefix("bundle-") for x in s.get("versions", []))
-            cells.append(f"{arm[:5]} v{v} {_f(s.get('ctr'))}/{_f(s.get('true_ctr'))}")
+            cells.append(f"{arm[:5]} v{v} {fmt.number(s.get('ctr'))}/{fmt.number(s.get('true_ctr'))}")
         gate = (r.get("gate") or {}).get("action") or "-"
         ab = r.get("ab") or {}
         ab_s = f"{ab.get('experiment')} {ab.get('action')}" if ab else "-"
@@ -522,6 +500,3 @@ def format_days(records: list[dict[str, Any]]) -> str:
         )
     return "\n".join(lines)
 
-
-def _f(x: Any) -> str:
-    return "-" if x is None else f"{float(x):.4f}"

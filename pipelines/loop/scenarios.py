@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.core import layout
 from pipelines.core.settings import Settings
 from pipelines.release import registry
 
@@ -67,7 +68,7 @@ def register_variant(settings: Settings, version: str | int, mode: str, seed: in
 
     src = Path(bundle["paths"]["two_tower"])
     variant = f"{mode}{seed}-bundle{bundle['bundle_version']}"
-    root = settings.artifacts_dir / "scenarios" / variant
+    root = layout.scenario_dir(settings, variant)
     tt = root / "two_tower"
     if tt.exists():
         shutil.rmtree(tt)

@@ -17,8 +17,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines.core import schema
+from pipelines.core import layout, schema
 from pipelines.core.settings import Settings
+from pipelines.core.wait import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 DAGS_FOLDER = REPO / "dags"
@@ -38,12 +39,14 @@ def airflow_env(settings: Settings, api_port: int = 8080) -> dict[str, str]:
             "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{layout.airflow_db_path(settings)}",
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(layout.airflow_logs_dir(settings)),
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(api_port),
             "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{api_port}",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(
+                layout.airflow_passwords_path(settings)
+            ),
             # torch's OpenMP spin-waits stall on a shared 2-core box (benchmarks/README.md)
             "OMP_WAIT_POLICY": env.get("OMP_WAIT_POLICY", "PASSIVE"),
             "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
@@ -55,8 +58,8 @@ def airflow_env(settings: Settings, api_port: int = 8080) -> dict[str, str]:
 def ensure_db(settings: Settings) -> None:
     """``airflow db migrate`` once per workspace (a stamp file records it)."""
     settings.ensure_dirs()
-    stamp = settings.airflow_home / ".migrated"
-    if stamp.exists() and (settings.airflow_home / "airflow.db").exists():
+    stamp = layout.airflow_migrated_path(settings)
+    if stamp.exists() and layout.airflow_db_path(settings).exists():
         return
     proc = subprocess.run(
         [sys.executable, "-m", "airflow", "db", "migrate"],
@@ -98,7 +101,7 @@ def _read_states(
     settings: Settings, dag_id: str, date: dt.date
 ) -> tuple[str, list[tuple[str, str, int]]]:
     """The newest run of ``dag_id`` for logical date ``date``: (run state, [(task, state, try)])."""
-    con = sqlite3.connect(settings.airflow_home / "airflow.db")
+    con = sqlite3.connect(layout.airflow_db_path(settings))
     try:
         row = con.execute(
             "SELECT run_id, state FROM dag_run WHERE dag_id = ? AND date(logical_date) = ? "
@@ -151,7 +154,7 @@ def start_standalone(
     Its output goes to ``log_file`` (default ``RECLOOP_HOME/airflow/standalone.log``).
     """
     ensure_db(settings)
-    log_file = log_file or settings.airflow_home / "standalone.log"
+    log_file = log_file or layout.airflow_standalone_log_path(settings)
     out = open(log_file, "ab")  # noqa: SIM115 - handed to the child process
     return subprocess.Popen(
         [sys.executable, "-m", "airflow", "standalone"],
@@ -166,29 +169,37 @@ def admin_password(settings: Settings, timeout: float = 60.0) -> str:
     """The ``admin`` password SimpleAuthManager generated (waits for the file to appear)."""
     import json
 
-    path = settings.airflow_home / "passwords.json"
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+    path = layout.airflow_passwords_path(settings)
+
+    def password() -> str | None:
         if path.exists() and path.stat().st_size > 0:
             try:
                 return json.loads(path.read_text())["admin"]
             except (json.JSONDecodeError, KeyError):
                 pass
-        time.sleep(0.5)
-    raise RuntimeError(f"Airflow wrote no admin password to {path} within {timeout:.0f}s")
+        return None
+
+    try:
+        return wait_until(password, timeout, f"the admin password in {path}")
+    except TimeoutError:
+        raise RuntimeError(
+            f"Airflow wrote no admin password to {path} within {timeout:.0f}s"
+        ) from None
 
 
 def wait_ready(port: int, timeout: float = 120.0) -> None:
     """Wait until the API server answers ``/api/v2/monitor/health``."""
     import httpx
 
-    deadline = time.time() + timeout
     url = f"http://127.0.0.1:{port}/api/v2/monitor/health"
-    while time.time() < deadline:
+
+    def healthy() -> bool:
         try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
+            return httpx.get(url, timeout=2).status_code == 200
         except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise RuntimeError(f"Airflow API server not ready at {url} after {timeout:.0f}s")
+            return False
+
+    try:
+        wait_until(healthy, timeout, url, interval_s=1.0)
+    except TimeoutError:
+        raise RuntimeError(f"Airflow API server not ready at {url} after {timeout:.0f}s") from None

@@ -1,7 +1,8 @@
 """The daily DAG's task bodies: one plain function per task, each taking the logical date.
 
 ``dags/recloop_daily.py`` calls exactly one of these per task; each reads its settings from the
-environment, does its stage, logs what happened and returns a small JSON-able summary (Airflow
+environment, makes one call into the stage module of the task's name (the task → module table is
+in ``dags/recloop_daily.py``), logs what happened and returns a small JSON-able summary (Airflow
 stores it as the task's XCom). They are also what ``recloop`` calls outside Airflow.
 """
 
@@ -20,6 +21,19 @@ def _settings() -> Settings:
     s = Settings.from_env()
     s.ensure_dirs()
     return s
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON types only (Airflow stores task results as XCom JSON)."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    if hasattr(obj, "item"):
+        return obj.item()
+    return str(obj)
 
 
 def validate(ds: str) -> dict[str, Any]:
@@ -71,29 +85,16 @@ def train_model(ds: str, name: str) -> dict[str, Any]:
 
 def build_index(ds: str) -> dict[str, Any]:
     """FAISS index over the two-tower item embeddings trained through ``ds``, recall-checked."""
-    from pipelines.retrieval.train import build_item_index
+    from pipelines.retrieval.index import build_item_index
 
     return _jsonable(build_item_index(_settings(), ds))
 
 
 def evaluate(ds: str) -> dict[str, Any]:
     """Forward evaluation: yesterday's models on today's positives, beside the baselines."""
-    from pipelines.retrieval.train import evaluate_forward
+    from pipelines.retrieval.evaluate import evaluate_forward
 
     return _jsonable(evaluate_forward(_settings(), ds))
-
-
-def _jsonable(obj: Any) -> Any:
-    """Plain JSON types only (Airflow stores task results as XCom JSON)."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    if hasattr(obj, "item"):
-        return obj.item()
-    return str(obj)
 
 
 def train_ranker(ds: str) -> dict[str, Any]:
@@ -105,9 +106,10 @@ def train_ranker(ds: str) -> dict[str, Any]:
 
 def evaluate_ranker(ds: str) -> dict[str, Any]:
     """Forward evaluation of the rankers trained through yesterday on today's impressions."""
-    from pipelines.ranking.train import evaluate_forward
+    from pipelines.ranking.evaluate import evaluate_forward
 
     out = evaluate_forward(_settings(), ds)
+    # the XCom keeps the AUCs; the full report is reports/ranker/date=D.json
     return _jsonable(
         {k: v for k, v in out.items() if k != "metrics"}
         | {"auc": {n: m.get("auc") for n, m in out.get("metrics", {}).items()}}
@@ -117,7 +119,7 @@ def evaluate_ranker(ds: str) -> dict[str, Any]:
 def register(ds: str) -> dict[str, Any]:
     """Track and register in MLflow what was trained through ``ds`` and the serving bundle pinning
     it (idempotent: a rerun on the same data registers nothing new)."""
-    from pipelines.release.registry import register_day
+    from pipelines.release.register import register_day
 
     return _jsonable(register_day(_settings(), ds))
 
@@ -125,41 +127,6 @@ def register(ds: str) -> dict[str, Any]:
 def gate(ds: str) -> dict[str, Any]:
     """Gate the newest bundle trained before ``ds`` on ``ds``'s numbers (offline metrics, ranker
     AUC, index recall, SNIPS of its policy on ``ds``'s logs); move the alias."""
-    import json
+    from pipelines.release.gate import daily_gate
 
-    from pipelines.release.bundle_ope import SNIPS_TOLERANCE, gate_inputs
-    from pipelines.release.gate import Tolerances, gate_day
-
-    s = _settings()
-    report = s.reports_dir / "ranker" / f"date={ds}.json"
-    metrics = json.loads(report.read_text()).get("metrics", {}) if report.exists() else {}
-    auc = metrics.get("ranker", {}).get("auc")
-    ope = gate_inputs(s, ds)
-    return _jsonable(
-        gate_day(
-            s,
-            ds,
-            candidate_version=ope["candidate_version"],
-            ope=ope["ope"],
-            champion_ope=ope["champion_ope"],
-            candidate_metrics={"auc": auc} if auc is not None else None,
-            champion_metrics=_champion_ranker_auc(s, ds, ope["candidate_version"]),
-            tolerances=Tolerances(snips=SNIPS_TOLERANCE),
-        )
-    )
-
-
-def _champion_ranker_auc(s: Settings, ds: str, candidate: str | None) -> dict[str, Any] | None:
-    """``{"auc": ...}`` of the champion bundle's ranker on ``ds`` (the candidate's test day), or
-    None when there is no other champion or it pins no ranker."""
-    from pipelines.ranking.train import ranker_auc
-    from pipelines.release import registry
-
-    champ = registry.get_alias(s, "champion")
-    if champ is None or champ == candidate:
-        return None
-    folder = registry.load_bundle(s, champ)["paths"].get("ranker")
-    if not folder:
-        return None
-    auc = ranker_auc(s, folder, ds)
-    return {"auc": auc} if auc is not None else None
+    return _jsonable(daily_gate(_settings(), ds))

@@ -1,9 +1,10 @@
-"""Ranker training data and evaluation: labels from the logs, sampled negatives, IPS weights.
+"""Ranker training data: labels from the logs, sampled negatives, IPS weights, and the day's
+labelled impressions with their feature columns.
 
 Plain functions over DataFrames; nothing here calls the feature store: the caller joins features
 (``pipelines.features.store.training_frame`` point in time, or anything else) onto the rows
-:func:`label_impressions` / :func:`sample_negatives` return, then calls :func:`train_ranker`
-and :func:`evaluate_ranker`.
+:func:`label_impressions` / :func:`sample_negatives` return, then fits
+(:mod:`pipelines.ranking.train`) and evaluates (:mod:`pipelines.ranking.evaluate`).
 
 Rows (one per impression or sampled negative): ``event_id, request_id, user_id, item_id,
 position, propensity, ts, event_timestamp (= ts, what the point-in-time join reads), label (0/1),
@@ -13,18 +14,24 @@ sampled (bool), negative_source`` (``logged`` for real impressions; ``uniform``,
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from models.dlrm import Ranker
+from pipelines.core import schema
+from pipelines.core.settings import Settings
+from pipelines.core.validated import validated_dates
 
 log = logging.getLogger(__name__)
 
+#: the feature service the ranker reads (training, evaluation and online scoring)
+SERVICE = "ranker_v1"
+#: two-tower candidates per user offered as hard negatives
+HARD_CANDIDATES = 50
 NEGATIVE_SOURCES = ("uniform", "popularity", "hard")
 DEFAULT_MIX: dict[str, float] = {"uniform": 0.7, "popularity": 0.0, "hard": 0.3}
 DEFAULT_IPS_CLIP = 100.0
@@ -105,6 +112,129 @@ def _pair_keys(users: np.ndarray, items: np.ndarray) -> np.ndarray:
     return np.char.add(np.char.add(users.astype(str), "\x1f"), items.astype(str))
 
 
+def _popularity_probs(
+    item_popularity: Sequence[float] | np.ndarray | None, pool: np.ndarray, power: float
+) -> np.ndarray:
+    """Sampling probabilities ``(len(pool),)`` ``∝ item_popularity ** power``."""
+    if item_popularity is None:
+        raise ValueError("the popularity share needs item_popularity (aligned with item_pool)")
+    pop = np.asarray(item_popularity, dtype=np.float64)
+    if pop.shape != pool.shape:
+        raise ValueError(f"item_popularity {pop.shape} and item_pool {pool.shape} differ")
+    weight = np.maximum(pop, 0.0) ** power
+    if weight.sum() <= 0:
+        raise ValueError("item_popularity is zero everywhere")
+    return weight / weight.sum()
+
+
+def _row_sources(rng: np.random.Generator, shares: dict[str, float], n: int) -> np.ndarray:
+    """The source of each of ``n`` sampled rows ``(n,)`` object: counts rounded from ``shares``
+    (uniform takes the remainder), in a random order."""
+    counts = {s: int(round(shares[s] * n)) for s in ("popularity", "hard")}
+    counts["uniform"] = n - counts["popularity"] - counts["hard"]
+    return rng.permutation(np.repeat(np.array(NEGATIVE_SOURCES, dtype=object), [
+        counts["uniform"], counts["popularity"], counts["hard"]
+    ]))  # fmt: skip
+
+
+def _sample_hard(
+    rng: np.random.Generator,
+    source: np.ndarray,
+    users: np.ndarray,
+    items: np.ndarray,
+    positives: pd.DataFrame,
+    hard_candidates: Mapping[str, Sequence[str]] | None,
+) -> None:
+    """Fill ``items`` of the ``hard`` rows in place: one of the row user's candidates minus the
+    items the user engaged with (``positives``); a user with none left turns the row's
+    ``source`` to ``uniform``."""
+    is_hard = np.flatnonzero(source == "hard")
+    engaged_by_user: dict[str, set] = {}
+    if len(is_hard):
+        for u, grp in positives.groupby("user_id", sort=False)["item_id"]:
+            engaged_by_user[str(u)] = set(grp)
+    left: dict[str, np.ndarray] = {}
+    fallback = 0
+    for j in is_hard:
+        u = str(users[j])
+        if u not in left:
+            cands = hard_candidates.get(u, ()) if hard_candidates else ()
+            eng = engaged_by_user.get(u, set())
+            left[u] = np.asarray([c for c in cands if c not in eng], dtype=object)
+        if len(left[u]):
+            items[j] = left[u][rng.integers(len(left[u]))]
+        else:
+            source[j] = "uniform"
+            fallback += 1
+    if fallback:
+        log.info("sample_negatives: %d hard rows had no candidates left: uniform instead", fallback)
+
+
+def _sample_from_pool(
+    rng: np.random.Generator,
+    source: np.ndarray,
+    users: np.ndarray,
+    items: np.ndarray,
+    pool: np.ndarray,
+    prob_pop: np.ndarray | None,
+    engaged_keys: pd.Index,
+) -> np.ndarray:
+    """Fill ``items`` of the ``uniform`` / ``popularity`` rows in place, resampling (up to 8
+    rounds) rows whose (user, item) pair the user engaged with. Returns the rows ``(R,)`` that
+    still hit an engaged item after the last round."""
+    todo = np.flatnonzero(source != "hard")
+    for _ in range(8):
+        if len(todo) == 0:
+            break
+        uni = todo[source[todo] == "uniform"]
+        items[uni] = pool[rng.integers(len(pool), size=len(uni))]
+        pp = todo[source[todo] == "popularity"]
+        if len(pp):
+            items[pp] = pool[rng.choice(len(pool), size=len(pp), p=prob_pop)]
+        hit = pd.Index(_pair_keys(users[todo], items[todo])).isin(engaged_keys)
+        todo = todo[hit]
+    return todo
+
+
+def _sampled_frame(anchor_rows: pd.DataFrame, items: np.ndarray, source: np.ndarray) -> pd.DataFrame:
+    """Sampled-negative rows: ``anchor_rows``' request, user and times, ``items`` ``(N,)`` and
+    ``source`` ``(N,)``; label 0, ``sampled`` True, position and propensity null."""
+    n = len(anchor_rows)
+    sampled = pd.DataFrame(
+        {
+            "event_id": anchor_rows["event_id"].astype(str).to_numpy()
+            + "-n"
+            + np.arange(n).astype(str),
+            "request_id": anchor_rows["request_id"].to_numpy(),
+            "user_id": anchor_rows["user_id"].to_numpy(),
+            "item_id": items,
+            "position": pd.array([pd.NA] * n, dtype="Int32"),
+            "propensity": np.nan,
+            "ts": anchor_rows["ts"].to_numpy(),
+            "event_timestamp": anchor_rows["event_timestamp"].to_numpy(),
+            "label": np.int8(0),
+            "sampled": True,
+            "negative_source": source,
+        }
+    )
+    sampled["ts"] = pd.to_datetime(sampled["ts"], utc=True)
+    sampled["event_timestamp"] = pd.to_datetime(sampled["event_timestamp"], utc=True)
+    return sampled
+
+
+def _append_sampled(labelled: pd.DataFrame, sampled: pd.DataFrame) -> pd.DataFrame:
+    """``labelled`` then ``sampled`` (extra columns of ``labelled`` null on the sampled rows)."""
+    extra = [c for c in labelled.columns if c not in sampled.columns]
+    for c in extra:
+        sampled[c] = pd.NA
+    with warnings.catch_warnings():  # all-NA extra columns of the sampled rows
+        warnings.simplefilter("ignore", FutureWarning)
+        out = pd.concat([labelled, sampled[list(labelled.columns)]], ignore_index=True)
+    out["label"] = out["label"].astype(np.int8)
+    out["sampled"] = out["sampled"].astype(bool)
+    return out
+
+
 def sample_negatives(
     labelled: pd.DataFrame,
     item_pool: Sequence[str] | np.ndarray,
@@ -155,100 +285,25 @@ def sample_negatives(
         shares = {**shares, "uniform": shares["uniform"] + shares["hard"], "hard": 0.0}
     prob_pop = None
     if shares["popularity"] > 0:
-        if item_popularity is None:
-            raise ValueError("the popularity share needs item_popularity (aligned with item_pool)")
-        pop = np.asarray(item_popularity, dtype=np.float64)
-        if pop.shape != pool.shape:
-            raise ValueError(f"item_popularity {pop.shape} and item_pool {pool.shape} differ")
-        weight = np.maximum(pop, 0.0) ** popularity_power
-        if weight.sum() <= 0:
-            raise ValueError("item_popularity is zero everywhere")
-        prob_pop = weight / weight.sum()
+        prob_pop = _popularity_probs(item_popularity, pool, popularity_power)
     anchors = np.resize(rng.permutation(len(positives)), n_total)
-    counts = {s: int(round(shares[s] * n_total)) for s in ("popularity", "hard")}
-    counts["uniform"] = n_total - counts["popularity"] - counts["hard"]
-    source = rng.permutation(np.repeat(np.array(NEGATIVE_SOURCES, dtype=object), [
-        counts["uniform"], counts["popularity"], counts["hard"]
-    ]))  # fmt: skip
+    source = _row_sources(rng, shares, n_total)
     users = positives["user_id"].to_numpy(dtype=object)[anchors]
     engaged_keys = pd.Index(
-        _pair_keys(
-            real.loc[real["label"] == 1, "user_id"].to_numpy(),
-            real.loc[real["label"] == 1, "item_id"].to_numpy(),
-        )
+        _pair_keys(positives["user_id"].to_numpy(), positives["item_id"].to_numpy())
     ).unique()
     items = np.empty(n_total, dtype=object)
-
-    # hard negatives: per row, one of the user's candidates minus the user's engaged items
-    is_hard = np.flatnonzero(source == "hard")
-    engaged_by_user: dict[str, set] = {}
-    if len(is_hard):
-        pos_rows = real[real["label"] == 1]
-        for u, grp in pos_rows.groupby("user_id", sort=False)["item_id"]:
-            engaged_by_user[str(u)] = set(grp)
-    left: dict[str, np.ndarray] = {}
-    fallback = 0
-    for j in is_hard:
-        u = str(users[j])
-        if u not in left:
-            cands = hard_candidates.get(u, ()) if hard_candidates else ()
-            eng = engaged_by_user.get(u, set())
-            left[u] = np.asarray([c for c in cands if c not in eng], dtype=object)
-        if len(left[u]):
-            items[j] = left[u][rng.integers(len(left[u]))]
-        else:
-            source[j] = "uniform"
-            fallback += 1
-    if fallback:
-        log.info("sample_negatives: %d hard rows had no candidates left: uniform instead", fallback)
-
-    # uniform / popularity, resampling (user, item) pairs the user engaged with
-    todo = np.flatnonzero(source != "hard")
-    for _ in range(8):
-        if len(todo) == 0:
-            break
-        uni = todo[source[todo] == "uniform"]
-        items[uni] = pool[rng.integers(len(pool), size=len(uni))]
-        pp = todo[source[todo] == "popularity"]
-        if len(pp):
-            items[pp] = pool[rng.choice(len(pool), size=len(pp), p=prob_pop)]
-        hit = pd.Index(_pair_keys(users[todo], items[todo])).isin(engaged_keys)
-        todo = todo[hit]
+    _sample_hard(rng, source, users, items, positives, hard_candidates)
+    todo = _sample_from_pool(rng, source, users, items, pool, prob_pop, engaged_keys)
     keep = np.ones(n_total, dtype=bool)
     keep[todo] = False
     if len(todo):
         log.info("sample_negatives: %d rows kept hitting engaged items: dropped", len(todo))
     anchor_rows = positives.iloc[anchors[keep]].reset_index(drop=True)
-    sampled = pd.DataFrame(
-        {
-            "event_id": anchor_rows["event_id"].astype(str).to_numpy()
-            + "-n"
-            + np.arange(int(keep.sum())).astype(str),
-            "request_id": anchor_rows["request_id"].to_numpy(),
-            "user_id": anchor_rows["user_id"].to_numpy(),
-            "item_id": items[keep],
-            "position": pd.array([pd.NA] * int(keep.sum()), dtype="Int32"),
-            "propensity": np.nan,
-            "ts": anchor_rows["ts"].to_numpy(),
-            "event_timestamp": anchor_rows["event_timestamp"].to_numpy(),
-            "label": np.int8(0),
-            "sampled": True,
-            "negative_source": source[keep],
-        }
-    )
-    sampled["ts"] = pd.to_datetime(sampled["ts"], utc=True)
-    sampled["event_timestamp"] = pd.to_datetime(sampled["event_timestamp"], utc=True)
+    sampled = _sampled_frame(anchor_rows, items[keep], source[keep])
     got = sampled["negative_source"].value_counts().to_dict()
     log.info("sampled %d negatives for %d positives: %s", len(sampled), len(positives), got)
-    extra = [c for c in labelled.columns if c not in sampled.columns]
-    for c in extra:
-        sampled[c] = pd.NA
-    with warnings.catch_warnings():  # all-NA extra columns of the sampled rows
-        warnings.simplefilter("ignore", FutureWarning)
-        out = pd.concat([labelled, sampled[list(labelled.columns)]], ignore_index=True)
-    out["label"] = out["label"].astype(np.int8)
-    out["sampled"] = out["sampled"].astype(bool)
-    return out
+    return _append_sampled(labelled, sampled)
 
 
 # --- inverse propensity weights -----------------------------------------------------------------------
@@ -280,190 +335,77 @@ def ips_weights(
     return w
 
 
-# --- training -----------------------------------------------------------------------------------------
+# --- the stage's rows and columns ---------------------------------------------------------------------
 
 
-def train_ranker(
-    train_frame: pd.DataFrame,
-    dense: Sequence[str],
-    sparse: Sequence[str],
-    interaction: str = "dot",
-    ips: bool = False,
-    label: str = "label",
-    ips_clip: float = DEFAULT_IPS_CLIP,
-    propensity_col: str = "propensity",
-    feature_service: str = "",
-    valid_frame: pd.DataFrame | None = None,
-    **params: Any,
-) -> Ranker:
-    """Fit a :class:`models.dlrm.Ranker` on ``train_frame`` (features + ``label``).
+def feature_columns(settings: Settings) -> tuple[list[str], list[str]]:
+    """``(dense, sparse)`` feature names of the ranker's feature service."""
+    from pipelines.features.store import service_features
+    from pipelines.features.tables import FEATURE_TYPES
 
-    ``ips``: weight each row's loss by :func:`ips_weights` of ``propensity_col``. ``params`` go to
-    the ``Ranker`` constructor (``dim``, ``epochs``, ``lr``, ``seed``, ``hash_features`` ...).
-    """
-    ranker = Ranker(
-        dense_features=dense,
-        sparse_features=sparse,
-        interaction=interaction,
-        feature_service=feature_service,
-        **params,
-    )
-    weight = None
-    if ips:
-        if propensity_col not in train_frame.columns:
-            raise ValueError(f"ips=True but the frame has no {propensity_col!r} column")
-        train_frame = train_frame.assign(
-            _ips_weight=ips_weights(train_frame[propensity_col], ips_clip)
+    names = [n for cols in service_features(settings, SERVICE).values() for n in cols]
+    dense = [n for n in names if FEATURE_TYPES[n] != "string"]
+    sparse = [n for n in names if FEATURE_TYPES[n] == "string"]
+    return dense, sparse
+
+
+def labelled_impressions(settings: Settings, first: dt.date, last: dt.date) -> pd.DataFrame:
+    """Labelled impressions of the validated days in ``[first, last]`` (empty if none)."""
+    frames = [
+        schema.read_partition(settings.validated_dir, d)
+        for d in validated_dates(settings, first, last)
+    ]
+    if not frames:
+        return pd.DataFrame()
+    events = pd.concat(frames, ignore_index=True)
+    if not (events["event"] == "impression").any():
+        return pd.DataFrame()
+    return label_impressions(events)
+
+
+def hard_candidates(
+    settings: Settings, date: dt.date, users: list[str]
+) -> dict[str, list[str]] | None:
+    """Top two-tower candidates per user from the model trained through ``date`` (None if absent)."""
+    from pipelines.retrieval.predict import recommend
+
+    try:
+        recs = recommend(settings, "two_tower", HARD_CANDIDATES, users, date.isoformat())
+    except FileNotFoundError:
+        return None
+    return recs.groupby("user_id")["item_id"].apply(list).to_dict()
+
+
+def negative_mix(hard: dict[str, list[str]] | None) -> dict[str, float]:
+    """70 % uniform + 30 % hard negatives when there are hard candidates, else all uniform."""
+    if hard:
+        return {"uniform": 0.7, "popularity": 0.0, "hard": 0.3}
+    return {"uniform": 1.0, "popularity": 0.0, "hard": 0.0}
+
+
+def training_rows(
+    settings: Settings, day: dt.date, window_days: int
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """The ranker's training rows for the ``window_days`` ending at ``day`` (features not yet
+    joined): the labelled impressions plus as many sampled negatives as clicks (item pool and
+    popularity from the impressions, hard candidates from the two-tower trained through ``day``),
+    and the negative mix used. ``ValueError`` when the window lacks clicks or non-clicks."""
+    labelled = labelled_impressions(settings, day - dt.timedelta(days=window_days - 1), day)
+    if labelled.empty or labelled["label"].nunique() < 2:
+        raise ValueError(
+            f"no impressions with both clicks and non-clicks in the {window_days} days up to {day}: nothing to train a ranker on"
         )
-        weight = "_ips_weight"
-    return ranker.fit(train_frame, label=label, weight=weight, valid_frame=valid_frame)
-
-
-def fit_logistic_regression(
-    train_frame: pd.DataFrame,
-    dense: Sequence[str],
-    sparse: Sequence[str],
-    ips: bool = False,
-    label: str = "label",
-    **params: Any,
-) -> Ranker:
-    """The baseline: logistic regression (``interaction="linear"``) on the same normalized dense
-    features and one weight per category bucket (one-hot, hashed for large vocabularies)."""
-    params.setdefault("lr", 1e-2)
-    return train_ranker(
-        train_frame, dense, sparse, interaction="linear", ips=ips, label=label, **params
+    items = labelled["item_id"].astype(str)
+    popularity = items.value_counts()
+    hard = hard_candidates(settings, day, sorted(labelled["user_id"].astype(str).unique()))
+    mix = negative_mix(hard)
+    rows = sample_negatives(
+        labelled,
+        popularity.index.to_numpy(),
+        popularity.to_numpy(),
+        hard,
+        mix=mix,
+        ratio=1.0,
+        seed=settings.seed,
     )
-
-
-# --- evaluation -------------------------------------------------------------------------------------
-
-
-def mean_ndcg_at_k(
-    requests: np.ndarray | pd.Series,
-    labels: np.ndarray | pd.Series,
-    scores: np.ndarray | pd.Series,
-    k: int = 10,
-    seed: int = 0,
-) -> float:
-    """Mean over requests with at least one positive of NDCG@``k`` of the request's rows ordered
-    by ``scores`` (descending; ties broken at random under ``seed``), relevance = ``labels``."""
-    codes, uniq = pd.factorize(pd.Series(requests), sort=False)
-    y = np.asarray(labels, dtype=np.float64)
-    s = np.asarray(scores, dtype=np.float64)
-    n, g = len(codes), len(uniq)
-    if n == 0:
-        return float("nan")
-    tie = np.random.default_rng(seed).random(n)
-    disc = 1.0 / np.log2(np.arange(n) + 2.0)
-
-    def dcg(order: np.ndarray) -> np.ndarray:
-        r = codes[order]
-        starts = np.r_[0, np.flatnonzero(np.diff(r)) + 1]
-        rank = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))
-        gain = np.where(rank < k, y[order] * disc[np.minimum(rank, n - 1)], 0.0)
-        return np.bincount(r, weights=gain, minlength=g)
-
-    got = dcg(np.lexsort((tie, -s, codes)))
-    ideal = dcg(np.lexsort((tie, -y, codes)))
-    has = ideal > 0
-    return float((got[has] / ideal[has]).mean()) if has.any() else float("nan")
-
-
-def calibration_table(labels: np.ndarray, probs: np.ndarray, n_bins: int = 10) -> pd.DataFrame:
-    """Equal-count bins of the predicted probability (deciles by default): per bin ``n``,
-    ``mean_pred``, ``observed_ctr``, ``low``/``high`` (its prediction range)."""
-    y = np.asarray(labels, dtype=np.float64)
-    p = np.asarray(probs, dtype=np.float64)
-    order = np.argsort(p, kind="stable")
-    rows = []
-    for b, idx in enumerate(np.array_split(order, n_bins)):
-        if len(idx) == 0:
-            continue
-        rows.append(
-            {
-                "bin": b,
-                "n": len(idx),
-                "low": float(p[idx].min()),
-                "high": float(p[idx].max()),
-                "mean_pred": float(p[idx].mean()),
-                "observed_ctr": float(y[idx].mean()),
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def expected_calibration_error(table: pd.DataFrame) -> float:
-    """``Σ_b n_b / N · |mean_pred_b − observed_b|`` over a :func:`calibration_table`."""
-    if len(table) == 0:
-        return float("nan")
-    w = table["n"] / table["n"].sum()
-    return float((w * (table["mean_pred"] - table["observed_ctr"]).abs()).sum())
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation (average ranks for ties)."""
-    from scipy.stats import spearmanr
-
-    return float(spearmanr(np.asarray(a, np.float64), np.asarray(b, np.float64)).statistic)
-
-
-def evaluate_scores(
-    frame: pd.DataFrame,
-    scores: np.ndarray,
-    label: str = "label",
-    request_col: str = "request_id",
-    retrieval_score_col: str | None = None,
-    true_prob_col: str | None = None,
-    probabilities: bool = True,
-    k: int = 10,
-) -> dict[str, Any]:
-    """Metrics of ``scores`` ``(N,)`` against ``frame[label]``: ``auc``; when ``probabilities``,
-    ``logloss``, ``ece`` and ``calibration`` (decile table as records); ``ndcg@k`` per request
-    (relevance = label); with ``retrieval_score_col`` also ``ndcg@k_retrieval`` and
-    ``ndcg@k_lift`` (ours − retrieval order); with a ``position`` column ``ndcg@k_logged`` (the
-    order that was shown); with ``true_prob_col`` ``spearman_truth``."""
-    from pipelines.core.metrics import auc, logloss
-
-    y = frame[label].to_numpy(dtype=np.float64)
-    s = np.asarray(scores, dtype=np.float64)
-    out: dict[str, Any] = {"rows": len(frame), "positives": int(y.sum()), "auc": auc(y, s)}
-    if probabilities:
-        table = calibration_table(y, s)
-        out["logloss"] = logloss(y, s)
-        out["ece"] = expected_calibration_error(table)
-        out["mean_pred"] = float(s.mean()) if len(s) else float("nan")
-        out["observed_ctr"] = float(y.mean()) if len(y) else float("nan")
-        out["calibration"] = table.to_dict(orient="records")
-    if request_col in frame.columns:
-        req = frame[request_col].to_numpy()
-        out[f"ndcg@{k}"] = mean_ndcg_at_k(req, y, s, k)
-        if retrieval_score_col is not None:
-            base = mean_ndcg_at_k(req, y, frame[retrieval_score_col].to_numpy(np.float64), k)
-            out[f"ndcg@{k}_retrieval"] = base
-            out[f"ndcg@{k}_lift"] = out[f"ndcg@{k}"] - base
-        if "position" in frame.columns and frame["position"].notna().all():
-            shown = -frame["position"].to_numpy(dtype=np.float64)
-            out[f"ndcg@{k}_logged"] = mean_ndcg_at_k(req, y, shown, k)
-    if true_prob_col is not None:
-        out["spearman_truth"] = spearman(s, frame[true_prob_col].to_numpy(np.float64))
-    return out
-
-
-def evaluate_ranker(
-    ranker: Ranker,
-    test_frame: pd.DataFrame,
-    retrieval_score_col: str | None = None,
-    true_prob_col: str | None = None,
-    label: str = "label",
-    k: int = 10,
-) -> dict[str, Any]:
-    """:func:`evaluate_scores` of ``ranker.predict_proba(test_frame)`` (pass real impressions,
-    e.g. the next day's, not sampled negatives), plus the input report (non-finite / OOV counts)."""
-    probs = ranker.predict_proba(test_frame)
-    out = evaluate_scores(
-        test_frame, probs, label=label, retrieval_score_col=retrieval_score_col,
-        true_prob_col=true_prob_col, k=k,
-    )  # fmt: skip
-    out["model"] = ranker.interaction
-    out["input_report"] = ranker.last_report
-    return out
+    return rows, mix

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.core import schema
+from pipelines.core import layout, schema
 from pipelines.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ N_SAMPLES = 100  # Rao-Blackwellised slates per user for the target's item-posit
 
 def user_attributes(settings: Settings) -> pd.DataFrame | None:
     """``data/users.parquet`` (``user_id`` and the raw attributes), or None when absent."""
-    path = settings.data_dir / "users.parquet"
+    path = layout.attributes_path(settings, "users")
     return pd.read_parquet(path) if path.exists() else None
 
 
@@ -128,7 +128,7 @@ def two_tower_scorer(folder: Path, attributes: pd.DataFrame | None = None):
 
 
 def _world(settings: Settings):
-    if not (settings.truth_dir / "world.json").exists():
+    if not layout.world_path(settings).exists():
         return None
     from pipelines.data.simulate import load_world
 
@@ -188,7 +188,7 @@ def evaluate_bundle(
         out["truth"] = float(np.average(per_user, weights=weights)) if weights.sum() else None
         shown = table["reward"].to_numpy()
         out["logging_ctr"] = float(shown.mean()) if len(shown) else None
-    target = settings.reports_dir / "ope" / f"date={day.isoformat()}" / f"{label}.json"
+    target = layout.ope_report_path(settings, day, label)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(out, indent=2, sort_keys=True, default=float))
     snips = out["estimates"].get("snips", {})

@@ -31,9 +31,10 @@ clears the alias when the experiment ends (promote, rollback or stop); the next 
 makes the newest passing bundle the challenger. ``gate_day(..., replace_challenger=True)``
 restores the replace-every-day behaviour.
 
-:func:`gate_day` is the one call the DAG's gate task makes for logical date D. **Which bundle**:
+:func:`daily_gate` is the DAG's gate task for logical date D: it gathers the numbers other tasks
+measured (ranker AUCs, OPE) and calls :func:`gate_day`, which gates one bundle. **Which bundle**:
 offline numbers must come from a day the models did not see (forward chaining, as in
-``pipelines.retrieval.train.evaluate_forward``), so on day D the candidate is the newest bundle trained
+``pipelines.retrieval.evaluate.evaluate_forward``), so on day D the candidate is the newest bundle trained
 before D (normally the one registered by the run of D−1: what would serve on D), scored on D's
 positives beside the champion scored on the same day. Every decision is written to
 ``reports/gates/date=D.json``, logged to MLflow (experiment ``recloop-gates``: params, metrics,
@@ -51,7 +52,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.core import schema
+from pipelines.core import fmt, layout, schema
+from pipelines.core.fmt import finite
+from pipelines.core.gate_decisions import read_gate_decision, write_gate_decision
 from pipelines.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -114,27 +117,17 @@ class Decision:
         return {**dataclasses.asdict(self), "passed": self.passed}
 
 
-def _num(x: Any) -> float | None:
-    if x is None or isinstance(x, bool):
-        return None
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
 def _snips(ope: dict[str, Any] | None) -> dict[str, Any] | None:
     """The SNIPS entry of a ``pipelines.release.ope.estimate`` result (or the entry itself)."""
     if not ope:
         return None
     entry = ope.get("snips", ope)
-    return entry if isinstance(entry, dict) and _num(entry.get("estimate")) is not None else None
+    return entry if isinstance(entry, dict) and finite(entry.get("estimate")) is not None else None
 
 
 def _ess(entry: dict[str, Any]) -> float:
     """The entry's effective sample size (infinite when not reported: not a reason to skip)."""
-    v = _num(entry.get("ess"))
+    v = finite(entry.get("ess"))
     return math.inf if v is None else v
 
 
@@ -150,6 +143,81 @@ def _compare(
         )
     ok = cand >= champ - tol
     return Gate(name, cand, champ, tol, PASS if ok else FAIL, f"candidate >= champion - {tol}")
+
+
+def _validation_gate(verdict: str | None) -> Gate:
+    note = "no validation report" if verdict is None else "verdict of the bundle's data day"
+    return Gate("validation", verdict, None, None, PASS if verdict == "passed" else FAIL, note)
+
+
+def _ranker_gate(candidate: dict[str, Any], champ: dict[str, Any], tol: Tolerances) -> Gate:
+    if not candidate.get("has_ranker", candidate.get("auc") is not None):
+        return Gate("ranker_auc", None, finite(champ.get("auc")), tol.auc, SKIPPED, "no ranker pinned")
+    return _compare("ranker_auc", finite(candidate.get("auc")), finite(champ.get("auc")),
+                    tol.auc, tol.auc_floor, NOT_EVALUATED)  # fmt: skip
+
+
+def _recall_gate(candidate: dict[str, Any], tol: Tolerances) -> Gate:
+    recall = finite(candidate.get("index_recall"))
+    target = finite(candidate.get("index_recall_target")) or tol.recall_target
+    if recall is None:
+        return Gate("index_recall", None, None, target, FAIL, "no index recall recorded")
+    ok = recall >= target
+    return Gate("index_recall", recall, None, target, PASS if ok else FAIL, f">= target {target}")
+
+
+def _snips_gate(
+    candidate: dict[str, Any], champion: dict[str, Any] | None, tol: Tolerances
+) -> Gate:
+    """The candidate's SNIPS lower bound against the champion's estimate (module docstring)."""
+    cand_snips, champ_snips = _snips(candidate.get("ope")), _snips((champion or {}).get("ope"))
+    if cand_snips is None:
+        return Gate("snips", None, finite((champ_snips or {}).get("estimate")), tol.snips,
+                    NOT_EVALUATED, "no OPE estimate for the candidate")  # fmt: skip
+    low = finite(cand_snips.get("ci_low"))
+    low = low if low is not None else finite(cand_snips["estimate"])
+    note = "candidate SNIPS ci_low" + ("" if finite(cand_snips.get("ci_low")) is not None else
+                                       " (no interval: point estimate used)")  # fmt: skip
+    if champion is None:
+        return Gate("snips", low, None, tol.snips, PASS, note + "; no champion to compare")
+    if champ_snips is None:
+        return Gate("snips", low, None, tol.snips, NOT_EVALUATED,
+                    note + "; no OPE estimate for the champion")  # fmt: skip
+    ess = min(_ess(cand_snips), _ess(champ_snips))
+    if ess < tol.snips_min_ess:
+        return Gate("snips", low, finite(champ_snips["estimate"]), tol.snips,
+                    NOT_EVALUATED, f"{note}; effective sample size {ess:.0f} < "
+                    f"{tol.snips_min_ess:.0f}: too little support in the logs to "
+                    "judge off-policy (the A/B test decides)")  # fmt: skip
+    ref = finite(champ_snips["estimate"])
+    ok = low >= ref - tol.snips
+    return Gate("snips", low, ref, tol.snips, PASS if ok else FAIL,
+                note + " >= champion SNIPS estimate - tolerance")  # fmt: skip
+
+
+def _action(
+    gates: list[Gate], first_day: bool, cand_v: str | None, champ_v: str | None, tol: Tolerances
+) -> tuple[str, str]:
+    """``(action, reason)`` from the gates' verdicts (module docstring)."""
+    failed = [g.name for g in gates if g.verdict == FAIL]
+    missing = [g.name for g in gates if g.verdict == NOT_EVALUATED]
+    blocking = failed + (missing if tol.strict else [])
+    if blocking:
+        action = "rejected"
+        reason = "failed: " + ", ".join(failed) if failed else ""
+        if tol.strict and missing:
+            reason = "; ".join(
+                x for x in (reason, "not evaluated (strict): " + ", ".join(missing)) if x
+            )
+    elif first_day:
+        action, reason = "champion", "first bundle passing the absolute floors: becomes champion"
+    elif cand_v is not None and cand_v == champ_v:
+        action, reason = "already_champion", "the candidate is the champion"
+    else:
+        action, reason = "challenger", "every gate passed: becomes challenger"
+    if missing and not blocking:
+        reason += f" (not evaluated: {', '.join(missing)})"
+    return action, reason
 
 
 def decide(
@@ -170,84 +238,17 @@ def decide(
     tol = tolerances or Tolerances()
     day = schema.parse_date(date).isoformat()
     champ = champion or {}
-    gates: list[Gate] = []
-
-    verdict = candidate.get("validation")
-    gates.append(
-        Gate("validation", verdict, None, None, PASS if verdict == "passed" else FAIL,
-             "no validation report" if verdict is None else "verdict of the bundle's data day")
-    )  # fmt: skip
-    gates.append(
-        _compare("ndcg@10", _num(candidate.get("ndcg@10")), _num(champ.get("ndcg@10")),
-                 tol.ndcg, tol.ndcg_floor, FAIL)
-    )  # fmt: skip
-    if not candidate.get("has_ranker", candidate.get("auc") is not None):
-        gates.append(
-            Gate("ranker_auc", None, _num(champ.get("auc")), tol.auc, SKIPPED, "no ranker pinned")
-        )
-    else:
-        gates.append(
-            _compare("ranker_auc", _num(candidate.get("auc")), _num(champ.get("auc")),
-                     tol.auc, tol.auc_floor, NOT_EVALUATED)
-        )  # fmt: skip
-    recall = _num(candidate.get("index_recall"))
-    target = _num(candidate.get("index_recall_target")) or tol.recall_target
-    if recall is None:
-        gates.append(Gate("index_recall", None, None, target, FAIL, "no index recall recorded"))
-    else:
-        ok = recall >= target
-        gates.append(
-            Gate("index_recall", recall, None, target, PASS if ok else FAIL, f">= target {target}")
-        )
-
-    cand_snips, champ_snips = _snips(candidate.get("ope")), _snips(champ.get("ope"))
-    if cand_snips is None:
-        gates.append(Gate("snips", None, _num((champ_snips or {}).get("estimate")), tol.snips,
-                          NOT_EVALUATED, "no OPE estimate for the candidate"))  # fmt: skip
-    else:
-        low = _num(cand_snips.get("ci_low"))
-        low = low if low is not None else _num(cand_snips["estimate"])
-        note = "candidate SNIPS ci_low" + ("" if _num(cand_snips.get("ci_low")) is not None else
-                                           " (no interval: point estimate used)")  # fmt: skip
-        if champion is None:
-            gates.append(
-                Gate("snips", low, None, tol.snips, PASS, note + "; no champion to compare")
-            )
-        elif champ_snips is None:
-            gates.append(Gate("snips", low, None, tol.snips, NOT_EVALUATED,
-                              note + "; no OPE estimate for the champion"))  # fmt: skip
-        elif min(_ess(cand_snips), _ess(champ_snips)) < tol.snips_min_ess:
-            ess = min(_ess(cand_snips), _ess(champ_snips))
-            gates.append(Gate("snips", low, _num(champ_snips["estimate"]), tol.snips,
-                              NOT_EVALUATED, f"{note}; effective sample size {ess:.0f} < "
-                              f"{tol.snips_min_ess:.0f}: too little support in the logs to "
-                              "judge off-policy (the A/B test decides)"))  # fmt: skip
-        else:
-            ref = _num(champ_snips["estimate"])
-            ok = low >= ref - tol.snips
-            gates.append(Gate("snips", low, ref, tol.snips, PASS if ok else FAIL,
-                              note + " >= champion SNIPS estimate - tolerance"))  # fmt: skip
-
-    failed = [g.name for g in gates if g.verdict == FAIL]
-    missing = [g.name for g in gates if g.verdict == NOT_EVALUATED]
-    blocking = failed + (missing if tol.strict else [])
+    gates = [
+        _validation_gate(candidate.get("validation")),
+        _compare("ndcg@10", finite(candidate.get("ndcg@10")), finite(champ.get("ndcg@10")),
+                 tol.ndcg, tol.ndcg_floor, FAIL),
+        _ranker_gate(candidate, champ, tol),
+        _recall_gate(candidate, tol),
+        _snips_gate(candidate, champion, tol),
+    ]  # fmt: skip
     cand_v = None if candidate.get("version") is None else str(candidate["version"])
     champ_v = None if champion is None or champ.get("version") is None else str(champ["version"])
-    if blocking:
-        action = "rejected"
-        reason = "failed: " + ", ".join(failed) if failed else ""
-        if tol.strict and missing:
-            reason = "; ".join(
-                x for x in (reason, "not evaluated (strict): " + ", ".join(missing)) if x
-            )
-    elif champion is None:
-        action, reason = "champion", "first bundle passing the absolute floors: becomes champion"
-    elif cand_v is not None and cand_v == champ_v:
-        action, reason = "already_champion", "the candidate is the champion"
-    else:
-        action, reason = "challenger", "every gate passed: becomes challenger"
-    if missing and not blocking:
-        reason += f" (not evaluated: {', '.join(missing)})"
+    action, reason = _action(gates, champion is None, cand_v, champ_v, tol)
     return Decision(day, cand_v, champ_v, action, gates, reason)
 
 
@@ -256,11 +257,7 @@ def format_decision(decision: dict[str, Any] | Decision) -> str:
     d = decision.to_dict() if isinstance(decision, Decision) else decision
 
     def cell(v: Any) -> str:
-        if v is None:
-            return "-"
-        if isinstance(v, float):
-            return f"{v:.4f}"
-        return str(v)
+        return fmt.cell(v, ".4f", missing="-")
 
     rows = [("gate", "candidate", "champion", "tolerance", "verdict", "note")]
     rows += [
@@ -285,7 +282,7 @@ def format_decision(decision: dict[str, Any] | Decision) -> str:
 
 def report_path(settings: Settings, date: str | dt.date) -> Path:
     """``reports/gates/date=D.json``."""
-    return settings.reports_dir / "gates" / f"date={schema.parse_date(date).isoformat()}.json"
+    return layout.gate_report_path(settings, date)
 
 
 def _validation_verdict(settings: Settings, date: str | None) -> str | None:
@@ -310,7 +307,7 @@ def offline_ndcg(settings: Settings, folder: Path, day: dt.date, k: int = 10) ->
     from models.base import load_model
     from pipelines.core.metrics import evaluate_model
     from pipelines.core.vocab import Vocab
-    from pipelines.retrieval.train import day_relevance
+    from pipelines.retrieval.evaluate import day_relevance
 
     folder = Path(folder)
     users, items = Vocab.load(folder / "users.json"), Vocab.load(folder / "items.json")
@@ -455,17 +452,64 @@ def gate_day(
     }
     record["tolerances"] = dataclasses.asdict(tolerances or Tolerances())
     record["mlflow_run_id"] = _log_to_mlflow(settings, record)
-    schema.write_json_atomic(record, report_path(settings, day))
+    write_gate_decision(settings, record)
     log.info("%s", format_decision(record))
     return json.loads(json.dumps(record, default=str))
+
+
+def daily_gate(settings: Settings, date: str | dt.date) -> dict[str, Any]:
+    """The ``gate`` task for test day ``date``: gather the numbers measured by other tasks and
+    modules, then :func:`gate_day` the newest bundle trained before ``date``.
+
+    Inputs: the candidate ranker's AUC from the ``evaluate_ranker`` report of ``date``
+    (``reports/ranker/date=D.json``), the champion's ranker AUC on the same day
+    (:func:`pipelines.ranking.evaluate.ranker_auc`), and the SNIPS estimates of both bundles'
+    policies on ``date``'s logs (:func:`pipelines.release.bundle_ope.gate_inputs`, judged with
+    ``SNIPS_TOLERANCE``). Returns :func:`gate_day`'s record.
+    """
+    from pipelines.release.bundle_ope import SNIPS_TOLERANCE, gate_inputs
+
+    report = layout.ranker_report_path(settings, date)
+    metrics = json.loads(report.read_text()).get("metrics", {}) if report.exists() else {}
+    auc = metrics.get("ranker", {}).get("auc")
+    ope = gate_inputs(settings, date)
+    return gate_day(
+        settings,
+        date,
+        candidate_version=ope["candidate_version"],
+        ope=ope["ope"],
+        champion_ope=ope["champion_ope"],
+        candidate_metrics={"auc": auc} if auc is not None else None,
+        champion_metrics=_champion_ranker_auc(settings, date, ope["candidate_version"]),
+        tolerances=Tolerances(snips=SNIPS_TOLERANCE),
+    )
+
+
+def _champion_ranker_auc(
+    settings: Settings, date: str | dt.date, candidate: str | None
+) -> dict[str, Any] | None:
+    """``{"auc": ...}`` of the champion bundle's ranker on ``date`` (the candidate's test day), or
+    None when there is no other champion or it pins no ranker."""
+    from pipelines.ranking.evaluate import ranker_auc
+    from pipelines.release import registry
+
+    champ = registry.get_alias(settings, "champion")
+    if champ is None or champ == candidate:
+        return None
+    folder = registry.load_bundle(settings, champ)["paths"].get("ranker")
+    if not folder:
+        return None
+    auc = ranker_auc(settings, folder, date)
+    return {"auc": auc} if auc is not None else None
 
 
 def read_decision(settings: Settings, date: str | dt.date) -> dict[str, Any]:
     """The recorded decision of ``date``: ``reports/gates/date=D.json``, else the newest
     ``decision.json`` of the MLflow ``recloop-gates`` run of that date."""
     path = report_path(settings, date)
-    if path.exists():
-        return json.loads(path.read_text())
+    recorded = read_gate_decision(settings, date)
+    if recorded is not None:
+        return recorded
     from pipelines.release import registry
 
     day = schema.parse_date(date).isoformat()

@@ -80,6 +80,7 @@ import datetime as dt
 import logging
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -292,13 +293,16 @@ def softmax(scores: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def _sample_prefixes(
+def sample_prefixes(
     q: np.ndarray, k: int, n_samples: int, rng: np.random.Generator, max_tries: int = 20
 ) -> np.ndarray:
     """``(b * n_samples, k)`` item indices drawn slot by slot without replacement from rows of ``q``.
 
-    Sample ``r`` belongs to row ``r // n_samples``. Repeats are redrawn up to ``max_tries`` times,
-    then drawn exactly from the renormalised remaining mass (peaked distributions).
+    ``q``: ``(b, n_items)`` probabilities, rows summing to 1, each with at least ``k`` positive
+    entries. Sample ``r`` belongs to row ``r // n_samples``; its column ``j`` is the item at slot
+    ``j`` (a Plackett-Luce slate prefix: what :func:`slot_marginals` averages over). Repeats are
+    redrawn up to ``max_tries`` times, then drawn exactly from the renormalised remaining mass
+    (peaked distributions). Draws from ``rng`` in place.
     """
     b, n_items = q.shape
     cdf = np.cumsum(q, axis=1)
@@ -360,7 +364,7 @@ def slot_marginals(
     for s in range(0, b, step):
         qc = q2[s : s + step]
         bc = len(qc)
-        slate = _sample_prefixes(qc, k, n_samples, rng)  # (bc * n_samples, k)
+        slate = sample_prefixes(qc, k, n_samples, rng)  # (bc * n_samples, k)
         ctx = np.repeat(np.arange(bc), n_samples)
         mass = qc[ctx[:, None], slate]  # (R, k) q of each placed item
         placed = np.concatenate([np.zeros((len(ctx), 1)), np.cumsum(mass, axis=1)[:, :-1]], axis=1)
@@ -444,68 +448,127 @@ def policy_table(
     k = max_pos + 1 if k is None else int(k)
     if int(imp["position"].min()) < 0:
         raise ValueError("logs: negative position")
-    pool = np.asarray(items, dtype=object)
-    if len(pd.unique(pool)) != len(pool):
-        raise ValueError("items: duplicate candidate ids")
-    logged_items = pd.unique(imp["item_id"].to_numpy(dtype=object))
-    extra = np.setdiff1d(logged_items.astype(str), pool.astype(str))
-    axis = np.concatenate([pool, extra.astype(object)])  # candidates first, then other logged
-    item_index = pd.Index(axis.astype(str))
-    a_row = item_index.get_indexer(imp["item_id"].astype(str))
+    pool, axis = _item_axis(items, imp["item_id"])
     pos = imp["position"].to_numpy()
-    in_k = pos < k
-
     if logging_marginals is not None:
-        lid, lm = logging_marginals
-        lm = np.asarray(lm, dtype=np.float64)
-        if lm.ndim != 2 or lm.shape[0] != len(lid):
-            raise ValueError("logging_marginals: expected (item_ids (J,), M (J, K))")
-        j = pd.Index(np.asarray(lid).astype(str)).get_indexer(imp["item_id"].astype(str))
-        ok = (j >= 0) & (pos < lm.shape[1])
-        prop = np.full(len(imp), np.nan)
-        prop[ok] = lm[j[ok], pos[ok]]
-        imp["propensity"] = prop
+        imp["propensity"] = _logging_propensity(imp["item_id"], pos, logging_marginals)
     elif "propensity" not in imp.columns:
         raise ValueError("logs: no 'propensity' column and no logging_marginals given")
-
     users, u_row = np.unique(imp["user_id"].astype(str).to_numpy(), return_inverse=True)
-    n_pool = len(pool)
-    tprop = np.zeros(len(imp))
-    pred = np.full(len(imp), np.nan) if predict is not None else None
-    tpred = np.full(len(imp), np.nan) if predict is not None else None
-    step = max(1, 2_000_000 // max(1, len(axis) * k))
-    for s in range(0, len(users), step):
-        uc = users[s : s + step]
-        sc = np.asarray(score(uc, pool), dtype=np.float64)
-        if sc.shape != (len(uc), n_pool):
-            raise ValueError(f"score returned shape {sc.shape}, expected {(len(uc), n_pool)}")
-        prob = np.zeros((len(uc), len(axis)))
-        prob[:, :n_pool] = softmax(sc, temperature)
-        marg = slot_marginals(prob, k, n_samples=n_samples, seed=seed + s)  # (U, A, k)
-        sel = np.flatnonzero((u_row >= s) & (u_row < s + len(uc)))
-        ok = sel[in_k[sel]]
-        tprop[ok] = marg[u_row[ok] - s, a_row[ok], pos[ok]]
-        if predict is not None:
-            p = np.asarray(predict(uc, axis), dtype=np.float64)
-            if p.ndim == 2:
-                p = np.repeat(p[:, :, None], k, axis=2)
-            if p.shape[:2] != (len(uc), len(axis)) or p.shape[2] < k:
-                raise ValueError(
-                    f"predict returned shape {p.shape}, expected {(len(uc), len(axis), k)}"
-                )
-            kk = np.minimum(pos[sel], p.shape[2] - 1)
-            pred[sel] = p[u_row[sel] - s, a_row[sel], kk]
-            dm = np.einsum("uak,uak->uk", marg, p[:, :, :k])  # (U, k)
-            tpred[sel] = np.where(in_k[sel], dm[u_row[sel] - s, np.minimum(pos[sel], k - 1)], 0.0)
-    imp["target_propensity"] = tprop
-    if predict is not None:
-        imp["predicted_reward"] = pred
-        imp["target_predicted_reward"] = tpred
+    a_row = pd.Index(axis.astype(str)).get_indexer(imp["item_id"].astype(str))
+    rows = _TableRows(users, u_row, axis, a_row, pos)
+    target = _target_columns(rows, pool, score, predict, k, temperature, n_samples, seed)
+    for name, column in target.items():
+        imp[name] = column
     log.info(
         "OPE table: %d rows, %d requests, %d users, temperature %g, k %d",
         len(imp), imp["request_id"].nunique(), len(users), temperature, k,
     )  # fmt: skip
     return imp
+
+
+def _item_axis(
+    items: Sequence[str] | np.ndarray, logged: pd.Series
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(pool (I,), axis (A,))``: the candidate ids (``ValueError`` on a duplicate) and the item
+    axis of the target's marginals: the candidates first, then the other logged items (sorted)."""
+    pool = np.asarray(items, dtype=object)
+    if len(pd.unique(pool)) != len(pool):
+        raise ValueError("items: duplicate candidate ids")
+    logged_items = pd.unique(logged.to_numpy(dtype=object))
+    extra = np.setdiff1d(logged_items.astype(str), pool.astype(str))
+    return pool, np.concatenate([pool, extra.astype(object)])
+
+
+def _logging_propensity(
+    item_ids: pd.Series, pos: np.ndarray, logging_marginals: tuple[np.ndarray, np.ndarray]
+) -> np.ndarray:
+    """Each row's logging propensity ``(n,)`` from ``(item_ids (J,), M (J, K))`` marginals: NaN
+    for an item absent from them or a slot ``>= K``."""
+    lid, lm = logging_marginals
+    lm = np.asarray(lm, dtype=np.float64)
+    if lm.ndim != 2 or lm.shape[0] != len(lid):
+        raise ValueError("logging_marginals: expected (item_ids (J,), M (J, K))")
+    j = pd.Index(np.asarray(lid).astype(str)).get_indexer(item_ids.astype(str))
+    ok = (j >= 0) & (pos < lm.shape[1])
+    prop = np.full(len(item_ids), np.nan)
+    prop[ok] = lm[j[ok], pos[ok]]
+    return prop
+
+
+@dataclass(frozen=True)
+class _TableRows:
+    """Where each of the ``n`` table rows sits: ``users (U,)`` the distinct user ids (sorted) and
+    ``u_row (n,)`` each row's index in them; ``axis (A,)`` the item axis (:func:`_item_axis`) and
+    ``a_row (n,)`` each row's index in it; ``pos (n,)`` each row's 0-based slot."""
+
+    users: np.ndarray
+    u_row: np.ndarray
+    axis: np.ndarray
+    a_row: np.ndarray
+    pos: np.ndarray
+
+
+def _target_columns(
+    rows: _TableRows,
+    pool: np.ndarray,
+    score: ScoreFn,
+    predict: ScoreFn | None,
+    k: int,
+    temperature: float,
+    n_samples: int,
+    seed: int,
+) -> dict[str, np.ndarray]:
+    """The target's columns ``(n,)``: ``target_propensity`` (0 at a slot ``>= k``) and, with
+    ``predict``, ``predicted_reward`` and ``target_predicted_reward``.
+
+    Users are processed in chunks; the chunk starting at user ``s`` samples its marginals with
+    seed ``seed + s``.
+    """
+    n_pool, n = len(pool), len(rows.pos)
+    in_k = rows.pos < k
+    out = {"target_propensity": np.zeros(n)}
+    if predict is not None:
+        out["predicted_reward"] = np.full(n, np.nan)
+        out["target_predicted_reward"] = np.full(n, np.nan)
+    step = max(1, 2_000_000 // max(1, len(rows.axis) * k))
+    for s in range(0, len(rows.users), step):
+        uc = rows.users[s : s + step]
+        sc = np.asarray(score(uc, pool), dtype=np.float64)
+        if sc.shape != (len(uc), n_pool):
+            raise ValueError(f"score returned shape {sc.shape}, expected {(len(uc), n_pool)}")
+        prob = np.zeros((len(uc), len(rows.axis)))
+        prob[:, :n_pool] = softmax(sc, temperature)
+        marg = slot_marginals(prob, k, n_samples=n_samples, seed=seed + s)  # (U, A, k)
+        sel = np.flatnonzero((rows.u_row >= s) & (rows.u_row < s + len(uc)))
+        ok = sel[in_k[sel]]
+        out["target_propensity"][ok] = marg[rows.u_row[ok] - s, rows.a_row[ok], rows.pos[ok]]
+        if predict is not None:
+            p = np.asarray(predict(uc, rows.axis), dtype=np.float64)
+            _fill_model_columns(out, p, marg, rows, sel, s)
+    return out
+
+
+def _fill_model_columns(
+    out: dict[str, np.ndarray],
+    p: np.ndarray,
+    marg: np.ndarray,
+    rows: _TableRows,
+    sel: np.ndarray,
+    s: int,
+) -> None:
+    """Fill ``predicted_reward`` and ``target_predicted_reward`` of rows ``sel`` (users ``s`` ..
+    ``s + U - 1``) from the reward model's ``p (U, A, >= k)`` (or ``(U, A)``: every slot) and the
+    target's marginals ``marg (U, A, k)``."""
+    n_users, n_axis, k = marg.shape
+    if p.ndim == 2:
+        p = np.repeat(p[:, :, None], k, axis=2)
+    if p.shape[:2] != (n_users, n_axis) or p.shape[2] < k:
+        raise ValueError(f"predict returned shape {p.shape}, expected {(n_users, n_axis, k)}")
+    pos, u, a = rows.pos[sel], rows.u_row[sel] - s, rows.a_row[sel]
+    out["predicted_reward"][sel] = p[u, a, np.minimum(pos, p.shape[2] - 1)]
+    dm = np.einsum("uak,uak->uk", marg, p[:, :, :k])  # (U, k)
+    out["target_predicted_reward"][sel] = np.where(pos < k, dm[u, np.minimum(pos, k - 1)], 0.0)
 
 
 # --- checking against the simulator's truth ------------------------------------------------------

@@ -25,9 +25,9 @@ two-tower's ``version_key``), a ranker version (``None`` until one exists) and a
 version. Serving loads bundles only (:func:`load_bundle`), which re-checks the set against the
 artifacts themselves and refuses a mismatch.
 
-**DAG entry points** (one call each): :func:`register_day` (the register task: every artifact
-trained through D plus the bundle) and ``pipelines.release.gate.gate_day`` (the gate task);
-:func:`track_component` registers one component.
+**DAG tasks** built on this module: ``pipelines.release.register.register_day`` (the register
+task: every artifact trained through D plus the bundle) and ``pipelines.release.gate.daily_gate``
+(the gate task); :func:`track_component` registers one component.
 
 **Aliases** ``challenger`` and ``champion`` (aliases, not the deprecated stages) are set on the
 bundle model by :func:`promote`, which holds an exclusive file lock
@@ -56,8 +56,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from pipelines.core import schema
+from pipelines.core import layout, schema
 from pipelines.core.settings import Settings
+from pipelines.core.validated import validated_files
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def experiment_id(settings: Settings, name: str) -> str:
     if exp is None:
         location = None
         if _is_local(settings.mlflow_uri):
-            folder = settings.mlflow_dir / "artifacts" / name
+            folder = layout.mlflow_artifacts_dir(settings, name)
             folder.mkdir(parents=True, exist_ok=True)
             location = folder.as_uri()
         try:
@@ -131,7 +132,7 @@ def experiment_id(settings: Settings, name: str) -> str:
 @contextlib.contextmanager
 def registry_lock(settings: Settings) -> Iterator[None]:
     """Exclusive lock (``fcntl.flock`` on ``mlflow/registry.lock``) across threads and processes."""
-    path = settings.mlflow_dir / "registry.lock"
+    path = layout.registry_lock_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:  # one descriptor per holder: flock excludes threads too
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
@@ -170,12 +171,7 @@ def data_hash(settings: Settings, date: str | dt.date, first: str | dt.date | No
     is None) under ``settings.validated_dir``: what a model trained through ``date`` saw."""
     last = schema.parse_date(date)
     start = schema.parse_date(first) if first else None
-    files = [
-        f
-        for d in schema.partition_dates(settings.validated_dir)
-        if d <= last and (start is None or d >= start)
-        for f in sorted(schema.partition_dir(settings.validated_dir, d).glob("*.parquet"))
-    ]
+    files = validated_files(settings, start, last)
     if not files:
         raise FileNotFoundError(
             f"no validated partitions up to {last} under {settings.validated_dir}"
@@ -381,7 +377,7 @@ def register(
             "git_commit": run.data.tags.get("recloop.git_commit", "unknown"),
         }
         if component == "index":
-            meta = _read_json(folder / "meta.json")
+            meta = read_json(folder / "meta.json")
             tags["built_from"] = str(meta.get("model_version"))
             if version_key and version_key != tags["built_from"]:
                 raise BundleError(
@@ -395,7 +391,8 @@ def register(
     return mv
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; :class:`BundleError` naming the file when it cannot be read."""
     try:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
@@ -412,7 +409,7 @@ def _resolve(settings: Settings, source: str, cache_key: str) -> Path:
         return path
     import mlflow
 
-    dst = settings.mlflow_dir / "cache" / cache_key.replace("/", "_")
+    dst = layout.mlflow_cache_dir(settings, cache_key)
     if not dst.exists():
         tmp = Path(tempfile.mkdtemp(dir=settings.mlflow_dir, prefix=".dl-"))
         got = mlflow.artifacts.download_artifacts(
@@ -478,70 +475,6 @@ def track_component(
         "version_key": mv.tags.get("version_key"),
         "reused": reused,
     }
-
-
-def _meta(folder: Path) -> dict[str, Any]:
-    path = Path(folder) / "meta.json"
-    return _read_json(path) if path.exists() else {}
-
-
-def _scalars(meta: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool)) and k != "path"}
-
-
-def register_day(
-    settings: Settings,
-    date: str | dt.date,
-    *,
-    feature_service: str = "serving_v1",
-    ranker_path: Path | None = None,
-) -> dict[str, Any]:
-    """The one call the DAG's register task makes for logical date D: track and register the
-    artifacts trained through D (``mf`` if present, ``two_tower``, its index, the ranker if
-    present: ``ranker_path`` or ``artifacts/models/ranker/date=D``) and the serving bundle pinning
-    them. Idempotent (a rerun on the same data registers nothing new). Returns JSON-able
-    ``{mf, two_tower, index, ranker: track_component results or None, bundle: version}``.
-    """
-    from pipelines.retrieval.faiss_index import index_dir
-    from pipelines.retrieval.train import artifact_dir
-
-    day = schema.parse_date(date)
-    out: dict[str, Any] = {"logical_date": day.isoformat()}
-
-    def track(component: str, folder: Path, service: str | None, key: str | None, **kw: Any):
-        meta = _meta(folder)
-        window = meta.get("window_days")
-        first = day - dt.timedelta(days=int(window) - 1) if window else None
-        params = {k: v for k, v in _scalars(meta).items() if not isinstance(v, float)}
-        metrics = {k: v for k, v in _scalars(meta).items() if isinstance(v, float | int)}
-        return track_component(
-            settings, component, day, folder, params=params, metrics=metrics,
-            window_first=first, feature_service=service, version_key=key, **kw,
-        )  # fmt: skip
-
-    mf = artifact_dir(settings, "mf", day)
-    out["mf"] = track("mf", mf, None, _meta(mf).get("version")) if mf.exists() else None
-    tt = artifact_dir(settings, "two_tower", day)
-    if not tt.exists():
-        raise FileNotFoundError(f"no two-tower artifact for {day} at {tt}: train it first")
-    tt_version = _meta(tt).get("version") or f"two_tower-{day.isoformat()}"
-    out["two_tower"] = track("two_tower", tt, "two_tower_v1", tt_version)
-    idx = index_dir(settings.artifacts_dir / "index", tt_version)
-    if not idx.exists():
-        raise FileNotFoundError(f"no index built from {tt_version} at {idx}: build it first")
-    out["index"] = track("index", idx, None, tt_version, built_from=tt)
-    rk = Path(ranker_path) if ranker_path else artifact_dir(settings, "ranker", day)
-    out["ranker"] = (
-        track("ranker", rk, "ranker_v1", _meta(rk).get("version")) if rk.exists() else None
-    )
-    bundle = register_bundle(
-        settings, day, out["two_tower"]["version"], out["index"]["version"],
-        out["ranker"]["version"] if out["ranker"] else None, feature_service,
-    )  # fmt: skip
-    out["bundle"] = str(bundle.version)
-    pinned = {k: v["version"] for k, v in out.items() if isinstance(v, dict)}
-    log.info("registry: %s registered %s, bundle %s", day, pinned, out["bundle"])
-    return out
 
 
 # --- bundles --------------------------------------------------------------------------------------
@@ -682,7 +615,7 @@ def load_bundle(settings: Settings, alias_or_version: str | int) -> dict[str, An
     if mv is None:
         raise BundleError(f"no {BUNDLE} version {alias_or_version!r} in {settings.mlflow_uri}")
     folder = _resolve(settings, mv.source, f"{BUNDLE}-v{mv.version}")
-    bundle = _read_json(folder / BUNDLE_FILE)
+    bundle = read_json(folder / BUNDLE_FILE)
     check_bundle(bundle)
     paths: dict[str, str | None] = {}
     for comp in ("two_tower", "index", "ranker"):
@@ -700,8 +633,8 @@ def load_bundle(settings: Settings, alias_or_version: str | int) -> dict[str, An
     idx_meta = Path(paths["index"]) / "meta.json"
     if tt_meta.exists() and idx_meta.exists():
         built, version = (
-            _read_json(idx_meta).get("model_version"),
-            _read_json(tt_meta).get("version"),
+            read_json(idx_meta).get("model_version"),
+            read_json(tt_meta).get("version"),
         )
         if built != version:
             raise BundleError(

@@ -35,7 +35,6 @@ import html
 import io
 import json
 import logging
-import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
@@ -43,7 +42,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.core import schema
+from pipelines.core import layout, schema
+from pipelines.core.fmt import cell, finite
+from pipelines.core.gate_decisions import gate_decision_dates, read_gate_decision
+from pipelines.core.loop_days import read_loop_days
 from pipelines.core.settings import Settings
 
 log = logging.getLogger("recloop.report")
@@ -128,23 +130,36 @@ def _dated_files(folder: Path, keep: set[str] | None) -> dict[str, dict[str, Any
     return out
 
 
+def _gate_decisions(settings: Settings, keep: set[str] | None) -> dict[str, dict[str, Any]]:
+    """``{D: gate decision}`` (dates in ``keep`` only, when given); unreadable ones are logged."""
+    out: dict[str, dict[str, Any]] = {}
+    for day in gate_decision_dates(settings):
+        if keep is not None and day.isoformat() not in keep:
+            continue
+        try:
+            record = read_gate_decision(settings, day)
+        except ValueError as exc:
+            log.warning("report: skipping %s", exc)
+            continue
+        if record is not None:
+            out[day.isoformat()] = record
+    return out
+
+
 def load_reports(settings: Settings, dates: Iterable[dt.date | str] | None = None) -> ReportData:
     """Read every report under ``settings.reports_dir`` (restricted to ``dates`` when given)."""
-    root = settings.reports_dir
     keep = None if dates is None else {schema.parse_date(d).isoformat() for d in dates}
     data = ReportData()
-    days = _read_json(root / "loop" / "days.json") if (root / "loop" / "days.json").exists() else []
-    if not isinstance(days, list):
-        log.warning("report: %s is not a JSON list: ignored", root / "loop" / "days.json")
+    try:
+        days = read_loop_days(settings)
+    except ValueError as exc:
+        log.warning("report: skipping %s", exc)
         days = []
-    recs = [d for d in days if isinstance(d, dict) and isinstance(d.get("date"), str)]
-    data.days = sorted(
-        (d for d in recs if keep is None or d["date"][:10] in keep), key=lambda d: d["date"]
-    )
-    data.evals = _dated_files(root / "eval", keep)
-    data.stats = _dated_files(root / "stats", keep)
-    data.gates = _dated_files(root / "gates", keep)
-    ope_root = root / "ope"
+    data.days = [d for d in days if keep is None or d["date"][:10] in keep]
+    data.evals = _dated_files(layout.eval_reports_dir(settings), keep)
+    data.stats = _dated_files(layout.stats_reports_dir(settings), keep)
+    data.gates = _gate_decisions(settings, keep)
+    ope_root = layout.ope_reports_dir(settings)
     if ope_root.is_dir():
         for folder in sorted(ope_root.glob("date=*")):
             day = _date_of(folder)
@@ -154,7 +169,7 @@ def load_reports(settings: Settings, dates: Iterable[dt.date | str] | None = Non
                 obj = _read_json(path)
                 if isinstance(obj, dict):
                     data.ope.setdefault(day, {})[path.stem] = obj
-    ab_root = root / "ab"
+    ab_root = layout.ab_reports_dir(settings)
     if ab_root.is_dir():
         for folder in sorted(p for p in ab_root.iterdir() if p.is_dir()):
             found = _dated_files(folder, keep)
@@ -166,27 +181,8 @@ def load_reports(settings: Settings, dates: Iterable[dt.date | str] | None = Non
 # --- small helpers ---------------------------------------------------------------------------
 
 
-def _num(x: Any) -> float | None:
-    """A finite float, else None (bools and strings are not numbers here)."""
-    if x is None or isinstance(x, bool) or not isinstance(x, (int, float)):
-        return None
-    v = float(x)
-    return v if math.isfinite(v) else None
-
-
-def _fmt(x: Any, spec: str = ".4f") -> str:
-    """A number formatted with ``spec``; ``–`` for None / NaN; other values as text."""
-    if x is None:
-        return "–"
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return str(x)
-    if isinstance(x, int):
-        return f"{x:,}" if spec != "d" else str(x)
-    return format(x + 0.0, spec) if math.isfinite(x) else "–"  # + 0.0: no "-0.0000"
-
-
 def _interval(lo: Any, hi: Any, spec: str = ".4f") -> str:
-    return f"[{_fmt(_num(lo), spec)}, {_fmt(_num(hi), spec)}]"
+    return f"[{cell(finite(lo), spec)}, {cell(finite(hi), spec)}]"
 
 
 def _dict(x: Any) -> dict[str, Any]:
@@ -300,10 +296,10 @@ def _traffic_text(t: Any) -> str:
     if not isinstance(t, dict):
         return "–"
     keys = ("requests", "served", "errors", "skipped", "degraded", "impressions", "clicks")
-    parts = [f"{k} {_fmt(t[k])}" for k in keys if k in t]
+    parts = [f"{k} {cell(t[k])}" for k in keys if k in t]
     ctr = _dict(t.get("ctr_by_arm"))
     if ctr:
-        parts.append("CTR " + ", ".join(f"{a} {_fmt(_num(v))}" for a, v in sorted(ctr.items())))
+        parts.append("CTR " + ", ".join(f"{a} {cell(finite(v))}" for a, v in sorted(ctr.items())))
     return "; ".join(parts) or "–"
 
 
@@ -313,8 +309,8 @@ def _served_text(served: Any) -> str:
     for arm, v in sorted(_dict(served).items()):
         v = _dict(v)
         parts.append(
-            f"{arm}: CTR {_fmt(_num(v.get('ctr')))} (true {_fmt(_num(v.get('true_ctr')))}) "
-            f"over {_fmt(v.get('impressions'))} impressions"
+            f"{arm}: CTR {cell(finite(v.get('ctr')))} (true {cell(finite(v.get('true_ctr')))}) "
+            f"over {cell(v.get('impressions'))} impressions"
         )
     return "; ".join(parts) or "–"
 
@@ -336,7 +332,7 @@ def section_days(data: ReportData) -> str:
                 d["date"],
                 str(d.get("source") or "–"),
                 ", ".join(f"{k}: {v or '–'}" for k, v in sorted(dag.items())) or "–",
-                _fmt(_num(secs.get("total")), ".1f"),
+                cell(finite(secs.get("total")), ".1f"),
                 _traffic_text(d.get("traffic")),
                 _served_text(d.get("served")),
                 _pair(_dict(d.get("aliases_before")), *ARMS),
@@ -363,7 +359,7 @@ def section_days(data: ReportData) -> str:
     found: list[str] = []
     for d in data.days:
         for k, v in _dict(d.get("seconds")).items():
-            if k != "total" and k not in found and _num(v) is not None:
+            if k != "total" and k not in found and finite(v) is not None:
                 found.append(k)
     phases = [p for p in PHASES if p in found] + [p for p in found if p not in PHASES]
     if not phases:
@@ -372,7 +368,7 @@ def section_days(data: ReportData) -> str:
     fig, (ax,) = _figure(height=2.6, n_labels=len(labels))
     bottom = [0.0] * len(labels)
     for phase in phases:
-        vals = [_num(_dict(d.get("seconds")).get(phase)) or 0.0 for d in data.days]
+        vals = [finite(_dict(d.get("seconds")).get(phase)) or 0.0 for d in data.days]
         ax.bar(range(len(labels)), vals, bottom=bottom, label=phase)
         bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
     ax.set_ylabel("seconds")
@@ -388,7 +384,7 @@ def section_days(data: ReportData) -> str:
 def _index_recall(gate_record: dict[str, Any]) -> tuple[float | None, float | None]:
     for g in _list(gate_record.get("gates")):
         if isinstance(g, dict) and g.get("name") == "index_recall":
-            return _num(g.get("candidate")), _num(g.get("tolerance"))
+            return finite(g.get("candidate")), finite(g.get("tolerance"))
     return None, None
 
 
@@ -409,7 +405,7 @@ def section_metrics(data: ReportData) -> str:
         notes = [str(r["note"]) for r in data.evals.values() if r.get("note")]
         return _no_data(notes[0] if notes else "no reports/eval/date=*.json with metrics")
     value = {
-        (day, m, k): _num(_dict(_dict(data.evals.get(day, {}).get("metrics")).get(m)).get(k))
+        (day, m, k): finite(_dict(_dict(data.evals.get(day, {}).get("metrics")).get(m)).get(k))
         for day in dates
         for m in models
         for k in metrics
@@ -441,9 +437,9 @@ def section_metrics(data: ReportData) -> str:
     for day in dates:
         for m in models:
             if any(value[(day, m, k)] is not None for k in metrics):
-                rows.append([day, m, *(_fmt(value[(day, m, k)]) for k in metrics)])
+                rows.append([day, m, *(cell(value[(day, m, k)]) for k in metrics)])
         if recall[day][0] is not None:
-            rows.append([day, "index (gated bundle)", "–", "–", _fmt(recall[day][0])])
+            rows.append([day, "index (gated bundle)", "–", "–", cell(recall[day][0])])
     table = _table(
         ["date", "model", "NDCG@10", "recall@100", "index recall@10"],
         [r if len(r) == 5 else [*r, "–"] for r in rows],
@@ -468,7 +464,7 @@ def section_data(data: ReportData) -> str:
     width = 0.8 / max(len(events), 1)
     top = 0.0
     for j, e in enumerate(events):
-        vals = [_num(_dict(data.stats[d].get("events")).get(e)) or 0.0 for d in dates]
+        vals = [finite(_dict(data.stats[d].get("events")).get(e)) or 0.0 for d in dates]
         xs = [i - 0.4 + width * (j + 0.5) for i in range(len(dates))]
         ax1.bar(xs, vals, width=width, label=e)
         top = max(top, *vals)
@@ -478,7 +474,7 @@ def section_data(data: ReportData) -> str:
     ax1.set_title("validated events per day, by type")
     _legend(ax1)
     _date_axis(ax1, dates)
-    xs = [i for i, d in enumerate(dates) if _num(data.stats[d].get("ctr")) is not None]
+    xs = [i for i, d in enumerate(dates) if finite(data.stats[d].get("ctr")) is not None]
     ax2.plot(xs, [data.stats[dates[i]]["ctr"] for i in xs], "o-", label="CTR")
     ax2.set_ylabel("CTR (clicks / impression)")
     _date_axis(ax2, dates)
@@ -489,11 +485,11 @@ def section_data(data: ReportData) -> str:
         rows.append(
             [
                 day,
-                _fmt(s.get("rows")),
-                *(_fmt(ev.get(e)) for e in events),
-                f"{_fmt(s.get('users'))} ({_fmt(s.get('new_users'))} new)",
-                f"{_fmt(s.get('items'))} ({_fmt(s.get('new_items'))} new)",
-                _fmt(_num(s.get("ctr"))),
+                cell(s.get("rows")),
+                *(cell(ev.get(e)) for e in events),
+                f"{cell(s.get('users'))} ({cell(s.get('new_users'))} new)",
+                f"{cell(s.get('items'))} ({cell(s.get('new_items'))} new)",
+                cell(finite(s.get("ctr"))),
             ]
         )
     table = _table(["date", "rows", *events, "users", "items", "CTR"], rows)
@@ -526,7 +522,7 @@ def section_gates(data: ReportData) -> str:
             if g is None:
                 cells.append("–")
                 continue
-            text = f"{_fmt(g.get('candidate'))} vs {_fmt(g.get('champion'))}: {g.get('verdict')}"
+            text = f"{cell(g.get('candidate'))} vs {cell(g.get('champion'))}: {g.get('verdict')}"
             cells.append((text, _verdict_class(g.get("verdict"))))
         cells.append((str(rec.get("action") or "–"), _verdict_class(rec.get("action"))))
         cells.append(str(rec.get("reason") or ""))
@@ -545,7 +541,7 @@ def section_gates(data: ReportData) -> str:
 
 def _est(report: dict[str, Any], name: str) -> tuple[float | None, float | None, float | None]:
     e = _dict(_dict(report.get("estimates")).get(name))
-    return _num(e.get("estimate")), _num(e.get("ci_low")), _num(e.get("ci_high"))
+    return finite(e.get("estimate")), finite(e.get("ci_low")), finite(e.get("ci_high"))
 
 
 def _errbar(ax: Any, x: float, est: float, lo: float | None, hi: float | None, **kw: Any) -> None:
@@ -593,7 +589,7 @@ def section_ope(data: ReportData) -> str:
                 label="DR (hollow square)",
             )
             plotted = True
-        truth = _num(r.get("truth"))
+        truth = finite(r.get("truth"))
         if truth is not None:
             ax.plot(
                 [x],
@@ -604,6 +600,18 @@ def section_ope(data: ReportData) -> str:
                 label="truth",
             )
             plotted = True
+    table = _ope_table(entries)
+    if not plotted:
+        return _no_data("OPE reports hold no estimates") + table
+    ax.set_ylabel("clicks per impression slot")
+    ax.set_title("off-policy estimates of each bundle's policy vs the simulator's truth")
+    _legend(ax)
+    _date_axis(ax, dates)
+    return _img(fig, "OPE estimates vs truth") + table
+
+
+def _ope_table(entries: list[tuple[str, str, dict[str, Any]]]) -> str:
+    """The OPE table: one row per ``(date, policy label, OPE report)`` entry."""
     rows = []
     for day, label, r in entries:
         s, slo, shi = _est(r, "snips")
@@ -612,23 +620,16 @@ def section_ope(data: ReportData) -> str:
             [
                 day,
                 label,
-                f"{_fmt(s)} [{_fmt(slo)}, {_fmt(shi)}]",
-                f"{_fmt(d)} [{_fmt(dlo)}, {_fmt(dhi)}]",
-                _fmt(_num(r.get("truth"))),
-                _fmt(_num(r.get("logging_ctr"))),
-                _fmt(r.get("users")),
+                f"{cell(s)} [{cell(slo)}, {cell(shi)}]",
+                f"{cell(d)} [{cell(dlo)}, {cell(dhi)}]",
+                cell(finite(r.get("truth"))),
+                cell(finite(r.get("logging_ctr"))),
+                cell(r.get("users")),
             ]
         )
-    table = _table(
+    return _table(
         ["date", "policy", "SNIPS [95% CI]", "DR [95% CI]", "truth", "logging CTR", "users"], rows
     )
-    if not plotted:
-        return _no_data("OPE reports hold no estimates") + table
-    ax.set_ylabel("clicks per impression slot")
-    ax.set_title("off-policy estimates of each bundle's policy vs the simulator's truth")
-    _legend(ax)
-    _date_axis(ax, dates)
-    return _img(fig, "OPE estimates vs truth") + table
 
 
 # --- 6. A/B ----------------------------------------------------------------------------------
@@ -641,7 +642,7 @@ def _wilson(ctr: float | None, n: float | None) -> tuple[float | None, float | N
     from pipelines.experiments.ab import wilson
 
     lo, hi = wilson(round(ctr * n), n)
-    return _num(lo), _num(hi)
+    return finite(lo), finite(hi)
 
 
 def _ab_looks_plot(experiment: str, looks: list[dict[str, Any]]) -> str:
@@ -651,10 +652,10 @@ def _ab_looks_plot(experiment: str, looks: list[dict[str, Any]]) -> str:
     for j, arm in enumerate(ARMS):
         off = -0.08 if j == 0 else 0.08
         for i, lk in enumerate(looks):
-            ctr = _num(lk.get(f"ctr_{arm}"))
+            ctr = finite(lk.get(f"ctr_{arm}"))
             if ctr is None:
                 continue
-            lo, hi = _wilson(ctr, _num(lk.get(f"impressions_{arm}")))
+            lo, hi = _wilson(ctr, finite(lk.get(f"impressions_{arm}")))
             _errbar(
                 ax1,
                 i + off,
@@ -672,13 +673,13 @@ def _ab_looks_plot(experiment: str, looks: list[dict[str, Any]]) -> str:
     _date_axis(ax1, dates)
     xs, diff, lo, hi = [], [], [], []
     for i, lk in enumerate(looks):
-        d = _num(lk.get("ctr_diff"))
+        d = finite(lk.get("ctr_diff"))
         if d is None:
             continue
         xs.append(i)
         diff.append(d)
-        lo.append(_num(lk.get("lower")))
-        hi.append(_num(lk.get("upper")))
+        lo.append(finite(lk.get("lower")))
+        hi.append(finite(lk.get("upper")))
     if xs:
         ax2.plot(xs, diff, "o-", color="C2", label="CTR difference (challenger − champion)")
         band = [
@@ -695,20 +696,40 @@ def _ab_looks_plot(experiment: str, looks: list[dict[str, Any]]) -> str:
     return _img(fig, f"A/B {experiment}: arms and difference over looks") if plotted else ""
 
 
+OPE_VS_AB_HEADERS = (
+    "arm",
+    "OPE SNIPS [95% CI]",
+    "OPE DR",
+    "OPE from",
+    "A/B CTR [95% CI]",
+    "impressions",
+    "truth",
+)
+OPE_VS_AB_NOTE = (
+    "<p>The OPE prediction is the gate's SNIPS estimate of each bundle's <em>two-tower softmax"
+    " policy</em> (temperature in the OPE section), not of the served pipeline (retrieval,"
+    " ranker, re-ranking, exploration, cold start): a different policy, so a gap to the"
+    " measured CTR is expected. On days logged by the service itself, support is thin (one"
+    " exploration slot in a share of responses) and the estimate is biased low; compare"
+    " with the truth of the same policy in section 5.</p>"
+)
+"""Why the OPE prediction of an experiment's arms may differ from their measured CTR."""
+
+
 def _ope_vs_ab(experiment: str, rec: dict[str, Any]) -> str:
     """Per arm: OPE's prediction before the test, the A/B measurement, the truth."""
     predicted = _dict(rec.get("predicted"))
     truth = _dict(rec.get("truth"))
     arms = {a.get("arm"): a for a in _list(rec.get("arms")) if isinstance(a, dict)}
-    has_pred = any(_num(_dict(predicted.get(a)).get("snips")) is not None for a in ARMS)
-    has_truth = any(_num(truth.get(a)) is not None for a in ARMS)
+    has_pred = any(finite(_dict(predicted.get(a)).get("snips")) is not None for a in ARMS)
+    has_truth = any(finite(truth.get(a)) is not None for a in ARMS)
     if not has_pred and not has_truth:
         return _no_data(f"no OPE prediction or truth recorded for {experiment}")
     fig, (ax,) = _figure(height=2.8, n_labels=len(ARMS))
     rows = []
     for i, arm in enumerate(ARMS):
         p = _dict(predicted.get(arm))
-        snips, plo, phi = _num(p.get("snips")), _num(p.get("ci_low")), _num(p.get("ci_high"))
+        snips, plo, phi = finite(p.get("snips")), finite(p.get("ci_low")), finite(p.get("ci_high"))
         if snips is not None:
             _errbar(
                 ax,
@@ -721,23 +742,23 @@ def _ope_vs_ab(experiment: str, rec: dict[str, Any]) -> str:
                 label="OPE prediction (SNIPS, 95% CI)",
             )
         a = _dict(arms.get(arm))
-        ctr, alo, ahi = _num(a.get("ctr")), _num(a.get("ctr_lo")), _num(a.get("ctr_hi"))
+        ctr, alo, ahi = finite(a.get("ctr")), finite(a.get("ctr_lo")), finite(a.get("ctr_hi"))
         if ctr is not None:
             _errbar(
                 ax, i, ctr, alo, ahi, fmt="s", color="C2", label="A/B measured CTR (Wilson 95%)"
             )
-        t = _num(truth.get(arm))
+        t = finite(truth.get(arm))
         if t is not None:
             ax.plot([i + 0.15], [t], "*", ms=12, color="crimson", label="truth")
         rows.append(
             [
                 arm,
-                f"{_fmt(snips)} [{_fmt(plo)}, {_fmt(phi)}]",
-                _fmt(_num(p.get("dr"))),
+                f"{cell(snips)} [{cell(plo)}, {cell(phi)}]",
+                cell(finite(p.get("dr"))),
                 f"{p.get('date') or '–'} {p.get('source') or ''}".strip(),
-                f"{_fmt(ctr)} [{_fmt(alo)}, {_fmt(ahi)}]",
-                _fmt(a.get("impressions")),
-                _fmt(t),
+                f"{cell(ctr)} [{cell(alo)}, {cell(ahi)}]",
+                cell(a.get("impressions")),
+                cell(t),
             ]
         )
     _legend(ax)
@@ -747,18 +768,7 @@ def _ope_vs_ab(experiment: str, rec: dict[str, Any]) -> str:
     ax.set_ylabel("clicks per impression")
     ax.set_title(f"{experiment} on {rec.get('date')}: OPE prediction vs A/B measured vs truth")
     ax.grid(True, alpha=0.3)
-    table = _table(
-        [
-            "arm",
-            "OPE SNIPS [95% CI]",
-            "OPE DR",
-            "OPE from",
-            "A/B CTR [95% CI]",
-            "impressions",
-            "truth",
-        ],
-        rows,
-    )
+    table = _table(OPE_VS_AB_HEADERS, rows)
     return _img(fig, f"A/B {experiment}: OPE vs A/B vs truth") + table
 
 
@@ -777,7 +787,7 @@ def _service(rec: dict[str, Any]) -> str:
     if not items:
         return ""
     keys = _keys(items, ("arm",))
-    return _table(keys, [[_fmt(g.get(k)) for k in keys] for g in items])
+    return _table(keys, [[cell(g.get(k)) for k in keys] for g in items])
 
 
 def _guardrails(rec: dict[str, Any]) -> str:
@@ -787,7 +797,7 @@ def _guardrails(rec: dict[str, Any]) -> str:
     keys = _keys(items, GUARDRAIL_KEYS)
     rows = [
         [
-            (_fmt(g.get(k)), _verdict_class(g.get(k))) if k == "verdict" else _fmt(g.get(k))
+            (cell(g.get(k)), _verdict_class(g.get(k))) if k == "verdict" else cell(g.get(k))
             for k in keys
         ]
         for g in items
@@ -796,97 +806,90 @@ def _guardrails(rec: dict[str, Any]) -> str:
 
 
 def _experiment(experiment: str, records: dict[str, dict[str, Any]]) -> str:
+    """One experiment's part of the A/B section from ``records`` (``{D: its A/B report of D}``):
+    the latest decision, the looks plot, every decision, the arms, guardrails, OPE vs A/B."""
     dates = sorted(records)
     last = records[dates[-1]]
     parts = [f'<h3 id="ab-{_esc(experiment)}">experiment {_esc(experiment)}</h3>']
-    parts.append(
-        f"<p>champion bundle {_esc(last.get('champion_version') or '–')} vs challenger bundle "
-        f"{_esc(last.get('challenger_version') or '–')}; started "
-        f"{_esc(last.get('start_date') or '–')}; latest decision ({_esc(dates[-1])}, day "
-        f"{_esc(last.get('day', '–'))}): <b>{_esc(last.get('action') or '–')}</b> — "
-        f"{_esc(last.get('reason') or '')}</p>"
-    )
+    parts.append(_latest_decision(dates[-1], last))
     looks = [lk for lk in _list(last.get("looks")) if isinstance(lk, dict)]
     looks = [lk for lk in looks if str(lk.get("date", "")) <= dates[-1]]
     plot = _ab_looks_plot(experiment, looks) if looks else ""
     parts.append(plot or _no_data(f"no looks recorded for {experiment}"))
+    parts += ["<h4>decisions</h4>", _decisions_table(records)]
+    arms = [a for a in _list(last.get("arms")) if isinstance(a, dict)]
+    if arms:
+        parts += [f"<h4>arms through {_esc(dates[-1])}</h4>", _arms_table(arms)]
+    parts += ["<h4>guardrails (latest decision)</h4>", _guardrails(last), _service(last)]
+    parts += ["<h4>OPE prediction vs A/B measured vs truth</h4>", OPE_VS_AB_NOTE]
+    parts.append(_ope_vs_ab(experiment, last))
+    return "\n".join(parts)
+
+
+def _latest_decision(day: str, last: dict[str, Any]) -> str:
+    """The paragraph on the bundles, start and latest decision (``last``, the report of ``day``)."""
+    return (
+        f"<p>champion bundle {_esc(last.get('champion_version') or '–')} vs challenger bundle "
+        f"{_esc(last.get('challenger_version') or '–')}; started "
+        f"{_esc(last.get('start_date') or '–')}; latest decision ({_esc(day)}, day "
+        f"{_esc(last.get('day', '–'))}): <b>{_esc(last.get('action') or '–')}</b> — "
+        f"{_esc(last.get('reason') or '')}</p>"
+    )
+
+
+def _decisions_table(records: dict[str, dict[str, Any]]) -> str:
+    """One row per daily A/B report: action, CTR difference, interval, p-value, aliases after."""
     rows = []
-    for day in dates:
+    for day in sorted(records):
         r = records[day]
         diff = _dict(r.get("diff"))
         rows.append(
             [
                 day,
-                _fmt(r.get("day")),
+                cell(r.get("day")),
                 (str(r.get("action") or "–"), _verdict_class(r.get("action"))),
-                _fmt(_num(diff.get("ctr_diff")), "+.4f"),
+                cell(finite(diff.get("ctr_diff")), "+.4f"),
                 _interval(diff.get("lower"), diff.get("upper"), "+.4f"),
-                _fmt(_num(diff.get("p_value"))),
+                cell(finite(diff.get("p_value"))),
                 str(r.get("reason") or ""),
                 str(r.get("applied") or ""),
                 _pair(_dict(r.get("aliases")), *ARMS),
             ]
         )
-    parts.append("<h4>decisions</h4>")
-    parts.append(
-        _table(
+    return _table(
+        [
+            "date",
+            "day",
+            "action",
+            "CTR diff",
+            "always-valid CI",
+            "p (always valid)",
+            "reason",
+            "applied",
+            "aliases after",
+        ],
+        rows,
+    )
+
+
+def _arms_table(arms: list[dict[str, Any]]) -> str:
+    """One row per arm: impressions, clicks, CTR with its Wilson interval, purchases, users."""
+    return _table(
+        ["arm", "impressions", "clicks", "CTR [Wilson 95%]", "purchases", "conversion", "users"],
+        [
             [
-                "date",
-                "day",
-                "action",
-                "CTR diff",
-                "always-valid CI",
-                "p (always valid)",
-                "reason",
-                "applied",
-                "aliases after",
-            ],
-            rows,
-        )
+                str(a.get("arm")),
+                cell(a.get("impressions")),
+                cell(a.get("clicks")),
+                f"{cell(finite(a.get('ctr')))} [{cell(finite(a.get('ctr_lo')))}, "
+                f"{cell(finite(a.get('ctr_hi')))}]",
+                cell(a.get("purchases")),
+                cell(finite(a.get("conversion"))),
+                cell(a.get("users")),
+            ]
+            for a in arms
+        ],
     )
-    arms = [a for a in _list(last.get("arms")) if isinstance(a, dict)]
-    if arms:
-        parts.append(f"<h4>arms through {_esc(dates[-1])}</h4>")
-        parts.append(
-            _table(
-                [
-                    "arm",
-                    "impressions",
-                    "clicks",
-                    "CTR [Wilson 95%]",
-                    "purchases",
-                    "conversion",
-                    "users",
-                ],
-                [
-                    [
-                        str(a.get("arm")),
-                        _fmt(a.get("impressions")),
-                        _fmt(a.get("clicks")),
-                        f"{_fmt(_num(a.get('ctr')))} [{_fmt(_num(a.get('ctr_lo')))}, "
-                        f"{_fmt(_num(a.get('ctr_hi')))}]",
-                        _fmt(a.get("purchases")),
-                        _fmt(_num(a.get("conversion"))),
-                        _fmt(a.get("users")),
-                    ]
-                    for a in arms
-                ],
-            )
-        )
-    parts.append("<h4>guardrails (latest decision)</h4>")
-    parts.append(_guardrails(last))
-    parts.append(_service(last))
-    parts.append("<h4>OPE prediction vs A/B measured vs truth</h4>")
-    parts.append(
-        "<p>The OPE prediction is the gate's SNIPS estimate of each bundle's <em>two-tower softmax"
-        " policy</em> (temperature in the OPE section), not of the served pipeline (retrieval,"
-        " ranker, re-ranking, exploration, cold start): a different policy, so a gap to the"
-        " measured CTR is expected. On days logged by the service itself, support is thin (one"
-        " exploration slot in a share of responses) and the estimate is biased low; compare"
-        " with the truth of the same policy in section 5.</p>"
-    )
-    parts.append(_ope_vs_ab(experiment, last))
-    return "\n".join(parts)
 
 
 def section_ab(data: ReportData) -> str:
@@ -953,7 +956,7 @@ def render_html(settings: Settings, data: ReportData) -> str:
 
 def report_path(settings: Settings) -> Path:
     """``reports/index.html``."""
-    return settings.reports_dir / "index.html"
+    return layout.html_report_path(settings)
 
 
 def write_report(

@@ -212,7 +212,7 @@ def _tuning_ladder(
     if kind == "hnsw":
         efs = [params["efSearch"]] if "efSearch" in fixed else list(HNSW_EF_LADDER)
         return [[{"efSearch": ef}] for ef in efs]
-    probes = [params["nprobe"]] if "nprobe" in fixed else _probe_ladder(int(params["nlist"]))
+    probes = [params["nprobe"]] if "nprobe" in fixed else probe_ladder(int(params["nlist"]))
     if kind == "ivf":
         return [[{"nprobe": p}] for p in probes]
     factors = [params["k_factor"]] if "k_factor" in fixed else list(K_FACTOR_LADDER)
@@ -266,7 +266,7 @@ def _tune(
     return best[0], best[1], trials
 
 
-def _probe_ladder(limit: int) -> list[int]:
+def probe_ladder(limit: int) -> list[int]:
     """1, 2, 3, 4, 6, 8, 12, 16, 24, ... (powers of two and 1.5x them) below ``limit``, then
     ``limit``: the half steps keep a setting that just misses from doubling the cost."""
     out, p = [], 1
@@ -274,6 +274,44 @@ def _probe_ladder(limit: int) -> list[int]:
         out += [p] + ([p * 3 // 2] if p >= 2 and p * 3 // 2 < limit else [])
         p *= 2
     return out + [limit]
+
+
+def _check_inputs(
+    item_vectors: np.ndarray,
+    item_ids: np.ndarray | list | None,
+    sample_queries: np.ndarray,
+    model_version: str,
+    max_queries: int,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Checked ``(vectors (I, D) float32, ids (I,) or None, queries (Q, D) float32)`` for
+    :func:`build_index`: ids that are neither int nor str become str; more than ``max_queries``
+    queries are cut to a seeded sample of that many (in their original order)."""
+    vectors = _as_matrix(item_vectors, "item vectors")
+    n, dim = vectors.shape
+    queries = _as_matrix(sample_queries, "sample queries", dim)
+    if not _VERSION_RE.match(str(model_version)):
+        raise ValueError(f"model version {model_version!r}: use letters, digits, '.', '_', '-'")
+    ids = None if item_ids is None else np.asarray(item_ids)
+    if ids is not None and ids.shape != (n,):
+        raise ValueError(f"item ids: expected shape ({n},), got {ids.shape}")
+    if ids is not None and ids.dtype.kind not in "iuU":
+        ids = ids.astype(str)
+    if len(queries) > max_queries:
+        pick = np.random.default_rng(seed).choice(len(queries), max_queries, replace=False)
+        queries = queries[np.sort(pick)]
+    return vectors, ids, queries
+
+
+def _exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Row labels ``(Q, k)`` of the exact inner-product top ``k`` of each query: the truth the
+    recall is measured against."""
+    import faiss
+
+    exact = faiss.IndexFlatIP(vectors.shape[1])
+    exact.add(vectors)
+    _, truth = exact.search(queries, k)
+    return truth
 
 
 def build_index(
@@ -303,19 +341,10 @@ def build_index(
     """
     import faiss
 
-    vectors = _as_matrix(item_vectors, "item vectors")
+    vectors, ids, queries = _check_inputs(
+        item_vectors, item_ids, sample_queries, model_version, max_queries, seed
+    )
     n, dim = vectors.shape
-    queries = _as_matrix(sample_queries, "sample queries", dim)
-    if not _VERSION_RE.match(str(model_version)):
-        raise ValueError(f"model version {model_version!r}: use letters, digits, '.', '_', '-'")
-    ids = None if item_ids is None else np.asarray(item_ids)
-    if ids is not None and ids.shape != (n,):
-        raise ValueError(f"item ids: expected shape ({n},), got {ids.shape}")
-    if ids is not None and ids.dtype.kind not in "iuU":
-        ids = ids.astype(str)
-    if len(queries) > max_queries:
-        pick = np.random.default_rng(seed).choice(len(queries), max_queries, replace=False)
-        queries = queries[np.sort(pick)]
     k_eff = min(k, n)
 
     t0 = time.perf_counter()
@@ -325,10 +354,7 @@ def build_index(
     build_s = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    exact = faiss.IndexFlatIP(dim)
-    exact.add(vectors)
-    _, truth = exact.search(queries, k_eff)
-    del exact
+    truth = _exact_top_k(vectors, queries, k_eff)
     fixed = set(params or {})
     recall, p, tried = _tune(index, kind, p, fixed, queries, truth, recall_target, tune_margin)
     tune_s = time.perf_counter() - t1

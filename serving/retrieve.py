@@ -1,0 +1,145 @@
+"""The retrieve stage: a request's candidates, from the user's vector through FAISS.
+
+The vector: a user in the two-tower's vocabulary → the precomputed one; any other user, when
+``new_users = "user_tower"`` (opt-in; default ``trending``) and the bundle has a feature-only
+user tower (:class:`serving.bundle.UserTower`) → their ``user_features`` row read from Redis (one
+HMGET, under the hydrate deadline and the breaker; once per user and bundle) encoded by the
+tower (cached by attribute values), flagged ``user_tower``. A user with no row in the online
+store (brand new), or any user of a bundle whose tower reads ids or history → **cold start**:
+trending items (popularity × trending from the item table), those of the context's categories
+first, flagged ``cold_start``; Redis failing on that read → the same, also flagged ``redis`` and
+``degraded``. Index failure → the popularity order, flagged ``retrieve``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from serving.bundle import LoadedBundle
+from serving.engine import Engine
+from serving.hydrate import read_user_features, redis_call, tower_service
+
+log = logging.getLogger("recloop.serving.retrieve")
+
+
+def popular(
+    bundle: LoadedBundle, n: int, drop: set[str], categories: tuple[str, ...]
+) -> tuple[list[str], np.ndarray]:
+    """Top-``n`` item ids of the trending order (context categories first), minus ``drop``;
+    returns ``(ids list, scores (n,) float64 in (0, 1])``."""
+    t = bundle.item_table
+    order = t.order
+    if categories:
+        wanted = np.isin(t.category[order], list(categories))
+        order = np.concatenate([order[wanted], order[~wanted]])
+    ids: list[str] = []
+    for r in order:
+        i = t.ids[r]
+        if i not in drop:
+            ids.append(str(i))
+            if len(ids) == n:
+                break
+    scores = 1.0 / (1.0 + np.arange(len(ids), dtype=np.float64))  # rank-based, best = 1
+    return ids, scores
+
+
+def search(
+    bundle: LoadedBundle, query: np.ndarray, n: int, drop: set[str]
+) -> tuple[list[str], np.ndarray]:
+    """FAISS top-``n`` ids (``list[str]``) and scores ``(n,)`` for one user vector ``query``
+    ``(1, D)`` float32, ``drop`` (seen and excluded ids) removed."""
+    ids, scores = bundle.index.search(query, min(n + len(drop), bundle.index.n_items))
+    ids, scores = ids[0].astype(str), scores[0].astype(np.float64)
+    keep = (ids != "") & np.isfinite(scores)
+    if drop:
+        keep &= ~np.isin(ids, np.fromiter(drop, dtype=ids.dtype, count=len(drop)))
+    ids, scores = ids[keep][:n], scores[keep][:n]
+    return ids.tolist(), scores
+
+
+def new_user_vector(
+    engine: Engine, bundle: LoadedBundle, user_id: str, budget_ms: float
+) -> tuple[np.ndarray | None, str | None]:
+    """``(vector (1, D) float32, None)`` of a user outside the vocabulary, from their online
+    features through the bundle's user tower (remembered per user: a returning user costs no
+    Redis read); ``(None, None)`` when the online store has no row for them or the tower fails to
+    encode them (logged); ``(None, error)`` when Redis failed."""
+    tower = bundle.user_tower
+    assert tower is not None
+    known = tower.cached(user_id)
+    if known is not None:
+        return known, None
+
+    def read() -> dict[str, Any] | None:  # the read plan too runs under the deadline
+        service = tower_service(engine.settings, bundle)
+        return read_user_features(engine.settings, service, user_id, tower.online)
+
+    values, err = redis_call(engine, budget_ms, read)
+    if err is not None or values is None:
+        return None, err
+    try:
+        vector = tower.vectors([values])
+    except Exception as exc:  # noqa: BLE001 - a user the tower cannot encode gets cold start
+        log.error("user tower of bundle %s failed for %r: %r", bundle.version, values, exc)
+        return None, None
+    tower.remember(user_id, values)
+    return vector, None
+
+
+@dataclass
+class Candidates:
+    """The retrieve stage's answer: ``ids`` (``C`` of them, best first) and their retrieval
+    ``scores`` ``(C,)`` float64, ``drop`` (seen and excluded ids, never candidates), ``cold``
+    (cold start: no user vector), the ``fallbacks`` taken (in order), ``degraded`` (a failure
+    changed the answer) and ``error`` (what failed in Redis, or None)."""
+
+    ids: list[str]
+    scores: np.ndarray
+    drop: set[str]
+    cold: bool
+    fallbacks: list[str] = field(default_factory=list)
+    degraded: bool = False
+    error: str | None = None
+
+
+def candidates(
+    engine: Engine,
+    bundle: LoadedBundle,
+    user_id: str,
+    categories: tuple[str, ...],
+    exclude: tuple[str, ...],
+    budget_ms: Callable[[], float],
+) -> Candidates:
+    """``engine.config.candidates`` candidates for ``user_id`` (see the module docstring);
+    ``budget_ms()``: what is left for a Redis read (ms), asked when one is needed."""
+    cfg = engine.config
+    fallbacks: list[str] = []
+    degraded, err = False, None
+    row = bundle.user_row(user_id)
+    query = bundle.user_vecs[row : row + 1] if row >= 0 else None
+    if query is None and bundle.user_tower is not None and cfg.new_users == "user_tower":
+        query, err = new_user_vector(engine, bundle, user_id, budget_ms())
+        if err is not None:  # Redis failed: the cold-start answer, flagged
+            fallbacks.append("redis")
+            degraded = True
+        elif query is not None:
+            fallbacks.append("user_tower")
+    drop = bundle.seen_items(row) | set(cfg.excluded_items) | set(exclude)
+    n = cfg.candidates
+    if query is None:
+        ids, scores = popular(bundle, n, drop, categories)
+        fallbacks.append("cold_start")
+    else:
+        try:
+            ids, scores = search(bundle, query, n, drop)
+        except Exception as exc:  # noqa: BLE001
+            log.error("retrieve failed for bundle %s: %r", bundle.version, exc)
+            ids, scores = popular(bundle, n, drop, ())
+            fallbacks.append("retrieve")
+            degraded = True
+    return Candidates(ids, scores, drop, query is None, fallbacks, degraded, err)

@@ -1,0 +1,248 @@
+"""The HTTP routes, registered on the app by :func:`register_routes` (see ``serving.app`` for the
+API). Every handler answers JSON; a rejected request (4xx) is counted as ``bad_request``.
+
+Limits read from the config the app was built with: bodies over ``max_body_bytes`` → 413;
+malformed JSON → 400; invalid fields → 422 (:mod:`serving.api_models`). The admin token is
+compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from typing import Any
+
+import anyio
+import pandas as pd
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, ValidationError
+
+from serving.api_models import FeedbackBody, recommend_body, validation_errors
+from serving.engine import Engine
+from serving.feedback import FeedbackRejected, record_feedback
+from serving.logging import request_row
+from serving.pipeline import NoChampion, recommend
+from serving.pipeline import Request as RecRequest
+
+log = logging.getLogger("recloop.serving.app")
+
+Arrival = tuple[float, pd.Timestamp]
+"""When a handler started: ``(time.perf_counter(), UTC wall clock)``."""
+
+
+def register_routes(app: FastAPI, engine: Engine, limiter: anyio.CapacityLimiter) -> None:
+    """All of the service's routes and its HTTP error handler; ``limiter`` bounds the
+    ``/recommend`` worker threads."""
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return bad(engine, exc.status_code, exc.detail)
+
+    register_recommend_routes(app, engine, limiter)
+    register_feedback_route(app, engine)
+    register_health_routes(app, engine)
+    register_admin_routes(app, engine)
+
+
+def bad(engine: Engine, status: int, detail: Any) -> JSONResponse:
+    """A rejection (``{"detail": ...}`` with ``status``), counted as ``bad_request``."""
+    engine.metrics.count_request("none", "bad_request")
+    return JSONResponse({"detail": detail}, status_code=status)
+
+
+async def read_json(request: Request, max_bytes: int) -> Any:
+    """The request body as JSON, read in chunks: ``HTTPException`` 413 past ``max_bytes``
+    bytes, 400 when it is not JSON."""
+    size, chunks = 0, []
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise HTTPException(413, f"body over {max_bytes} bytes")
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HTTPException(400, f"malformed JSON: {exc}") from exc
+
+
+# --- /recommend ---------------------------------------------------------------------------
+
+
+def register_recommend_routes(
+    app: FastAPI, engine: Engine, limiter: anyio.CapacityLimiter
+) -> None:
+    """``POST /recommend`` (JSON body) and ``GET /recommend?user_id=..&k=..&categories=a,b``."""
+    cfg = engine.config
+    body_model = recommend_body(cfg)
+
+    @app.post("/recommend")
+    async def recommend_post(request: Request) -> JSONResponse:
+        start = arrival()
+        payload = await read_json(request, cfg.max_body_bytes)
+        try:
+            body = body_model.model_validate(payload)
+        except ValidationError as exc:
+            return bad(engine, 422, validation_errors(exc))
+        return await serve(engine, limiter, body, start)
+
+    @app.get("/recommend")
+    async def recommend_get(request: Request) -> JSONResponse:
+        start = arrival()
+        q = request.query_params
+        unknown = set(q.keys()) - {"user_id", "k", "categories"}
+        if unknown:
+            errors = [{"field": f, "error": "unknown parameter"} for f in sorted(unknown)]
+            return bad(engine, 422, errors)
+        payload: dict[str, Any] = {"user_id": q.get("user_id", "")}
+        if "k" in q:
+            payload["k"] = q["k"]
+        if q.get("categories"):
+            payload["context"] = {"categories": [c for c in q["categories"].split(",") if c]}
+        try:
+            body = body_model.model_validate(payload)
+        except ValidationError as exc:
+            return bad(engine, 422, validation_errors(exc))
+        return await serve(engine, limiter, body, start)
+
+
+def arrival() -> Arrival:
+    return time.perf_counter(), pd.Timestamp.now(tz="UTC")
+
+
+async def serve(
+    engine: Engine, limiter: anyio.CapacityLimiter, body: BaseModel, start: Arrival
+) -> JSONResponse:
+    """Run :func:`serving.pipeline.recommend` for a validated body on a worker thread: 200 with
+    its answer, 503 without a champion, 500 (logged, body says only "internal error") when it
+    fails; counted and written to the request log either way."""
+    req = RecRequest(
+        user_id=body.user_id,
+        k=body.k,
+        categories=tuple(body.context.categories),
+        exclude=tuple(body.exclude),
+    )
+    info: dict[str, Any] = {}
+    try:
+        out = await anyio.to_thread.run_sync(recommend, engine, req, info, limiter=limiter)
+    except NoChampion as exc:
+        engine.metrics.count_request("none", "unavailable")
+        log_request(engine, start, body.user_id, {"request_id": info.get("request_id")}, 503)
+        return JSONResponse({"detail": str(exc)}, status_code=503)
+    except Exception:  # noqa: BLE001 - answered 500, logged against the routed arm
+        log.exception("recommend failed for request %s", info.get("request_id"))
+        engine.metrics.count_request(info.get("arm") or "none", "error")
+        log_request(engine, start, body.user_id, info, 500)
+        return JSONResponse(
+            {"detail": "internal error", "request_id": info.get("request_id")},
+            status_code=500,
+        )
+    engine.metrics.count_request(out["arm"], "degraded" if out["degraded"] else "ok")
+    log_request(engine, start, body.user_id, info, 200, out)
+    return JSONResponse(out)
+
+
+def log_request(engine: Engine, start: Arrival, user_id: str, info: dict[str, Any], status: int,
+                out: dict[str, Any] | None = None) -> None:  # fmt: skip
+    """One request-log row (when the engine keeps one); latency = handler start to now (ms)."""
+    if engine.requests is None:
+        return
+    latency_ms = (time.perf_counter() - start[0]) * 1e3
+    engine.requests.add([request_row(
+        info.get("request_id") or "", start[1], user_id, info.get("arm"),
+        info.get("model_version"), status, latency_ms,
+        degraded=bool(out and out["degraded"]), fallbacks=out["fallbacks"] if out else (),
+        n_items=len(out["items"]) if out else 0,
+    )])  # fmt: skip
+
+
+# --- /feedback, health, metrics -----------------------------------------------------------
+
+
+def register_feedback_route(app: FastAPI, engine: Engine) -> None:
+    """``POST /feedback`` (:func:`serving.feedback.record_feedback`)."""
+    max_bytes = engine.config.max_body_bytes
+
+    @app.post("/feedback")
+    async def feedback(request: Request) -> JSONResponse:
+        payload = await read_json(request, max_bytes)
+        try:
+            body = FeedbackBody.model_validate(payload)
+        except ValidationError as exc:
+            return bad(engine, 422, validation_errors(exc))
+        try:
+            event_id = await record_feedback(engine, body)
+        except FeedbackRejected as exc:
+            return bad(engine, exc.status, exc.detail)
+        return JSONResponse({"logged": event_id})
+
+
+def register_health_routes(app: FastAPI, engine: Engine) -> None:
+    """``GET /health/live``, ``GET /health/ready`` (503 until a champion answers) and
+    ``GET /metrics`` (Prometheus text)."""
+
+    @app.get("/health/live")
+    async def live() -> dict:
+        return {"status": "live"}
+
+    @app.get("/health/ready")
+    async def ready() -> JSONResponse:
+        ok, why = engine.bundles.ready()
+        return JSONResponse({"ready": ok, "detail": why}, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        b = engine.bundles
+        text = engine.metrics.render(
+            b.reloads, b.rejected, {a: (x.version if x else None) for a, x in b.arms.items()}
+        )
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+
+# --- /admin -------------------------------------------------------------------------------
+
+EXPERIMENT_KEYS = {"challenger_share", "salt", "experiment", "explore_rate"}
+"""What ``POST /admin/experiment`` may change."""
+
+
+def register_admin_routes(app: FastAPI, engine: Engine) -> None:
+    """``POST /admin/reload`` and ``GET|POST /admin/experiment``: ``Authorization: Bearer
+    <admin token>``; 404 when the config has no admin token (off), 401 for a wrong one."""
+    cfg = engine.config
+
+    def denied(request: Request) -> JSONResponse | None:
+        if not cfg.admin_enabled:
+            off = "admin endpoints are off: set RECLOOP_ADMIN_TOKEN to enable them"
+            return bad(engine, 404, off)
+        got = request.headers.get("authorization", "")
+        want = f"Bearer {cfg.admin_token}"
+        if not hmac.compare_digest(got.encode(), want.encode()):
+            return bad(engine, 401, "missing or wrong admin token")
+        return None
+
+    @app.post("/admin/reload")
+    async def admin_reload(request: Request) -> JSONResponse:
+        if (refused := denied(request)) is not None:
+            return refused
+        outcome = await anyio.to_thread.run_sync(engine.bundles.check)
+        return JSONResponse({"outcome": outcome, "rejected": engine.bundles.rejected})
+
+    @app.api_route("/admin/experiment", methods=["GET", "POST"])
+    async def admin_experiment(request: Request) -> JSONResponse:
+        if (refused := denied(request)) is not None:
+            return refused
+        if request.method == "POST":
+            payload = await read_json(request, cfg.max_body_bytes)
+            if not isinstance(payload, dict) or set(payload) - EXPERIMENT_KEYS:
+                expected = f"expected an object with keys among {sorted(EXPERIMENT_KEYS)}"
+                return bad(engine, 422, expected)
+            try:
+                engine.config = engine.config.with_(**payload)
+            except (ValueError, TypeError) as exc:
+                return bad(engine, 422, str(exc))
+        c = engine.config
+        return JSONResponse({"experiment": c.experiment, "salt": c.salt,
+                             "challenger_share": c.challenger_share,
+                             "explore_rate": c.explore_rate})  # fmt: skip
