@@ -1,1 +1,1 @@
-"""Closing the loop: simulated traffic on the service, served logs as a day, the whole loop, scenarios."""
+"""Closing the loop: simulated traffic on the service (``traffic``), served logs as a day (``served``), the whole loop (``closed_loop``), scenarios."""

@@ -1,1 +1,1 @@
-"""Ranking: labelled impressions, the DLRM ranker and its baseline (task ``train_ranker``), forward evaluation (``evaluate_ranker``)."""
+"""Ranking: ``data`` (labelled impressions, sampled negatives, IPS weights), ``train`` (task ``train_ranker``: the DLRM ranker and its baseline), ``evaluate`` (task ``evaluate_ranker``), ``predict`` (scoring pairs from the online features)."""

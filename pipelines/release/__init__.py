@@ -1,1 +1,1 @@
-"""Release: MLflow registry (task ``register``), off-policy evaluation and promotion gates (task ``gate``)."""
+"""Release: ``register`` (task ``register``; MLflow itself is ``registry``), ``gate`` (task ``gate``: promotion gates), off-policy evaluation (``ope``, ``bundle_ope``)."""

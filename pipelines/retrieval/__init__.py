@@ -1,1 +1,1 @@
-"""Retrieval: train the candidate models (tasks ``train_*``), build the FAISS index (``build_index``), forward evaluation (``evaluate``)."""
+"""Retrieval: ``data`` (training data), ``train`` (tasks ``train_mf``, ``train_two_tower``, ``train_popular``, ``train_itemknn``), ``index`` (task ``build_index``; the FAISS library is ``faiss_index``), ``evaluate`` (task ``evaluate``), ``predict`` (recommendations and pair scores)."""
