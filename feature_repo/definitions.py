@@ -19,13 +19,13 @@ old one stays until its consumer moves):
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 from pathlib import Path
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
 from feast.types import Float64, Int64, String
 
+from pipelines.core.settings import Settings
 from pipelines.features.tables import ITEM_FEATURES, USER_FEATURES
 
 TTL = timedelta(days=2)
@@ -144,9 +144,8 @@ def _feature_services(
 
 
 # Module-level objects for the `feast` CLI (it collects the objects defined in the repo's
-# modules). Same path rule as pipelines.core.settings: RECLOOP_HOME, default ~/.recloop.
-_home = Path(os.environ.get("RECLOOP_HOME") or Path.home() / ".recloop").expanduser().resolve()
-_objects = build(_home / "features")
+# modules), for the workspace of the environment (pipelines.core.settings: RECLOOP_HOME).
+_objects = build(Settings.from_env().features_dir)
 user = _objects["user"]
 item = _objects["item"]
 user_features = _objects["user_features"]

@@ -178,6 +178,7 @@ def test_analyze_current_follows_the_aliases(ws):
     assert ab.analyze_current(s, START, CFG)["action"] == "none"
 
 
+@pytest.mark.integration  # Airflow parses the DAG in-process
 def test_dag_parses_with_asset_schedule():
     from airflow.dag_processing.dagbag import DagBag
 

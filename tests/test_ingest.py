@@ -146,6 +146,7 @@ def test_generic_table_with_mapping_via_cli(settings, tmp_path, capsys):
     assert "not a column of the log contract" in capsys.readouterr().err
 
 
+@pytest.mark.integration  # trains two models on the imported workspace
 def test_movielens_end_to_end_recommend_and_predict_ratings(settings, tmp_path):
     """Import → validate → train (implicit MF and explicit MF) → recommend / predict, raw ids out."""
     import numpy as np

@@ -12,6 +12,8 @@ from pipelines.data.validate import validate_partition
 from pipelines.release import bundle_ope
 from pipelines.retrieval import train
 
+# integration: every test simulates a workspace and trains a two-tower on it
+pytestmark = pytest.mark.integration
 DAYS = ["2026-01-01", "2026-01-02"]
 
 

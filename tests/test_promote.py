@@ -107,6 +107,7 @@ def test_no_ranker_is_skipped_and_pinned_ranker_without_auc_is_not_evaluated(set
     assert verdicts(d)["ranker_auc"] == "not_evaluated"
 
 
+@pytest.mark.integration  # an MLflow store (fresh_mlflow)
 def test_gate_day_moves_aliases_and_records(settings: Settings, capsys: pytest.CaptureFixture):
     fresh_mlflow(settings)
     v1 = make_bundle(settings, "2026-01-01")
@@ -173,6 +174,7 @@ def test_gate_day_moves_aliases_and_records(settings: Settings, capsys: pytest.C
     assert main(["gates", "--date", "2030-01-01"]) == 2
 
 
+@pytest.mark.integration  # an MLflow store (fresh_mlflow)
 def test_gate_day_without_a_bundle_rejects(settings: Settings):
     fresh_mlflow(settings)
     out = gate.gate_day(settings, "2026-01-01")

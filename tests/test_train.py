@@ -15,6 +15,8 @@ from pipelines.data.validate import validate_partition
 from pipelines.retrieval import data as training_data
 from pipelines.retrieval import evaluate, predict, train
 
+# integration: the module simulates a workspace and trains on it (and loads it in a subprocess)
+pytestmark = pytest.mark.integration
 DAYS = ["2026-01-01", "2026-01-02", "2026-01-03"]
 
 

@@ -38,6 +38,8 @@ RECLOOP_HOME/
   reports/                                settings.reports_dir
     validation/date=D.json                validation_report_path()
     data_docs/                            data_docs_dir(): Great Expectations Data Docs
+    gx_validation_results/                Great Expectations' results store (named by its config in
+                                          pipelines.data.validate, beside data_docs/)
     stats/date=D.json                     stats_reports_dir(), stats_report_path()
     eval/date=D.json                      eval_reports_dir(), eval_report_path(): retrievers' forward evaluation
     ranker/date=D.json                    ranker_report_path(): forward evaluation of the rankers
@@ -130,7 +132,8 @@ def feast_registry_path(settings: Settings) -> Path:
 
 # --- mlflow/ ---------------------------------------------------------------------------------
 def mlflow_db_path(settings: Settings) -> Path:
-    """``mlflow/mlflow.db``: the default tracking + registry database (``RECLOOP_MLFLOW_URI``)."""
+    """``mlflow/mlflow.db``: the default tracking + registry database (the default of
+    ``RECLOOP_MLFLOW_URI``, which ``Settings.from_env`` spells out: it cannot import this module)."""
     return settings.mlflow_dir / "mlflow.db"
 
 

@@ -505,7 +505,8 @@ def _champion_ranker_auc(
 
 def read_decision(settings: Settings, date: str | dt.date) -> dict[str, Any]:
     """The recorded decision of ``date``: ``reports/gates/date=D.json``, else the newest
-    ``decision.json`` of the MLflow ``recloop-gates`` run of that date."""
+    ``decision.json`` of the MLflow ``recloop-gates`` run of that date. An unreadable file is a
+    ``ValueError`` naming it (:func:`pipelines.core.gate_decisions.read_gate_decision`)."""
     path = report_path(settings, date)
     recorded = read_gate_decision(settings, date)
     if recorded is not None:
