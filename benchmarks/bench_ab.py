@@ -8,7 +8,7 @@ Offline and fast: no service, no workspace. One simulator world (``--scale``, ``
 simulated day ``d`` (day 1 = the world's start date) brings the first ``--requests`` requests of
 ``simulate.requests_for_day`` (what ``recloop demo`` sends to the service; 0 = all of them). Each
 experiment routes users with a fresh salt exactly as the service does (``sha256(salt:experiment:
-user_id) < share``, ``serving.pipeline.bucket``; sticky per user), shows each request a slate of
+user_id) < share``, ``serving.routing.bucket``; sticky per user), shows each request a slate of
 10 from its arm's policy, draws the users' clicks from the truth (``P(click) = examination(slot)
 · relevance``) and purchases from ``purchase_given_click`` (``simulate.true_probabilities``, as
 ``simulate.respond`` does), and feeds the cumulative per-user numbers of every daily look to the
@@ -139,7 +139,7 @@ Mix = list[tuple[str, float]]
 
 
 def bucket(user_rows: np.ndarray, salt: str, experiment: str) -> np.ndarray:
-    """``serving.pipeline.bucket`` of users ``u<row>``: sticky position in [0, 1) (not imported:
+    """``serving.routing.bucket`` of users ``u<row>``: sticky position in [0, 1) (not imported:
     serving pulls in FAISS)."""
     out = np.empty(len(user_rows))
     for j, u in enumerate(user_rows):

@@ -4,10 +4,12 @@ Tiers (markers registered in ``pyproject.toml``):
 
 - **unit** — everything not marked ``integration``: no server, no Airflow, no MLflow store, no
   trained workspace; ``pytest -m "not integration"`` runs it alone (under a minute).
-- **integration** — talks to a real service or trains a workspace. A test is marked here,
+- **integration** — starts or talks to a real service (redis-server, uvicorn, Airflow, an
+  MLflow store, Feast), runs subprocesses or trains a workspace. A test is marked here,
   automatically, when it uses a fixture of :data:`INTEGRATION_FIXTURES` (directly or through
   another fixture: ``item.fixturenames`` is the whole closure), or when its module starts such
-  a thing itself (those modules say ``pytestmark = pytest.mark.integration`` and why).
+  a thing itself (those modules say ``pytestmark = pytest.mark.integration`` and why; a test
+  that does so in its own body carries ``@pytest.mark.integration`` with a comment).
 
 Plain ``pytest`` runs both tiers. Helpers shared by several test files live in
 ``tests/helpers.py``; test files import from there, never from each other or from this file.
