@@ -72,6 +72,10 @@ BUNDLE = Asset(BUNDLE_URI)
     doc_md=__doc__,
 )
 def recloop_daily():
+    """The task wiring, as one flat list: a task per stage, each a one-line call into
+    ``pipelines.orchestration.tasks``, then the dependencies. Kept in one function (over the
+    80-line rule) because a DAG reads best as a single list of its tasks and edges."""
+
     @task(outlets=[VALIDATED])
     def validate(ds: str | None = None) -> dict:
         from pipelines.orchestration import tasks

@@ -31,7 +31,6 @@ rejected: logged, counted in ``rejected``, and the old one keeps serving.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import threading
 import time
@@ -328,6 +327,7 @@ def load(settings: Settings, ref: str) -> LoadedBundle:
     import scipy.sparse as sp
 
     from models.base import load_model
+    from pipelines.core.artifact_meta import require_artifact_meta
     from pipelines.core.vocab import Vocab
     from pipelines.release import registry
     from pipelines.retrieval.faiss_index import ItemIndex
@@ -338,7 +338,7 @@ def load(settings: Settings, ref: str) -> LoadedBundle:
     tt = Path(paths["two_tower"])
     try:
         seen = sp.load_npz(tt / "seen.npz").tocsr()
-        json.loads((tt / "meta.json").read_text())
+        require_artifact_meta(tt)
     except (OSError, ValueError) as exc:
         raise ValueError(f"{tt}: broken two-tower artifact ({exc})") from exc
     model = load_model(tt / "model")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 
 from pipelines.core.settings import Settings
 
@@ -48,12 +47,11 @@ def metrics_table(settings: Settings, dates: list[dt.date]) -> str:
     """Forward-evaluation NDCG@10 / recall@100 per day and model, and each day's index recall."""
     import pandas as pd
 
-    from pipelines.core import layout
+    from pipelines.core.eval_reports import read_eval_report
 
     rows = []
     for day in dates:
-        path = layout.eval_report_path(settings, day)
-        report = json.loads(path.read_text()) if path.exists() else {}
+        report = read_eval_report(settings, day) or {}
         for model, m in report.get("metrics", {}).items():
             rows.append(
                 {
@@ -74,15 +72,17 @@ def metrics_table(settings: Settings, dates: list[dt.date]) -> str:
 
 def ope_table(settings: Settings, dates: list[dt.date]) -> str:
     """Each day's off-policy estimates of the gated bundles beside the simulator's truth."""
-    from pipelines.core import fmt, layout
+    from pipelines.core import fmt
+    from pipelines.core.ope_reports import ope_labels, read_ope_report
 
     lines = [
         "off-policy estimates of each bundle's policy on the day's logs (SNIPS, DR) vs the truth:"
     ]
     for day in dates:
-        folder = layout.ope_report_dir(settings, day)
-        for path in sorted(folder.glob("*.json")) if folder.exists() else []:
-            r = json.loads(path.read_text())
+        for label in ope_labels(settings, day):
+            r = read_ope_report(settings, day, label)
+            if r is None:  # removed since it was listed
+                continue
             est = r.get("estimates", {})
 
             def estimate(name: str, est=est) -> str:
@@ -119,11 +119,10 @@ def gates_table(settings: Settings, dates: list[dt.date]) -> str:
 
 def ab_table(settings: Settings) -> str:
     """Every A/B experiment's decisions, one line per analysed day."""
-    from pipelines.core import layout
+    from pipelines.core.ab_decisions import ab_experiments
     from pipelines.experiments import ab
 
-    folder = layout.ab_reports_dir(settings)
-    names = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.exists() else []
+    names = ab_experiments(settings)
     if not names:
         return "A/B experiments: none yet"
     out = []
@@ -137,8 +136,8 @@ def ab_table(settings: Settings) -> str:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines.core import layout
     from pipelines.core.schema import parse_date
+    from pipelines.core.stats_reports import read_stats_report
     from pipelines.data.stats import format_stats
     from pipelines.loop import closed_loop
     from pipelines.report.html import write_report
@@ -173,9 +172,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     print("== summary ==", flush=True)
     for day in dates:
-        path = layout.stats_report_path(settings, day)
-        if path.exists():
-            print(format_stats(json.loads(path.read_text())))
+        stats = read_stats_report(settings, day)
+        if stats is not None:
+            print(format_stats(stats))
     print(closed_loop.format_days(records))
     print(metrics_table(settings, dates))
     print(ope_table(settings, dates))

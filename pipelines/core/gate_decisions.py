@@ -12,7 +12,6 @@ HTML report, the A/B analysis) catch that ``ValueError``; nobody reads the file 
 from __future__ import annotations
 
 import datetime as dt
-import json
 from pathlib import Path
 from typing import Any
 
@@ -22,34 +21,14 @@ from pipelines.core.settings import Settings
 
 def gate_decision_dates(settings: Settings) -> list[dt.date]:
     """Sorted dates D that have a ``reports/gates/date=D.json`` (other file names are ignored)."""
-    folder = layout.gate_reports_dir(settings)
-    if not folder.is_dir():
-        return []
-    out = []
-    for path in folder.glob("date=*.json"):
-        try:
-            day = dt.date.fromisoformat(path.name.removeprefix("date=").removesuffix(".json"))
-        except ValueError:
-            continue
-        if layout.gate_report_path(settings, day).name == path.name:
-            out.append(day)
-    return sorted(out)
+    return schema.dated_json_dates(layout.gate_reports_dir(settings))
 
 
 def read_gate_decision(settings: Settings, date: str | dt.date) -> dict[str, Any] | None:
     """The gate decision of ``date``; None when the file does not exist.
 
     Raises ``ValueError`` naming the file when it cannot be read or is not a JSON object."""
-    path = layout.gate_report_path(settings, date)
-    if not path.exists():
-        return None
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: unreadable gate decision ({exc})") from exc
-    if not isinstance(record, dict):
-        raise ValueError(f"{path}: a gate decision must be a JSON object, got {type(record).__name__}")
-    return record
+    return schema.read_json_file(layout.gate_report_path(settings, date), "gate decision")
 
 
 def write_gate_decision(settings: Settings, record: dict[str, Any]) -> Path:

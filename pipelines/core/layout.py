@@ -57,9 +57,16 @@ RECLOOP_HOME/
   redis-<port>.pid, redis-<port>.log      written by ``infra/redis.sh`` (shell, not Python)
 ```
 
-Readers and writers of the files with more than one user live in ``pipelines.core`` too:
-:mod:`pipelines.core.gate_decisions`, :mod:`pipelines.core.loop_days`,
-:mod:`pipelines.core.validated`.
+Each file format has one reader and one writer, in one module: a missing file reads as absent
+(None or empty), an unreadable or wrongly shaped one raises ``ValueError`` naming the file
+(:func:`pipelines.core.schema.read_json_file`). Formats read by several stages live in
+``pipelines.core`` too: :mod:`~pipelines.core.gate_decisions`, :mod:`~pipelines.core.loop_days`,
+:mod:`~pipelines.core.eval_reports`, :mod:`~pipelines.core.stats_reports`,
+:mod:`~pipelines.core.ope_reports`, :mod:`~pipelines.core.ab_decisions`,
+:mod:`~pipelines.core.artifact_meta` (the ``meta.json`` of every artifact folder) and
+:mod:`~pipelines.core.validated` (the validated partitions); the others beside the stage that
+writes them: ``truth/world.json`` in :mod:`pipelines.data.simulate`, ``reports/validation/`` in
+:mod:`pipelines.data.validate`, ``reports/ranker/`` in :mod:`pipelines.ranking.evaluate`.
 """
 
 from __future__ import annotations

@@ -153,14 +153,55 @@ def write_table_atomic(table: pa.Table | pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def write_json_atomic(obj: Any, path: Path) -> Path:
-    """Write ``obj`` as indented, key-sorted JSON (non-JSON values as ``str``), atomically."""
+def write_text_atomic(text: str, path: Path) -> Path:
+    """Write ``text`` to ``path`` atomically (temp file in the same folder, then ``os.replace``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_sibling(path)
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
     return path
+
+
+def write_json_atomic(obj: Any, path: Path) -> Path:
+    """Write ``obj`` as indented, key-sorted JSON (non-JSON values as ``str``), atomically."""
+    return write_text_atomic(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", path)
+
+
+def read_json_file(path: Path, what: str, kind: type = dict) -> Any:
+    """The JSON value of ``path`` (a ``kind``: ``dict`` or ``list``), or None when the file does
+    not exist. The readers of the workspace's JSON files build on this.
+
+    Raises ``ValueError`` naming the file and ``what`` it should hold when it cannot be read, is
+    not JSON, or holds another kind of value."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: unreadable {what} ({exc})") from exc
+    if not isinstance(value, kind):
+        shape = "a JSON object" if kind is dict else f"a JSON {kind.__name__}"
+        raise ValueError(f"{path}: {what} must be {shape}, got {type(value).__name__}")
+    return value
+
+
+def dated_json_dates(folder: Path) -> list[dt.date]:
+    """Sorted dates D of the files ``folder/date=D.json`` (other names, temporary files
+    included, are ignored; ``[]`` when ``folder`` does not exist)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    out = []
+    for path in folder.glob("date=*.json"):
+        try:
+            day = dt.date.fromisoformat(path.name.removeprefix("date=").removesuffix(".json"))
+        except ValueError:
+            continue
+        if path.name == f"date={day.isoformat()}.json":
+            out.append(day)
+    return sorted(out)
 
 
 def publish_dir(build: Callable[[Path], None], final: Path) -> Path:

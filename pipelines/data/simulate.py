@@ -56,7 +56,8 @@ Files (under ``RECLOOP_HOME``)
   examination, relevance, purchase-given-click probabilities and the expected rating.
 * ``truth/policy_value.parquet``: per day, the logging policy's expected CTR (mean true click
   probability over its impressions), realised CTR, and expected CTR by position.
-* ``truth/world.json``: scale, seed, start date and constants; :func:`load_world` rebuilds from it.
+* ``truth/world.json``: scale, seed, start date and constants (:func:`read_world_meta`,
+  :func:`write_world_meta`); :func:`load_world` rebuilds from it.
 
 Same seed, same bytes: every random draw comes from ``numpy.random.default_rng`` seeded by
 ``(seed, stream, day, chunk)`` with a fixed chunk size per scale.
@@ -65,12 +66,12 @@ Same seed, same bytes: every random draw comes from ``numpy.random.default_rng``
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -975,6 +976,28 @@ def world_meta(world: World) -> dict:
     }
 
 
+WORLD_KEYS = ("scale", "seed", "start_date")
+"""What a ``truth/world.json`` must hold to rebuild its world (:func:`read_world_meta`)."""
+
+
+def read_world_meta(settings: Settings) -> dict[str, Any] | None:
+    """The record of this workspace's world (``truth/world.json``, :func:`world_meta`'s fields);
+    None when the workspace has none. The one reader of the file.
+
+    Raises ``ValueError`` naming the file when it is unreadable, not a JSON object, or lacks one
+    of :data:`WORLD_KEYS`."""
+    path = layout.world_path(settings)
+    meta = schema.read_json_file(path, "world record")
+    if meta is not None and (missing := [k for k in WORLD_KEYS if k not in meta]):
+        raise ValueError(f"{path}: world record without {', '.join(missing)}")
+    return meta
+
+
+def write_world_meta(settings: Settings, world: World) -> Path:
+    """Record ``world`` in ``truth/world.json`` (:func:`world_meta`), atomically; the path."""
+    return schema.write_json_atomic(world_meta(world), layout.world_path(settings))
+
+
 def truth_impressions_dir(settings: Settings) -> Path:
     """``truth/impressions``: one ``date=D/part-0.parquet`` of true probabilities per impression."""
     return layout.truth_impressions_dir(settings)
@@ -982,10 +1005,10 @@ def truth_impressions_dir(settings: Settings) -> Path:
 
 def load_world(settings: Settings) -> World:
     """Rebuild the world that ``recloop simulate`` used in this workspace (``truth/world.json``)."""
-    path = layout.world_path(settings)
-    if not path.exists():
+    meta = read_world_meta(settings)
+    if meta is None:
+        path = layout.world_path(settings)
         raise FileNotFoundError(f"{path} not found: run `recloop simulate` first")
-    meta = json.loads(path.read_text())
     return build_world(meta["scale"], int(meta["seed"]), meta["start_date"])
 
 
@@ -1019,14 +1042,17 @@ def simulate(
     start = schema.parse_date(start_date)
     settings.ensure_dirs()
     world = build_world(scale, seed, start)
-    meta_path = layout.world_path(settings)
-    if meta_path.exists():
-        old = json.loads(meta_path.read_text())
-        if (old.get("scale"), old.get("seed"), old.get("start_date")) != (
-            scale, seed, start.isoformat(),
-        ):  # fmt: skip
-            log.warning("%s described another world (%s); replacing it", meta_path, old)
-    schema.write_json_atomic(world_meta(world), meta_path)
+    try:
+        old = read_world_meta(settings)
+    except ValueError as exc:
+        log.warning("%s; replacing it", exc)
+        old = None
+    if old is not None and (old["scale"], old["seed"], old["start_date"]) != (
+        scale, seed, start.isoformat(),
+    ):  # fmt: skip
+        path = layout.world_path(settings)
+        log.warning("%s described another world (%s); replacing it", path, old)
+    write_world_meta(settings, world)
     dates = [start + dt.timedelta(days=d) for d in range(days)]
     return simulate_dates(settings, world, dates)
 

@@ -8,7 +8,6 @@ gives the same numbers whatever ran after it.
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -16,16 +15,14 @@ import duckdb
 from pipelines.core import layout, schema
 from pipelines.core.duckdb_sql import sql_list, sql_string
 from pipelines.core.settings import Settings
+from pipelines.core.stats_reports import write_stats_report
 from pipelines.core.validated import validated_files
-
-
-def _glob(folder: Path) -> str:
-    return str(folder / "date=*" / "*.parquet")
 
 
 def daily_stats(settings: Settings, date: str | dt.date) -> dict[str, Any]:
     """Aggregate the validated partition of ``date`` → a JSON-able dict; also written to
-    ``reports/stats/date=D.json``. Raises ``FileNotFoundError`` when the day was not validated."""
+    ``reports/stats/date=D.json`` (:mod:`pipelines.core.stats_reports`). Raises
+    ``FileNotFoundError`` when the day was not validated."""
     day = schema.parse_date(date)
     folder = layout.validated_partition(settings, day)
     if not any(folder.glob("*.parquet")):
@@ -81,7 +78,7 @@ def daily_stats(settings: Settings, date: str | dt.date) -> dict[str, Any]:
             for p, n, c in by_position
         ],
     }
-    schema.write_json_atomic(out, layout.stats_report_path(settings, day))
+    write_stats_report(settings, out)
     return out
 
 

@@ -589,6 +589,19 @@ def report_path(settings: Settings, date: str | dt.date) -> Path:
     return layout.validation_report_path(settings, date)
 
 
+def read_validation_report(settings: Settings, date: str | dt.date) -> dict[str, Any] | None:
+    """The validation report of ``date`` (its ``verdict``: ``passed`` or ``failed``); None when
+    the day was never validated. The one reader of the file (the gate's ``validation`` gate reads
+    the verdict here). Raises ``ValueError`` naming the file when it is unreadable or not a JSON
+    object."""
+    return schema.read_json_file(report_path(settings, date), "validation report")
+
+
+def write_validation_report(settings: Settings, report: dict[str, Any]) -> Path:
+    """Write ``report`` (its ``date`` names the day) atomically; the path written."""
+    return schema.write_json_atomic(report, report_path(settings, report["date"]))
+
+
 def validate_partition(settings: Settings, date: str | dt.date) -> ValidationResult:
     """Validate the raw partition of ``date``; write validated rows, quarantine and report.
 
@@ -611,7 +624,7 @@ def validate_partition(settings: Settings, date: str | dt.date) -> ValidationRes
         report.update(verdict="failed", error=str(exc), failed_expectation=exc.expectation)
         report.update(failed_file=exc.file, examples=exc.examples)
         report["outputs"] = "unchanged: validated/ and quarantine/ of this date were not touched"
-        schema.write_json_atomic(report, report_path(settings, day))
+        write_validation_report(settings, report)
         log.error("validation of date=%s failed: %s", day, exc.expectation)
         raise
 
@@ -650,7 +663,7 @@ def _validate(settings: Settings, day: dt.date, report: dict[str, Any]) -> Valid
         "quarantine": str(quarantine / "part-0.parquet"),
     }
     report["verdict"] = "passed"
-    schema.write_json_atomic(report, report_path(settings, day))
+    write_validation_report(settings, report)
     log.info(
         "validated date=%s: %d rows, %d good, %d quarantined %s; unknown users %s, items %s",
         day,

@@ -115,7 +115,9 @@ import numpy as np
 import pandas as pd
 
 from pipelines.core import fmt, layout, schema
+from pipelines.core.ab_decisions import ab_decision_dates, read_ab_decision, write_ab_decision
 from pipelines.core.gate_decisions import gate_decision_dates, read_gate_decision
+from pipelines.core.ope_reports import ope_report_dates, read_ope_report
 from pipelines.core.settings import Settings, env_float, env_int
 from pipelines.core.validated import validated_dates, validated_files
 
@@ -260,12 +262,6 @@ def current_experiment(settings: Settings) -> str | None:
     if champ is None or chall is None or champ == chall:
         return None
     return experiment_name(champ, chall)
-
-
-def report_dir(settings: Settings, experiment: str) -> Path:
-    """``reports/ab/<experiment>``."""
-    parse_experiment(experiment)
-    return layout.ab_report_dir(settings, experiment)
 
 
 def report_path(settings: Settings, experiment: str, date: str | dt.date) -> Path:
@@ -655,16 +651,16 @@ def service_guardrails(
 # --- OPE beside A/B ---------------------------------------------------------------------------
 
 
-def _ope_file(settings: Settings, day: dt.date, version: str) -> Path:
-    return layout.ope_report_path(settings, day, f"bundle-{version}")
-
-
-def _ope_entry(path: Path) -> dict[str, Any] | None:
-    """The contract's OPE dict from a ``pipelines.release.bundle_ope`` report (None: no SNIPS)."""
+def _ope_entry(settings: Settings, day: dt.date, version: str) -> dict[str, Any] | None:
+    """The contract's OPE dict from the OPE report of bundle ``version`` on ``day`` (None: no
+    report, an unreadable one (logged), or no SNIPS)."""
+    label = f"bundle-{version}"
     try:
-        rep = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        log.warning("%s: unreadable OPE report (%s)", path, exc)
+        rep = read_ope_report(settings, day, label)
+    except ValueError as exc:
+        log.warning("%s", exc)
+        return None
+    if rep is None:
         return None
     est = rep.get("estimates") or {}
     sn, dr = est.get("snips") or {}, est.get("dr") or {}
@@ -679,8 +675,8 @@ def _ope_entry(path: Path) -> dict[str, Any] | None:
         "ci_low": num(sn.get("ci_low")),
         "ci_high": num(sn.get("ci_high")),
         "dr": num(dr.get("estimate")),
-        "date": str(rep.get("date") or path.parent.name.removeprefix("date=")),
-        "source": str(path),
+        "date": str(rep.get("date") or day.isoformat()),
+        "source": str(layout.ope_report_path(settings, day, label)),
     }
 
 
@@ -709,15 +705,13 @@ def ope_prediction(
     champ, chall = parse_experiment(experiment)
     last = schema.parse_date(before)
     gate_day = gated_on(settings, chall, last)
-    root = layout.ope_reports_dir(settings)
-    days = [d for d in schema.partition_dates(root) if d <= last] if root.exists() else []
+    days = [d for d in ope_report_dates(settings) if d <= last]
     out: dict[str, dict[str, Any] | None] = {}
     for arm, version in zip(ARMS, (champ, chall), strict=True):
         order = ([gate_day] if gate_day else []) + sorted(days, reverse=True)
         out[arm] = None
         for day in order:
-            path = _ope_file(settings, day, version)
-            if path.exists() and (entry := _ope_entry(path)) is not None:
+            if (entry := _ope_entry(settings, day, version)) is not None:
                 out[arm] = entry
                 break
     return out
@@ -855,10 +849,11 @@ def decide(
 
 
 def history(settings: Settings, experiment: str) -> list[dict[str, Any]]:
-    """Every recorded decision of ``experiment``, by date."""
-    folder = report_dir(settings, experiment)
-    files = sorted(folder.glob("date=*.json")) if folder.exists() else []
-    return [json.loads(f.read_text()) for f in files]
+    """Every recorded decision of ``experiment``, by date (``reports/ab/<experiment>/``,
+    :mod:`pipelines.core.ab_decisions`); ``ValueError`` naming an unreadable file."""
+    parse_experiment(experiment)
+    days = ab_decision_dates(settings, experiment)
+    return [r for d in days if (r := read_ab_decision(settings, experiment, d)) is not None]
 
 
 def _concluded(settings: Settings, experiment: str, day: dt.date) -> dict[str, Any] | None:
@@ -999,7 +994,7 @@ def analyze(
     rec = dec.to_dict()
     dec.mlflow_run_id = _log_to_mlflow(settings, rec)
     rec["mlflow_run_id"] = dec.mlflow_run_id
-    schema.write_json_atomic(rec, report_path(settings, experiment, day))
+    write_ab_decision(settings, rec)
     log.info("A/B %s on %s: %s (%s); %s", experiment, day, dec.action, dec.reason, dec.applied)
     return dec
 

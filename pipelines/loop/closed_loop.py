@@ -47,7 +47,6 @@ simulator's truth, so whether an A/B decision was right can be checked).
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 import secrets
@@ -61,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.core import fmt, layout, schema
+from pipelines.core.ab_decisions import ab_experiments, read_ab_decision
 from pipelines.core.gate_decisions import read_gate_decision
 from pipelines.core.loop_days import read_loop_days, save_loop_day
 from pipelines.core.net import free_port
@@ -345,11 +345,10 @@ def _gate_record(settings: Settings, day: dt.date) -> dict[str, Any] | None:
 
 
 def _ab_record(settings: Settings, day: dt.date) -> dict[str, Any] | None:
-    folder = layout.ab_reports_dir(settings)
-    found = sorted(folder.glob(f"*/date={day.isoformat()}.json")) if folder.exists() else []
-    if not found:
+    found = (read_ab_decision(settings, name, day) for name in ab_experiments(settings))
+    recs = [r for r in found if r is not None]
+    if not recs:
         return None
-    recs = [json.loads(p.read_text()) for p in found]
     rec = next((r for r in recs if r.get("day", 0) and r.get("arms")), recs[-1])
     return {k: rec.get(k) for k in ("experiment", "action", "reason", "day")}
 
@@ -442,9 +441,9 @@ def _world(settings: Settings, cfg: LoopConfig):
     scale = cfg.scale or settings.scale
     seed = settings.seed if cfg.seed is None else int(cfg.seed)
     start = cfg.world_start or cfg.start
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        have = (meta.get("scale"), int(meta.get("seed", -1)), meta.get("start_date"))
+    meta = simulate.read_world_meta(settings)
+    if meta is not None:
+        have = (meta["scale"], int(meta["seed"]), meta["start_date"])
         if cfg.world_start is None and start > schema.parse_date(have[2]):
             start = schema.parse_date(have[2])  # a world that began earlier: keep it
         want = (scale, seed, start.isoformat())
@@ -454,7 +453,7 @@ def _world(settings: Settings, cfg: LoopConfig):
                 "RECLOOP_HOME, or the same --scale/--seed/--start-date to resume"
             )
     world = simulate.build_world(scale, seed, start)
-    schema.write_json_atomic(simulate.world_meta(world), meta_path)
+    simulate.write_world_meta(settings, world)
     return world
 
 

@@ -21,7 +21,6 @@ OPE and the A/B analysis treat it like any other version (its MLflow runs carry 
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.core import layout
+from pipelines.core.artifact_meta import require_artifact_meta, write_artifact_meta
 from pipelines.core.settings import Settings
 from pipelines.release import registry
 
@@ -83,10 +83,10 @@ def register_variant(settings: Settings, version: str | int, mode: str, seed: in
     for j, r in enumerate(perm):
         ids[int(r)] = items.ids[j]
     Vocab(ids).save(tt / "items.json")
-    meta = json.loads((tt / "meta.json").read_text())
+    meta = require_artifact_meta(tt)
     new_version = f"{meta['version']}-{variant}"
     meta.update(version=new_version, variant=mode, variant_seed=seed)
-    (tt / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    write_artifact_meta(tt, meta)
 
     index = build_index(
         item_vecs, np.array(ids), sample_queries=model.user_embeddings(),

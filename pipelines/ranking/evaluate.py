@@ -208,9 +208,21 @@ def evaluate_forward(settings: Settings, date: str | dt.date) -> dict[str, Any]:
                 for n, m in out["metrics"].items()
             },
         )
-    target = layout.ranker_report_path(settings, day)
-    schema.write_json_atomic(json.loads(json.dumps(out, default=_plain)), target)
-    return json.loads(target.read_text())
+    write_ranker_report(settings, json.loads(json.dumps(out, default=_plain)))
+    return read_ranker_report(settings, day) or {}
+
+
+def read_ranker_report(settings: Settings, date: str | dt.date) -> dict[str, Any] | None:
+    """The rankers' forward evaluation of ``date`` (``reports/ranker/date=D.json``: ``date``,
+    ``trained_through``, and ``metrics`` {model: {metric: value}} or a ``note``); None when the
+    file does not exist. The one reader of the file (the gate reads the candidate's AUC here).
+    Raises ``ValueError`` naming the file when it is unreadable or not a JSON object."""
+    return schema.read_json_file(layout.ranker_report_path(settings, date), "ranker report")
+
+
+def write_ranker_report(settings: Settings, report: dict[str, Any]) -> Path:
+    """Write ``report`` (its ``date`` names the day) atomically; the path written."""
+    return schema.write_json_atomic(report, layout.ranker_report_path(settings, report["date"]))
 
 
 def ranker_auc(settings: Settings, folder: Path | str, date: str | dt.date) -> float | None:

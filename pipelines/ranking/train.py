@@ -14,7 +14,6 @@ vocabularies, feature list and feature service) and ``ranker_lr`` (the baseline)
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ import pandas as pd
 
 from models.dlrm import DLRMRanker
 from pipelines.core import layout, schema
+from pipelines.core.artifact_meta import write_artifact_meta
 from pipelines.core.settings import Settings
 from pipelines.ranking.data import (
     DEFAULT_IPS_CLIP,
@@ -93,13 +93,13 @@ def fit_logistic_regression(
 
 
 def save_ranker(settings: Settings, name: str, model: DLRMRanker, meta: dict[str, Any]) -> Path:
-    """Write ``model`` (``model/``) and ``meta`` (``meta.json``) to
-    ``artifacts/models/<name>/date=D/``, D = ``meta["trained_through"]``, atomically (temporary
-    folder, then rename)."""
+    """Write ``model`` (``model/``) and ``meta`` (``meta.json``,
+    :mod:`pipelines.core.artifact_meta`) to ``artifacts/models/<name>/date=D/``,
+    D = ``meta["trained_through"]``, atomically (temporary folder, then rename)."""
 
     def build(tmp: Path) -> None:
         model.save(tmp / "model")
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+        write_artifact_meta(tmp, meta)
 
     return schema.publish_dir(build, layout.model_dir(settings, name, meta["trained_through"]))
 

@@ -25,7 +25,6 @@ estimate can be checked.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.core import layout, schema
+from pipelines.core.ope_reports import write_ope_report
 from pipelines.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,8 @@ def evaluate_bundle(
 ) -> dict[str, Any]:
     """OPE estimates (and, on simulated data, the truth) of the bundle's policy on day ``date``.
 
-    Writes ``reports/ope/date=D/<label>.json`` and returns it."""
+    Writes ``reports/ope/date=D/<label>.json`` (:mod:`pipelines.core.ope_reports`) and returns
+    it."""
     from pipelines.release import ope
 
     day = schema.parse_date(date)
@@ -188,9 +189,7 @@ def evaluate_bundle(
         out["truth"] = float(np.average(per_user, weights=weights)) if weights.sum() else None
         shown = table["reward"].to_numpy()
         out["logging_ctr"] = float(shown.mean()) if len(shown) else None
-    target = layout.ope_report_path(settings, day, label)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(out, indent=2, sort_keys=True, default=float))
+    write_ope_report(settings, out)
     snips = out["estimates"].get("snips", {})
     log.info(
         "OPE of %s on %s: SNIPS %.4f [%.4f, %.4f], truth %s",

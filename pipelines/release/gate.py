@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.core import fmt, layout, schema
+from pipelines.core.artifact_meta import require_artifact_meta
 from pipelines.core.fmt import finite
 from pipelines.core.gate_decisions import read_gate_decision, write_gate_decision
 from pipelines.core.settings import Settings
@@ -286,17 +287,11 @@ def report_path(settings: Settings, date: str | dt.date) -> Path:
 
 
 def _validation_verdict(settings: Settings, date: str | None) -> str | None:
-    from pipelines.data.validate import report_path as validation_report
+    """The verdict of ``date``'s validation report; None without a date or a report."""
+    from pipelines.data.validate import read_validation_report
 
-    if not date:
-        return None
-    path = validation_report(settings, date)
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text()).get("verdict")
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: unreadable validation report ({exc})") from exc
+    report = read_validation_report(settings, date) if date else None
+    return None if report is None else report.get("verdict")
 
 
 def offline_ndcg(settings: Settings, folder: Path, day: dt.date, k: int = 10) -> float | None:
@@ -333,7 +328,7 @@ def _bundle_numbers(
         out["ndcg@10"] = given.pop("ndcg@10")
     else:
         out["ndcg@10"] = offline_ndcg(settings, Path(paths["two_tower"]), day)
-    meta = json.loads((Path(paths["index"]) / "meta.json").read_text())
+    meta = require_artifact_meta(paths["index"])
     out["index_recall"] = meta.get("recall")
     out["index_recall_target"] = meta.get("recall_target")
     out["validation"] = _validation_verdict(settings, bundle["logical_date"])
@@ -467,10 +462,10 @@ def daily_gate(settings: Settings, date: str | dt.date) -> dict[str, Any]:
     policies on ``date``'s logs (:func:`pipelines.release.bundle_ope.gate_inputs`, judged with
     ``SNIPS_TOLERANCE``). Returns :func:`gate_day`'s record.
     """
+    from pipelines.ranking.evaluate import read_ranker_report
     from pipelines.release.bundle_ope import SNIPS_TOLERANCE, gate_inputs
 
-    report = layout.ranker_report_path(settings, date)
-    metrics = json.loads(report.read_text()).get("metrics", {}) if report.exists() else {}
+    metrics = (read_ranker_report(settings, date) or {}).get("metrics", {})
     auc = metrics.get("ranker", {}).get("auc")
     ope = gate_inputs(settings, date)
     return gate_day(
@@ -505,8 +500,9 @@ def _champion_ranker_auc(
 
 def read_decision(settings: Settings, date: str | dt.date) -> dict[str, Any]:
     """The recorded decision of ``date``: ``reports/gates/date=D.json``, else the newest
-    ``decision.json`` of the MLflow ``recloop-gates`` run of that date. An unreadable file is a
-    ``ValueError`` naming it (:func:`pipelines.core.gate_decisions.read_gate_decision`)."""
+    ``decision.json`` of the MLflow ``recloop-gates`` run of that date. An unreadable file (or
+    one that is not a JSON object) is a ``ValueError`` naming it
+    (:func:`pipelines.core.gate_decisions.read_gate_decision`)."""
     path = report_path(settings, date)
     recorded = read_gate_decision(settings, date)
     if recorded is not None:
@@ -536,4 +532,4 @@ def read_decision(settings: Settings, date: str | dt.date) -> dict[str, Any]:
     local = mlflow.artifacts.download_artifacts(
         run_id=runs[0].info.run_id, artifact_path="decision.json", tracking_uri=settings.mlflow_uri
     )
-    return json.loads(Path(local).read_text())
+    return schema.read_json_file(Path(local), "gate decision")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.core import layout, schema
+from pipelines.core.artifact_meta import artifact_meta_path
 from pipelines.core.settings import Settings
 from pipelines.release import registry
 
@@ -22,9 +23,10 @@ log = logging.getLogger(__name__)
 
 
 def _artifact_meta(folder: Path) -> dict[str, Any]:
-    """The artifact's ``meta.json`` (empty when it has none)."""
-    path = Path(folder) / "meta.json"
-    return registry.read_json(path) if path.exists() else {}
+    """The artifact's ``meta.json`` (empty when it has none); :class:`BundleError
+    <pipelines.release.registry.BundleError>` naming the file when it is unreadable."""
+    path = artifact_meta_path(folder)
+    return registry.artifact_meta(folder) if path.exists() else {}
 
 
 def _scalars(meta: Mapping[str, Any]) -> dict[str, Any]:

@@ -57,6 +57,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from pipelines.core import layout, schema
+from pipelines.core.artifact_meta import artifact_meta_path, require_artifact_meta
 from pipelines.core.settings import Settings
 from pipelines.core.validated import validated_files
 
@@ -377,11 +378,11 @@ def register(
             "git_commit": run.data.tags.get("recloop.git_commit", "unknown"),
         }
         if component == "index":
-            meta = read_json(folder / "meta.json")
+            meta = artifact_meta(folder)
             tags["built_from"] = str(meta.get("model_version"))
             if version_key and version_key != tags["built_from"]:
                 raise BundleError(
-                    f"{folder / 'meta.json'}: index built from {tags['built_from']!r}, "
+                    f"{artifact_meta_path(folder)}: index built from {tags['built_from']!r}, "
                     f"registered as {version_key!r}"
                 )
         mv = c.create_model_version(component, source=source, run_id=run_id, tags=tags)
@@ -391,8 +392,19 @@ def register(
     return mv
 
 
+def artifact_meta(folder: Path | str) -> dict[str, Any]:
+    """The ``meta.json`` of the artifact in ``folder``
+    (:func:`pipelines.core.artifact_meta.require_artifact_meta`); :class:`BundleError` naming the
+    file when it is missing, unreadable or not a JSON object."""
+    try:
+        return require_artifact_meta(folder)
+    except (OSError, ValueError) as exc:
+        raise BundleError(str(exc)) from exc
+
+
 def read_json(path: Path) -> dict[str, Any]:
-    """The JSON object in ``path``; :class:`BundleError` naming the file when it cannot be read."""
+    """The JSON object in ``path`` (the bundle file); :class:`BundleError` naming the file when
+    it cannot be read."""
     try:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
@@ -629,12 +641,12 @@ def load_bundle(settings: Settings, alias_or_version: str | int) -> dict[str, An
                 f"{path}: content differs from {comp} version {pin['version']} as registered"
             )
         paths[comp] = str(path)
-    tt_meta = Path(paths["two_tower"]) / "meta.json"
-    idx_meta = Path(paths["index"]) / "meta.json"
+    tt_meta = artifact_meta_path(paths["two_tower"])
+    idx_meta = artifact_meta_path(paths["index"])
     if tt_meta.exists() and idx_meta.exists():
         built, version = (
-            read_json(idx_meta).get("model_version"),
-            read_json(tt_meta).get("version"),
+            artifact_meta(paths["index"]).get("model_version"),
+            artifact_meta(paths["two_tower"]).get("version"),
         )
         if built != version:
             raise BundleError(

@@ -33,7 +33,6 @@ import base64
 import datetime as dt
 import html
 import io
-import json
 import logging
 import os
 import tempfile
@@ -43,10 +42,14 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.core import layout, schema
+from pipelines.core.ab_decisions import ab_decision_dates, ab_experiments, read_ab_decision
+from pipelines.core.eval_reports import eval_report_dates, read_eval_report
 from pipelines.core.fmt import cell, finite
 from pipelines.core.gate_decisions import gate_decision_dates, read_gate_decision
 from pipelines.core.loop_days import read_loop_days
+from pipelines.core.ope_reports import ope_labels, ope_report_dates, read_ope_report
 from pipelines.core.settings import Settings
+from pipelines.core.stats_reports import read_stats_report, stats_report_dates
 
 log = logging.getLogger("recloop.report")
 
@@ -93,56 +96,38 @@ class ReportData:
         return sorted(d for d in found if isinstance(d, str))
 
 
-def _read_json(path: Path) -> Any:
-    """The parsed file, or None (logged) when it is unreadable or not JSON."""
+def _logged(read: Callable[..., dict[str, Any] | None], *args: Any) -> dict[str, Any] | None:
+    """``read(*args)``, or None (logged) when it raises ``ValueError``: an unreadable or wrongly
+    shaped file, which the readers name."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        log.warning("report: skipping %s: %s", path, exc)
+        return read(*args)
+    except ValueError as exc:
+        log.warning("report: skipping %s", exc)
         return None
 
 
-def _date_of(path: Path) -> str | None:
-    """``date=YYYY-MM-DD[.json]`` → ``YYYY-MM-DD``; None for other names."""
-    stem = path.name.removesuffix(".json")
-    if not stem.startswith("date="):
-        return None
-    try:
-        return schema.parse_date(stem.removeprefix("date=")).isoformat()
-    except ValueError:
-        return None
-
-
-def _dated_files(folder: Path, keep: set[str] | None) -> dict[str, dict[str, Any]]:
-    """``folder/date=D.json`` → ``{D: dict}`` (dates in ``keep`` only, when given)."""
-    out: dict[str, dict[str, Any]] = {}
-    if not folder.is_dir():
-        return out
-    for path in sorted(folder.glob("date=*.json")):
-        day = _date_of(path)
-        if day is None or (keep is not None and day not in keep):
+def _dated(
+    dates: Iterable[dt.date], keep: set[str] | None, read: Callable[..., Any], *args: Any
+) -> dict[str, Any]:
+    """``{D: read(*args, D)}`` over ``dates`` (those in ``keep`` only, when given); files that
+    are missing or unreadable (logged) are left out."""
+    out: dict[str, Any] = {}
+    for day in dates:
+        if keep is not None and day.isoformat() not in keep:
             continue
-        obj = _read_json(path)
-        if isinstance(obj, dict):
-            out[day] = obj
-        elif obj is not None:
-            log.warning("report: skipping %s: not a JSON object", path)
+        record = _logged(read, *args, day)
+        if record is not None:
+            out[day.isoformat()] = record
     return out
 
 
-def _gate_decisions(settings: Settings, keep: set[str] | None) -> dict[str, dict[str, Any]]:
-    """``{D: gate decision}`` (dates in ``keep`` only, when given); unreadable ones are logged."""
-    out: dict[str, dict[str, Any]] = {}
-    for day in gate_decision_dates(settings):
-        if keep is not None and day.isoformat() not in keep:
-            continue
-        try:
-            record = read_gate_decision(settings, day)
-        except ValueError as exc:
-            log.warning("report: skipping %s", exc)
-            continue
-        if record is not None:
-            out[day.isoformat()] = record
+def _ope_day(settings: Settings, day: dt.date) -> dict[str, dict[str, Any]]:
+    """``{label: OPE report}`` of ``day``; unreadable reports are logged and left out."""
+    out = {}
+    for label in ope_labels(settings, day):
+        report = _logged(read_ope_report, settings, day, label)
+        if report is not None:
+            out[label] = report
     return out
 
 
@@ -156,25 +141,15 @@ def load_reports(settings: Settings, dates: Iterable[dt.date | str] | None = Non
         log.warning("report: skipping %s", exc)
         days = []
     data.days = [d for d in days if keep is None or d["date"][:10] in keep]
-    data.evals = _dated_files(layout.eval_reports_dir(settings), keep)
-    data.stats = _dated_files(layout.stats_reports_dir(settings), keep)
-    data.gates = _gate_decisions(settings, keep)
-    ope_root = layout.ope_reports_dir(settings)
-    if ope_root.is_dir():
-        for folder in sorted(ope_root.glob("date=*")):
-            day = _date_of(folder)
-            if day is None or not folder.is_dir() or (keep is not None and day not in keep):
-                continue
-            for path in sorted(folder.glob("*.json")):
-                obj = _read_json(path)
-                if isinstance(obj, dict):
-                    data.ope.setdefault(day, {})[path.stem] = obj
-    ab_root = layout.ab_reports_dir(settings)
-    if ab_root.is_dir():
-        for folder in sorted(p for p in ab_root.iterdir() if p.is_dir()):
-            found = _dated_files(folder, keep)
-            if found:
-                data.ab[folder.name] = found
+    data.evals = _dated(eval_report_dates(settings), keep, read_eval_report, settings)
+    data.stats = _dated(stats_report_dates(settings), keep, read_stats_report, settings)
+    data.gates = _dated(gate_decision_dates(settings), keep, read_gate_decision, settings)
+    ope = _dated(ope_report_dates(settings), keep, _ope_day, settings)
+    data.ope = {day: by_label for day, by_label in ope.items() if by_label}
+    for name in ab_experiments(settings):
+        found = _dated(ab_decision_dates(settings, name), keep, read_ab_decision, settings, name)
+        if found:
+            data.ab[name] = found
     return data
 
 

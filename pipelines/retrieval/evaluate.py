@@ -2,7 +2,8 @@
 
 **Evaluation is forward-chained**: on day D, the models trained through D−1 (what would serve on
 day D) are scored against D's positives beside the baselines trained on the same history — no
-model is ever scored on data it saw. Writes ``reports/eval/date=D.json``.
+model is ever scored on data it saw. Writes ``reports/eval/date=D.json``
+(:mod:`pipelines.core.eval_reports`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from pipelines.core import layout, schema
+from pipelines.core import schema
+from pipelines.core.eval_reports import write_eval_report
 from pipelines.core.settings import Settings
 from pipelines.core.vocab import Vocab
 from pipelines.retrieval.data import load_training_data, matrices, read_positives
@@ -76,5 +78,5 @@ def evaluate_forward(
             prev,
             table.to_string(float_format="%.4f"),
         )
-    schema.write_json_atomic(out, layout.eval_report_path(settings, day))
+    write_eval_report(settings, out)
     return out

@@ -16,8 +16,9 @@ items, ``D`` dims, ``Q`` sample queries, ``B`` query batch, ``K`` results.
   reaches the target, and records the measured recall. A build below its target raises
   :class:`IndexRecallError` with the numbers.
 - :class:`ItemIndex` wraps the index, its item ids and metadata; ``save`` writes
-  ``<root>/index-<model version>/`` = ``index.faiss`` (``faiss.write_index``), ``meta.json`` and
-  ``item_ids.npy`` (no pickle), atomically (temporary folder, then rename).
+  ``<root>/index-<model version>/`` = ``index.faiss`` (``faiss.write_index``), ``meta.json``
+  (:mod:`pipelines.core.artifact_meta`) and ``item_ids.npy`` (no pickle), atomically (temporary
+  folder, then rename).
 
 faiss is imported inside functions: importing this module does no work.
 """
@@ -25,7 +26,6 @@ faiss is imported inside functions: importing this module does no work.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import math
 import os
@@ -38,10 +38,15 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.core.artifact_meta import (
+    artifact_meta_path,
+    require_artifact_meta,
+    write_artifact_meta,
+)
+
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "index.faiss"
-META_FILE = "meta.json"
 IDS_FILE = "item_ids.npy"
 FORMAT_VERSION = 1
 KINDS = ("flat", "hnsw", "ivf", "ivfpq")
@@ -444,7 +449,7 @@ class ItemIndex:
             faiss.write_index(self.index, str(tmp / INDEX_FILE))
             if self.item_ids is not None:
                 np.save(tmp / IDS_FILE, self.item_ids, allow_pickle=False)
-            (tmp / META_FILE).write_text(json.dumps(self.meta, indent=2, sort_keys=True))
+            write_artifact_meta(tmp, self.meta)
             old = None
             if target.exists():
                 old = target.parent / f".old-{target.name}-{uuid.uuid4().hex[:8]}"
@@ -464,9 +469,10 @@ class ItemIndex:
         import faiss
 
         folder = Path(folder)
-        meta_path, index_path, ids_path = folder / META_FILE, folder / INDEX_FILE, folder / IDS_FILE
+        meta_path, index_path = artifact_meta_path(folder), folder / INDEX_FILE
+        ids_path = folder / IDS_FILE
         try:
-            meta = json.loads(meta_path.read_text())
+            meta = require_artifact_meta(folder)
             kind, n, dim = meta["kind"], int(meta["n_items"]), int(meta["dim"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"{meta_path}: cannot read index metadata ({exc!r})") from exc

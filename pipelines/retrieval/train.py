@@ -4,8 +4,9 @@
 
 **Artifacts** (``artifacts/models/<name>/date=D/``): the model folder (``models.base`` format),
 ``users.json`` / ``items.json`` (vocabularies), ``seen.npz`` (the training matrix, so
-recommendations exclude what the user already engaged with) and ``meta.json``. Written to a temp
-folder and renamed into place. :func:`load_artifact` reads one back.
+recommendations exclude what the user already engaged with) and ``meta.json``
+(:mod:`pipelines.core.artifact_meta`). Written to a temp folder and renamed into place.
+:func:`load_artifact` reads one back.
 
 The item index over the two-tower's embeddings is :mod:`pipelines.retrieval.index` (task
 ``build_index``), forward evaluation :mod:`pipelines.retrieval.evaluate` (task ``evaluate``),
@@ -15,7 +16,6 @@ recommendations and pair scores from an artifact :mod:`pipelines.retrieval.predi
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -26,6 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from pipelines.core import layout, schema
+from pipelines.core.artifact_meta import require_artifact_meta, write_artifact_meta
 from pipelines.core.settings import Settings
 from pipelines.core.vocab import Vocab
 from pipelines.retrieval.data import (
@@ -137,7 +138,7 @@ def save_artifact(
         data.users.save(tmp / "users.json")
         data.items.save(tmp / "items.json")
         sp.save_npz(tmp / "seen.npz", data.implicit.astype(np.float32))
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+        write_artifact_meta(tmp, meta)
 
     return schema.publish_dir(build, artifact_dir(settings, name, data.date))
 
@@ -182,7 +183,7 @@ def load_artifact(settings: Settings, name: str, date: str | dt.date | None = No
         raise FileNotFoundError(f"no {name!r} model trained for {day} at {folder}")
     try:
         seen = sp.load_npz(folder / "seen.npz").tocsr()
-        meta = json.loads((folder / "meta.json").read_text())
+        meta = require_artifact_meta(folder)
     except (OSError, ValueError) as exc:
         raise ValueError(f"{folder}: broken artifact ({exc})") from exc
     model = load_model(folder / "model")
