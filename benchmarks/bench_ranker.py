@@ -193,7 +193,9 @@ def quality(args: argparse.Namespace) -> dict:
     )  # fmt: skip
     base["spearman_relevance"] = rk_eval.spearman(test["retrieval_score"], test["relevance_prob"])
     results["retrieval score only"] = base
-    truth_res = rk_eval.evaluate_scores(test, test["true_click_prob"].to_numpy(), true_prob_col=None)
+    truth_res = rk_eval.evaluate_scores(
+        test, test["true_click_prob"].to_numpy(), true_prob_col=None
+    )
     results["(truth: true click prob)"] = truth_res
 
     print("\n(a) quality on day", f"{test_day:%F}", "(train on the days before)")

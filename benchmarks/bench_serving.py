@@ -265,6 +265,7 @@ def run_case(args: argparse.Namespace, env: dict, label: str, extra: list[str]) 
     proc = subprocess.Popen(cmd, env=env, cwd=REPO)
     url = f"http://127.0.0.1:{port}"
     try:
+
         def ready() -> bool:
             if proc.poll() is not None:
                 raise RuntimeError(f"{label}: server exited before it was ready")

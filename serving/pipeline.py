@@ -111,9 +111,7 @@ def recommend(engine: Engine, req: Request, info: dict[str, Any] | None = None) 
     def budget_ms() -> float:  # what a Redis read may take now
         return min(cfg.hydrate_deadline_ms, cfg.deadline_ms - timer.elapsed_ms())
 
-    found = retrieve.candidates(
-        engine, bundle, req.user_id, req.categories, req.exclude, budget_ms
-    )
+    found = retrieve.candidates(engine, bundle, req.user_id, req.categories, req.exclude, budget_ms)
     timer.lap("retrieve")
     needs_features = bool(found.ids) and not found.cold
     online, err = None, found.error

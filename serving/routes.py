@@ -71,9 +71,7 @@ async def read_json(request: Request, max_bytes: int) -> Any:
 # --- /recommend ---------------------------------------------------------------------------
 
 
-def register_recommend_routes(
-    app: FastAPI, engine: Engine, limiter: anyio.CapacityLimiter
-) -> None:
+def register_recommend_routes(app: FastAPI, engine: Engine, limiter: anyio.CapacityLimiter) -> None:
     """``POST /recommend`` (JSON body) and ``GET /recommend?user_id=..&k=..&categories=a,b``."""
     cfg = engine.config
     body_model = recommend_body(cfg)

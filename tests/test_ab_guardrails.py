@@ -54,7 +54,9 @@ def log_requests(
         mv = (versions or {})[arm]
         for j in range(k):
             ts = t + pd.Timedelta(milliseconds=10 * int(rng.integers(n)))
-            out.append(request_row(f"err-{day}-{arm}-{mv}-{j}", ts, f"{arm}-u{j}", arm, mv, 500, 3.0))
+            out.append(
+                request_row(f"err-{day}-{arm}-{mv}-{j}", ts, f"{arm}-u{j}", arm, mv, 500, 3.0)
+            )
     writer = RequestLog(requests_dir(s.home))
     writer.add(out)
     assert writer.flush()

@@ -79,6 +79,7 @@ def test_standalone_serves_the_dag_and_runs_it_from_the_rest_api(tiny):
             headers={"Authorization": f"Bearer {token['access_token']}"},
             timeout=60,
         )
+
         def dag_parsed() -> httpx.Response | None:  # 404: the DAG processor has not parsed it yet
             r = client.get("/dags/recloop_daily")
             return None if r.status_code == 404 else r
@@ -89,6 +90,7 @@ def test_standalone_serves_the_dag_and_runs_it_from_the_rest_api(tiny):
         run = client.post("/dags/recloop_daily/dagRuns", json={"logical_date": f"{DAY0}T00:00:00Z"})
         assert run.status_code == 200, run.text
         run_id = run.json()["dag_run_id"]
+
         def finished() -> str | None:
             state = client.get(f"/dags/recloop_daily/dagRuns/{run_id}").json()["state"]
             return state if state in ("success", "failed") else None

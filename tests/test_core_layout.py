@@ -76,7 +76,9 @@ def test_every_path_is_where_it_always_was(ws: Settings):
 
 def test_a_datetime_or_text_date_names_the_same_partition(ws: Settings):
     assert layout.gate_report_path(ws, "2026-01-03") == layout.gate_report_path(ws, D)
-    assert layout.validated_partition(ws, "2026-01-03T10:00:00") == layout.validated_partition(ws, D)
+    assert layout.validated_partition(ws, "2026-01-03T10:00:00") == layout.validated_partition(
+        ws, D
+    )
     with pytest.raises(ValueError, match="not a date"):
         layout.gate_report_path(ws, "yesterday")
 

@@ -64,4 +64,6 @@ def test_duckdb_reads_a_path_with_a_quote(tmp_path):
         glob = con.execute(f"SELECT sum(x) FROM read_parquet({sql_string(folder / '*.parquet')})")
         assert glob.fetchone()[0] == 6
         files = sorted(folder.glob("*.parquet"))
-        assert con.execute(f"SELECT count(*) FROM read_parquet({sql_list(files)})").fetchone()[0] == 3
+        assert (
+            con.execute(f"SELECT count(*) FROM read_parquet({sql_list(files)})").fetchone()[0] == 3
+        )

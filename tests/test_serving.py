@@ -499,6 +499,7 @@ def test_recloop_serve_over_real_uvicorn(world: Settings):
     )  # fmt: skip
     try:
         url = f"http://127.0.0.1:{port}"
+
         def ready() -> bool:
             assert proc.poll() is None, "server did not get ready"
             try:
@@ -543,4 +544,6 @@ def test_fast_hydrate_and_rank_equal_the_feature_store_and_ranker_paths(world: S
             assert list(mine.items[name]) == list(ref.items[name]), name
     assert mine.user == ref.user
     frame = ref.items.assign(**ref.user)
-    np.testing.assert_allclose(score_candidates(b, mine), b.ranker.predict_proba(frame), rtol=0, atol=1e-7)
+    np.testing.assert_allclose(
+        score_candidates(b, mine), b.ranker.predict_proba(frame), rtol=0, atol=1e-7
+    )

@@ -144,7 +144,9 @@ def test_rank_on_cached_features_equals_the_ranker(world):
     frame = ref.items.assign(**ref.user)
     want = bundle.ranker.predict_proba(frame)
     np.testing.assert_allclose(score_candidates(bundle, hydrated), want, rtol=0, atol=1e-7)
-    np.testing.assert_allclose(score_candidates(bundle, hydrated), want, rtol=0, atol=1e-7)  # memoized codes
+    np.testing.assert_allclose(
+        score_candidates(bundle, hydrated), want, rtol=0, atol=1e-7
+    )  # memoized codes
 
 
 def test_item_table_rows_match_an_index_lookup(world):

@@ -29,7 +29,9 @@ from pipelines.core.settings import Settings
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--days", type=int, default=5, help="days to run (default 5)")
-    parser.add_argument("--scale", choices=["tiny", "small", "demo", "large"], help="default: RECLOOP_SCALE")
+    parser.add_argument(
+        "--scale", choices=["tiny", "small", "demo", "large"], help="default: RECLOOP_SCALE"
+    )
     parser.add_argument("--seed", type=int, help="default: RECLOOP_SEED")
     parser.add_argument("--start-date", default="2026-01-01", help="first simulated day")
     parser.add_argument(

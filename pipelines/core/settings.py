@@ -74,9 +74,13 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read the settings from ``env`` (default: ``os.environ``)."""
         env = os.environ if env is None else env
-        home = Path(env_text(env, "RECLOOP_HOME") or Path.home() / ".recloop").expanduser().resolve()
+        home = (
+            Path(env_text(env, "RECLOOP_HOME") or Path.home() / ".recloop").expanduser().resolve()
+        )
         # the default database is pipelines.core.layout.mlflow_db_path (layout needs a Settings)
-        mlflow_uri = env_text(env, "RECLOOP_MLFLOW_URI") or f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+        mlflow_uri = (
+            env_text(env, "RECLOOP_MLFLOW_URI") or f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+        )
         scale = env_text(env, "RECLOOP_SCALE", "demo")
         if scale not in ("tiny", "small", "demo", "large"):
             raise ValueError(f"RECLOOP_SCALE={scale!r}: expected tiny, small, demo or large")

@@ -1061,10 +1061,12 @@ def write_attributes(settings: Settings, world: World, date: str | dt.date) -> N
     """Write ``data/users.parquet`` / ``data/items.parquet``: everyone signed up / created by
     ``date`` (deterministic, so rewriting the same date gives the same rows)."""
     schema.write_table_atomic(
-        schema.conform(world.users_frame(date), schema.USERS), layout.attributes_path(settings, "users")
+        schema.conform(world.users_frame(date), schema.USERS),
+        layout.attributes_path(settings, "users"),
     )
     schema.write_table_atomic(
-        schema.conform(world.items_frame(date), schema.ITEMS), layout.attributes_path(settings, "items")
+        schema.conform(world.items_frame(date), schema.ITEMS),
+        layout.attributes_path(settings, "items"),
     )
 
 

@@ -508,7 +508,9 @@ def trailing_volume(settings: Settings, date: dt.date) -> list[tuple[dt.date, in
 def _row_example(raw: pd.DataFrame, idx: int, reasons: list[str]) -> str:
     """``file row N [reasons]: col=value, ...`` for one raw row (original values)."""
     row = raw.loc[idx]
-    values = ", ".join(f"{c}={fmt.literal(row[c])}" for c in schema.INTERACTIONS.names if c in raw.columns)
+    values = ", ".join(
+        f"{c}={fmt.literal(row[c])}" for c in schema.INTERACTIONS.names if c in raw.columns
+    )
     return f"{row['__file']} row {row['__row']} [{'; '.join(reasons)}]: {values}"
 
 
@@ -842,8 +844,12 @@ def _unknown_ids(settings: Settings, good: pd.DataFrame) -> dict[str, int | None
     """The report's ``unknown_ids``: distinct unknown ``users``/``items`` among the good rows and
     the rows carrying them (``user_rows``/``item_rows``); ``None`` where the reference file is
     absent."""
-    users = _unknown(good, "user_id", _known_ids(layout.attributes_path(settings, "users"), "user_id"))
-    items = _unknown(good, "item_id", _known_ids(layout.attributes_path(settings, "items"), "item_id"))
+    users = _unknown(
+        good, "user_id", _known_ids(layout.attributes_path(settings, "users"), "user_id")
+    )
+    items = _unknown(
+        good, "item_id", _known_ids(layout.attributes_path(settings, "items"), "item_id")
+    )
     return {
         "users": users[0] if users else None,
         "user_rows": users[1] if users else None,

@@ -240,9 +240,7 @@ def materialize_date(settings: Settings, date: str | dt.date, force: bool = Fals
     start, end = materialize_window(d)
     t0 = time.perf_counter()
     with online.connection_errors(settings.redis_url):
-        store.materialize(
-            start_date=start, end_date=end, feature_views=list(online.VIEWS.values())
-        )
+        store.materialize(start_date=start, end_date=end, feature_views=list(online.VIEWS.values()))
     seconds = time.perf_counter() - t0
     if latest is None or d > latest:
         client.set(online.MARKER_KEY, d.isoformat())

@@ -487,7 +487,9 @@ def format_days(records: list[dict[str, Any]]) -> str:
         cells = []
         for arm, s in sorted(arms.items()):
             v = ",".join(x.removeprefix("bundle-") for x in s.get("versions", []))
-            cells.append(f"{arm[:5]} v{v} {fmt.number(s.get('ctr'))}/{fmt.number(s.get('true_ctr'))}")
+            cells.append(
+                f"{arm[:5]} v{v} {fmt.number(s.get('ctr'))}/{fmt.number(s.get('true_ctr'))}"
+            )
         gate = (r.get("gate") or {}).get("action") or "-"
         ab = r.get("ab") or {}
         ab_s = f"{ab.get('experiment')} {ab.get('action')}" if ab else "-"
@@ -498,4 +500,3 @@ def format_days(records: list[dict[str, Any]]) -> str:
             f"{ab_s:<22}{al_s:<16}{r.get('seconds', {}).get('total', 0):>6.0f}"
         )
     return "\n".join(lines)
-

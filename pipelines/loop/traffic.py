@@ -184,7 +184,11 @@ def _feedback_rows(
             per_arm_clicks[arm] = per_arm_clicks.get(arm, 0) + 1
         else:
             n_buy += 1
-    return manifest, dict(clicks=n_click, purchases=n_buy, feedback_errors=fb_errors), per_arm_clicks
+    return (
+        manifest,
+        dict(clicks=n_click, purchases=n_buy, feedback_errors=fb_errors),
+        per_arm_clicks,
+    )
 
 
 def _write_manifest(settings: Settings, day: dt.date, manifest: list[dict]) -> Path:

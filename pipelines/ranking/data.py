@@ -196,7 +196,9 @@ def _sample_from_pool(
     return todo
 
 
-def _sampled_frame(anchor_rows: pd.DataFrame, items: np.ndarray, source: np.ndarray) -> pd.DataFrame:
+def _sampled_frame(
+    anchor_rows: pd.DataFrame, items: np.ndarray, source: np.ndarray
+) -> pd.DataFrame:
     """Sampled-negative rows: ``anchor_rows``' request, user and times, ``items`` ``(N,)`` and
     ``source`` ``(N,)``; label 0, ``sampled`` True, position and propensity null."""
     n = len(anchor_rows)

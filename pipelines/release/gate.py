@@ -153,7 +153,9 @@ def _validation_gate(verdict: str | None) -> Gate:
 
 def _ranker_gate(candidate: dict[str, Any], champ: dict[str, Any], tol: Tolerances) -> Gate:
     if not candidate.get("has_ranker", candidate.get("auc") is not None):
-        return Gate("ranker_auc", None, finite(champ.get("auc")), tol.auc, SKIPPED, "no ranker pinned")
+        return Gate(
+            "ranker_auc", None, finite(champ.get("auc")), tol.auc, SKIPPED, "no ranker pinned"
+        )
     return _compare("ranker_auc", finite(candidate.get("auc")), finite(champ.get("auc")),
                     tol.auc, tol.auc_floor, NOT_EVALUATED)  # fmt: skip
 
