@@ -25,6 +25,14 @@ Takes one day's interaction logs (`RECLOOP_HOME/data/interactions/date={{ ds }}`
    `challenger` (or `champion` on the first day); decision → MLflow and `reports/gates/`.
 
 One run per logical date; a rerun of a date overwrites that date's outputs and nothing else.
+
+**Backfilling a range** (`airflow backfill create --dag-id recloop_daily --from-date D1
+--to-date D2 --dag-run-conf '{"train_from_date": "D2"}'`): the param `train_from_date` makes
+every run before that date validate and featurize only; its train, index, evaluate, register and
+gate tasks are skipped (`AirflowSkipException`), so only the last day retrains. Empty (the
+default) leaves every run as above. `recloop backfill --start D1 --end D2` does the same range in
+one process, much faster.
+
 Every task body is one call into `pipelines.orchestration.tasks`, whose function of the same name
 makes one call into the stage module below; nothing heavy is imported at parse time.
 
@@ -52,6 +60,7 @@ from pipelines.orchestration.dag_defaults import (
     ONLINE_FEATURES_URI,
     START_DATE,
     VALIDATED_URI,
+    dag_params,
     default_args,
 )
 
@@ -68,6 +77,7 @@ BUNDLE = Asset(BUNDLE_URI)
     catchup=False,
     max_active_runs=1,
     default_args=default_args(),
+    params=dag_params(),
     tags=["recloop", "daily"],
     doc_md=__doc__,
 )
@@ -95,63 +105,73 @@ def recloop_daily():
         return tasks.features(ds)
 
     @task
-    def train_mf(ds: str | None = None) -> dict:
+    def train_mf(ds: str | None = None, params: dict | None = None) -> dict:
         from pipelines.orchestration import tasks
 
+        tasks.skip_before_train_from(ds, params)
         return tasks.train_model(ds, "mf")
 
     @task
-    def train_two_tower(ds: str | None = None) -> dict:
+    def train_two_tower(ds: str | None = None, params: dict | None = None) -> dict:
         from pipelines.orchestration import tasks
 
+        tasks.skip_before_train_from(ds, params)
         return tasks.train_model(ds, "two_tower")
 
     @task
-    def train_popular(ds: str | None = None) -> dict:
+    def train_popular(ds: str | None = None, params: dict | None = None) -> dict:
         from pipelines.orchestration import tasks
 
+        tasks.skip_before_train_from(ds, params)
         return tasks.train_model(ds, "popular")
 
     @task
-    def train_itemknn(ds: str | None = None) -> dict:
+    def train_itemknn(ds: str | None = None, params: dict | None = None) -> dict:
         from pipelines.orchestration import tasks
 
+        tasks.skip_before_train_from(ds, params)
         return tasks.train_model(ds, "itemknn")
 
     @task(outlets=[ITEM_INDEX])
-    def build_index(ds: str | None = None) -> dict:
+    def build_index(ds: str | None = None, params: dict | None = None) -> dict:
         from pipelines.orchestration import tasks
 
+        tasks.skip_before_train_from(ds, params)
         return tasks.build_index(ds)
 
     @task
-    def evaluate(ds: str | None = None) -> dict:
+    def evaluate(ds: str | None = None, params: dict | None = None) -> dict:
         from pipelines.orchestration import tasks
 
+        tasks.skip_before_train_from(ds, params)
         return tasks.evaluate(ds)
 
     @task
-    def train_ranker(ds: str | None = None) -> dict:
+    def train_ranker(ds: str | None = None, params: dict | None = None) -> dict:
         from pipelines.orchestration import tasks
 
+        tasks.skip_before_train_from(ds, params)
         return tasks.train_ranker(ds)
 
     @task
-    def evaluate_ranker(ds: str | None = None) -> dict:
+    def evaluate_ranker(ds: str | None = None, params: dict | None = None) -> dict:
         from pipelines.orchestration import tasks
 
+        tasks.skip_before_train_from(ds, params)
         return tasks.evaluate_ranker(ds)
 
     @task(outlets=[BUNDLE])
-    def register(ds: str | None = None) -> dict:
+    def register(ds: str | None = None, params: dict | None = None) -> dict:
         from pipelines.orchestration import tasks
 
+        tasks.skip_before_train_from(ds, params)
         return tasks.register(ds)
 
     @task
-    def gate(ds: str | None = None) -> dict:
+    def gate(ds: str | None = None, params: dict | None = None) -> dict:
         from pipelines.orchestration import tasks
 
+        tasks.skip_before_train_from(ds, params)
         return tasks.gate(ds)
 
     checked = validate()

@@ -44,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.core.settings import Settings
+from pipelines.retrieval.cold_start import item_popularity, trending_order
 
 log = logging.getLogger("recloop.serving.bundle")
 
@@ -59,9 +60,10 @@ class ItemTable:
     """Per-item facts for popularity, cold start, re-ranking rules and exploration.
 
     Arrays are aligned with ``ids`` (``(I,)``): ``category`` (str), ``age_days`` (int, -1
-    unknown), ``popularity`` (clicks + 2 purchases over 7 days), ``trending`` (the features'
-    ``item_trending``), ``clicks`` / ``impressions`` (28 days, for the click posteriors).
-    ``order`` = item rows by descending trending score (popularity × trending, ties by id).
+    unknown), ``popularity`` (clicks + 2 purchases over 7 days; 28-day ratings for a ratings-only
+    log), ``trending`` (the features' ``item_trending``), ``clicks`` / ``impressions`` (28 days,
+    for the click posteriors). ``order`` = item rows by descending trending score (popularity ×
+    trending, ties by id): :mod:`pipelines.retrieval.cold_start`, shared with ``recloop recommend``.
     """
 
     ids: np.ndarray
@@ -83,10 +85,9 @@ class ItemTable:
             return f[name].to_numpy() if name in f.columns else np.full(len(f), default)
 
         ids = f["item_id"].astype(str).to_numpy()
-        pop = (col("item_clicks_7d", 0) + 2 * col("item_purchases_7d", 0)).astype(np.float64)
+        pop = item_popularity(col)  # the cold-start definition, shared with `recloop recommend`
         trending = col("item_trending", 1.0).astype(np.float64)
-        score = np.log1p(pop) * np.clip(trending, 0.1, 10.0) + 1e-6 * np.log1p(pop)
-        order = np.lexsort((ids, -score))
+        order = trending_order(ids, pop, trending)
         return cls(
             ids=ids,
             category=col("item_category", "unknown").astype(str),

@@ -176,3 +176,100 @@ def test_movielens_end_to_end_recommend_and_predict_ratings(settings, tmp_path):
     scores = predict.predict_pairs(settings, "mf_explicit", pairs)
     assert scores["known"].all()
     assert ((scores["score"] > 0) & (scores["score"] < 6.5)).all()  # on the rating scale
+
+
+def test_import_records_name_source_range_and_counts(settings):
+    path = write_ml100k(settings.home / "ml")
+    ingest.import_movielens(settings, path)
+    record = ingest.read_import_record(settings, "2023-11-14")
+    assert record["source"] == "movielens" and record["file"] == str(path.resolve())
+    assert record["rows"] == 2 and record["date"] == "2023-11-14"
+    assert record["import"]["first_date"] == "2023-11-14"
+    assert record["import"]["last_date"] == "2023-11-16"
+    assert record["import"]["rows"] == 4 and record["import"]["days"] == 3
+    assert ingest.imported_partition(settings, "2023-11-14") == record
+    assert ingest.read_import_record(settings, "2023-11-13") is None
+    before = ingest.read_import_record(settings, "2023-11-15")
+    ingest.import_movielens(settings, path)  # idempotent: same record
+    assert ingest.read_import_record(settings, "2023-11-15") == before
+    # a live log written over an imported day is no longer imported history
+    day = schema.read_partition(settings.interactions_dir, "2023-11-15")
+    schema.write_partition_atomic(
+        schema.conform(day.assign(event="click")), settings.interactions_dir, "2023-11-15"
+    )
+    assert ingest.imported_partition(settings, "2023-11-15") is None
+
+
+T0_MS = T0 * 1000
+
+
+def write_retailrocket(path: Path) -> Path:
+    """A RetailRocket-style event log: ms timestamps, views/carts/purchases, one unknown event."""
+    rows = [
+        (T0_MS, "v1", "view", "100", ""),
+        (T0_MS + 1000, "v1", "addtocart", "100", ""),
+        (T0_MS + 2000, "v1", "transaction", "100", "t1"),
+        (T0_MS + 3000, "v2", "view", "200", ""),
+        (T0_MS + 4000, "v2", "wishlist", "200", ""),  # line 6: not mapped
+        (T0_MS + DAY * 1000, "v2", "view", "100", ""),
+        (T0_MS + DAY * 1000 + 5, "v3", "view", "300", ""),
+        (T0_MS + DAY * 1000 + 9, "v3", "transaction", "300", "t2"),
+    ]
+    path.write_text(
+        "timestamp,visitorid,event,itemid,transactionid\n"
+        + "".join(f"{t},{u},{e},{i},{x}\n" for t, u, e, i, x in rows)
+    )
+    return path
+
+
+RR_ARGS = [
+    "--map",
+    "user_id=visitorid",
+    "--map",
+    "item_id=itemid",
+    "--map",
+    "ts=timestamp",
+    "--map",
+    "event=event",
+    "--ts-unit",
+    "ms",
+]
+
+
+def test_event_log_with_event_mapping_validates(settings, tmp_path, capsys):
+    from pipelines.data.validate import validate_partition
+
+    src = write_retailrocket(tmp_path / "events.csv")
+    events = ["--events", "view=click,addtocart=click", "--events", "transaction=purchase"]
+    assert main(["ingest", "table", str(src), *RR_ARGS, *events]) == 0
+    out = capsys.readouterr().out
+    assert "imported 7 events" in out and "1 rows dropped" in out
+    assert "unknown event value 'wishlist'" in out and "[6]" in out  # the source line
+    day0 = schema.read_partition(settings.interactions_dir, "2023-11-14")
+    assert day0["event"].tolist() == ["click", "click", "purchase", "click"]
+    assert day0["ts"].iloc[0] == pd.Timestamp(T0, unit="s", tz="UTC")
+    assert (day0["value"] == 1.0).all() and day0["propensity"].isna().all()
+    record = ingest.read_import_record(settings, "2023-11-15")
+    assert record["source"] == "table" and record["file"] == str(src.resolve())
+    assert record["import"]["dropped_by_reason"] == {"unknown event value 'wishlist'": 1}
+    assert record["options"]["events"]["view"] == "click" and record["options"]["ts_unit"] == "ms"
+    for day in schema.partition_dates(settings.interactions_dir):
+        result = validate_partition(settings, day)
+        assert result.rows_quarantined == 0 and result.volume_rule == "imported"
+    day1 = schema.read_partition(settings.validated_dir, "2023-11-15")
+    assert sorted(day1["event"]) == ["click", "click", "purchase"]
+
+
+def test_unmapped_event_log_fails_with_a_hint(settings, tmp_path, capsys):
+    src = write_retailrocket(tmp_path / "events.csv")
+    assert main(["ingest", "table", str(src), *RR_ARGS]) == 2
+    err = capsys.readouterr().err
+    assert "events.csv" in err and "'view': 4" in err and "--events" in err
+    assert schema.partition_dates(settings.interactions_dir) == []
+    with pytest.raises(ValueError, match="'seen' is not an event of the log contract"):
+        ingest.parse_events(["view=seen"])
+    with pytest.raises(ValueError, match="--map event=COLUMN"):
+        ingest.import_table(
+            settings, src, {"user_id": "visitorid", "item_id": "itemid", "ts": "timestamp"},
+            ts_unit="ms", events={"view": "click"},
+        )  # fmt: skip

@@ -57,7 +57,8 @@ def test_train_save_load_recommend_excludes_seen(ws):
     assert summary["version"] == f"mf-{DAYS[1]}"
     art = train.load_artifact(ws, "mf")
     recs = predict.recommend(ws, "mf", 5)
-    assert list(recs.columns) == ["user_id", "item_id", "rank", "score"]
+    assert list(recs.columns) == ["user_id", "item_id", "rank", "score", "source"]
+    assert (recs["source"] == "model").all()  # every user known: no cold start
     assert recs.groupby("user_id")["item_id"].nunique().eq(5).all()
     seen = set()
     rows, cols = art.seen.nonzero()
@@ -125,7 +126,12 @@ def test_recommend_cli_with_user_file(ws, tmp_path):
         == 0
     )
     recs = pd.read_parquet(out)
-    assert sorted(recs["user_id"].unique()) == sorted(art.users.ids[:3]) and len(recs) == 12
+    # the unknown "ghost" is not dropped: it gets the cold-start list (no feature tables here:
+    # the model's training counts)
+    assert sorted(recs["user_id"].unique()) == sorted([*art.users.ids[:3], "ghost"])
+    assert len(recs) == 16
+    by_source = recs.groupby("source")["user_id"].unique().map(sorted).to_dict()
+    assert by_source == {"cold_start": ["ghost"], "model": sorted(art.users.ids[:3])}
 
 
 def test_forward_evaluation_scores_yesterdays_models_on_today(ws):

@@ -422,3 +422,85 @@ def test_failure_examples_cover_each_reason(settings: Settings) -> None:
     assert len(examples) == 5
     assert any(PROPENSITY in e for e in examples) and any(IN_SET in e for e in examples)
     assert "row 50 " in str(err.value)
+
+
+# --- imported history ------------------------------------------------------------------------
+
+IMPORT_VOLUMES = [200, 200, 200, 30]  # the last day collapses: 30 < 0.2 x 200
+
+
+def import_history(settings: Settings, tmp_path: Path) -> list[dt.date]:
+    """Import a CSV with ``IMPORT_VOLUMES`` rows on consecutive days ending on ``DAY``; the days."""
+    from pipelines.data import ingest
+
+    days = [
+        DAY - dt.timedelta(days=len(IMPORT_VOLUMES) - 1 - k) for k in range(len(IMPORT_VOLUMES))
+    ]
+    lines = ["user,item,when"]
+    for day, n in zip(days, IMPORT_VOLUMES, strict=True):
+        start = pd.Timestamp(day, tz="UTC")
+        lines += [f"u{i % 13},i{i % 29},{(start + pd.Timedelta(seconds=60 * i)).isoformat()}"
+                  for i in range(n)]  # fmt: skip
+    src = tmp_path / "history.csv"
+    src.write_text("\n".join(lines) + "\n")
+    ingest.import_table(settings, src, {"user_id": "user", "item_id": "item", "ts": "when"})
+    return days
+
+
+def test_imported_volume_collapse_warns_where_live_fails(settings: Settings, tmp_path) -> None:
+    days = import_history(settings, tmp_path)
+    for day in days[:-1]:
+        assert validate_partition(settings, day).warnings == ()
+    result = validate_partition(settings, DAY)
+    assert result.passed and result.rows_good == 30 and result.volume_rule == "imported"
+    assert result.volume_ratio == pytest.approx(30 / 200)
+    assert len(result.warnings) == 1 and "volume collapse in imported history" in result.warnings[0]
+    report = json.loads(result.report_path.read_text())
+    volume = report["volume"]
+    assert volume["rule"] == "imported" and volume["statistic"] == "median"
+    assert volume["trailing_median"] == 200 and volume["warn_rows"] == 40
+    assert volume["import"]["source"] == "table" and report["warnings"] == [volume["warning"]]
+    assert "history.csv" in volume["warning"]
+
+    # The same 30 rows written as a live log (the partition is no longer the imported one): fails.
+    write_raw(settings, good_rows(30))
+    with pytest.raises(ValidationError, match="RECLOOP_MIN_VOLUME_RATIO") as err:
+        validate_partition(settings, DAY)
+    assert "volume collapse: 30 rows < 0.2 x 200.0" in str(err.value)
+    report = json.loads(result.report_path.read_text())
+    assert report["verdict"] == "failed" and report["volume"]["rule"] == "live"
+
+
+def test_live_volume_collapse_names_the_setting(settings: Settings) -> None:
+    write_history(settings, rows=200, days=3)
+    write_raw(settings, good_rows(30))
+    with pytest.raises(ValidationError, match="RECLOOP_MIN_VOLUME_RATIO=0.2"):
+        validate_partition(settings, DAY)
+    report = json.loads((settings.reports_dir / "validation" / f"date={DAY}.json").read_text())
+    assert report["volume"]["rule"] == "live" and report["volume"]["warning"] is None
+    assert report["volume"]["ratio"] == pytest.approx(30 / 200) and report["warnings"] == []
+
+
+def test_imported_min_volume_ratio_fails_imported_days(
+    settings: Settings, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    days = import_history(settings, tmp_path)
+    monkeypatch.setenv("RECLOOP_IMPORTED_MIN_VOLUME_RATIO", "0.25")
+    strict = Settings.from_env()
+    for day in days[:-1]:
+        validate_partition(strict, day)
+    with pytest.raises(ValidationError, match="RECLOOP_IMPORTED_MIN_VOLUME_RATIO") as err:
+        validate_partition(strict, DAY)
+    assert "30 rows < 0.25 x 200.0 (median" in str(err.value)
+
+
+def test_batch_without_data_docs_then_build(settings: Settings) -> None:
+    from pipelines.data.validate import build_data_docs
+
+    write_raw(settings, good_rows(20))
+    result = validate_partition(settings, DAY, data_docs=False)
+    assert result.passed
+    docs = settings.reports_dir / "data_docs"
+    assert not list(docs.rglob("*.html"))
+    assert build_data_docs(settings) == docs / "index.html" and (docs / "index.html").exists()
+    assert any(f"date={DAY}" in str(p) for p in (docs / "validations").rglob("*.html"))

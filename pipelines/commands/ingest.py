@@ -4,9 +4,21 @@
                                      or movies.csv beside it become items/users attributes
   recloop ingest table PATH --map user_id=uid --map item_id=sku --map ts=time [--event click]
                                      any CSV/parquet with a column mapping onto the contract
+  recloop ingest table events.csv --map user_id=visitorid --map item_id=itemid --map ts=timestamp
+      --map event=event --events view=click,addtocart=click,transaction=purchase --ts-unit ms
+                                     an event log (RetailRocket-style) with its events mapped
 
 Each day found in the file replaces that day's partition under RECLOOP_HOME/data/interactions
-(atomic; re-importing the same file changes nothing).
+(atomic; re-importing the same file changes nothing) and gets an import record
+(data/imports/date=D.json: source, file, date range, counts), so validation knows the day is
+imported history: its volume is checked against the trailing median and a collapse is a warning,
+not a failure (RECLOOP_IMPORTED_MIN_VOLUME_RATIO).
+
+Events: the contract knows impression|click|purchase|rating. A "view" (the user opened the item)
+is a click, not an impression: an impression is what a policy showed, with a position and a
+propensity. Rows with an event value that is neither a contract event nor mapped, or with an
+unreadable timestamp, are dropped and reported (count, example lines); more than half dropped
+fails the import.
 """
 
 from __future__ import annotations
@@ -25,10 +37,27 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="COLUMN=SOURCE",
-        help="table: contract column = source column (repeat)",
+        help="table: contract column = source column (repeat); user_id, item_id, ts required; "
+        "event, value, event_id optional",
     )
-    parser.add_argument("--event", default="click", help="table: event type when not mapped")
-    parser.add_argument("--ts-unit", choices=["s", "ms"], help="table: numeric epoch timestamps")
+    parser.add_argument(
+        "--event", default="click", help="table: event type of every row when event is not mapped"
+    )
+    parser.add_argument(
+        "--events",
+        action="append",
+        default=[],
+        metavar="VALUE=EVENT[,...]",
+        help="table: map the source's event values onto the contract's events "
+        "(impression|click|purchase|rating), e.g. view=click,addtocart=click,transaction=purchase "
+        "(a view is the user's choice, a click; contract event names map to themselves); "
+        "rows with any other value are dropped and reported",
+    )
+    parser.add_argument(
+        "--ts-unit",
+        choices=["s", "ms"],
+        help="table: the ts column holds numeric epochs in seconds (s) or milliseconds (ms)",
+    )
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -38,7 +67,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         summary = ingest.import_movielens(settings, args.path)
     else:
         summary = ingest.import_table(
-            settings, args.path, ingest.parse_mapping(args.map), args.event, args.ts_unit
+            settings,
+            args.path,
+            ingest.parse_mapping(args.map),
+            args.event,
+            args.ts_unit,
+            ingest.parse_events(args.events),
         )
     print(summary)
     return 0

@@ -12,6 +12,7 @@ RECLOOP_HOME/
     interactions/date=D/*.parquet         settings.interactions_dir: the daily logs (raw)
     validated/date=D/*.parquet            settings.validated_dir, validated_partition(): passed the gate
     users.parquet, items.parquet          attributes_path(): user and item attributes
+    imports/date=D.json                   import_record_path(): where an imported day came from
   quarantine/date=D/                      settings.quarantine_dir: rows the validation rejected
   quarantine/served/date=D/               served_quarantine_dir(): feedback matching no impression
   truth/                                  settings.truth_dir: the simulator's ground truth
@@ -96,6 +97,17 @@ def attributes_path(settings: Settings, table: str) -> Path:
     if table not in ("users", "items"):
         raise ValueError(f"table must be 'users' or 'items', got {table!r}")
     return settings.data_dir / f"{table}.parquet"
+
+
+def imports_dir(settings: Settings) -> Path:
+    """``data/imports``: one ``date=D.json`` import record per imported day
+    (:mod:`pipelines.data.ingest` reads and writes them)."""
+    return settings.data_dir / "imports"
+
+
+def import_record_path(settings: Settings, date: Date) -> Path:
+    """``data/imports/date=D.json``: the import that wrote the raw partition of ``D``."""
+    return _dated_json(imports_dir(settings), date)
 
 
 # --- quarantine/ and truth/ --------------------------------------------------------------------

@@ -12,6 +12,8 @@ environment, and ``Settings.ensure_dirs()`` is the one place that creates the wo
 | ``RECLOOP_SEED``             | ``42``                                    | default simulator seed |
 | ``RECLOOP_MAX_BAD_ROW_SHARE``| ``0.05``                                  | validation: share of bad rows that fails a partition |
 | ``RECLOOP_MIN_VOLUME_RATIO`` | ``0.2``                                   | validation: day volume / trailing-7-day mean below this fails |
+| ``RECLOOP_IMPORTED_MIN_VOLUME_RATIO`` | ``0``                            | validation of imported days: volume / trailing-7-day median below this fails (0: never; below ``RECLOOP_MIN_VOLUME_RATIO`` warns) |
+| ``RECLOOP_RATING_POSITIVE``  | ``4``                                     | ranker without impressions: a rating >= this is a positive |
 | ``RECLOOP_TASK_RETRIES``     | ``2``                                     | Airflow retries per task |
 | ``RECLOOP_RETRY_DELAY_S``    | ``30``                                    | Airflow delay between retries, seconds |
 """
@@ -67,6 +69,8 @@ class Settings:
     seed: int = 42
     max_bad_row_share: float = 0.05
     min_volume_ratio: float = 0.2
+    imported_min_volume_ratio: float = 0.0
+    rating_positive: float = 4.0
     task_retries: int = 2
     retry_delay_s: float = 30.0
 
@@ -92,6 +96,10 @@ class Settings:
             seed=env_int(env, "RECLOOP_SEED", cls.seed),
             max_bad_row_share=env_float(env, "RECLOOP_MAX_BAD_ROW_SHARE", cls.max_bad_row_share),
             min_volume_ratio=env_float(env, "RECLOOP_MIN_VOLUME_RATIO", cls.min_volume_ratio),
+            imported_min_volume_ratio=env_float(
+                env, "RECLOOP_IMPORTED_MIN_VOLUME_RATIO", cls.imported_min_volume_ratio
+            ),
+            rating_positive=env_float(env, "RECLOOP_RATING_POSITIVE", cls.rating_positive),
             task_retries=env_int(env, "RECLOOP_TASK_RETRIES", cls.task_retries),
             retry_delay_s=env_float(env, "RECLOOP_RETRY_DELAY_S", cls.retry_delay_s),
         )
@@ -160,6 +168,8 @@ class Settings:
             "RECLOOP_SEED": str(self.seed),
             "RECLOOP_MAX_BAD_ROW_SHARE": str(self.max_bad_row_share),
             "RECLOOP_MIN_VOLUME_RATIO": str(self.min_volume_ratio),
+            "RECLOOP_IMPORTED_MIN_VOLUME_RATIO": str(self.imported_min_volume_ratio),
+            "RECLOOP_RATING_POSITIVE": str(self.rating_positive),
             "RECLOOP_TASK_RETRIES": str(self.task_retries),
             "RECLOOP_RETRY_DELAY_S": str(self.retry_delay_s),
         }

@@ -4,10 +4,32 @@
   (``userId,movieId,rating,timestamp``, ML-latest / ML-20M...), with ``u.item``/``u.user`` or
   ``movies.csv`` read when they sit beside it. Events are ``rating`` with ``value`` = the rating and
   no propensity.
-- Generic: any CSV or parquet with a column mapping onto the contract's columns.
+- Generic: any CSV or parquet with a column mapping onto the contract's columns, numeric epoch
+  timestamps in seconds or milliseconds (``ts_unit``), and an event mapping from the source's event
+  values onto the contract's events (``impression|click|purchase|rating``), e.g. for a
+  RetailRocket-style ``timestamp,visitorid,event,itemid,transactionid`` log:
+  ``{"view": "click", "addtocart": "click", "transaction": "purchase"}``.
+
+  A *view* is a click, not an impression: in the contract an ``impression`` is an item a policy
+  showed (with its position and propensity), a candidate the user may ignore; a view is the user
+  opening the item, a positive choice. Mapping views to impressions would make every viewed item
+  look like an unclicked exposure to the ranker and to off-policy evaluation.
+
+  Rows whose event value is neither a contract event nor mapped onto one, and rows whose timestamp
+  does not parse, are dropped and reported (count per reason, example lines, the file) in the log,
+  in :class:`ImportSummary` and in the import records; when more than half the rows would be
+  dropped the import fails instead (a wrong mapping, not a few bad rows).
 
 Each touched day's partition is replaced atomically; other days are left alone, so re-importing the
 same file gives the same partitions (idempotent).
+
+**Import records.** Every imported day gets ``data/imports/date=D.json``
+(:func:`pipelines.core.layout.import_record_path`; :func:`write_import_record` and
+:func:`read_import_record` are its one writer and reader): the source kind (``movielens``,
+``table``), the file, the import's date range and counts, the day's rows and a digest of the
+partition as written. Validation applies its imported-history volume rule to a day only while its
+raw partition still has that digest (:func:`imported_partition`): a day later rewritten by the
+simulator or the service is a live log again. Simulated and served days never get a record.
 """
 
 from __future__ import annotations
@@ -15,8 +37,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -32,9 +55,17 @@ ML_GENRES = [
 ]  # fmt: skip
 
 
+SOURCE_KINDS = ("movielens", "table")
+MAX_EXAMPLES = 5
+MAX_DROPPED_SHARE = 0.5  # more dropped rows than this fails an import (a wrong format or mapping)
+
+
 @dataclass
 class ImportSummary:
-    """What an import wrote."""
+    """What an import wrote: ``rows`` events in ``days`` daily partitions; ``day_rows`` maps each
+    written day to its rows. ``dropped`` rows were left out, ``dropped_by_reason`` counts them per
+    reason and ``dropped_examples`` gives up to 5 source line (CSV, header = line 1) or row
+    (parquet, 0-based) numbers per reason."""
 
     source: str
     rows: int
@@ -44,13 +75,23 @@ class ImportSummary:
     users: int
     items: int
     dropped: int
+    day_rows: dict[dt.date, int] = field(default_factory=dict)
+    dropped_by_reason: dict[str, int] = field(default_factory=dict)
+    dropped_examples: dict[str, list[int]] = field(default_factory=dict)
 
     def __str__(self) -> str:
-        return (
+        text = (
             f"imported {self.rows} events from {self.source}: {self.days} daily partitions "
             f"{self.first_date}..{self.last_date}, {self.users} users, {self.items} items"
-            + (f", {self.dropped} unreadable rows dropped" if self.dropped else "")
         )
+        if self.dropped_by_reason:
+            text += f"; {self.dropped} rows dropped: " + "; ".join(
+                f"{n} {reason} (e.g. {self.dropped_examples.get(reason, [])})"
+                for reason, n in self.dropped_by_reason.items()
+            )
+        elif self.dropped:
+            text += f", {self.dropped} unreadable rows dropped"
+        return text
 
 
 def _event_ids(prefix: str, df: pd.DataFrame) -> pd.Series:
@@ -90,7 +131,83 @@ def write_daily_partitions(settings: Settings, events: pd.DataFrame, source: str
         users=events["user_id"].nunique(),
         items=events["item_id"].nunique(),
         dropped=0,
+        day_rows={day: int(n) for day, n in days.value_counts().sort_index().items()},
     )
+
+
+# --- import records ------------------------------------------------------------------------------
+
+
+def partition_digest(settings: Settings, date: str | dt.date) -> str | None:
+    """SHA-256 over the names and bytes of the raw partition's ``*.parquet`` files of ``date``
+    (sorted by name); None when the partition has no file."""
+    folder = schema.partition_dir(settings.interactions_dir, date)
+    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0")
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def write_import_record(settings: Settings, record: dict[str, Any]) -> Path:
+    """Write one day's import record (its ``date`` names the day) atomically; the path written.
+
+    Keys: ``date``, ``source`` (one of :data:`SOURCE_KINDS`), ``file``, ``rows`` (the day's),
+    ``partition_sha256`` (:func:`partition_digest` after writing), ``import`` (the whole import:
+    ``first_date``, ``last_date``, ``days``, ``rows``, ``users``, ``items``, ``dropped``,
+    ``dropped_by_reason``) and ``options`` (the column/event mapping of a ``table`` import)."""
+    if record.get("source") not in SOURCE_KINDS:
+        raise ValueError(f"import record source must be one of {SOURCE_KINDS}: {record!r}")
+    return schema.write_json_atomic(record, layout.import_record_path(settings, record["date"]))
+
+
+def read_import_record(settings: Settings, date: str | dt.date) -> dict[str, Any] | None:
+    """The import record of ``date``; None when that day was never imported. Raises
+    ``ValueError`` naming the file when it is unreadable or not a JSON object."""
+    return schema.read_json_file(layout.import_record_path(settings, date), "import record")
+
+
+def imported_partition(settings: Settings, date: str | dt.date) -> dict[str, Any] | None:
+    """The import record of ``date`` if the raw partition is still the one that import wrote
+    (same :func:`partition_digest`); None for a live log (simulated, served, or an imported day
+    rewritten since)."""
+    record = read_import_record(settings, date)
+    if record is None:
+        return None
+    if record.get("partition_sha256") != partition_digest(settings, date):
+        log.info("date=%s: raw partition changed since its import: treated as a live log", date)
+        return None
+    return record
+
+
+def record_import(
+    settings: Settings, summary: ImportSummary, source: str, options: dict[str, Any] | None = None
+) -> None:
+    """Write the import record of every day ``summary`` wrote (after its partitions)."""
+    whole = {
+        "first_date": summary.first_date,
+        "last_date": summary.last_date,
+        "days": summary.days,
+        "rows": summary.rows,
+        "users": summary.users,
+        "items": summary.items,
+        "dropped": summary.dropped,
+        "dropped_by_reason": summary.dropped_by_reason,
+    }
+    for day, rows in summary.day_rows.items():
+        record = {
+            "date": day.isoformat(),
+            "source": source,
+            "file": summary.source,
+            "rows": rows,
+            "partition_sha256": partition_digest(settings, day),
+            "import": whole,
+            "options": options or {},
+        }
+        write_import_record(settings, record)
 
 
 def _read_movielens_ratings(path: Path) -> tuple[pd.DataFrame, int]:
@@ -201,8 +318,9 @@ def import_movielens(settings: Settings, path: Path) -> ImportSummary:
     ratings["event"] = "rating"
     ratings["event_id"] = _event_ids("movielens", ratings)
     settings.ensure_dirs()
-    summary = write_daily_partitions(settings, ratings, str(path))
+    summary = write_daily_partitions(settings, ratings, str(path.resolve()))
     summary.dropped = dropped
+    record_import(settings, summary, "movielens")
     first_user = ratings.groupby("user_id")["ts"].min().dt.tz_localize(None)
     first_item = ratings.groupby("item_id")["ts"].min().dt.tz_localize(None)
     items = _movielens_items(path.parent, first_item)
@@ -233,21 +351,74 @@ def parse_mapping(pairs: list[str]) -> dict[str, str]:
     return mapping
 
 
-def import_table(
-    settings: Settings,
-    path: Path,
-    mapping: dict[str, str],
-    default_event: str = "click",
-    ts_unit: str | None = None,
-) -> ImportSummary:
-    """Import a generic CSV/parquet: ``mapping`` maps contract columns to source columns.
+def parse_events(specs: list[str]) -> dict[str, str]:
+    """``["view=click,addtocart=click", "transaction=purchase"]`` → ``{"view": "click", ...}``
+    (source event value → contract event). Raises ``ValueError`` on a malformed pair or a target
+    that is not one of the contract's events."""
+    mapping: dict[str, str] = {}
+    for spec in specs:
+        for pair in filter(None, (p.strip() for p in spec.split(","))):
+            source, sep, target = pair.partition("=")
+            source, target = source.strip(), target.strip()
+            if not sep or not source or not target:
+                raise ValueError(f"bad event mapping {pair!r}: expected SOURCE_VALUE=EVENT")
+            if target not in schema.EVENTS:
+                raise ValueError(
+                    f"bad event mapping {pair!r}: {target!r} is not an event of the log "
+                    f"contract {schema.EVENTS}"
+                )
+            mapping[source] = target
+    return mapping
 
-    ``user_id``, ``item_id`` and ``ts`` must be mapped; ``event`` defaults to ``default_event``,
-    ``value`` to 1, ``event_id`` to a hash of the row. ``ts_unit`` (``s``/``ms``) reads numeric epochs.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
+
+def _line_numbers(path: Path, index: pd.Index) -> list[int]:
+    """Up to :data:`MAX_EXAMPLES` source positions of rows ``index`` (0-based data rows): CSV
+    line numbers (the header is line 1), parquet row numbers (0-based)."""
+    offset = 0 if path.suffix == ".parquet" else 2
+    return [int(i) + offset for i in index[:MAX_EXAMPLES]]
+
+
+def _drop(
+    path: Path, df: pd.DataFrame, bad: pd.Series, reason: str, summary_drops: dict[str, Any]
+) -> pd.DataFrame:
+    """``df`` without the rows of mask ``bad``; records ``reason`` → (count, example lines) in
+    ``summary_drops`` and logs a warning naming the file."""
+    n = int(bad.sum())
+    if not n:
+        return df
+    where = "rows" if path.suffix == ".parquet" else "lines"
+    examples = _line_numbers(path, df.index[bad])
+    summary_drops[reason] = (n, examples)
+    log.warning("%s: dropping %d rows: %s (e.g. %s %s)", path, n, reason, where, examples)
+    return df[~bad]
+
+
+def _map_events(
+    path: Path, df: pd.DataFrame, events: dict[str, str], drops: dict[str, Any]
+) -> pd.DataFrame:
+    """Translate ``df["event"]`` through ``events`` (contract event names map to themselves unless
+    remapped); rows with another value are dropped, one reason per unknown value. Raises
+    ``ValueError`` when more than :data:`MAX_DROPPED_SHARE` of the rows would be dropped."""
+    raw = df["event"].astype("string").str.strip()
+    table = {e: e for e in schema.EVENTS} | events
+    mapped = raw.map(table)
+    unknown = mapped.isna()
+    if unknown.mean() > MAX_DROPPED_SHARE:
+        counts = raw[unknown].fillna("<missing>").value_counts().head(10).to_dict()
+        raise ValueError(
+            f"{path}: {int(unknown.sum())} of {len(df)} rows have an event value that is not a "
+            f"contract event {schema.EVENTS} nor mapped onto one: {counts}; map them with "
+            "--events VALUE=EVENT,... (e.g. --events view=click,transaction=purchase)"
+        )
+    df = df.assign(event=mapped)
+    for value in raw[unknown].fillna("<missing>").unique():
+        bad = unknown & (raw.fillna("<missing>") == value)
+        df = _drop(path, df, bad[df.index], f"unknown event value {value!r}", drops)
+    return df
+
+
+def _read_mapped(path: Path, mapping: dict[str, str]) -> pd.DataFrame:
+    """The source file's mapped columns under their contract names (text for CSV)."""
     raw = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype=str)
     for needed in ("user_id", "item_id", "ts"):
         if needed not in mapping:
@@ -257,32 +428,63 @@ def import_table(
         raise ValueError(
             f"{path}: mapped column(s) {missing} not in the file (columns: {list(raw.columns)})"
         )
-    df = pd.DataFrame({target: raw[src] for target, src in mapping.items()})
+    return pd.DataFrame({target: raw[src] for target, src in mapping.items()})
+
+
+def _parse_ts(path: Path, df: pd.DataFrame, column: str, ts_unit: str | None) -> pd.Series:
+    """``df["ts"]`` → UTC timestamps (NaT where unreadable); numeric epochs in ``ts_unit``."""
     if ts_unit:
-        df["ts"] = pd.to_datetime(pd.to_numeric(df["ts"], errors="coerce"), unit=ts_unit, utc=True)
+        if ts_unit not in ("s", "ms"):
+            raise ValueError(f"ts_unit must be 's' or 'ms', got {ts_unit!r}")
+        ts = pd.to_datetime(pd.to_numeric(df["ts"], errors="coerce"), unit=ts_unit, utc=True)
     else:
-        df["ts"] = pd.to_datetime(df["ts"], utc=True, errors="coerce")
-    bad_ts = df["ts"].isna()
-    if bad_ts.all():
-        raise ValueError(f"{path}: column {mapping['ts']!r} holds no readable timestamps")
-    dropped = int(bad_ts.sum())
-    if dropped:
-        log.warning(
-            "%s: dropping %d rows with unreadable %r (e.g. rows %s)",
-            path,
-            dropped,
-            mapping["ts"],
-            list(df.index[bad_ts][:5]),
-        )
-    df = df[~bad_ts].copy()
+        ts = pd.to_datetime(df["ts"], utc=True, errors="coerce")
+    if ts.isna().all():
+        raise ValueError(f"{path}: column {column!r} holds no readable timestamps")
+    return ts
+
+
+def import_table(
+    settings: Settings,
+    path: Path,
+    mapping: dict[str, str],
+    default_event: str = "click",
+    ts_unit: str | None = None,
+    events: dict[str, str] | None = None,
+) -> ImportSummary:
+    """Import a generic CSV/parquet: ``mapping`` maps contract columns to source columns.
+
+    ``user_id``, ``item_id`` and ``ts`` must be mapped; ``event`` defaults to ``default_event``,
+    ``value`` to 1, ``event_id`` to a hash of the row. ``ts_unit`` (``s``/``ms``) reads numeric
+    epochs. ``events`` maps source event values onto contract events (see the module docstring);
+    rows with an unreadable timestamp or an unknown event value are dropped and reported.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if events and "event" not in mapping:
+        raise ValueError("an event mapping needs the source's event column: add --map event=COLUMN")
+    df = _read_mapped(path, mapping)
+    drops: dict[str, Any] = {}
+    df["ts"] = _parse_ts(path, df, mapping["ts"], ts_unit)
+    df = _drop(path, df, df["ts"].isna(), f"unreadable {mapping['ts']!r} timestamp", drops)
+    if "event" in df:
+        df = _map_events(path, df, events or {}, drops)
+    else:
+        df["event"] = default_event
+    df = df.reset_index(drop=True)
     df["user_id"] = df["user_id"].astype(str)
     df["item_id"] = df["item_id"].astype(str)
-    if "event" not in df:
-        df["event"] = default_event
     df["value"] = pd.to_numeric(df["value"], errors="coerce").fillna(1.0) if "value" in df else 1.0
     if "event_id" not in df:
         df["event_id"] = _event_ids(path.name, df)
     settings.ensure_dirs()
-    summary = write_daily_partitions(settings, df, str(path))
-    summary.dropped = dropped
+    summary = write_daily_partitions(settings, df, str(path.resolve()))
+    summary.dropped = sum(n for n, _ in drops.values())
+    summary.dropped_by_reason = {reason: n for reason, (n, _) in drops.items()}
+    summary.dropped_examples = {reason: ex for reason, (_, ex) in drops.items()}
+    options = {"mapping": mapping, "events": events or {}, "ts_unit": ts_unit}
+    if "event" not in mapping:
+        options["default_event"] = default_event
+    record_import(settings, summary, "table", options)
     return summary

@@ -25,6 +25,16 @@ rows above ``settings.max_bad_row_share``, and volume collapse (fewer rows than
 before D, checked when at least 3 of those days exist). The report is still written, with
 ``"verdict": "failed"`` and the error.
 
+The volume rule depends on where the day came from. A live log (simulated, served, or any day
+without a matching import record) gets the rule above. A day whose raw partition is still the one
+``recloop ingest`` wrote (:func:`pipelines.data.ingest.imported_partition`) is imported history:
+real daily volumes swing far more than a live service's (MovieLens 100K has days of 1 and of 3550
+ratings), and the history is what it is. Its volume is compared with the *median* of the same
+trailing days; below ``settings.min_volume_ratio`` × that median the day passes with a warning in
+the report, and it fails only below ``settings.imported_min_volume_ratio`` × the median (default
+0: never). The report's ``volume`` entry records the ``rule`` (``"live"`` or ``"imported"``), the
+raw numbers and the ``warning``; warnings are also listed under ``warnings``.
+
 A rerun of a date with the same inputs writes the same bytes (parquet outputs and JSON report); the
 Data Docs page of a date is overwritten too (its GX run id is fixed to the date).
 
@@ -53,6 +63,7 @@ import pyarrow.parquet as pq
 from pipelines.core import fmt, layout, schema
 from pipelines.core.settings import Settings
 from pipelines.core.validated import validated_dates, validated_files
+from pipelines.data.ingest import imported_partition
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +172,9 @@ class ValidationResult:
     checks counts under both). ``unknown_users``/``unknown_items`` are distinct ids among the good
     rows that are missing from ``users.parquet``/``items.parquet`` (``None``: file absent), and
     ``unknown_user_rows``/``unknown_item_rows`` the good rows carrying them. ``volume_ratio`` is
-    rows_total / mean rows of the validated partitions in the 7 days before (``None``: no history).
+    rows_total / mean rows of the validated partitions in the 7 days before (``None``: no history)
+    under the ``"live"`` ``volume_rule``, rows_total / their median under the ``"imported"`` one.
+    ``warnings`` are the report's warnings (e.g. a volume collapse in imported history).
     """
 
     date: dt.date
@@ -181,6 +194,8 @@ class ValidationResult:
     quarantine_path: Path
     report_path: Path
     data_docs_path: Path | None
+    volume_rule: str = "live"
+    warnings: tuple[str, ...] = ()
 
 
 # --- Great Expectations: one context per process -------------------------------------------------
@@ -192,6 +207,7 @@ _GX_LOCK = threading.Lock()
 class _Gx:
     context: Any
     checkpoint: Any
+    checkpoint_no_docs: Any
 
 
 def _condition(when: tuple[str, str] | None) -> Any:
@@ -242,7 +258,26 @@ def _gx(reports_dir: Path) -> _Gx:
             result_format={"result_format": "COMPLETE"},
         )
     )
-    return _Gx(context=context, checkpoint=checkpoint)
+    no_docs = context.checkpoints.add(
+        gx.Checkpoint(
+            name="validate_interactions_no_docs",
+            validation_definitions=[definition],
+            actions=[],
+            result_format={"result_format": "COMPLETE"},
+        )
+    )
+    return _Gx(context=context, checkpoint=checkpoint, checkpoint_no_docs=no_docs)
+
+
+def build_data_docs(settings: Settings) -> Path:
+    """Rebuild the Data Docs site (``reports/data_docs/``) from every stored validation result;
+    the path of its ``index.html``. For a caller that validated many days with
+    ``data_docs=False`` (the site's index rebuild reads every stored result: ~1 s per day after a
+    few hundred days)."""
+    gxo = _gx(settings.reports_dir)
+    with _GX_LOCK:
+        gxo.context.build_data_docs(site_names=[DOCS_SITE])
+    return layout.data_docs_dir(settings) / "index.html"
 
 
 def _gx_config(reports_dir: Path) -> Any:
@@ -296,18 +331,22 @@ def _gx_suite() -> Any:
     return suite
 
 
-def _run_gx(frame: pd.DataFrame, date: dt.date, min_rows: int, reports_dir: Path) -> dict[str, Any]:
+def _run_gx(
+    frame: pd.DataFrame, date: dt.date, min_rows: int, reports_dir: Path, data_docs: bool = True
+) -> dict[str, Any]:
     """Run the suite over ``frame``; returns ``{check name: ExpectationValidationResult}``.
 
-    Data Docs are updated under ``reports_dir/data_docs``; the run id is ``date=D`` at the day's
-    start, so a rerun of a date overwrites that date's page instead of adding one.
+    Data Docs are updated under ``reports_dir/data_docs`` (unless ``data_docs`` is False: the
+    result is stored, :func:`build_data_docs` renders it later); the run id is ``date=D`` at the
+    day's start, so a rerun of a date overwrites that date's page instead of adding one.
     """
     gxo = _gx(reports_dir)  # first: it quiets GX's import-time logging
     from great_expectations.core.run_identifier import RunIdentifier
 
     day_start = dt.datetime.combine(date, dt.time(), tzinfo=dt.UTC)
     with _GX_LOCK:
-        result = gxo.checkpoint.run(
+        checkpoint = gxo.checkpoint if data_docs else gxo.checkpoint_no_docs
+        result = checkpoint.run(
             batch_parameters={"dataframe": frame},
             expectation_parameters={
                 "day_start": day_start,
@@ -604,8 +643,13 @@ def write_validation_report(settings: Settings, report: dict[str, Any]) -> Path:
     return schema.write_json_atomic(report, report_path(settings, report["date"]))
 
 
-def validate_partition(settings: Settings, date: str | dt.date) -> ValidationResult:
+def validate_partition(
+    settings: Settings, date: str | dt.date, *, data_docs: bool = True
+) -> ValidationResult:
     """Validate the raw partition of ``date``; write validated rows, quarantine and report.
+
+    ``data_docs=False`` skips the Data Docs update (most of the time of a day once many days
+    are validated); call :func:`build_data_docs` once after a batch of days.
 
     Raises :class:`ValidationError` on a partition-level failure (nothing under ``validated/`` or
     ``quarantine/`` is changed then; the report says ``"verdict": "failed"``).
@@ -616,12 +660,13 @@ def validate_partition(settings: Settings, date: str | dt.date) -> ValidationRes
         "thresholds": {
             "max_bad_row_share": settings.max_bad_row_share,
             "min_volume_ratio": settings.min_volume_ratio,
+            "imported_min_volume_ratio": settings.imported_min_volume_ratio,
             "trailing_days": TRAILING_DAYS,
             "min_history_days": MIN_HISTORY_DAYS,
         },
     }
     try:
-        return _validate(settings, day, report)
+        return _validate(settings, day, report, data_docs)
     except ValidationError as exc:
         report.update(verdict="failed", error=str(exc), failed_expectation=exc.expectation)
         report.update(failed_file=exc.file, examples=exc.examples)
@@ -631,7 +676,9 @@ def validate_partition(settings: Settings, date: str | dt.date) -> ValidationRes
         raise
 
 
-def _validate(settings: Settings, day: dt.date, report: dict[str, Any]) -> ValidationResult:
+def _validate(
+    settings: Settings, day: dt.date, report: dict[str, Any], data_docs: bool = True
+) -> ValidationResult:
     """The gate of :func:`validate_partition`. Fills ``report`` as it goes: when a
     :class:`ValidationError` escapes, the caller writes what it holds so far."""
     raw, files = read_raw_partition(settings, day)
@@ -639,16 +686,19 @@ def _validate(settings: Settings, day: dt.date, report: dict[str, Any]) -> Valid
     _check_not_empty(settings, day, raw, files)
     n = len(raw)
     parsed, unparsed = parse_frame(raw)
-    volume = _trailing(settings, day)
+    volume = _trailing(settings, day, imported_partition(settings, day))
     checked_columns = sorted({c.column for c in ROW_CHECKS} | {"event"})
-    by_check = _run_gx(parsed[checked_columns], day, volume.min_rows, settings.reports_dir)
+    by_check = _run_gx(
+        parsed[checked_columns], day, volume.min_rows, settings.reports_dir, data_docs
+    )
     report["data_docs"] = str(layout.data_docs_dir(settings) / "index.html")
 
     reasons = _row_reasons(parsed, unparsed, by_check)
     bad = np.zeros(n, dtype=bool)
     bad[np.array(sorted(reasons), dtype=np.int64)] = True
     by_reason = Counter(r for rs in reasons.values() for r in rs)
-    report.update(_checks_report(n, bad, by_reason, by_check, unparsed, volume))
+    report.update(_checks_report(n, bad, by_reason, by_check, unparsed, volume, settings))
+    report["warnings"] = [w for w in [report["volume"]["warning"]] if w]
     failures = _partition_failures(settings, n, bad, by_reason, by_check, volume)
     if failures:
         raise _failure_error(failures, raw, files, reasons)
@@ -696,23 +746,58 @@ def _check_not_empty(
 @dataclass(frozen=True)
 class _Volume:
     """The volume check of one day: ``history`` is :func:`trailing_volume`'s ``(day, rows)``,
-    ``trailing_mean`` their mean rows (``None``: no history), ``checked`` whether there are at
-    least ``MIN_HISTORY_DAYS`` of them, and ``min_rows`` the row count GX requires (1 unchecked).
-    """
+    ``trailing_mean``/``trailing_median`` their mean/median rows (``None``: no history),
+    ``checked`` whether there are at least ``MIN_HISTORY_DAYS`` of them, and ``min_rows`` the row
+    count GX requires (1 unchecked). ``rule`` is ``"live"`` (``reference`` = the mean) or
+    ``"imported"`` (``reference`` = the median; ``warn_rows``: fewer rows pass with a warning;
+    ``imported``: the day's import record)."""
 
     history: list[tuple[dt.date, int]]
     trailing_mean: float | None
     checked: bool
     min_rows: int
+    rule: str = "live"
+    trailing_median: float | None = None
+    warn_rows: int | None = None
+    imported: dict[str, Any] | None = None
+
+    @property
+    def reference(self) -> float | None:
+        """The trailing statistic the rule compares the day with (rows)."""
+        return self.trailing_median if self.rule == "imported" else self.trailing_mean
 
 
-def _trailing(settings: Settings, day: dt.date) -> _Volume:
-    """The volume check of ``day`` against the validated days before it."""
+def _trailing(settings: Settings, day: dt.date, imported: dict[str, Any] | None) -> _Volume:
+    """The volume check of ``day`` against the validated days before it; ``imported`` is the
+    day's import record (:func:`pipelines.data.ingest.imported_partition`), None for a live log."""
     history = trailing_volume(settings, day)
-    trailing_mean = float(np.mean([r for _, r in history])) if history else None
+    rows = [r for _, r in history]
+    trailing_mean = float(np.mean(rows)) if history else None
     checked = len(history) >= MIN_HISTORY_DAYS
-    min_rows = max(1, math.ceil(settings.min_volume_ratio * trailing_mean)) if checked else 1
-    return _Volume(history, trailing_mean, checked, min_rows)
+    if imported is None:
+        min_rows = max(1, math.ceil(settings.min_volume_ratio * trailing_mean)) if checked else 1
+        return _Volume(history, trailing_mean, checked, min_rows)
+    median = float(np.median(rows)) if history else None
+    ratio = settings.imported_min_volume_ratio
+    min_rows = max(1, math.ceil(ratio * median)) if checked else 1
+    warn_rows = math.ceil(settings.min_volume_ratio * median) if checked else None
+    return _Volume(
+        history, trailing_mean, checked, min_rows, "imported", median, warn_rows, imported
+    )
+
+
+def _volume_warning(settings: Settings, n: int, volume: _Volume) -> str | None:
+    """The warning of an imported day whose ``n`` rows are below ``volume.warn_rows``."""
+    if volume.rule != "imported" or volume.warn_rows is None or n >= volume.warn_rows:
+        return None
+    source = volume.imported or {}
+    return (
+        f"volume collapse in imported history: {n} rows < {settings.min_volume_ratio} x "
+        f"{volume.trailing_median:.1f} (median of the validated days "
+        f"{[d.isoformat() for d, _ in volume.history]}); kept because this day was imported "
+        f"({source.get('source')} from {source.get('file')}); a live log would be checked "
+        "against RECLOOP_MIN_VOLUME_RATIO x the trailing mean and fail"
+    )
 
 
 def _row_reasons(
@@ -759,6 +844,7 @@ def _checks_report(
     by_check: dict[str, Any],
     unparsed: dict[str, np.ndarray],
     volume: _Volume,
+    settings: Settings,
 ) -> dict[str, Any]:
     """The report's ``rows``, ``quarantined_by_reason``, ``expectations``, ``parse_failures`` and
     ``volume`` entries for a partition of ``n`` rows (``bad``: ``(n,)`` mask of quarantined rows)."""
@@ -776,15 +862,32 @@ def _checks_report(
             for name, r in ((c, by_check[c]) for c in CHECK_ORDER)
         ],
         "parse_failures": {c: int(m.sum()) for c, m in sorted(unparsed.items())},
-        "volume": {
-            "rows": n,
-            "trailing_days": [d.isoformat() for d, _ in volume.history],
-            "trailing_mean": volume.trailing_mean,
-            "ratio": n / volume.trailing_mean if volume.trailing_mean else None,
-            "checked": volume.checked,
-            "min_rows": volume.min_rows,
-        },
+        "volume": _volume_report(settings, n, volume),
     }
+
+
+def _volume_report(settings: Settings, n: int, volume: _Volume) -> dict[str, Any]:
+    """The report's ``volume`` entry: the ``rule`` applied, its raw numbers and the warning.
+
+    ``ratio`` is ``n`` / the rule's trailing statistic (mean for ``live``, median for
+    ``imported``); ``min_rows`` fails the day, ``warn_rows`` (imported only) warns."""
+    entry: dict[str, Any] = {
+        "rule": volume.rule,
+        "statistic": "median" if volume.rule == "imported" else "mean",
+        "rows": n,
+        "trailing_days": [d.isoformat() for d, _ in volume.history],
+        "trailing_mean": volume.trailing_mean,
+        "ratio": n / volume.reference if volume.reference else None,
+        "checked": volume.checked,
+        "min_rows": volume.min_rows,
+        "warning": _volume_warning(settings, n, volume),
+    }
+    if volume.rule == "imported":
+        source = volume.imported or {}
+        entry["trailing_median"] = volume.trailing_median
+        entry["warn_rows"] = volume.warn_rows
+        entry["import"] = {"source": source.get("source"), "file": source.get("file")}
+    return entry
 
 
 def _partition_failures(
@@ -809,15 +912,26 @@ def _partition_failures(
             )
         )
     if not by_check[VOLUME].success:
-        failures.append(
-            (
-                VOLUME,
-                f"volume collapse: {n} rows < {settings.min_volume_ratio} x "
-                f"{volume.trailing_mean:.1f} "
-                f"(mean of the validated days {[d.isoformat() for d, _ in volume.history]})",
-            )
-        )
+        failures.append((VOLUME, _volume_failure(settings, n, volume)))
     return failures
+
+
+def _volume_failure(settings: Settings, n: int, volume: _Volume) -> str:
+    """What a failed volume check says, with the setting that sets its threshold."""
+    days = [d.isoformat() for d, _ in volume.history]
+    if volume.rule == "imported":
+        return (
+            f"volume collapse in imported history: {n} rows < "
+            f"{settings.imported_min_volume_ratio} x {volume.trailing_median:.1f} (median of the "
+            f"validated days {days}); the threshold is RECLOOP_IMPORTED_MIN_VOLUME_RATIO"
+        )
+    return (
+        f"volume collapse: {n} rows < {settings.min_volume_ratio} x "
+        f"{volume.trailing_mean:.1f} (mean of the validated days {days}); the threshold is "
+        f"RECLOOP_MIN_VOLUME_RATIO={settings.min_volume_ratio} (lower it if such swings are "
+        "normal here; history imported with `recloop ingest` is checked against the trailing "
+        "median and only warns)"
+    )
 
 
 def _failure_error(
@@ -879,6 +993,8 @@ def _passed_result(settings: Settings, day: dt.date, report: dict[str, Any]) -> 
         quarantine_path=Path(report["outputs"]["quarantine"]),
         report_path=report_path(settings, day),
         data_docs_path=layout.data_docs_dir(settings) / "index.html",
+        volume_rule=volume["rule"],
+        warnings=tuple(report["warnings"]),
     )
 
 
@@ -900,11 +1016,17 @@ def format_summary(result: ValidationResult) -> str:
     )
     if result.volume_ratio is None:
         lines.append("  volume: no validated days in the trailing 7 days")
+    elif result.volume_rule == "imported":
+        lines.append(
+            f"  volume (imported history): {result.volume_ratio:.2f} x the median of "
+            f"{result.trailing_days} trailing day(s)"
+        )
     else:
         lines.append(
             f"  volume: {result.volume_ratio:.2f} x the mean of {result.trailing_days} "
             f"trailing day(s) ({result.trailing_mean:.1f} rows)"
         )
+    lines.extend(f"  warning: {w}" for w in result.warnings)
     lines.append(f"  validated:  {result.validated_path}")
     lines.append(f"  quarantine: {result.quarantine_path}")
     lines.append(f"  report:     {result.report_path}")

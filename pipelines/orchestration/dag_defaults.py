@@ -28,3 +28,29 @@ def default_args() -> dict[str, Any]:
         "retries": settings.task_retries,
         "retry_delay": timedelta(seconds=settings.retry_delay_s),
     }
+
+
+def dag_params() -> dict[str, Any]:
+    """The daily DAG's params (a run's ``conf`` overrides them; the UI's trigger form shows them).
+
+    ``train_from_date`` (``YYYY-MM-DD``, default empty): runs for earlier logical dates skip
+    ``train_*``, ``build_index``, ``train_ranker``, ``evaluate``, ``evaluate_ranker``,
+    ``register`` and ``gate`` (shown as skipped), so a backfill over a range retrains once::
+
+        airflow backfill create --dag-id recloop_daily --from-date D1 --to-date D2 \\
+            --dag-run-conf '{"train_from_date": "D2"}'
+
+    (the bundle trained on D2 is gated by the run of D2+1; ``"train_from_date": "D2-1"`` also
+    trains on D2-1 so the run of D2 gates a champion). Empty: every run trains (the default).
+    """
+    from airflow.sdk import Param
+
+    return {
+        "train_from_date": Param(
+            "",
+            type="string",
+            title="Train from date",
+            description="YYYY-MM-DD: runs for earlier logical dates skip training, evaluation, "
+            "register and gate (for backfills over a range); empty: every run trains",
+        )
+    }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from pipelines.core.settings import Settings
@@ -34,6 +35,31 @@ def _jsonable(obj: Any) -> Any:
     if hasattr(obj, "item"):
         return obj.item()
     return str(obj)
+
+
+TRAIN_FROM_PARAM = "train_from_date"
+"""The daily DAG's param (``dag_defaults.dag_params``) that skips training on earlier dates."""
+
+
+def skip_before_train_from(ds: str, params: Mapping[str, Any] | None) -> None:
+    """Skip (``AirflowSkipException``) a train/index/evaluate/register/gate task of logical date
+    ``ds`` when the run's ``train_from_date`` param is a later date: a backfill or catchup over a
+    range then validates and featurizes every day but retrains only from that date on. Unset or
+    empty (the default): nothing is skipped. ``ValueError`` naming the param when it is not a
+    date."""
+    raw = (params or {}).get(TRAIN_FROM_PARAM) or ""
+    if not raw:
+        return
+    from pipelines.core.schema import parse_date
+
+    try:
+        train_from = parse_date(str(raw))
+    except ValueError as exc:
+        raise ValueError(f"DAG param {TRAIN_FROM_PARAM}={raw!r} is not a YYYY-MM-DD date") from exc
+    if parse_date(ds) < train_from:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        raise AirflowSkipException(f"{ds} is before {TRAIN_FROM_PARAM}={train_from}: not retrained")
 
 
 def validate(ds: str) -> dict[str, Any]:

@@ -6,10 +6,15 @@ Plain functions over DataFrames; nothing here calls the feature store: the calle
 :func:`label_impressions` / :func:`sample_negatives` return, then fits
 (:mod:`pipelines.ranking.train`) and evaluates (:mod:`pipelines.ranking.evaluate`).
 
-Rows (one per impression or sampled negative): ``event_id, request_id, user_id, item_id,
-position, propensity, ts, event_timestamp (= ts, what the point-in-time join reads), label (0/1),
-sampled (bool), negative_source`` (``logged`` for real impressions; ``uniform``, ``popularity`` or
-``hard`` for sampled negatives).
+Logs without usable impressions (ratings, purchases, clicks without slates: imported histories)
+are labelled by :func:`label_positives` instead and completed by sampled negatives;
+:func:`window_labels` picks the source and :class:`NotEnoughLabels` says when neither can train
+a ranker.
+
+Rows (one per impression, engagement row or sampled negative): ``event_id, request_id, user_id,
+item_id, position, propensity, ts, event_timestamp (= ts, what the point-in-time join reads),
+label (0/1), sampled (bool), negative_source`` (``logged`` for real rows; ``uniform``,
+``popularity`` or ``hard`` for sampled negatives).
 """
 
 from __future__ import annotations
@@ -36,6 +41,16 @@ NEGATIVE_SOURCES = ("uniform", "popularity", "hard")
 DEFAULT_MIX: dict[str, float] = {"uniform": 0.7, "popularity": 0.0, "hard": 0.3}
 DEFAULT_IPS_CLIP = 100.0
 """Largest raw IPS weight (``1 / propensity`` is capped here: propensities below 1 % count as 1 %)."""
+IMPRESSIONS_SOURCE = "impressions"
+POSITIVES_SOURCE = "positives+sampled negatives"
+"""Label sources (recorded in the ranker's meta as ``label_source``): real impressions (shown and
+clicked / not clicked), or, on logs without impressions, engagement rows (clicks, purchases,
+ratings at or above ``Settings.rating_positive``; ratings below it are real negatives) completed
+by sampled negatives."""
+MIN_POSITIVES = 20
+"""Fewest positives a window needs before a ranker is trained on it."""
+SAMPLED_PER_POSITIVE = 3.0
+"""Sampled negatives per positive when there are no impressions (no shown-not-clicked rows)."""
 LABEL_COLUMNS = (
     "event_id", "request_id", "user_id", "item_id", "position", "propensity", "ts",
     "event_timestamp", "label", "sampled", "negative_source",
@@ -92,6 +107,45 @@ def label_impressions(
         out["request_id"].nunique(),
     )  # fmt: skip
     return out[list(LABEL_COLUMNS)]
+
+
+class NotEnoughLabels(ValueError):
+    """The logs of a window cannot train a ranker (no usable impressions, too few positives)."""
+
+
+def label_positives(events: pd.DataFrame, rating_positive: float = 4.0) -> pd.DataFrame:
+    """Labelled rows of logs without usable impressions (columns :data:`LABEL_COLUMNS`): every
+    engagement event except impressions and ratings (``click``, ``purchase``...) and every
+    ``rating`` with ``value >= rating_positive`` is label 1; a rating below it is label 0 (a
+    real negative: seen and disliked). Impressions are ignored.
+
+    One row per (user, item, UTC day) (the highest label wins, then the earliest row); its
+    ``request_id`` is ``"<user_id>|<day>"`` (a user's day groups like a request for NDCG) and
+    ``position``/``propensity`` are null. Sorted by ``ts`` then ``request_id``.
+    """
+    need = {"event_id", "ts", "user_id", "item_id", "event", "value"}
+    missing = need - set(events.columns)
+    if missing:
+        raise ValueError(f"events lack columns {sorted(missing)}")
+    ev = events[events["event"] != "impression"].copy()
+    rated = ev["event"] == "rating"
+    ev["label"] = np.where(~rated | (ev["value"] >= rating_positive), 1, 0).astype(np.int8)
+    ev["ts"] = pd.to_datetime(ev["ts"], utc=True)
+    day = ev["ts"].dt.strftime("%Y-%m-%d")
+    ev["request_id"] = ev["user_id"].astype(str) + "|" + day
+    ev = ev.sort_values(["label", "ts"], ascending=[False, True], kind="stable")
+    ev = ev.drop_duplicates(["request_id", "item_id"], keep="first")
+    ev["event_timestamp"] = ev["ts"]
+    ev["position"] = pd.array([pd.NA] * len(ev), dtype="Int32")
+    ev["propensity"] = np.nan
+    ev["sampled"] = False
+    ev["negative_source"] = "logged"
+    ev = ev.sort_values(["ts", "request_id"], kind="stable").reset_index(drop=True)
+    log.info(
+        "labelled %d engagement rows without impressions (%d positives, ratings >= %g)",
+        len(ev), int(ev["label"].sum()), rating_positive,
+    )  # fmt: skip
+    return ev[list(LABEL_COLUMNS)]
 
 
 # --- sampled negatives ------------------------------------------------------------------------------
@@ -351,18 +405,53 @@ def feature_columns(settings: Settings) -> tuple[list[str], list[str]]:
     return dense, sparse
 
 
-def labelled_impressions(settings: Settings, first: dt.date, last: dt.date) -> pd.DataFrame:
-    """Labelled impressions of the validated days in ``[first, last]`` (empty if none)."""
+def read_validated(settings: Settings, first: dt.date, last: dt.date) -> pd.DataFrame:
+    """The validated events of the days in ``[first, last]`` (schema ``INTERACTIONS``; empty
+    frame when no day there was validated)."""
     frames = [
         schema.read_partition(settings.validated_dir, d)
         for d in validated_dates(settings, first, last)
     ]
-    if not frames:
-        return pd.DataFrame()
-    events = pd.concat(frames, ignore_index=True)
-    if not (events["event"] == "impression").any():
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def labelled_impressions(settings: Settings, first: dt.date, last: dt.date) -> pd.DataFrame:
+    """Labelled impressions of the validated days in ``[first, last]`` (empty if none)."""
+    events = read_validated(settings, first, last)
+    if events.empty or not (events["event"] == "impression").any():
         return pd.DataFrame()
     return label_impressions(events)
+
+
+def usable_impressions(labelled: pd.DataFrame) -> bool:
+    """True when labelled impressions hold both clicks and non-clicks (a ranker can learn)."""
+    return not labelled.empty and labelled["label"].nunique() == 2
+
+
+def window_labels(
+    settings: Settings, first: dt.date, last: dt.date, min_positives: int = MIN_POSITIVES
+) -> tuple[pd.DataFrame, str]:
+    """The labelled rows of the validated days ``[first, last]`` and their source: the labelled
+    impressions when they hold clicks and non-clicks (``"impressions"``), else the engagement
+    rows of :func:`label_positives` (:data:`POSITIVES_SOURCE`, to be completed by sampled
+    negatives). :class:`NotEnoughLabels` when neither gives ``min_positives`` positives."""
+    events = read_validated(settings, first, last)
+    span = f"the validated days {first}..{last}"
+    if events.empty:
+        raise NotEnoughLabels(f"no validated logs in {span}: nothing to train a ranker on")
+    if (events["event"] == "impression").any():
+        labelled = label_impressions(events)
+        if usable_impressions(labelled):
+            return labelled, IMPRESSIONS_SOURCE
+    labelled = label_positives(events, settings.rating_positive)
+    n_pos = int(labelled["label"].sum()) if len(labelled) else 0
+    if n_pos < min_positives:
+        raise NotEnoughLabels(
+            f"no impressions with both clicks and non-clicks and only {n_pos} positives "
+            f"(clicks/purchases, ratings >= {settings.rating_positive:g}) in {span}; "
+            f"a ranker needs at least {min_positives}"
+        )
+    return labelled, POSITIVES_SOURCE
 
 
 def hard_candidates(
@@ -372,7 +461,9 @@ def hard_candidates(
     from pipelines.retrieval.predict import recommend
 
     try:
-        recs = recommend(settings, "two_tower", HARD_CANDIDATES, users, date.isoformat())
+        recs = recommend(
+            settings, "two_tower", HARD_CANDIDATES, users, date.isoformat(), cold_start=False
+        )
     except FileNotFoundError:
         return None
     return recs.groupby("user_id")["item_id"].apply(list).to_dict()
@@ -386,19 +477,25 @@ def negative_mix(hard: dict[str, list[str]] | None) -> dict[str, float]:
 
 
 def training_rows(
-    settings: Settings, day: dt.date, window_days: int
-) -> tuple[pd.DataFrame, dict[str, float]]:
+    settings: Settings, day: dt.date, window_days: int, min_positives: int = MIN_POSITIVES
+) -> tuple[pd.DataFrame, dict[str, float], str]:
     """The ranker's training rows for the ``window_days`` ending at ``day`` (features not yet
-    joined): the labelled impressions plus as many sampled negatives as clicks (item pool and
-    popularity from the impressions, hard candidates from the two-tower trained through ``day``),
-    and the negative mix used. ``ValueError`` when the window lacks clicks or non-clicks."""
-    labelled = labelled_impressions(settings, day - dt.timedelta(days=window_days - 1), day)
-    if labelled.empty or labelled["label"].nunique() < 2:
-        raise ValueError(
-            f"no impressions with both clicks and non-clicks in the {window_days} days up to {day}: nothing to train a ranker on"
-        )
-    items = labelled["item_id"].astype(str)
-    popularity = items.value_counts()
+    joined), the negative mix used and the label source (:func:`window_labels`).
+
+    From impressions: the labelled impressions plus as many sampled negatives as clicks (item
+    pool and popularity from the impressions). Without usable impressions: the positives (and
+    ratings below the threshold, real negatives) plus :data:`SAMPLED_PER_POSITIVE` sampled
+    negatives per positive (item pool and popularity from every event of the window). Hard
+    candidates come from the two-tower trained through ``day`` in both cases.
+    :class:`NotEnoughLabels` (a ``ValueError``) when there is nothing to learn from."""
+    first = day - dt.timedelta(days=window_days - 1)
+    labelled, source = window_labels(settings, first, day, min_positives)
+    if source == IMPRESSIONS_SOURCE:
+        popularity = labelled["item_id"].astype(str).value_counts()
+        ratio = 1.0
+    else:
+        popularity = read_validated(settings, first, day)["item_id"].astype(str).value_counts()
+        ratio = SAMPLED_PER_POSITIVE
     hard = hard_candidates(settings, day, sorted(labelled["user_id"].astype(str).unique()))
     mix = negative_mix(hard)
     rows = sample_negatives(
@@ -407,7 +504,7 @@ def training_rows(
         popularity.to_numpy(),
         hard,
         mix=mix,
-        ratio=1.0,
+        ratio=ratio,
         seed=settings.seed,
     )
-    return rows, mix
+    return rows, mix, source

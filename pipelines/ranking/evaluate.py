@@ -1,8 +1,9 @@
 """The ``evaluate_ranker`` task: forward evaluation of the rankers, and the metrics it reports.
 
 - **Forward evaluation** (:func:`evaluate_forward`): the rankers trained through D−1 scored on D's
-  impressions (AUC, logloss, calibration/ECE, NDCG@10 lift over the two-tower retrieval order;
-  on simulated data also Spearman against the true click probability) → ``reports/ranker/``.
+  impressions, or on a day without impressions on its positives against sampled negatives (AUC,
+  logloss, calibration/ECE, NDCG@10 lift over the two-tower retrieval order; on simulated data
+  also Spearman against the true click probability) → ``reports/ranker/``.
 - **Metrics**: :func:`evaluate_scores` (any scores of a frame), :func:`evaluate_ranker` (a
   ranker's), :func:`calibration_table`, :func:`expected_calibration_error`, :func:`spearman`,
   :func:`mean_ndcg_at_k`; :func:`ranker_auc` is the gate's champion number.
@@ -21,7 +22,15 @@ import pandas as pd
 
 from pipelines.core import layout, schema
 from pipelines.core.settings import Settings
-from pipelines.ranking.data import SERVICE, labelled_impressions
+from pipelines.ranking.data import (
+    IMPRESSIONS_SOURCE,
+    SAMPLED_PER_POSITIVE,
+    SERVICE,
+    NotEnoughLabels,
+    read_validated,
+    sample_negatives,
+    window_labels,
+)
 
 if TYPE_CHECKING:
     from models.dlrm import DLRMRanker
@@ -160,54 +169,87 @@ def evaluate_ranker(
     return out
 
 
+def forward_test_rows(settings: Settings, day: dt.date) -> tuple[pd.DataFrame, str]:
+    """The rows a ranker is judged on for test day ``day`` (features not joined) and their
+    label source: the day's labelled impressions, or on a day without usable impressions its
+    engagement rows (:func:`pipelines.ranking.data.label_positives`) plus
+    ``SAMPLED_PER_POSITIVE`` uniform negatives per positive from the day's items (seeded, so
+    the candidate and the champion see the same rows). :class:`NotEnoughLabels
+    <pipelines.ranking.data.NotEnoughLabels>` when the day has neither."""
+    labelled, source = window_labels(settings, day, day)
+    if source == IMPRESSIONS_SOURCE:
+        return labelled, source
+    pool = np.sort(read_validated(settings, day, day)["item_id"].astype(str).unique())
+    rows = sample_negatives(
+        labelled,
+        pool,
+        mix={"uniform": 1.0},
+        ratio=SAMPLED_PER_POSITIVE,
+        seed=settings.seed,
+    )
+    return rows, source
+
+
+def _forward_metrics(
+    settings: Settings, frame: pd.DataFrame, rankers: dict[str, DLRMRanker], prev: dt.date
+) -> dict[str, Any]:
+    """Each ranker's :func:`evaluate_ranker` on ``frame`` (features joined) beside the two-tower
+    retrieval order trained through ``prev`` (``retrieval_only``)."""
+    from pipelines.retrieval.predict import predict_pairs
+
+    try:
+        frame["retrieval_score"] = predict_pairs(
+            settings, "two_tower", frame[["user_id", "item_id"]], prev.isoformat()
+        )["score"].to_numpy()
+    except FileNotFoundError:
+        frame["retrieval_score"] = np.nan
+    truth = _true_click_prob(settings, frame)
+    metrics = {
+        name: evaluate_ranker(r, frame, retrieval_score_col="retrieval_score", true_prob_col=truth)
+        for name, r in rankers.items()
+    }
+    retrieval = (
+        frame["retrieval_score"].fillna(frame["retrieval_score"].min()).fillna(0.0).to_numpy()
+    )
+    metrics["retrieval_only"] = evaluate_scores(
+        frame, retrieval, true_prob_col=truth, probabilities=False
+    )
+    return metrics
+
+
 def evaluate_forward(settings: Settings, date: str | dt.date) -> dict[str, Any]:
-    """Rankers trained through D−1 scored on D's impressions; writes ``reports/ranker/date=D.json``."""
+    """Rankers trained through D−1 scored on D's rows (:func:`forward_test_rows`); writes
+    ``reports/ranker/date=D.json``: ``metrics`` and ``label_source``, or a ``note`` saying why
+    nothing was evaluated (no ranker yet, no impressions and too few positives). Never raises
+    for missing data."""
     from pipelines.features.store import training_frame
     from pipelines.ranking.predict import load_ranker
     from pipelines.ranking.train import MODEL_NAMES
-    from pipelines.retrieval.predict import predict_pairs
 
     day = schema.parse_date(date)
     prev = day - dt.timedelta(days=1)
     out: dict[str, Any] = {"date": day.isoformat(), "trained_through": prev.isoformat()}
-    test = labelled_impressions(settings, day, day)
     try:
         rankers = {name: load_ranker(settings, name, prev) for name in MODEL_NAMES}
     except FileNotFoundError:
         rankers = {}
-    if not rankers or test.empty:
-        out["note"] = (
-            f"no ranker trained through {prev} or no impressions on {day}: nothing to evaluate yet"
-        )
+    test, source = None, ""
+    if not rankers:
+        out["note"] = f"no ranker trained through {prev}: nothing to evaluate yet"
     else:
-        frame = training_frame(settings, test, SERVICE)
         try:
-            frame["retrieval_score"] = predict_pairs(
-                settings, "two_tower", frame[["user_id", "item_id"]], prev.isoformat()
-            )["score"].to_numpy()
-        except FileNotFoundError:
-            frame["retrieval_score"] = np.nan
-        truth = _true_click_prob(settings, frame)
-        out["metrics"] = {
-            name: evaluate_ranker(
-                r, frame, retrieval_score_col="retrieval_score", true_prob_col=truth
-            )
-            for name, r in rankers.items()
-        }
-        retrieval = (
-            frame["retrieval_score"].fillna(frame["retrieval_score"].min()).fillna(0.0).to_numpy()
-        )
-        out["metrics"]["retrieval_only"] = evaluate_scores(
-            frame, retrieval, true_prob_col=truth, probabilities=False
-        )
+            test, source = forward_test_rows(settings, day)
+        except NotEnoughLabels as exc:
+            out["note"] = f"not evaluated: {exc}"
+    if test is not None:
+        out["label_source"] = source
+        out["metrics"] = _forward_metrics(settings, training_frame(settings, test, SERVICE),
+                                          rankers, prev)  # fmt: skip
         log.info(
-            "ranker forward evaluation on %s: %s",
-            day,
-            {
-                n: {k: m.get(k) for k in ("auc", "logloss", "ndcg_lift")}
-                for n, m in out["metrics"].items()
-            },
-        )
+            "ranker forward evaluation on %s (%s): %s", day, source,
+            {n: {k: m.get(k) for k in ("auc", "logloss", "ndcg@10_lift")}
+             for n, m in out["metrics"].items()},
+        )  # fmt: skip
     write_ranker_report(settings, json.loads(json.dumps(out, default=_plain)))
     return read_ranker_report(settings, day) or {}
 
@@ -226,15 +268,16 @@ def write_ranker_report(settings: Settings, report: dict[str, Any]) -> Path:
 
 
 def ranker_auc(settings: Settings, folder: Path | str, date: str | dt.date) -> float | None:
-    """AUC of the ranker saved in ``folder`` (its ``model/``) on D's labelled impressions: the
-    gate's champion number, on the same test day as the candidate's. ``None`` without impressions.
-    """
+    """AUC of the ranker saved in ``folder`` (its ``model/``) on D's rows
+    (:func:`forward_test_rows`: the same rows as the candidate's forward evaluation): the gate's
+    champion number. ``None`` when the day has nothing to evaluate on."""
     from models.base import load_model
     from pipelines.features.store import training_frame
 
     day = schema.parse_date(date)
-    test = labelled_impressions(settings, day, day)
-    if test.empty:
+    try:
+        test, _ = forward_test_rows(settings, day)
+    except NotEnoughLabels:
         return None
     ranker = load_model(Path(folder) / "model")
     auc = evaluate_ranker(ranker, training_frame(settings, test, SERVICE)).get("auc")

@@ -3,8 +3,10 @@ logical date.
 
 :func:`train_for_date`: impressions of the validated days ``[D-window+1, D]``, labelled by
 :func:`pipelines.ranking.data.label_impressions` (clicked in that request → 1, shown and not
-clicked → 0), plus sampled negatives (default mix 70% uniform + 30% hard: the two-tower model's
-top candidates for the user that the user did not engage with), joined point in time with the
+clicked → 0), or on logs without impressions the engagement rows of
+:func:`pipelines.ranking.data.label_positives` (clicks, purchases, ratings >=
+``RECLOOP_RATING_POSITIVE``); plus sampled negatives (default mix 70% uniform + 30% hard: the
+two-tower model's top candidates for the user that the user did not engage with), joined point in time with the
 ``ranker_v1`` feature service (``pipelines.features.store.training_frame``). Saves
 ``artifacts/models/ranker/date=D/`` (the ``dlrm`` ranker: weights, normalization statistics,
 vocabularies, feature list and feature service) and ``ranker_lr`` (the baseline), fitted by
@@ -28,6 +30,7 @@ from pipelines.core.settings import Settings
 from pipelines.ranking.data import (
     DEFAULT_IPS_CLIP,
     SERVICE,
+    NotEnoughLabels,
     feature_columns,
     ips_weights,
     training_rows,
@@ -107,15 +110,28 @@ def save_ranker(settings: Settings, name: str, model: DLRMRanker, meta: dict[str
 def train_for_date(
     settings: Settings, date: str | dt.date, window_days: int = WINDOW_DAYS, epochs: int = 3
 ) -> dict[str, Any]:
-    """Train the DLRM ranker and the LR baseline on the window ending at ``date``; save both."""
+    """Train the DLRM ranker and the LR baseline on the window ending at ``date``; save both.
+
+    Returns a JSON-able summary: ``trained`` (bool), ``label_source`` (``impressions`` or
+    ``positives+sampled negatives``, :func:`pipelines.ranking.data.window_labels`), ``rows``,
+    ``positives``, ``negative_mix``. When the window cannot train a ranker (no usable
+    impressions and too few positives) nothing is written and the summary says
+    ``{"trained": False, "reason": ...}``: the day's bundle is registered without a ranker
+    and serves in retrieval order."""
     from pipelines.features.store import training_frame
 
     day = schema.parse_date(date)
-    rows, mix = training_rows(settings, day, window_days)
+    try:
+        rows, mix, source = training_rows(settings, day, window_days)
+    except NotEnoughLabels as exc:
+        log.warning("no ranker trained through %s: %s", day, exc)
+        return {"date": day.isoformat(), "trained": False, "reason": str(exc)}
     frame = training_frame(settings, rows, SERVICE)
     dense, sparse = feature_columns(settings)
     summary: dict[str, Any] = {
         "date": day.isoformat(),
+        "trained": True,
+        "label_source": source,
         "rows": len(frame),
         "positives": int(frame["label"].sum()),
         "negative_mix": mix,
@@ -133,7 +149,7 @@ def train_for_date(
             "trained_through": day.isoformat(),
             "feature_service": SERVICE,
             "window_days": window_days,
-            **{k: v for k, v in summary.items() if k != "date"},
+            **{k: v for k, v in summary.items() if k not in ("date", "trained")},
         }
         save_ranker(settings, name, model, meta)
     log.info("ranker trained through %s: %s", day, summary)

@@ -203,8 +203,33 @@ def evaluate_bundle(
     return out
 
 
+NO_PROPENSITIES = "no logged propensities"
+
+
+def missing_propensities(settings: Settings, day: dt.date) -> str | None:
+    """Why ``day``'s validated logs cannot be evaluated off-policy, or None when they can: they
+    need impressions with a usable logging propensity (logged in ``(0, 1]``, or the simulator's
+    logging policy whose marginals are computed). Ratings, purchases or clicks without slates
+    (imported histories) have none: ``"no logged propensities"`` and a detail."""
+    if not schema.partition_dir(settings.validated_dir, day).exists():
+        return f"{NO_PROPENSITIES} (no validated logs for {day})"
+    logs = schema.read_partition(settings.validated_dir, day)
+    imp = logs[logs["event"] == "impression"]
+    if imp.empty:
+        return f"{NO_PROPENSITIES} (the logs of {day} hold no impressions)"
+    if (pd.to_numeric(imp["propensity"], errors="coerce") > 0).any():
+        return None
+    if layout.world_path(settings).exists() and _logged_by_simulator(logs):
+        return None
+    return f"{NO_PROPENSITIES} (none of the {len(imp)} impressions of {day} has one)"
+
+
 def gate_inputs(settings: Settings, date: str | dt.date) -> dict[str, Any]:
-    """OPE of the bundle the gate will judge on ``date`` and of the champion (when another)."""
+    """OPE of the bundle the gate will judge on ``date`` and of the champion (when another).
+
+    On a day whose logs carry no propensities (:func:`missing_propensities`) nothing is
+    estimated: ``ope`` is ``{"not_evaluated": reason}`` (the SNIPS gate reports it, it does not
+    fail) and ``champion_ope`` None."""
     from pipelines.release import registry
     from pipelines.release.gate import gated_bundle_version
 
@@ -213,6 +238,11 @@ def gate_inputs(settings: Settings, date: str | dt.date) -> dict[str, Any]:
     champion = registry.get_alias(settings, "champion")
     out: dict[str, Any] = {"candidate_version": version, "ope": None, "champion_ope": None}
     if version is None:
+        return out
+    why = missing_propensities(settings, day)
+    if why is not None:
+        log.info("OPE of %s: not evaluated: %s", day, why)
+        out["ope"] = {"not_evaluated": why}
         return out
     for key, v in (("ope", version), ("champion_ope", champion)):
         if v is None or (key == "champion_ope" and v == version):

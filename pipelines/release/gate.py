@@ -9,13 +9,16 @@
 ``ndcg@10``     offline NDCG@10 of the bundle's two-tower on the test day >= champion's on the same
                 day − ``tol.ndcg``; no champion: > ``tol.ndcg_floor``. Missing: fail.
 ``ranker_auc``  ranker AUC >= champion's − ``tol.auc`` (no champion AUC: > ``tol.auc_floor``).
-                No ranker pinned: ``skipped``. Ranker pinned but no AUC given: ``not_evaluated``.
+                No ranker pinned: ``skipped`` ("not evaluated: no ranker in the bundle": logs
+                without impressions and too few positives train none). Ranker pinned but no
+                AUC given: ``not_evaluated`` (the ranker report's note says why).
 ``index_recall``  ANN recall@10 of the pinned index >= its target (``tol.recall_target`` when
                 the index does not record one). Missing: fail.
 ``snips``       lower bound of the candidate's SNIPS interval >= champion's SNIPS estimate −
                 ``tol.snips``; an effective sample size below ``tol.snips_min_ess`` on either
-                side: ``not_evaluated``. No OPE numbers: ``not_evaluated``; no champion: the candidate's
-                numbers are reported and the gate passes (nothing to compare with).
+                side: ``not_evaluated``. No OPE numbers: ``not_evaluated`` (``ope`` may be
+                ``{"not_evaluated": why}``, e.g. "no logged propensities"); no champion: the
+                candidate's numbers are reported and the gate passes (nothing to compare with).
 ==============  ==============================================================================
 
 Verdicts: ``pass``, ``fail``, ``skipped`` (does not apply), ``not_evaluated`` (an input is
@@ -62,6 +65,8 @@ log = logging.getLogger(__name__)
 
 GATES_EXPERIMENT = "recloop-gates"
 PASS, FAIL, SKIPPED, NOT_EVALUATED = "pass", "fail", "skipped", "not_evaluated"
+NO_RANKER = "not evaluated: no ranker in the bundle"
+"""The ranker gate's note for a bundle without a ranker (it serves in retrieval order)."""
 
 
 @dataclass(frozen=True)
@@ -152,12 +157,18 @@ def _validation_gate(verdict: str | None) -> Gate:
 
 
 def _ranker_gate(candidate: dict[str, Any], champ: dict[str, Any], tol: Tolerances) -> Gate:
+    """Ranker AUC against the champion's; ``skipped`` with "not evaluated: no ranker in the
+    bundle" when none is pinned; ``not_evaluated`` with ``candidate["auc_note"]`` (why the
+    forward evaluation had no AUC, e.g. a day without impressions or positives) when pinned
+    but unmeasured."""
     if not candidate.get("has_ranker", candidate.get("auc") is not None):
-        return Gate(
-            "ranker_auc", None, finite(champ.get("auc")), tol.auc, SKIPPED, "no ranker pinned"
-        )
-    return _compare("ranker_auc", finite(candidate.get("auc")), finite(champ.get("auc")),
+        return Gate("ranker_auc", None, finite(champ.get("auc")), tol.auc, SKIPPED,
+                    NO_RANKER)  # fmt: skip
+    gate = _compare("ranker_auc", finite(candidate.get("auc")), finite(champ.get("auc")),
                     tol.auc, tol.auc_floor, NOT_EVALUATED)  # fmt: skip
+    if gate.verdict == NOT_EVALUATED and candidate.get("auc_note"):
+        gate.note = str(candidate["auc_note"])
+    return gate
 
 
 def _recall_gate(candidate: dict[str, Any], tol: Tolerances) -> Gate:
@@ -175,8 +186,10 @@ def _snips_gate(
     """The candidate's SNIPS lower bound against the champion's estimate (module docstring)."""
     cand_snips, champ_snips = _snips(candidate.get("ope")), _snips((champion or {}).get("ope"))
     if cand_snips is None:
+        why = (candidate.get("ope") or {}).get("not_evaluated")
         return Gate("snips", None, finite((champ_snips or {}).get("estimate")), tol.snips,
-                    NOT_EVALUATED, "no OPE estimate for the candidate")  # fmt: skip
+                    NOT_EVALUATED, f"not evaluated: {why}" if why else
+                    "no OPE estimate for the candidate")  # fmt: skip
     low = finite(cand_snips.get("ci_low"))
     low = low if low is not None else finite(cand_snips["estimate"])
     note = "candidate SNIPS ci_low" + ("" if finite(cand_snips.get("ci_low")) is not None else
@@ -220,6 +233,9 @@ def _action(
         action, reason = "challenger", "every gate passed: becomes challenger"
     if missing and not blocking:
         reason += f" (not evaluated: {', '.join(missing)})"
+    skipped = [f"{g.name}: {g.note}" for g in gates if g.verdict == SKIPPED and g.note]
+    if skipped:
+        reason += f" (skipped: {'; '.join(skipped)})"
     return action, reason
 
 
@@ -467,8 +483,11 @@ def daily_gate(settings: Settings, date: str | dt.date) -> dict[str, Any]:
     from pipelines.ranking.evaluate import read_ranker_report
     from pipelines.release.bundle_ope import SNIPS_TOLERANCE, gate_inputs
 
-    metrics = (read_ranker_report(settings, date) or {}).get("metrics", {})
-    auc = metrics.get("ranker", {}).get("auc")
+    report = read_ranker_report(settings, date) or {}
+    auc = report.get("metrics", {}).get("ranker", {}).get("auc")
+    given = {"auc": auc} if auc is not None else None
+    if auc is None and report.get("note"):
+        given = {"auc_note": report["note"]}
     ope = gate_inputs(settings, date)
     return gate_day(
         settings,
@@ -476,7 +495,7 @@ def daily_gate(settings: Settings, date: str | dt.date) -> dict[str, Any]:
         candidate_version=ope["candidate_version"],
         ope=ope["ope"],
         champion_ope=ope["champion_ope"],
-        candidate_metrics={"auc": auc} if auc is not None else None,
+        candidate_metrics=given,
         champion_metrics=_champion_ranker_auc(settings, date, ope["candidate_version"]),
         tolerances=Tolerances(snips=SNIPS_TOLERANCE),
     )

@@ -1,0 +1,135 @@
+"""``recloop backfill``: every day validated and featurized, models trained once at the end, a
+champion; a rerun does nothing new; a corrupt day stops the run naming the day and the step."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pytest
+
+from pipelines.core import layout, schema
+from pipelines.data import simulate
+from pipelines.orchestration.backfill import (
+    BackfillError,
+    backfill,
+    checkpoint_days,
+    format_summary,
+)
+from pipelines.release import registry
+
+DAYS = ["2026-01-01", "2026-01-02", "2026-01-03"]
+
+
+@pytest.fixture()
+def workspace(redis_settings, mlflow_settings):
+    """A tiny simulated workspace of :data:`DAYS` on the session's Redis, MLflow migrated."""
+    simulate.simulate(redis_settings, len(DAYS), "tiny", 7)
+    return redis_settings
+
+
+def _model_dates(settings, name: str) -> list[str]:
+    folder = layout.models_dir(settings, name)
+    return sorted(p.name for p in folder.glob("date=*")) if folder.exists() else []
+
+
+def test_checkpoint_days():
+    d = dt.date(2026, 1, 1)
+    assert checkpoint_days(d, d + dt.timedelta(days=9), None) == [d + dt.timedelta(days=9)]
+    got = checkpoint_days(d, d + dt.timedelta(days=9), 4)
+    assert got == [d + dt.timedelta(days=n) for n in (4, 8, 9)]
+    with pytest.raises(ValueError, match="--every"):
+        checkpoint_days(d, d + dt.timedelta(days=3), -1)
+
+
+def test_train_from_date_param_skips_earlier_runs_only():
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from pipelines.orchestration import tasks
+
+    tasks.skip_before_train_from("2026-01-01", None)  # default: nothing skipped
+    tasks.skip_before_train_from("2026-01-01", {"train_from_date": ""})
+    tasks.skip_before_train_from("2026-01-03", {"train_from_date": "2026-01-03"})
+    with pytest.raises(AirflowSkipException, match="2026-01-02 is before"):
+        tasks.skip_before_train_from("2026-01-02", {"train_from_date": "2026-01-03"})
+    with pytest.raises(ValueError, match="train_from_date"):
+        tasks.skip_before_train_from("2026-01-02", {"train_from_date": "soon"})
+
+
+def test_backfill_trains_once_gates_a_champion_and_a_rerun_does_nothing(workspace):
+    s = workspace
+    summary = backfill(s, DAYS[0], DAYS[-1], progress=False)
+
+    assert [x.day for x in summary.ran("validate")] == DAYS
+    assert [x.day for x in summary.ran("features")] == DAYS
+    for day in DAYS:
+        assert layout.feature_table_path(s, "user", day).exists()
+    # trained once, through the day before the last (scored forward on the last), then gated
+    assert len(summary.ran("train_mf")) == 1 and len(summary.ran("train_two_tower")) == 1
+    assert _model_dates(s, "mf") == [f"date={DAYS[-2]}"]
+    assert _model_dates(s, "two_tower") == [f"date={DAYS[-2]}"]
+    assert summary.champion is not None
+    assert registry.get_alias(s, "champion") == summary.champion
+    assert layout.gate_report_path(s, DAYS[-1]).exists()
+    table = format_summary(summary)
+    assert "train_mf" in table and f"champion: bundle {summary.champion}" in table
+
+    again = backfill(s, DAYS[0], DAYS[-1], progress=False)
+    assert again.ran() == []
+    assert {x.step for x in again.steps} == {"validate", "features", "checkpoint"}
+    assert again.champion == summary.champion
+    assert _model_dates(s, "mf") == [f"date={DAYS[-2]}"]
+
+
+def test_a_corrupt_day_stops_the_backfill_naming_the_day_and_leaves_earlier_days(workspace):
+    s = workspace
+    bad = schema.partition_dir(s.interactions_dir, dt.date.fromisoformat(DAYS[1]))
+    (bad / "part-zz.parquet").write_bytes(b"this is not parquet")
+
+    with pytest.raises(BackfillError) as info:
+        backfill(s, DAYS[0], DAYS[-1], progress=False)
+    err = info.value
+    assert err.day == dt.date.fromisoformat(DAYS[1]) and err.step == "validate"
+    assert DAYS[1] in str(err) and "validate" in str(err)
+    assert [x.day for x in err.summary.ran("features")] == [DAYS[0]]
+    assert layout.feature_table_path(s, "user", DAYS[0]).exists()
+    assert list(layout.validated_partition(s, DAYS[0]).glob("*.parquet"))
+    assert not layout.validated_partition(s, DAYS[1]).exists()
+    assert _model_dates(s, "mf") == []
+
+
+def _write_ratings(path, days: int, users: int = 30, items: int = 60, per_day: int = 4) -> None:
+    """A MovieLens ``u.data`` (user, item, rating, unix seconds; tab-separated) of ``days`` days
+    from 2026-01-01: two taste clusters (user % 2 rates items of its parity, the lower ids more
+    often), and two users who appear only on the last day."""
+    rng = np.random.default_rng(3)
+    start = int(dt.datetime(2026, 1, 1, tzinfo=dt.UTC).timestamp())
+    lines = []
+    for day in range(days):
+        active = list(range(1, users + 1)) + ([users + 1, users + 2] if day == days - 1 else [])
+        for u in active:
+            liked = [i for i in range(1, items + 1) if i % 2 == u % 2]
+            weights = 1.0 / np.arange(1, len(liked) + 1)  # a popularity skew, as real logs have
+            for i in rng.choice(liked, size=per_day, replace=False, p=weights / weights.sum()):
+                ts = start + day * 86400 + int(rng.integers(0, 86000))
+                lines.append(f"{u}\t{i}\t{int(rng.integers(3, 6))}\t{ts}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_ratings_only_log_ingest_backfill_recommend_every_user(redis_settings, mlflow_settings):
+    """A log of ratings (no impressions): ingest → backfill → a bundle → every user served."""
+    from pipelines.data.ingest import import_movielens
+    from pipelines.retrieval.predict import recommend
+
+    s = redis_settings
+    u_data = s.home / "u.data"
+    _write_ratings(u_data, days=5)
+    import_movielens(s, u_data)
+    summary = backfill(s, "2026-01-01", "2026-01-05", progress=False)
+
+    assert len(summary.ran("validate")) == 5 and len(summary.ran("register")) == 1
+    assert summary.champion is not None
+    users = [str(u) for u in range(1, 33)]
+    recs = recommend(s, "mf", 5, users)
+    assert set(recs["user_id"]) == set(users)
+    assert (recs.groupby("user_id").size() == 5).all()
