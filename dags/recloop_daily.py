@@ -108,71 +108,61 @@ def recloop_daily():
     def train_mf(ds: str | None = None, params: dict | None = None) -> dict:
         from pipelines.orchestration import tasks
 
-        tasks.skip_before_train_from(ds, params)
-        return tasks.train_model(ds, "mf")
+        return tasks.train_model(ds, "mf", params=params)
 
     @task
     def train_two_tower(ds: str | None = None, params: dict | None = None) -> dict:
         from pipelines.orchestration import tasks
 
-        tasks.skip_before_train_from(ds, params)
-        return tasks.train_model(ds, "two_tower")
+        return tasks.train_model(ds, "two_tower", params=params)
 
     @task
     def train_popular(ds: str | None = None, params: dict | None = None) -> dict:
         from pipelines.orchestration import tasks
 
-        tasks.skip_before_train_from(ds, params)
-        return tasks.train_model(ds, "popular")
+        return tasks.train_model(ds, "popular", params=params)
 
     @task
     def train_itemknn(ds: str | None = None, params: dict | None = None) -> dict:
         from pipelines.orchestration import tasks
 
-        tasks.skip_before_train_from(ds, params)
-        return tasks.train_model(ds, "itemknn")
+        return tasks.train_model(ds, "itemknn", params=params)
 
     @task(outlets=[ITEM_INDEX])
     def build_index(ds: str | None = None, params: dict | None = None) -> dict:
         from pipelines.orchestration import tasks
 
-        tasks.skip_before_train_from(ds, params)
-        return tasks.build_index(ds)
+        return tasks.build_index(ds, params=params)
 
     @task
     def evaluate(ds: str | None = None, params: dict | None = None) -> dict:
         from pipelines.orchestration import tasks
 
-        tasks.skip_before_train_from(ds, params)
-        return tasks.evaluate(ds)
+        return tasks.evaluate(ds, params=params)
 
     @task
     def train_ranker(ds: str | None = None, params: dict | None = None) -> dict:
         from pipelines.orchestration import tasks
 
-        tasks.skip_before_train_from(ds, params)
-        return tasks.train_ranker(ds)
+        return tasks.train_ranker(ds, params=params)
 
     @task
     def evaluate_ranker(ds: str | None = None, params: dict | None = None) -> dict:
         from pipelines.orchestration import tasks
 
-        tasks.skip_before_train_from(ds, params)
-        return tasks.evaluate_ranker(ds)
+        return tasks.evaluate_ranker(ds, params=params)
 
     @task(outlets=[BUNDLE])
     def register(ds: str | None = None, params: dict | None = None) -> dict:
         from pipelines.orchestration import tasks
 
-        tasks.skip_before_train_from(ds, params)
-        return tasks.register(ds)
+        return tasks.register(ds, params=params)
 
     @task
     def gate(ds: str | None = None, params: dict | None = None) -> dict:
         from pipelines.orchestration import tasks
 
-        tasks.skip_before_train_from(ds, params)
-        return tasks.gate(ds)
+        return tasks.gate(ds, params=params)
 
     checked = validate()
     feats = features()

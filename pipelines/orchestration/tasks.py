@@ -4,6 +4,10 @@
 environment, makes one call into the stage module of the task's name (the task → module table is
 in ``dags/recloop_daily.py``), logs what happened and returns a small JSON-able summary (Airflow
 stores it as the task's XCom). They are also what ``recloop`` calls outside Airflow.
+
+The retraining tasks (train_*, build_index, evaluate, train_ranker, evaluate_ranker, register,
+gate) take the run's ``params``: a ``train_from_date`` later than the logical date skips them
+(:func:`skip_before_train_from`), so a catchup over a range retrains only at its end.
 """
 
 from __future__ import annotations
@@ -102,36 +106,41 @@ def features(ds: str) -> dict[str, Any]:
     return {"computed": _jsonable(computed), "materialized": _jsonable(materialized)}
 
 
-def train_model(ds: str, name: str) -> dict[str, Any]:
+def train_model(ds: str, name: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Train retrieval model ``name`` (mf, two_tower, popular, itemknn, userknn) through ``ds``."""
+    skip_before_train_from(ds, params)
     from pipelines.retrieval.train import train
 
     return _jsonable(train(_settings(), name, ds))
 
 
-def build_index(ds: str) -> dict[str, Any]:
+def build_index(ds: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """FAISS index over the two-tower item embeddings trained through ``ds``, recall-checked."""
+    skip_before_train_from(ds, params)
     from pipelines.retrieval.index import build_item_index
 
     return _jsonable(build_item_index(_settings(), ds))
 
 
-def evaluate(ds: str) -> dict[str, Any]:
+def evaluate(ds: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Forward evaluation: yesterday's models on today's positives, beside the baselines."""
+    skip_before_train_from(ds, params)
     from pipelines.retrieval.evaluate import evaluate_forward
 
     return _jsonable(evaluate_forward(_settings(), ds))
 
 
-def train_ranker(ds: str) -> dict[str, Any]:
+def train_ranker(ds: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """DLRM ranker (+ LR baseline) on the labelled impressions of the week up to ``ds``."""
+    skip_before_train_from(ds, params)
     from pipelines.ranking.train import train_for_date
 
     return _jsonable(train_for_date(_settings(), ds))
 
 
-def evaluate_ranker(ds: str) -> dict[str, Any]:
+def evaluate_ranker(ds: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Forward evaluation of the rankers trained through yesterday on today's impressions."""
+    skip_before_train_from(ds, params)
     from pipelines.ranking.evaluate import evaluate_forward
 
     out = evaluate_forward(_settings(), ds)
@@ -142,17 +151,19 @@ def evaluate_ranker(ds: str) -> dict[str, Any]:
     )
 
 
-def register(ds: str) -> dict[str, Any]:
+def register(ds: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Track and register in MLflow what was trained through ``ds`` and the serving bundle pinning
     it (idempotent: a rerun on the same data registers nothing new)."""
+    skip_before_train_from(ds, params)
     from pipelines.release.register import register_day
 
     return _jsonable(register_day(_settings(), ds))
 
 
-def gate(ds: str) -> dict[str, Any]:
+def gate(ds: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Gate the newest bundle trained before ``ds`` on ``ds``'s numbers (offline metrics, ranker
     AUC, index recall, SNIPS of its policy on ``ds``'s logs); move the alias."""
+    skip_before_train_from(ds, params)
     from pipelines.release.gate import daily_gate
 
     return _jsonable(daily_gate(_settings(), ds))
