@@ -133,3 +133,27 @@ def test_ratings_only_log_ingest_backfill_recommend_every_user(redis_settings, m
     recs = recommend(s, "mf", 5, users)
     assert set(recs["user_id"]) == set(users)
     assert (recs.groupby("user_id").size() == 5).all()
+
+
+def test_backfill_with_a_test_window_trains_before_it_and_gates_on_it(workspace):
+    """--test-days 2: trained through D2 − 2, evaluated and gated on the last two days; a
+    rerun with another window is not "current"."""
+    from pipelines.core.eval_reports import read_eval_report
+    from pipelines.release.gate import read_decision
+
+    s = workspace
+    summary = backfill(s, DAYS[0], DAYS[-1], progress=False, test_days=2)
+    assert summary.test_days == {DAYS[-1]: 2}
+    assert _model_dates(s, "mf") == [f"date={DAYS[0]}"]
+    report = read_eval_report(s, DAYS[-1])
+    assert report["trained_through"] == DAYS[0] and report["test_window"] == DAYS[1:]
+    decision = read_decision(s, DAYS[-1])
+    assert decision["test_days"] == 2 and decision["test_window"] == DAYS[1:]
+    assert summary.champion is not None and decision["candidate_version"] == summary.champion
+    assert "test window: 2 days" in format_summary(summary)
+
+    daily = backfill(s, DAYS[0], DAYS[-1], progress=False, test_days=1)
+    assert len(daily.ran("train_mf")) == 1 and daily.ran("validate") == []
+    assert _model_dates(s, "mf") == [f"date={DAYS[0]}", f"date={DAYS[1]}"]
+    with pytest.raises(ValueError, match="no day"):
+        backfill(s, DAYS[0], DAYS[-1], progress=False, test_days=3)

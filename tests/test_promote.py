@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -241,3 +242,30 @@ def test_snips_with_too_little_support_is_not_evaluated(settings: Settings):
     assert decide(settings, "2026-01-02", {**CANDIDATE, "ope": thin}, CHAMPION, strict).action == (
         "rejected"
     )
+
+
+@pytest.mark.integration  # an MLflow store (fresh_mlflow)
+def test_gate_with_a_test_window_judges_the_bundle_trained_before_it(
+    settings: Settings, capsys: pytest.CaptureFixture
+):
+    """H test days: the newest bundle trained through D−H is gated, the window recorded."""
+    import dataclasses
+
+    fresh_mlflow(settings)
+    versions = [make_bundle(settings, f"2026-01-0{n}") for n in range(1, 5)]
+    three = dataclasses.replace(settings, gate_test_days=3)
+    assert gate.gated_bundle_version(three, dt.date(2026, 1, 5)) == versions[1]
+    assert gate.gated_bundle_version(settings, dt.date(2026, 1, 5)) == versions[3]
+    assert gate.gated_bundle_version(three, dt.date(2026, 1, 3)) is None
+
+    out = gate.gate_day(three, "2026-01-05", candidate_metrics={"ndcg@10": 0.2})
+    assert (out["candidate_version"], out["action"]) == (versions[1], "champion")
+    assert out["test_days"] == 3 and out["test_window"] == ["2026-01-03", "2026-01-05"]
+    capsys.readouterr()
+    assert main(["gates", "--date", "2026-01-05"]) == 0
+    assert "test window 2026-01-03..2026-01-05" in capsys.readouterr().out
+
+    none = gate.gate_day(three, "2026-01-03")
+    assert none["candidate_version"] is None and "trained through 2025-12-31" in none["reason"]
+    daily = gate.gate_day(settings, "2026-01-06", candidate_metrics={"ndcg@10": 0.2})
+    assert daily["candidate_version"] == versions[3] and daily["test_days"] == 1

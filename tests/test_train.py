@@ -201,3 +201,53 @@ def test_mf_reads_side_attributes(ws):
     cos = x @ x.T
     off_diag = ~np.eye(len(x), dtype=bool)
     assert cos[same & off_diag].mean() > cos[~same].mean() + 0.2
+
+
+@pytest.fixture(scope="module")
+def five_days(tmp_path_factory):
+    """Five tiny simulated, validated days (a test window of three needs days before it)."""
+    from pipelines.core.settings import Settings
+
+    s = Settings.from_env({"RECLOOP_HOME": str(tmp_path_factory.mktemp("window-home"))})
+    s.ensure_dirs()
+    simulate.simulate(s, 5, "tiny", 5)
+    days = [f"2026-01-0{n}" for n in range(1, 6)]
+    for d in days:
+        validate_partition(s, d, data_docs=False)
+    return s, days
+
+
+def _scored_users(settings, art, first: str, last: str) -> set[str]:
+    """Users the artifact knows with a positive in ``first``..``last`` on an item it knows and
+    did not see them with (what forward evaluation scores)."""
+    events = training_data.read_positives(
+        settings, schema.parse_date(last), schema.parse_date(first)
+    )
+    known = events[events["user_id"].isin(art.users.ids) & events["item_id"].isin(art.items.ids)]
+    rows, cols = art.users.encode(known["user_id"]), art.items.encode(known["item_id"])
+    unseen = np.asarray(art.seen[rows, cols]).ravel() == 0
+    return set(known.loc[unseen, "user_id"])
+
+
+def test_forward_evaluation_with_a_test_window_pools_its_days(five_days):
+    import dataclasses
+
+    s, days = five_days
+    for through in (days[1], days[3]):  # what H = 3 and H = 1 load on the last day
+        train.train(s, "mf", through)
+    out = evaluate.evaluate_forward(
+        dataclasses.replace(s, gate_test_days=3), days[4], models=("mf",)
+    )
+    assert out["trained_through"] == days[1] and out["test_days"] == 3
+    assert out["test_window"] == [days[2], days[4]]
+    expected = _scored_users(s, train.load_artifact(s, "mf", days[1]), days[2], days[4])
+    one_day = _scored_users(s, train.load_artifact(s, "mf", days[1]), days[4], days[4])
+    assert len(expected) > len(one_day) > 0  # the window pools more users than its last day
+    assert out["metrics"]["mf"]["n_users"] == len(expected)
+    assert out["metrics"]["popular"]["n_users"] == len(expected)
+
+    # H = 1 (the default): yesterday's model on today, as before
+    daily = evaluate.evaluate_forward(s, days[4], models=("mf",))
+    assert daily["trained_through"] == days[3] and daily["test_window"] == [days[4], days[4]]
+    today = _scored_users(s, train.load_artifact(s, "mf", days[3]), days[4], days[4])
+    assert daily["metrics"]["mf"]["n_users"] == len(today)

@@ -1,8 +1,8 @@
 """The retrievers' forward evaluation, ``reports/eval/date=D.json``: its one reader and writer.
 
 One JSON object per test day D, written by the ``evaluate`` task
-(:func:`pipelines.retrieval.evaluate.evaluate_forward`): ``date``, ``trained_through`` (D−1),
-``k``, and either ``metrics`` ({model: {metric: value}}, e.g. ``ndcg@10``, ``recall@100``) or a
+(:func:`pipelines.retrieval.evaluate.evaluate_forward`): ``date``, ``trained_through`` (D−H),
+``test_days`` (H, default 1) and ``test_window`` ([D−H+1, D]), ``k``, and either ``metrics`` ({model: {metric: value}}, e.g. ``ndcg@10``, ``recall@100``) or a
 ``note`` saying why nothing was evaluated.
 
 A missing file reads as ``None``; a file that is not a JSON object raises ``ValueError`` naming

@@ -109,8 +109,9 @@ class Settings:
                 env, "RECLOOP_IMPORTED_MIN_VOLUME_RATIO", cls.imported_min_volume_ratio
             ),
             rating_positive=env_float(env, "RECLOOP_RATING_POSITIVE", cls.rating_positive),
-            gate_test_days=_positive(env_int(env, "RECLOOP_GATE_TEST_DAYS", cls.gate_test_days),
-                                     "RECLOOP_GATE_TEST_DAYS"),  # fmt: skip
+            gate_test_days=_positive(
+                env_int(env, "RECLOOP_GATE_TEST_DAYS", cls.gate_test_days), "RECLOOP_GATE_TEST_DAYS"
+            ),
             task_retries=env_int(env, "RECLOOP_TASK_RETRIES", cls.task_retries),
             retry_delay_s=env_float(env, "RECLOOP_RETRY_DELAY_S", cls.retry_delay_s),
         )

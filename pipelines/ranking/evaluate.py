@@ -1,7 +1,9 @@
 """The ``evaluate_ranker`` task: forward evaluation of the rankers, and the metrics it reports.
 
 - **Forward evaluation** (:func:`evaluate_forward`): the rankers trained through D−1 scored on D's
-  impressions, or on a day without impressions on its positives against sampled negatives (AUC,
+  impressions (with ``RECLOOP_GATE_TEST_DAYS`` = H: trained through D−H, scored on the rows of
+  D−H+1..D, :mod:`pipelines.core.forward_window`), or on days without impressions on their
+  positives against sampled negatives (AUC,
   logloss, calibration/ECE, NDCG@10 lift over the two-tower retrieval order; on simulated data
   also Spearman against the true click probability) → ``reports/ranker/``.
 - **Metrics**: :func:`evaluate_scores` (any scores of a frame), :func:`evaluate_ranker` (a
@@ -21,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.core import layout, schema
+from pipelines.core.forward_window import forward_window
 from pipelines.core.settings import Settings
 from pipelines.ranking.data import (
     IMPRESSIONS_SOURCE,
@@ -169,17 +172,21 @@ def evaluate_ranker(
     return out
 
 
-def forward_test_rows(settings: Settings, day: dt.date) -> tuple[pd.DataFrame, str]:
-    """The rows a ranker is judged on for test day ``day`` (features not joined) and their
-    label source: the day's labelled impressions, or on a day without usable impressions its
-    engagement rows (:func:`pipelines.ranking.data.label_positives`) plus
-    ``SAMPLED_PER_POSITIVE`` uniform negatives per positive from the day's items (seeded, so
-    the candidate and the champion see the same rows). :class:`NotEnoughLabels
-    <pipelines.ranking.data.NotEnoughLabels>` when the day has neither."""
-    labelled, source = window_labels(settings, day, day)
+def forward_test_rows(
+    settings: Settings, day: dt.date, first: dt.date | None = None
+) -> tuple[pd.DataFrame, str]:
+    """The rows a ranker is judged on for the test days ``first``..``day`` (default: ``day``
+    alone; features not joined) and their label source: the days' labelled impressions, or on
+    days without usable impressions their engagement rows
+    (:func:`pipelines.ranking.data.label_positives`) plus ``SAMPLED_PER_POSITIVE`` uniform
+    negatives per positive from the days' items (seeded, so the candidate and the champion see
+    the same rows). :class:`NotEnoughLabels <pipelines.ranking.data.NotEnoughLabels>` when the
+    days have neither."""
+    first = first or day
+    labelled, source = window_labels(settings, first, day)
     if source == IMPRESSIONS_SOURCE:
         return labelled, source
-    pool = np.sort(read_validated(settings, day, day)["item_id"].astype(str).unique())
+    pool = np.sort(read_validated(settings, first, day)["item_id"].astype(str).unique())
     rows = sample_negatives(
         labelled,
         pool,
@@ -218,17 +225,18 @@ def _forward_metrics(
 
 
 def evaluate_forward(settings: Settings, date: str | dt.date) -> dict[str, Any]:
-    """Rankers trained through D−1 scored on D's rows (:func:`forward_test_rows`); writes
-    ``reports/ranker/date=D.json``: ``metrics`` and ``label_source``, or a ``note`` saying why
-    nothing was evaluated (no ranker yet, no impressions and too few positives). Never raises
-    for missing data."""
+    """Rankers trained through D−H scored on the rows of days D−H+1..D (:func:`forward_test_rows`;
+    H = ``settings.gate_test_days``, 1: D−1's rankers on D); writes ``reports/ranker/date=D.json``:
+    ``metrics`` and ``label_source``, or a ``note`` saying why nothing was evaluated (no ranker
+    yet, no impressions and too few positives), and the window (``trained_through``,
+    ``test_days``, ``test_window``). Never raises for missing data."""
     from pipelines.features.store import training_frame
     from pipelines.ranking.predict import load_ranker
     from pipelines.ranking.train import MODEL_NAMES
 
-    day = schema.parse_date(date)
-    prev = day - dt.timedelta(days=1)
-    out: dict[str, Any] = {"date": day.isoformat(), "trained_through": prev.isoformat()}
+    window = forward_window(schema.parse_date(date), settings.gate_test_days)
+    day, prev = window.day, window.trained_through
+    out: dict[str, Any] = {"date": day.isoformat(), **window.record()}
     try:
         rankers = {name: load_ranker(settings, name, prev) for name in MODEL_NAMES}
     except FileNotFoundError:
@@ -238,7 +246,7 @@ def evaluate_forward(settings: Settings, date: str | dt.date) -> dict[str, Any]:
         out["note"] = f"no ranker trained through {prev}: nothing to evaluate yet"
     else:
         try:
-            test, source = forward_test_rows(settings, day)
+            test, source = forward_test_rows(settings, day, window.first)
         except NotEnoughLabels as exc:
             out["note"] = f"not evaluated: {exc}"
     if test is not None:
@@ -246,7 +254,7 @@ def evaluate_forward(settings: Settings, date: str | dt.date) -> dict[str, Any]:
         out["metrics"] = _forward_metrics(settings, training_frame(settings, test, SERVICE),
                                           rankers, prev)  # fmt: skip
         log.info(
-            "ranker forward evaluation on %s (%s): %s", day, source,
+            "ranker forward evaluation on %s (%s): %s", window.describe(), source,
             {n: {k: m.get(k) for k in ("auc", "logloss", "ndcg@10_lift")}
              for n, m in out["metrics"].items()},
         )  # fmt: skip
@@ -268,15 +276,16 @@ def write_ranker_report(settings: Settings, report: dict[str, Any]) -> Path:
 
 
 def ranker_auc(settings: Settings, folder: Path | str, date: str | dt.date) -> float | None:
-    """AUC of the ranker saved in ``folder`` (its ``model/``) on D's rows
-    (:func:`forward_test_rows`: the same rows as the candidate's forward evaluation): the gate's
-    champion number. ``None`` when the day has nothing to evaluate on."""
+    """AUC of the ranker saved in ``folder`` (its ``model/``) on the rows of the test window
+    ending on D (:func:`forward_test_rows`; default window: ``settings.gate_test_days`` days, the
+    same rows as the candidate's forward evaluation): the gate's champion number. ``None`` when
+    the window has nothing to evaluate on."""
     from models.base import load_model
     from pipelines.features.store import training_frame
 
-    day = schema.parse_date(date)
+    window = forward_window(schema.parse_date(date), settings.gate_test_days)
     try:
-        test, _ = forward_test_rows(settings, day)
+        test, _ = forward_test_rows(settings, window.day, window.first)
     except NotEnoughLabels:
         return None
     ranker = load_model(Path(folder) / "model")

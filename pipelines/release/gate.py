@@ -6,8 +6,9 @@
 ==============  ==============================================================================
 ``validation``  the bundle's training data (its logical date's partition) passed validation
                 (``reports/validation/date=D.json`` verdict ``passed``). Missing report: fail.
-``ndcg@10``     offline NDCG@10 of the bundle's two-tower on the test day >= champion's on the same
-                day − ``tol.ndcg``; no champion: > ``tol.ndcg_floor``. Missing: fail.
+``ndcg@10``     offline NDCG@10 of the bundle's two-tower on the test window (the test day, or with
+                ``RECLOOP_GATE_TEST_DAYS`` = H the H days ending on it) >= champion's on the
+                same window − ``tol.ndcg``; no champion: > ``tol.ndcg_floor``. Missing: fail.
 ``ranker_auc``  ranker AUC >= champion's − ``tol.auc`` (no champion AUC: > ``tol.auc_floor``).
                 No ranker pinned: ``skipped`` ("not evaluated: no ranker in the bundle": logs
                 without impressions and too few positives train none). Ranker pinned but no
@@ -39,7 +40,10 @@ measured (ranker AUCs, OPE) and calls :func:`gate_day`, which gates one bundle. 
 offline numbers must come from a day the models did not see (forward chaining, as in
 ``pipelines.retrieval.evaluate.evaluate_forward``), so on day D the candidate is the newest bundle trained
 before D (normally the one registered by the run of D−1: what would serve on D), scored on D's
-positives beside the champion scored on the same day. Every decision is written to
+positives beside the champion scored on the same day. **With a test window** of H days
+(``RECLOOP_GATE_TEST_DAYS``, :mod:`pipelines.core.forward_window`; for thin imported logs) the
+candidate is the newest bundle trained through D−H or before, scored on the pooled positives
+of D−H+1..D; the decision records ``test_days`` and ``test_window``. Every decision is written to
 ``reports/gates/date=D.json``, logged to MLflow (experiment ``recloop-gates``: params, metrics,
 ``decision.json``) and to the task log as a table.
 """
@@ -58,6 +62,7 @@ from typing import Any
 from pipelines.core import fmt, layout, schema
 from pipelines.core.artifact_meta import require_artifact_meta
 from pipelines.core.fmt import finite
+from pipelines.core.forward_window import ForwardWindow, forward_window
 from pipelines.core.gate_decisions import read_gate_decision, write_gate_decision
 from pipelines.core.settings import Settings
 
@@ -284,8 +289,10 @@ def format_decision(decision: dict[str, Any] | Decision) -> str:
         for g in d["gates"]
     ]  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    window = d.get("test_window")
+    on = f" (test window {window[0]}..{window[1]})" if window and window[0] != window[1] else ""
     lines = [
-        f"gates for {d['date']}: candidate bundle {cell(d['candidate_version'])}, "
+        f"gates for {d['date']}{on}: candidate bundle {cell(d['candidate_version'])}, "
         f"champion {cell(d['champion_version'])}"
     ]
     for r in rows:
@@ -312,9 +319,12 @@ def _validation_verdict(settings: Settings, date: str | None) -> str | None:
     return None if report is None else report.get("verdict")
 
 
-def offline_ndcg(settings: Settings, folder: Path, day: dt.date, k: int = 10) -> float | None:
-    """NDCG@``k`` of the model artifact in ``folder`` (``pipelines.retrieval.train`` layout) on ``day``'s
-    positives, its own training matrix excluded; None when no user it knows had a positive."""
+def offline_ndcg(
+    settings: Settings, folder: Path, day: dt.date, k: int = 10, first: dt.date | None = None
+) -> float | None:
+    """NDCG@``k`` of the model artifact in ``folder`` (``pipelines.retrieval.train`` layout) on the
+    pooled positives of the days ``first``..``day`` (default: ``day`` alone), its own training
+    matrix excluded; None when no user it knows had a positive."""
     import scipy.sparse as sp
 
     from models.base import load_model
@@ -324,7 +334,7 @@ def offline_ndcg(settings: Settings, folder: Path, day: dt.date, k: int = 10) ->
 
     folder = Path(folder)
     users, items = Vocab.load(folder / "users.json"), Vocab.load(folder / "items.json")
-    test = day_relevance(settings, day, users, items)
+    test = day_relevance(settings, day, users, items, first=first)
     if test.nnz == 0:
         return None
     seen = sp.load_npz(folder / "seen.npz").tocsr()
@@ -333,7 +343,7 @@ def offline_ndcg(settings: Settings, folder: Path, day: dt.date, k: int = 10) ->
 
 
 def _bundle_numbers(
-    settings: Settings, bundle: dict[str, Any], day: dt.date, given: dict[str, Any] | None
+    settings: Settings, bundle: dict[str, Any], window: ForwardWindow, given: dict[str, Any] | None
 ) -> dict[str, Any]:
     given = dict(given or {})
     paths = bundle["paths"]
@@ -345,7 +355,9 @@ def _bundle_numbers(
     if "ndcg@10" in given:
         out["ndcg@10"] = given.pop("ndcg@10")
     else:
-        out["ndcg@10"] = offline_ndcg(settings, Path(paths["two_tower"]), day)
+        out["ndcg@10"] = offline_ndcg(
+            settings, Path(paths["two_tower"]), window.day, first=window.first
+        )
     meta = require_artifact_meta(paths["index"])
     out["index_recall"] = meta.get("recall")
     out["index_recall_target"] = meta.get("recall_target")
@@ -355,11 +367,13 @@ def _bundle_numbers(
 
 
 def gated_bundle_version(settings: Settings, day: dt.date) -> str | None:
-    """The bundle gated on ``day``: the newest ``serving_bundle`` trained before it (or None)."""
+    """The bundle gated on ``day``: the newest ``serving_bundle`` trained through ``day − H`` or
+    before (H = ``settings.gate_test_days``; 1: trained before ``day``), or None."""
     from pipelines.release import registry
 
+    through = forward_window(day, settings.gate_test_days).trained_through.isoformat()
     versions = registry.find_versions(settings, registry.BUNDLE)
-    before = [v for v in versions if (v.tags.get("logical_date") or "9999") < day.isoformat()]
+    before = [v for v in versions if (v.tags.get("logical_date") or "9999") <= through]
     if not before:
         return None
     newest = max(before, key=lambda v: (v.tags["logical_date"], int(v.version)))
@@ -419,6 +433,7 @@ def gate_day(
     from pipelines.release import registry
 
     day = schema.parse_date(date)
+    window = forward_window(day, settings.gate_test_days)
     version = (
         str(candidate_version)
         if candidate_version is not None
@@ -427,10 +442,11 @@ def gate_day(
     champ_v = registry.get_alias(settings, "champion")
     if version is None:
         record = Decision(day.isoformat(), None, champ_v, "rejected", [],
-                          f"no serving bundle trained before {day} to gate").to_dict()  # fmt: skip
+                          f"no serving bundle trained through {window.trained_through} "
+                          "to gate").to_dict()  # fmt: skip
     else:
         cand_bundle = registry.load_bundle(settings, version)
-        candidate = _bundle_numbers(settings, cand_bundle, day, candidate_metrics)
+        candidate = _bundle_numbers(settings, cand_bundle, window, candidate_metrics)
         candidate["ope"] = ope
         champion = None
         if champ_v is not None:
@@ -438,7 +454,7 @@ def gate_day(
                 champion = {**candidate, **(champion_metrics or {})}
             else:
                 champ_bundle = registry.load_bundle(settings, champ_v)
-                champion = _bundle_numbers(settings, champ_bundle, day, champion_metrics)
+                champion = _bundle_numbers(settings, champ_bundle, window, champion_metrics)
             same = champ_v == version and champion_ope is None
             champion["ope"] = ope if same else champion_ope
         decision = decide(settings, day, candidate, champion, tolerances)
@@ -463,6 +479,8 @@ def gate_day(
         "champion": registry.get_alias(settings, "champion"),
         "challenger": registry.get_alias(settings, "challenger"),
     }
+    record["test_days"] = window.days
+    record["test_window"] = window.record()["test_window"]
     record["tolerances"] = dataclasses.asdict(tolerances or Tolerances())
     record["mlflow_run_id"] = _log_to_mlflow(settings, record)
     write_gate_decision(settings, record)
