@@ -6,7 +6,9 @@
 Steps, each timed: ingest (``pipelines.data.ingest.import_movielens``) → :func:`prepare_days`
 (validate + features for every imported day, in order: the per-day part of a backfill) → train
 each retriever (``mf``, ``two_tower``, ``popular``, ``itemknn``, ``userknn``) through the cut-off
-with ``pipelines.retrieval.train.train`` (the DAG's code) → forward evaluation on every rating
+with ``pipelines.retrieval.train.train`` (the DAG's code; ``popular`` counts the last 7 days: a
+trending list), plus the all-time most-popular list (``models.baselines.MostPopular`` over the
+whole training matrix: the issue's "most-popular" reference) → forward evaluation on every rating
 after the cut-off, for the users with ratings both before and after it: NDCG@10, recall@20 and
 catalog coverage@10 (``pipelines.core.metrics``, training items excluded), beside `implicit`'s
 ALS (a small grid of factors × regularization × iterations; the best on this test set is
@@ -40,6 +42,8 @@ import scipy.sparse as sp
 MODELS = ("mf", "two_tower", "popular", "itemknn", "userknn")
 ALS_GRID = {"factors": (32, 64, 128), "regularization": (0.01, 0.1, 1.0), "iterations": (15, 30)}
 K, RECALL_K = 10, 20
+POPULAR_7D = "popular (last 7 days)"  # the platform's `popular` model: a trending list
+POPULAR_ALL = "most-popular (all time)"
 
 
 def timed(times: dict[str, float], step: str, fn: Callable[[], Any]) -> Any:
@@ -149,8 +153,22 @@ def platform_rows(settings, cutoff: dt.date, data, users, rel, times) -> list[di
         art = train.load_artifact(settings, name, cutoff)
         assert art.users.ids == data.users.ids and art.items.ids == data.items.ids
         recs, _ = art.model.recommend(users, RECALL_K, exclude=art.seen)
-        out.append({"model": name, "fit_s": fit_s, **score(recs, rel, len(data.items))})
+        label = POPULAR_7D if name == "popular" else name
+        out.append({"model": label, "fit_s": fit_s, **score(recs, rel, len(data.items))})
     return out
+
+
+def all_time_popular_row(data, users, rel) -> dict:
+    """The all-time most-popular list (the issue's "most-popular" reference): items by the number
+    of training users over the whole training matrix (``models.baselines.MostPopular`` with no
+    window weights), training items excluded, scored like the other rows."""
+    from models.baselines import MostPopular
+
+    t0 = time.perf_counter()
+    model = MostPopular().fit(data.implicit)
+    fit_s = time.perf_counter() - t0
+    recs, _ = model.recommend(users, RECALL_K, exclude=data.implicit)
+    return {"model": POPULAR_ALL, "fit_s": fit_s, **score(recs, rel, len(data.items))}
 
 
 def run(data_dir: Path, home: Path, cutoff: dt.date, backfill: bool) -> None:
@@ -177,6 +195,7 @@ def run(data_dir: Path, home: Path, cutoff: dt.date, backfill: bool) -> None:
         f"{data.implicit.nnz} ratings; test: {len(users)} users, {rel.nnz} ratings after it"
     )
     rows = platform_rows(settings, cutoff, data, users, rel, times)
+    rows.append(all_time_popular_row(data, users, rel))
     with threadpool_limits(1, "blas"):
         rows += timed(times, "implicit", lambda: implicit_rows(data.implicit, users, rel))
     report(rows, times)
@@ -191,12 +210,13 @@ def report(rows: list[dict], times: dict[str, float]) -> None:
         print(
             f"| {r['model']} | {r['ndcg@10']:.4f} | {r['recall@20']:.4f} | {r['coverage@10']:.3f} | {r['fit_s']:.1f} |"
         )
-    by = {r["model"].split(" (")[0]: r for r in rows}
-    als = next(r for r in rows if r["model"].startswith("implicit ALS"))
-    mf = by["mf"]["ndcg@10"]
+    by = {r["model"]: r["ndcg@10"] for r in rows}
+    als = next(r["ndcg@10"] for r in rows if r["model"].startswith("implicit ALS"))
+    mf = by["mf"]
     print(
-        f"\nMF NDCG / best implicit ALS NDCG = {mf / als['ndcg@10']:.3f}; "
-        f"MF / most popular = {mf / by['popular']['ndcg@10']:.3f}"
+        f"\nNDCG@{K} ratios: MF / best implicit ALS = {mf / als:.3f}; "
+        f"MF / most-popular (all time) = {mf / by[POPULAR_ALL]:.3f}; "
+        f"MF / popular (last 7 days) = {mf / by[POPULAR_7D]:.3f}"
     )
     print("\n| step | seconds |\n|---|---|")
     for step, s in times.items():

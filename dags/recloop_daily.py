@@ -33,6 +33,11 @@ gate tasks are skipped (`AirflowSkipException`), so only the last day retrains. 
 default) leaves every run as above. `recloop backfill --start D1 --end D2` does the same range in
 one process, much faster.
 
+**Operator params** (Trigger DAG → the form, or `--conf`; the defaults change nothing):
+`force_materialize` re-materializes the day into Redis even when Redis holds a newer day (a re-run
+of an old date otherwise leaves the newer values), `skip_training` runs validate, stats and
+features only (the retraining tasks above are skipped).
+
 Every task body is one call into `pipelines.orchestration.tasks`, whose function of the same name
 makes one call into the stage module below; nothing heavy is imported at parse time.
 
@@ -99,10 +104,10 @@ def recloop_daily():
         return tasks.stats(ds)
 
     @task(outlets=[ONLINE_FEATURES])
-    def features(ds: str | None = None) -> dict:
+    def features(ds: str | None = None, params: dict | None = None) -> dict:
         from pipelines.orchestration import tasks
 
-        return tasks.features(ds)
+        return tasks.features(ds, params=params)
 
     @task
     def train_mf(ds: str | None = None, params: dict | None = None) -> dict:

@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
 # Set up recloop on a fresh machine: a virtual environment in .venv with the pinned packages
-# (requirements.lock), the recloop package itself (editable), and redis-server (Debian package,
-# installed when missing). Idempotent: a second run only checks.
+# (requirements.lock), the recloop package itself (editable), and the Debian packages it runs
+# (redis-server; shellcheck, which infra/test.sh runs), installed with one apt-get call when
+# missing (as root, or through sudo). Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
 
-if ! command -v redis-server >/dev/null; then
-  echo "setup: installing redis-server (apt-get)"
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v shellcheck >/dev/null || missing+=(shellcheck)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]} (apt-get)"
+  SUDO=(); [ "$(id -u)" = 0 ] || SUDO=(sudo)
+  "${SUDO[@]}" apt-get update -qq
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  hash -r
 fi
 
 if [ ! -x .venv/bin/python ]; then

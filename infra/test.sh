@@ -4,6 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash infra/setup.sh
+if [ -f infra/setup-browser.sh ]; then
+  bash infra/setup-browser.sh
+fi
+shellcheck infra/*.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 exec .venv/bin/python -m pytest -q "$@"

@@ -60,9 +60,9 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 import torch
-from tqdm import tqdm
 
 from models.base import Retriever, pick_device, register
+from pipelines.core.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -358,7 +358,7 @@ class ALS(Retriever):
     def fit(
         self,
         interactions: sp.csr_matrix,
-        progress: bool = False,
+        progress: bool = True,
         user_groups: np.ndarray | None = None,
         item_groups: np.ndarray | None = None,
         **kwargs: Any,
@@ -391,7 +391,7 @@ class ALS(Retriever):
             ug.n_groups if ug else 0, ig.n_groups if ig else 0,
         )  # fmt: skip
         start = time.perf_counter()
-        for _ in tqdm(range(self.iterations), desc="ALS", disable=not progress):
+        for _ in progress_bar(range(self.iterations), desc="ALS", unit="iter", enabled=progress):
             self._iteration(by_user, by_item, ug, ig)
         log.info("ALS fit done in %.2fs", time.perf_counter() - start)
         return self

@@ -642,7 +642,7 @@ class DLRMRanker(Ranker):
         valid_frame: pd.DataFrame | None,
         progress: bool,
     ) -> None:
-        from tqdm import tqdm
+        from pipelines.core.progress import progress as progress_bar
 
         assert self.net is not None
         dev = self.device
@@ -657,8 +657,8 @@ class DLRMRanker(Ranker):
             valid_y = valid_frame[self.label].to_numpy(dtype=np.float64)
         best: tuple[float, dict[str, torch.Tensor]] | None = None
         self.history = []
-        for epoch in tqdm(
-            range(self.epochs), desc=f"dlrm-{self.interaction}", disable=not progress
+        for epoch in progress_bar(
+            range(self.epochs), desc=f"dlrm-{self.interaction}", unit="epoch", enabled=progress
         ):
             self.net.train()
             perm = torch.randperm(n, generator=gen).to(dev)

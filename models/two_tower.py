@@ -515,7 +515,7 @@ class TwoTower(Retriever):
         *,
         histories: Sequence[Sequence[int]] | None = None,
         hard_negatives: HardNegatives | None = None,
-        progress: bool = False,
+        progress: bool = True,
         **unused: Any,
     ) -> TwoTower:
         """Train on a ``(U, I)`` matrix; every value above ``positive_threshold`` is a positive.
@@ -773,7 +773,7 @@ class TwoTower(Retriever):
     ) -> float:
         """One shuffled pass over the training positives (the last partial batch dropped);
         returns the mean step loss."""
-        from tqdm import tqdm
+        from pipelines.core.progress import progress as progress_bar
 
         assert self.net is not None
         self.net.train()
@@ -782,7 +782,8 @@ class TwoTower(Retriever):
         perm = torch.randperm(n_pos, generator=gen)
         total, steps = 0.0, 0
         starts = range(0, n_pos - batch_size + 1, batch_size)
-        for s in tqdm(starts, desc=f"two_tower epoch {epoch + 1}", disable=not progress):
+        desc = f"two_tower epoch {epoch + 1}"
+        for s in progress_bar(starts, desc=desc, unit="batch", enabled=progress):
             idx = perm[s : s + batch_size]
             loss = batch.loss(pos_u[idx], pos_i[idx])
             opt.zero_grad(set_to_none=True)

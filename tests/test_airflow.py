@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
-import os
 import signal
+import sqlite3
+import subprocess
+import sys
 
 import httpx
+import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.core import schema
+from pipelines.core import layout, schema
 from pipelines.core.wait import wait_until
 from pipelines.data import simulate
-from pipelines.orchestration import airflow_runner
+from pipelines.orchestration import airflow_runner, process_session
 from tests.helpers import free_port
 
 pytestmark = pytest.mark.integration
@@ -39,17 +43,38 @@ def _digest(folder) -> str:
     ).hexdigest()
 
 
+def _run_times(settings, day: str) -> tuple[dt.datetime, dt.datetime]:
+    """(start_date, end_date) in UTC of the newest recloop_daily run of ``day``, as stored."""
+    con = sqlite3.connect(layout.airflow_db_path(settings))
+    try:
+        row = con.execute(
+            "SELECT start_date, end_date FROM dag_run WHERE dag_id = 'recloop_daily' "
+            "AND date(logical_date) = ? ORDER BY id DESC LIMIT 1",
+            (day,),
+        ).fetchone()
+    finally:
+        con.close()
+    return tuple(dt.datetime.fromisoformat(v).replace(tzinfo=dt.UTC) for v in row)
+
+
 def test_run_one_date_then_rerun_is_identical(tiny):
+    before_run = dt.datetime.now(dt.UTC)
     first = airflow_runner.run_dag(tiny, DAY1)
+    after_run = dt.datetime.now(dt.UTC)
     assert first.ok, first.log_tail
+    start, end = _run_times(tiny, DAY1)  # real times, not the logical date (the UI's duration)
+    assert before_run <= start <= end <= after_run, (before_run, start, end, after_run)
     states = {t: s for t, s, _ in first.tasks}
     assert set(states) == EXPECTED_TASKS and set(states.values()) == {"success"}, states
     validated = schema.partition_dir(tiny.validated_dir, DAY1)
     assert pq.read_table(validated).num_rows > 0
     stats_file = tiny.reports_dir / "stats" / f"date={DAY1}.json"
     before = (_digest(validated), stats_file.read_text())
+    before_rerun = dt.datetime.now(dt.UTC)
     again = airflow_runner.run_dag(tiny, DAY1)
     assert again.ok
+    start, end = _run_times(tiny, DAY1)
+    assert before_rerun <= start <= end <= dt.datetime.now(dt.UTC), (before_rerun, start, end)
     assert (_digest(validated), stats_file.read_text()) == before
 
 
@@ -102,8 +127,33 @@ def test_standalone_serves_the_dag_and_runs_it_from_the_rest_api(tiny):
         ]
         assert {t["task_id"]: t["state"] for t in tis} == dict.fromkeys(EXPECTED_TASKS, "success")
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except Exception:  # noqa: BLE001
-            os.killpg(proc.pid, signal.SIGKILL)
+        airflow_runner.stop_standalone(proc)
+
+
+def test_recloop_airflow_stops_every_airflow_process_on_sigterm(settings, tmp_path):
+    port = free_port()
+    out = open(tmp_path / "recloop-airflow.out", "wb")  # noqa: SIM115 - closed in finally
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "airflow", "--port", str(port)],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+    started: list[psutil.Process] = []
+    try:
+        airflow_runner.wait_ready(port, timeout=180)
+        started = psutil.Process(cli.pid).children(recursive=True)
+        standalone = [p for p in started if "standalone" in " ".join(p.cmdline())]
+        assert len(standalone) == 1 and len(started) >= 5, [p.cmdline() for p in started]
+        cli.send_signal(signal.SIGTERM)
+        assert cli.wait(timeout=120) == 0
+        survivors = [p.pid for p in started if p.is_running() and p.status() != "zombie"]
+        assert survivors == [] and process_session.session_pids(standalone[0].pid) == []
+        assert b"airflow: stopped (SIGINT)" in (tmp_path / "recloop-airflow.out").read_bytes()
+    finally:
+        cli.kill()  # whatever a failed assertion left running
+        for p in started:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        out.close()

@@ -17,6 +17,7 @@ environment, and ``Settings.ensure_dirs()`` is the one place that creates the wo
 | ``RECLOOP_GATE_TEST_DAYS``   | ``1``                                     | forward evaluation and gate on day D: models trained through D−H scored on the pooled positives of days D−H+1..D (H test days; 1: the day itself) |
 | ``RECLOOP_TASK_RETRIES``     | ``2``                                     | Airflow retries per task |
 | ``RECLOOP_RETRY_DELAY_S``    | ``30``                                    | Airflow delay between retries, seconds |
+| ``RECLOOP_SERVE_URL``        | ``http://127.0.0.1:8000``                 | where the online service answers (``recloop status`` asks its ``/health/ready``) |
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ class Settings:
     gate_test_days: int = 1
     task_retries: int = 2
     retry_delay_s: float = 30.0
+    serve_url: str = "http://127.0.0.1:8000"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -114,6 +116,7 @@ class Settings:
             ),
             task_retries=env_int(env, "RECLOOP_TASK_RETRIES", cls.task_retries),
             retry_delay_s=env_float(env, "RECLOOP_RETRY_DELAY_S", cls.retry_delay_s),
+            serve_url=env_text(env, "RECLOOP_SERVE_URL", cls.serve_url).rstrip("/"),
         )
 
     # --- workspace layout -------------------------------------------------------------
@@ -185,4 +188,5 @@ class Settings:
             "RECLOOP_GATE_TEST_DAYS": str(self.gate_test_days),
             "RECLOOP_TASK_RETRIES": str(self.task_retries),
             "RECLOOP_RETRY_DELAY_S": str(self.retry_delay_s),
+            "RECLOOP_SERVE_URL": self.serve_url,
         }

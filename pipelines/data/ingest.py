@@ -37,6 +37,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ from typing import Any
 import pandas as pd
 
 from pipelines.core import layout, schema
+from pipelines.core.progress import progress
 from pipelines.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -114,14 +116,19 @@ def _event_ids(prefix: str, df: pd.DataFrame) -> pd.Series:
 def write_daily_partitions(settings: Settings, events: pd.DataFrame, source: str) -> ImportSummary:
     """Split contract-shaped ``events`` by UTC day and replace each day's partition atomically."""
     events = events.sort_values(["ts", "user_id", "item_id"], kind="stable").reset_index(drop=True)
+    t0 = time.perf_counter()
     days = events["ts"].dt.tz_convert("UTC").dt.date
     n_days = 0
-    for day, part in events.groupby(days, sort=True):
+    groups = events.groupby(days, sort=True)
+    for day, part in progress(groups, desc="ingest", total=groups.ngroups, unit="day"):
         schema.write_partition_atomic(
             schema.conform(part.reset_index(drop=True)), settings.interactions_dir, day
         )
         n_days += 1
-    log.info("wrote %d daily partitions under %s", n_days, settings.interactions_dir)
+    log.info(
+        "wrote %d daily partitions (%d rows) under %s in %.2fs",
+        n_days, len(events), settings.interactions_dir, time.perf_counter() - t0,
+    )  # fmt: skip
     return ImportSummary(
         source=source,
         rows=len(events),

@@ -50,6 +50,7 @@ import functools
 import logging
 import math
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.core import fmt, layout, schema
+from pipelines.core.progress import progress
 from pipelines.core.settings import Settings
 from pipelines.core.validated import validated_dates, validated_files
 from pipelines.data.ingest import imported_partition
@@ -666,7 +668,8 @@ def validate_partition(
         },
     }
     try:
-        return _validate(settings, day, report, data_docs)
+        with progress(total=len(STAGES), desc=f"validate {day}", unit="stage") as bar:
+            return _validate(settings, day, report, data_docs, bar)
     except ValidationError as exc:
         report.update(verdict="failed", error=str(exc), failed_expectation=exc.expectation)
         report.update(failed_file=exc.file, examples=exc.examples)
@@ -676,22 +679,31 @@ def validate_partition(
         raise
 
 
+STAGES = ("read", "parse", "expectations", "write")
+"""The stages of one day's validation, as its progress bar counts them."""
+
+
 def _validate(
-    settings: Settings, day: dt.date, report: dict[str, Any], data_docs: bool = True
+    settings: Settings, day: dt.date, report: dict[str, Any], data_docs: bool, bar: Any
 ) -> ValidationResult:
     """The gate of :func:`validate_partition`. Fills ``report`` as it goes: when a
-    :class:`ValidationError` escapes, the caller writes what it holds so far."""
+    :class:`ValidationError` escapes, the caller writes what it holds so far. ``bar``: a
+    :func:`~pipelines.core.progress.progress` bar over :data:`STAGES`."""
+    t0 = time.perf_counter()
     raw, files = read_raw_partition(settings, day)
+    bar.update(1)
     report["files"] = [_rel(settings, f) for f in files]
     _check_not_empty(settings, day, raw, files)
     n = len(raw)
     parsed, unparsed = parse_frame(raw)
+    bar.update(1)
     volume = _trailing(settings, day, imported_partition(settings, day))
     checked_columns = sorted({c.column for c in ROW_CHECKS} | {"event"})
     by_check = _run_gx(
         parsed[checked_columns], day, volume.min_rows, settings.reports_dir, data_docs
     )
     report["data_docs"] = str(layout.data_docs_dir(settings) / "index.html")
+    bar.update(1)
 
     reasons = _row_reasons(parsed, unparsed, by_check)
     bad = np.zeros(n, dtype=bool)
@@ -716,8 +728,10 @@ def _validate(
     }
     report["verdict"] = "passed"
     write_validation_report(settings, report)
+    bar.update(1)
     log.info(
-        "validated date=%s: %d rows, %d good, %d quarantined %s; unknown users %s, items %s",
+        "validated date=%s: %d rows, %d good, %d quarantined %s; unknown users %s, items %s "
+        "in %.2fs",
         day,
         n,
         n - bad.sum(),
@@ -725,6 +739,7 @@ def _validate(
         dict(by_reason),
         report["unknown_ids"]["users"],
         report["unknown_ids"]["items"],
+        time.perf_counter() - t0,
     )
     return _passed_result(settings, day, report)
 

@@ -87,7 +87,9 @@ Actions: ``promote`` (the challenger's version becomes ``champion`` through
 old champion keeps no alias and is recorded in the decision), ``rollback`` (challenger alias
 deleted when it still points at this experiment's challenger; champion untouched), ``stop``
 (duration over without a significant difference: challenger alias cleared, nothing promoted),
-``continue``. Every decision — arm table, looks, p-value, intervals, guardrails, config,
+``continue``. While the champion is pinned by hand (:mod:`pipelines.release.operations`) a
+``promote`` is recorded as ``continue`` with the pin in the reason: the experiment keeps running
+and promotes on the first look after ``unpin``. Every decision — arm table, looks, p-value, intervals, guardrails, config,
 aliases after — is written to ``reports/ab/<experiment>/date=D.json`` and logged to MLflow
 (experiment ``recloop-ab``: params, metrics, ``decision.json``).
 
@@ -948,6 +950,7 @@ def analyze(
     """Analyse ``experiment`` on the validated logs through ``date``, decide, apply (unless
     ``apply`` is False), record to ``reports/ab/`` and MLflow; the :class:`Decision`."""
     from pipelines.release import registry
+    from pipelines.release.operations import pin_note, pinned_champion
 
     cfg = config or ABConfig.from_env()
     champ, chall = parse_experiment(experiment)
@@ -989,6 +992,10 @@ def analyze(
         dec.predicted = ope_prediction(settings, experiment, start)
         dec.truth = true_ctr(settings, rows, day)
         dec.action, dec.reason, dec.guardrails = decide(looks, dec.day, cfg, dec.service)
+        pin = pinned_champion(settings) if dec.action == PROMOTE and apply else None
+        if pin is not None:  # the champion is pinned by hand: the promotion waits for unpin
+            dec.action = CONTINUE
+            dec.reason += f"; not promoted: {pin_note(pin)}"
         dec.applied = _apply(settings, dec.action, champ, chall) if apply else "not applied"
     dec.aliases = {a: registry.get_alias(settings, a) for a in ("champion", "challenger")}
     rec = dec.to_dict()

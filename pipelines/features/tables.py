@@ -32,6 +32,7 @@ import pyarrow as pa
 
 from pipelines.core import layout, schema
 from pipelines.core.duckdb_sql import sql_list, sql_string
+from pipelines.core.progress import progress
 from pipelines.core.settings import Settings
 from pipelines.core.validated import validated_files
 
@@ -315,8 +316,11 @@ def compute_features(settings: Settings, date: str | dt.date) -> dict:
             FROM ev"""
         )
         end_epoch = end.timestamp()
-        users = _finish(con, _user_sql(end_epoch, d), USER_SCHEMA, end, created)
-        items = _finish(con, _item_sql(end_epoch, d), ITEM_SCHEMA, end, created)
+        with progress(total=2, desc=f"features {d}", unit="table") as bar:
+            users = _finish(con, _user_sql(end_epoch, d), USER_SCHEMA, end, created)
+            bar.update(1)
+            items = _finish(con, _item_sql(end_epoch, d), ITEM_SCHEMA, end, created)
+            bar.update(1)
     finally:
         con.close()
     user_dir = schema.write_partition_atomic(users, table_dir(settings, "user"), d)

@@ -1,8 +1,9 @@
 """Run the project's DAGs through Airflow itself, with ``AIRFLOW_HOME`` inside the workspace.
 
 ``recloop run`` uses ``airflow dags test DAG DATE`` (one in-process DAG run per logical date, the
-same task code the scheduler runs) and then reads each task instance's state from Airflow's
-metadata database. ``recloop airflow`` starts ``airflow standalone`` (scheduler, DAG processor,
+same task code the scheduler runs; through :mod:`pipelines.orchestration.dag_test`, which gives
+the run its real start time) and then reads each task instance's state from Airflow's metadata
+database. ``recloop airflow`` starts ``airflow standalone`` (scheduler, DAG processor,
 triggerer, API server + UI) on loopback with the same environment.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -122,18 +124,27 @@ def _read_states(
 
 
 def run_dag(
-    settings: Settings, date: str | dt.date, dag_id: str = DAILY_DAG, echo: bool = False
+    settings: Settings,
+    date: str | dt.date,
+    dag_id: str = DAILY_DAG,
+    echo: bool = False,
+    conf: dict | None = None,
 ) -> DagRunResult:
     """Run ``dag_id`` for one logical date with ``airflow dags test`` and return each task's outcome.
 
-    A previous run of the same date is replaced (Airflow's ``dags test`` clears it), so a rerun
-    recomputes the day's outputs.
+    The run starts and ends at wall-clock times (:mod:`pipelines.orchestration.dag_test`). A
+    previous run of the same date is replaced (Airflow's ``dags test`` clears it), so a rerun
+    recomputes the day's outputs. ``conf``: the run's params (``--conf`` JSON), e.g.
+    ``{"action": "pin", "reason": "..."}`` for ``recloop_release``.
     """
+    import json
+
     day = schema.parse_date(date)
     ensure_db(settings)
     start = time.perf_counter()
+    extra = ["--conf", json.dumps(conf)] if conf else []
     proc = subprocess.run(
-        [sys.executable, "-m", "airflow", "dags", "test", dag_id, day.isoformat()],
+        [sys.executable, "-m", "pipelines.orchestration.dag_test", dag_id, day.isoformat(), *extra],
         env=airflow_env(settings),
         stdout=None if echo else subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -151,7 +162,8 @@ def start_standalone(
 ) -> subprocess.Popen:
     """Start ``airflow standalone`` (scheduler, DAG processor, triggerer, API server/UI) on loopback.
 
-    Its output goes to ``log_file`` (default ``RECLOOP_HOME/airflow/standalone.log``).
+    Its output goes to ``log_file`` (default ``RECLOOP_HOME/airflow/standalone.log``). It runs
+    in a session of its own: stop it (and every component) with :func:`stop_standalone`.
     """
     ensure_db(settings)
     log_file = log_file or layout.airflow_standalone_log_path(settings)
@@ -163,6 +175,15 @@ def start_standalone(
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+
+
+def stop_standalone(proc: subprocess.Popen, grace_s: float = 30.0) -> list[signal.Signals]:
+    """Stop what :func:`start_standalone` started: SIGINT (its clean shutdown), then SIGTERM, then
+    SIGKILL to every process of its session still alive after ``grace_s`` seconds; returns the
+    signals sent (:func:`pipelines.orchestration.process_session.stop_session`)."""
+    from pipelines.orchestration.process_session import stop_session
+
+    return stop_session(proc, grace_s)
 
 
 def admin_password(settings: Settings, timeout: float = 60.0) -> str:

@@ -379,11 +379,10 @@ def backfill(
     ``test_days``: the test window H of each checkpoint (an int >= 1; None:
     ``settings.gate_test_days``), or ``"auto"`` (module docstring: the smallest H from
     ``settings.gate_test_days`` up with ``min_test_users``; ``recloop backfill``'s default).
-    ``progress`` shows a tqdm bar over the days on stderr. Raises :class:`BackfillError`
+    ``progress`` shows a bar over the days on a terminal (:mod:`pipelines.core.progress`). Raises :class:`BackfillError`
     (naming the day and the step) on the first failure; ``ValueError`` for a bad range or H.
     """
-    from tqdm import tqdm
-
+    from pipelines.core.progress import progress as progress_bar
     from pipelines.release import registry
 
     first, last = schema.parse_date(start), schema.parse_date(end)
@@ -406,7 +405,7 @@ def backfill(
     checkpoints = checkpoint_days(first, last, every)
     summary = BackfillSummary(first, last, checkpoints)
     days = list(days_in(first, last))
-    with tqdm(days, desc="backfill", unit="day", disable=not progress) as bar:
+    with progress_bar(days, desc="backfill", unit="day", enabled=progress, leave=True) as bar:
         runner = _Runner(settings, summary, bar, min_test_users)
         for day in bar:
             if not raw_files(settings, day):  # real histories have days without logs

@@ -42,6 +42,11 @@ def dag_params() -> dict[str, Any]:
 
     (the bundle trained on D2 is gated by the run of D2+1; ``"train_from_date": "D2-1"`` also
     trains on D2-1 so the run of D2 gates a champion). Empty: every run trains (the default).
+
+    ``force_materialize`` (default off): the ``features`` task materializes the day into Redis
+    even when Redis already holds a newer day (a re-run of an old date otherwise leaves Redis
+    alone). ``skip_training`` (default off): the run validates, computes stats and features and
+    skips the same tasks ``train_from_date`` skips.
     """
     from airflow.sdk import Param
 
@@ -52,5 +57,58 @@ def dag_params() -> dict[str, Any]:
             title="Train from date",
             description="YYYY-MM-DD: runs for earlier logical dates skip training, evaluation, "
             "register and gate (for backfills over a range); empty: every run trains",
-        )
+        ),
+        "force_materialize": Param(
+            False,
+            type="boolean",
+            title="Force materialize",
+            description="materialize this date into Redis even when Redis holds a newer day "
+            "(off: an older date leaves Redis's newer values alone)",
+        ),
+        "skip_training": Param(
+            False,
+            type="boolean",
+            title="Skip training",
+            description="validate, stats and features only: skip training, evaluation, "
+            "register and gate",
+        ),
+    }
+
+
+def release_params() -> dict[str, Any]:
+    """The ``recloop_release`` DAG's params (the Airflow UI's trigger form): ``action``
+    (promote | rollback | pin | unpin), ``version`` (a ``serving_bundle`` version number; empty
+    for rollback to the previous champion, pin of the current champion, unpin), ``reason``
+    (required text) and ``operator`` (empty: the user who triggered the run)."""
+    from airflow.sdk import Param
+
+    return {
+        "action": Param(
+            "promote",
+            type="string",
+            enum=["promote", "rollback", "pin", "unpin"],
+            title="Action",
+            description="promote: champion -> version (gated, load-checked); rollback: champion "
+            "-> the previous champion (or version); pin: champion fixed at version (default: "
+            "the current one) until unpin; unpin: lift the pin",
+        ),
+        "version": Param(
+            "",
+            type=["string", "integer"],
+            title="Bundle version",
+            description="serving_bundle version number (MLflow registry); empty: rollback to "
+            "the previous champion, pin the current champion, unpin",
+        ),
+        "reason": Param(
+            type="string",
+            minLength=3,
+            title="Reason",
+            description="why (recorded in MLflow, experiment recloop-release)",
+        ),
+        "operator": Param(
+            "",
+            type="string",
+            title="Operator",
+            description="who (empty: the user who triggered the run)",
+        ),
     }

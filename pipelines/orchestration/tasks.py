@@ -7,7 +7,8 @@ stores it as the task's XCom). They are also what ``recloop`` calls outside Airf
 
 The retraining tasks (train_*, build_index, evaluate, train_ranker, evaluate_ranker, register,
 gate) take the run's ``params``: a ``train_from_date`` later than the logical date skips them
-(:func:`skip_before_train_from`), so a catchup over a range retrains only at its end.
+(:func:`skip_before_train_from`), so a catchup over a range retrains only at its end, and
+``skip_training`` skips them in any run. ``features`` takes ``force_materialize``.
 """
 
 from __future__ import annotations
@@ -43,14 +44,36 @@ def _jsonable(obj: Any) -> Any:
 
 TRAIN_FROM_PARAM = "train_from_date"
 """The daily DAG's param (``dag_defaults.dag_params``) that skips training on earlier dates."""
+SKIP_TRAINING_PARAM = "skip_training"
+"""The daily DAG's param that skips training in any run (validate, stats, features only)."""
+FORCE_MATERIALIZE_PARAM = "force_materialize"
+"""The daily DAG's param that materializes the day even when Redis holds a newer day."""
+
+
+def flag_param(params: Mapping[str, Any] | None, name: str) -> bool:
+    """The boolean DAG param ``name`` (absent: False); the strings ``true``/``false``/``1``/``0``
+    of a ``--conf`` are read as such, anything else is a ``ValueError`` naming the param."""
+    raw = (params or {}).get(name, False)
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off", "", "none"):
+        return False
+    raise ValueError(f"DAG param {name}={raw!r} is not a boolean")
 
 
 def skip_before_train_from(ds: str, params: Mapping[str, Any] | None) -> None:
     """Skip (``AirflowSkipException``) a train/index/evaluate/register/gate task of logical date
-    ``ds`` when the run's ``train_from_date`` param is a later date: a backfill or catchup over a
-    range then validates and featurizes every day but retrains only from that date on. Unset or
-    empty (the default): nothing is skipped. ``ValueError`` naming the param when it is not a
-    date."""
+    ``ds`` when the run's ``skip_training`` param is on, or its ``train_from_date`` param is a
+    later date: a backfill or catchup over a range then validates and featurizes every day but
+    retrains only from that date on. Unset or empty (the default): nothing is skipped.
+    ``ValueError`` naming the param when it is not a date (a boolean)."""
+    if flag_param(params, SKIP_TRAINING_PARAM):
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        raise AirflowSkipException(f"{SKIP_TRAINING_PARAM} is on: {ds} is not retrained")
     raw = (params or {}).get(TRAIN_FROM_PARAM) or ""
     if not raw:
         return
@@ -92,16 +115,18 @@ def stats(ds: str) -> dict[str, Any]:
     return out
 
 
-def features(ds: str) -> dict[str, Any]:
+def features(ds: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Feature tables for day ``ds`` (DuckDB), ``feast apply``, then materialize D's window into
-    Redis. Redis unreachable → a clear error naming the URL; Airflow retries the task."""
+    Redis (skipped when Redis holds a newer day, unless the ``force_materialize`` param is on).
+    Redis unreachable → a clear error naming the URL; Airflow retries the task."""
     from pipelines.features.store import apply_repo, materialize_date
     from pipelines.features.tables import compute_features
 
+    force = flag_param(params, FORCE_MATERIALIZE_PARAM)
     s = _settings()
     computed = compute_features(s, ds)
     apply_repo(s)
-    materialized = materialize_date(s, ds)
+    materialized = materialize_date(s, ds, force=force)
     log.info("features for %s: %s; materialized %s", ds, computed, materialized)
     return {"computed": _jsonable(computed), "materialized": _jsonable(materialized)}
 

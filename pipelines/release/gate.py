@@ -33,7 +33,9 @@ numbers recorded, no alias moved) instead of replacing the challenger mid-test, 
 restart the experiment every day and never let it reach its sample size. The A/B analysis
 clears the alias when the experiment ends (promote, rollback or stop); the next day's gate then
 makes the newest passing bundle the challenger. ``gate_day(..., replace_challenger=True)``
-restores the replace-every-day behaviour.
+restores the replace-every-day behaviour. A champion pinned by hand
+(:mod:`pipelines.release.operations`, ``recloop release --action pin``) is never moved by the
+gate: a bundle that would become champion is ``held`` with the pin named in the reason.
 
 :func:`daily_gate` is the DAG's gate task for logical date D: it gathers the numbers other tasks
 measured (ranker AUCs, OPE) and calls :func:`gate_day`, which gates one bundle. **Which bundle**:
@@ -408,6 +410,24 @@ def _log_to_mlflow(settings: Settings, record: dict[str, Any]) -> str:
         )  # fmt: skip
 
 
+def _claim_champion(settings: Settings, version: str, record: dict[str, Any]) -> None:
+    """First-day ``champion`` decision: set the alias (compare-and-set on "unset"); a champion
+    pinned by hand (:mod:`pipelines.release.operations`) stays and the bundle is ``held``; a lost
+    race makes it ``challenger``. Updates ``record``'s action and reason."""
+    from pipelines.release import registry
+    from pipelines.release.operations import pin_note, pinned_champion
+
+    pin = pinned_champion(settings)
+    if pin is not None:
+        record["action"] = "held"
+        record["reason"] += f"; held: {pin_note(pin)}"
+    elif not registry.promote(settings, version, "champion", expected=None):
+        winner = registry.get_alias(settings, "champion")
+        record["reason"] += f"; lost the race: champion is now version {winner}"
+        record["action"] = "challenger"
+        registry.promote(settings, version, "challenger")
+
+
 def gate_day(
     settings: Settings,
     date: str | dt.date,
@@ -460,11 +480,7 @@ def gate_day(
         decision = decide(settings, day, candidate, champion, tolerances)
         record = decision.to_dict()
         if decision.action == "champion":
-            if not registry.promote(settings, version, "champion", expected=None):
-                winner = registry.get_alias(settings, "champion")
-                record["reason"] += f"; lost the race: champion is now version {winner}"
-                record["action"] = "challenger"
-                registry.promote(settings, version, "challenger")
+            _claim_champion(settings, version, record)
         elif decision.action == "challenger":
             running = registry.get_alias(settings, "challenger")
             if running not in (None, version) and not replace_challenger:

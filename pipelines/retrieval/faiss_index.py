@@ -43,6 +43,7 @@ from pipelines.core.artifact_meta import (
     require_artifact_meta,
     write_artifact_meta,
 )
+from pipelines.core.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -233,11 +234,12 @@ def _tune(
     truth: np.ndarray,
     target: float,
     margin: float = 0.0,
+    bar: Any = None,
 ) -> tuple[float, dict[str, Any], list[dict[str, Any]]]:
     """Cheapest setting whose recall reaches ``target + margin`` (else the cheapest reaching
     ``target``, else the best one seen): ``(recall, params, trials)``. Within a group the most
     accurate setting is tried first; the group is scanned from its cheapest only when that one
-    reaches the goal."""
+    reaches the goal. ``bar``: a progress bar advanced by one per setting tried."""
     k = truth.shape[1]
     trials: list[dict[str, Any]] = []
     best: tuple[float, dict[str, Any]] = (-1.0, params)
@@ -249,6 +251,9 @@ def _tune(
         recall = recall_at_k(found, truth)
         trials.append({**setting, "recall": round(recall, 5)})
         log.info("index: %s %s recall@%d = %.4f", kind, setting, k, recall)
+        if bar is not None:
+            bar.set_postfix_str(f"recall@{k} {recall:.3f}", refresh=False)
+            bar.update(1)
         best = max(best, (recall, trial), key=lambda b: b[0])
         return recall, trial
 
@@ -355,14 +360,17 @@ def build_index(
     t0 = time.perf_counter()
     index, kind, p = get_index(dim, n, kind=kind, recall_target=recall_target, params=params)
     log.info("index: building %s over %d x %d vectors, params %s", kind, n, dim, p)
-    _train_add(index, kind, vectors, seed)
-    build_s = time.perf_counter() - t0
-
-    t1 = time.perf_counter()
-    truth = _exact_top_k(vectors, queries, k_eff)
-    fixed = set(params or {})
-    recall, p, tried = _tune(index, kind, p, fixed, queries, truth, recall_target, tune_margin)
-    tune_s = time.perf_counter() - t1
+    with progress(desc=f"index {kind} build + tune", unit="step") as bar:
+        _train_add(index, kind, vectors, seed)
+        build_s = time.perf_counter() - t0
+        bar.update(1)
+        t1 = time.perf_counter()
+        truth = _exact_top_k(vectors, queries, k_eff)
+        fixed = set(params or {})
+        recall, p, tried = _tune(
+            index, kind, p, fixed, queries, truth, recall_target, tune_margin, bar
+        )
+        tune_s = time.perf_counter() - t1
     if recall < recall_target:
         raise IndexRecallError(kind, p, recall, recall_target, k_eff, len(queries))
     meta = {

@@ -1,0 +1,81 @@
+"""Stop a child started in its own session (``start_new_session=True``) and everything under it.
+
+``airflow standalone`` stops its components (scheduler, DAG processor, triggerer, API server,
+their log servers and executor workers) only on SIGINT; SIGTERM kills it alone and leaves them
+running. Task processes move to process groups of their own but stay in the session, so the
+session id (the child's pid) finds every descendant that did not ``setsid`` itself. Linux only
+(``/proc``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
+"""What :func:`stop_session` sends, in order: SIGINT to the leader's group (Ctrl-C), then
+SIGTERM and SIGKILL to every live process of the session."""
+
+
+def session_pids(sid: int) -> list[int]:
+    """Pids of the live (not zombie) processes whose session id is ``sid``, from ``/proc``."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # the process ended while we looked
+            continue
+        fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) "
+        state, session = fields[0], int(fields[3])
+        if session == sid and state != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def _signal(pids: list[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _wait_empty(proc: subprocess.Popen, timeout_s: float) -> bool:
+    """Reap ``proc`` and wait until its session has no live process; True when it emptied."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        proc.poll()
+        if not session_pids(proc.pid):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+
+
+def stop_session(proc: subprocess.Popen, grace_s: float = 30.0) -> list[signal.Signals]:
+    """Stop ``proc`` (a session leader) and every live process of its session.
+
+    SIGINT to its process group first, waiting up to ``grace_s`` seconds for the session to
+    empty; then SIGTERM to each live process of the session (``grace_s`` again); then SIGKILL
+    (5 s). Returns the signals it had to send (``[]``: nothing was running).
+    """
+    sent: list[signal.Signals] = []
+    for sig, wait_s in zip(STOP_SIGNALS, (grace_s, grace_s, 5.0), strict=True):
+        proc.poll()
+        live = session_pids(proc.pid)
+        if not live:
+            break
+        if sig == signal.SIGINT:
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:  # the leader's group is gone; the rest get SIGTERM
+                continue
+        else:
+            _signal(live, sig)
+        sent.append(sig)
+        if _wait_empty(proc, wait_s):
+            break
+    return sent
