@@ -64,3 +64,22 @@ def test_parse_is_thin(name):
     )
     assert heavy == "", f"{name} imports {heavy} at parse time"
     assert float(seconds) < 2.0
+
+
+def test_release_dag_shape(dagbag):
+    """Manual trigger only, the operator's params in the trigger form, docs on DAG and task."""
+    dag = dagbag.dags.get("recloop_release")
+    assert dag is not None
+    assert dag.schedule is None and "recloop" in dag.tags
+    assert dag.doc_md and "rollback" in dag.doc_md
+    assert {"action", "version", "reason", "operator"} <= set(dag.params.keys())
+    assert dag.params.get_param("action").schema["enum"] == ["promote", "rollback", "pin", "unpin"]
+    assert dag.params.get_param("reason").schema["minLength"] >= 1
+    (task,) = dag.tasks
+    assert task.retries >= 1 and task.doc_md and "release_task" in task.doc_md
+
+
+def test_daily_dag_operator_params_default_to_no_change(dagbag):
+    params = dagbag.dags["recloop_daily"].params
+    assert params["force_materialize"] is False and params["skip_training"] is False
+    assert params["train_from_date"] == ""

@@ -307,7 +307,7 @@ def test_mlflow_alias_move_reaches_recloop_serve(trained: Settings, tmp_path: Pa
         assert registry.get_alias(s, "champion") == "2"
 
         ui.set_registered_model_alias(registry.BUNDLE, "champion", bad)
-        rejected = 'recloop_rejected_reloads_total{{arm="champion"}} 1'
+        rejected = 'recloop_rejected_reloads_total{arm="champion"} 1'
 
         def refused() -> bool:
             return rejected in httpx.get(f"{url}/metrics", timeout=10).text

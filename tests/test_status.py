@@ -197,3 +197,29 @@ def test_registry_aliases_gate_numbers_and_experiment(
     assert exp["impressions"] == {"champion": 3000, "challenger": 400} and exp["p_value"] == 0.4
     assert exp["next"].startswith("8 more day(s) at current traffic")  # 200 a day: 1600 / 200
     assert out["next"] == f"a challenger is under test ({champ}-vs-{chall}): {exp['next']}"
+
+
+def test_service_health_ready_and_not_ready() -> None:
+    """A loopback HTTP server answering 200 on /health/ready and 503 elsewhere."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            self.send_response(200 if self.path == "/health/ready" else 503)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert st.service_health(f"{base}/health/ready") == {
+            "url": f"{base}/health/ready", "ready": True, "detail": "HTTP 200"}  # fmt: skip
+        assert st.service_health(f"{base}/other")["detail"] == "HTTP 503"
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert st.service_health(f"{base}/health/ready")["ready"] is False
