@@ -1,8 +1,10 @@
 """Stop a child started in its own session (``start_new_session=True``) and everything under it.
 
 ``airflow standalone`` stops its components (scheduler, DAG processor, triggerer, API server,
-their log servers and executor workers) only on SIGINT; SIGTERM kills it alone and leaves them
-running. Task processes move to process groups of their own but stay in the session, so the
+their log servers and executor workers) only on SIGINT, and only when SIGINT reaches it alone (it
+then terminates each component, which shuts its children down): SIGTERM kills it alone and
+leaves them running, and SIGINT to the whole group (Ctrl-C in its terminal) hangs the scheduler
+behind its interrupted executor workers. Task processes move to process groups of their own but stay in the session, so the
 session id (the child's pid) finds every descendant that did not ``setsid`` itself. Linux only
 (``/proc``).
 """
@@ -16,8 +18,8 @@ import time
 from pathlib import Path
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
-"""What :func:`stop_session` sends, in order: SIGINT to the leader's group (Ctrl-C), then
-SIGTERM and SIGKILL to every live process of the session."""
+"""What :func:`stop_session` sends, in order: SIGINT to the leader alone, then SIGTERM and SIGKILL
+to every live process of the session."""
 
 
 def session_pids(sid: int) -> list[int]:
@@ -58,7 +60,7 @@ def _wait_empty(proc: subprocess.Popen, timeout_s: float) -> bool:
 def stop_session(proc: subprocess.Popen, grace_s: float = 30.0) -> list[signal.Signals]:
     """Stop ``proc`` (a session leader) and every live process of its session.
 
-    SIGINT to its process group first, waiting up to ``grace_s`` seconds for the session to
+    SIGINT to ``proc`` alone first, waiting up to ``grace_s`` seconds for the session to
     empty; then SIGTERM to each live process of the session (``grace_s`` again); then SIGKILL
     (5 s). Returns the signals it had to send (``[]``: nothing was running).
     """
@@ -69,10 +71,9 @@ def stop_session(proc: subprocess.Popen, grace_s: float = 30.0) -> list[signal.S
         if not live:
             break
         if sig == signal.SIGINT:
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:  # the leader's group is gone; the rest get SIGTERM
+            if proc.returncode is not None:  # the leader is gone; the rest get SIGTERM
                 continue
+            proc.send_signal(sig)
         else:
             _signal(live, sig)
         sent.append(sig)

@@ -112,7 +112,7 @@ def set_logical_date(page, day: str) -> None:
 def test_trigger_daily_from_the_form_and_watch_it_succeed(page, airflow, shots):
     log_in(page, airflow, shots)
     page.goto(airflow.url + "/dags/recloop_daily")
-    page.get_by_role("button", name="Trigger", exact=True).first.click()
+    page.get_by_test_id("trigger-dag-button").click()
     form = page.get_by_role("dialog").filter(has_text="Trigger Dag - recloop_daily")
     form.wait_for()
     set_logical_date(page, DAY)
