@@ -33,6 +33,11 @@ from pipelines.loop.traffic import traffic_dir
 from pipelines.release import registry
 from tests.helpers import RedisServer, tiny_trained_workspace
 
+# The module fixture runs a whole loop (three days through the DAG, the service and the A/B DAG):
+# ~2 min on a quiet 2-core machine, more when the machine is shared, so the per-test limit is wider
+# than pytest-timeout's 300 s default (the fixture's time is charged to the first test).
+pytestmark = pytest.mark.timeout(900)
+
 TRAIN_DAYS = ("2026-01-01", "2026-01-02", "2026-01-03")
 WORLD_START = dt.date(2026, 1, 1)
 AB = ab.ABConfig(min_impressions=2_500, max_days=4)
