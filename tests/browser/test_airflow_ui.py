@@ -60,7 +60,7 @@ def airflow(
         finally:
             os.killpg(proc.pid, signal.SIGINT)
             try:
-                proc.wait(timeout=60)
+                proc.wait(timeout=20)  # SIGINT: standalone took >60 s to stop here
             except Exception:  # noqa: BLE001
                 os.killpg(proc.pid, signal.SIGKILL)
 
@@ -123,7 +123,7 @@ def test_trigger_daily_from_the_form_and_watch_it_succeed(page, airflow, shots):
     form.get_by_role("button", name="Trigger", exact=True).click()
     page.wait_for_url("**/dags/recloop_daily/runs/manual__*")
     run_id = page.url.rsplit("/runs/", 1)[1].split("/")[0]
-    assert page.get_by_text(f"{DAY} 00:00:00").count() > 0  # the run's logical date
+    page.get_by_text(f"{DAY} 00:00:00").first.wait_for()  # the run's logical date
     shots.take(page, "run-queued")
 
     states = page.get_by_test_id("table-cell-state")
