@@ -33,7 +33,8 @@ def default_args() -> dict[str, Any]:
 def dag_params() -> dict[str, Any]:
     """The daily DAG's params (a run's ``conf`` overrides them; the UI's trigger form shows them).
 
-    ``train_from_date`` (``YYYY-MM-DD``, default empty): runs for earlier logical dates skip
+    ``train_from_date`` (``YYYY-MM-DD``, default empty; null, as the trigger form sends an
+    empty field, is the same): runs for earlier logical dates skip
     ``train_*``, ``build_index``, ``train_ranker``, ``evaluate``, ``evaluate_ranker``,
     ``register`` and ``gate`` (shown as skipped), so a backfill over a range retrains once::
 
@@ -53,7 +54,7 @@ def dag_params() -> dict[str, Any]:
     return {
         "train_from_date": Param(
             "",
-            type="string",
+            type=["null", "string"],  # optional: the trigger form requires a non-null type
             title="Train from date",
             description="YYYY-MM-DD: runs for earlier logical dates skip training, evaluation, "
             "register and gate (for backfills over a range); empty: every run trains",
@@ -94,7 +95,7 @@ def release_params() -> dict[str, Any]:
         ),
         "version": Param(
             "",
-            type=["string", "integer"],
+            type=["null", "string", "integer"],  # optional (null: the form may leave it empty)
             title="Bundle version",
             description="serving_bundle version number (MLflow registry); empty: rollback to "
             "the previous champion, pin the current champion, unpin",
@@ -107,7 +108,7 @@ def release_params() -> dict[str, Any]:
         ),
         "operator": Param(
             "",
-            type="string",
+            type=["null", "string"],  # optional (null: the form may leave it empty)
             title="Operator",
             description="who (empty: the user who triggered the run)",
         ),

@@ -68,7 +68,8 @@ def skip_before_train_from(ds: str, params: Mapping[str, Any] | None) -> None:
     """Skip (``AirflowSkipException``) a train/index/evaluate/register/gate task of logical date
     ``ds`` when the run's ``skip_training`` param is on, or its ``train_from_date`` param is a
     later date: a backfill or catchup over a range then validates and featurizes every day but
-    retrains only from that date on. Unset or empty (the default): nothing is skipped.
+    retrains only from that date on. Unset, None (an empty trigger-form field) or empty (the
+    default): nothing is skipped.
     ``ValueError`` naming the param when it is not a date (a boolean)."""
     if flag_param(params, SKIP_TRAINING_PARAM):
         from airflow.sdk.exceptions import AirflowSkipException

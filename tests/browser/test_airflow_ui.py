@@ -1,9 +1,12 @@
 """The Airflow UI in a real browser: log in with the printed credentials, see the project's DAGs
 and their docs, trigger ``recloop_daily`` for a date with logs from the trigger form, watch every
-task reach success on the run's page (grid + task instances), open a task's log.
+task reach success on the run's page (grid + task instances), open a task's log; the HTML report
+of the workspace; roll the champion back and have a promote refused from ``recloop_release``'s
+trigger form.
 
 One ``airflow standalone`` (scheduler, DAG processor, triggerer, API server + React UI) on a tiny
-two-day workspace is shared by the module. Selectors are the UI's roles, labels, placeholders and
+two-day workspace, trained in-process before it starts (two bundles, each champion in turn), is
+shared by the module; each test needs only that fixture, not an earlier test. Selectors are the UI's roles, labels, placeholders and
 ``data-testid`` attributes (Airflow 3.3).
 """
 
@@ -18,13 +21,13 @@ from dataclasses import dataclass
 import pytest
 
 from pipelines.core.settings import Settings
-from pipelines.data import simulate
 from pipelines.orchestration import airflow_runner
-from tests.helpers import DAGS, RedisServer, free_port
+from tests.helpers import DAGS, RedisServer, free_port, tiny_trained_workspace
 
 # integration: starts airflow standalone and chromium
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 DAY = "2026-01-01"
+RELEASE_DAYS = ("2026-01-01", "2026-01-02")  # trained in-process by the module fixture
 DAILY_TASKS = 13  # validate, stats, features, 4 x train_*, build_index, evaluate(_ranker) x2, ...
 
 
@@ -41,15 +44,25 @@ class Airflow:
 def airflow(
     tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer
 ) -> Iterator[Airflow]:
-    """``airflow standalone`` on a tiny workspace with two simulated days (stopped with SIGINT,
-    which stops its children too)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RECLOOP_HOME", str(tmp_path_factory.mktemp("airflow-ui") / "home"))
-        mp.setenv("RECLOOP_REDIS_URL", redis_server.url)
-        mp.delenv("RECLOOP_MLFLOW_URI", raising=False)
-        settings = dataclasses.replace(Settings.from_env(), retry_delay_s=1.0, task_retries=1)
-        settings.ensure_dirs()
-        simulate.simulate(settings, 2, "tiny", 7)
+    """``airflow standalone`` on a tiny workspace whose two simulated days were run through the
+    daily DAG's task bodies in-process first (:func:`tests.helpers.tiny_trained_workspace`), and
+    whose registry then holds two champions in turn: bundle ``RELEASE_DAYS[0]``'s, then
+    ``RELEASE_DAYS[1]``'s (so the report and the release tests need no earlier test). Stopped
+    with SIGINT, which stops its children too."""
+    from pipelines.release import registry
+
+    home = tmp_path_factory.mktemp("airflow-ui") / "home"
+    trained, env = tiny_trained_workspace(home, redis_server.url, RELEASE_DAYS)
+    try:
+        versions = sorted(
+            registry.find_versions(trained, registry.BUNDLE), key=lambda v: int(v.version)
+        )
+        assert len(versions) >= 2, [mv.version for mv in versions]
+        for mv in versions:  # each bundle champion once, in order: the newest is the champion
+            if not mv.tags.get("promoted_champion_at"):
+                registry.promote(trained, mv.version, "champion")
+        registry.promote(trained, versions[-1].version, "champion")
+        settings = dataclasses.replace(trained, retry_delay_s=1.0, task_retries=1)
         port = free_port()
         proc = airflow_runner.start_standalone(settings, port=port)
         try:
@@ -63,6 +76,8 @@ def airflow(
                 proc.wait(timeout=20)  # SIGINT: standalone took >60 s to stop here
             except Exception:  # noqa: BLE001
                 os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        env.undo()
 
 
 def log_in(page, af: Airflow, shots) -> None:
@@ -116,9 +131,7 @@ def test_trigger_daily_from_the_form_and_watch_it_succeed(page, airflow, shots):
     form = page.get_by_role("dialog").filter(has_text="Trigger Dag - recloop_daily")
     form.wait_for()
     set_logical_date(page, DAY)
-    train_from = page.locator("#element_train_from_date")
-    if train_from.count():  # the form marks an empty string param as missing: the day itself
-        train_from.fill(DAY)  # (runs on or after it train: the same as empty)
+    assert page.locator("#element_train_from_date").input_value() == ""  # the default: trains
     shots.take(page, "trigger-form")
     form.get_by_role("button", name="Trigger", exact=True).click()
     page.wait_for_url("**/dags/recloop_daily/runs/manual__*")
@@ -154,7 +167,7 @@ def test_trigger_daily_from_the_form_and_watch_it_succeed(page, airflow, shots):
 
 
 def test_html_report_of_the_workspace(page, airflow, shots):
-    """``recloop report`` over the module's workspace (after the triggered run): no console
+    """``recloop report`` over the module's two trained days (needs no other test): no console
     errors, every plot decoded, every navigation link lands on its section."""
     import subprocess
     import sys
@@ -185,3 +198,60 @@ def test_html_report_of_the_workspace(page, airflow, shots):
         box = heading.bounding_box()  # scrolled into view: the section's heading is on screen
         assert box is not None and 0 <= box["y"] < 900, (target, box)
         shots.take(page, f"report-{target.lstrip('#')}")
+
+
+def trigger_release(page, af: Airflow, shots, action: str, version: str, reason: str) -> str:
+    """Trigger ``recloop_release`` from the UI's form with these params and wait for its one
+    task to end; its state as shown (``Success`` or ``Failed``)."""
+    page.goto(af.url + "/dags/recloop_release")
+    page.get_by_test_id("trigger-dag-button").click()
+    form = page.get_by_role("dialog").filter(has_text="Trigger Dag - recloop_release")
+    form.wait_for()
+    if action != "promote":  # the default; the field is a searchable select
+        page.locator("#element_action").click()
+        page.keyboard.type(action)
+        page.keyboard.press("Enter")
+    page.locator("#element_action").get_by_text(action, exact=True).wait_for()  # selected
+    if version:
+        page.locator("#element_version").fill(version)
+    page.locator("#element_reason").fill(reason)
+    shots.take(page, f"{action}-form")
+    form.get_by_role("button", name="Trigger", exact=True).click()
+    page.wait_for_url("**/dags/recloop_release/runs/manual__*")
+    page.wait_for_function(
+        """() => {
+            const s = [...document.querySelectorAll('[data-testid=table-cell-state]')]
+                .map(e => e.innerText.trim());
+            return s.length === 1 && ['Success', 'Failed'].includes(s[0]);
+        }""",
+        timeout=180_000,
+        polling=2000,
+    )
+    shots.take(page, f"{action}-run")
+    return page.get_by_test_id("table-cell-state").inner_text().strip()
+
+
+def test_rollback_and_refused_promote_from_the_form(page, airflow, shots):
+    """Rollback from the form moves ``champion`` back to the previous champion; a promote of
+    an unregistered version fails the run with the refusal in the task log."""
+    from pipelines.release import operations, registry
+
+    s = airflow.settings
+    log_in(page, airflow, shots)
+    current = registry.get_alias(s, "champion")
+    previous = operations.previous_champion(s, current)
+    assert current is not None and previous is not None and previous != current
+
+    state = trigger_release(page, airflow, shots, "rollback", "", "browser test: roll back")
+    assert state == "Success"
+    assert registry.get_alias(s, "champion") == previous
+
+    state = trigger_release(page, airflow, shots, "promote", "999", "browser test: refused")
+    assert state == "Failed"
+    assert registry.get_alias(s, "champion") == previous  # nothing moved
+    page.get_by_test_id("table-cell-task_display_name").get_by_role(
+        "link", name="release", exact=True
+    ).click()
+    page.get_by_text("release refused").first.wait_for(timeout=60_000)
+    page.get_by_text("serving_bundle version 999 is not registered").first.wait_for()
+    shots.take(page, "refused-log")
