@@ -33,9 +33,13 @@ class Shots:
         return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[object]:
-    """A headless chromium (``/usr/bin/chromium``, ``--no-sandbox``) for the whole session."""
+    """A headless chromium (``/usr/bin/chromium``, ``--no-sandbox``) per test module.
+
+    Module scope, not session: Playwright's sync API keeps an asyncio event loop running while it
+    is started, and the tests that run after the browser tier (serving, loop) call
+    ``asyncio.run``, which refuses to start inside a running loop."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
