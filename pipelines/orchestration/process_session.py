@@ -14,8 +14,9 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
+
+from pipelines.core.wait import wait_until
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
 """What :func:`stop_session` sends, in order: SIGINT to the leader alone, then SIGTERM and SIGKILL
@@ -47,14 +48,15 @@ def _signal(pids: list[int], sig: signal.Signals) -> None:
 
 def _wait_empty(proc: subprocess.Popen, timeout_s: float) -> bool:
     """Reap ``proc`` and wait until its session has no live process; True when it emptied."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+
+    def emptied() -> bool:
         proc.poll()
-        if not session_pids(proc.pid):
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.2)
+        return not session_pids(proc.pid)
+
+    try:
+        return wait_until(emptied, timeout_s, f"session {proc.pid} to end", interval_s=0.2)
+    except TimeoutError:
+        return False
 
 
 def stop_session(proc: subprocess.Popen, grace_s: float = 30.0) -> list[signal.Signals]:
