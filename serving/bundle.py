@@ -45,8 +45,12 @@ import pandas as pd
 
 from pipelines.core.settings import Settings
 from pipelines.retrieval.cold_start import item_popularity, trending_order
+from serving.sources import CovisitSource, MFSource
 
 log = logging.getLogger("recloop.serving.bundle")
+
+COVISIT_MAX_ITEMS = 20_000
+"""Largest catalog whose ``covisit`` source is built at load (a dense ``(I, I)`` float32 pass)."""
 
 ARMS = ("champion", "challenger")
 
@@ -291,6 +295,8 @@ class LoadedBundle:
     ranker: Any | None
     item_table: ItemTable
     user_tower: UserTower | None = None
+    mf: Any | None = None  # serving.sources.MFSource: the MF trained with the two-tower
+    covisit: Any | None = None  # serving.sources.CovisitSource over the training matrix
     loaded_at: float = field(default_factory=time.time)
     load_seconds: float = 0.0
 
@@ -355,6 +361,9 @@ def load(settings: Settings, ref: str) -> LoadedBundle:
     tower = UserTower.for_model(model)
     if tower is not None:
         _prewarm_user_tower(settings, tower)
+    covisit = None
+    if len(items) <= COVISIT_MAX_ITEMS:  # a dense (I, I) similarity pass; beyond: no source
+        covisit = CovisitSource.from_matrix(seen, np.asarray(items.ids, dtype=str))
     out = LoadedBundle(
         version=str(b["bundle_version"]),
         pins={k: b.get(k) for k in ("two_tower", "index", "ranker")},
@@ -369,6 +378,8 @@ def load(settings: Settings, ref: str) -> LoadedBundle:
         ranker=ranker,
         item_table=table,
         user_tower=tower,
+        mf=_load_mf(settings, b.get("logical_date")),
+        covisit=covisit,
     )
     out.load_seconds = time.perf_counter() - t0
     log.info(
@@ -378,6 +389,24 @@ def load(settings: Settings, ref: str) -> LoadedBundle:
         out.versions["ranker"], f"user tower {tower.online}" if tower else "cold start",
     )  # fmt: skip
     return out
+
+
+def _load_mf(settings: Settings, logical_date: str | None) -> MFSource | None:
+    """The ``mf`` candidate source: the MF artifact trained through the bundle's logical date
+    (``artifacts/models/mf/date=D``), or None when there is none or it cannot be read (logged:
+    the other sources serve). It is found by date, not pinned by hash like the components."""
+    from pipelines.retrieval.train import load_artifact
+
+    if not logical_date:
+        return None
+    try:
+        art = load_artifact(settings, "mf", logical_date)
+        return MFSource.from_model(art.model, art.users, art.items)
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # noqa: BLE001 - a broken MF leaves the other sources serving
+        log.error("mf source for %s not loaded: %r", logical_date, exc)
+        return None
 
 
 def smoke_score(bundle: LoadedBundle, n_users: int = 4, k: int = 10) -> None:

@@ -91,6 +91,7 @@ class _Ranked:
     trows: np.ndarray
     categories: np.ndarray
     ages: np.ndarray
+    sources: list[str]
 
 
 def recommend(engine: Engine, req: Request, info: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -125,13 +126,16 @@ def recommend(engine: Engine, req: Request, info: dict[str, Any] | None = None) 
     slate = _rerank(engine, req, bundle, ranked)
     timer.lap("rerank")
     shown = [ranked.ids[r] for r in slate.rows]
+    sources = [ranked.sources[r] for r in slate.rows]
     _log_served(engine, request_id, req, arm, bundle, shown, slate)
     timer.lap("log")
     timer.ms["total"] = round(timer.elapsed_ms(), 3)
     for kind in fallbacks:
         engine.metrics.count_fallback(kind)
     engine.metrics.observe_stages(timer.ms)
+    extra = {"policy": rerank.policy_record(slate, ranked.ids)} if cfg.include_policy else {}
     return {
+        **extra,
         "request_id": request_id,
         "user_id": req.user_id,
         "arm": arm,
@@ -139,7 +143,7 @@ def recommend(engine: Engine, req: Request, info: dict[str, Any] | None = None) 
         "degraded": found.degraded or fell_back is not None,
         "cold_start": found.cold,
         "fallbacks": fallbacks,
-        "items": _items(shown, slate),
+        "items": _items(shown, sources, slate),
         "timings_ms": timer.ms,
         "error": err,
     }
@@ -163,7 +167,8 @@ def _rank(
     if redis_failed:  # Redis unavailable: the popularity answer
         ids, scores = retrieve.popular(bundle, n, found.drop, req.categories)
         trows = table.rows(ids)
-        return _Ranked(ids, scores, trows, table.category[trows], table.age_days[trows]), "redis"
+        cats, ages = table.category[trows], table.age_days[trows]
+        return _Ranked(ids, scores, trows, cats, ages, ["trending"] * len(ids)), "redis"
     trows = table.rows(found.ids)
     known, at = trows >= 0, np.maximum(trows, 0)
     cats = np.where(known, table.category[at], "unknown")
@@ -179,7 +184,8 @@ def _rank(
             except Exception as exc:  # noqa: BLE001
                 log.error("rank failed for bundle %s: %r", bundle.version, exc)
                 fell_back = "rank"
-    return _Ranked(found.ids, scores, trows, cats, ages), fell_back
+    sources = found.sources or ["trending"] * len(found.ids)
+    return _Ranked(found.ids, scores, trows, cats, ages, sources), fell_back
 
 
 def _rerank(engine: Engine, req: Request, bundle: LoadedBundle, ranked: _Ranked) -> rerank.Slate:
@@ -240,8 +246,8 @@ def _log_served(
         engine.hydrate_pool.submit(shared.publish, engine.settings, record, cfg.request_ttl_s)
 
 
-def _items(shown: list[str], slate: rerank.Slate) -> list[dict[str, Any]]:
-    """The response's items, in slot order."""
+def _items(shown: list[str], sources: list[str], slate: rerank.Slate) -> list[dict[str, Any]]:
+    """The response's items, in slot order, each with the candidate source that offered it."""
     return [
         {
             "item_id": item,
@@ -249,8 +255,9 @@ def _items(shown: list[str], slate: rerank.Slate) -> list[dict[str, Any]]:
             "position": pos,
             "propensity": float(p),
             "explore": bool(x),
+            "source": src,
         }
-        for pos, (item, s, p, x) in enumerate(
-            zip(shown, slate.scores, slate.propensity, slate.explore, strict=True)
+        for pos, (item, src, s, p, x) in enumerate(
+            zip(shown, sources, slate.scores, slate.propensity, slate.explore, strict=True)
         )
     ]

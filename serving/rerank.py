@@ -24,6 +24,12 @@ and the logged propensity is then the exact probability of what was drawn.
 - explore item ``j`` at slot ``p``: ``rate / k * P(j)``.
 
 All lie in ``(0, 1]``; with an empty pool there is no exploration and every propensity is 1.
+
+**The policy as data** (:func:`policy_record`, :func:`slot_probabilities`): the exploit list,
+the explore pool with its Thompson probabilities and the rate determine the probability of
+*every* item at *every* slot, not only of the items shown. The off-policy evaluation of a served
+policy (:mod:`pipelines.release.served_ope`) needs exactly that for the logged items of another
+policy; the service returns it in a response's ``policy`` entry (item ids, not rows).
 """
 
 from __future__ import annotations
@@ -43,6 +49,13 @@ class Slate:
     scores: np.ndarray
     propensity: np.ndarray
     explore: np.ndarray
+    exploit: np.ndarray | None = None
+    """Exploit rows, best first (``(n,)``; the slate's rows when nothing was explored)."""
+    pool: np.ndarray | None = None
+    """Explore pool rows (``(P,)``), aligned with ``pool_probs`` (Thompson probabilities)."""
+    pool_probs: np.ndarray | None = None
+    rate: float = 0.0
+    """The exploration rate in force (0 when the pool was empty)."""
 
 
 def boosted_scores(
@@ -149,12 +162,15 @@ def explore(
     k = n  # the response length; propensities are over its slots
     pool = np.asarray(pool, dtype=np.int64)
     if len(pool) == 0 or rate <= 0.0:
-        return Slate(exploit, np.asarray(exploit_scores, float), np.ones(n), np.zeros(n, bool))
+        none = np.zeros(0, np.int64)
+        return Slate(exploit, np.asarray(exploit_scores, float), np.ones(n), np.zeros(n, bool),
+                     exploit, none, np.zeros(0), 0.0)  # fmt: skip
     explore_now = rng.random() < rate
+    probs = thompson_probabilities(alpha, beta, grid)
+    policy = {"exploit": exploit, "pool": pool, "pool_probs": probs, "rate": float(rate)}
     if not explore_now:
         props = np.array([exploit_propensity(r, r, k, rate) for r in range(n)])
-        return Slate(exploit, np.asarray(exploit_scores, float), props, np.zeros(n, bool))
-    probs = thompson_probabilities(alpha, beta, grid)
+        return Slate(exploit, np.asarray(exploit_scores, float), props, np.zeros(n, bool), **policy)
     j = int(rng.choice(len(pool), p=probs))
     p = int(rng.integers(k))
     rows = np.concatenate([exploit[:p], [pool[j]], exploit[p : n - 1]])
@@ -170,4 +186,55 @@ def explore(
             props[slot] = exploit_propensity(slot - 1, slot, k, rate)
     flags = np.zeros(n, bool)
     flags[p] = True
-    return Slate(rows.astype(np.int64), scores.astype(float), props, flags)
+    return Slate(rows.astype(np.int64), scores.astype(float), props, flags, **policy)
+
+
+def slot_probabilities(
+    n: int, pool_probs: np.ndarray, rate: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Item-at-slot probabilities of the policy of :func:`explore` over a slate of ``n`` slots.
+
+    Returns ``(E (n, n), X (P, n))``: ``E[r, s]`` the probability that the exploit item of rank
+    ``r`` is at slot ``s`` (module docstring; the exploit item of rank ``n - 1`` drops out
+    whenever an exploration lands, probability ``rate``), ``X[j, s] =
+    rate / n * pool_probs[j]`` for pool item ``j`` (its explore position is uniform). Each slot's
+    column sums to 1 over ``E`` and ``X`` (``pool_probs`` summing to 1; with ``rate`` 0 or an
+    empty pool ``E`` is the identity and ``X`` empty)."""
+    pp = np.asarray(pool_probs, dtype=np.float64)
+    rate = float(rate) if len(pp) else 0.0
+    e = np.zeros((n, n))
+    for r in range(n):
+        e[r, r] = exploit_propensity(r, r, n, rate)
+        if r + 1 < n:
+            e[r, r + 1] = exploit_propensity(r, r + 1, n, rate)
+    x = np.repeat((rate / max(n, 1) * pp)[:, None], n, axis=1) if n else np.zeros((len(pp), 0))
+    return e, x
+
+
+def policy_record(slate: Slate, ids: list[str]) -> dict[str, object]:
+    """The slate's policy as JSON-ready data, item ids from ``ids`` (the request's candidates):
+    ``{"rate", "exploit": [ids best first], "pool": [ids], "pool_probs": [floats]}``."""
+    exploit = slate.rows if slate.exploit is None else slate.exploit
+    pool = np.zeros(0, np.int64) if slate.pool is None else slate.pool
+    probs = np.zeros(0) if slate.pool_probs is None else slate.pool_probs
+    return {
+        "rate": float(slate.rate),
+        "exploit": [ids[int(r)] for r in exploit],
+        "pool": [ids[int(r)] for r in pool],
+        "pool_probs": [float(p) for p in probs],
+    }
+
+
+def policy_probabilities(policy: dict, k: int) -> tuple[list[str], np.ndarray]:
+    """``(item ids (m,), probabilities (m, k))`` of a :func:`policy_record`: every item the policy
+    can show and its probability at each of the ``k`` slots (the response's length; the exploit
+    list is cut to ``k``). An item in neither list has probability 0 everywhere."""
+    exploit = list(policy["exploit"])[:k]
+    n = len(exploit)
+    e, x = slot_probabilities(n, np.asarray(policy.get("pool_probs") or [], float),
+                              float(policy.get("rate") or 0.0))  # fmt: skip
+    ids = exploit + list(policy.get("pool") or [])
+    probs = np.zeros((len(ids), k))
+    probs[:n, :n] = e
+    probs[n:, :n] = x
+    return ids, probs

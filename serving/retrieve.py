@@ -1,14 +1,18 @@
-"""The retrieve stage: a request's candidates, from the user's vector through FAISS.
+"""The retrieve stage: a request's candidates from several sources (:mod:`serving.sources`).
 
-The vector: a user in the two-tower's vocabulary → the precomputed one; any other user, when
-``new_users = "user_tower"`` (opt-in; default ``trending``) and the bundle has a feature-only
-user tower (:class:`serving.bundle.UserTower`) → their ``user_features`` row read from Redis (one
-HMGET, under the hydrate deadline and the breaker; once per user and bundle) encoded by the
-tower (cached by attribute values), flagged ``user_tower``. A user with no row in the online
-store (brand new), or any user of a bundle whose tower reads ids or history → **cold start**:
-trending items (popularity × trending from the item table), those of the context's categories
-first, flagged ``cold_start``; Redis failing on that read → the same, also flagged ``redis`` and
-``degraded``. Index failure → the popularity order, flagged ``retrieve``.
+The user's two-tower vector: a user in the two-tower's vocabulary → the precomputed one; any
+other user, when ``new_users = "user_tower"`` and the bundle has a feature-only user tower
+(:class:`serving.bundle.UserTower`) → their ``user_features`` row read from Redis (one HMGET,
+under the hydrate deadline and the breaker; once per user and bundle) encoded by the tower
+(cached by attribute values), flagged ``user_tower``. Then each source of
+``ServingConfig.source_quotas`` offers its quota — ``two_tower`` (FAISS, when there is a vector),
+``mf`` (users MF knows), ``covisit`` (users with a training history), ``trending`` — and
+:func:`serving.sources.merge` interleaves them; every candidate carries its source and that
+source's score. Nothing personal to offer (a user no source knows, a brand-new user with no
+online row) or ``force_cold_start`` → **cold start**: trending items (popularity × trending from
+the item table), those of the context's categories first, flagged ``cold_start``; Redis failing
+on the user-tower read → the same, also flagged ``redis`` and ``degraded``. A source failing →
+the popularity order, flagged ``retrieve``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import numpy as np
 from serving.bundle import LoadedBundle
 from serving.engine import Engine
 from serving.hydrate import read_user_features, redis_call, tower_service
+from serving.sources import SourceList, merge
 
 log = logging.getLogger("recloop.serving.retrieve")
 
@@ -94,9 +99,11 @@ def new_user_vector(
 @dataclass
 class Candidates:
     """The retrieve stage's answer: ``ids`` (``C`` of them, best first) and their retrieval
-    ``scores`` ``(C,)`` float64, ``drop`` (seen and excluded ids, never candidates), ``cold``
-    (cold start: no user vector), the ``fallbacks`` taken (in order), ``degraded`` (a failure
-    changed the answer) and ``error`` (what failed in Redis, or None)."""
+    ``scores`` ``(C,)`` float64, ``sources`` (the candidate source of each, ``C``) and
+    ``source_scores`` ``(C,)`` (that source's own score), ``drop`` (seen and excluded ids, never
+    candidates), ``cold`` (cold start: the trending list, nothing read or ranked), the
+    ``fallbacks`` taken (in order), ``degraded`` (a failure changed the answer) and ``error``
+    (what failed in Redis, or None)."""
 
     ids: list[str]
     scores: np.ndarray
@@ -105,6 +112,39 @@ class Candidates:
     fallbacks: list[str] = field(default_factory=list)
     degraded: bool = False
     error: str | None = None
+    sources: list[str] = field(default_factory=list)
+    source_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+
+def _cold(bundle: LoadedBundle, n: int, drop: set[str], categories: tuple[str, ...]) -> SourceList:
+    ids, scores = popular(bundle, n, drop, categories)
+    return SourceList("trending", ids, scores)
+
+
+def _offers(
+    bundle: LoadedBundle,
+    query: np.ndarray | None,
+    user_id: str,
+    row: int,
+    drop: set[str],
+    categories: tuple[str, ...],
+    quotas: dict[str, int],
+) -> list[SourceList]:
+    """Each configured source's offer for the user (see :mod:`serving.sources`); the
+    ``two_tower`` search raising propagates (the caller falls back)."""
+    lists: list[SourceList] = []
+    for name, n in quotas.items():
+        if name == "two_tower" and query is not None:
+            ids, scores = search(bundle, query, n, drop)
+            lists.append(SourceList(name, ids, scores))
+        elif name == "mf" and bundle.mf is not None:
+            lists.append(bundle.mf.offer(user_id, n, drop))
+        elif name == "covisit" and bundle.covisit is not None and row >= 0:
+            history = bundle.seen.indices[bundle.seen.indptr[row] : bundle.seen.indptr[row + 1]]
+            lists.append(bundle.covisit.offer(history, n, drop))
+        elif name == "trending":
+            lists.append(_cold(bundle, n, drop, categories))
+    return [x for x in lists if x.ids]
 
 
 def candidates(
@@ -115,14 +155,17 @@ def candidates(
     exclude: tuple[str, ...],
     budget_ms: Callable[[], float],
 ) -> Candidates:
-    """``engine.config.candidates`` candidates for ``user_id`` (see the module docstring);
-    ``budget_ms()``: what is left for a Redis read (ms), asked when one is needed."""
+    """Up to ``engine.config.candidates`` candidates for ``user_id`` from the configured sources
+    (see the module docstring); ``budget_ms()``: what is left for a Redis read (ms), asked when
+    one is needed. Cold start (the trending list, ``cold``) when nothing personal can be offered
+    (no two-tower vector, no MF row, no history) or ``force_cold_start``."""
     cfg = engine.config
     fallbacks: list[str] = []
     degraded, err = False, None
     row = bundle.user_row(user_id)
     query = bundle.user_vecs[row : row + 1] if row >= 0 else None
-    if query is None and bundle.user_tower is not None and cfg.new_users == "user_tower":
+    wants_tower = bundle.user_tower is not None and cfg.new_users == "user_tower"
+    if query is None and wants_tower and not cfg.force_cold_start:
         query, err = new_user_vector(engine, bundle, user_id, budget_ms())
         if err is not None:  # Redis failed: the cold-start answer, flagged
             fallbacks.append("redis")
@@ -131,15 +174,24 @@ def candidates(
             fallbacks.append("user_tower")
     drop = bundle.seen_items(row) | set(cfg.excluded_items) | set(exclude)
     n = cfg.candidates
-    if query is None:
-        ids, scores = popular(bundle, n, drop, categories)
-        fallbacks.append("cold_start")
-    else:
+    quotas = dict(cfg.source_quotas)
+    lists: list[SourceList] = []
+    if not cfg.force_cold_start and err is None:
         try:
-            ids, scores = search(bundle, query, n, drop)
+            lists = _offers(bundle, query, user_id, row, drop, categories, quotas)
         except Exception as exc:  # noqa: BLE001
             log.error("retrieve failed for bundle %s: %r", bundle.version, exc)
-            ids, scores = popular(bundle, n, drop, ())
             fallbacks.append("retrieve")
             degraded = True
-    return Candidates(ids, scores, drop, query is None, fallbacks, degraded, err)
+            lists = [_cold(bundle, n, drop, ())]
+    personal = any(x.name != "trending" for x in lists)
+    failed = "retrieve" in fallbacks
+    if not personal and not failed:  # nothing personal: the cold-start list
+        lists = [_cold(bundle, n, drop, categories)]
+        fallbacks.append("cold_start")
+    merged = merge(lists, quotas if personal else {"trending": n}, n)
+    cold = not personal and not failed
+    return Candidates(
+        merged.ids, merged.scores, drop, cold, fallbacks, degraded, err,
+        merged.sources, merged.source_scores,
+    )  # fmt: skip

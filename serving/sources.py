@@ -1,0 +1,158 @@
+"""Candidate sources of the retrieve stage, and their merge into one candidate list.
+
+Each source offers up to its quota (``ServingConfig.source_quotas``) of item ids for one user,
+best first, with its own scores; the seen and excluded items (``drop``) are never offered:
+
+- ``two_tower``: the bundle's FAISS index searched with the user's two-tower vector (known users)
+  or the user-tower vector (users outside the vocabulary, ``new_users = "user_tower"``).
+- ``mf``: the bundle's matrix factorization (:class:`MFSource`), exact inner product over every
+  item it knows (recall 1 by construction; the catalog is scored in one ``(I, F)`` product).
+- ``covisit``: item-to-item neighbours (:class:`CovisitSource`) of the items the user engaged
+  with in the training window: cosine similarity of the items' user columns, summed over the
+  user's items.
+- ``trending``: the item table's trending order (context categories first).
+
+:func:`merge` interleaves the lists by quota — list ``s`` puts its ``r``-th item at key
+``(r + 1) / quota_s`` and the keys are sorted (ties by source order), a duplicate kept at its
+first place — so a source with twice the quota offers twice as many of the top candidates.
+The merged list's retrieval score is ``1 / (1 + merged rank)``: sources' raw scores are not on
+one scale; the ranker (when the bundle has one) replaces them, and the retrieval order stays
+what serves when it has none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+SOURCES = ("two_tower", "mf", "covisit", "trending")
+
+
+@dataclass
+class SourceList:
+    """One source's offer: ``ids`` (best first) and their ``scores`` ``(n,)`` float64."""
+
+    name: str
+    ids: list[str]
+    scores: np.ndarray
+
+
+@dataclass
+class Merged:
+    """The merged candidates: ``ids`` (``C``), ``scores`` ``(C,)`` = ``1 / (1 + rank)``,
+    ``sources`` (the source each was first offered by) and ``source_scores`` ``(C,)`` (that
+    source's own score)."""
+
+    ids: list[str]
+    scores: np.ndarray
+    sources: list[str]
+    source_scores: np.ndarray
+
+
+def merge(lists: list[SourceList], quotas: dict[str, int], n: int) -> Merged:
+    """Interleave ``lists`` by ``quotas`` (see the module docstring); at most ``n`` ids."""
+    keys: list[tuple[float, int, int]] = []
+    for s, lst in enumerate(lists):
+        q = max(int(quotas.get(lst.name, len(lst.ids))), 1)
+        keys += [((r + 1) / q, s, r) for r in range(min(len(lst.ids), q))]
+    keys.sort()
+    ids: list[str] = []
+    sources: list[str] = []
+    raw: list[float] = []
+    taken: set[str] = set()
+    for _, s, r in keys:
+        item = lists[s].ids[r]
+        if item in taken:
+            continue
+        taken.add(item)
+        ids.append(item)
+        sources.append(lists[s].name)
+        raw.append(float(lists[s].scores[r]))
+        if len(ids) == n:
+            break
+    scores = 1.0 / (1.0 + np.arange(len(ids), dtype=np.float64))
+    return Merged(ids, scores, sources, np.asarray(raw, dtype=np.float64))
+
+
+def top_excluding(
+    scores: np.ndarray, ids: np.ndarray, n: int, drop: set[str]
+) -> tuple[list[str], np.ndarray]:
+    """The ``n`` best of ``scores`` ``(I,)`` over ``ids`` ``(I,)`` str, ``drop`` removed."""
+    m = min(n + len(drop), len(scores))
+    if m <= 0:
+        return [], np.zeros(0)
+    top = np.argpartition(-scores, m - 1)[:m] if m < len(scores) else np.arange(len(scores))
+    top = top[np.argsort(-scores[top], kind="stable")]
+    out = [(str(ids[j]), float(scores[j])) for j in top if str(ids[j]) not in drop][:n]
+    return [i for i, _ in out], np.asarray([s for _, s in out], dtype=np.float64)
+
+
+@dataclass
+class MFSource:
+    """A bundle's matrix factorization, ready to score: ``user_vecs`` ``(U, F)`` and
+    ``item_vecs`` ``(I, F)`` float32 (inner product = the model's score, popularity prior
+    included), with their vocabularies."""
+
+    users: object  # pipelines.core.vocab.Vocab
+    item_ids: np.ndarray  # (I,) str
+    user_vecs: np.ndarray
+    item_vecs: np.ndarray
+
+    @classmethod
+    def from_model(cls, model: object, users: object, items: object) -> MFSource:
+        return cls(
+            users,
+            np.asarray(items.ids, dtype=str),  # type: ignore[attr-defined]
+            np.ascontiguousarray(model.user_embeddings(), dtype=np.float32),  # type: ignore[attr-defined]
+            np.ascontiguousarray(model.item_embeddings(), dtype=np.float32),  # type: ignore[attr-defined]
+        )
+
+    def offer(self, user_id: str, n: int, drop: set[str]) -> SourceList:
+        row = int(self.users.encode([user_id])[0])  # type: ignore[attr-defined]
+        if row < 0 or n <= 0:
+            return SourceList("mf", [], np.zeros(0))
+        scores = self.item_vecs @ self.user_vecs[row]
+        ids, s = top_excluding(scores, self.item_ids, n, drop)
+        return SourceList("mf", ids, s)
+
+
+@dataclass
+class CovisitSource:
+    """Item-to-item neighbours from a training matrix: ``neighbours`` ``(I, K)`` int32 item
+    columns (-1 pads) and their cosine ``sims`` ``(I, K)`` float32, over ``item_ids``."""
+
+    item_ids: np.ndarray  # (I,) str
+    neighbours: np.ndarray
+    sims: np.ndarray
+
+    @classmethod
+    def from_matrix(cls, seen: sp.csr_matrix, item_ids: np.ndarray, k: int = 50) -> CovisitSource:
+        """Neighbours of every item in ``seen`` ``(U, I)`` (binary use): cosine of the items'
+        user columns, the item itself left out, the ``k`` largest kept."""
+        x = (seen > 0).astype(np.float32).tocsc()
+        norms = np.sqrt(np.asarray(x.power(2).sum(axis=0)).ravel())
+        norms[norms == 0] = 1.0
+        co = (x.T @ x).toarray()
+        co /= norms[:, None] * norms[None, :]
+        np.fill_diagonal(co, 0.0)
+        n = co.shape[0]
+        k = min(k, max(n - 1, 1))
+        nb = np.argpartition(-co, k - 1, axis=1)[:, :k] if n > k else np.tile(np.arange(n), (n, 1))
+        sims = np.take_along_axis(co, nb, 1)
+        nb = np.where(sims > 0, nb, -1).astype(np.int32)
+        return cls(np.asarray(item_ids, dtype=str), nb, sims.astype(np.float32))
+
+    def offer(self, history: np.ndarray, n: int, drop: set[str]) -> SourceList:
+        """Neighbours of the user's items (``history``: item columns) by summed similarity."""
+        if len(history) == 0 or n <= 0:
+            return SourceList("covisit", [], np.zeros(0))
+        nb = self.neighbours[history].ravel()
+        sims = self.sims[history].ravel()
+        keep = nb >= 0
+        scores = np.bincount(nb[keep], sims[keep], minlength=len(self.item_ids))
+        scores[history] = 0.0
+        live = np.flatnonzero(scores > 0)
+        ids, s = top_excluding(scores[live], self.item_ids[live], n, drop)
+        return SourceList("covisit", ids, s)

@@ -1,0 +1,67 @@
+"""Candidate sources and their merge (serving.sources): quotas, de-duplication, exclusions."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from pipelines.core.vocab import Vocab
+from serving.sources import CovisitSource, MFSource, SourceList, merge, top_excluding
+
+
+def _list(name: str, ids: list[str]) -> SourceList:
+    return SourceList(name, ids, np.linspace(1.0, 0.1, len(ids)))
+
+
+def test_merge_interleaves_by_quota_and_keeps_first_source_of_a_duplicate():
+    a = _list("two_tower", ["a1", "a2", "a3", "a4"])
+    b = _list("trending", ["b1", "a2", "b3"])
+    m = merge([a, b], {"two_tower": 4, "trending": 2}, n=10)
+    # keys: a1 .25, a2 .5, b1 .5, a3 .75, a4 1, a2(b) 1 (dropped: taken)
+    assert m.ids == ["a1", "a2", "b1", "a3", "a4"]
+    assert m.sources == ["two_tower", "two_tower", "trending", "two_tower", "two_tower"]
+    assert np.all(np.diff(m.scores) < 0) and m.scores[0] == 1.0
+    assert m.source_scores[2] == b.scores[0]
+
+
+def test_merge_takes_at_most_the_quota_of_a_source_and_n_in_all():
+    a = _list("mf", [f"m{j}" for j in range(10)])
+    b = _list("covisit", [f"c{j}" for j in range(10)])
+    m = merge([a, b], {"mf": 3, "covisit": 5}, n=6)
+    assert len(m.ids) == 6
+    assert sum(s == "mf" for s in m.sources) <= 3
+    assert merge([a, b], {"mf": 3, "covisit": 5}, n=100).sources.count("covisit") == 5
+
+
+def test_top_excluding_drops_and_orders():
+    scores = np.array([0.1, 0.9, 0.5, 0.7])
+    ids = np.array(["i0", "i1", "i2", "i3"])
+    got, s = top_excluding(scores, ids, 2, drop={"i1"})
+    assert got == ["i3", "i2"]
+    np.testing.assert_allclose(s, [0.7, 0.5])
+
+
+def test_mf_source_scores_by_inner_product_and_knows_only_its_users():
+    users, items = Vocab(["u0", "u1"]), Vocab(["i0", "i1", "i2"])
+
+    class Model:
+        def user_embeddings(self):
+            return np.array([[1.0, 0.0], [0.0, 1.0]])
+
+        def item_embeddings(self):
+            return np.array([[0.2, 0.9], [0.8, 0.1], [0.5, 0.5]])
+
+    src = MFSource.from_model(Model(), users, items)
+    assert src.offer("u0", 2, set()).ids == ["i1", "i2"]
+    assert src.offer("u1", 3, {"i0"}).ids == ["i2", "i1"]
+    assert src.offer("nobody", 3, set()).ids == []
+
+
+def test_covisit_offers_items_engaged_by_the_same_users_not_the_history():
+    # u0 and u1 both took i0 and i1; u2 took i2 and i3
+    seen = sp.csr_matrix(np.array([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1]], dtype=np.float32))
+    src = CovisitSource.from_matrix(seen, np.array(["i0", "i1", "i2", "i3"]), k=2)
+    offer = src.offer(np.array([0]), 5, set())
+    assert offer.ids == ["i1"]
+    assert src.offer(np.array([2]), 5, {"i3"}).ids == []
+    assert src.offer(np.array([], dtype=np.int64), 5, set()).ids == []
