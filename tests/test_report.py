@@ -16,6 +16,7 @@ from pipelines.core import schema
 from pipelines.experiments import ab
 from pipelines.release import gate
 from pipelines.report.html import NO_DATA, SECTIONS, load_reports, write_report
+from tests.helpers import write_day
 
 D1, D2 = dt.date(2026, 1, 2), dt.date(2026, 1, 3)
 EVIL = '<script>alert("x")</script>'
@@ -128,10 +129,13 @@ def populate(settings) -> None:
         schema.write_json_atomic(rec, ab.report_path(settings, "1-vs-2", day_list[-1]))
     rec = _ab_record("1-vs-3", [D2], with_prediction=False)
     schema.write_json_atomic(rec, ab.report_path(settings, "1-vs-3", D2))
+    for day in (D1, D2):  # validated impressions: the catalog-health section
+        write_day(settings, day, "1", "2", (0.02, 0.03), n=(50, 50))
 
 
-# plots: days 1, offline metrics 1, data 1, OPE 1, A/B 1-vs-2 (looks + OPE-vs-A/B) 2, 1-vs-3 1
-EXPECTED_IMAGES = 7
+# plots: days 1, offline metrics 1, data 1, OPE 1, A/B 1-vs-2 (looks + OPE-vs-A/B) 2, 1-vs-3 1,
+# catalog health 1
+EXPECTED_IMAGES = 8
 
 
 def test_full_report_sections_plots_and_escaping(settings):
@@ -194,7 +198,8 @@ def test_malformed_files_degrade_to_no_data(settings, caplog):
     assert "skipping" in caplog.text  # the unreadable stats file was logged
     # gates, OPE and the healthy experiment still render; the metrics plot keeps only the
     # gates' index recall panel
-    assert page.count("<img ") == 4  # index recall, OPE, 1-vs-2 looks, 1-vs-2 OPE-vs-A/B
+    # index recall, OPE, 1-vs-2 looks, 1-vs-2 OPE-vs-A/B, catalog health
+    assert page.count("<img ") == 5
     assert "0.2100 vs 0.2000: pass" in page
 
 

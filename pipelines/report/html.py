@@ -19,6 +19,9 @@ source (under ``reports/``)  section
                             looks, the always-valid interval of the difference, the decision per
                             day, guardrails, and OPE prediction vs A/B measurement vs truth per
                             arm (``predicted`` / ``truth`` keys, when present)
+``data/validated/date=D/``  7. Catalog health of the logged impressions per day: distinct items,
+                            coverage, Gini of impressions per item, novelty and the share of new
+                            items (:mod:`pipelines.report.catalog`; one DuckDB scan of the logs)
 ==========================  =====================================================================
 
 Every section degrades to a "no data" line: a missing or unreadable file, a missing key or a
@@ -61,6 +64,7 @@ SECTIONS = (
     ("gates", "4. Promotion gates"),
     ("ope", "5. Off-policy evaluation vs truth"),
     ("ab", "6. A/B experiments"),
+    ("catalog", "7. Catalog health"),
 )
 NO_DATA = "no data"
 ROTATE_AFTER = 6  # date labels are drawn at 45° when an axis has more
@@ -85,10 +89,13 @@ class ReportData:
     """date → policy label (file stem) → OPE report."""
     ab: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     """experiment → date → decision record."""
+    catalog: list[dict[str, Any]] = field(default_factory=list)
+    """Catalog health of the validated impressions, one record per day
+    (:func:`pipelines.report.catalog.daily_health`), by date."""
 
     def dates(self) -> list[str]:
         """Every date any report mentions, sorted."""
-        found = {d.get("date") for d in self.days}
+        found = {d.get("date") for d in self.days} | {c.get("date") for c in self.catalog}
         for group in (self.evals, self.stats, self.gates, self.ope):
             found |= set(group)
         for recs in self.ab.values():
@@ -150,7 +157,25 @@ def load_reports(settings: Settings, dates: Iterable[dt.date | str] | None = Non
         found = _dated(ab_decision_dates(settings, name), keep, read_ab_decision, settings, name)
         if found:
             data.ab[name] = found
+    data.catalog = _catalog_days(settings, keep)
     return data
+
+
+def _catalog_days(settings: Settings, keep: set[str] | None) -> list[dict[str, Any]]:
+    """Catalog health per validated day (those in ``keep`` only, when given); ``[]`` (logged)
+    when the logs cannot be read."""
+    from pipelines.core.validated import validated_dates
+    from pipelines.report import catalog
+
+    days = [d for d in validated_dates(settings) if keep is None or d.isoformat() in keep]
+    if not days:
+        return []
+    try:
+        frame = catalog.daily_health(settings, days)
+    except Exception as exc:  # noqa: BLE001 - unreadable logs: the section says no data
+        log.warning("report: catalog health skipped (%s: %s)", type(exc).__name__, exc)
+        return []
+    return frame.to_dict(orient="records")
 
 
 # --- small helpers ---------------------------------------------------------------------------
@@ -876,6 +901,58 @@ def section_ab(data: ReportData) -> str:
     )
 
 
+# --- 7. catalog health ----------------------------------------------------------------------
+
+CATALOG_SHARES = (("coverage", "coverage"), ("gini", "Gini of impressions"),
+                  ("new_item_share", "new-item share"))  # fmt: skip
+
+
+def section_catalog(data: ReportData) -> str:
+    """Per day of validated logs: distinct items shown (bars), coverage, Gini and new-item share
+    (lines, one axes), and a table with novelty."""
+    from pipelines.report.catalog import NEW_DAYS, POPULARITY_WINDOW_DAYS
+
+    if not data.catalog:
+        return _no_data("no validated impressions under data/validated/")
+    recs = sorted(data.catalog, key=lambda r: str(r.get("date")))
+    dates = [str(r.get("date")) for r in recs]
+    fig, (ax1, ax2) = _figure(height=4.2, rows=2, n_labels=len(dates))
+    ax1.bar(range(len(dates)), [finite(r.get("distinct_items")) or 0.0 for r in recs],
+            label="distinct items")  # fmt: skip
+    ax1.set_ylabel("items")
+    ax1.set_title("distinct items shown per day (validated impressions)")
+    _legend(ax1)
+    _date_axis(ax1, dates)
+    for key, label in CATALOG_SHARES:
+        xs = [i for i, r in enumerate(recs) if finite(r.get(key)) is not None]
+        ax2.plot(xs, [recs[i][key] for i in xs], "o-", label=label)
+    ax2.set_ylim(0.0, 1.02)
+    ax2.set_ylabel("share")
+    _legend(ax2)
+    _date_axis(ax2, dates)
+    rows = [
+        [
+            str(r.get("date")),
+            cell(r.get("impressions")),
+            f"{cell(r.get('distinct_items'))} of {cell(r.get('catalog_items'))}",
+            cell(finite(r.get("coverage")), ".3f"),
+            cell(finite(r.get("gini")), ".3f"),
+            cell(finite(r.get("novelty")), ".2f"),
+            cell(finite(r.get("new_item_share")), ".3f"),
+        ]
+        for r in recs
+    ]
+    headers = ["date", "impressions", "distinct items", "coverage", "Gini", "novelty (bits)",
+               "new-item share"]  # fmt: skip
+    note = (
+        "<p>Coverage: distinct items shown / items in the catalog that day. Gini of impressions "
+        "per catalog item (0: all equally shown). Novelty: mean −log2 of the shown items' share "
+        f"of the positives of the {POPULARITY_WINDOW_DAYS} days before. New: created at most "
+        f"{NEW_DAYS} days before.</p>"
+    )
+    return _img(fig, "catalog health per day") + note + _table(headers, rows)
+
+
 # --- the page --------------------------------------------------------------------------------
 
 _BUILDERS: dict[str, Callable[[ReportData], str]] = {
@@ -885,6 +962,7 @@ _BUILDERS: dict[str, Callable[[ReportData], str]] = {
     "gates": section_gates,
     "ope": section_ope,
     "ab": section_ab,
+    "catalog": section_catalog,
 }
 
 _CSS = """
