@@ -347,6 +347,38 @@ def table_size(spec: dict[str, Any]) -> int:
     return 1 + (len(spec["values"]) if spec["kind"] == "vocab" else int(spec["buckets"]))
 
 
+# --- calibration ----------------------------------------------------------------------------------
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
+
+
+def _logloss(y: np.ndarray, p: np.ndarray) -> float:
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean()) if len(y) else float("nan")
+
+
+def platt_fit(z: np.ndarray, y: np.ndarray, iters: int = 50) -> tuple[float, float]:
+    """``(a, b)`` minimizing the logloss of ``sigmoid(a z + b)`` on logits ``z`` ``(N,)`` and
+    labels ``y`` ``(N,)`` 0/1 (Newton steps from ``(1, 0)``, a tiny ridge for stability);
+    ``a`` is floored at 1e-3 so the calibrated scores keep the order of ``z``. ``(1, 0)`` when
+    ``y`` holds a single class."""
+    if len(y) == 0 or y.min() == y.max():
+        return 1.0, 0.0
+    x = np.stack([z, np.ones_like(z)], axis=1)
+    w = np.array([1.0, 0.0])
+    for _ in range(iters):
+        p = _sigmoid(x @ w)
+        grad = x.T @ (p - y) + 1e-6 * w
+        hess = (x * (p * (1 - p))[:, None]).T @ x + 1e-6 * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        w = w - step
+        if np.abs(step).max() < 1e-8:
+            break
+    return max(float(w[0]), 1e-3), float(w[1])
+
+
 # --- the ranker -----------------------------------------------------------------------------------
 
 
@@ -394,6 +426,8 @@ class DLRMRanker(Ranker):
         label: str = "label",
         history: list[dict[str, float]] | None = None,
         fit_report: dict[str, Any] | None = None,
+        patience: int | None = None,
+        calibration: dict[str, Any] | None = None,
         device: str | None = None,
     ) -> None:
         if interaction not in INTERACTIONS:
@@ -428,6 +462,8 @@ class DLRMRanker(Ranker):
         self.label = label
         self.history = history or []
         self.fit_report = fit_report or {}
+        self.patience = None if patience is None else int(patience)
+        self.calibration = calibration
         self.device = pick_device(device)
         self.last_report: dict[str, Any] = {}
         self.net: nn.Module | None = None
@@ -592,7 +628,9 @@ class DLRMRanker(Ranker):
     ) -> DLRMRanker:
         """Train on ``frame`` (one row per example; ``label`` 0/1; optional ``weight`` column of
         per-example loss weights). With ``valid_frame`` the epoch with the best validation
-        logloss is kept. Deterministic under ``seed`` on CPU. Returns ``self``."""
+        logloss is kept (and with ``patience`` training stops once that many epochs passed
+        without a better one). Deterministic under ``seed`` on CPU. Any previous
+        :attr:`calibration` is dropped. Returns ``self``."""
         if not isinstance(frame, pd.DataFrame):
             raise TypeError(
                 "DLRMRanker.fit takes a DataFrame of feature rows with a label column, not "
@@ -614,6 +652,7 @@ class DLRMRanker(Ranker):
                 raise ValueError(f"weight {weight!r} of row {int(badw[0])} is {w[badw[0]]!r}")
         self._check_columns(frame)
         self.label = label
+        self.calibration = None
         t0 = time.perf_counter()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
@@ -656,6 +695,7 @@ class DLRMRanker(Ranker):
         if valid_frame is not None:
             valid_y = valid_frame[self.label].to_numpy(dtype=np.float64)
         best: tuple[float, dict[str, torch.Tensor]] | None = None
+        best_epoch = 0
         self.history = []
         for epoch in progress_bar(
             range(self.epochs), desc=f"dlrm-{self.interaction}", unit="epoch", enabled=progress
@@ -685,8 +725,16 @@ class DLRMRanker(Ranker):
                 row["valid_logloss"] = vl
                 if best is None or vl < best[0]:
                     best = (vl, {k: v.detach().clone() for k, v in self.net.state_dict().items()})
+                    best_epoch = epoch
             self.history.append(row)
             log.debug("epoch %d: %s", epoch, row)
+            if (
+                self.patience is not None
+                and best is not None
+                and epoch - best_epoch > self.patience
+            ):
+                log.info("early stop after epoch %d (best %d)", epoch, best_epoch)
+                break
         if best is not None:
             self.net.load_state_dict(best[1])
         self.net.eval()
@@ -717,10 +765,38 @@ class DLRMRanker(Ranker):
         return self._scorer
 
     def predict_logits(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        """Logits ``(N,)`` of encoded inputs (see :meth:`encode`)."""
+        """Logits ``(N,)`` of encoded inputs (see :meth:`encode`), calibrated
+        (``a * logit + b``, :meth:`calibrate`) when the ranker has a calibration."""
         fn = self.scorer()
         with torch.inference_mode():
-            return fn(dense.to(self.device), sparse.to(self.device))
+            logits = fn(dense.to(self.device), sparse.to(self.device))
+            cal = self.calibration
+            if cal:
+                logits = logits * float(cal["a"]) + float(cal["b"])
+            return logits
+
+    def calibrate(self, frame: pd.DataFrame, label: str | None = None) -> dict[str, float]:
+        """Platt scaling on held-out rows: ``p = sigmoid(a * logit + b)`` with ``(a, b)`` the
+        logloss minimum over ``frame`` (``label`` 0/1, default the training label); ``a`` is
+        kept positive so the order of the scores never changes. Sets :attr:`calibration` and
+        returns it: ``a``, ``b``, ``rows``, ``observed_ctr``, mean prediction and logloss
+        before (``raw_*``) and after."""
+        y = frame[label or self.label].to_numpy(dtype=np.float64)
+        self.calibration = None
+        dense, sparse = self.encode(frame)
+        z = np.concatenate([
+            self.predict_logits(dense[s : s + 65_536], sparse[s : s + 65_536]).cpu().numpy()
+            for s in range(0, len(frame), 65_536)
+        ]).astype(np.float64)  # fmt: skip
+        a, b = platt_fit(z, y)
+        raw, cal = _sigmoid(z), _sigmoid(a * z + b)
+        self.calibration = {
+            "method": "platt", "a": a, "b": b, "rows": int(len(y)),
+            "observed_ctr": float(y.mean()) if len(y) else float("nan"),
+            "raw_mean_pred": float(raw.mean()), "mean_pred": float(cal.mean()),
+            "raw_logloss": _logloss(y, raw), "logloss": _logloss(y, cal),
+        }  # fmt: skip
+        return dict(self.calibration)
 
     def predict_proba(self, frame: pd.DataFrame, batch_size: int = 65_536) -> np.ndarray:
         """Click probability ``(N,)`` float32 of each row of ``frame`` (raw feature columns)."""
@@ -773,6 +849,8 @@ class DLRMRanker(Ranker):
             "label": self.label,
             "history": self.history,
             "fit_report": self.fit_report,
+            "patience": self.patience,
+            "calibration": self.calibration,
         }
 
     @classmethod

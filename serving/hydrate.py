@@ -68,7 +68,23 @@ def read_features(
             user_reply, items, present = cache.read(settings, plan, service, user_id, ids)
     user = online.decode_user_row(plan, user_reply)
     missing = int(len(ids) - np.count_nonzero(present))
+    user, items = with_ranker_columns(user, items, ids)
     return Hydrated(user, items, missing, (time.perf_counter() - t0) * 1e3)
+
+
+def with_ranker_columns(
+    user: dict[str, Any], items: dict[str, np.ndarray], ids: list[str]
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``user`` and ``items`` plus the columns the ranker reads beside the feature service's
+    (:data:`pipelines.ranking.data.ID_FEATURES`): ``item_id`` ``(C,)`` the candidates' ids,
+    ``user_age_band`` of ``user_age`` and ``slot`` = ``SERVING_POSITION`` (0: every candidate
+    scored as if shown first). New dicts: the item cache's arrays are not modified. A ranker
+    that reads none of these ignores them."""
+    from pipelines.ranking.data import SERVING_POSITION, age_band
+
+    user = {**user, "slot": SERVING_POSITION, "user_age_band": age_band(user.get("user_age"))}
+    items = {**items, "item_id": np.asarray(ids, dtype=object)}
+    return user, items
 
 
 def read_user_features(

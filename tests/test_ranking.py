@@ -35,7 +35,10 @@ def world(redis_settings):
 def test_train_evaluate_and_predict_from_redis(world, tmp_path):
     summary = ranking.train_for_date(world, DAYS[0], epochs=2)
     assert summary["positives"] > 0 and summary["rows"] > summary["positives"]
-    assert summary["negative_mix"]["hard"] == pytest.approx(0.3)  # two-tower candidates were there
+    assert summary["negative_mix"] == {}  # impressions: no sampled negatives by default
+    assert summary["rows"] == len(
+        data.labelled_impressions(world, *[pd.Timestamp(DAYS[0]).date()] * 2)
+    )
     ranker = predict.load_ranker(world, "ranker", DAYS[0])
     assert ranker.config()["feature_service"] == data.SERVICE
 

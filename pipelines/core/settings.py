@@ -14,6 +14,7 @@ environment, and ``Settings.ensure_dirs()`` is the one place that creates the wo
 | ``RECLOOP_MIN_VOLUME_RATIO`` | ``0.2``                                   | validation: day volume / trailing-7-day mean below this fails |
 | ``RECLOOP_IMPORTED_MIN_VOLUME_RATIO`` | ``0``                            | validation of imported days: volume / trailing-7-day median below this fails (0: never; below ``RECLOOP_MIN_VOLUME_RATIO`` warns) |
 | ``RECLOOP_RATING_POSITIVE``  | ``4``                                     | ranker without impressions: a rating >= this is a positive |
+| ``RECLOOP_RANKER_WINDOW_DAYS`` | ``28``                                 | ranker training window: labelled impressions of the last N validated days (the last one held out for early stopping and calibration) |
 | ``RECLOOP_GATE_TEST_DAYS``   | ``1``                                     | forward evaluation and gate on day D: models trained through D−H scored on the pooled positives of days D−H+1..D (H test days; 1: the day itself) |
 | ``RECLOOP_TASK_RETRIES``     | ``2``                                     | Airflow retries per task |
 | ``RECLOOP_RETRY_DELAY_S``    | ``30``                                    | Airflow delay between retries, seconds |
@@ -81,6 +82,7 @@ class Settings:
     imported_min_volume_ratio: float = 0.0
     rating_positive: float = 4.0
     gate_test_days: int = 1
+    ranker_window_days: int = 28
     task_retries: int = 2
     retry_delay_s: float = 30.0
     serve_url: str = "http://127.0.0.1:8000"
@@ -113,6 +115,10 @@ class Settings:
             rating_positive=env_float(env, "RECLOOP_RATING_POSITIVE", cls.rating_positive),
             gate_test_days=_positive(
                 env_int(env, "RECLOOP_GATE_TEST_DAYS", cls.gate_test_days), "RECLOOP_GATE_TEST_DAYS"
+            ),
+            ranker_window_days=_positive(
+                env_int(env, "RECLOOP_RANKER_WINDOW_DAYS", cls.ranker_window_days),
+                "RECLOOP_RANKER_WINDOW_DAYS",
             ),
             task_retries=env_int(env, "RECLOOP_TASK_RETRIES", cls.task_retries),
             retry_delay_s=env_float(env, "RECLOOP_RETRY_DELAY_S", cls.retry_delay_s),
@@ -186,6 +192,7 @@ class Settings:
             "RECLOOP_IMPORTED_MIN_VOLUME_RATIO": str(self.imported_min_volume_ratio),
             "RECLOOP_RATING_POSITIVE": str(self.rating_positive),
             "RECLOOP_GATE_TEST_DAYS": str(self.gate_test_days),
+            "RECLOOP_RANKER_WINDOW_DAYS": str(self.ranker_window_days),
             "RECLOOP_TASK_RETRIES": str(self.task_retries),
             "RECLOOP_RETRY_DELAY_S": str(self.retry_delay_s),
             "RECLOOP_SERVE_URL": self.serve_url,

@@ -47,6 +47,17 @@ POSITIVES_SOURCE = "positives+sampled negatives"
 clicked / not clicked), or, on logs without impressions, engagement rows (clicks, purchases,
 ratings at or above ``Settings.rating_positive``; ratings below it are real negatives) completed
 by sampled negatives."""
+AGE_BAND_EDGES = (18, 25, 35, 45, 55, 65)
+"""Lower edges of the ``user_age_band`` buckets (``"<18"``, ``"18-24"`` ... ``"65+"``;
+``"unknown"`` for a negative / missing age)."""
+ID_FEATURES = ("item_id", "user_age_band", "slot")
+"""Sparse columns the ranker reads besides its feature service's (:func:`add_ranker_columns`):
+the candidate's id, the user's age band (so that item x age, gender, country crosses can be
+learnt) and ``slot``, the position the item was shown at (training; serving feeds
+:data:`SERVING_POSITION`). ``slot`` is a copy so that the logged ``position`` stays as logged."""
+SERVING_POSITION = 0
+"""The ``slot`` every candidate gets when scored: the ranker predicts the click probability
+at the top slot, so the logged slot's examination bias does not enter the order."""
 MIN_POSITIVES = 20
 """Fewest positives a window needs before a ranker is trained on it."""
 SAMPLED_PER_POSITIVE = 3.0
@@ -394,15 +405,53 @@ def ips_weights(
 # --- the stage's rows and columns ---------------------------------------------------------------------
 
 
-def feature_columns(settings: Settings) -> tuple[list[str], list[str]]:
-    """``(dense, sparse)`` feature names of the ranker's feature service."""
+def feature_columns(
+    settings: Settings, extra: Sequence[str] = ID_FEATURES
+) -> tuple[list[str], list[str]]:
+    """``(dense, sparse)`` feature names of the ranker's feature service, ``extra`` (default
+    :data:`ID_FEATURES`, made by :func:`add_ranker_columns`) appended to the sparse ones."""
     from pipelines.features.store import service_features
     from pipelines.features.tables import FEATURE_TYPES
 
     names = [n for cols in service_features(settings, SERVICE).values() for n in cols]
     dense = [n for n in names if FEATURE_TYPES[n] != "string"]
     sparse = [n for n in names if FEATURE_TYPES[n] == "string"]
-    return dense, sparse
+    return dense, [*sparse, *[c for c in extra if c not in sparse]]
+
+
+def age_band(age: float | int | None) -> str:
+    """The ``user_age_band`` of one age in years (:data:`AGE_BAND_EDGES`)."""
+    try:
+        a = float(age)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return "unknown"
+    if not np.isfinite(a) or a < 0:
+        return "unknown"
+    k = int(np.searchsorted(np.asarray(AGE_BAND_EDGES), a, side="right"))
+    if k == 0:
+        return f"<{AGE_BAND_EDGES[0]}"
+    if k == len(AGE_BAND_EDGES):
+        return f"{AGE_BAND_EDGES[-1]}+"
+    return f"{AGE_BAND_EDGES[k - 1]}-{AGE_BAND_EDGES[k] - 1}"
+
+
+def add_ranker_columns(frame: pd.DataFrame, position: int | None = None) -> pd.DataFrame:
+    """A copy of ``frame`` (feature rows with ``user_age``, ``item_id``, and ``position`` when
+    logged) with the :data:`ID_FEATURES`: ``user_age_band`` from ``user_age``; ``slot`` = the
+    logged ``position`` (``position=None``; missing where there is none: sampled negatives) or
+    the constant ``position`` (:data:`SERVING_POSITION` to score as serving does). ``item_id``
+    as text."""
+    out = frame.copy()
+    ages = out["user_age"] if "user_age" in out.columns else pd.Series(np.nan, index=out.index)
+    out["user_age_band"] = [age_band(a) for a in ages.to_numpy()]
+    out["item_id"] = out["item_id"].astype(str)
+    if position is not None:
+        out["slot"] = int(position)
+    elif "position" in out.columns:
+        out["slot"] = out["position"].astype("Int32")
+    else:
+        out["slot"] = pd.array([pd.NA] * len(out), dtype="Int32")
+    return out
 
 
 def read_validated(settings: Settings, first: dt.date, last: dt.date) -> pd.DataFrame:
@@ -477,13 +526,19 @@ def negative_mix(hard: dict[str, list[str]] | None) -> dict[str, float]:
 
 
 def training_rows(
-    settings: Settings, day: dt.date, window_days: int, min_positives: int = MIN_POSITIVES
+    settings: Settings,
+    day: dt.date,
+    window_days: int,
+    min_positives: int = MIN_POSITIVES,
+    negatives_per_click: float = 0.0,
 ) -> tuple[pd.DataFrame, dict[str, float], str]:
     """The ranker's training rows for the ``window_days`` ending at ``day`` (features not yet
     joined), the negative mix used and the label source (:func:`window_labels`).
 
-    From impressions: the labelled impressions plus as many sampled negatives as clicks (item
-    pool and popularity from the impressions). Without usable impressions: the positives (and
+    From impressions: the labelled impressions alone (real negatives: shown, not clicked), plus
+    ``negatives_per_click`` sampled negatives per click when asked (default none: sampled
+    negatives lower the base rate the ranker learns, ``benchmarks/README.md``; item pool and
+    popularity from the impressions). Without usable impressions: the positives (and
     ratings below the threshold, real negatives) plus :data:`SAMPLED_PER_POSITIVE` sampled
     negatives per positive (item pool and popularity from every event of the window). Hard
     candidates come from the two-tower trained through ``day`` in both cases.
@@ -491,8 +546,10 @@ def training_rows(
     first = day - dt.timedelta(days=window_days - 1)
     labelled, source = window_labels(settings, first, day, min_positives)
     if source == IMPRESSIONS_SOURCE:
+        if negatives_per_click <= 0:
+            return labelled, {}, source
         popularity = labelled["item_id"].astype(str).value_counts()
-        ratio = 1.0
+        ratio = negatives_per_click
     else:
         popularity = read_validated(settings, first, day)["item_id"].astype(str).value_counts()
         ratio = SAMPLED_PER_POSITIVE

@@ -29,7 +29,9 @@ from pipelines.ranking.data import (
     IMPRESSIONS_SOURCE,
     SAMPLED_PER_POSITIVE,
     SERVICE,
+    SERVING_POSITION,
     NotEnoughLabels,
+    add_ranker_columns,
     read_validated,
     sample_negatives,
     window_labels,
@@ -251,8 +253,8 @@ def evaluate_forward(settings: Settings, date: str | dt.date) -> dict[str, Any]:
             out["note"] = f"not evaluated: {exc}"
     if test is not None:
         out["label_source"] = source
-        out["metrics"] = _forward_metrics(settings, training_frame(settings, test, SERVICE),
-                                          rankers, prev)  # fmt: skip
+        frame = add_ranker_columns(training_frame(settings, test, SERVICE), SERVING_POSITION)
+        out["metrics"] = _forward_metrics(settings, frame, rankers, prev)
         log.info(
             "ranker forward evaluation on %s (%s): %s", window.describe(), source,
             {n: {k: m.get(k) for k in ("auc", "logloss", "ndcg@10_lift")}
@@ -289,7 +291,9 @@ def ranker_auc(settings: Settings, folder: Path | str, date: str | dt.date) -> f
     except NotEnoughLabels:
         return None
     ranker = load_model(Path(folder) / "model")
-    auc = evaluate_ranker(ranker, training_frame(settings, test, SERVICE)).get("auc")
+    auc = evaluate_ranker(
+        ranker, add_ranker_columns(training_frame(settings, test, SERVICE), SERVING_POSITION)
+    ).get("auc")
     return None if auc is None else float(auc)
 
 

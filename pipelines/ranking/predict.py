@@ -10,7 +10,7 @@ import pandas as pd
 
 from pipelines.core import layout, schema
 from pipelines.core.settings import Settings
-from pipelines.ranking.data import SERVICE
+from pipelines.ranking.data import SERVICE, SERVING_POSITION, add_ranker_columns
 
 
 def load_ranker(settings: Settings, name: str = "ranker", date: str | dt.date | None = None):
@@ -58,6 +58,8 @@ def predict_pairs(
         rows = rows.rename(columns={"missing": "item_missing"})
         frames.append(rows)
     frame = pd.concat(frames, ignore_index=True).sort_values("_row")
+    frame["item_id"] = pairs["item_id"].astype(str).to_numpy()[frame["_row"].to_numpy()]
+    frame = add_ranker_columns(frame, SERVING_POSITION)
     out = pairs[["user_id", "item_id"]].copy()
     out["score"] = ranker.predict_proba(frame).astype(np.float64)
     out["user_missing"] = frame["user_missing"].to_numpy()
