@@ -7,10 +7,12 @@ environment overrides, and the admin token.
 | ``RECLOOP_SERVE_CANDIDATES``      | ``500``      | FAISS top-N retrieved per request |
 | ``RECLOOP_SERVE_MAX_IN_FLIGHT``   | ``32``       | requests processed at once; beyond it ``503`` at once |
 | ``RECLOOP_SERVE_CHALLENGER_SHARE``| ``0.1``      | share of users routed to the challenger (when one is loaded) |
-| ``RECLOOP_SERVE_EXPLORE_RATE``    | ``0.3``      | probability that a response carries one exploration slot |
+| ``RECLOOP_SERVE_EXPLORE_RATE``    | ``0.4``      | probability that a response carries one exploration slot |
 | ``RECLOOP_SERVE_RELOAD_S``        | ``30``       | seconds between checks of the registry aliases (0 = no background check) |
 | ``RECLOOP_SERVE_DEADLINE_MS``     | ``250``      | whole-request deadline; hydration gets ``hydrate_deadline_ms`` of it |
-| ``RECLOOP_SERVE_NEW_USERS``      | ``trending`` | users the model has no vector for: ``trending`` or ``user_tower`` (from their demographics) |
+| ``RECLOOP_SERVE_EXPLORE_POOL``    | ``150``      | candidates beyond the exploit list the explored slot draws from |
+| ``RECLOOP_SERVE_SOURCES``         | ``two_tower:300,mf:100,covisit:60,trending:40`` | candidate sources and their quotas (``serving.sources``) |
+| ``RECLOOP_SERVE_NEW_USERS``      | ``user_tower`` | users the model has no vector for: ``trending`` or ``user_tower`` (from their demographics) |
 | ``RECLOOP_SERVE_LOG_FLUSH_S``     | ``5``        | seconds between flushes of the impression log to parquet |
 | ``RECLOOP_SERVE_SEED``            | unset        | seed of the exploration draws (unset: OS entropy) |
 | ``RECLOOP_SERVE_ITEM_CACHE_TTL_S``| ``60``       | seconds a candidate's cached online item features are used (0 = no cache) |
@@ -27,6 +29,27 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pipelines.core.settings import env_float, env_int, env_text
+
+
+def _env_quotas(env: Mapping[str, str], name: str) -> tuple[tuple[str, int], ...] | None:
+    """``name=a:300,b:100`` → ``(("a", 300), ("b", 100))``; None when unset. A source not in
+    :data:`serving.sources.SOURCES` or a quota that is not a positive integer: ``ValueError``
+    naming the variable."""
+    from serving.sources import SOURCES
+
+    text = env_text(env, name)
+    if text is None:
+        return None
+    out: list[tuple[str, int]] = []
+    for part in text.split(","):
+        src, _, quota = part.strip().partition(":")
+        if src not in SOURCES or not quota.strip().isdigit() or int(quota) < 1:
+            raise ValueError(
+                f"{name}={text!r}: expected source:quota pairs, sources among {SOURCES}, "
+                f"quotas positive integers (bad part {part.strip()!r})"
+            )
+        out.append((src, int(quota)))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -90,13 +113,15 @@ class ServingConfig:
     new item of unknown quality on top and cost 12.6% of the served true CTR (demo day 10,
     0.0516 → 0.0451, benchmarks/README.md); new items reach users through exploration."""
     excluded_items: tuple[str, ...] = ()
-    explore_rate: float = 0.3
-    explore_pool: int = 10
+    explore_rate: float = 0.4
+    explore_pool: int = 150
     """One response in ``explore_rate`` explores one slot, from the ``explore_pool`` best
-    candidates outside the exploit list. 0.3 / 10 (was 0.1 / 30): the served OPE's PBM effective
-    sample size of a retrained bundle on a demo day 1,285 (was ~520) and its SNIPS error 0.6%
-    (was 6%), at no measurable cost in true CTR with the day-1 ranker (benchmarks/README.md,
-    bench_ope_served). Keep it below 0.5: the logs' explore slot is recognised by it."""
+    candidates outside the exploit list (Thompson over their click posteriors). 0.4 / 150 (was
+    0.1 / 30): on demo day 10 with the impression-trained ranker, 800 users' slates showed 251
+    distinct items instead of 80 (0.3 / 10: 91) for 0.8% of true CTR (0.0613 → 0.0608); the
+    exploration keeps the catalog open and gives the served OPE its overlap (its PBM ESS of a
+    retrained bundle on a demo day was ~520 at 0.1 / 30, 1,285 at 0.3 / 10; benchmarks/README.md).
+    Keep the rate below 0.5: the logs' explore slot is recognised by its propensity."""
     explore_prior: tuple[float, float] = (1.0, 19.0)
     """Beta prior of the click posteriors (mean 0.05); a new item keeps the prior's spread."""
     explore_grid: int = 256
@@ -111,12 +136,13 @@ class ServingConfig:
     """Worker processes serving together (``recloop serve --workers``): above 1, served requests
     are shared through Redis for ``/feedback`` (:mod:`serving.shared`)."""
     request_ttl_s: float = 86_400.0
-    new_users: str = "trending"
-    """Users the bundle's model has no vector for: ``trending`` (cold-start list) or
-    ``user_tower`` (encode them from their online demographics). Default trending: in the demo
-    loop the user-tower path served a true CTR of 0.024 to those users against 0.040 for
-    trending (benchmarks/README.md, "The closed loop"), so it stays opt-in until an A/B says
-    otherwise."""
+    new_users: str = "user_tower"
+    """Users the bundle's model has no vector for: ``trending`` (cold-start list, not ranked) or
+    ``user_tower`` (encode them from their online demographics; their candidates — the tower's
+    and trending — then go through the ranker like anyone's). Default user_tower since the ranker
+    learns item x demographic crosses from impressions: demo day 10, 800 users, 0.0613 true CTR
+    against 0.0577 with trending for those users (the old ranker-less path served 0.024 against
+    0.040, which is why it was opt-in)."""
     """How long a served request can receive feedback through Redis (seconds)."""
     """Recent requests kept in memory so ``/feedback`` can name their items."""
     # security / network
@@ -176,6 +202,8 @@ class ServingConfig:
             ("RECLOOP_SERVE_PROCESSES", "processes", env_int),
             ("RECLOOP_SERVE_NEW_USERS", "new_users", env_text),
             ("RECLOOP_SERVE_ITEM_CACHE_TTL_S", "item_cache_ttl_s", env_float),
+            ("RECLOOP_SERVE_EXPLORE_POOL", "explore_pool", env_int),
+            ("RECLOOP_SERVE_SOURCES", "source_quotas", _env_quotas),
         ):
             value = read(env, name)
             if value is not None:

@@ -125,10 +125,10 @@ def test_user_outside_vocabulary_gets_tower_items_not_cold_start(world):
     )
     trending = [str(bundle.item_table.ids[r]) for r in bundle.item_table.order[:6]]
     assert expected != trending  # the check could fail: this is not the cold-start answer
-    # the default (new_users="trending") keeps such a user on the cold-start list
+    # new_users="trending" keeps such a user on the cold-start list (the default is the tower)
     [default] = ask(settings, bundle, config(new_users="trending"), [user], 8)
     assert default["fallbacks"] == ["cold_start"] and default["cold_start"] is True
-    assert ServingConfig().new_users == "trending"
+    assert ServingConfig().new_users == "user_tower"
 
 
 def _without_ranker(bundle: LoadedBundle) -> LoadedBundle:
