@@ -19,10 +19,14 @@ Takes one day's interaction logs (`RECLOOP_HOME/data/interactions/date={{ ds }}`
    point in time through Feast; **evaluate_ranker** scores yesterday's rankers on today's
    impressions (AUC, logloss, calibration, NDCG@10 lift over retrieval order) → `reports/ranker/`.
 8. **register** — MLflow runs and registered versions (`mf`, `two_tower`, `index`, `ranker`) and a
-   `serving_bundle` pinning a consistent set; idempotent on reruns.
+   `serving_bundle` pinning a consistent set, with its configuration fingerprint; the stage gate
+   judges the ranked slate against retrieval order and trending, and a ranker that does not lift
+   it is left out of the bundle (retrieval order serves); idempotent on reruns.
 9. **gate** — the bundle trained through yesterday is checked on today's numbers (validation,
-   NDCG@10 and ranker AUC against the champion, index recall, OPE when given) and becomes
-   `challenger` (or `champion` on the first day); decision → MLflow and `reports/gates/`.
+   NDCG@10 and ranker AUC against the champion, index recall, OPE when given). A *refresh* (the
+   champion's configuration retrained) replaces the champion; a *change* becomes `challenger`
+   for the A/B test (the first bundle: `champion`); a pinned champion or a running experiment
+   holds a refresh; decision (with its kind) → MLflow and `reports/gates/`.
 
 One run per logical date; a rerun of a date overwrites that date's outputs and nothing else.
 

@@ -5,7 +5,10 @@
 Reads reports/gates/date=D.json (written by the daily DAG's gate task, pipelines.release.gate.gate_day)
 or, when that file is gone, the decision.json of the date's run in the MLflow experiment
 recloop-gates. One row per gate: candidate value, champion value, tolerance, verdict (pass, fail,
-skipped, not_evaluated) and what was compared; then the action (champion, challenger, rejected).
+skipped, not_evaluated) and what was compared; then the action (champion, challenger, held,
+rejected), the kind (refresh: the champion's configuration retrained, which replaces it; change:
+a new configuration, A/B tested) with both configuration fingerprints, and whether the stage gate
+left the ranker out.
 """
 
 from __future__ import annotations

@@ -36,12 +36,17 @@ Each day record::
      "traffic": simulate_traffic counts | null, "ingest": ingest_served counts | null,
      "dag": {"recloop_daily": state, "recloop_ab": state},
      "aliases_before", "aliases_after": {"champion": v, "challenger": v},
-     "gate": {"candidate_version", "action", "reason"} | null,
+     "bundles": {arm: {"version", "kind", "trained_through", "ranker"}} (what served D),
+     "gate": {"candidate_version", "action", "kind", "reason"} | null,
      "ab": {"experiment", "action", "reason"} | null,
      "served": {arm: {"impressions", "clicks", "ctr", "true_ctr", "versions"}} | null}
 
 ``served.true_ctr`` is the mean true click probability of the impressions the arm showed (the
-simulator's truth, so whether an A/B decision was right can be checked).
+simulator's truth, so whether an A/B decision was right can be checked). ``bundles`` names the
+bundle each alias pointed at when D's traffic was served, its ``kind`` as the gate recorded it
+(``refresh``: the champion's configuration retrained, which replaced it; ``change``: a new
+configuration, A/B tested; ``first``: the first champion), the day it was trained through and
+whether it pins a ranker (the stage gate may leave it out).
 """
 
 from __future__ import annotations
@@ -144,6 +149,24 @@ def _aliases(settings: Settings) -> dict[str, str | None]:
     from pipelines.release import registry
 
     return {a: registry.get_alias(settings, a) for a in ("champion", "challenger")}
+
+
+def _bundles(settings: Settings, aliases: dict[str, str | None]) -> dict[str, dict[str, Any]]:
+    """What each alias served: ``{arm: {"version", "kind", "trained_through", "ranker"}}``."""
+    from pipelines.release import registry
+
+    out: dict[str, dict[str, Any]] = {}
+    for arm, version in aliases.items():
+        mv = registry.bundle_version(settings, version) if version else None
+        if mv is None:
+            continue
+        out[arm] = {
+            "version": str(version),
+            "kind": mv.tags.get(registry.KIND_TAG) or "first",
+            "trained_through": mv.tags.get("logical_date"),
+            "ranker": mv.tags.get("ranker_version", "none") != "none",
+        }
+    return out
 
 
 # --- the service process --------------------------------------------------------------------------
@@ -341,7 +364,7 @@ def _gate_record(settings: Settings, day: dt.date) -> dict[str, Any] | None:
     d = read_gate_decision(settings, day)
     if d is None:
         return None
-    return {k: d.get(k) for k in ("candidate_version", "action", "reason")}
+    return {k: d.get(k) for k in ("candidate_version", "action", "kind", "reason")}
 
 
 def _ab_record(settings: Settings, day: dt.date) -> dict[str, Any] | None:
@@ -400,6 +423,7 @@ def run_loop(
             if "logs" not in phases:
                 t0 = time.perf_counter()
                 rec["aliases_before"] = _aliases(settings)
+                rec["bundles"] = _bundles(settings, rec["aliases_before"])
                 if rec["aliases_before"]["champion"] is None:
                     rec["source"] = "logging_policy"
                     simulate.simulate_dates(settings, world, [day])
@@ -478,9 +502,21 @@ def _traffic(settings: Settings, day: dt.date, service: Service, cfg: LoopConfig
 
 
 # --- display --------------------------------------------------------------------------------------
+def served_bundle(record: dict[str, Any]) -> str:
+    """``v3 refresh (01-02)``: the champion that served the day, its kind and the day it was
+    trained through (``-R`` after the kind: no ranker); ``-`` when none served."""
+    b = (record.get("bundles") or {}).get("champion")
+    if not b:
+        return "-"
+    trained = str(b.get("trained_through") or "?")[5:]
+    return f"v{b['version']} {b.get('kind')}{'' if b.get('ranker', True) else '-R'} ({trained})"
+
+
 def format_days(records: list[dict[str, Any]]) -> str:
-    """One line per day: source, per-arm CTR (measured / true), gate and A/B actions, seconds."""
-    lines = [f"{'date':<11} {'logs by':<15}{'arms: CTR measured / true':<52}{'gate':<11}"
+    """One line per day: source, the champion that served (version, kind, trained through),
+    per-arm CTR (measured / true), gate action and kind, A/B action, aliases, seconds."""
+    lines = [f"{'date':<11} {'logs by':<15}{'champion served':<22}"
+             f"{'arms: CTR measured / true':<52}{'gate':<19}"
              f"{'A/B':<22}{'aliases after':<16}{'sec':>6}"]  # fmt: skip
     for r in records:
         arms = r.get("served") or {}
@@ -490,13 +526,15 @@ def format_days(records: list[dict[str, Any]]) -> str:
             cells.append(
                 f"{arm[:5]} v{v} {fmt.number(s.get('ctr'))}/{fmt.number(s.get('true_ctr'))}"
             )
-        gate = (r.get("gate") or {}).get("action") or "-"
+        g = r.get("gate") or {}
+        gate = "/".join(x for x in (g.get("action"), g.get("kind")) if x) or "-"
         ab = r.get("ab") or {}
         ab_s = f"{ab.get('experiment')} {ab.get('action')}" if ab else "-"
         al = r.get("aliases_after") or {}
         al_s = f"C{al.get('champion') or '-'} c{al.get('challenger') or '-'}"
         lines.append(
-            f"{r['date']:<11} {r.get('source', '-'):<15}{'; '.join(cells) or '-':<52}{gate:<11}"
+            f"{r['date']:<11} {r.get('source', '-'):<15}{served_bundle(r):<22}"
+            f"{'; '.join(cells) or '-':<52}{gate:<19}"
             f"{ab_s:<22}{al_s:<16}{r.get('seconds', {}).get('total', 0):>6.0f}"
         )
     return "\n".join(lines)

@@ -179,7 +179,9 @@ def evaluate_ranker(ds: str, params: Mapping[str, Any] | None = None) -> dict[st
 
 def register(ds: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Track and register in MLflow what was trained through ``ds`` and the serving bundle pinning
-    it (idempotent: a rerun on the same data registers nothing new)."""
+    it, the ranker left out when the stage gate finds it does not lift the slate (a stage gate
+    that fails is logged and keeps the ranker); idempotent: a rerun on the same data registers
+    nothing new."""
     skip_before_train_from(ds, params)
     from pipelines.release.register import register_day
 
@@ -188,7 +190,8 @@ def register(ds: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]
 
 def gate(ds: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Gate the newest bundle trained before ``ds`` on ``ds``'s numbers (offline metrics, ranker
-    AUC, index recall, SNIPS of its policy on ``ds``'s logs); move the alias."""
+    AUC, index recall, SNIPS of its policy on ``ds``'s logs); move the alias: a refresh of the
+    champion's configuration replaces it, a change becomes the challenger."""
     skip_before_train_from(ds, params)
     from pipelines.release.gate import daily_gate
 

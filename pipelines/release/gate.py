@@ -27,6 +27,27 @@ missing: said so in the decision, never counted as a pass; it blocks only when `
 Any ``fail`` rejects. With a champion, a bundle that passes becomes ``challenger``; with none, it
 becomes ``champion`` directly (first day: the gates above with no champion are the absolute floors).
 
+**Refresh or change.** Each candidate's configuration fingerprint (:mod:`pipelines.release.fingerprint`,
+recorded on the bundle at registration) is compared with the champion's: equal, it is a
+**refresh** (the champion's configuration retrained on newer data); else a **change** (a new model,
+feature set, hyper-parameter or setting). A change that passes every gate becomes ``challenger``
+and the A/B test decides it, as below. A refresh that passes every gate **replaces the champion's
+bundle** (action ``champion``; the alias moves by compare-and-set, the move is stamped on the
+version, tagged ``recloop.refreshed_from`` and recorded as a ``refresh`` run of
+``recloop-release``, so ``recloop release --action rollback`` returns to the bundle it replaced),
+after the load and smoke test the service itself runs (``operations.check_loads``). No shadow or
+canary step: the refresh is judged beside the champion on the same day by the offline gates and
+the stage gate, a canary at demo traffic (1,500 requests a day) has no power to tell two retrains
+apart (the 1-vs-2 experiment had p = 1 after 7 days), and the rollback is one command. A refresh
+is ``held`` (reason given) while the champion is pinned, and **while an A/B experiment runs**:
+the experiment's arms are bundle versions (``pipelines.experiments.ab``: rows of
+``bundle-<champion>``), so swapping the champion arm mid-test would change one arm's policy under
+the sequential test and drop its rows; the experiment ends within its ``max_days`` and the next
+gate refreshes from the newest bundle. The decision records ``kind`` (``refresh`` / ``change``;
+None without a champion) and ``fingerprints``; the candidate version is tagged ``recloop.kind``.
+A bundle whose ranker the stage gate left out (:mod:`pipelines.release.register`) says so in the
+reason and in ``stage_gate``.
+
 **One experiment at a time.** While the ``challenger`` alias points at another bundle, its A/B
 experiment (``pipelines.experiments.ab``) is running: a bundle that passes every gate is then ``held`` (its
 numbers recorded, no alias moved) instead of replacing the challenger mid-test, which would
@@ -57,6 +78,7 @@ import datetime as dt
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +89,7 @@ from pipelines.core.fmt import finite
 from pipelines.core.forward_window import ForwardWindow, forward_window
 from pipelines.core.gate_decisions import read_gate_decision, write_gate_decision
 from pipelines.core.settings import Settings
+from pipelines.release import fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +97,7 @@ GATES_EXPERIMENT = "recloop-gates"
 PASS, FAIL, SKIPPED, NOT_EVALUATED = "pass", "fail", "skipped", "not_evaluated"
 NO_RANKER = "not evaluated: no ranker in the bundle"
 """The ranker gate's note for a bundle without a ranker (it serves in retrieval order)."""
+REFRESH, CHANGE = "refresh", "change"
 
 
 @dataclass(frozen=True)
@@ -121,6 +145,9 @@ class Decision:
     action: str
     gates: list[Gate] = field(default_factory=list)
     reason: str = ""
+    kind: str | None = None
+    """``refresh`` (the champion's configuration retrained) or ``change``, relative to the
+    champion (:mod:`pipelines.release.fingerprint`); None when not known."""
 
     @property
     def passed(self) -> bool:
@@ -219,7 +246,12 @@ def _snips_gate(
 
 
 def _action(
-    gates: list[Gate], first_day: bool, cand_v: str | None, champ_v: str | None, tol: Tolerances
+    gates: list[Gate],
+    first_day: bool,
+    cand_v: str | None,
+    champ_v: str | None,
+    tol: Tolerances,
+    kind: str | None = None,
 ) -> tuple[str, str]:
     """``(action, reason)`` from the gates' verdicts (module docstring)."""
     failed = [g.name for g in gates if g.verdict == FAIL]
@@ -236,6 +268,9 @@ def _action(
         action, reason = "champion", "first bundle passing the absolute floors: becomes champion"
     elif cand_v is not None and cand_v == champ_v:
         action, reason = "already_champion", "the candidate is the champion"
+    elif kind == REFRESH:
+        action = "champion"
+        reason = "every gate passed: a refresh of the champion's configuration replaces it"
     else:
         action, reason = "challenger", "every gate passed: becomes challenger"
     if missing and not blocking:
@@ -258,6 +293,8 @@ def decide(
     ``candidate`` keys: ``version``, ``validation`` (verdict string or None), ``ndcg@10``,
     ``has_ranker`` (bool), ``auc`` (ranker AUC or None), ``index_recall``,
     ``index_recall_target`` (optional), ``ope`` (a ``pipelines.release.ope.estimate`` result or None).
+    ``candidate["kind"]`` (optional): ``refresh`` makes a passing candidate ``champion`` (it
+    replaces the champion's bundle), ``change`` (or absent) ``challenger``.
     ``champion`` keys: ``version``, ``ndcg@10``, ``auc``, ``ope`` (same day, same meanings).
     ``settings`` is accepted for symmetry with :func:`gate_day` (not read).
     """
@@ -274,8 +311,9 @@ def decide(
     ]  # fmt: skip
     cand_v = None if candidate.get("version") is None else str(candidate["version"])
     champ_v = None if champion is None or champ.get("version") is None else str(champ["version"])
-    action, reason = _action(gates, champion is None, cand_v, champ_v, tol)
-    return Decision(day, cand_v, champ_v, action, gates, reason)
+    kind = candidate.get("kind")
+    action, reason = _action(gates, champion is None, cand_v, champ_v, tol, kind)
+    return Decision(day, cand_v, champ_v, action, gates, reason, kind)
 
 
 def format_decision(decision: dict[str, Any] | Decision) -> str:
@@ -302,6 +340,18 @@ def format_decision(decision: dict[str, Any] | Decision) -> str:
             "  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5]
         )
     lines.append(f"decision: {d['action']} — {d['reason']}")
+    prints = d.get("fingerprints") or {}
+    if d.get("kind"):
+        lines.append(
+            f"kind: {d['kind']} (configuration {prints.get('candidate') or '-'}, "
+            f"champion's {prints.get('champion') or '-'})"
+        )
+    stage = d.get("stage_gate") or {}
+    if stage:
+        kept = "kept" if stage.get("keep_ranker", True) else "left out"
+        lines.append(
+            f"stage gate: ranker {kept}" + (f" ({stage['note']})" if stage.get("note") else "")
+        )
     return "\n".join(lines)
 
 
@@ -428,6 +478,124 @@ def _claim_champion(settings: Settings, version: str, record: dict[str, Any]) ->
         registry.promote(settings, version, "challenger")
 
 
+def _fingerprints(
+    settings: Settings, version: str, champ_v: str | None
+) -> tuple[str | None, str | None]:
+    """The configuration fingerprints of the candidate and the champion (None: unknown)."""
+    from pipelines.release import registry
+
+    def one(v: str | None) -> str | None:
+        if v is None:
+            return None
+        try:
+            return registry.bundle_fingerprint(settings, v)
+        except (OSError, ValueError) as exc:  # unreadable artifacts: unknown, so a change
+            log.warning("no configuration fingerprint for bundle %s: %s", v, exc)
+            return None
+
+    return one(version), one(champ_v)
+
+
+def _stage_gate_record(
+    settings: Settings, version: str, record: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The stage gate's judgement recorded on bundle ``version`` (``register_day``), or None;
+    when it left the ranker out, the decision's reason says so."""
+    from pipelines.release import registry
+    from pipelines.release.register import LEFT_OUT_TAG, read_judgement
+
+    mv = registry.bundle_version(settings, version)
+    tags = dict(mv.tags) if mv is not None else {}
+    judgement = read_judgement(tags)
+    if judgement is None:
+        return None
+    left_out = tags.get(LEFT_OUT_TAG)
+    out = {"keep_ranker": left_out is None, "ranker_left_out": left_out, "judgement": judgement}
+    why = judgement.get("error") or judgement.get("reason")
+    if left_out is not None:
+        out["note"] = f"ranker version {left_out} does not lift the slate: retrieval order serves"
+        out["note"] += f" ({why})" if why else ""
+        record["reason"] += f"; stage gate: {out['note']}"
+    elif why:
+        out["note"] = str(why)
+    return out
+
+
+def _tag_kind(settings: Settings, version: str, kind: str, champ_v: str | None) -> None:
+    from pipelines.release import registry
+
+    c = registry.client(settings)
+    c.set_model_version_tag(registry.BUNDLE, version, registry.KIND_TAG, kind)
+    c.set_model_version_tag(registry.BUNDLE, version, "recloop.kind_of", str(champ_v))
+
+
+def _move_aliases(
+    settings: Settings,
+    record: dict[str, Any],
+    replace_challenger: bool,
+    load_check: Callable[[Settings, str], None] | None,
+) -> None:
+    """Apply ``record``'s action to the aliases: first champion, refresh, challenger or
+    ``held`` (module docstring); updates the record's action and reason."""
+    from pipelines.release import registry
+
+    version, champ_v = record["candidate_version"], record["champion_version"]
+    if record["action"] == "champion" and champ_v is None:
+        _claim_champion(settings, version, record)
+    elif record["action"] == "champion":
+        _refresh_champion(settings, version, champ_v, record, load_check)
+    elif record["action"] == "challenger":
+        running = registry.get_alias(settings, "challenger")
+        if running not in (None, version) and not replace_challenger:
+            record["action"] = "held"
+            record["reason"] += (
+                f"; held: the A/B experiment {champ_v}-vs-{running} is running "
+                "(one experiment at a time)"
+            )
+        else:
+            registry.promote(settings, version, "challenger")
+
+
+def _refresh_champion(
+    settings: Settings,
+    version: str,
+    champ_v: str,
+    record: dict[str, Any],
+    load_check: Callable[[Settings, str], None] | None,
+) -> None:
+    """A refresh that passed the gates replaces the champion's bundle (module docstring), unless
+    the champion is pinned, an A/B experiment is running, the bundle fails the load and smoke
+    test, or the champion moved meanwhile: then ``held`` with the reason."""
+    from pipelines.release import operations, registry
+
+    def hold(why: str) -> None:
+        record["action"] = "held"
+        record["reason"] += f"; held: {why}"
+
+    pin = operations.pinned_champion(settings)
+    running = registry.get_alias(settings, "challenger")
+    if pin is not None:
+        return hold(f"the refresh waits for unpin: {operations.pin_note(pin)}")
+    if running is not None:
+        return hold(
+            f"the refresh waits for the A/B experiment {champ_v}-vs-{running} to end (its arms "
+            "are bundle versions: the champion arm is not swapped mid-test)"
+        )
+    try:
+        (load_check or operations.check_loads)(settings, version)
+    except Exception as exc:  # noqa: BLE001 - any failure holds the refresh, named
+        return hold(f"the refresh fails the load and smoke test: {exc}")
+    if not registry.promote(settings, version, "champion", expected=champ_v):
+        return hold(f"the champion moved to {registry.get_alias(settings, 'champion')} meanwhile")
+    record["reason"] += f"; champion {champ_v} -> {version} (refresh)"
+    registry.client(settings).set_model_version_tag(
+        registry.BUNDLE, version, "recloop.refreshed_from", champ_v
+    )
+    record["refresh_run_id"] = operations.record_refresh(
+        settings, version, champ_v, f"gate of {record['date']}: {record['reason']}"
+    )
+
+
 def gate_day(
     settings: Settings,
     date: str | dt.date,
@@ -439,6 +607,7 @@ def gate_day(
     champion_metrics: dict[str, Any] | None = None,
     tolerances: Tolerances | None = None,
     replace_challenger: bool = False,
+    load_check: Callable[[Settings, str], None] | None = None,
 ) -> dict[str, Any]:
     """Gate one bundle on test day ``date``, move the alias, record the decision; JSON-able dict.
 
@@ -449,6 +618,9 @@ def gate_day(
     to the ones computed here, e.g. ``{"auc": ranker_auc}``; ``ndcg@10`` is computed from the
     pinned two-tower on ``date`` unless given. ``replace_challenger``: a passing bundle replaces a
     running challenger (default: it is ``held``, see "One experiment at a time").
+    ``load_check(settings, version)``: the load and smoke test a refresh passes before it replaces
+    the champion (default :func:`pipelines.release.operations.check_loads`, the service's own).
+    The record adds ``kind``, ``fingerprints`` {candidate, champion} and ``stage_gate``.
     """
     from pipelines.release import registry
 
@@ -477,20 +649,15 @@ def gate_day(
                 champion = _bundle_numbers(settings, champ_bundle, window, champion_metrics)
             same = champ_v == version and champion_ope is None
             champion["ope"] = ope if same else champion_ope
+        prints = _fingerprints(settings, version, champ_v)
+        candidate["kind"] = None if champ_v is None else fingerprint.kind(*prints)
         decision = decide(settings, day, candidate, champion, tolerances)
         record = decision.to_dict()
-        if decision.action == "champion":
-            _claim_champion(settings, version, record)
-        elif decision.action == "challenger":
-            running = registry.get_alias(settings, "challenger")
-            if running not in (None, version) and not replace_challenger:
-                record["action"] = "held"
-                record["reason"] += (
-                    f"; held: the A/B experiment {champ_v}-vs-{running} is running "
-                    "(one experiment at a time)"
-                )
-            else:
-                registry.promote(settings, version, "challenger")
+        record["fingerprints"] = {"candidate": prints[0], "champion": prints[1]}
+        record["stage_gate"] = _stage_gate_record(settings, version, record)
+        _move_aliases(settings, record, replace_challenger, load_check)
+        if decision.kind is not None:
+            _tag_kind(settings, version, decision.kind, champ_v)
     record["aliases"] = {
         "champion": registry.get_alias(settings, "champion"),
         "challenger": registry.get_alias(settings, "challenger"),

@@ -45,6 +45,11 @@ records every attempt, refused or done, as a run of the MLflow experiment ``recl
 ``unpin``      removes the pin (``version`` ignored); refused when nothing is pinned.
 =============  ================================================================================
 
+The daily gate's automatic **refresh** of the champion (the same configuration retrained on newer
+data, :func:`pipelines.release.gate.gate_day`) moves the alias through the same
+``registry.promote`` and is recorded in ``recloop-release`` too (action ``refresh``, operator
+``gate``, :func:`record_refresh`), so the experiment lists every champion move; a pin holds it.
+
 Moving the ``champion`` alias by hand in the MLflow UI bypasses these checks; the service still
 refuses a bundle that fails to load or smoke-score and keeps serving the old one
 (``serving.bundle.BundleManager``). A pin and an automatic promotion that start in the same
@@ -357,6 +362,21 @@ def _record(settings: Settings, res: ReleaseResult) -> str:
     }
     name = f"{res.action}-v{res.version}" if res.version else res.action
     return registry.log_run(settings, RELEASE_EXPERIMENT, name, params, {}, tags)
+
+
+def record_refresh(settings: Settings, version: str, previous: str | None, reason: str) -> str:
+    """Record the daily gate's refresh of the champion (``previous`` -> ``version``, the same
+    configuration retrained; :func:`pipelines.release.gate.gate_day`) as a run of
+    ``recloop-release`` with action ``refresh`` and operator ``gate``, beside the operators'
+    moves; its run id. (The move itself stamps ``promoted_champion_at``: a rollback returns to
+    ``previous``.)"""
+    res = ReleaseResult(
+        "refresh", version, reason, "gate", previous, champion=version,
+        notes=[f"champion {previous} -> {version} (refresh)"],
+    )  # fmt: skip
+    pin = pinned_champion(settings)
+    res.pinned = pin["version"] if pin else None
+    return _record(settings, res)
 
 
 def release(

@@ -2,6 +2,23 @@
 (``mf``, ``two_tower``, its FAISS index, the ranker) and the ``serving_bundle`` pinning a
 consistent set of them. Idempotent: a rerun on the same data registers nothing new.
 
+**Configuration fingerprint.** The bundle records the configuration of everything trained
+through D (:mod:`pipelines.release.fingerprint`: the MF, two-tower, index and the *trained* ranker,
+kept or not, minus data-dependent fields; the feature service; the training settings): the gate
+tells a refresh of the champion from a change by it.
+
+**Stage gate.** A bundle with a ranker is first registered with it, loaded as the service loads
+it (``serving.bundle.load``) and judged by :func:`pipelines.release.stage_gate.judge_stages`
+(``(settings, loaded bundle, D) -> {"keep_ranker": bool, "full": .., "retrieval_only": ..,
+"trending": .., ...}``: its full ranked slate against its retrieval order and trending). When
+``keep_ranker`` is False the same set is registered again without the ranker (retrieval order
+serves) and that bundle is the day's: the gate judges the newest bundle of a date. The first one
+is tagged ``recloop.superseded_by``; the served one carries the judgement (version tag
+:data:`STAGE_TAG`, JSON) and ``recloop.ranker_left_out`` (the ranker version), which the gate
+decision repeats. A stage gate that cannot be imported, fails or answers without ``keep_ranker``
+is logged and the ranker is kept: the register task never fails on it. A rerun reuses the
+judgement recorded on the first bundle.
+
 The MLflow calls themselves (runs, registered versions, bundles, aliases) are
 :mod:`pipelines.release.registry`.
 """
@@ -9,6 +26,7 @@ The MLflow calls themselves (runs, registered versions, bundles, aliases) are
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,9 +35,15 @@ from typing import Any
 from pipelines.core import layout, schema
 from pipelines.core.artifact_meta import artifact_meta_path
 from pipelines.core.settings import Settings
-from pipelines.release import registry
+from pipelines.release import fingerprint, registry
 
 log = logging.getLogger(__name__)
+
+STAGE_TAG = "recloop.stage_gate"
+"""Bundle version tag: the stage gate's judgement (JSON, at most :data:`STAGE_TAG_MAX` chars)."""
+STAGE_TAG_MAX = 5000
+LEFT_OUT_TAG = "recloop.ranker_left_out"
+SUPERSEDED_TAG = "recloop.superseded_by"
 
 
 def _artifact_meta(folder: Path) -> dict[str, Any]:
@@ -39,12 +63,16 @@ def register_day(
     *,
     feature_service: str = "serving_v1",
     ranker_path: Path | None = None,
+    stage_gate: bool = True,
 ) -> dict[str, Any]:
     """The one call the DAG's register task makes for logical date D: track and register the
     artifacts trained through D (``mf`` if present, ``two_tower``, its index, the ranker if
     present: ``ranker_path`` or ``artifacts/models/ranker/date=D``) and the serving bundle pinning
-    them. Idempotent (a rerun on the same data registers nothing new). Returns JSON-able
-    ``{mf, two_tower, index, ranker: track_component results or None, bundle: version}``.
+    them, the ranker left out when the stage gate says so (module docstring; ``stage_gate=False``
+    skips the judgement). Idempotent (a rerun on the same data registers nothing new). Returns
+    JSON-able ``{mf, two_tower, index, ranker: track_component results or None, bundle: the
+    served version, config_fingerprint, stage_gate: judgement or None, bundle_with_ranker: the
+    version left behind (only when the ranker was left out)}``.
     """
     from pipelines.retrieval.faiss_index import index_dir
     from pipelines.retrieval.train import artifact_dir
@@ -78,11 +106,98 @@ def register_day(
     out["ranker"] = (
         track("ranker", rk, "ranker_v1", _artifact_meta(rk).get("version")) if rk.exists() else None
     )
-    bundle = registry.register_bundle(
-        settings, day, out["two_tower"]["version"], out["index"]["version"],
-        out["ranker"]["version"] if out["ranker"] else None, feature_service,
-    )  # fmt: skip
-    out["bundle"] = str(bundle.version)
-    pinned = {k: v["version"] for k, v in out.items() if isinstance(v, dict)}
+    folders = {"mf": mf if out["mf"] else None, "two_tower": tt, "index": idx,
+               "ranker": rk if out["ranker"] else None}  # fmt: skip
+    config = fingerprint.configuration(settings, folders, feature_service)
+    out["config_fingerprint"] = fingerprint.fingerprint(config)
+    out.update(_bundle_after_stage_gate(settings, day, out, feature_service, config, stage_gate))
+    pinned = {k: v["version"] for k, v in out.items() if isinstance(v, dict) and "version" in v}
     log.info("registry: %s registered %s, bundle %s", day, pinned, out["bundle"])
     return out
+
+
+def _bundle_after_stage_gate(
+    settings: Settings,
+    day: dt.date,
+    out: dict[str, Any],
+    feature_service: str,
+    config: dict[str, Any],
+    stage_gate: bool,
+) -> dict[str, Any]:
+    """Register the day's bundle; with a ranker, judge it (module docstring) and register it
+    again without the ranker when the stage gate says so. ``{"bundle": served version,
+    "stage_gate": judgement or None, "bundle_with_ranker": version (only when left out)}``."""
+    ranker = out["ranker"]["version"] if out["ranker"] else None
+    pins = (settings, day, out["two_tower"]["version"], out["index"]["version"])
+    first = str(registry.register_bundle(*pins, ranker, feature_service, config).version)
+    if ranker is None or not stage_gate:
+        return {"bundle": first, "stage_gate": None}
+    judgement = _recorded_judgement(settings, first)
+    if judgement is None:
+        judgement = judge_bundle(settings, first, day)
+        _tag(settings, first, {STAGE_TAG: _judgement_tag(judgement)})
+    if judgement.get("keep_ranker") is not False:
+        return {"bundle": first, "stage_gate": judgement}
+    served = str(registry.register_bundle(*pins, None, feature_service, config).version)
+    _tag(settings, served, {STAGE_TAG: _judgement_tag(judgement), LEFT_OUT_TAG: ranker})
+    _tag(settings, first, {SUPERSEDED_TAG: served})
+    log.warning(
+        "stage gate %s: the ranker (version %s) does not lift the slate: bundle %s serves in "
+        "retrieval order (bundle %s with the ranker is not gated)", day, ranker, served, first,
+    )  # fmt: skip
+    return {"bundle": served, "stage_gate": judgement, "bundle_with_ranker": first}
+
+
+def judge_bundle(settings: Settings, version: str, day: dt.date) -> dict[str, Any]:
+    """The stage gate's judgement of registered bundle ``version`` on ``day``
+    (:func:`pipelines.release.stage_gate.judge_stages` on the bundle as the service loads it);
+    ``{"keep_ranker": True, "error": ...}`` when it cannot be had (logged: the ranker stays)."""
+    try:
+        from pipelines.release.stage_gate import judge_stages
+    except ImportError as exc:
+        log.warning("stage gate unavailable (%r): the ranker of bundle %s is kept", exc, version)
+        return {"keep_ranker": True, "error": f"stage gate unavailable: {exc!r}"}
+    try:
+        from serving.bundle import load
+
+        result = dict(judge_stages(settings, load(settings, version), day.isoformat()))
+    except Exception as exc:  # noqa: BLE001 - the stage gate never fails the register task
+        log.exception("stage gate of bundle %s on %s failed: the ranker is kept", version, day)
+        return {"keep_ranker": True, "error": f"stage gate failed: {exc!r}"}
+    if not isinstance(result.get("keep_ranker"), bool):
+        log.error("stage gate of bundle %s gave no keep_ranker: the ranker is kept", version)
+        return {**result, "keep_ranker": True, "error": "stage gate gave no keep_ranker"}
+    return result
+
+
+def _judgement_tag(judgement: dict[str, Any]) -> str:
+    """The judgement as compact JSON for a tag; only ``keep_ranker`` and ``error`` / ``reason``
+    when the whole would be longer than :data:`STAGE_TAG_MAX`."""
+    text = json.dumps(judgement, sort_keys=True, default=str, separators=(",", ":"))
+    if len(text) <= STAGE_TAG_MAX:
+        return text
+    keep = {k: judgement.get(k) for k in ("keep_ranker", "reason", "error") if k in judgement}
+    return json.dumps({**keep, "truncated": True}, default=str)[:STAGE_TAG_MAX]
+
+
+def read_judgement(tags: Mapping[str, str]) -> dict[str, Any] | None:
+    """The stage gate judgement recorded in a bundle version's ``tags``, or None."""
+    raw = tags.get(STAGE_TAG)
+    if not raw:
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return {"keep_ranker": True, "error": f"unreadable {STAGE_TAG} tag"}
+    return data if isinstance(data, dict) else None
+
+
+def _recorded_judgement(settings: Settings, version: str) -> dict[str, Any] | None:
+    mv = registry.bundle_version(settings, version)
+    return None if mv is None else read_judgement(mv.tags)
+
+
+def _tag(settings: Settings, version: str, tags: Mapping[str, str]) -> None:
+    c = registry.client(settings)
+    for k, v in tags.items():
+        c.set_model_version_tag(registry.BUNDLE, version, k, str(v))

@@ -70,6 +70,10 @@ TRAINING_EXPERIMENT = "recloop-training"
 BUNDLE_EXPERIMENT = "recloop-bundles"
 BUNDLE_FILE = "bundle.json"
 BUNDLE_FORMAT = 1
+FINGERPRINT_TAG = "config_fingerprint"
+"""Bundle version tag: the configuration fingerprint (:mod:`pipelines.release.fingerprint`)."""
+KIND_TAG = "recloop.kind"
+"""Bundle version tag the gate sets: ``refresh`` or ``change`` relative to the champion then."""
 FEATURE_SERVICES = ("ranker_v1", "two_tower_v1", "serving_v1")
 """Same names as ``pipelines.features.store.SERVICES`` (not imported: it pulls in Feast)."""
 
@@ -537,6 +541,21 @@ def check_bundle(bundle: Mapping[str, Any]) -> None:
         raise BundleError(f"feature service {fs!r}: expected one of {FEATURE_SERVICES}")
 
 
+def pinned_configuration(settings: Settings, bundle: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`pipelines.release.fingerprint.configuration` of a bundle's pinned artifacts, with
+    the MF trained through its logical date (found by date, as the service loads it)."""
+    from pipelines.release import fingerprint
+
+    folders: dict[str, Any] = {}
+    for comp in ("two_tower", "index", "ranker"):
+        pin = bundle.get(comp)
+        folders[comp] = (
+            _resolve(settings, pin["source"], f"{comp}-v{pin['version']}") if pin else None
+        )
+    folders["mf"] = fingerprint.mf_folder(settings, bundle.get("logical_date"))
+    return fingerprint.configuration(settings, folders, bundle.get("feature_service"))
+
+
 def register_bundle(
     settings: Settings,
     date: str | dt.date,
@@ -544,14 +563,22 @@ def register_bundle(
     index_version: str | int,
     ranker_version: str | int | None,
     feature_service: str = "serving_v1",
+    configuration: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> Any:
     """Register a ``serving_bundle`` version pinning the given component versions; returns it.
 
     Refuses (:class:`BundleError`) an index not built from the pinned two-tower. Idempotent:
-    the same pinned set returns the existing bundle version.
+    the same pinned set returns the existing bundle version. ``configuration``: the bundle's
+    configuration document (:mod:`pipelines.release.fingerprint`; default: that of the pinned
+    artifacts, :func:`pinned_configuration`); it and its fingerprint go into ``bundle.json``
+    (``configuration``, ``config_fingerprint``), the version tag ``config_fingerprint`` and the
+    run's params. ``tags``: more version tags (e.g. the stage gate's judgement).
     """
+    from pipelines.release import fingerprint
+
     day = schema.parse_date(date).isoformat()
-    bundle = {
+    bundle: dict[str, Any] = {
         "format": BUNDLE_FORMAT,
         "logical_date": day,
         "two_tower": _pin(settings, "two_tower", two_tower_version),
@@ -560,6 +587,8 @@ def register_bundle(
         "feature_service": feature_service,
     }
     check_bundle(bundle)
+    bundle["configuration"] = dict(configuration or pinned_configuration(settings, bundle))
+    bundle["config_fingerprint"] = fingerprint.fingerprint(bundle["configuration"])
     pins = (
         f"two_tower={bundle['two_tower']['version']};index={bundle['index']['version']};"
         f"ranker={bundle['ranker']['version'] if bundle['ranker'] else 'none'};fs={feature_service}"
@@ -574,12 +603,13 @@ def register_bundle(
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / BUNDLE_FILE
             path.write_text(json.dumps(bundle, indent=2, sort_keys=True))
-            tags = {
+            run_tags = {
                 "recloop.logical_date": day,
                 "recloop.data_hash": bundle["two_tower"]["data_hash"] or "",
             }
+            params = {"pins": pins, "config_fingerprint": bundle["config_fingerprint"]}
             rid = log_run(
-                settings, BUNDLE_EXPERIMENT, f"bundle-{day}", {"pins": pins}, {}, tags,
+                settings, BUNDLE_EXPERIMENT, f"bundle-{day}", params, {}, run_tags,
                 {"bundle": path},
             )  # fmt: skip
         run = client(settings).get_run(rid)
@@ -595,6 +625,8 @@ def register_bundle(
                 "ranker_version": bundle["ranker"]["version"] if bundle["ranker"] else "none",
                 "feature_service": feature_service,
                 "data_hash": bundle["two_tower"]["data_hash"] or "",
+                FINGERPRINT_TAG: bundle["config_fingerprint"],
+                **dict(tags or {}),
             },
         )
     log.info("registry: registered serving bundle version %s: %s", mv.version, pins)
@@ -659,6 +691,21 @@ def load_bundle(settings: Settings, alias_or_version: str | int) -> dict[str, An
         "aliases": list(mv.aliases),
         "paths": paths,
     }
+
+
+def bundle_fingerprint(settings: Settings, version: str | int) -> str | None:
+    """The configuration fingerprint of bundle ``version``: its ``config_fingerprint`` tag, else
+    (a bundle registered before fingerprints) computed now from its pinned artifacts; None when
+    the version does not exist."""
+    from pipelines.release import fingerprint
+
+    mv = bundle_version(settings, version)
+    if mv is None:
+        return None
+    if mv.tags.get(FINGERPRINT_TAG):
+        return str(mv.tags[FINGERPRINT_TAG])
+    folder = _resolve(settings, mv.source, f"{BUNDLE}-v{mv.version}")
+    return fingerprint.fingerprint(pinned_configuration(settings, read_json(folder / BUNDLE_FILE)))
 
 
 # --- aliases --------------------------------------------------------------------------------------
