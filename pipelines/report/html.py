@@ -53,6 +53,7 @@ from pipelines.core.loop_days import read_loop_days
 from pipelines.core.ope_reports import ope_labels, ope_report_dates, read_ope_report
 from pipelines.core.settings import Settings
 from pipelines.core.stats_reports import read_stats_report, stats_report_dates
+from pipelines.loop.closed_loop import served_bundle
 
 log = logging.getLogger("recloop.report")
 
@@ -326,11 +327,13 @@ def section_days(data: ReportData) -> str:
         secs = _dict(d.get("seconds"))
         cand = gate.get("candidate_version") or "–"
         gate_text = f"bundle {cand} → {gate.get('action') or '–'}"
+        gate_text += f" ({gate['kind']})" if gate.get("kind") else ""
         ab_text = f"{ab.get('experiment') or '–'}: {ab.get('action') or '–'}"
         rows.append(
             [
                 d["date"],
                 str(d.get("source") or "–"),
+                served_bundle(d),
                 ", ".join(f"{k}: {v or '–'}" for k, v in sorted(dag.items())) or "–",
                 cell(finite(secs.get("total")), ".1f"),
                 _traffic_text(d.get("traffic")),
@@ -345,6 +348,7 @@ def section_days(data: ReportData) -> str:
         [
             "date",
             "source",
+            "champion served (kind, trained through)",
             "DAG runs",
             "seconds",
             "traffic",
