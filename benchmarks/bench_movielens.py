@@ -1,7 +1,7 @@
 """MovieLens 100K through the platform's own path, beside the `implicit` library.
 
   .venv/bin/python benchmarks/bench_movielens.py --data /tmp/rl/ml100k [--cutoff 1998-03-15]
-                                                 [--home DIR] [--backfill]
+                                                 [--home DIR] [--backfill] [--reuse]
 
 Steps, each timed: ingest (``pipelines.data.ingest.import_movielens``) → :func:`prepare_days`
 (validate + features for every imported day, in order: the per-day part of a backfill) → train
@@ -16,9 +16,17 @@ reported, which flatters it) and BPR, fitted on the very same training matrix an
 same functions. Relevance is binary (any rating after the cut-off is a positive), as the
 platform's implicit models read ratings.
 
-``--backfill`` runs ``pipelines.orchestration.backfill.backfill`` over the imported range instead
-of :func:`prepare_days` (it also materializes into Redis, trains, registers and gates: needs
-``RECLOOP_REDIS_URL`` to reach a running Redis).
+``--backfill`` runs ``pipelines.orchestration.backfill.backfill`` from the first imported day
+through the cut-off instead of :func:`prepare_days` (``--test-days auto``, ``recloop backfill``'s
+default; it also materializes the cut-off's features into Redis, trains, registers and gates:
+needs ``RECLOOP_REDIS_URL`` to reach a running Redis) and validates the days after the cut-off
+(the test split). It then adds the **served-pipeline comparison** (:func:`served_doc`):
+``recloop stages`` on the day after the cut-off with the champion, forward window = every day
+after the cut-off — NDCG@10, hit rate@10 and recall@10 of the slates of ``full``,
+``retrieval_only``, ``trending`` and each ``<source>_only`` against each user's ratings in the
+window (users: everyone with a rating in it, new users included), beside the offline rows.
+``--reuse`` skips the import when ``--home`` already holds imported partitions (a re-import
+rewrites them, and the backfill would then redo every day).
 
 Validation uses the imported-history volume rule (the import records its source): days whose
 volume collapses against the trailing median pass with a warning in their report, as 14 of the
@@ -30,6 +38,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import itertools
+import json
 import os
 import tempfile
 import time
@@ -55,14 +64,24 @@ def timed(times: dict[str, float], step: str, fn: Callable[[], Any]) -> Any:
     return out
 
 
-def prepare_days(settings, days: list[dt.date], backfill: bool = False) -> str:
+def prepare_days(
+    settings, days: list[dt.date], backfill: bool = False, cutoff: dt.date | None = None
+) -> str:
     """Validate and compute features for every day in ``days`` (in order); with ``backfill``,
-    ``pipelines.orchestration.backfill.backfill`` over the same range instead. Returns a note."""
+    ``pipelines.orchestration.backfill.backfill`` from the first day through ``cutoff`` (auto
+    test window) and validation alone for the days after it (skipped when current). Returns a
+    note."""
     if backfill:
         from pipelines.orchestration.backfill import backfill as run_backfill
+        from pipelines.orchestration.backfill import validation_current
 
-        summary = run_backfill(settings, days[0], days[-1], progress=False)
-        return f"backfill: champion {summary.champion}"
+        summary = run_backfill(settings, days[0], cutoff, progress=False, test_days="auto")
+        validate_days(
+            settings, [d for d in days if d > cutoff and not validation_current(settings, d)]
+        )
+        return (
+            f"backfill through {cutoff}: champion {summary.champion}, test days {summary.test_days}"
+        )
     from pipelines.data.validate import validate_partition
     from pipelines.features.tables import compute_features
 
@@ -70,6 +89,87 @@ def prepare_days(settings, days: list[dt.date], backfill: bool = False) -> str:
         validate_partition(settings, day)
         compute_features(settings, day)
     return f"validate + features for {len(days)} days"
+
+
+def validate_days(settings, days: list[dt.date]) -> None:
+    """Validate ``days`` (no features, no Data Docs): the test split's positives."""
+    from pipelines.data.validate import validate_partition
+
+    for day in days:
+        validate_partition(settings, day, data_docs=False)
+
+
+def served_doc(settings, cutoff: dt.date, last: dt.date) -> dict:
+    """``recloop stages`` (:func:`pipelines.loop.stages.run_stages`) on ``cutoff + 1`` with the
+    champion, forward window ``cutoff + 1 .. last``: the document, with ``seconds``."""
+    from pipelines.loop.stages import run_stages
+
+    t0 = time.perf_counter()
+    day = cutoff + dt.timedelta(days=1)
+    doc = run_stages(settings, day.isoformat(), "champion", horizon_days=(last - cutoff).days)
+    doc["seconds"] = time.perf_counter() - t0
+    return doc
+
+
+SOURCE_VARIANTS_EXCLUDED = ("full", "retrieval_only")
+"""Variants that are not a single retriever (``trending`` is one: the cold-start list)."""
+
+
+def known_ndcg(v: dict) -> float | None:
+    """NDCG@10 of a variant over the users with positives before the day (every bucket but
+    ``0``: the users the served variants can differ on), weighted by users per bucket."""
+    n = {b: c for b, c in v["forward_users_by_bucket"].items() if b != "0" and c}
+    total = sum(n.values())
+    return sum(v["ndcg_by_bucket"][b] * c for b, c in n.items()) / total if total else None
+
+
+def served_report(doc: dict, rows: list[dict]) -> None:
+    """Print the served variants' forward figures and the floor: ``full`` >= the best single
+    retriever served (``<source>_only`` with the ranker, and ``trending``), over all scored
+    users and over those with history, beside the best offline single retriever of ``rows``."""
+    first, last = doc["forward_window"]
+    v0 = doc["variants"]["full"]
+    counts = v0["forward_users_by_bucket"]
+    print(
+        f"\nserved pipeline: stages --date {doc['date']} --horizon-days "
+        f"{(dt.date.fromisoformat(last) - dt.date.fromisoformat(first)).days + 1}, bundle "
+        f"{doc['bundle']}, {doc['users']} users replayed, {v0['forward_users']} scored "
+        f"({doc['seconds']:.0f} s); scored users per bucket (positives before the day): {counts}"
+    )
+    buckets = [b for b, c in counts.items() if c]
+    print(
+        f"| variant | NDCG@{K} | hit@{K} | recall@{K} | NDCG@{K} with history | "
+        + " | ".join(f"NDCG@{K} [{b}]" for b in buckets)
+        + " | distinct items | paths |\n|---|---|---|---|---|"
+        + "---|" * (len(buckets) + 2)
+    )
+    for name, v in doc["variants"].items():
+        by = [_fmt(v["ndcg_by_bucket"][b]) for b in buckets]
+        print(
+            f"| {name} | {_fmt(v['ndcg@10'])} | {_fmt(v['hit_rate@10'])} | "
+            f"{_fmt(v['recall@10'])} | {_fmt(known_ndcg(v))} | "
+            + " | ".join(by)
+            + f" | {v['distinct_items']} | {v['paths']} |"
+        )
+    single = [n for n in doc["variants"] if n not in SOURCE_VARIANTS_EXCLUDED]
+    for label, fig in (("all scored users", lambda v: v["ndcg@10"]), ("with history", known_ndcg)):
+        vals = {n: fig(doc["variants"][n]) for n in single}
+        best = max(vals, key=lambda n: vals[n])
+        full = fig(v0)
+        print(
+            f"{label}: full {full:.4f} vs best single served retriever {best} {vals[best]:.4f}: "
+            f"{'>=' if full >= vals[best] else '<'} (ratio {full / vals[best]:.3f}); "
+            f"retrieval_only {fig(doc['variants']['retrieval_only']):.4f}"
+        )
+    offline = {r["model"]: r["ndcg@10"] for r in rows if r["model"] in MODELS + (POPULAR_7D,)}
+    ob = max(offline, key=lambda n: offline[n])
+    print(
+        f"best offline single retriever (known users, models through the cut-off): {ob} {offline[ob]:.4f}"
+    )
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.4f}"
 
 
 def test_split(settings, data, cutoff: dt.date, last: dt.date) -> tuple[np.ndarray, sp.csr_matrix]:
@@ -172,7 +272,7 @@ def all_time_popular_row(data, users, rel) -> dict:
     return {"model": POPULAR_ALL, "fit_s": fit_s, **score(recs, rel, len(data.items))}
 
 
-def run(data_dir: Path, home: Path, cutoff: dt.date, backfill: bool) -> None:
+def run(data_dir: Path, home: Path, cutoff: dt.date, backfill: bool, reuse: bool = False) -> None:
     from threadpoolctl import threadpool_limits
 
     from pipelines.core import schema
@@ -183,10 +283,12 @@ def run(data_dir: Path, home: Path, cutoff: dt.date, backfill: bool) -> None:
     settings = Settings.from_env({**os.environ, "RECLOOP_HOME": str(home)})
     settings.ensure_dirs()
     times: dict[str, float] = {}
-    summary = timed(times, "ingest", lambda: import_movielens(settings, data_dir))
-    print(summary)
+    if reuse and schema.partition_dates(settings.interactions_dir):
+        print(f"ingest: reusing the imported partitions of {home}")
+    else:
+        print(timed(times, "ingest", lambda: import_movielens(settings, data_dir)))
     days = schema.partition_dates(settings.interactions_dir)
-    note = timed(times, "prepare_days", lambda: prepare_days(settings, days, backfill))
+    note = timed(times, "prepare_days", lambda: prepare_days(settings, days, backfill, cutoff))
     print(note)
     data = load_training_data(settings, cutoff)
     users, rel = test_split(settings, data, cutoff, days[-1])
@@ -198,7 +300,16 @@ def run(data_dir: Path, home: Path, cutoff: dt.date, backfill: bool) -> None:
     rows.append(all_time_popular_row(data, users, rel))
     with threadpool_limits(1, "blas"):
         rows += timed(times, "implicit", lambda: implicit_rows(data.implicit, users, rel))
+    doc = (
+        timed(times, "stages", lambda: served_doc(settings, cutoff, days[-1])) if backfill else None
+    )
     report(rows, times)
+    if doc is not None:
+        served_report(doc, rows)
+        out = home / "reports" / "bench_movielens_stages.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(doc, indent=2, default=str))
+        print(f"stages document: {out}")
 
 
 def report(rows: list[dict], times: dict[str, float]) -> None:
@@ -229,10 +340,11 @@ def main() -> None:
     p.add_argument("--cutoff", default="1998-03-15", help="train through this day")
     p.add_argument("--home", type=Path, help="workspace (default: a temporary folder)")
     p.add_argument("--backfill", action="store_true", help="prepare with recloop backfill")
+    p.add_argument("--reuse", action="store_true", help="keep --home's imported partitions")
     a = p.parse_args()
     cutoff = dt.date.fromisoformat(a.cutoff)
     if a.home:
-        run(a.data, a.home, cutoff, a.backfill)
+        run(a.data, a.home, cutoff, a.backfill, a.reuse)
         return
     with tempfile.TemporaryDirectory(prefix="bench-movielens-") as tmp:
         run(a.data, Path(tmp), cutoff, a.backfill)

@@ -93,6 +93,7 @@ def test_stages_document_scores_every_variant(world):
         assert 0.0 < v["coverage"] <= 1.0 and 0.0 <= v["gini"] < 1.0
         assert set(v["true_ctr_by_bucket"]) == set(BUCKETS)
         assert sum(v["bucket_users"].values()) == 12 and sum(v["paths"].values()) == 12
+        assert 0.0 <= v["ndcg@10"] <= v["hit_rate@10"] <= 1.0 and v["forward_users"] >= 1
     assert doc["variants"]["trending"]["paths"] == {"cold_start": 12}
     # the trending variant's true CTR is the truth of the cold-start list, recomputed here
     only = stages.run_stages(world, DAY, n_users=12, only=["trending"])
@@ -107,7 +108,7 @@ def test_cli_json_is_the_document_only(world, capsys):
     argv = ["stages", "--date", DAY, "--users", "5", "--variants", "full,trending", "--json"]
     assert main(argv) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert set(doc) == {"date", "bundle", "users", "variants"}
+    assert set(doc) == {"date", "bundle", "users", "forward_window", "variants"}
     assert list(doc["variants"]) == ["full", "trending"]
     for v in doc["variants"].values():
         assert {"true_ctr", "ope_snips", "distinct_items"} <= set(v)
@@ -117,23 +118,99 @@ def test_cli_json_is_the_document_only(world, capsys):
     assert table.splitlines()[2].startswith("trending")
 
 
-def test_users_without_a_truth_come_from_the_logs(settings):
-    ts = pd.Timestamp(DAY, tz="UTC")
-    rows = [("u2", 3, "impression"), ("u1", 1, "impression"), ("u3", 2, "click"),
-            ("u1", 5, "impression")]  # fmt: skip
+def _write_day(settings, day: str, rows) -> None:
+    """Validated events of ``day``: ``rows`` of (user, minute, event, item)."""
+    ts = pd.Timestamp(day, tz="UTC")
     frame = pd.DataFrame(
-        [{"event_id": f"e{n}", "ts": ts + pd.Timedelta(minutes=m), "user_id": u, "item_id": "i1",
-          "event": e, "value": 1.0, "request_id": f"r{n}", "position": 0, "arm": "champion",
-          "model_version": "bundle-1", "propensity": 0.5} for n, (u, m, e) in enumerate(rows)]
+        [{"event_id": f"{day}-e{n}", "ts": ts + pd.Timedelta(minutes=m), "user_id": u,
+          "item_id": i, "event": e, "value": 1.0, "request_id": f"r{n}", "position": 0,
+          "arm": "champion", "model_version": "bundle-1", "propensity": 0.5}
+         for n, (u, m, e, i) in enumerate(rows)]
     )  # fmt: skip
     schema.write_partition_atomic(
-        schema.conform(frame, schema.INTERACTIONS), settings.validated_dir, dt.date(2026, 1, 2)
+        schema.conform(frame, schema.INTERACTIONS),
+        settings.validated_dir,
+        dt.date.fromisoformat(day),
     )
-    users, w = stages.day_users(settings, DAY)
-    assert users == ["u1", "u2"] and w is None  # by first impression; u3 only clicked
-    assert stages.day_users(settings, DAY, 1)[0] == ["u1"]
+
+
+def test_users_without_a_truth_are_the_forward_windows_users_with_positives(settings):
+    _write_day(settings, DAY, [("u2", 3, "impression", "i1"), ("u1", 1, "impression", "i1"),
+                               ("u3", 2, "click", "i1"), ("u4", 9, "purchase", "i2")])  # fmt: skip
+    _write_day(settings, "2026-01-03", [("u1", 0, "click", "i3")])
+    users, w = stages.day_users(settings, DAY)  # default horizon: gate_test_days = 1
+    assert users == ["u3", "u4"] and w is None  # by first positive; u1, u2 only saw items
+    assert stages.day_users(settings, DAY, 1)[0] == ["u3"]
+    assert stages.day_users(settings, DAY, horizon_days=2)[0] == ["u3", "u4", "u1"]
     with pytest.raises(ValueError, match="no users"):
-        stages.day_users(settings, "2026-01-03")
+        stages.day_users(settings, "2026-01-04")
+    window = stages.forward_window_from(settings, DAY, 3)
+    assert (window.first.isoformat(), window.day.isoformat()) == (DAY, "2026-01-04")
+    assert window.trained_through.isoformat() == "2026-01-01"
+    with pytest.raises(ValueError, match="horizon"):
+        stages.forward_window_from(settings, DAY, 0)
+
+
+def _resp(user: str, items: list[str]) -> dict:
+    return {"user_id": user, "items": [{"item_id": i, "position": p} for p, i in enumerate(items)]}
+
+
+def test_forward_ndcg_of_served_slates_is_the_hand_computation(settings):
+    """Two days of positives, graded as forward evaluation grades them (purchase 2, click 1)."""
+    _write_day(settings, DAY, [("u1", 1, "click", "a"), ("u2", 2, "click", "d"),
+                               ("u1", 3, "impression", "c"), ("u9", 4, "click", "a")])  # fmt: skip
+    _write_day(settings, "2026-01-03", [("u1", 0, "purchase", "b")])
+    window = stages.forward_window_from(settings, DAY, 2)
+    positives = stages.forward_positives(settings, window)
+    assert stages.window_users(positives) == ["u1", "u2", "u9"]
+    # u3 has no forward positive; u9 has one but was not replayed: neither is scored
+    responses = [_resp("u1", ["a", "x", "b", "c"]), _resp("u2", ["c"]), _resp("u3", ["d"])]
+    forward = stages.forward_relevance(settings, window, positives, ["u1", "u2", "u3"])
+    assert forward[0].ids == ["u1", "u2"] and forward[1].ids == ["a", "b", "d"]
+    buckets = pd.Series({"u1": "5-19", "u2": "0"})
+    out = stages.forward_figures(responses, forward, buckets)
+    # u1: a (grade 1) at rank 1, b (grade 2) at rank 3; ideal: b then a
+    dcg = (2**1 - 1) / np.log2(2) + (2**2 - 1) / np.log2(4)
+    idcg = (2**2 - 1) / np.log2(2) + (2**1 - 1) / np.log2(3)
+    assert out["forward_users"] == 2
+    assert out["ndcg@10"] == pytest.approx((dcg / idcg + 0.0) / 2)  # u2 missed d
+    assert out["hit_rate@10"] == 0.5 and out["recall@10"] == 0.5
+    assert out["ndcg_by_bucket"]["5-19"] == pytest.approx(dcg / idcg)
+    assert out["ndcg_by_bucket"]["0"] == 0.0 and out["ndcg_by_bucket"]["20+"] is None
+    assert out["forward_users_by_bucket"] == {"0": 1, "1-4": 0, "5-19": 1, "20+": 0}
+    # only the first 10 positions count; a user without a response scores 0
+    late = [_resp("u1", [f"z{n}" for n in range(10)] + ["a", "b"])]
+    assert stages.forward_figures(late, forward, buckets)["ndcg@10"] == 0.0
+    none = stages.forward_figures(responses, None, buckets)
+    assert none["ndcg@10"] is None and none["forward_users"] == 0
+
+
+def _hand_ndcg(responses: list[dict], positives: pd.DataFrame, k: int = 10) -> float:
+    """Mean NDCG@k over the responded users with positives: gain 2^grade - 1, grade 1 a click or
+    rating and 2 a purchase, summed per item and capped at 2."""
+    weight = np.where(positives["event"] == "purchase", 2.0, 1.0)
+    grades = (
+        pd.Series(weight)
+        .groupby(
+            [
+                positives["user_id"].astype(str).to_numpy(),
+                positives["item_id"].astype(str).to_numpy(),
+            ]
+        )
+        .sum()
+    )
+    grades = grades.clip(upper=2.0)  # fmt: skip
+    scores = []
+    for r in responses:
+        u = str(r["user_id"])
+        if u not in grades.index.get_level_values(0):
+            continue
+        g = grades.loc[u]
+        shown = [x["item_id"] for x in sorted(r["items"], key=lambda x: x["position"])][:k]
+        dcg = sum((2 ** g.get(i, 0.0) - 1) / np.log2(p + 2) for p, i in enumerate(shown))
+        best = sorted(g.to_numpy(), reverse=True)[:k]
+        scores.append(dcg / sum((2**b - 1) / np.log2(p + 2) for p, b in enumerate(best)))
+    return float(np.mean(scores))
 
 
 def test_true_ctr_matches_the_simulator(world):
@@ -146,3 +223,9 @@ def test_true_ctr_matches_the_simulator(world):
     truth = simulate.true_click_prob(w, f["user_id"], f["item_id"], f["position"])
     doc = stages.run_stages(world, DAY, n_users=8, only=["full"])
     assert doc["variants"]["full"]["true_ctr"] == pytest.approx(float(np.mean(truth)))
+    # and its forward NDCG@10 that of its slates against the day's logged positives
+    positives = stages.forward_positives(world, stages.forward_window_from(world, DAY))
+    scored = set(positives["user_id"].astype(str)) & set(users)
+    full = doc["variants"]["full"]
+    assert doc["forward_window"] == [DAY, DAY] and full["forward_users"] == len(scored) > 0
+    assert full["ndcg@10"] == pytest.approx(_hand_ndcg(out, positives))

@@ -19,6 +19,17 @@ sample size; None without logs or when the responses carry no ``policy``), ``dis
 :func:`pipelines.report.catalog.catalog_health`, ``true_ctr_by_bucket`` (per activity bucket
 of the users: positives before the day) and ``paths`` (users per serving path: ``known``,
 ``user_tower``, ``cold_start``, ...). Impressions and requests of the replays are not logged.
+
+**Forward ranking figures** (usable on real data, where there is no truth): the forward window
+is the ``h`` days ``[D, D + h)`` (``horizon_days``; default ``settings.gate_test_days``, as
+:mod:`pipelines.core.forward_window` decides for forward evaluation), and each replayed user
+with positives in it (validated logs; graded as forward evaluation grades them,
+:func:`pipelines.retrieval.evaluate.day_relevance`) is scored on the top 10 of the slate served
+to them: ``ndcg@10``, ``hit_rate@10`` and ``recall@10`` (:mod:`pipelines.core.metrics`, means
+over those users), ``forward_users`` (how many), ``ndcg_by_bucket`` and
+``forward_users_by_bucket``; None when no replayed user has a forward positive. Without a
+simulator truth, the replayed users are the window's users with positives (by first positive),
+so every one of them is scored.
 """
 
 from __future__ import annotations
@@ -54,11 +65,17 @@ def variants(bundle: Any, cfg: Any) -> dict[str, tuple[Any, Any]]:
     return out
 
 
-def day_users(settings: Settings, date: str, n_users: int | None = None) -> tuple[list[str], Any]:
-    """The day's distinct users in order of their first request, at most ``n_users``, and the
-    simulator's world (None without a truth): from the simulator's requests of the day when
-    the workspace has a truth, else from the users with impressions in the day's validated
-    logs. ``ValueError`` when there are none."""
+def day_users(
+    settings: Settings,
+    date: str,
+    n_users: int | None = None,
+    horizon_days: int | None = None,
+) -> tuple[list[str], Any]:
+    """The users to replay on ``date``, at most ``n_users``, and the simulator's world (None
+    without a truth): the simulator's requests of the day, in order of their first request, when
+    the workspace has a truth; else the users with positives in the forward window of
+    ``horizon_days`` days from ``date`` (:func:`forward_positives`), in order of their first
+    positive. ``ValueError`` when there are none."""
     from pipelines.data import simulate
 
     world = None
@@ -67,24 +84,125 @@ def day_users(settings: Settings, date: str, n_users: int | None = None) -> tupl
         world.extend_to(date)
         users = [str(u) for u in simulate.users_for_day(world, date)]
     else:
-        users = _logged_users(settings, date)
+        window = forward_window_from(settings, date, horizon_days)
+        users = window_users(forward_positives(settings, window))
     if not users:
-        raise ValueError(f"no users for {date}: no simulator truth and no validated impressions")
+        raise ValueError(
+            f"no users for {date}: no simulator truth and no validated positives in the "
+            "forward window"
+        )
     return (users if n_users is None else users[:n_users]), world
 
 
-def _logged_users(settings: Settings, date: str) -> list[str]:
-    """Users with impressions in the validated logs of ``date``, by first impression time."""
-    from pipelines.core.validated import validated_files
+# --- forward ranking figures ----------------------------------------------------------------------
+FORWARD_K = 10
+"""The cut-off of the forward ranking figures (``ndcg@10``, ``hit_rate@10``, ``recall@10``)."""
 
-    files = validated_files(settings, date, date)
-    if not files:
-        return []
-    frame = pd.concat(
-        [pd.read_parquet(f, columns=["ts", "user_id", "event"]) for f in files], ignore_index=True
-    )
-    frame = frame[frame["event"] == "impression"].sort_values("ts", kind="stable")
-    return [str(u) for u in frame["user_id"].drop_duplicates()]
+
+def forward_window_from(settings: Settings, date: str, horizon_days: int | None = None) -> Any:
+    """The forward window ``[date, date + h)`` as a :class:`pipelines.core.forward_window.
+    ForwardWindow` (``first`` = ``date``, ``day`` = its last day, ``trained_through`` =
+    ``date − 1``); ``h`` = ``horizon_days``, default ``settings.gate_test_days``."""
+    import datetime as dt
+
+    from pipelines.core.forward_window import forward_window
+
+    h = settings.gate_test_days if horizon_days is None else int(horizon_days)
+    if h < 1:
+        raise ValueError(f"--horizon-days must be >= 1, got {h}")
+    return forward_window(schema.parse_date(date) + dt.timedelta(days=h - 1), h)
+
+
+def forward_positives(settings: Settings, window: Any) -> pd.DataFrame:
+    """The validated positives (click, purchase, rating) of the window's days, ordered by time
+    (:func:`pipelines.retrieval.data.read_positives`)."""
+    from pipelines.retrieval.data import read_positives
+
+    return read_positives(settings, window.day, window.first)
+
+
+def window_users(positives: pd.DataFrame) -> list[str]:
+    """The distinct users of ``positives`` in order of their first positive."""
+    frame = positives.sort_values("ts", kind="stable") if len(positives) else positives
+    return [str(u) for u in pd.unique(frame["user_id"].astype(str))]
+
+
+def forward_relevance(
+    settings: Settings, window: Any, positives: pd.DataFrame, users: Sequence[str]
+) -> tuple[Any, Any, Any]:
+    """``(user vocab, item vocab, relevance)``: the replayed ``users`` with a positive in the
+    window (in replay order), the window's positive items, and their graded ``(U, I)`` relevance
+    over the window as forward evaluation grades it (:func:`pipelines.retrieval.evaluate.
+    day_relevance`: 1 = click/rating, 2 = purchase, capped at 2)."""
+    from pipelines.core.vocab import Vocab
+    from pipelines.retrieval.evaluate import day_relevance
+
+    positive = set(positives["user_id"].astype(str))
+    user_vocab = Vocab(u for u in users if str(u) in positive)
+    item_vocab = Vocab(sorted(positives["item_id"].astype(str).unique()))
+    rel = day_relevance(settings, window.day, user_vocab, item_vocab, first=window.first)
+    return user_vocab, item_vocab, rel
+
+
+def slate_matrix(
+    responses: Sequence[dict[str, Any]], users: Any, items: Any, k: int = FORWARD_K
+) -> np.ndarray:
+    """The served slates as item rows ``(len(users), k)`` int64 over the ``items`` vocabulary,
+    row ``r`` = the response to ``users.ids[r]`` (its first when repeated), by position;
+    ``-1`` for an item outside ``items`` (never relevant), a short slate, or a user without a
+    response."""
+    recs = np.full((len(users), k), -1, dtype=np.int64)
+    done: set[int] = set()
+    for r in responses:
+        row = users.index.get(str(r["user_id"]))
+        if row is None or row in done:
+            continue
+        done.add(row)
+        shown = sorted(r["items"], key=lambda x: int(x["position"]))[:k]
+        recs[row, : len(shown)] = items.encode(x["item_id"] for x in shown)
+    return recs
+
+
+def ranking_figures(recs: np.ndarray, rel: Any, k: int = FORWARD_K) -> dict[str, Any]:
+    """``ndcg@k``, ``hit_rate@k``, ``recall@k`` (means over the rows with a relevant item,
+    :mod:`pipelines.core.metrics`) and ``forward_users`` (those rows); the figures are None
+    when no row has one."""
+    from pipelines.core.metrics import hit_rate_at_k, ndcg_at_k, recall_at_k
+
+    n = int((np.diff(rel.indptr) > 0).sum()) if rel.shape[0] else 0
+    out: dict[str, Any] = {f"ndcg@{k}": None, f"hit_rate@{k}": None, f"recall@{k}": None}
+    out["forward_users"] = n
+    if n:
+        out[f"ndcg@{k}"] = ndcg_at_k(recs, rel, k)
+        out[f"hit_rate@{k}"] = hit_rate_at_k(recs, rel, k)
+        out[f"recall@{k}"] = recall_at_k(recs, rel, k)
+    return out
+
+
+def forward_figures(
+    responses: Sequence[dict[str, Any]], forward: tuple[Any, Any, Any] | None, buckets: pd.Series
+) -> dict[str, Any]:
+    """:func:`ranking_figures` of ``responses`` against ``forward`` (:func:`forward_relevance`),
+    plus ``ndcg_by_bucket`` (NDCG@10 per activity bucket of ``buckets``; None for a bucket
+    without scored users) and ``forward_users_by_bucket``; all None when ``forward`` is None."""
+    key = f"ndcg@{FORWARD_K}"
+    if forward is None:
+        return {**ranking_figures(np.zeros((0, FORWARD_K), np.int64), _empty_rel()),
+                "ndcg_by_bucket": None, "forward_users_by_bucket": None}  # fmt: skip
+    users, items, rel = forward
+    recs = slate_matrix(responses, users, items)
+    out = ranking_figures(recs, rel)
+    of = buckets.reindex(pd.Index(users.ids)).fillna(catalog.BUCKETS[0]).to_numpy()
+    per = {b: ranking_figures(recs[of == b], rel[np.flatnonzero(of == b)]) for b in catalog.BUCKETS}
+    out["ndcg_by_bucket"] = {b: f[key] for b, f in per.items()}
+    out["forward_users_by_bucket"] = {b: f["forward_users"] for b, f in per.items()}
+    return out
+
+
+def _empty_rel() -> Any:
+    import scipy.sparse as sp
+
+    return sp.csr_matrix((0, 0))
 
 
 OPE_ESTIMATOR = "pbm_snips"
@@ -138,13 +256,15 @@ def variant_figures(
 ) -> dict[str, Any]:
     """The figures of one variant's ``responses`` (the module docstring). ``context``: the day's
     ``catalog``, ``popularity`` (positives per item before the day), ``buckets`` (user id →
-    activity bucket) and ``logged`` (the day's logged impressions, for the OPE; or None)."""
+    activity bucket), ``logged`` (the day's logged impressions, for the OPE; or None) and
+    ``forward`` (:func:`forward_relevance`; or None: no replayed user has a forward positive)."""
     from pipelines.data import simulate
     from pipelines.loop.replay import slate_frame
 
     frame = slate_frame(responses)
     snips, ess = ope_snips(context["logged"], date, responses, world)
     out: dict[str, Any] = {"true_ctr": None, "ope_snips": snips, "ope_ess": ess}
+    out.update(forward_figures(responses, context["forward"], context["buckets"]))
     health = catalog.catalog_health(frame, context["catalog"], date, context["popularity"])
     out.update(health)
     out["users"] = len(responses)
@@ -171,17 +291,21 @@ def run_stages(
     n_users: int | None = None,
     cfg: Any = None,
     only: Sequence[str] | None = None,
+    horizon_days: int | None = None,
 ) -> dict[str, Any]:
-    """The ``recloop stages`` document: ``{"date", "bundle", "users", "variants": {name:
-    figures}}`` (see the module docstring). ``cfg``: the serving configuration as served
-    (default ``ServingConfig.from_env()``); ``only``: run just these variants."""
+    """The ``recloop stages`` document: ``{"date", "bundle", "users", "forward_window",
+    "variants": {name: figures}}`` (see the module docstring; ``forward_window``: ``[first,
+    last]`` ISO days of the ``horizon_days`` forward window). ``cfg``: the serving configuration
+    as served (default ``ServingConfig.from_env()``); ``only``: run just these variants."""
     from pipelines.loop.replay import serve_users
     from serving.bundle import load
     from serving.config import ServingConfig
 
     date = schema.parse_date(date).isoformat()
     cfg = cfg or ServingConfig.from_env()
-    users, world = day_users(settings, date, n_users)
+    users, world = day_users(settings, date, n_users, horizon_days)
+    window = forward_window_from(settings, date, horizon_days)
+    positives = forward_positives(settings, window)
     bundle = load(settings, bundle_ref)
     context = {
         "catalog": catalog.read_catalog(settings, date),
@@ -190,8 +314,12 @@ def run_stages(
         ),
         "buckets": catalog.user_buckets(settings, date, users),
         "logged": logged_impressions(settings, date),
+        "forward": None,
     }
+    if len(positives):
+        context["forward"] = forward_relevance(settings, window, positives, users)
     doc: dict[str, Any] = {"date": date, "bundle": bundle.version, "users": len(users)}
+    doc["forward_window"] = [window.first.isoformat(), window.day.isoformat()]
     doc["variants"] = {}
     for name, (b, c) in variants(bundle, cfg).items():
         if only is not None and name not in only:
@@ -206,14 +334,22 @@ def run_stages(
 def format_table(doc: dict[str, Any]) -> str:
     """The document as a readable table: one row per variant."""
     head = (
-        f"{'variant':<16}{'true_ctr':>9}{'ope_snips':>10}{'distinct':>9}{'coverage':>9}"
+        f"{'variant':<16}{'true_ctr':>9}{'ope_snips':>10}{'ndcg@10':>9}{'hit@10':>8}"
+        f"{'distinct':>9}{'coverage':>9}"
         f"{'gini':>7}{'novelty':>8}{'new':>7}  " + "  ".join(f"ctr[{b}]" for b in catalog.BUCKETS)
     )
-    lines = [f"{doc['date']}: bundle {doc['bundle']}, {doc['users']} users", head]
+    first, last = doc.get("forward_window") or ("-", "-")
+    scored = next(iter(doc["variants"].values()), {}).get("forward_users")
+    lines = [
+        f"{doc['date']}: bundle {doc['bundle']}, {doc['users']} users; forward window "
+        f"{first}..{last}: {scored or 0} users with positives",
+        head,
+    ]
     for name, v in doc["variants"].items():
         by = v.get("true_ctr_by_bucket") or {}
         lines.append(
             f"{name:<16}{_num(v['true_ctr'], 4):>9}{_num(v['ope_snips'], 4):>10}"
+            f"{_num(v.get('ndcg@10'), 4):>9}{_num(v.get('hit_rate@10'), 3):>8}"
             f"{v['distinct_items']:>9}{_num(v['coverage'], 3):>9}{_num(v['gini'], 3):>7}"
             f"{_num(v['novelty'], 2):>8}{_num(v['new_item_share'], 3):>7}  "
             + "  ".join(f"{_num(by.get(b), 4):>{len(b) + 5}}" for b in catalog.BUCKETS)
