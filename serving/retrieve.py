@@ -157,8 +157,10 @@ def candidates(
 ) -> Candidates:
     """Up to ``engine.config.candidates`` candidates for ``user_id`` from the configured sources
     (see the module docstring); ``budget_ms()``: what is left for a Redis read (ms), asked when
-    one is needed. Cold start (the trending list, ``cold``) when nothing personal can be offered
-    (no two-tower vector, no MF row, no history) or ``force_cold_start``."""
+    one is needed. Cold start (the trending list, not ranked, ``cold``) for a user no model knows
+    (no two-tower vector, no MF row, no history), when the user-tower read failed, or with
+    ``force_cold_start``; a known user's candidates are ranked whatever sources are configured
+    (only ``trending``: the trending list, ranked)."""
     cfg = engine.config
     fallbacks: list[str] = []
     degraded, err = False, None
@@ -184,13 +186,15 @@ def candidates(
             fallbacks.append("retrieve")
             degraded = True
             lists = [_cold(bundle, n, drop, ())]
-    personal = any(x.name != "trending" for x in lists)
     failed = "retrieve" in fallbacks
-    if not personal and not failed:  # nothing personal: the cold-start list
+    known = query is not None or row >= 0 or (bundle.mf is not None and bundle.mf.knows(user_id))
+    cold = cfg.force_cold_start or err is not None or (not known and not failed)
+    fallback = cold or failed or not lists  # one trending list of n serves
+    if cold or not lists:  # cold start (not ranked), or the sources offered nothing (ranked)
         lists = [_cold(bundle, n, drop, categories)]
-        fallbacks.append("cold_start")
-    merged = merge(lists, quotas if personal else {"trending": n}, n)
-    cold = not personal and not failed
+        if cold:
+            fallbacks.append("cold_start")
+    merged = merge(lists, {"trending": n} if fallback else quotas, n)
     return Candidates(
         merged.ids, merged.scores, drop, cold, fallbacks, degraded, err,
         merged.sources, merged.source_scores,

@@ -109,6 +109,9 @@ class MFSource:
             np.ascontiguousarray(model.item_embeddings(), dtype=np.float32),  # type: ignore[attr-defined]
         )
 
+    def knows(self, user_id: str) -> bool:
+        return int(self.users.encode([user_id])[0]) >= 0  # type: ignore[attr-defined]
+
     def offer(self, user_id: str, n: int, drop: set[str]) -> SourceList:
         row = int(self.users.encode([user_id])[0])  # type: ignore[attr-defined]
         if row < 0 or n <= 0:

@@ -65,3 +65,9 @@ def test_covisit_offers_items_engaged_by_the_same_users_not_the_history():
     assert offer.ids == ["i1"]
     assert src.offer(np.array([2]), 5, {"i3"}).ids == []
     assert src.offer(np.array([], dtype=np.int64), 5, set()).ids == []
+
+
+def test_merge_of_one_list_with_its_quota_keeps_its_order():
+    only = _list("trending", ["t0", "t1", "t2"])
+    m = merge([only], {"trending": 500}, n=500)
+    assert m.ids == ["t0", "t1", "t2"] and set(m.sources) == {"trending"}
