@@ -14,6 +14,15 @@ and per event date, written beside the partition and renamed into it (atomic: a 
 sees half a file). Copy or point the pipeline's ``data/interactions/date=D/`` at these files
 to close the loop.
 
+**Bounded, and never on the request path.** ``add`` only appends to the buffer (a request never
+waits on the disk); the buffer holds at most ``max_pending_rows`` rows (default 20 x
+``flush_rows``): rows beyond it are dropped and counted in ``dropped`` (a warning says how many,
+at most every 30 s). A flush that fails (a full disk: ``OSError(ENOSPC)``) removes its partial
+temporary file, puts the rows it did not write back at the head of the buffer (still within the
+cap; the overflow is counted in ``dropped``) and counts the failure in ``errors``; the
+background flush then waits (1, 2, 4 ... 60 s) before it tries again. Once written, a file is
+fsynced before it is renamed into its partition.
+
 **The request log** (:class:`RequestLog`, the A/B analysis's service-guardrail feed): one row per
 ``/recommend`` call that reached the pipeline (validated and admitted; :data:`REQUESTS`
 columns) in ``RECLOOP_HOME/serving/requests/date=D/part-<time>-<uuid>.parquet``, partitioned by
@@ -41,6 +50,7 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipelines.core import layout, schema
 from pipelines.core.settings import Settings
@@ -79,35 +89,65 @@ def requests_dir(home: Path) -> Path:
     return layout.requests_dir(Settings(home=Path(home)))
 
 
+class _Unwritten(Exception):
+    """A flush stopped part way: ``rows`` (a list of the buffered dicts) were not written."""
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        super().__init__(f"{len(rows)} rows not written")
+        self.rows = rows
+
+
+WARN_EVERY_S = 30.0
+"""At most one warning about dropped rows or failed flushes per this many seconds."""
+MAX_RETRY_S = 60.0
+"""The longest wait of the background flush after failed flushes (1, 2, 4 ... s)."""
+
+
 class ImpressionLog:
-    """Thread-safe buffered writer of INTERACTIONS rows (see the module docstring)."""
+    """Thread-safe, bounded, buffered writer of INTERACTIONS rows (see the module docstring).
+
+    Counters: ``rows_written``, ``files_written``, ``errors`` (failed flushes), ``dropped``
+    (rows let go: buffer full)."""
 
     table_schema: pa.Schema = schema.INTERACTIONS
     what = "impression log"
 
-    def __init__(self, root: Path, flush_rows: int = 2_000) -> None:
+    def __init__(
+        self, root: Path, flush_rows: int = 2_000, max_pending_rows: int | None = None
+    ) -> None:
         self.root = Path(root)
         self.flush_rows = flush_rows
+        self.max_pending_rows = max_pending_rows or 20 * flush_rows
         self._rows: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self.rows_written = 0
         self.files_written = 0
         self.errors = 0
+        self.dropped = 0
+        self._failures_in_a_row = 0
+        self._retry_at = 0.0
+        self._warned_at = -WARN_EVERY_S
         self._last = time.monotonic()
 
     def add(self, rows: list[dict[str, Any]]) -> None:
-        """Buffer rows (dicts with the INTERACTIONS columns). Writing is left to
-        :meth:`flush_due` (the app's background task), off the request path; only a buffer 20
-        times over ``flush_rows`` (a stalled writer) is flushed here, bounding memory."""
+        """Buffer rows (dicts with the INTERACTIONS columns); never writes (the app's background
+        task does, :meth:`flush_due`). Rows that do not fit under ``max_pending_rows`` are
+        dropped and counted in ``dropped``."""
         with self._lock:
-            self._rows.extend(rows)
-            overfull = len(self._rows) >= 20 * self.flush_rows
-        if overfull:
-            self.flush()
+            room = max(self.max_pending_rows - len(self._rows), 0)
+            self._rows.extend(rows[:room])
+            lost = max(len(rows) - room, 0)
+            self.dropped += lost
+        if lost:
+            self._warn("%s: buffer full (%d rows): %d rows dropped, %d in all",
+                       self.what, self.max_pending_rows, lost, self.dropped)  # fmt: skip
 
     def flush_due(self, every_s: float) -> list[Path]:
-        """Flush when ``flush_rows`` rows wait or ``every_s`` passed since the last flush."""
+        """Flush when ``flush_rows`` rows wait or ``every_s`` passed since the last flush (not
+        before the back-off after a failed flush has passed)."""
+        if time.monotonic() < self._retry_at:
+            return []
         if self.pending >= self.flush_rows or time.monotonic() - self._last >= every_s:
             return self.flush()
         return []
@@ -119,7 +159,9 @@ class ImpressionLog:
     def flush(self) -> list[Path]:
         """Write the buffered rows, one file per event date; returns the files written.
 
-        On a write error the rows go back to the buffer (counted in ``errors``)."""
+        On a write error the rows not written go back to the head of the buffer, within
+        ``max_pending_rows`` (the rest counted in ``dropped``); the failure is counted in
+        ``errors``."""
         with self._flush_lock:
             with self._lock:
                 rows, self._rows = self._rows, []
@@ -127,34 +169,72 @@ class ImpressionLog:
             if not rows:
                 return []
             try:
-                return self._write(rows)
-            except Exception:
-                self.errors += 1
-                log.exception("%s: flush of %d rows failed; kept for retry", self.what, len(rows))
-                with self._lock:
-                    self._rows = rows + self._rows
+                out = self._write(rows)
+            except Exception as exc:  # noqa: BLE001 - a full disk must not lose the buffer
+                self._failed(rows, exc)
                 return []
+            self._failures_in_a_row = 0
+            self._retry_at = 0.0
+            return out
+
+    def _failed(self, rows: list[dict[str, Any]], exc: Exception) -> None:
+        """Requeue what a failed flush did not write (bounded), count, back off, warn."""
+        unwritten = exc.rows if isinstance(exc, _Unwritten) else rows
+        cause = exc.__cause__ if isinstance(exc, _Unwritten) else exc
+        with self._lock:
+            merged = unwritten + self._rows
+            self._rows = merged[: self.max_pending_rows]
+            lost = len(merged) - len(self._rows)
+            self.dropped += lost
+        self.errors += 1
+        self._failures_in_a_row += 1
+        wait_s = min(2.0 ** (self._failures_in_a_row - 1), MAX_RETRY_S)
+        self._retry_at = time.monotonic() + wait_s
+        self._warn("%s: flush of %d rows failed (%s); %d kept for a retry in %.0f s, %d dropped "
+                   "(%d in all)", self.what, len(unwritten), cause, self.pending, wait_s, lost,
+                   self.dropped)  # fmt: skip
+
+    def _warn(self, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._warned_at >= WARN_EVERY_S:
+            self._warned_at = now
+            log.warning(msg, *args)
 
     def _write(self, rows: list[dict[str, Any]]) -> list[Path]:
+        """Write ``rows``, one file per event date; :class:`_Unwritten` (from the cause) with
+        the rows of the dates not written when a write fails."""
         frame = pd.DataFrame(rows)
         frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
-        out = []
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        for day, part in frame.groupby(frame["ts"].dt.date, sort=True):
-            table = schema.conform(part.reset_index(drop=True), self.table_schema)
-            folder = schema.partition_dir(self.root, day)
-            folder.mkdir(parents=True, exist_ok=True)
-            name = f"part-{stamp}-{uuid.uuid4().hex[:12]}.parquet"
-            tmp = self.root / f".tmp-{name}"  # beside the partitions, not inside one
-            import pyarrow.parquet as pq
-
-            pq.write_table(table, tmp)
-            os.replace(tmp, folder / name)
-            out.append(folder / name)
-            self.rows_written += table.num_rows
-            self.files_written += 1
+        groups = list(frame.groupby(frame["ts"].dt.date, sort=True))
+        out = []
+        for i, (day, part) in enumerate(groups):
+            try:
+                out.append(self._write_file(day, part.reset_index(drop=True), stamp))
+            except Exception as exc:
+                left = [rows[j] for _, p in groups[i:] for j in p.index]
+                raise _Unwritten(left) from exc
         log.info("%s: wrote %d rows to %d file(s)", self.what, len(rows), len(out))
         return out
+
+    def _write_file(self, day: Any, part: pd.DataFrame, stamp: str) -> Path:
+        """One file of ``part`` (rows of event date ``day``) in its partition: written beside
+        the partitions, fsynced, renamed in; the temporary file is removed on any failure."""
+        table = schema.conform(part, self.table_schema)
+        folder = schema.partition_dir(self.root, day)
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"part-{stamp}-{uuid.uuid4().hex[:12]}.parquet"
+        tmp = self.root / f".tmp-{name}"  # beside the partitions, not inside one
+        try:
+            pq.write_table(table, tmp)
+            schema.fsync_path(tmp)
+            os.replace(tmp, folder / name)
+        finally:
+            tmp.unlink(missing_ok=True)
+        schema.fsync_path(folder, directory=True)
+        self.rows_written += table.num_rows
+        self.files_written += 1
+        return folder / name
 
 
 class RequestLog(ImpressionLog):

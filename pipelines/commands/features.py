@@ -48,6 +48,7 @@ def _need_date(args: argparse.Namespace) -> str:
 def _show(args: argparse.Namespace, settings: Settings) -> int:
     import pandas as pd
 
+    from pipelines.core.redact import redact_url
     from pipelines.features import online
     from pipelines.features import store as fs
     from pipelines.features.tables import feature_time
@@ -62,7 +63,8 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
     def flags(missing: bool, stale: bool) -> str:
         return "MISSING (defaults)" if missing else ("STALE" if stale else "fresh")
 
-    print(f"service {args.service} via {res.path} path, {settings.redis_url}, now={res.now}")
+    url = redact_url(settings.redis_url)
+    print(f"service {args.service} via {res.path} path, {url}, now={res.now}")
     print(
         f"user {res.user_id}: event_timestamp={res.user_event_timestamp} "
         f"[{flags(res.user_missing, res.user_stale)}]"

@@ -8,8 +8,10 @@
       --map event=event --events view=click,addtocart=click,transaction=purchase --ts-unit ms
                                      an event log (RetailRocket-style) with its events mapped
 
-Each day found in the file replaces that day's partition under RECLOOP_HOME/data/interactions
-(atomic; re-importing the same file changes nothing) and gets an import record
+Each day found in the file gets this file's rows as its own file in that day's partition under
+RECLOOP_HOME/data/interactions (import-<hash of the file name>.parquet), beside the files other
+sources wrote there, which are kept (rows whose event_id they hold already are left out); atomic,
+and re-importing the same file changes nothing. Each day also gets an import record
 (data/imports/date=D.json: source, file, date range, counts), so validation knows the day is
 imported history: its volume is checked against the trailing median and a collapse is a warning,
 not a failure (RECLOOP_IMPORTED_MIN_VOLUME_RATIO).

@@ -6,7 +6,9 @@ Reads the service's log (RECLOOP_HOME/serving/impressions/date=*/) for day D, mo
 traffic to its simulated times (RECLOOP_HOME/serving/traffic/date=D/), matches each click and
 purchase to its impression and writes data/interactions/date=D/part-0.parquet, merged with the
 rows already there (deduplicated by event_id; a rerun writes the same bytes). Unmatched feedback
-goes to quarantine/served/date=D/. Validate the partition afterwards (`recloop validate`).
+goes to quarantine/served/date=D/; a log file that cannot be read is moved to
+quarantine/files/serving/impressions/date=*/ with a .reason.json (listed as corrupt_files) and
+the other files are ingested. Validate the partition afterwards (`recloop validate`).
 """
 
 from __future__ import annotations

@@ -21,12 +21,23 @@
 
 Writes are atomic: a partition is written to a temporary folder beside it, then renamed into place,
 so a reader sees the old partition or the new one, never half of either.
+
+Publication is crash-safe (:func:`publish_dir`): the written files and their folder are fsynced
+before the renames, the old folder is moved aside to ``.bak-<name>`` (one fixed name per folder)
+before the new one takes its place, and the parent folder is fsynced after. A process killed
+between the two renames leaves ``.bak-<name>`` and no ``<name>``: the next publication of that
+folder, :func:`partition_dir`, :func:`partition_dates` and :func:`read_partition` put it back
+(:func:`recover_dir`) before anything reads or replaces it; a ``.bak-`` left beside a complete
+folder (a crash after the second rename) is deleted. ``RECLOOP_FSYNC=0`` skips the fsyncs (tests
+on slow disks; never in production).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -37,6 +48,8 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
 
 EVENTS = ("impression", "click", "purchase", "rating")
 RATING_RANGE = (0.5, 5.0)  # MovieLens ratings.csv has half stars from 0.5
@@ -91,15 +104,21 @@ def parse_date(value: str | dt.date) -> dt.date:
 
 
 def partition_dir(root: Path, date: str | dt.date) -> Path:
-    """``root/date=YYYY-MM-DD``."""
-    return Path(root) / f"date={parse_date(date).isoformat()}"
+    """``root/date=YYYY-MM-DD``; a publication of it that a crash interrupted is recovered first
+    (:func:`recover_dir`: one ``stat`` when there is none), so every reader and writer that
+    finds a partition through here sees the complete old or new folder."""
+    folder = Path(root) / f"date={parse_date(date).isoformat()}"
+    recover_dir(folder)
+    return folder
 
 
 def partition_dates(root: Path) -> list[dt.date]:
-    """Sorted dates of the complete partitions under ``root`` (temporary folders skipped)."""
+    """Sorted dates of the complete partitions under ``root`` (temporary folders skipped;
+    publications that a crash interrupted recovered first: :func:`recover_root`)."""
     root = Path(root)
     if not root.exists():
         return []
+    recover_root(root)
     out = []
     for p in root.iterdir():
         if p.is_dir() and p.name.startswith("date=") and len(p.name) == 15:
@@ -141,25 +160,74 @@ def _tmp_sibling(path: Path) -> Path:
     return path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:8]}"
 
 
+BACKUP_PREFIX = ".bak-"
+"""``<parent>/.bak-<name>``: where :func:`publish_dir` keeps the old folder between its renames."""
+
+
+def _fsync_enabled() -> bool:
+    return os.environ.get("RECLOOP_FSYNC", "1").strip() != "0"
+
+
+def fsync_path(path: Path, directory: bool = False) -> None:
+    """Flush ``path`` (a file, or a folder's entries when ``directory``) to the disk. A folder
+    on a file system that cannot fsync folders (``EINVAL``) is skipped; ``RECLOOP_FSYNC=0``
+    skips everything."""
+    if not _fsync_enabled():
+        return
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if not directory or exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: Path) -> None:
+    """:func:`fsync_path` every file under ``folder``, then every folder (deepest first)."""
+    if not _fsync_enabled():
+        return
+    for dirpath, _dirs, files in os.walk(folder, topdown=False):
+        for name in files:
+            fsync_path(Path(dirpath) / name)
+        fsync_path(Path(dirpath), directory=True)
+
+
+def _replace_durably(tmp: Path, path: Path) -> None:
+    """fsync the file ``tmp``, rename it to ``path``, fsync the folder (the rename's entry)."""
+    fsync_path(tmp)
+    os.replace(tmp, path)
+    fsync_path(path.parent, directory=True)
+
+
 def write_table_atomic(table: pa.Table | pd.DataFrame, path: Path) -> Path:
-    """Write one parquet file atomically (temp file in the same folder, then ``os.replace``)."""
+    """Write one parquet file atomically and durably (temp file in the same folder, fsync,
+    ``os.replace``, fsync of the folder)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(table, pd.DataFrame):
         table = pa.Table.from_pandas(table, preserve_index=False)
     tmp = _tmp_sibling(path)
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    try:
+        pq.write_table(table, tmp)
+        _replace_durably(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
 def write_text_atomic(text: str, path: Path) -> Path:
-    """Write ``text`` to ``path`` atomically (temp file in the same folder, then ``os.replace``)."""
+    """Write ``text`` to ``path`` atomically and durably (temp file in the same folder, fsync,
+    ``os.replace``, fsync of the folder)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_sibling(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        _replace_durably(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -204,23 +272,73 @@ def dated_json_dates(folder: Path) -> list[dt.date]:
     return sorted(out)
 
 
+def recover_dir(final: Path) -> bool:
+    """Repair what a crash inside :func:`publish_dir` of ``final`` left; True when it did.
+
+    ``.bak-<name>`` without ``<name>`` (killed between the two renames): the old folder is
+    renamed back. ``.bak-<name>`` beside ``<name>`` (killed after the second rename): the new
+    folder is complete, the backup is deleted. An ``OSError`` (a read-only workspace, a race with
+    another process's recovery) is logged and leaves things as they are."""
+    final = Path(final)
+    backup = final.parent / f"{BACKUP_PREFIX}{final.name}"
+    if not os.path.lexists(backup):
+        return False
+    try:
+        if final.exists():
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(backup, final)
+            fsync_path(final.parent, directory=True)
+            log.warning("recovered %s from %s (a publication was interrupted)", final, backup.name)
+    except OSError as exc:
+        log.warning("could not recover %s from %s: %s", final, backup.name, exc)
+        return False
+    return True
+
+
+def recover_root(root: Path) -> list[Path]:
+    """:func:`recover_dir` every folder under ``root`` that has a ``.bak-`` backup beside it;
+    the folders recovered."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    names = [p.name[len(BACKUP_PREFIX) :] for p in root.iterdir()
+             if p.name.startswith(BACKUP_PREFIX)]  # fmt: skip
+    return [root / n for n in names if recover_dir(root / n)]
+
+
+def _swap_in(tmp: Path, final: Path, attempts: int = 3) -> None:
+    """Rename ``tmp`` to ``final``, the old ``final`` moved aside to its backup name first and
+    deleted after. Another process may recover the backup between the two renames (it saw no
+    ``final``): the rename then fails on the non-empty ``final`` and is tried again."""
+    backup = final.parent / f"{BACKUP_PREFIX}{final.name}"
+    for attempt in range(attempts):
+        if final.exists():
+            os.replace(final, backup)
+        try:
+            os.replace(tmp, final)
+            break
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or attempt == attempts - 1:
+                recover_dir(final)
+                raise
+    fsync_path(final.parent, directory=True)
+    shutil.rmtree(backup, ignore_errors=True)
+
+
 def publish_dir(build: Callable[[Path], None], final: Path) -> Path:
-    """Atomically replace folder ``final`` with what ``build(tmp)`` writes into a temporary
-    folder beside it. The old folder, if any, is moved aside first and deleted only after the new
-    one is in place; if ``build`` fails, ``final`` is untouched."""
+    """Atomically and durably replace folder ``final`` with what ``build(tmp)`` writes into a
+    temporary folder beside it (module docstring: fsync, ``.bak-`` backup, recovery). If
+    ``build`` fails, ``final`` is untouched."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(final)
     tmp = _tmp_sibling(final)
     tmp.mkdir()
     try:
         build(tmp)
-        old = None
-        if final.exists():
-            old = _tmp_sibling(final)
-            os.replace(final, old)
-        os.replace(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        fsync_tree(tmp)
+        _swap_in(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -234,6 +352,39 @@ def write_partition_atomic(
     if isinstance(table, pd.DataFrame):
         table = pa.Table.from_pandas(table, preserve_index=False)
     return publish_dir(lambda tmp: pq.write_table(table, tmp / name), partition_dir(root, date))
+
+
+def quarantine_file(path: Path, home: Path, quarantine_dir: Path, reason: str) -> Path:
+    """Move the unreadable file ``path`` (under the workspace ``home``) out of the way, to
+    ``quarantine_dir/files/<its path relative to home>``, beside a ``<name>.reason.json`` record
+    (``file``: the original path, ``reason``, ``quarantined_at`` UTC); returns the new path. The
+    readers that skip a corrupt file and go on (validation's volume history, the feature
+    window, ``ingest-served``) call this; a warning names the file and the reason."""
+    path = Path(path)
+    try:
+        rel = path.resolve().relative_to(Path(home).resolve())
+    except ValueError:
+        rel = Path(path.name)
+    target = Path(quarantine_dir) / "files" / rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():  # the same name quarantined before: keep both
+        target = target.with_name(f"{target.stem}-{uuid.uuid4().hex[:8]}{target.suffix}")
+    os.replace(path, target)
+    record = {"file": str(path), "reason": reason,
+              "quarantined_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}  # fmt: skip
+    write_json_atomic(record, target.with_name(target.name + ".reason.json"))
+    log.warning("quarantined unreadable %s (%s) to %s", path, reason, target)
+    return target
+
+
+def parquet_problem(path: Path, columns: list[str] | None = None) -> str | None:
+    """Why ``path`` cannot be read as parquet (its footer, then ``columns`` in full, all when
+    None), or None when it reads."""
+    try:
+        pq.read_table(path, columns=columns)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        return f"unreadable parquet file: {exc}"
+    return None
 
 
 def read_partition(root: Path, date: str | dt.date) -> pd.DataFrame:

@@ -19,6 +19,7 @@ environment, and ``Settings.ensure_dirs()`` is the one place that creates the wo
 | ``RECLOOP_TASK_RETRIES``     | ``2``                                     | Airflow retries per task |
 | ``RECLOOP_RETRY_DELAY_S``    | ``30``                                    | Airflow delay between retries, seconds |
 | ``RECLOOP_SERVE_URL``        | ``http://127.0.0.1:8000``                 | where the online service answers (``recloop status`` asks its ``/health/ready``) |
+| ``RECLOOP_MAX_PURCHASE_VALUE`` | ``10``                                  | a purchase's ``value`` counts at most this in the features (a click always counts 1) |
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ class Settings:
     task_retries: int = 2
     retry_delay_s: float = 30.0
     serve_url: str = "http://127.0.0.1:8000"
+    max_purchase_value: float = 10.0  # a purchase's value counts at most this (features, feedback)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -123,6 +125,7 @@ class Settings:
             task_retries=env_int(env, "RECLOOP_TASK_RETRIES", cls.task_retries),
             retry_delay_s=env_float(env, "RECLOOP_RETRY_DELAY_S", cls.retry_delay_s),
             serve_url=env_text(env, "RECLOOP_SERVE_URL", cls.serve_url).rstrip("/"),
+            max_purchase_value=env_float(env, "RECLOOP_MAX_PURCHASE_VALUE", cls.max_purchase_value),
         )
 
     # --- workspace layout -------------------------------------------------------------
@@ -196,4 +199,5 @@ class Settings:
             "RECLOOP_TASK_RETRIES": str(self.task_retries),
             "RECLOOP_RETRY_DELAY_S": str(self.retry_delay_s),
             "RECLOOP_SERVE_URL": self.serve_url,
+            "RECLOOP_MAX_PURCHASE_VALUE": str(self.max_purchase_value),
         }

@@ -20,8 +20,13 @@
   in :class:`ImportSummary` and in the import records; when more than half the rows would be
   dropped the import fails instead (a wrong mapping, not a few bad rows).
 
-Each touched day's partition is replaced atomically; other days are left alone, so re-importing the
-same file gives the same partitions (idempotent).
+**What an import writes.** Each touched day gets one file per source,
+``date=D/import-<hash of the source file's name>.parquet`` (:func:`import_file_name`), published
+atomically with the day's other files (:func:`pipelines.core.schema.publish_dir`: crash-safe);
+the files another source wrote for that day (the simulator's or ``ingest-served``'s
+``part-0.parquet``, another import's file) are kept as they are, and the import leaves out the
+rows whose ``event_id`` they already hold. Days the import does not touch are left alone.
+Re-importing the same file rewrites the same bytes (idempotent).
 
 **Import records.** Every imported day gets ``data/imports/date=D.json``
 (:func:`pipelines.core.layout.import_record_path`; :func:`write_import_record` and
@@ -37,12 +42,16 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipelines.core import layout, schema
 from pipelines.core.progress import progress
@@ -113,17 +122,66 @@ def _event_ids(prefix: str, df: pd.DataFrame) -> pd.Series:
     return key.map(lambda k: hashlib.blake2b(k.encode(), digest_size=10).hexdigest())
 
 
+def import_file_name(source: str) -> str:
+    """``import-<12 hex>.parquet``: the file an import of ``source`` (a path) writes in each day
+    it touches, named after the source file's name (the same file imported again, from any
+    folder, replaces its own file)."""
+    key = hashlib.blake2b(Path(source).name.encode(), digest_size=6).hexdigest()
+    return f"import-{key}.parquet"
+
+
+def _other_event_ids(files: list[Path]) -> set[str]:
+    """The ``event_id`` values of ``files`` (the day's files of other sources); ``ValueError``
+    naming a file that cannot be read (the import stops rather than duplicate or drop rows)."""
+    ids: set[str] = set()
+    for f in files:
+        try:
+            column = pq.read_table(f, columns=["event_id"]).column(0)
+        except (pa.ArrowException, OSError, KeyError) as exc:
+            raise ValueError(f"{f}: cannot read the event ids of this day's file: {exc}") from exc
+        ids.update(str(v) for v in column.to_pylist())
+    return ids
+
+
+def _publish_day(root: Path, day: dt.date, table: pa.Table, name: str) -> int:
+    """Publish day ``day`` with ``table`` as file ``name`` beside the day's other files (kept,
+    hard-linked into the new folder); rows whose ``event_id`` another file holds are left out.
+    Returns the rows written."""
+    folder = schema.partition_dir(root, day)
+    others = sorted(f for f in folder.glob("*.parquet") if f.name != name)
+    if others:
+        seen = _other_event_ids(others)
+        ids = table.column("event_id").to_pylist()
+        table = table.filter(pa.array([i not in seen for i in ids], type=pa.bool_()))
+        if len(ids) > table.num_rows:
+            log.info("date=%s: %d imported rows already in the day's other files: left out",
+                     day, len(ids) - table.num_rows)  # fmt: skip
+
+    def build(tmp: Path) -> None:
+        for f in others:
+            try:
+                os.link(f, tmp / f.name)
+            except OSError:
+                shutil.copy2(f, tmp / f.name)
+        if table.num_rows:
+            pq.write_table(table, tmp / name)
+
+    schema.publish_dir(build, folder)
+    return table.num_rows
+
+
 def write_daily_partitions(settings: Settings, events: pd.DataFrame, source: str) -> ImportSummary:
-    """Split contract-shaped ``events`` by UTC day and replace each day's partition atomically."""
+    """Split contract-shaped ``events`` by UTC day and publish each day with this source's file
+    (:func:`import_file_name`) beside the files other sources wrote (module docstring)."""
     events = events.sort_values(["ts", "user_id", "item_id"], kind="stable").reset_index(drop=True)
     t0 = time.perf_counter()
     days = events["ts"].dt.tz_convert("UTC").dt.date
     n_days = 0
+    name = import_file_name(source)
     groups = events.groupby(days, sort=True)
     for day, part in progress(groups, desc="ingest", total=groups.ngroups, unit="day"):
-        schema.write_partition_atomic(
-            schema.conform(part.reset_index(drop=True)), settings.interactions_dir, day
-        )
+        table = schema.conform(part.reset_index(drop=True))
+        _publish_day(settings.interactions_dir, day, table, name)
         n_days += 1
     log.info(
         "wrote %d daily partitions (%d rows) under %s in %.2fs",

@@ -534,13 +534,36 @@ def parse_frame(raw: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, np.ndarray]]
 
 
 def trailing_volume(settings: Settings, date: dt.date) -> list[tuple[dt.date, int]]:
-    """``(day, rows)`` of the validated partitions of the ``TRAILING_DAYS`` days before ``date``."""
+    """``(day, rows)`` of the validated partitions of the ``TRAILING_DAYS`` days before ``date``.
+
+    A validated file whose footer cannot be read (damaged after its validation) is quarantined
+    (:func:`quarantine_validated_file`) and its day left out of the history (its volume is
+    unknown): one bad file does not fail the next validations."""
     out = []
     first, last = date - dt.timedelta(days=TRAILING_DAYS), date - dt.timedelta(days=1)
     for day in validated_dates(settings, first, last):
-        files = validated_files(settings, day, day)
-        out.append((day, sum(pq.ParquetFile(f).metadata.num_rows for f in files)))
+        rows, whole = 0, True
+        for f in validated_files(settings, day, day):
+            try:
+                rows += pq.ParquetFile(f).metadata.num_rows
+            except (pa.ArrowException, OSError) as exc:
+                quarantine_validated_file(settings, f, f"unreadable parquet footer: {exc}")
+                whole = False
+        if whole:
+            out.append((day, rows))
     return out
+
+
+def quarantine_validated_file(settings: Settings, path: Path, reason: str) -> Path:
+    """Move a damaged validated file to ``quarantine/files/data/validated/date=D/`` with its
+    reason (:func:`pipelines.core.schema.quarantine_file`; the emptied ``date=D`` folder is
+    removed); rerun ``recloop validate`` for that date to rebuild it from the raw log."""
+    moved = schema.quarantine_file(path, settings.home, settings.quarantine_dir, reason)
+    if not any(path.parent.iterdir()):
+        path.parent.rmdir()  # no validated log left for that day: as if never validated
+    log.warning("validated file %s quarantined; rebuild it with `recloop validate --date %s`",
+                path, path.parent.name.removeprefix("date="))  # fmt: skip
+    return moved
 
 
 # --- the gate ------------------------------------------------------------------------------------

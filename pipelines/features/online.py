@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipelines.core.redact import redact_text, redact_url
 from pipelines.core.settings import Settings
 from pipelines.features import tables as ft
 
@@ -93,7 +94,8 @@ def forget_client(settings: Settings) -> None:
 
 @contextlib.contextmanager
 def connection_errors(url: str) -> Iterator[None]:
-    """Within it, a Redis that does not answer raises ``ConnectionError`` naming ``url``.
+    """Within it, a Redis that does not answer raises ``ConnectionError`` naming ``url``
+    (its password masked: :func:`pipelines.core.redact.redact_url`).
 
     Turned into it: redis-py's ``ConnectionError`` / ``TimeoutError`` (which wrap the socket's
     own errors) and socket-level ``ConnectionError`` / ``TimeoutError``. Anything else (a bad
@@ -103,7 +105,8 @@ def connection_errors(url: str) -> Iterator[None]:
     try:
         yield
     except (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError) as exc:
-        raise ConnectionError(f"Redis online store unreachable at {url}: {exc}") from exc
+        shown = f"{redact_url(url)}: {redact_text(str(exc))}"  # the password never shown
+        raise ConnectionError(f"Redis online store unreachable at {shown}") from exc
 
 
 def check_redis(settings: Settings) -> None:

@@ -34,6 +34,7 @@ import pandas as pd
 
 from pipelines.core import layout, schema
 from pipelines.core.duckdb_sql import sql_string
+from pipelines.core.redact import redact_url
 from pipelines.core.settings import Settings
 from pipelines.features import online
 from pipelines.features import tables as ft
@@ -59,7 +60,7 @@ def redis_connection_string(url: str, timeout_s: float = online.SOCKET_TIMEOUT_S
     """
     parsed = urlparse(url)
     if parsed.scheme not in ("redis", ""):
-        raise ValueError(f"RECLOOP_REDIS_URL={url!r}: expected redis://host:port/db")
+        raise ValueError(f"RECLOOP_REDIS_URL={redact_url(url)!r}: expected redis://host:port/db")
     host, port = parsed.hostname or "127.0.0.1", parsed.port or 6379
     db = int(parsed.path.strip("/") or 0) if parsed.path.strip("/").isdigit() else 0
     parts = [f"{host}:{port}", f"db={db}"]
@@ -250,7 +251,7 @@ def materialize_date(settings: Settings, date: str | dt.date, force: bool = Fals
         d,
         counts["user"],
         counts["item"],
-        settings.redis_url,
+        redact_url(settings.redis_url),
         seconds,
     )
     return {

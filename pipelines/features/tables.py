@@ -12,7 +12,9 @@ clock of the computation), the two timestamps Feast's point-in-time join wants.
 The rows: every entity in the attribute file (``data/users.parquet`` / ``data/items.parquet``,
 either may be missing) plus every entity with an event in the 28-day window ``[D-27, D]``.
 Windows are whole days by partition: ``1d`` = D, ``7d`` = ``[D-6, D]``, ``28d`` = ``[D-27, D]``.
-Counts are sums of ``value`` for impression/click/purchase rows and row counts for ratings.
+Counts are sums of ``value`` for impression/click/purchase rows and row counts for ratings; a
+click counts 1 and a purchase's ``value`` is clipped to ``[0, settings.max_purchase_value]``
+(:func:`_amount_sql`: logged feedback cannot inflate them).
 No column is null: unknown attributes read ``"unknown"`` (strings) or ``-1`` (numbers); see
 :data:`USER_FEATURES` / :data:`ITEM_FEATURES` for every column, its type and meaning.
 
@@ -172,6 +174,18 @@ def _attribute_view(con, name: str, path: Path, arrow_schema: pa.Schema) -> None
         con.execute(f"CREATE VIEW {name} AS SELECT * FROM {name}_empty")
 
 
+def _amount_sql(settings: Settings) -> str:
+    """SQL of what one row adds to its event's count: a click 1 (whatever ``value`` says), a
+    purchase its ``value`` clipped to ``[0, settings.max_purchase_value]``, impressions (a
+    count) and ratings (the rating) their ``value``. One forged ``value: 1e6`` cannot make an
+    item top the popularity lists."""
+    cap = float(settings.max_purchase_value)
+    return (
+        "CASE WHEN event = 'click' THEN 1.0 "
+        f"WHEN event = 'purchase' THEN least(greatest(value, 0.0), {cap!r}) ELSE value END"
+    )
+
+
 def _counts_sql(events: tuple[str, ...], prefix: str) -> str:
     cols = []
     for ev in events:
@@ -279,20 +293,27 @@ def _finish(con, sql: str, target: pa.Schema, ts: dt.datetime, created: dt.datet
     return table.select(target.names).cast(target)
 
 
-def compute_features(settings: Settings, date: str | dt.date) -> dict:
-    """Compute and write D's user and item feature tables (atomic; a rerun replaces them).
+def _quarantine_unreadable(settings: Settings, files: list[str]) -> list[str]:
+    """Quarantine the window's files that cannot be read in full (the columns the features
+    use); returns them. Called only after DuckDB failed on the window."""
+    from pipelines.data.validate import quarantine_validated_file
 
-    Reads ``validated/date=[D-27..D]/*.parquet`` (D's partition must exist) and the attribute
-    files when present. Returns ``{"date", "users", "items", "events", "seconds", "paths"}``.
-    Raises ``FileNotFoundError`` naming the folder when D's validated partition is missing.
-    """
+    bad = []
+    for f in files:
+        problem = schema.parquet_problem(Path(f), ["user_id", "item_id", "event", "value", "ts"])
+        if problem is not None:
+            quarantine_validated_file(settings, Path(f), problem)
+            bad.append(f)
+    return bad
+
+
+def _compute(
+    settings: Settings, d: dt.date, files: list[str], created: dt.datetime
+) -> tuple[pa.Table, pa.Table, int]:
+    """D's ``(user table, item table, events read)`` from the validated ``files``."""
     import duckdb
 
-    t0 = time.perf_counter()
-    d = schema.parse_date(date)
-    files = _window_files(settings, d)
     end = feature_time(d)
-    created = dt.datetime.now(dt.UTC).replace(microsecond=0)
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
@@ -300,7 +321,7 @@ def compute_features(settings: Settings, date: str | dt.date) -> dict:
         _attribute_view(con, "items", layout.attributes_path(settings, "items"), schema.ITEMS)
         con.execute(
             f"""CREATE VIEW ev AS
-            SELECT user_id, item_id, event, value, ts,
+            SELECT user_id, item_id, event, {_amount_sql(settings)} AS value, ts,
                    DATE '{d}' - CAST(date AS DATE) AS days_ago
             FROM read_parquet({sql_list(files)}, hive_partitioning = true, union_by_name = true)
             """
@@ -323,6 +344,35 @@ def compute_features(settings: Settings, date: str | dt.date) -> dict:
             bar.update(1)
     finally:
         con.close()
+    return users, items, int(n_events)
+
+
+def compute_features(settings: Settings, date: str | dt.date) -> dict:
+    """Compute and write D's user and item feature tables (atomic; a rerun replaces them).
+
+    Reads ``validated/date=[D-27..D]/*.parquet`` (D's partition must exist) and the attribute
+    files when present. Returns ``{"date", "users", "items", "events", "seconds", "paths",
+    "quarantined"}``. Raises ``FileNotFoundError`` naming the folder when D's validated
+    partition is missing. A window file that cannot be read (damaged after its validation) is
+    quarantined (``quarantine/files/...``, with its reason) and the features computed from the
+    other files: ``quarantined`` lists them.
+    """
+    import duckdb
+
+    t0 = time.perf_counter()
+    d = schema.parse_date(date)
+    files = _window_files(settings, d)
+    created = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    try:
+        users, items, n_events = _compute(settings, d, files, created)
+        bad: list[str] = []
+    except duckdb.Error:
+        bad = _quarantine_unreadable(settings, files)
+        own = str(layout.validated_partition(settings, d))
+        if not bad or any(Path(f).parent == Path(own) for f in bad):
+            raise  # nothing to blame, or D's own log is gone: rerun `recloop validate`
+        files = [f for f in files if f not in bad]
+        users, items, n_events = _compute(settings, d, files, created)
     user_dir = schema.write_partition_atomic(users, table_dir(settings, "user"), d)
     item_dir = schema.write_partition_atomic(items, table_dir(settings, "item"), d)
     seconds = round(time.perf_counter() - t0, 3)
@@ -342,6 +392,7 @@ def compute_features(settings: Settings, date: str | dt.date) -> dict:
         "events": int(n_events),
         "seconds": seconds,
         "paths": [str(user_dir), str(item_dir)],
+        "quarantined": bad,
     }
 
 

@@ -39,7 +39,10 @@ SLATE_COLUMNS = ("user_id", "item_id", "position", "propensity", "explore", "sou
 
 
 class _DiscardLog(ImpressionLog):
-    """An impression / request log that counts its rows and writes nothing."""
+    """An impression / request log that counts its rows and writes (and buffers) nothing."""
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        self.rows_written += len(rows)
 
     def _write(self, rows: list[dict[str, Any]]) -> list:
         self.rows_written += len(rows)

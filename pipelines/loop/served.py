@@ -11,6 +11,8 @@ day's partition ``data/interactions/date=D/``:
 - each click / purchase must match an impression of the same request (same ``request_id``,
   ``item_id``, ``position``, ``arm``, ``model_version``, ``propensity``); the others are counted and
   written to ``quarantine/served/date=D/part-0.parquet`` with a ``reason``, never dropped silently;
+- a log file that cannot be read (damaged) is moved to ``quarantine/files/serving/impressions/``
+  with a ``.reason.json`` naming it and what was wrong, and the other files are ingested;
 - rows already in the partition (e.g. from the simulator's logging policy) are kept; the union is
   de-duplicated by ``event_id`` (first kept), sorted by ``(ts, event_id)`` and written atomically
   as one file, so a rerun writes identical bytes.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,19 +49,24 @@ def served_quarantine_dir(settings: Settings) -> Path:
     return layout.served_quarantine_dir(settings)
 
 
-def _read_folder(folder: Path, columns_schema: pa.Schema) -> pd.DataFrame:
+def _read_folder(
+    folder: Path, columns_schema: pa.Schema, quarantine: Callable[[Path, str], Any] | None = None
+) -> pd.DataFrame:
     """Every ``*.parquet`` of ``folder`` (sorted by name), cast to ``columns_schema``, as pandas
-    with nullable dtypes; empty frame when there are none."""
+    with nullable dtypes; empty frame when there are none. A file that cannot be read raises a
+    ``ValueError`` naming it, or, with ``quarantine``, is handed to ``quarantine(file, reason)``
+    and skipped."""
     files = sorted(folder.glob("*.parquet")) if folder.exists() else []
     tables = []
     for f in files:
         try:
             t = pq.read_table(f)
             tables.append(t.select(columns_schema.names).cast(columns_schema))
-        except (pa.ArrowInvalid, KeyError, ValueError) as exc:
-            raise ValueError(
-                f"{f}: not a readable {columns_schema.names} parquet file: {exc}"
-            ) from exc
+        except (pa.ArrowException, OSError, KeyError, ValueError) as exc:
+            reason = f"not a readable {columns_schema.names} parquet file: {exc}"
+            if quarantine is None:
+                raise ValueError(f"{f}: {reason}") from exc
+            quarantine(f, reason)
     if not tables:
         return columns_schema.empty_table().to_pandas(types_mapper=pd.ArrowDtype)
     return pa.concat_tables(tables).to_pandas(types_mapper=pd.ArrowDtype)
@@ -109,17 +117,29 @@ def _manifest_times(
 
 
 def _read_served_log(
-    settings: Settings, day: dt.date, dates: set[dt.date], requests: set[str], others: set[str]
+    settings: Settings,
+    day: dt.date,
+    dates: set[dt.date],
+    requests: set[str],
+    others: set[str],
+    corrupt: list[str],
 ) -> tuple[pd.DataFrame, int]:
     """Rows of the service's log partitions ``dates`` that belong to ``day`` (its manifest's
     ``requests``, and in ``day``'s own partition the requests no manifest claims), first row per
-    ``event_id``; and the number of log files found."""
+    ``event_id``; and the number of log files found. A log file that cannot be read is moved to
+    ``quarantine/files/serving/impressions/date=*/`` with its reason
+    (:func:`pipelines.core.schema.quarantine_file`), appended to ``corrupt`` and skipped."""
     root = layout.impressions_dir(settings)
+
+    def quarantine(path: Path, reason: str) -> None:
+        schema.quarantine_file(path, settings.home, settings.quarantine_dir, reason)
+        corrupt.append(str(path))
+
     parts, files = [], 0
     for d in sorted(dates):
         folder = schema.partition_dir(root, d)
         files += len(list(folder.glob("*.parquet"))) if folder.exists() else 0
-        f = _read_folder(folder, schema.INTERACTIONS)
+        f = _read_folder(folder, schema.INTERACTIONS, quarantine)
         rid = f["request_id"].astype(str)
         keep = rid.isin(requests)
         if d == day:  # real traffic of D: requests no manifest claims
@@ -194,11 +214,13 @@ def ingest_served(settings: Settings, date: str | dt.date) -> dict[str, Any]:
     Returns ``date, log_files, impressions, clicks, purchases, unmatched_feedback,
     missing_requests`` (manifest requests with no impression in the log: not flushed yet?),
     ``existing_rows, rows_written, path, quarantine_path`` (``path`` is ``None`` when there was
-    nothing served to add).
+    nothing served to add) and ``corrupt_files`` (log files that could not be read: quarantined
+    with their reason, the rest ingested).
     """
     day = schema.parse_date(date)
     req_ts, fb_ts, others, dates = _manifest_times(read_manifests(settings), day)
-    logs, files = _read_served_log(settings, day, dates, set(req_ts), others)
+    corrupt: list[str] = []
+    logs, files = _read_served_log(settings, day, dates, set(req_ts), others, corrupt)
     logs = _to_simulated_time(logs, req_ts, fb_ts)
     imps, matched, quarantined, served = _match_feedback(logs)
     qpath = _quarantine(settings, day, quarantined)
@@ -219,6 +241,7 @@ def ingest_served(settings: Settings, date: str | dt.date) -> dict[str, Any]:
         "missing_requests": missing,
         "existing_rows": int(len(existing)),
         "quarantine_path": str(qpath),
+        "corrupt_files": corrupt,
         "path": None,
         "rows_written": 0,
     }

@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from pipelines.core import layout, schema
 from pipelines.core.settings import Settings
@@ -164,10 +165,13 @@ def start_standalone(
 
     Its output goes to ``log_file`` (default ``RECLOOP_HOME/airflow/standalone.log``). It runs
     in a session of its own: stop it (and every component) with :func:`stop_standalone`.
+    The log (it prints the generated admin password) and ``passwords.json`` (SimpleAuthManager
+    appends to the file it finds) are created, or set, to mode 600 first (:func:`private_file`).
     """
     ensure_db(settings)
     log_file = log_file or layout.airflow_standalone_log_path(settings)
-    out = open(log_file, "ab")  # noqa: SIM115 - handed to the child process
+    private_file(layout.airflow_passwords_path(settings))  # Airflow appends to it: mode kept
+    out = private_file(log_file, "ab")  # it prints the admin password
     return subprocess.Popen(
         [sys.executable, "-m", "airflow", "standalone"],
         env=airflow_env(settings, api_port=port),
@@ -175,6 +179,20 @@ def start_standalone(
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+
+
+def private_file(path: Path, mode: str | None = None) -> BinaryIO | None:
+    """Create ``path`` if missing and make it readable and writable by its owner only (mode
+    600, also when it existed with a wider mode). With ``mode`` (``"ab"``, ...) the file opened
+    in that mode is returned (created 600 from the start: no window where it is readable);
+    otherwise None."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    if mode is None:
+        os.close(fd)
+        return None
+    return os.fdopen(fd, mode)
 
 
 def stop_standalone(proc: subprocess.Popen, grace_s: float = 30.0) -> list[signal.Signals]:
