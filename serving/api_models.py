@@ -18,14 +18,16 @@ USER_ID_PATTERN = r"^[A-Za-z0-9_.:@\-]+$"
 
 
 class FeedbackBody(BaseModel):
-    """``POST /feedback``: an outcome (``click`` or ``purchase``, ``value`` in [0, 1e6]) of an
-    item shown in request ``request_id``."""
+    """``POST /feedback``: an outcome (``click``, ``purchase`` or ``rating``) of an item shown in
+    request ``request_id``. ``value`` is a finite number or absent; what it may be depends on the
+    event and the config (:func:`serving.feedback.feedback_value`: a click's is 1, a purchase's
+    in (0, ``max_purchase_value``], a rating's in [1, 5] and required)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     request_id: str = Field(min_length=1, max_length=64)
     item_id: str = Field(min_length=1, max_length=256)
-    event: Literal["click", "purchase"] = "click"
-    value: float = Field(default=1.0, ge=0.0, le=1e6)
+    event: Literal["click", "purchase", "rating"] = "click"
+    value: float | None = None
 
 
 def recommend_body(cfg: ServingConfig) -> type[BaseModel]:

@@ -6,17 +6,23 @@ Endpoints:
   "exclude": [str]}`` and ``GET /recommend?user_id=..&k=..&categories=a,b`` → the response of
   :func:`serving.pipeline.recommend` (items with scores, positions and propensities,
   ``request_id``, ``arm``, bundle versions, ``degraded``, ``fallbacks``, ``timings_ms``).
-- ``POST /feedback`` ``{"request_id", "item_id", "event": "click"|"purchase", "value"}`` → logs
-  the outcome against the request (404 unknown request, 422 item not shown in it).
+- ``POST /feedback`` ``{"request_id", "item_id", "event": "click"|"purchase"|"rating",
+  "value"}`` → logs the outcome against the request, the first per (request, item, event) only
+  (``{"logged": event_id, "duplicate": bool}``; a repeat is answered, not logged); 404 unknown
+  request, 422 item not shown in it or a value out of range (click 1, purchase up to
+  ``max_purchase_value``, rating 1..5): :mod:`serving.feedback`.
 - ``GET /health/live`` (the process answers), ``GET /health/ready`` (a champion bundle is
   loaded and its index answers; else 503), ``GET /metrics`` (Prometheus text).
 - ``POST /admin/reload`` (check the registry aliases now), ``GET|POST /admin/experiment``
   (challenger share and salt): need ``Authorization: Bearer $RECLOOP_ADMIN_TOKEN``; without a
   configured token they answer 404 (off).
 
-Limits: bodies over ``max_body_bytes`` → 413; malformed JSON → 400; invalid fields (empty,
-over-long or odd user id, ``k`` outside [1, k_max], too many categories) → 422; more than
-``max_in_flight`` requests at once → 503 at once (no queue). No champion loaded → 503.
+Limits: bodies over ``max_body_bytes`` → 413; not all there within ``body_timeout_s`` → 408 (read
+before the request takes an in-flight slot: a stalled client holds none); malformed JSON or JSON
+nested deeper than 32 levels → 400; invalid fields (empty, over-long or odd user id, ``k``
+outside [1, k_max], too many categories) → 422; more than ``max_in_flight`` requests at once →
+503 at once (no queue). No champion loaded → 503. Requests remembered for ``/feedback`` are
+bounded by ``request_cache`` entries and ``request_cache_bytes`` (evictions in ``/metrics``).
 
 Background (started by the lifespan): the alias check every ``reload_interval_s`` and the
 impression-log and request-log flush every ``log_flush_s``; both logs are flushed at shutdown.

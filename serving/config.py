@@ -65,6 +65,15 @@ class ServingConfig:
     max_user_id_len: int = 128
     max_categories: int = 16
     max_body_bytes: int = 16_384
+    body_timeout_s: float = 5.0
+    """Longest a request body may take to arrive, all of it (beyond: 408); it is read before the
+    request takes an in-flight slot, so a stalled client holds none (``serving.guard``)."""
+    max_purchase_value: float = 10.0
+    """Largest ``value`` of a ``/feedback`` purchase (beyond: 422); a click's is 1, a rating's
+    1..5 (``serving.feedback``)."""
+    request_cache_bytes: int = 128 * 2**20
+    """Bytes (estimated) of recent requests kept for ``/feedback``, besides ``request_cache``
+    entries; beyond either, the oldest are evicted and counted (``Engine.remember``)."""
     max_in_flight: int = 32
     workers: int = 4
     """Threads running the stages at once (the GIL makes more only contend); requests beyond

@@ -4,6 +4,7 @@ built once per app by :func:`build_engine`."""
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -47,7 +48,11 @@ class Engine:
     ``rng``: the exploration draws; a numpy ``Generator`` is not thread-safe, so every draw
     holds ``rng_lock``. ``item_cache``: candidates' online item features kept between requests
     (None: every candidate read from Redis). ``recent``: request id → what was shown, for
-    ``/feedback`` (:meth:`remember`, :meth:`lookup`)."""
+    ``/feedback`` (:meth:`remember`, :meth:`lookup`), bounded by ``config.request_cache`` entries
+    and ``config.request_cache_bytes`` (``recent_bytes``: their estimated size,
+    :func:`record_bytes`; ``recent_evicted``: how many were dropped for either bound).
+    ``feedback_duplicates``: repeated feedback answered but not logged; ``body_timeouts``:
+    request bodies cut off by ``config.body_timeout_s`` (both in ``/metrics``)."""
 
     settings: Settings
     config: ServingConfig
@@ -61,18 +66,52 @@ class Engine:
     rng_lock: threading.Lock = field(default_factory=threading.Lock)
     requests: RequestLog | None = None
     item_cache: ItemFeatureCache | None = None
+    recent_bytes: int = 0
+    recent_evicted: int = 0
+    feedback_duplicates: int = 0
+    body_timeouts: int = 0
+    _recent_sizes: dict[str, int] = field(default_factory=dict)
     _recent_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def remember(self, request_id: str, shown: dict[str, Any]) -> None:
-        """Keep the request's shown items for ``/feedback`` (oldest dropped beyond the cap)."""
+        """Keep the request's shown items for ``/feedback``; the oldest are dropped (and
+        counted) beyond ``request_cache`` entries or ``request_cache_bytes`` bytes."""
+        size = record_bytes(request_id, shown)
+        cfg = self.config
         with self._recent_lock:
+            self._forget(request_id)
             self.recent[request_id] = shown
-            while len(self.recent) > self.config.request_cache:
-                self.recent.pop(next(iter(self.recent)))
+            self._recent_sizes[request_id] = size
+            self.recent_bytes += size
+            while self.recent and (
+                len(self.recent) > cfg.request_cache or self.recent_bytes > cfg.request_cache_bytes
+            ):
+                self._forget(next(iter(self.recent)))
+                self.recent_evicted += 1
+
+    def _forget(self, request_id: str) -> None:
+        """Drop one remembered request (holding ``_recent_lock``); no-op when unknown."""
+        if self.recent.pop(request_id, None) is not None:
+            self.recent_bytes -= self._recent_sizes.pop(request_id)
 
     def lookup(self, request_id: str) -> dict[str, Any] | None:
         with self._recent_lock:
             return self.recent.get(request_id)
+
+
+RECORD_OVERHEAD = 200
+"""Bytes per remembered request beyond its objects' own sizes: its slots in the two dicts."""
+
+
+def record_bytes(request_id: str, shown: dict[str, Any]) -> int:
+    """Estimated bytes a remembered request holds (``sys.getsizeof`` of the record, its values,
+    the items of its tuples, its id, plus :data:`RECORD_OVERHEAD`); ~10 KB at 100 items."""
+    size = sys.getsizeof(shown) + sys.getsizeof(request_id) + RECORD_OVERHEAD
+    for value in shown.values():
+        size += sys.getsizeof(value)
+        if isinstance(value, tuple | list):
+            size += sum(sys.getsizeof(x) for x in value)
+    return size
 
 
 def build_engine(settings: Settings, cfg: ServingConfig) -> Engine:

@@ -1,11 +1,21 @@
-"""``POST /feedback``: an outcome (click, purchase) logged against the request that showed it.
+"""``POST /feedback``: an outcome (click, purchase, rating) logged against the request that showed
+it — once.
 
 The request's shown items are looked up in this worker's memory (``Engine.lookup``) and, when
 the service runs several worker processes, in Redis (:mod:`serving.shared`): another worker may
-have served it. The outcome goes to the impression log as a ``click``/``purchase`` row carrying
-the impression's position, arm, model version and propensity. Repeated feedback on the same item
-and event is numbered (``event_id`` suffix ``-2``, ``-3``, ...), counted across workers in Redis,
-or by this worker alone when there is one process or Redis does not answer.
+have served it. The outcome goes to the impression log as a ``click``/``purchase``/``rating`` row
+carrying the impression's position, arm, model version and propensity.
+
+What cannot poison tomorrow's data (issue 17):
+
+- **first only**: one row per (request, item, event). A repeat is answered 200 with the first
+  row's ``event_id`` and ``"duplicate": true`` but not logged (counted in
+  ``Engine.feedback_duplicates``). The first claim is this worker's own mark, made before any
+  wait; with several processes, a Redis counter (HINCRBY, :func:`serving.shared.feedback_index`)
+  tells whether another worker logged it already. When Redis does not answer, a worker only
+  knows its own marks.
+- **bounded values** (:func:`feedback_value`, 422 otherwise): a click is worth 1, a purchase
+  (0, ``max_purchase_value``] (absent: 1), a rating [1, 5] (required).
 """
 
 from __future__ import annotations
@@ -17,18 +27,40 @@ import pandas as pd
 
 from serving import shared
 from serving.api_models import FeedbackBody
+from serving.config import ServingConfig
 from serving.engine import Engine
-from serving.logging import feedback_row
+from serving.logging import EVENT_CODES, feedback_row
+
+RATING_RANGE = (1.0, 5.0)
+"""The ratings ``/feedback`` takes (the simulator's users rate 1..5)."""
 
 
 class FeedbackRejected(Exception):
     """Feedback that cannot be logged: ``status`` (404 unknown request, 422 item not shown in
-    it) and ``detail`` (the answer's message)."""
+    it or a value out of range) and ``detail`` (the answer's message)."""
 
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
+    def __init__(self, status: int, detail: Any) -> None:
+        super().__init__(str(detail))
         self.status = status
         self.detail = detail
+
+
+def feedback_value(body: FeedbackBody, cfg: ServingConfig) -> float:
+    """The value to log for ``body``: a click's is 1 (absent or 1), a purchase's in
+    (0, ``cfg.max_purchase_value``] (absent: 1), a rating's in [1, 5] (required);
+    :class:`FeedbackRejected` 422 otherwise."""
+    v = body.value
+    if body.event == "click":
+        ok, why = v is None or v == 1.0, "a click's value is 1 (or absent)"
+    elif body.event == "purchase":
+        cap = cfg.max_purchase_value
+        ok, why = v is None or 0.0 < v <= cap, f"a purchase's value is in (0, {cap:g}]"
+    else:
+        lo, hi = RATING_RANGE
+        ok, why = v is not None and lo <= v <= hi, f"a rating's value is in [{lo:g}, {hi:g}]"
+    if not ok:
+        raise FeedbackRejected(422, [{"field": "value", "error": f"{why}, got {v!r}"}])
+    return 1.0 if v is None else float(v)
 
 
 async def _shown(engine: Engine, request_id: str) -> dict[str, Any]:
@@ -44,27 +76,42 @@ async def _shown(engine: Engine, request_id: str) -> dict[str, Any]:
     return shown
 
 
-async def record_feedback(engine: Engine, body: FeedbackBody) -> str:
-    """Log one outcome; returns its ``event_id`` in the impression log.
+def _row(shown: dict[str, Any], item_id: str, event: str, value: float) -> dict[str, Any]:
+    """The log row of the first ``event`` on ``item_id`` (``event_id``
+    ``<request_id>-<position><code>``; a rating's code is ``r``)."""
+    now = pd.Timestamp.now(tz="UTC")
+    if event in EVENT_CODES:
+        return feedback_row(shown, item_id, event, value, now, 0)
+    row = feedback_row(shown, item_id, "click", value, now, 0)  # same impression facts
+    return {**row, "event": event, "event_id": row["event_id"][:-1] + "r"}
 
-    :class:`FeedbackRejected`: 404 for an unknown (expired, never served) request, 422 for an
-    item the request did not show."""
+
+async def record_feedback(engine: Engine, body: FeedbackBody) -> tuple[str, bool]:
+    """Log one outcome unless it repeats one; returns its ``event_id`` in the impression log and
+    whether it was a repeat (then nothing is logged and the id is the first one's).
+
+    :class:`FeedbackRejected`: 422 for a value out of range or an item the request did not show,
+    404 for an unknown (expired, never served) request."""
+    value = feedback_value(body, engine.config)
     shown = await _shown(engine, body.request_id)
     if body.item_id not in shown["items"]:
         raise FeedbackRejected(
             422, f"item {body.item_id!r} was not shown in request {body.request_id!r}"
         )
-    n = None
+    row = _row(shown, body.item_id, body.event, value)
+    key = (body.item_id, body.event)
+    marks = shown["feedback"]
+    if key in marks:  # this worker saw it first: no wait between this check and the mark below
+        engine.feedback_duplicates += 1
+        return marks[key], True
+    marks[key] = row["event_id"]
     if engine.config.processes > 1:
-        n = await anyio.to_thread.run_sync(
+        before = await anyio.to_thread.run_sync(
             shared.feedback_index, engine.settings, body.request_id, body.item_id, body.event,
             engine.config.request_ttl_s,
         )  # fmt: skip
-    key = (body.item_id, body.event)
-    if n is None:  # one process, or Redis down: this worker's own count
-        n = shown["feedback"].get(key, 0)
-    shown["feedback"][key] = n + 1
-    now = pd.Timestamp.now(tz="UTC")
-    row = feedback_row(shown, body.item_id, body.event, body.value, now, n)
+        if before:  # another worker logged it (None: Redis down, this worker's mark decides)
+            engine.feedback_duplicates += 1
+            return row["event_id"], True
     engine.impressions.add([row])
-    return row["event_id"]
+    return row["event_id"], False

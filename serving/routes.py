@@ -1,9 +1,11 @@
 """The HTTP routes, registered on the app by :func:`register_routes` (see ``serving.app`` for the
 API). Every handler answers JSON; a rejected request (4xx) is counted as ``bad_request``.
 
-Limits read from the config the app was built with: bodies over ``max_body_bytes`` → 413;
-malformed JSON → 400; invalid fields → 422 (:mod:`serving.api_models`). The admin token is
-compared in constant time.
+Limits read from the config the app was built with: bodies over ``max_body_bytes`` → 413,
+not all there within ``body_timeout_s`` → 408 (the guard reads ``/recommend`` and ``/feedback``
+bodies before they take an in-flight slot, :mod:`serving.guard`); malformed JSON, or JSON nested
+deeper than :data:`MAX_JSON_DEPTH` → 400 (never a 500: the parser's ``RecursionError`` is a 400);
+invalid fields → 422 (:mod:`serving.api_models`). The admin token is compared in constant time.
 """
 
 from __future__ import annotations
@@ -53,19 +55,46 @@ def bad(engine: Engine, status: int, detail: Any) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status)
 
 
-async def read_json(request: Request, max_bytes: int) -> Any:
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of arrays and objects a request body may have (the API's is 3)."""
+
+
+async def read_json(request: Request, max_bytes: int, timeout_s: float) -> Any:
     """The request body as JSON, read in chunks: ``HTTPException`` 413 past ``max_bytes``
-    bytes, 400 when it is not JSON."""
+    bytes, 408 when not all there within ``timeout_s`` seconds, 400 when it is not JSON or is
+    nested deeper than :data:`MAX_JSON_DEPTH`."""
     size, chunks = 0, []
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise HTTPException(413, f"body over {max_bytes} bytes")
-        chunks.append(chunk)
     try:
-        return json.loads(b"".join(chunks))
+        with anyio.fail_after(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise HTTPException(413, f"body over {max_bytes} bytes")
+                chunks.append(chunk)
+    except TimeoutError as exc:
+        raise HTTPException(408, f"request body not received within {timeout_s:g} s") from exc
+    try:
+        payload = json.loads(b"".join(chunks))
+    except RecursionError as exc:
+        raise HTTPException(400, f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise HTTPException(400, f"malformed JSON: {exc}") from exc
+    if nesting_over(payload, MAX_JSON_DEPTH):
+        raise HTTPException(400, f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return payload
+
+
+def nesting_over(value: Any, limit: int) -> bool:
+    """Whether ``value`` (parsed JSON) nests lists / dicts more than ``limit`` deep; iterative,
+    so any depth is safe to ask about."""
+    stack = [(value, 1)] if isinstance(value, dict | list) else []
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
 
 
 # --- /recommend ---------------------------------------------------------------------------
@@ -79,7 +108,7 @@ def register_recommend_routes(app: FastAPI, engine: Engine, limiter: anyio.Capac
     @app.post("/recommend")
     async def recommend_post(request: Request) -> JSONResponse:
         start = arrival()
-        payload = await read_json(request, cfg.max_body_bytes)
+        payload = await read_json(request, cfg.max_body_bytes, cfg.body_timeout_s)
         try:
             body = body_model.model_validate(payload)
         except ValidationError as exc:
@@ -160,26 +189,27 @@ def log_request(engine: Engine, start: Arrival, user_id: str, info: dict[str, An
 
 
 def register_feedback_route(app: FastAPI, engine: Engine) -> None:
-    """``POST /feedback`` (:func:`serving.feedback.record_feedback`)."""
-    max_bytes = engine.config.max_body_bytes
+    """``POST /feedback`` (:func:`serving.feedback.record_feedback`): ``{"logged": event_id,
+    "duplicate": bool}`` (a repeat is answered with the first one's id and not logged)."""
+    cfg = engine.config
 
     @app.post("/feedback")
     async def feedback(request: Request) -> JSONResponse:
-        payload = await read_json(request, max_bytes)
+        payload = await read_json(request, cfg.max_body_bytes, cfg.body_timeout_s)
         try:
             body = FeedbackBody.model_validate(payload)
         except ValidationError as exc:
             return bad(engine, 422, validation_errors(exc))
         try:
-            event_id = await record_feedback(engine, body)
+            event_id, duplicate = await record_feedback(engine, body)
         except FeedbackRejected as exc:
             return bad(engine, exc.status, exc.detail)
-        return JSONResponse({"logged": event_id})
+        return JSONResponse({"logged": event_id, "duplicate": duplicate})
 
 
 def register_health_routes(app: FastAPI, engine: Engine) -> None:
     """``GET /health/live``, ``GET /health/ready`` (503 until a champion answers) and
-    ``GET /metrics`` (Prometheus text)."""
+    ``GET /metrics`` (Prometheus text, with :func:`guard_metrics`)."""
 
     @app.get("/health/live")
     async def live() -> dict:
@@ -196,7 +226,26 @@ def register_health_routes(app: FastAPI, engine: Engine) -> None:
         text = engine.metrics.render(
             b.reloads, b.rejected, {a: (x.version if x else None) for a, x in b.arms.items()}
         )
+        text = text.rstrip("\n") + "\n" + guard_metrics(engine)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+
+def guard_metrics(engine: Engine) -> str:
+    """Prometheus lines of the request cache (entries, estimated bytes, evictions), the
+    feedback repeats answered but not logged, and the request bodies cut off by the deadline."""
+    out = []
+    for name, kind, value, what in (
+        ("recloop_request_cache_entries", "gauge", len(engine.recent), "Requests kept for /feedback."),
+        ("recloop_request_cache_bytes", "gauge", engine.recent_bytes, "Their estimated bytes."),
+        ("recloop_request_cache_evicted_total", "counter", engine.recent_evicted,
+         "Requests dropped from the cache (entry or byte bound)."),
+        ("recloop_feedback_duplicates_total", "counter", engine.feedback_duplicates,
+         "Repeated feedback answered but not logged."),
+        ("recloop_body_timeouts_total", "counter", engine.body_timeouts,
+         "Request bodies not received within the body deadline (408)."),
+    ):  # fmt: skip
+        out += [f"# HELP {name} {what}", f"# TYPE {name} {kind}", f"{name} {value}"]
+    return "\n".join(out) + "\n"
 
 
 # --- /admin -------------------------------------------------------------------------------
@@ -232,7 +281,7 @@ def register_admin_routes(app: FastAPI, engine: Engine) -> None:
         if (refused := denied(request)) is not None:
             return refused
         if request.method == "POST":
-            payload = await read_json(request, cfg.max_body_bytes)
+            payload = await read_json(request, cfg.max_body_bytes, cfg.body_timeout_s)
             if not isinstance(payload, dict) or set(payload) - EXPERIMENT_KEYS:
                 expected = f"expected an object with keys among {sorted(EXPERIMENT_KEYS)}"
                 return bad(engine, 422, expected)

@@ -143,12 +143,13 @@ def test_feedback_and_impression_log_pass_the_validation_gate(world: Settings, t
 
     bodies, ok, again, buy, unknown, not_shown = run(go())  # lifespan exit flushes the log
     assert (ok.status_code, again.status_code, buy.status_code) == (200, 200, 200)
-    assert ok.json()["logged"] != again.json()["logged"]
+    assert ok.json()["logged"] == again.json()["logged"]  # a repeat click is not logged again
+    assert (ok.json()["duplicate"], again.json()["duplicate"]) == (False, True)
     assert unknown.status_code == 404 and not_shown.status_code == 422
     dates = schema.partition_dates(impressions_dir(world.home))
     assert len(dates) == 1
     logged = schema.read_partition(impressions_dir(world.home), dates[0])
-    assert len(logged) == 18 + 3
+    assert len(logged) == 18 + 2  # 3 slates of 6, one click, one purchase
     imp = logged[logged["event"] == "impression"]
     assert set(imp["request_id"]) == {b["request_id"] for b in bodies}
     assert imp["propensity"].between(0, 1, inclusive="right").all()
@@ -346,7 +347,7 @@ def test_corrupt_bundle_is_rejected_and_the_old_keeps_serving(world: Settings):
 
 def test_health_metrics_and_not_ready_without_a_bundle(world: Settings):
     async def go():
-        async with Service(world, config(), load=False) as s:
+        async with Service(world, config(new_users="trending"), load=False) as s:
             out = [await s.client.get("/health/live"), await s.client.get("/health/ready"),
                    await s.client.post("/recommend", json={"user_id": "u1"})]  # fmt: skip
             await asyncio.to_thread(s.engine.bundles.check)
@@ -363,7 +364,7 @@ def test_health_metrics_and_not_ready_without_a_bundle(world: Settings):
     for stage in ("route", "retrieve", "hydrate", "rank", "rerank", "total"):
         assert f'recloop_stage_seconds_count{{stage="{stage}"}} 1' in text
     assert 'recloop_requests_total{arm="champion",status="ok"} 1' in text
-    assert 'recloop_fallbacks_total{kind="cold_start"} 1' in text  # new users: trending
+    assert 'recloop_fallbacks_total{kind="cold_start"} 1' in text  # new_users="trending"
 
 
 def test_admin_endpoints_need_the_token_and_are_off_without_one(world: Settings):
@@ -542,8 +543,11 @@ def test_fast_hydrate_and_rank_equal_the_feature_store_and_ranker_paths(world: S
     for name in ref.items.columns:
         if name in mine.items:
             assert list(mine.items[name]) == list(ref.items[name]), name
-    assert mine.user == ref.user
-    frame = ref.items.assign(**ref.user)
+    from pipelines.ranking.data import SERVING_POSITION, add_ranker_columns
+
+    assert {k: mine.user[k] for k in ref.user} == ref.user
+    assert mine.user["slot"] == SERVING_POSITION  # the ranker's derived columns, as when scored
+    frame = add_ranker_columns(ref.items.assign(**ref.user, item_id=ids), SERVING_POSITION)
     np.testing.assert_allclose(
         score_candidates(b, mine), b.ranker.predict_proba(frame), rtol=0, atol=1e-7
     )

@@ -66,7 +66,8 @@ def test_feedback_reaches_any_worker_and_counts_once(world):
     rid = served["request_id"]
     assert first.status_code == 200, first.text
     assert first.json()["logged"] == f"{rid}-1c"
-    assert second.status_code == 200 and second.json()["logged"] == f"{rid}-1c-2"
+    assert second.status_code == 200 and second.json()["logged"] == f"{rid}-1c"
+    assert (first.json()["duplicate"], second.json()["duplicate"]) == (False, True)
     assert wrong.status_code == 422
 
 
