@@ -17,7 +17,7 @@ from tests.test_release_refresh import bundle as make_change_bundle
 
 
 def ope(estimate: float, low: float, high: float) -> dict:
-    entry = {"estimate": estimate, "ci_low": low, "ci_high": high, "ess": 100.0, "n": 500}
+    entry = {"estimate": estimate, "ci_low": low, "ci_high": high, "ess": 800.0, "n": 6000}
     return {"ips": dict(entry), "snips": entry}
 
 
@@ -245,6 +245,26 @@ def test_snips_with_too_little_support_is_not_evaluated(settings: Settings):
     assert decide(settings, "2026-01-02", {**CANDIDATE, "ope": thin}, CHAMPION, strict).action == (
         "rejected"
     )
+
+
+def test_a_paired_difference_judges_candidate_and_champion_on_the_same_requests(settings):
+    """Served OPE of both bundles on the same requests: the paired interval of the difference
+    decides, not the candidate's own (wide) interval against the champion's estimate."""
+    wide = ope(0.05, 0.03, 0.08)  # alone: 0.03 < 0.05 - 0.01 would fail
+    champion = {**CHAMPION, "ope": ope(0.05, 0.045, 0.055)}
+    tol = Tolerances(ndcg=0.01, auc=0.01, snips=0.01, recall_target=0.95)
+    alone = {
+        g.name: g
+        for g in decide(settings, "2026-01-02", {**CANDIDATE, "ope": wide}, champion, tol).gates
+    }
+    assert alone["snips"].verdict == "fail"
+    for lo, hi, verdict in ((-0.006, 0.004, "pass"), (-0.02, -0.012, "fail")):
+        paired = {**wide, "vs_champion": {"estimate": (lo + hi) / 2, "ci_low": lo, "ci_high": hi}}
+        d = decide(settings, "2026-01-02", {**CANDIDATE, "ope": paired}, champion, tol)
+        g = {g.name: g for g in d.gates}["snips"]
+        assert (
+            g.verdict == verdict and g.candidate == pytest.approx(0.05 + lo) and "paired" in g.note
+        )
 
 
 @pytest.mark.integration  # an MLflow store (fresh_mlflow)

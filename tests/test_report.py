@@ -122,8 +122,11 @@ def populate(settings) -> None:
         schema.write_json_atomic(stats, r / "stats" / f"date={day}.json")
         schema.write_json_atomic(_gate_record(day, EVIL), r / "gates" / f"date={day}.json")
     for label, snips, truth in (("bundle-1", 0.021, 0.02), ("bundle-2", 0.026, 0.03)):
-        schema.write_json_atomic(_ope_record(D2, label, snips, truth),
-                                 r / "ope" / f"date={D2}" / f"{label}.json")  # fmt: skip
+        rec = _ope_record(D2, label, snips, truth)
+        if label == "bundle-2":  # a served-policy report (the gate's); bundle-1 an older softmax
+            rec.update(target="served", requests=600)
+            rec["estimates"]["snips"]["ess"] = 812.0
+        schema.write_json_atomic(rec, r / "ope" / f"date={D2}" / f"{label}.json")
     for day_list in ([D1], [D1, D2]):
         rec = _ab_record("1-vs-2", day_list, with_prediction=True)
         schema.write_json_atomic(rec, ab.report_path(settings, "1-vs-2", day_list[-1]))
@@ -157,6 +160,9 @@ def test_full_report_sections_plots_and_escaping(settings):
     assert "bundle 2 → challenger" in page  # days table
     assert "champion: CTR 0.0200 (true 0.0210) over 700 impressions" in page
     assert "reports/ope/date=2026-01-02/bundle-1.json" in page  # OPE prediction source
+    # OPE section: the served report's ESS and |SNIPS - truth| / truth, the older one's target
+    assert "<td>served</td>" in page and "<td>812</td>" in page and "<td>0.133</td>" in page
+    assert "softmax T=0.0500" in page and "<td>0.050</td>" in page
     # the only "no data" line: 1-vs-3 has no OPE prediction or truth
     assert page.count(f">{NO_DATA}:") == 1
     assert "no OPE prediction or truth recorded for 1-vs-3" in page

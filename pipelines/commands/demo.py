@@ -73,12 +73,14 @@ def metrics_table(settings: Settings, dates: list[dt.date]) -> str:
 
 
 def ope_table(settings: Settings, dates: list[dt.date]) -> str:
-    """Each day's off-policy estimates of the gated bundles beside the simulator's truth."""
+    """Each day's off-policy estimates of the gated bundles beside the simulator's truth: for the
+    served policy (the gate's) SNIPS, DR, ESS, truth and ``|SNIPS − truth| / truth``."""
     from pipelines.core import fmt
-    from pipelines.core.ope_reports import ope_labels, read_ope_report
+    from pipelines.core.ope_reports import ope_labels, read_ope_report, target_of
 
     lines = [
-        "off-policy estimates of each bundle's policy on the day's logs (SNIPS, DR) vs the truth:"
+        "off-policy estimates of each bundle's served policy on the day's logs (PBM SNIPS, DR) "
+        "vs the truth:"
     ]
     for day in dates:
         for label in ope_labels(settings, day):
@@ -94,11 +96,15 @@ def ope_table(settings: Settings, dates: list[dt.date]) -> str:
                 return (f"{name} {fmt.number(e['estimate'])} [{fmt.number(e.get('ci_low'))}, "
                         f"{fmt.number(e.get('ci_high'))}]")  # fmt: skip
 
-            lines.append(
-                f"  {day} {r.get('policy')}: {estimate('snips')}  {estimate('dr')}  truth "
-                + fmt.number(r.get("truth"))
-                + f"  (softmax T={r.get('temperature')}, {r.get('users')} users)"
-            )
+            line = f"  {day} {r.get('policy')}: {estimate('snips')}  {estimate('dr')}  truth "
+            line += fmt.number(r.get("truth"))
+            if target_of(r) == "served":
+                ess = (est.get("snips") or {}).get("ess")
+                line += (f"  |err|/truth {fmt.number(r.get('rel_error'), '.3f')}  ESS "
+                         f"{fmt.number(ess, '.0f')}  (served, {r.get('requests')} requests)")  # fmt: skip
+            else:
+                line += f"  (softmax T={r.get('temperature')}, {r.get('users')} users)"
+            lines.append(line)
     return "\n".join(lines) if len(lines) > 1 else "off-policy estimates: none yet"
 
 

@@ -75,10 +75,10 @@ report of the bundle dated on or before the experiment's start): ``snips``, ``ci
 ``ci_high``, ``dr``, ``date``, ``source``. SNIPS estimates the mean reward per logged item-slot
 (one impression) with reward 1 for a click on it: clicks per impression, the same unit as the
 A/B CTR (distinct clicked slots / impressions), so the numbers are used as they are (factor 1).
-Caveats stated in the output: OPE's target is the bundle's two-tower softmax policy (temperature
-``pipelines.release.bundle_ope.TEMPERATURE``) over slates as long as the OPE day's logs, not the
-served ranker + re-ranker, and a per-impression CTR depends on the slate length through position
-bias. ``truth`` {arm: float or null}: on simulated data only (``truth/world.json``), the mean
+Caveats stated in the output: OPE's target is the bundle's served policy (the bundle through the
+serving pipeline, :func:`pipelines.release.bundle_ope.evaluate_served_bundle`; reports written
+before it: the two-tower softmax policy) on a sample of the OPE day's requests, with slates as long
+as that day's logs, and a per-impression CTR depends on the slate length through position bias. ``truth`` {arm: float or null}: on simulated data only (``truth/world.json``), the mean
 true click probability (``simulate.true_click_prob``) of the impressions the arm served in the
 experiment's rows: the arm's expected CTR, which the measured CTR estimates.
 
@@ -1075,7 +1075,7 @@ def format_ope(rec: dict[str, Any]) -> str:
     lines.append(
         "units: clicks per impression (SNIPS = mean reward per logged item-slot; CTR = clicked "
         "slots / impressions; truth = mean true click prob of the served impressions). OPE's "
-        "target is the bundle's two-tower softmax policy, not the served ranker + re-ranker."
+        "target is the bundle's served policy, replayed on a sample of the OPE day's requests."
     )
     lines += sources
     return "\n".join(lines)

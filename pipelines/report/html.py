@@ -13,8 +13,9 @@ source (under ``reports/``)  section
                             (forward evaluation), with the gated index's recall@10
 ``stats/date=D.json``       3. Data: events per day and CTR per day
 ``gates/date=D.json``       4. Promotion gates: one row per day, each gate's numbers and verdict
-``ope/date=D/*.json``       5. OPE vs truth: SNIPS (95% interval) and DR per bundle per day, beside
-                            the simulator's true value
+``ope/date=D/*.json``       5. OPE vs truth: SNIPS (95% interval) and DR of each bundle's served
+                            policy per day, its ESS, beside the simulator's true value and
+                            ``|SNIPS − truth| / truth``
 ``ab/<E>/date=D.json``      6. A/B experiments: CTR per arm (Wilson 95%) over the cumulative
                             looks, the always-valid interval of the difference, the decision per
                             day, guardrails, and OPE prediction vs A/B measurement vs truth per
@@ -50,7 +51,13 @@ from pipelines.core.eval_reports import eval_report_dates, read_eval_report
 from pipelines.core.fmt import cell, finite
 from pipelines.core.gate_decisions import gate_decision_dates, read_gate_decision
 from pipelines.core.loop_days import read_loop_days
-from pipelines.core.ope_reports import ope_labels, ope_report_dates, read_ope_report
+from pipelines.core.ope_reports import (
+    ope_labels,
+    ope_report_dates,
+    read_ope_report,
+    relative_error,
+    target_of,
+)
 from pipelines.core.settings import Settings
 from pipelines.core.stats_reports import read_stats_report, stats_report_dates
 from pipelines.loop.closed_loop import served_bundle
@@ -556,7 +563,8 @@ def _errbar(ax: Any, x: float, est: float, lo: float | None, hi: float | None, *
 
 
 def section_ope(data: ReportData) -> str:
-    """SNIPS with its 95% interval and DR per bundle per day, beside the true policy value."""
+    """SNIPS with its 95% interval and DR per bundle (its served policy, or the softmax policy of
+    an older report) per day, beside the true policy value and the relative error."""
     entries = [(d, label, r) for d in sorted(data.ope) for label, r in sorted(data.ope[d].items())]
     if not entries:
         return _no_data("no reports/ope/date=*/*.json")
@@ -608,7 +616,7 @@ def section_ope(data: ReportData) -> str:
     if not plotted:
         return _no_data("OPE reports hold no estimates") + table
     ax.set_ylabel("clicks per impression slot")
-    ax.set_title("off-policy estimates of each bundle's policy vs the simulator's truth")
+    ax.set_title("off-policy estimates of each bundle's served policy vs the simulator's truth")
     _legend(ax)
     _date_axis(ax, dates)
     return _img(fig, "OPE estimates vs truth") + table
@@ -620,20 +628,24 @@ def _ope_table(entries: list[tuple[str, str, dict[str, Any]]]) -> str:
     for day, label, r in entries:
         s, slo, shi = _est(r, "snips")
         d, dlo, dhi = _est(r, "dr")
+        served = target_of(r) == "served"
         rows.append(
             [
                 day,
                 label,
+                "served" if served else f"softmax T={cell(r.get('temperature'))}",
                 f"{cell(s)} [{cell(slo)}, {cell(shi)}]",
                 f"{cell(d)} [{cell(dlo)}, {cell(dhi)}]",
+                cell(finite(_dict(_dict(r.get("estimates")).get("snips")).get("ess")), ".0f"),
                 cell(finite(r.get("truth"))),
+                cell(relative_error(r), ".3f"),
                 cell(finite(r.get("logging_ctr"))),
-                cell(r.get("users")),
+                cell(r.get("requests") if served else r.get("users")),
             ]
         )
-    return _table(
-        ["date", "policy", "SNIPS [95% CI]", "DR [95% CI]", "truth", "logging CTR", "users"], rows
-    )
+    headers = ["date", "policy", "target", "SNIPS [95% CI]", "DR [95% CI]", "ESS", "truth",
+               "|SNIPS − truth| / truth", "logging CTR", "requests (served) / users"]  # fmt: skip
+    return _table(headers, rows)
 
 
 # --- 6. A/B ----------------------------------------------------------------------------------
@@ -710,12 +722,11 @@ OPE_VS_AB_HEADERS = (
     "truth",
 )
 OPE_VS_AB_NOTE = (
-    "<p>The OPE prediction is the gate's SNIPS estimate of each bundle's <em>two-tower softmax"
-    " policy</em> (temperature in the OPE section), not of the served pipeline (retrieval,"
-    " ranker, re-ranking, exploration, cold start): a different policy, so a gap to the"
-    " measured CTR is expected. On days logged by the service itself, support is thin (one"
-    " exploration slot in a share of responses) and the estimate is biased low; compare"
-    " with the truth of the same policy in section 5.</p>"
+    "<p>The OPE prediction is the gate's SNIPS estimate of each bundle's <em>served policy</em>"
+    " (the bundle through the serving pipeline, replayed on a sample of the gate day's"
+    " requests; older reports: its two-tower softmax policy, target in section 5). The A/B"
+    " measures other days and other users, so the two differ by sampling and drift as well;"
+    " compare with the truth of the same policy in section 5.</p>"
 )
 """Why the OPE prediction of an experiment's arms may differ from their measured CTR."""
 
