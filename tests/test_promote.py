@@ -79,6 +79,18 @@ def test_within_tolerance_passes(settings: Settings):
     assert d.action == "challenger"
 
 
+def test_a_refresh_gets_a_relative_ndcg_tolerance_and_a_change_does_not(settings: Settings):
+    # forward NDCG 5% below the champion's (circular: measured on the champion's own slates)
+    lower = {**CANDIDATE, "ndcg@10": 0.285}
+    change = decide(settings, "2026-01-02", {**lower, "kind": "change"}, CHAMPION, TOL)
+    assert verdicts(change)["ndcg@10"] == "fail"
+    refresh = decide(settings, "2026-01-02", {**lower, "kind": "refresh"}, CHAMPION, TOL)
+    assert verdicts(refresh)["ndcg@10"] == "pass" and refresh.action == "champion"
+    broken = decide(settings, "2026-01-02", {**CANDIDATE, "ndcg@10": 0.2, "kind": "refresh"},
+                    CHAMPION, TOL)  # fmt: skip
+    assert verdicts(broken)["ndcg@10"] == "fail"  # 33% lower is past the 10% guard
+
+
 def test_first_day_champion_and_floors(settings: Settings):
     d = decide(settings, "2026-01-02", CANDIDATE, None, TOL)
     assert d.action == "champion" and d.champion_version is None
