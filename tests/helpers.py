@@ -275,3 +275,23 @@ def known_user(settings: Settings, version: str = "1") -> tuple[str, set[str]]:
     counts = np.diff(b.seen.indptr)
     row = int(np.argmax(counts))
     return b.users.ids[row], b.seen_items(row)
+
+
+def make_config_bundle(
+    settings: Settings, day: str, lr: float = 0.005, recall: float = 0.97
+) -> str:
+    """:func:`make_bundle` with a two-tower config of learning rate ``lr``: the same ``lr`` is a
+    retrain of the same configuration (a refresh), another one a change."""
+    import sys
+    from unittest import mock
+
+    helpers = sys.modules[__name__]
+    real = helpers.fake_model
+
+    def fake_model(s: Settings, name: str, d: str, weights: bytes = b"w") -> Path:
+        folder = real(s, name, d, weights)
+        (folder / "model" / "config.json").write_text(json.dumps({"model": name, "lr": lr}))
+        return folder
+
+    with mock.patch.object(helpers, "fake_model", fake_model):
+        return helpers.make_bundle(settings, day, recall=recall)

@@ -17,9 +17,9 @@ from pipelines.core.ope_reports import read_ope_report, relative_error, target_o
 from pipelines.core.settings import Settings
 from pipelines.release import bundle_ope, gate, registry
 from serving import rerank
-from tests.helpers import make_bundle
-from tests.test_release_refresh import bundle as make_change_bundle
-from tests.test_served_ope import K, _logs, _pool_params, _truth
+from tests.helpers import make_bundle, make_config_bundle
+from tests.synthetic_ope import K, pool_params, truth
+from tests.synthetic_ope import logs as make_logs
 
 DAY = dt.date(2026, 1, 3)
 GOOD = [6, 5, 4, 3, 2, 1, 0]  # the target's order of each user's 7 items: best first
@@ -59,7 +59,7 @@ def test_served_report_keeps_the_truth_and_reads_back(settings: Settings):
 def _write_logs(settings: Settings) -> dict:
     """D's validated logs from a served policy over 6 users (:func:`tests.test_served_ope._logs`),
     slates of ``K``; returns the world (relevance, each user's items)."""
-    imp, world = _logs(6, 3000, rate=0.4, seed=3)
+    imp, world = make_logs(6, 3000, rate=0.4, seed=3)
     ts = pd.Timestamp(DAY, tz="UTC") + pd.Timedelta(hours=12)
     rows = []
     for r in imp.itertuples():
@@ -80,7 +80,7 @@ def _stub_replay(monkeypatch: pytest.MonkeyPatch, world: dict, orders: dict[str,
     import pipelines.loop.replay as replay
     import serving.bundle as serving_bundle
 
-    alpha, beta = _pool_params(3)
+    alpha, beta = pool_params(3)
     probs = rerank.thompson_probabilities(alpha, beta, 512).tolist()
 
     def serve_users(settings, bundle, users, cfg=None, k=10, **_):  # noqa: ANN001, ANN202
@@ -96,14 +96,14 @@ def _stub_replay(monkeypatch: pytest.MonkeyPatch, world: dict, orders: dict[str,
 
 
 def _true(world: dict, order: list[int]) -> float:
-    alpha, beta = _pool_params(3)
+    alpha, beta = pool_params(3)
     probs = rerank.thompson_probabilities(alpha, beta, 512).tolist()
     pol = {}
     for u, perm in world["perms"].items():
         items = [f"i{perm[j]}" for j in order]
         p = {"rate": 0.4, "exploit": items[:4], "pool": items[4:7], "pool_probs": probs}
         pol[f"u{u}"] = rerank.policy_probabilities(p, K)
-    return _truth(world["imp"], world, pol)
+    return truth(world["imp"], world, pol)
 
 
 @pytest.mark.integration  # an MLflow registry
@@ -113,7 +113,7 @@ def test_a_worse_served_policy_is_judged_worse_and_recorded(
     s = mlflow_settings
     v1 = make_bundle(s, "2026-01-01")
     registry.promote(s, v1, "champion")
-    v2 = make_change_bundle(s, "2026-01-02", lr=0.01)
+    v2 = make_config_bundle(s, "2026-01-02", lr=0.01)
     world = _write_logs(s)
     _stub_replay(monkeypatch, world, {v1: GOOD, v2: BAD})  # the candidate serves worse
 

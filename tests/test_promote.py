@@ -12,8 +12,7 @@ from pipelines.cli import main
 from pipelines.core.settings import Settings
 from pipelines.release import gate, registry
 from pipelines.release.gate import Tolerances, decide
-from tests.helpers import fresh_mlflow, make_bundle
-from tests.test_release_refresh import bundle as make_change_bundle
+from tests.helpers import fresh_mlflow, make_bundle, make_config_bundle
 
 
 def ope(estimate: float, low: float, high: float) -> dict:
@@ -133,7 +132,7 @@ def test_gate_day_moves_aliases_and_records(settings: Settings, capsys: pytest.C
     assert out["aliases"] == {"champion": v1, "challenger": None}
     assert registry.load_bundle(settings, "champion")["bundle_version"] == v1
 
-    v2 = make_change_bundle(settings, "2026-01-02", lr=0.01)  # a change: to the A/B test
+    v2 = make_config_bundle(settings, "2026-01-02", lr=0.01)  # a change: to the A/B test
     common = {"ope": ope(0.12, 0.11, 0.13), "champion_ope": ope(0.1, 0.09, 0.11)}
     out = gate.gate_day(
         settings, "2026-01-03", candidate_metrics={"ndcg@10": 0.21},
@@ -142,7 +141,7 @@ def test_gate_day_moves_aliases_and_records(settings: Settings, capsys: pytest.C
     assert (out["candidate_version"], out["action"]) == (v2, "challenger")
     assert out["aliases"] == {"champion": v1, "challenger": v2}
 
-    v3 = make_change_bundle(settings, "2026-01-03", lr=0.01, recall=0.90)  # below its target
+    v3 = make_config_bundle(settings, "2026-01-03", lr=0.01, recall=0.90)  # below its target
     out = gate.gate_day(
         settings, "2026-01-04", candidate_metrics={"ndcg@10": 0.3},
         champion_metrics={"ndcg@10": 0.2}, **common,
@@ -159,7 +158,7 @@ def test_gate_day_moves_aliases_and_records(settings: Settings, capsys: pytest.C
     assert run.data.metrics["index_recall.candidate"] == pytest.approx(0.90)
 
     # day 5: a passing bundle while challenger v2's experiment runs is held, not swapped in
-    v4 = make_change_bundle(settings, "2026-01-04", lr=0.01)
+    v4 = make_config_bundle(settings, "2026-01-04", lr=0.01)
     out = gate.gate_day(
         settings, "2026-01-05", candidate_metrics={"ndcg@10": 0.3},
         champion_metrics={"ndcg@10": 0.2}, **common,

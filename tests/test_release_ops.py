@@ -28,8 +28,15 @@ from pipelines.experiments import ab
 from pipelines.orchestration import tasks
 from pipelines.release import gate, operations, registry
 from pipelines.release.operations import ReleaseRefused
-from tests.helpers import REPO, START, free_port, known_user, make_bundle, write_day
-from tests.test_release_refresh import bundle as make_change_bundle
+from tests.helpers import (
+    REPO,
+    START,
+    free_port,
+    known_user,
+    make_bundle,
+    make_config_bundle,
+    write_day,
+)
 
 CFG = ab.ABConfig(alpha=0.05, tau=0.01, min_impressions=2_000, max_days=7)
 
@@ -60,7 +67,7 @@ def gated_registry(mlflow_settings: Settings) -> tuple[Settings, str, str, str]:
     s = mlflow_settings
     v1 = make_bundle(s, "2026-01-01")
     assert gated(s, "2026-01-02", **{"ndcg@10": 0.2})["action"] == "champion"
-    v2 = make_change_bundle(s, "2026-01-02", lr=0.01)
+    v2 = make_config_bundle(s, "2026-01-02", lr=0.01)
     assert gated(s, "2026-01-03", **{"ndcg@10": 0.21})["action"] == "challenger"
     v3 = make_bundle(s, "2026-01-03", recall=0.90)
     assert gated(s, "2026-01-04", **{"ndcg@10": 0.3})["action"] == "rejected"

@@ -89,20 +89,6 @@ def test_fingerprint_equal_for_a_retrain_different_for_a_change(settings: Settin
     assert fp(settings, tuned) == fp(settings, declared)
 
 
-def bundle(settings: Settings, day: str, lr: float = 0.005, recall: float = 0.97) -> str:
-    """``tests.helpers.make_bundle`` with a two-tower config of learning rate ``lr``: the same
-    ``lr`` is a retrain of the same configuration, another one a change."""
-    real = helpers.fake_model
-
-    def fake_model(s: Settings, name: str, d: str, weights: bytes = b"w") -> Path:
-        folder = real(s, name, d, weights)
-        (folder / "model" / "config.json").write_text(json.dumps({"model": name, "lr": lr}))
-        return folder
-
-    with mock.patch.object(helpers, "fake_model", fake_model):
-        return helpers.make_bundle(settings, day, recall=recall)
-
-
 def no_load_check(settings: Settings, version: str) -> None:
     """Fake bundles hold no real model."""
 
@@ -115,10 +101,10 @@ def gated(s: Settings, day: str, check=no_load_check) -> dict:
 @pytest.mark.integration  # an MLflow store
 def test_a_refresh_replaces_the_champion_after_the_gates(mlflow_settings: Settings):
     s = mlflow_settings
-    v1 = bundle(s, "2026-01-01")
+    v1 = helpers.make_config_bundle(s, "2026-01-01")
     first = gated(s, "2026-01-02")
     assert first["action"] == "champion" and first["kind"] is None
-    v2 = bundle(s, "2026-01-02")
+    v2 = helpers.make_config_bundle(s, "2026-01-02")
     out = gated(s, "2026-01-03")
     assert (out["candidate_version"], out["action"], out["kind"]) == (v2, "champion", "refresh")
     assert out["fingerprints"]["candidate"] == out["fingerprints"]["champion"] is not None
@@ -131,9 +117,9 @@ def test_a_refresh_replaces_the_champion_after_the_gates(mlflow_settings: Settin
     assert (run.data.params["action"], run.data.params["operator"]) == ("refresh", "gate")
     assert "kind: refresh" in gate.format_decision(out)
     # a refresh failing a gate is rejected; one failing the load check is held
-    bundle(s, "2026-01-03", recall=0.90)
+    helpers.make_config_bundle(s, "2026-01-03", recall=0.90)
     assert gated(s, "2026-01-04")["action"] == "rejected"
-    v4 = bundle(s, "2026-01-04")
+    v4 = helpers.make_config_bundle(s, "2026-01-04")
 
     def broken(settings: Settings, version: str) -> None:
         raise RuntimeError("smoke test failed")
@@ -150,10 +136,10 @@ def test_a_refresh_replaces_the_champion_after_the_gates(mlflow_settings: Settin
 @pytest.mark.integration
 def test_a_pinned_champion_is_not_refreshed(mlflow_settings: Settings):
     s = mlflow_settings
-    v1 = bundle(s, "2026-01-01")
+    v1 = helpers.make_config_bundle(s, "2026-01-01")
     gated(s, "2026-01-02")
     operations.release(s, "pin", v1, "freeze", "tester", load_check=no_load_check)
-    v2 = bundle(s, "2026-01-02")
+    v2 = helpers.make_config_bundle(s, "2026-01-02")
     out = gated(s, "2026-01-03")
     assert (out["action"], out["kind"]) == ("held", "refresh")
     assert (
@@ -168,19 +154,23 @@ def test_a_pinned_champion_is_not_refreshed(mlflow_settings: Settings):
 @pytest.mark.integration
 def test_a_change_goes_to_the_ab_test_and_holds_refreshes_while_it_runs(mlflow_settings: Settings):
     s = mlflow_settings
-    v1 = bundle(s, "2026-01-01")
+    v1 = helpers.make_config_bundle(s, "2026-01-01")
     gated(s, "2026-01-02")
-    v2 = bundle(s, "2026-01-02", lr=0.01)  # a new hyper-parameter
+    v2 = helpers.make_config_bundle(s, "2026-01-02", lr=0.01)  # a new hyper-parameter
     out = gated(s, "2026-01-03")
     assert (out["action"], out["kind"]) == ("challenger", "change")
     assert out["fingerprints"]["candidate"] != out["fingerprints"]["champion"]
     assert out["aliases"] == {"champion": v1, "challenger": v2}
     assert registry.bundle_version(s, v2).tags[registry.KIND_TAG] == "change"
-    bundle(s, "2026-01-03")  # the champion's configuration, retrained: waits for the experiment
+    helpers.make_config_bundle(
+        s, "2026-01-03"
+    )  # the champion's configuration, retrained: waits for the experiment
     out = gated(s, "2026-01-04")
     assert (out["action"], out["kind"]) == ("held", "refresh")
     assert f"waits for the A/B experiment {v1}-vs-{v2}" in out["reason"]
-    bundle(s, "2026-01-04", lr=0.01)  # the challenger's configuration: one experiment at a time
+    helpers.make_config_bundle(
+        s, "2026-01-04", lr=0.01
+    )  # the challenger's configuration: one experiment at a time
     out = gated(s, "2026-01-05")
     assert (out["action"], out["kind"]) == ("held", "change")
     assert out["aliases"] == {"champion": v1, "challenger": v2}
