@@ -15,7 +15,9 @@ Endpoints:
   loaded and its index answers; else 503), ``GET /metrics`` (Prometheus text).
 - ``POST /admin/reload`` (check the registry aliases now), ``GET|POST /admin/experiment``
   (challenger share and salt): need ``Authorization: Bearer $RECLOOP_ADMIN_TOKEN``; without a
-  configured token they answer 404 (off).
+  configured token they answer 404 (off). With several worker processes a change reaches all of
+  them through Redis (:meth:`serving.engine.Engine.change_admin`; 503 and nothing changed when
+  Redis does not take it).
 
 Limits: bodies over ``max_body_bytes`` → 413; not all there within ``body_timeout_s`` → 408 (read
 before the request takes an in-flight slot: a stalled client holds none); malformed JSON or JSON
@@ -82,10 +84,11 @@ def create_app(settings: Settings, config: ServingConfig | None = None, load: bo
 
 
 def lifespan(engine: Engine, load: bool) -> Callable[[FastAPI], Any]:
-    """The app's lifespan over ``engine``: at startup the
-    alias check (when ``load``) and ``gc.freeze``; then the log flush every ``log_flush_s``
-    (at most 0.5 s) and the alias check every ``reload_interval_s`` (0: never); at shutdown
-    both logs flushed and the hydrate pool shut down."""
+    """The app's lifespan over ``engine``: at startup the shared admin state read (several
+    processes), the alias check (when ``load``) and ``gc.freeze``; then the log flush every
+    ``log_flush_s`` (at most 0.5 s), the admin state every ``ADMIN_SYNC_S`` (several processes)
+    and the alias check every ``reload_interval_s`` (0: never); at shutdown both logs flushed
+    and the hydrate pool shut down."""
     cfg = engine.config
 
     def flush() -> None:
@@ -95,12 +98,17 @@ def lifespan(engine: Engine, load: bool) -> Callable[[FastAPI], Any]:
 
     @contextlib.asynccontextmanager
     async def run(app: FastAPI) -> AsyncIterator[None]:
+        await anyio.to_thread.run_sync(engine.sync_admin)  # a restarted worker: the shared state
         if load:
             outcome = await anyio.to_thread.run_sync(engine.bundles.check)
             log.info("startup bundle check: %s", outcome)
         gc.collect()
         gc.freeze()  # long-lived startup objects: out of every later full collection
         tasks = [asyncio.create_task(periodic(min(cfg.log_flush_s, 0.5), flush, "flush"))]
+        if engine.service is not None:  # several processes: the admin state through Redis
+            from serving.engine import ADMIN_SYNC_S
+
+            tasks.append(asyncio.create_task(periodic(ADMIN_SYNC_S, engine.sync_admin, "admin")))
         if cfg.reload_interval_s > 0:
             tasks.append(
                 asyncio.create_task(periodic(cfg.reload_interval_s, engine.bundles.check, "reload"))

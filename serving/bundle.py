@@ -25,7 +25,9 @@ re-checks pins and artifact hashes), and models load through ``models.base.load_
 asks the registry where the aliases point; a new version is loaded beside the current one,
 smoke-scored (:func:`smoke_score`), then swapped in with one reference assignment, so a request
 sees either the old bundle or the new one, never a mix. A bundle that fails to load or score is
-rejected: logged, counted in ``rejected``, and the old one keeps serving.
+rejected: logged, counted in ``rejected``, and the old one keeps serving (the rejected version
+is tried again after ``retry_rejected_s``). A registry that does not answer changes nothing: the
+arms keep their bundles (``registry.get_alias`` tells "unset" from a store error).
 """
 
 from __future__ import annotations
@@ -459,15 +461,24 @@ def warm_up(settings: Settings, bundle: LoadedBundle) -> None:
 
 
 class BundleManager:
-    """The arms' bundles and the reload logic (thread-safe; swaps are single assignments)."""
+    """The arms' bundles and the reload logic (thread-safe; swaps are single assignments).
 
-    def __init__(self, settings: Settings, smoke_users: int = 4) -> None:
+    ``rejected_versions``: arm → ``(version, time.monotonic() of the rejection)`` of the last
+    bundle that failed to load or score; it is tried again after ``retry_rejected_s`` seconds (a
+    fixed bundle file, a transient failure the registry did not name), never rejected for ever.
+    A load that failed because the registry store did (:func:`pipelines.release.registry.
+    is_store_error`) is not a rejection: it is tried again at the next check."""
+
+    def __init__(
+        self, settings: Settings, smoke_users: int = 4, retry_rejected_s: float = 300.0
+    ) -> None:
         self.settings = settings
         self.smoke_users = smoke_users
+        self.retry_rejected_s = retry_rejected_s
         self.arms: dict[str, LoadedBundle | None] = {a: None for a in ARMS}
         self.rejected: dict[str, int] = {a: 0 for a in ARMS}
         self.reloads: dict[str, int] = {a: 0 for a in ARMS}
-        self.rejected_versions: dict[str, str] = {}
+        self.rejected_versions: dict[str, tuple[str, float]] = {}
         self.last_error: str | None = None
         self.last_check: float | None = None
         self._lock = threading.Lock()  # one check at a time
@@ -478,9 +489,11 @@ class BundleManager:
     def check(self) -> dict[str, str]:
         """Follow the registry aliases once; returns ``{arm: what happened}``.
 
-        Outcomes: ``unchanged``, ``loaded <v>``, ``rejected <v>: <error>``, ``unset``
-        (the alias points nowhere: a challenger is dropped; a champion is kept),
-        ``registry error: ...`` (the registry itself did not answer: nothing changes).
+        Outcomes: ``unchanged``, ``loaded <v>``, ``rejected <v>: <error>``, ``rejected <v>
+        (earlier)`` (within ``retry_rejected_s`` of its rejection), ``unset`` (the alias points
+        nowhere: a challenger is dropped; a champion is kept), ``registry error: ...`` (the
+        registry store did not answer, after :func:`~pipelines.release.registry.get_alias`'s
+        retries, or failed while the bundle loaded: nothing changes, the next check tries again).
         """
         from pipelines.release import registry
 
@@ -504,7 +517,7 @@ class BundleManager:
                 if current is not None and current.version == version:
                     out[arm] = "unchanged"
                     continue
-                if self.rejected_versions.get(arm) == version:
+                if self._still_rejected(arm, version):
                     out[arm] = f"rejected {version} (earlier)"
                     continue
                 out[arm] = self._load_into(arm, version)
@@ -520,8 +533,15 @@ class BundleManager:
                 smoke_score(fresh, self.smoke_users)
                 warm_up(self.settings, fresh)
         except Exception as exc:  # noqa: BLE001 - a bad bundle must never take the service down
+            from pipelines.release.registry import is_store_error
+
+            if is_store_error(exc):  # the store failed, not the bundle: try at the next check
+                self.last_error = f"{arm} bundle {version}: registry error {exc!r}"
+                log.error("reload: registry error loading %s bundle %s (%r); tried again at "
+                          "the next check", arm, version, exc)  # fmt: skip
+                return f"registry error loading {version}: {exc!r}"
             self.rejected[arm] += 1
-            self.rejected_versions[arm] = version
+            self.rejected_versions[arm] = (version, time.monotonic())
             self.last_error = f"{arm} bundle {version}: {exc}"
             old = self.arms[arm]
             log.error(
@@ -535,6 +555,13 @@ class BundleManager:
         self.rejected_versions.pop(arm, None)
         log.info("reload: %s now bundle %s (was %s)", arm, version, old.version if old else None)
         return f"loaded {version}"
+
+    def _still_rejected(self, arm: str, version: str) -> bool:
+        """Whether ``version`` was rejected for ``arm`` less than ``retry_rejected_s`` ago."""
+        seen = self.rejected_versions.get(arm)
+        if seen is None or seen[0] != version:
+            return False
+        return time.monotonic() - seen[1] < self.retry_rejected_s
 
     def ready(self) -> tuple[bool, str]:
         """Ready when a champion is loaded and its index answers a query."""

@@ -16,6 +16,8 @@ environment overrides, and the admin token.
 | ``RECLOOP_SERVE_LOG_FLUSH_S``     | ``5``        | seconds between flushes of the impression log to parquet |
 | ``RECLOOP_SERVE_SEED``            | unset        | seed of the exploration draws (unset: OS entropy) |
 | ``RECLOOP_SERVE_ITEM_CACHE_TTL_S``| ``60``       | seconds a candidate's cached online item features are used (0 = no cache) |
+| ``RECLOOP_SERVE_SHARED_REDIS_URL``| db 1 of ``RECLOOP_REDIS_URL`` | Redis of what worker processes share (request records, feedback counters, admin state; ``serving.shared``), apart from the online features |
+| ``RECLOOP_SERVE_ID``              | the parent pid | id of the admin state the workers of one ``recloop serve`` share |
 
 The admin token is read from the environment only (never from a file or a flag), and compared in
 constant time. Settings of the platform (paths, Redis, MLflow) stay in ``pipelines.core.settings``.

@@ -1,9 +1,16 @@
 """What the request stages share: the :class:`Engine` (settings, config, bundles, logs, metrics,
 the Redis :class:`Breaker`, the hydrate pool, the exploration generator, the item-feature cache),
-built once per app by :func:`build_engine`."""
+built once per app by :func:`build_engine`.
+
+**Admin state across worker processes.** ``/admin`` changes (:data:`EXPERIMENT_KEYS`, reload
+requests) reach one process; with ``config.processes > 1`` they go through Redis
+(:func:`serving.shared.write_admin`) and every process applies them (:meth:`Engine.sync_admin`:
+before answering ``/admin/experiment``, at startup, and every :data:`ADMIN_SYNC_S` seconds for
+routing): all workers route a user to the same arm, one second after a change at most."""
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
@@ -19,6 +26,13 @@ from serving.config import ServingConfig
 from serving.item_cache import ItemFeatureCache
 from serving.logging import ImpressionLog, RequestLog
 from serving.metrics import Metrics
+
+log = logging.getLogger("recloop.serving.engine")
+
+EXPERIMENT_KEYS = frozenset({"challenger_share", "salt", "experiment", "explore_rate"})
+"""What ``POST /admin/experiment`` may change (shared by every worker process)."""
+ADMIN_SYNC_S = 1.0
+"""Seconds between reads of the shared admin state by each worker process (several processes)."""
 
 
 @dataclass
@@ -70,6 +84,13 @@ class Engine:
     recent_evicted: int = 0
     feedback_duplicates: int = 0
     body_timeouts: int = 0
+    service: str | None = None
+    """Id of the admin state shared through Redis (:func:`serving.shared.service_id`); None:
+    one process, nothing shared."""
+    admin_reloads: int = 0
+    """The shared reload-request counter last acted on."""
+    admin_error: str | None = None
+    """The last shared-state Redis error (None: the last read worked)."""
     _recent_sizes: dict[str, int] = field(default_factory=dict)
     _recent_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -98,6 +119,53 @@ class Engine:
         with self._recent_lock:
             return self.recent.get(request_id)
 
+    def change_admin(self, changes: dict[str, Any], reload: bool = False) -> None:
+        """Apply an ``/admin`` change here and, with several processes, share it first:
+        ``ValueError`` / ``TypeError`` (nothing changed) for invalid values; a Redis error is
+        raised before anything is applied (an experiment change must reach every process or
+        none). ``reload``: a reload request (the caller runs the check here)."""
+        new = self.config.with_(**changes)  # validated before anything is shared
+        if self.service is not None:
+            from serving import shared
+
+            state = shared.write_admin(self.settings, self.service, changes, reload=reload)
+            self.admin_reloads = max(self.admin_reloads, int(state.get("reload", 0)))
+            new = self.config.with_(**experiment_changes(self.config, state))
+        self.config = new
+
+    def sync_admin(self) -> bool:
+        """Apply the shared admin state (several processes only): experiment settings, and a
+        bundle check when another process took a reload request. False when Redis did not
+        answer (logged once per outage; this process keeps its state)."""
+        if self.service is None:
+            return True
+        from serving import shared
+
+        try:
+            state = shared.read_admin(self.settings, self.service)
+        except Exception as exc:  # noqa: BLE001 - keep serving with what this process has
+            if self.admin_error is None:
+                log.warning("admin state not read from Redis (kept as is): %r", exc)
+            self.admin_error = repr(exc)
+            return False
+        self.admin_error = None
+        changes = experiment_changes(self.config, state)
+        if changes:
+            try:
+                self.config = self.config.with_(**changes)
+            except (ValueError, TypeError) as exc:
+                log.error("shared admin state not applied: %s", exc)
+        reloads = int(state.get("reload", 0))
+        if reloads > self.admin_reloads:
+            self.admin_reloads = reloads
+            log.info("admin reload requested through another worker: %s", self.bundles.check())
+        return True
+
+
+def experiment_changes(config: ServingConfig, state: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`EXPERIMENT_KEYS` of a shared admin ``state`` that differ from ``config``."""
+    return {k: v for k, v in state.items() if k in EXPERIMENT_KEYS and getattr(config, k) != v}
+
 
 RECORD_OVERHEAD = 200
 """Bytes per remembered request beyond its objects' own sizes: its slots in the two dicts."""
@@ -122,7 +190,13 @@ def build_engine(settings: Settings, cfg: ServingConfig) -> Engine:
     cache = None
     if cfg.item_cache_ttl_s > 0 and cfg.item_cache_max > 0:
         cache = ItemFeatureCache(cfg.item_cache_ttl_s, cfg.item_cache_max)
+    service = None
+    if cfg.processes > 1:
+        from serving.shared import service_id
+
+        service = service_id()
     return Engine(
+        service=service,
         settings=settings,
         config=cfg,
         bundles=BundleManager(settings, cfg.smoke_users),

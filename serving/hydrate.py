@@ -7,6 +7,11 @@ engine's :class:`~serving.item_cache.ItemFeatureCache` when there is one;
 :func:`redis_call` runs such a read on the engine's hydrate pool within a budget: Redis down,
 slow or failing trips the :class:`~serving.engine.Breaker` and the caller falls back (no retry
 storm; the abandoned read ends at the client's 1 s socket timeout).
+
+Redis that answers without the rows (restarted without persistence, a partial materialization)
+is not a failure of the read, but the ranker then scores defaults: :func:`features_degraded`
+flags such a read (``Hydrated.degraded``) and the response says ``degraded`` with the fallback
+``features`` (:mod:`serving.pipeline`).
 """
 
 from __future__ import annotations
@@ -28,16 +33,36 @@ from serving.item_cache import ItemFeatureCache
 log = logging.getLogger("recloop.serving.hydrate")
 
 
+MISSING_ITEMS_SHARE = 0.5
+"""More than this share of a request's candidates without an online row: the read is degraded."""
+
+
 @dataclass
 class Hydrated:
     """Online features of one request: ``user`` {feature: value}, ``items`` {feature: ``(C,)``
     array}, defaults (``pipelines.features.tables.DEFAULTS``) filled where Redis has no value;
-    ``missing_items`` = candidates with no row in Redis; ``read_ms`` the read (ms)."""
+    ``missing_items`` = candidates with no row in Redis; ``read_ms`` the read (ms);
+    ``user_missing``: the user has no row in Redis."""
 
     user: dict[str, Any]
     items: dict[str, np.ndarray]
     missing_items: int
     read_ms: float
+    user_missing: bool = False
+
+    @property
+    def degraded(self) -> bool:
+        """:func:`features_degraded` of this read."""
+        n = len(self.items.get("item_id", ()))
+        return features_degraded(self.user_missing, self.missing_items, n)
+
+
+def features_degraded(user_missing: bool, missing_items: int, candidates: int) -> bool:
+    """The rule: the user's row missing, or more than :data:`MISSING_ITEMS_SHARE` of the
+    ``candidates`` without a row. A few missing candidates are normal (items newer than the
+    last materialization); most of them missing, or the user's row, is a store that lost its
+    data (a restart without persistence, a materialization that stopped half-way)."""
+    return user_missing or missing_items > MISSING_ITEMS_SHARE * candidates
 
 
 def read_features(
@@ -66,10 +91,11 @@ def read_features(
             items = dict(zip(plan.names["item"], cols, strict=True))
         else:
             user_reply, items, present = cache.read(settings, plan, service, user_id, ids)
+    user_missing = not any(user_reply)  # no field and no timestamp: no row at all
     user = online.decode_user_row(plan, user_reply)
     missing = int(len(ids) - np.count_nonzero(present))
     user, items = with_ranker_columns(user, items, ids)
-    return Hydrated(user, items, missing, (time.perf_counter() - t0) * 1e3)
+    return Hydrated(user, items, missing, (time.perf_counter() - t0) * 1e3, user_missing)
 
 
 def with_ranker_columns(

@@ -18,7 +18,9 @@ response dict; every stage is timed (``timings_ms``) and has a fallback, so a re
   cache). Redis down, slow or failing → a **popularity answer** (``degraded: true``, flagged
   ``redis``) and Redis is not asked again for ``redis_cooldown_s`` (a breaker: no retry storm;
   the abandoned read ends at the client's 1 s socket timeout); the cache never answers for a
-  Redis that does not. A cold-start answer reads nothing: the item table has what it needs.
+  Redis that does not. Redis answering without the rows (the user's, or most candidates':
+  :func:`serving.hydrate.features_degraded`) → ranked on defaults, ``degraded: true``, flagged
+  ``features``. A cold-start answer reads nothing: the item table has what it needs.
 - **rank** (:mod:`serving.rank`): the ranker scores all candidates in one batch; failure (or no
   ranker in the bundle) → the retrieval order and scores, flagged ``rank`` when it failed.
 - **re-rank**: :mod:`serving.rerank` (fresh boost, category caps, exploration, propensities).
@@ -122,6 +124,9 @@ def recommend(engine: Engine, req: Request, info: dict[str, Any] | None = None) 
     failed = needs_features and online is None
     ranked, fell_back = _rank(bundle, req, found, online, failed, cfg.candidates)
     fallbacks = found.fallbacks + ([fell_back] if fell_back else [])
+    features_missing = online is not None and online.degraded  # Redis answered without rows
+    if features_missing:
+        fallbacks.append("features")
     timer.lap("rank")
     slate = _rerank(engine, req, bundle, ranked)
     timer.lap("rerank")
@@ -140,7 +145,7 @@ def recommend(engine: Engine, req: Request, info: dict[str, Any] | None = None) 
         "user_id": req.user_id,
         "arm": arm,
         "bundle": bundle.versions,
-        "degraded": found.degraded or fell_back is not None,
+        "degraded": found.degraded or fell_back is not None or features_missing,
         "cold_start": found.cold,
         "fallbacks": fallbacks,
         "items": _items(shown, sources, slate),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import os
 import time
 from typing import Any
 
@@ -23,7 +24,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ValidationError
 
 from serving.api_models import FeedbackBody, recommend_body, validation_errors
-from serving.engine import Engine
+from serving.engine import EXPERIMENT_KEYS, Engine
 from serving.feedback import FeedbackRejected, record_feedback
 from serving.logging import request_row
 from serving.pipeline import NoChampion, recommend
@@ -250,13 +251,15 @@ def guard_metrics(engine: Engine) -> str:
 
 # --- /admin -------------------------------------------------------------------------------
 
-EXPERIMENT_KEYS = {"challenger_share", "salt", "experiment", "explore_rate"}
-"""What ``POST /admin/experiment`` may change."""
-
 
 def register_admin_routes(app: FastAPI, engine: Engine) -> None:
     """``POST /admin/reload`` and ``GET|POST /admin/experiment``: ``Authorization: Bearer
-    <admin token>``; 404 when the config has no admin token (off), 401 for a wrong one."""
+    <admin token>``; 404 when the config has no admin token (off), 401 for a wrong one.
+
+    With several worker processes a change is shared through Redis before it is applied
+    (:meth:`serving.engine.Engine.change_admin`): every process answers and routes with it
+    (503, nothing changed, when Redis does not take it); a GET reads the shared state first.
+    Answers carry the answering process's ``pid``."""
     cfg = engine.config
 
     def denied(request: Request) -> JSONResponse | None:
@@ -273,8 +276,15 @@ def register_admin_routes(app: FastAPI, engine: Engine) -> None:
     async def admin_reload(request: Request) -> JSONResponse:
         if (refused := denied(request)) is not None:
             return refused
+        shared = True
+        try:  # the other processes check at their next sync
+            await anyio.to_thread.run_sync(lambda: engine.change_admin({}, reload=True))
+        except Exception as exc:  # noqa: BLE001 - this process still checks
+            log.warning("reload request not shared with the other workers: %r", exc)
+            shared = False
         outcome = await anyio.to_thread.run_sync(engine.bundles.check)
-        return JSONResponse({"outcome": outcome, "rejected": engine.bundles.rejected})
+        return JSONResponse({"outcome": outcome, "rejected": engine.bundles.rejected,
+                             "all_workers": shared, "pid": os.getpid()})  # fmt: skip
 
     @app.api_route("/admin/experiment", methods=["GET", "POST"])
     async def admin_experiment(request: Request) -> JSONResponse:
@@ -286,10 +296,16 @@ def register_admin_routes(app: FastAPI, engine: Engine) -> None:
                 expected = f"expected an object with keys among {sorted(EXPERIMENT_KEYS)}"
                 return bad(engine, 422, expected)
             try:
-                engine.config = engine.config.with_(**payload)
+                await anyio.to_thread.run_sync(engine.change_admin, payload)
             except (ValueError, TypeError) as exc:
                 return bad(engine, 422, str(exc))
+            except Exception as exc:  # noqa: BLE001 - Redis: refused rather than half applied
+                log.error("admin change not shared with the other workers: %r", exc)
+                detail = "the change could not be shared with every worker (Redis); nothing changed"
+                return JSONResponse({"detail": detail}, status_code=503)
+        else:
+            await anyio.to_thread.run_sync(engine.sync_admin)
         c = engine.config
         return JSONResponse({"experiment": c.experiment, "salt": c.salt,
                              "challenger_share": c.challenger_share,
-                             "explore_rate": c.explore_rate})  # fmt: skip
+                             "explore_rate": c.explore_rate, "pid": os.getpid()})  # fmt: skip

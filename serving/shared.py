@@ -9,14 +9,30 @@ model_version; expires after ``request_ttl_s``), and a feedback call that misses
 from there. The per-item feedback counter that makes repeated clicks distinct events
 (``event_id`` suffix) is then a Redis hash ``recloop:feedback:<request_id>`` (HINCRBY), so two
 workers never number the same click twice.
+
+**Apart from the online features.** These records live in their own Redis database,
+:func:`shared_url`: ``RECLOOP_SERVE_SHARED_REDIS_URL`` when set (another instance, e.g. one with
+``maxmemory`` and ``allkeys-lru``; a Redis Cluster has only database 0, so name one there), else
+the feature store's server with database 1. Every key here expires; the online features (no
+TTL) are never written or evicted by them (``infra/redis.sh`` runs Redis with ``maxmemory`` and
+``volatile-ttl``: only expiring keys are evicted).
+
+**Admin state** (:func:`write_admin`, :func:`read_admin`): what ``/admin`` changed (A/B share,
+salt, experiment, exploration rate; a reload request counter) is a Redis hash
+``recloop:admin:<service id>`` in the same database, read by every worker process
+(:func:`service_id`: one id per ``recloop serve``, shared by its workers).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
 import time
+from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlparse, urlunparse
 
 from pipelines.core.settings import Settings
 
@@ -24,13 +40,28 @@ log = logging.getLogger("recloop.serving.shared")
 
 PREFIX = "recloop:served:"
 FEEDBACK_PREFIX = "recloop:feedback:"
+ADMIN_PREFIX = "recloop:admin:"
+ADMIN_TTL_S = 7 * 86_400
+"""Seconds an admin state outlives the last worker that read it (refreshed at every read)."""
+SHARED_DB = 1
+"""Database of the request records on the feature store's server (features: its own, 0)."""
 _FIELDS = ("request_id", "user_id", "items", "propensities", "arm", "model_version")
+
+
+def shared_url(settings: Settings, env: Mapping[str, str] | None = None) -> str:
+    """Where request records, feedback counters and admin state live:
+    ``RECLOOP_SERVE_SHARED_REDIS_URL``, else ``settings.redis_url`` with database
+    :data:`SHARED_DB` (credentials and host kept)."""
+    env = os.environ if env is None else env
+    if env.get("RECLOOP_SERVE_SHARED_REDIS_URL"):
+        return env["RECLOOP_SERVE_SHARED_REDIS_URL"]
+    return urlunparse(urlparse(settings.redis_url)._replace(path=f"/{SHARED_DB}"))
 
 
 def _client(settings: Settings):
     from pipelines.features.online import redis_client
 
-    return redis_client(settings)
+    return redis_client(dataclasses.replace(settings, redis_url=shared_url(settings)))
 
 
 def publish(settings: Settings, shown: dict[str, Any], ttl_s: float) -> bool:
@@ -77,3 +108,50 @@ def feedback_index(settings: Settings, request_id: str, item_id: str, event: str
     except Exception as exc:  # noqa: BLE001
         log.warning("Redis unavailable counting feedback of %s: %r", request_id, exc)
         return None
+
+
+def service_id() -> str:
+    """One id per ``recloop serve``, the same in all its worker processes:
+    ``RECLOOP_SERVE_ID`` when set, else the parent process (uvicorn's supervisor, which started
+    the workers) as ``<pid>-<start time in clock ticks>`` (a pid alone is reused). A new
+    ``recloop serve`` starts from its configuration; a worker restarted by the supervisor takes
+    the running service's state."""
+    if os.environ.get("RECLOOP_SERVE_ID"):
+        return os.environ["RECLOOP_SERVE_ID"]
+    ppid = os.getppid()
+    try:
+        with open(f"/proc/{ppid}/stat") as f:
+            started = f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        started = "0"
+    return f"{ppid}-{started}"
+
+
+def write_admin(settings: Settings, service: str, changes: Mapping[str, Any],
+                reload: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Merge ``changes`` (JSON values) into the service's admin state (and count one reload
+    request when ``reload``); returns the whole state. Redis errors are raised: an admin change
+    that would reach one worker only is refused, not half applied."""
+    key = ADMIN_PREFIX + service
+    pipe = _client(settings).pipeline()
+    if changes:
+        pipe.hset(key, mapping={k: json.dumps(v) for k, v in changes.items()})
+    if reload:
+        pipe.hincrby(key, "reload", 1)
+    pipe.expire(key, ADMIN_TTL_S)
+    pipe.hgetall(key)
+    return _decode(pipe.execute()[-1])
+
+
+def read_admin(settings: Settings, service: str) -> dict[str, Any]:
+    """The service's admin state (``{}``: nothing changed yet); its TTL refreshed. Redis errors
+    are raised (the caller keeps what it has)."""
+    key = ADMIN_PREFIX + service
+    pipe = _client(settings).pipeline()
+    pipe.hgetall(key)
+    pipe.expire(key, ADMIN_TTL_S)
+    return _decode(pipe.execute()[0])
+
+
+def _decode(raw: Mapping[bytes, bytes]) -> dict[str, Any]:
+    return {k.decode(): json.loads(v) for k, v in raw.items()}

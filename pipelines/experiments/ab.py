@@ -11,8 +11,9 @@ It starts on the first validated day holding a challenger row of it (:func:`star
 
 **Per arm** (:func:`arm_stats`, from ``data/validated/date=D/``): impressions, clicks (distinct
 clicked ``(request_id, position)`` slots, so CTR stays in [0, 1]), CTR with a Wilson 95% interval
-(impression level), purchases, conversion = purchases / impressions, distinct users, and
-``ctr_var`` / ``conv_var``: the variance of the ratio estimate with users as the unit (delta
+(impression level), purchases (distinct purchased ``(request_id, item_id)`` pairs: a repeated
+purchase counts once), conversion = purchases / impressions, distinct users, and ``ctr_var`` /
+``conv_var``: the variance of the ratio estimate with users as the unit (delta
 method: ``sum_u (c_u - r n_u)^2 / N^2 * U / (U - 1)`` for user u's clicks c_u, impressions n_u,
 arm totals N and r = C / N), because routing is sticky per user and a user's impressions are
 not independent. With one impression per user it is ``r (1 - r) / N``.
@@ -347,10 +348,11 @@ def ratio_variance(num: np.ndarray, den: np.ndarray) -> float:
 
 
 def _per_user(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per (arm, user): impressions, clicks (distinct slots), purchases."""
+    """Per (arm, user): impressions, clicks (distinct slots), purchases (distinct purchased
+    (request, item) pairs: a repeated purchase row counts once)."""
     imp = rows[rows["event"] == "impression"]
     clk = rows[rows["event"] == "click"].drop_duplicates(["arm", "request_id", "position"])
-    buy = rows[rows["event"] == "purchase"]
+    buy = rows[rows["event"] == "purchase"].drop_duplicates(["arm", "request_id", "item_id"])
     parts = {
         "impressions": imp.groupby(["arm", "user_id"]).size(),
         "clicks": clk.groupby(["arm", "user_id"]).size(),

@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from pipelines.core import layout, schema
 from pipelines.core.settings import Settings
@@ -59,11 +59,16 @@ def airflow_env(settings: Settings, api_port: int = 8080) -> dict[str, str]:
 
 
 def ensure_db(settings: Settings) -> None:
-    """``airflow db migrate`` once per workspace (a stamp file records it)."""
+    """``airflow db migrate`` once per workspace (a stamp file records it). The database
+    (connections, variables, run history) is created mode 600 before the migration and set to
+    600 when it exists (SQLite gives its journals the database's mode)."""
     settings.ensure_dirs()
     stamp = layout.airflow_migrated_path(settings)
-    if stamp.exists() and layout.airflow_db_path(settings).exists():
+    db = layout.airflow_db_path(settings)
+    if stamp.exists() and db.exists():
+        db.chmod(0o600)  # a workspace made before this rule
         return
+    private_file(db)  # SQLite takes an empty file as a new database
     proc = subprocess.run(
         [sys.executable, "-m", "airflow", "db", "migrate"],
         env=airflow_env(settings),
@@ -165,6 +170,8 @@ def start_standalone(
 
     Its output goes to ``log_file`` (default ``RECLOOP_HOME/airflow/standalone.log``). It runs
     in a session of its own: stop it (and every component) with :func:`stop_standalone`.
+    Run through :func:`standalone_main`: the scheduler and the triggerer without their log
+    servers, which Airflow binds to every interface (nothing of it listens beyond loopback).
     The log (it prints the generated admin password) and ``passwords.json`` (SimpleAuthManager
     appends to the file it finds) are created, or set, to mode 600 first (:func:`private_file`).
     """
@@ -173,12 +180,37 @@ def start_standalone(
     private_file(layout.airflow_passwords_path(settings))  # Airflow appends to it: mode kept
     out = private_file(log_file, "ab")  # it prints the admin password
     return subprocess.Popen(
-        [sys.executable, "-m", "airflow", "standalone"],
+        [sys.executable, "-c", f"from {__name__} import standalone_main; standalone_main()"],
         env=airflow_env(settings, api_port=port),
         stdout=out,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+
+
+SKIP_SERVE_LOGS = ("scheduler", "triggerer")
+"""Components ``airflow standalone`` starts with a log server (worker logs on
+``[logging] worker_log_server_port`` 8793, trigger logs on 8794) bound to every interface:
+Airflow 3.3 has no host setting for it. recloop runs them with ``--skip-serve-logs``: on one
+machine the API server reads task logs from the local log folder."""
+
+
+def standalone_main() -> None:
+    """``airflow standalone`` (as ``python -m airflow standalone``) whose scheduler and
+    triggerer are started with ``--skip-serve-logs`` (:data:`SKIP_SERVE_LOGS`)."""
+    from airflow.__main__ import main
+    from airflow.cli.commands import standalone_command
+
+    base = standalone_command.SubCommand.__init__
+
+    def init(self: Any, parent: Any, name: str, command: list[str], env: dict[str, str]) -> None:
+        if command[:1] and command[0] in SKIP_SERVE_LOGS and "--skip-serve-logs" not in command:
+            command = [*command, "--skip-serve-logs"]
+        base(self, parent, name, command, env)
+
+    standalone_command.SubCommand.__init__ = init  # type: ignore[method-assign]
+    sys.argv = ["airflow", "standalone"]
+    main()
 
 
 def private_file(path: Path, mode: str | None = None) -> BinaryIO | None:

@@ -711,14 +711,55 @@ def bundle_fingerprint(settings: Settings, version: str | int) -> str | None:
 # --- aliases --------------------------------------------------------------------------------------
 
 
-def get_alias(settings: Settings, alias: str, name: str = BUNDLE) -> str | None:
-    """Version number the alias points to on ``name`` (default the bundle), or None."""
+ALIAS_ATTEMPTS = 5
+"""Tries of an alias lookup that meets a store error (``database is locked``, a server down)."""
+ALIAS_BACKOFF_S = 0.2
+"""Wait before the second try, doubled before each next one (0.2 + 0.4 + 0.8 + 1.6 s)."""
+
+
+def alias_unset(exc: Exception) -> bool:
+    """Whether an MLflow error of an alias lookup means "no such alias" (or no such registered
+    model): ``RESOURCE_DOES_NOT_EXIST``, or MLflow's ``INVALID_PARAMETER_VALUE`` "alias ... not
+    found"; anything else is a store error."""
+    code = getattr(exc, "error_code", "")
+    if code == "RESOURCE_DOES_NOT_EXIST":
+        return True
+    text = str(getattr(exc, "message", exc)).lower()
+    return code == "INVALID_PARAMETER_VALUE" and "alias" in text and "not found" in text
+
+
+def is_store_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is the registry store failing (an ``MlflowException`` that is not a
+    "does not exist" / invalid-argument answer): worth trying again, not the caller's fault."""
     from mlflow.exceptions import MlflowException
 
-    try:
-        return str(client(settings).get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
+    if not isinstance(exc, MlflowException):
+        return False
+    return exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
+def get_alias(settings: Settings, alias: str, name: str = BUNDLE) -> str | None:
+    """Version number the alias points to on ``name`` (default the bundle); None when the
+    alias is unset or the model is not registered (:func:`alias_unset`). A store error
+    ("database is locked", the tracking server down) is tried :data:`ALIAS_ATTEMPTS` times with
+    doubling waits from :data:`ALIAS_BACKOFF_S`, then raised (``MlflowException``): a caller must
+    never take a failing store for "unset" (the service would drop its challenger)."""
+    import time
+
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(ALIAS_ATTEMPTS):
+        try:
+            return str(client(settings).get_model_version_by_alias(name, alias).version)
+        except MlflowException as exc:
+            if alias_unset(exc):
+                return None
+            if not is_store_error(exc) or attempt == ALIAS_ATTEMPTS - 1:
+                raise
+            log.warning("registry: alias %s of %s: store error %r (try %d of %d)",
+                        alias, name, exc, attempt + 1, ALIAS_ATTEMPTS)  # fmt: skip
+            time.sleep(ALIAS_BACKOFF_S * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 _UNSET: Any = object()
