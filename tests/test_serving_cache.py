@@ -141,7 +141,9 @@ def test_rank_on_cached_features_equals_the_ranker(world):
     read_features(settings, SERVICE, user, ids[:20], cache)  # part of them cached
     hydrated = read_features(settings, SERVICE, user, ids, cache)
     ref = online.online_features_fast(settings, user, ids, service=SERVICE)
-    frame = ref.items.assign(**ref.user)
+    from pipelines.ranking.data import SERVING_POSITION, add_ranker_columns
+
+    frame = add_ranker_columns(ref.items.assign(**ref.user), SERVING_POSITION)  # as served
     want = bundle.ranker.predict_proba(frame)
     np.testing.assert_allclose(score_candidates(bundle, hydrated), want, rtol=0, atol=1e-7)
     np.testing.assert_allclose(
