@@ -23,8 +23,8 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ValidationError
 
-from serving.api_models import FeedbackBody, recommend_body, validation_errors
-from serving.engine import EXPERIMENT_KEYS, Engine
+from serving.api_models import ExperimentBody, FeedbackBody, recommend_body, validation_errors
+from serving.engine import Engine
 from serving.feedback import FeedbackRejected, record_feedback
 from serving.logging import request_row
 from serving.pipeline import NoChampion, recommend
@@ -292,11 +292,12 @@ def register_admin_routes(app: FastAPI, engine: Engine) -> None:
             return refused
         if request.method == "POST":
             payload = await read_json(request, cfg.max_body_bytes, cfg.body_timeout_s)
-            if not isinstance(payload, dict) or set(payload) - EXPERIMENT_KEYS:
-                expected = f"expected an object with keys among {sorted(EXPERIMENT_KEYS)}"
-                return bad(engine, 422, expected)
+            try:  # what may change, and as what: api_models.ExperimentBody
+                changes = ExperimentBody.model_validate(payload).changes()
+            except ValidationError as exc:
+                return bad(engine, 422, validation_errors(exc))
             try:
-                await anyio.to_thread.run_sync(engine.change_admin, payload)
+                await anyio.to_thread.run_sync(engine.change_admin, changes)
             except (ValueError, TypeError) as exc:
                 return bad(engine, 422, str(exc))
             except Exception as exc:  # noqa: BLE001 - Redis: refused rather than half applied

@@ -15,10 +15,13 @@
   opening the item, a positive choice. Mapping views to impressions would make every viewed item
   look like an unclicked exposure to the ranker and to off-policy evaluation.
 
-  Rows whose event value is neither a contract event nor mapped onto one, and rows whose timestamp
-  does not parse, are dropped and reported (count per reason, example lines, the file) in the log,
-  in :class:`ImportSummary` and in the import records; when more than half the rows would be
-  dropped the import fails instead (a wrong mapping, not a few bad rows).
+  Rows whose event value is neither a contract event nor mapped onto one, whose timestamp does
+  not parse (ISO 8601 spellings may differ from row to row; epochs outside 1677..2262 do not
+  parse), whose user or item id is missing, or whose mapped value is not a finite number (an
+  empty cell is 1), are dropped and reported (count per reason, example lines, the file) in the
+  log, in :class:`ImportSummary` and in the import records; when more than half the rows would
+  be dropped the import fails instead (a wrong mapping, not a few bad rows). Only an empty CSV
+  cell is missing: ``NA``, ``None`` or ``null`` is an id like any other.
 
 **What an import writes.** Each touched day gets one file per source,
 ``date=D/import-<hash of the source file's name>.parquet`` (:func:`import_file_name`), published
@@ -45,10 +48,12 @@ import logging
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -275,10 +280,42 @@ def record_import(
         write_import_record(settings, record)
 
 
+def _read_source_csv(path: Path, **kwargs: Any) -> pd.DataFrame:
+    """A source CSV as text cells; only an empty cell is missing (an id such as ``NA``,
+    ``None`` or ``null`` is an id, not pandas' default NaN). A malformed file is a
+    ``ValueError`` naming it."""
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], **kwargs)
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable CSV file: {exc}") from exc
+
+
+def epoch_to_ts(values: pd.Series, unit: str) -> pd.Series:
+    """Numeric epochs in ``unit`` (``s``, ``ms``, ``us``, ``ns``) → UTC timestamps
+    (``datetime64[ns, UTC]``) to the microsecond (the contract's resolution; integers exactly,
+    fractions rounded); NaT where a value is not a finite number or lies outside the timestamps
+    pandas holds (1677..2262): never an overflow error."""
+    numbers = pd.to_numeric(values, errors="coerce")
+    per_second = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[unit]
+    bound = pd.Timestamp.max.value // 1000  # microseconds either side of the epoch
+    if pd.api.types.is_integer_dtype(numbers):  # exact integer arithmetic, bounds first
+        mult, div = max(1, 10**6 // per_second), max(1, per_second // 10**6)
+        ok = (numbers // div).abs() < bound // mult
+        micros = numbers.where(ok, 0) // div * mult
+    else:
+        floats = numbers.astype("float64") * (10**6 / per_second)
+        ok = np.isfinite(floats) & (floats.abs() < bound)
+        micros = floats.where(ok, 0).round().astype("int64")
+    ts = pd.to_datetime(micros, unit="us", utc=True).astype("datetime64[ns, UTC]")
+    return ts.where(ok)
+
+
 def _read_movielens_ratings(path: Path) -> tuple[pd.DataFrame, int]:
-    """→ (frame with user_id, item_id, value, ts), number of unreadable rows dropped."""
+    """→ (frame with user_id, item_id, value, ts), number of unreadable rows dropped (a missing
+    field, a rating that is not a finite number, a timestamp that is not epoch seconds in
+    1677..2262)."""
     if path.name.endswith(".csv"):
-        raw = pd.read_csv(path, dtype=str)
+        raw = _read_source_csv(path)
         expected = ["userId", "movieId", "rating", "timestamp"]
         missing = [c for c in expected if c not in raw.columns]
         if missing:
@@ -287,19 +324,21 @@ def _read_movielens_ratings(path: Path) -> tuple[pd.DataFrame, int]:
             )
         raw = raw[expected]
     else:
-        raw = pd.read_csv(
+        raw = _read_source_csv(
             path,
             sep="\t",
             header=None,
-            dtype=str,
             names=["userId", "movieId", "rating", "timestamp"],
             on_bad_lines="error",
             engine="python",
         )
     raw.columns = ["user_id", "item_id", "value", "timestamp"]
-    value = pd.to_numeric(raw["value"], errors="coerce")
-    seconds = pd.to_numeric(raw["timestamp"], errors="coerce")
-    bad = value.isna() | seconds.isna() | raw["user_id"].isna() | raw["item_id"].isna()
+    from pipelines.data.validate import parse_float  # exact; validate imports this module
+
+    value = parse_float(raw["value"])
+    ts = epoch_to_ts(raw["timestamp"], "s")
+    users, items = raw["user_id"].str.strip(), raw["item_id"].str.strip()
+    bad = value.isna() | ts.isna() | (users.fillna("") == "") | (items.fillna("") == "")
     if bad.any():
         rows = list(bad[bad].index[:5] + (2 if path.name.endswith(".csv") else 1))
         log.warning(
@@ -309,16 +348,11 @@ def _read_movielens_ratings(path: Path) -> tuple[pd.DataFrame, int]:
             raise ValueError(
                 f"{path}: {int(bad.sum())} of {len(raw)} rows unreadable (e.g. lines {rows}): not a MovieLens ratings file?"
             )
-    raw = raw[~bad]
+    keep = ~bad
     out = pd.DataFrame(
-        {
-            "user_id": raw["user_id"].str.strip(),
-            "item_id": raw["item_id"].str.strip(),
-            "value": value[~bad].astype(float),
-            "ts": pd.to_datetime(seconds[~bad].astype("int64"), unit="s", utc=True),
-        }
+        {"user_id": users[keep], "item_id": items[keep], "value": value[keep], "ts": ts[keep]}
     )
-    return out, int(bad.sum())
+    return out.reset_index(drop=True), int(bad.sum())
 
 
 def _movielens_items(folder: Path, first_seen: pd.Series) -> pd.DataFrame | None:
@@ -484,7 +518,7 @@ def _map_events(
 
 def _read_mapped(path: Path, mapping: dict[str, str]) -> pd.DataFrame:
     """The source file's mapped columns under their contract names (text for CSV)."""
-    raw = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype=str)
+    raw = pd.read_parquet(path) if path.suffix == ".parquet" else _read_source_csv(path)
     for needed in ("user_id", "item_id", "ts"):
         if needed not in mapping:
             raise ValueError(f"the mapping must name a source column for {needed!r}")
@@ -497,16 +531,86 @@ def _read_mapped(path: Path, mapping: dict[str, str]) -> pd.DataFrame:
 
 
 def _parse_ts(path: Path, df: pd.DataFrame, column: str, ts_unit: str | None) -> pd.Series:
-    """``df["ts"]`` → UTC timestamps (NaT where unreadable); numeric epochs in ``ts_unit``."""
+    """``df["ts"]`` → UTC timestamps (NaT where unreadable, never an error for one value).
+
+    Numeric epochs in ``ts_unit`` (:func:`epoch_to_ts`); without one, datetimes as they are,
+    numbers as nanoseconds, and text as ISO 8601 value by value (:func:`_iso_ts`: spellings
+    may differ from row to row: ``Z``, offsets, naive, a space for ``T``, no seconds), then
+    whatever is left in the one format pandas infers for it (e.g. ``03/10/2024 05:00``)."""
+    values = df["ts"]
     if ts_unit:
         if ts_unit not in ("s", "ms"):
             raise ValueError(f"ts_unit must be 's' or 'ms', got {ts_unit!r}")
-        ts = pd.to_datetime(pd.to_numeric(df["ts"], errors="coerce"), unit=ts_unit, utc=True)
+        ts = epoch_to_ts(values, ts_unit)
+    elif pd.api.types.is_datetime64_any_dtype(values):
+        ts = pd.to_datetime(values, utc=True)
+    elif pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        ts = epoch_to_ts(values, "ns")
     else:
-        ts = pd.to_datetime(df["ts"], utc=True, errors="coerce")
+        text = values.astype("string").str.strip()
+        ts = _iso_ts(text)
+        rest = ts.isna() & text.notna()
+        if rest.any():
+            with warnings.catch_warnings():  # "could not infer format": then NaT, reported
+                warnings.simplefilter("ignore", UserWarning)
+                guess = pd.to_datetime(text[rest], utc=True, errors="coerce")
+            ts = ts.where(~rest, guess)
+        ts = ts.dt.floor("us")  # the contract's resolution (nanoseconds would not convert)
     if ts.isna().all():
         raise ValueError(f"{path}: column {column!r} holds no readable timestamps")
     return ts
+
+
+def _iso_ts(text: pd.Series) -> pd.Series:
+    """ISO 8601 text → ``datetime64[ns, UTC]``, value by value as the validation gate reads it
+    (:func:`pipelines.data.validate.parse_ts`: naive = UTC, each value's own offset; pandas'
+    ISO parser gives a naive value the offset of the values before it); NaT where a value is
+    not ISO 8601 or lies outside 1677..2262."""
+    from pipelines.data.validate import parse_ts  # validate imports this module
+
+    iso = parse_ts(text)
+    lo, hi = (pd.Timestamp(t).tz_localize("UTC") for t in (pd.Timestamp.min, pd.Timestamp.max))
+    return iso.where(iso.notna() & (iso > lo) & (iso < hi)).astype("datetime64[ns, UTC]")
+
+
+def _ids(
+    path: Path, df: pd.DataFrame, mapping: dict[str, str], drops: dict[str, Any]
+) -> pd.DataFrame:
+    """``user_id`` / ``item_id`` as text (an integral float, from an integer column with gaps,
+    as its integer: ``17.0`` → ``"17"``); rows where either is missing or blank are dropped,
+    one reason per column."""
+    from pipelines.data.validate import as_text  # validate imports this module
+
+    for col in ("user_id", "item_id"):
+        text = as_text(df[col])
+        df = df.assign(**{col: text})
+        missing = text.isna() | (text.fillna("").str.strip() == "")
+        df = _drop(path, df, missing, f"missing {mapping[col]!r} id", drops)
+    return df
+
+
+def _values(path: Path, df: pd.DataFrame, column: str, drops: dict[str, Any]) -> pd.DataFrame:
+    """``value`` as float64: 1 where the cell is empty, the row dropped where it holds
+    something that is not a finite number."""
+    from pipelines.data.validate import parse_float  # exact; validate imports this module
+
+    raw = df["value"]
+    number = parse_float(raw)
+    bad = raw.notna() & number.isna()
+    df = _drop(path, df.assign(value=number), bad, f"unreadable {column!r} value", drops)
+    return df.assign(value=df["value"].fillna(1.0))
+
+
+def _check_dropped(path: Path, total: int, drops: dict[str, Any]) -> None:
+    """``ValueError`` when more than :data:`MAX_DROPPED_SHARE` of ``total`` rows were dropped
+    (a wrong format or mapping rather than a few bad rows)."""
+    dropped = sum(n for n, _ in drops.values())
+    if total and dropped / total > MAX_DROPPED_SHARE:
+        reasons = "; ".join(f"{n} {reason} (e.g. {ex})" for reason, (n, ex) in drops.items())
+        raise ValueError(
+            f"{path}: {dropped} of {total} rows would be dropped ({reasons}): check the "
+            "--map, --events and --ts-unit options"
+        )
 
 
 def import_table(
@@ -530,6 +634,7 @@ def import_table(
     if events and "event" not in mapping:
         raise ValueError("an event mapping needs the source's event column: add --map event=COLUMN")
     df = _read_mapped(path, mapping)
+    total = len(df)
     drops: dict[str, Any] = {}
     df["ts"] = _parse_ts(path, df, mapping["ts"], ts_unit)
     df = _drop(path, df, df["ts"].isna(), f"unreadable {mapping['ts']!r} timestamp", drops)
@@ -537,10 +642,10 @@ def import_table(
         df = _map_events(path, df, events or {}, drops)
     else:
         df["event"] = default_event
+    df = _ids(path, df, mapping, drops)
+    df = _values(path, df, mapping["value"], drops) if "value" in df else df.assign(value=1.0)
+    _check_dropped(path, total, drops)
     df = df.reset_index(drop=True)
-    df["user_id"] = df["user_id"].astype(str)
-    df["item_id"] = df["item_id"].astype(str)
-    df["value"] = pd.to_numeric(df["value"], errors="coerce").fillna(1.0) if "value" in df else 1.0
     if "event_id" not in df:
         df["event_id"] = _event_ids(path.name, df)
     settings.ensure_dirs()

@@ -59,6 +59,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.core import fmt, layout, schema
@@ -413,6 +414,7 @@ def read_raw_partition(settings: Settings, date: dt.date) -> tuple[pd.DataFrame,
                 expectation=REQUIRED_COLUMNS,
             )
         try:
+            table = _utc_microseconds(table)
             frame = table.to_pandas(types_mapper={pa.string(): TEXT, pa.large_string(): TEXT}.get)
         except (pa.ArrowException, ValueError) as exc:
             raise ValidationError(
@@ -428,60 +430,127 @@ def read_raw_partition(settings: Settings, date: dt.date) -> tuple[pd.DataFrame,
     return raw, files
 
 
+def _utc_microseconds(table: pa.Table) -> pa.Table:
+    """Every timestamp column as ``timestamp[us, UTC]`` (naive ones taken as UTC, other zones
+    converted, nanoseconds truncated): the files of a partition then concatenate into one
+    typed column whatever zone or unit each was written with. (Concatenating zones makes
+    pandas convert every value to a Python datetime; for a zone with local-mean-time offsets in
+    early years that crashed the process.)"""
+    fields = []
+    for f in table.schema:
+        if pa.types.is_timestamp(f.type):
+            f = f.with_type(pa.timestamp("us", tz="UTC"))
+        fields.append(f)
+    target = pa.schema(fields, metadata=table.schema.metadata)
+    if target.equals(table.schema):
+        return table
+    columns = [
+        pc.cast(col, f.type, safe=False) if f.type != col.type else col
+        for col, f in zip(table.columns, target, strict=True)
+    ]
+    return pa.Table.from_arrays(columns, schema=target)
+
+
 def _is_text_dtype(s: pd.Series) -> bool:
     return s.dtype == object or isinstance(s.dtype, pd.StringDtype)
 
 
 def as_text(s: pd.Series) -> pd.Series:
-    """Raw values → Arrow-backed strings (``<NA>`` where null); integers as decimal text."""
+    """Raw values → Arrow-backed strings (``<NA>`` where null); integers as decimal text, and
+    so are integral floats (``17.0`` → ``"17"``: an integer column with nulls reads as floats),
+    value by value: what one row's id becomes never depends on the other rows of its column or
+    on the types of the partition's other files (concatenated, they make a mixed column)."""
     if isinstance(s.dtype, pd.StringDtype):
         return s.astype(TEXT)
     if s.dtype == object and pd.api.types.infer_dtype(s, skipna=True) in ("string", "empty"):
         return s.astype(TEXT)
-    if pd.api.types.is_float_dtype(s):
-        finite = s.dropna()
-        if len(finite) and np.isfinite(finite).all() and (finite == np.floor(finite)).all():
-            s = s.astype("Int64")
-    return s.map(str, na_action="ignore").where(s.notna(), None).astype(TEXT)
-
-
-def _parse_ts_value(v: Any) -> pd.Timestamp:
-    if isinstance(v, dt.datetime):
-        ts = pd.Timestamp(v)
-    elif isinstance(v, str):
-        try:
-            ts = pd.Timestamp(dt.datetime.fromisoformat(v.strip()))
-        except ValueError:
-            return pd.NaT
+    if pd.api.types.is_float_dtype(s) or s.dtype == object:
+        out = s.map(_value_text, na_action="ignore")
     else:
-        return pd.NaT
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+        out = s.map(str, na_action="ignore")
+    return out.where(s.notna(), None).astype(TEXT)
+
+
+def _value_text(v: Any) -> str:
+    """One raw value as text; an integral float (within int64) as its integer."""
+    if isinstance(v, float | np.floating) and math.isfinite(v) and v == math.floor(v):
+        if abs(v) < 2**63:
+            return str(int(v))
+    return str(v)
+
+
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+MICROSECOND = dt.timedelta(microseconds=1)
+
+
+def _ts_micros(v: Any) -> int | None:
+    """A raw timestamp (a datetime, or ISO 8601 text; naive = UTC) → microseconds since the
+    epoch; None when it is neither. Any year a datetime can hold (1..9999) is fine: no
+    nanosecond range on the way."""
+    if isinstance(v, str):
+        try:
+            v = dt.datetime.fromisoformat(v.strip())
+        except ValueError:
+            return None
+    elif isinstance(v, pd.Timestamp):
+        v = v.to_pydatetime(warn=False)
+    elif isinstance(v, np.datetime64):
+        return None if np.isnat(v) else int(v.astype("datetime64[us]").astype(np.int64))
+    if not isinstance(v, dt.datetime):
+        return None
+    if v.tzinfo is None:
+        v = v.replace(tzinfo=dt.UTC)
+    return (v - EPOCH) // MICROSECOND
 
 
 def parse_ts(s: pd.Series) -> pd.Series:
-    """→ ``datetime64[us, UTC]``; naive values are taken as UTC; strings must be ISO 8601."""
+    """→ ``datetime64[us, UTC]``; naive values are taken as UTC; strings must be ISO 8601.
+    Typed columns are converted as a whole; text and mixed columns (files of different types
+    concatenated) value by value, each distinct value once."""
     if isinstance(s.dtype, pd.DatetimeTZDtype):
-        out = s.dt.tz_convert("UTC")
-    elif pd.api.types.is_datetime64_dtype(s):
-        out = s.dt.tz_localize("UTC")
-    elif _is_text_dtype(s):
-        uniques = pd.unique(s.dropna())
-        mapping = {v: _parse_ts_value(v) for v in uniques}
-        out = pd.to_datetime(s.map(mapping), utc=True)
-    else:  # numbers, dates without time, …: not a timestamp
-        out = pd.Series(pd.NaT, index=s.index)
-    return out.astype("datetime64[us, UTC]")
+        return s.dt.tz_convert("UTC").astype("datetime64[us, UTC]")
+    if pd.api.types.is_datetime64_dtype(s):
+        return s.dt.tz_localize("UTC").astype("datetime64[us, UTC]")
+    if not _is_text_dtype(s):  # numbers, dates without time, …: not a timestamp
+        return pd.Series(pd.NaT, index=s.index, dtype="datetime64[us, UTC]")
+    cache: dict[Any, int | None] = {}
+
+    def micros(v: Any) -> int | None:  # ints: exact in any year
+        if v is pd.NaT or not isinstance(v, str | dt.datetime | np.datetime64):
+            return None  # null, a number, a list or struct (unhashable): not a timestamp
+        if v not in cache:
+            cache[v] = _ts_micros(v)
+        return cache[v]
+
+    values = np.array([np.datetime64("NaT") if (m := micros(v)) is None else np.datetime64(m, "us")
+                       for v in s], dtype="datetime64[us]")  # fmt: skip
+    return pd.Series(values, index=s.index).dt.tz_localize("UTC")
 
 
 def parse_float(s: pd.Series) -> pd.Series:
-    """→ ``float64``, NaN where null or not a finite number."""
+    """→ ``float64``, NaN where null or not a finite number. Text is read exactly (the nearest
+    double, as Python's ``float``: ``"0.27821600496343424"`` stays that number; pandas' own
+    text parser is off by an ulp for some), and only text pandas reads as a number counts."""
     if pd.api.types.is_bool_dtype(s):
         out = pd.Series(np.nan, index=s.index)
     elif pd.api.types.is_numeric_dtype(s):
         out = s.astype("float64")
     else:
-        out = pd.to_numeric(s.astype(object), errors="coerce").astype("float64")
+        raw = s.astype(object)
+        readable = pd.to_numeric(raw, errors="coerce").notna()
+        exact = {v: _exact_float(v) for v in pd.unique(raw[readable])}
+        out = raw.where(readable).map(exact, na_action="ignore").astype("float64")
     return out.where(np.isfinite(out))
+
+
+def _exact_float(v: Any) -> float:
+    """``float(v)`` (correctly rounded), NaN for what is not a number (booleans included)."""
+    if isinstance(v, bool | np.bool_):
+        return math.nan
+    try:
+        return float(v)
+    except (TypeError, ValueError, OverflowError):
+        return math.nan
 
 
 def parse_int32(s: pd.Series) -> pd.Series:
