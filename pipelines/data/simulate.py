@@ -1012,6 +1012,16 @@ def load_world(settings: Settings) -> World:
     return build_world(meta["scale"], int(meta["seed"]), meta["start_date"])
 
 
+def load_world_for_replay(settings: Settings, date: str | dt.date) -> World:
+    """:func:`load_world` extended to ``date`` and to the workspace's last logged day: a replay
+    of a past day reads today's item tables, which may hold items created after ``date``."""
+    world = load_world(settings)
+    days = schema.partition_dates(settings.interactions_dir)
+    last = max([schema.parse_date(date), *days])
+    world.extend_to(last)
+    return world
+
+
 def _update_policy_value(settings: Settings, rows: list[dict]) -> None:
     """Replace the rows of these dates in ``truth/policy_value.parquet`` (others kept)."""
     path = layout.policy_value_path(settings)

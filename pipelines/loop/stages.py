@@ -80,8 +80,7 @@ def day_users(
 
     world = None
     if simulate.read_world_meta(settings) is not None:
-        world = simulate.load_world(settings)
-        world.extend_to(date)
+        world = simulate.load_world_for_replay(settings, date)
         users = [str(u) for u in simulate.users_for_day(world, date)]
     else:
         window = forward_window_from(settings, date, horizon_days)

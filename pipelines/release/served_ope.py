@@ -363,14 +363,14 @@ def evaluate_logs(
 
 
 def load_world_if_any(settings: Settings, day: dt.date) -> Any | None:
-    """The simulator's world extended to ``day`` when ``truth/world.json`` exists, else None."""
+    """The simulator's world (extended to ``day`` and the last logged day,
+    :func:`pipelines.data.simulate.load_world_for_replay`) when ``truth/world.json`` exists,
+    else None."""
     from pipelines.data import simulate
 
     if simulate.read_world_meta(settings) is None:
         return None
-    world = simulate.load_world(settings)
-    world.extend_to(day)
-    return world
+    return simulate.load_world_for_replay(settings, day)
 
 
 def day_impressions(
