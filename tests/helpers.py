@@ -20,6 +20,8 @@ import datetime as dt
 import json
 import os
 import shutil
+import signal
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -295,3 +297,14 @@ def make_config_bundle(
 
     with mock.patch.object(helpers, "fake_model", fake_model):
         return helpers.make_bundle(settings, day, recall=recall)
+
+
+def stop_service(proc: subprocess.Popen, timeout_s: float = 30) -> None:
+    """Stop a ``recloop serve`` subprocess the way an operator does (SIGINT: logs flushed),
+    killing it when it has not exited after ``timeout_s``."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()

@@ -12,7 +12,6 @@ import datetime as dt
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +34,7 @@ from tests.helpers import (
     known_user,
     make_bundle,
     make_config_bundle,
+    stop_service,
     write_day,
 )
 
@@ -324,12 +324,7 @@ def test_mlflow_alias_move_reaches_recloop_serve(trained: Settings, tmp_path: Pa
         assert served() == "2"  # the old bundle keeps serving
         assert httpx.get(f"{url}/health/ready", timeout=10).status_code == 200
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
+        stop_service(proc, 30)
 
 
 @pytest.fixture()

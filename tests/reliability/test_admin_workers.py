@@ -11,7 +11,6 @@ both processes must have answered (``pid`` in the answer). The state goes throug
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +21,7 @@ import pytest
 from pipelines.core.net import free_port
 from pipelines.core.settings import Settings
 from pipelines.core.wait import wait_until
-from tests.helpers import REPO, fresh_mlflow
+from tests.helpers import REPO, fresh_mlflow, stop_service
 
 TOKEN = "admin-workers-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -60,12 +59,7 @@ def server(redis_settings: Settings):
         wait_until(both_up, 120, "both workers answering", interval_s=0.2)
         yield url
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
+        stop_service(proc, 30)
 
 
 def ask_many(url: str) -> list[dict]:

@@ -10,7 +10,6 @@ request takes a slot), and the stalled requests are answered 408 once ``body_tim
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from pipelines.core.settings import Settings
 from pipelines.core.wait import wait_until
 from pipelines.release import registry
 from serving.config import ServingConfig
-from tests.helpers import REPO, RedisServer, known_user, tiny_trained_workspace
+from tests.helpers import REPO, RedisServer, known_user, stop_service, tiny_trained_workspace
 
 DAYS = ("2026-01-01", "2026-01-02")
 STALLED = 40
@@ -62,12 +61,7 @@ def server(world: Settings):
         wait_until(ready, 90, "the server's /health/ready", interval_s=0.3)
         yield port
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
+        stop_service(proc, 20)
 
 
 def stall(port: int) -> socket.socket:
