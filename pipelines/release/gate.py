@@ -730,7 +730,10 @@ def gate_day(
             same = champ_v == version and champion_ope is None
             champion["ope"] = ope if same else champion_ope
         prints = _fingerprints(settings, version, champ_v)
-        candidate["kind"] = None if champ_v is None else fingerprint.kind(*prints)
+        # a bundle is no refresh of itself (a rerun of the day that made it champion): no kind,
+        # no tag, so the rerun leaves the registry as it was
+        own = champ_v is None or champ_v == version
+        candidate["kind"] = None if own else fingerprint.kind(*prints)
         decision = decide(settings, day, candidate, champion, tolerances)
         record = decision.to_dict()
         record["fingerprints"] = {"candidate": prints[0], "champion": prints[1]}
