@@ -148,7 +148,8 @@ def test_recloop_airflow_stops_every_airflow_process_on_sigterm(settings, tmp_pa
         assert cli.wait(timeout=120) == 0
         survivors = [p.pid for p in started if p.is_running() and p.status() != "zombie"]
         assert survivors == [] and process_session.session_pids(standalone[0].pid) == []
-        assert b"airflow: stopped (SIGINT)" in (tmp_path / "recloop-airflow.out").read_bytes()
+        # SIGINT first (the graceful path); on a loaded machine it may need SIGTERM after 30 s
+        assert b"airflow: stopped (SIGINT" in (tmp_path / "recloop-airflow.out").read_bytes()
     finally:
         cli.kill()  # whatever a failed assertion left running
         for p in started:
