@@ -29,6 +29,7 @@ import dataclasses
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -46,6 +47,38 @@ ADMIN_TTL_S = 7 * 86_400
 SHARED_DB = 1
 """Database of the request records on the feature store's server (features: its own, 0)."""
 _FIELDS = ("request_id", "user_id", "items", "propensities", "arm", "model_version")
+WARN_EVERY_S = 10.0
+"""Seconds between two warnings of one kind while Redis keeps failing (the others are counted)."""
+_warned: dict[str, tuple[float, int]] = {}  # kind -> (monotonic time of its last warning, skipped)
+_warn_lock = threading.Lock()
+
+
+def _warn(kind: str, msg: str, *args: object) -> None:
+    """``log.warning(msg, *args)`` at most once per :data:`WARN_EVERY_S` for one ``kind`` of
+    failure; the ones left out are counted and reported with the next warning or when Redis
+    answers again (:func:`_answered`): a Redis outage at 100 req/s is a few lines, not one a
+    request."""
+    now = time.monotonic()
+    with _warn_lock:
+        last, skipped = _warned.get(kind, (float("-inf"), 0))
+        if now - last < WARN_EVERY_S:
+            _warned[kind] = (last, skipped + 1)
+            return
+        _warned[kind] = (now, 0)
+    extra = f" ({skipped} more not logged in the last {WARN_EVERY_S:.0f} s)" if skipped else ""
+    log.warning(msg + "%s", *args, extra)
+
+
+def _answered(kind: str) -> None:
+    """Redis answered a ``kind`` call: report the failures not logged since the last warning and
+    warn at once on the next failure."""
+    if kind not in _warned:  # the common case, no lock
+        return
+    with _warn_lock:
+        _, skipped = _warned.pop(kind, (0.0, 0))
+    if skipped:
+        log.warning("Redis answers again (%s): %d failures not logged since the last warning",
+                    kind, skipped)  # fmt: skip
 
 
 def shared_url(settings: Settings, env: Mapping[str, str] | None = None) -> str:
@@ -69,10 +102,11 @@ def publish(settings: Settings, shown: dict[str, Any], ttl_s: float) -> bool:
     record = {k: list(shown[k]) if k in ("items", "propensities") else shown[k] for k in _FIELDS}
     try:
         _client(settings).set(PREFIX + shown["request_id"], json.dumps(record), ex=int(ttl_s))
-        return True
     except Exception as exc:  # noqa: BLE001 - never fail a request for this
-        log.warning("served request %s not shared through Redis: %r", shown["request_id"], exc)
+        _warn("publish", "served request %s not shared through Redis: %r", shown["request_id"], exc)
         return False
+    _answered("publish")
+    return True
 
 
 def fetch(settings: Settings, request_id: str, retries: int = 3, wait_s: float = 0.02):
@@ -82,8 +116,9 @@ def fetch(settings: Settings, request_id: str, retries: int = 3, wait_s: float =
         try:
             raw = _client(settings).get(PREFIX + request_id)
         except Exception as exc:  # noqa: BLE001
-            log.warning("Redis unavailable looking up request %s: %r", request_id, exc)
+            _warn("fetch", "Redis unavailable looking up request %s: %r", request_id, exc)
             return None
+        _answered("fetch")
         if raw is not None:
             rec = json.loads(raw)
             rec["items"], rec["propensities"] = tuple(rec["items"]), tuple(rec["propensities"])
@@ -104,10 +139,11 @@ def feedback_index(settings: Settings, request_id: str, item_id: str, event: str
         pipe.hincrby(key, f"{item_id}|{event}", 1)
         pipe.expire(key, int(ttl_s))
         n, _ = pipe.execute()
-        return int(n) - 1
     except Exception as exc:  # noqa: BLE001
-        log.warning("Redis unavailable counting feedback of %s: %r", request_id, exc)
+        _warn("feedback", "Redis unavailable counting feedback of %s: %r", request_id, exc)
         return None
+    _answered("feedback")
+    return int(n) - 1
 
 
 def service_id() -> str:

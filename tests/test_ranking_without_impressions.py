@@ -114,7 +114,9 @@ def test_ratings_only_loop_trains_registers_and_gates(
     from serving.bundle import load as load_served
     from serving.bundle import smoke_score
 
-    s = ratings_world
+    # this world's users rate liked (4-5) and disliked (1-2) items alike: the ranker is asked to
+    # learn "liked" (the default, 0, counts every rating as an engagement)
+    s = dataclasses.replace(ratings_world, rating_positive=4.0)
     # day 3: no rating reaches 6 stars, so no positives: no ranker, nothing written
     none = ranking.train_for_date(dataclasses.replace(s, rating_positive=6.0), DAYS[2], epochs=2)
     assert none["trained"] is False and "0 positives" in none["reason"]

@@ -84,3 +84,30 @@ def test_one_process_keeps_requests_in_memory_only(world):
     (other, own), _ = two_workers(settings, bundle, 1, script)
     assert other.status_code == 404  # nothing was shared: one process needs no Redis copy
     assert own.status_code == 200
+
+
+def test_redis_outage_warnings_are_rate_limited(caplog, monkeypatch):
+    """A Redis outage at 100 req/s: one warning per kind per WARN_EVERY_S, the rest counted
+    and reported when Redis answers again (was: one warning per request)."""
+    import dataclasses
+    import logging
+
+    from pipelines.core.net import free_port
+    from pipelines.core.settings import Settings
+    from serving import shared
+
+    monkeypatch.setattr(shared, "_warned", {})
+    down = dataclasses.replace(Settings.from_env(), redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    shown = {"request_id": "r1", "user_id": "u", "items": ["a"], "propensities": [1.0],
+             "arm": "control", "model_version": "m"}  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="recloop.serving.shared"):
+        for _ in range(20):
+            assert shared.publish(down, shown, 60) is False
+        assert [r.getMessage().count("not shared through Redis") for r in caplog.records] == [1]
+        monkeypatch.setattr(shared, "WARN_EVERY_S", 0.0)
+        shared.publish(down, shown, 60)
+        assert "19 more not logged" in caplog.records[-1].getMessage()
+        # Redis answers again: nothing left to report, the next failure warns at once
+        shared._answered("publish")
+        shared.publish(down, shown, 60)
+        assert len(caplog.records) == 3
