@@ -152,6 +152,10 @@ def test_ratings_only_loop_trains_registers_and_gates(
     assert meta["label_source"] == "positives+sampled negatives"
     reg4 = register_day(s, DAYS[3])
     assert reg4["ranker"] is not None
+    # no impressions to replay and no simulator truth: the stage gate says so and keeps the ranker
+    judged = reg4["stage_gate"]
+    assert judged["keep_ranker"] is True and judged["decided"] is False, judged
+    assert "cannot judge by OPE" in judged["reason"] and "error" not in judged, judged
 
     # day 5 with no rating counted positive: the forward evaluation says so instead of failing
     none = evaluate.evaluate_forward(dataclasses.replace(s, rating_positive=6.0), DAYS[4])

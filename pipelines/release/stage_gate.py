@@ -150,7 +150,13 @@ def judge_stages(
     else:
         from pipelines.release import served_ope
 
-        imp = served_ope.day_impressions(settings, day, max_requests, seed)
+        try:
+            imp = served_ope.day_impressions(settings, day, max_requests, seed)
+        except (ValueError, FileNotFoundError) as exc:  # no impressions to replay (ratings only)
+            reason = f"cannot judge by OPE on {day}: {exc}; no simulator truth: ranker kept"
+            log.info("stage gate of bundle %s: %s", out["bundle"], reason)
+            return {**out, "judged_by": None, "values": {}, "keep_ranker": has_ranker,
+                    "decided": False, "lift": None, "reason": reason}  # fmt: skip
         values, ess = {}, {}
         for name, (b, c) in _variants(bundle, cfg).items():
             est = served_ope.evaluate_served(settings, b, day, c, imp=imp, seed=seed)
