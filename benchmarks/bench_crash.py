@@ -5,27 +5,37 @@ On a ``tiny`` simulated workspace (``recloop simulate --scale tiny --days 2`` in
 RECLOOP_HOME, its own ``redis-server`` on a free port) the daily job of the first day is run
 once: that is the pre-run state. Then the daily job of the second day (the inline runner's task
 functions, ``pipelines.loop.closed_loop._run_inline``: the daily DAG's tasks in its order, then
-the A/B analysis) runs in a child process:
+the A/B analysis) runs in a child process that marks each task as it starts (``.times``: the
+task and the clock):
 
-1. undisturbed (the reference) and once more undisturbed (the control: what the comparison
-   would call a difference when nothing happened; it must be none);
+1. undisturbed (the reference), once more undisturbed (the control: what the comparison would
+   call a difference when nothing happened; it must be none) and twice in a row (the rerun: a
+   finished day run again must change nothing);
 2. per trial (seeded): a fresh copy of the pre-run workspace (same path) and of Redis's keys,
-   the job started, SIGKILLed (its whole process group) after a uniform random share of the
-   reference's wall time, rerun to completion, compared with the reference.
+   the job started and SIGKILLed (its whole process group) at a seeded uniform point of the
+   reference's task timeline (imports aside): the point's task and offset into it are drawn,
+   the kill comes that offset after the child marks that task (so the kill lands inside the
+   job's work however fast this run is); rerun to completion, compared with the reference.
 
-The same for ``recloop ingest-served --date D`` over a served log written the way the service
-writes it (``serving.logging.ImpressionLog``: impressions of requests, clicks of some of them and
-one click that matches no impression), merged into day D's simulated partition.
+The same for ``recloop ingest-served --date D`` (the CLI's ``main`` in a child process) over a
+served log written the way the service writes it (``serving.logging.ImpressionLog``: impressions
+of requests, clicks of some of them and one click that matches no impression), merged into day
+D's simulated partition. That command spends most of its second importing, so a uniform kill
+time would land before it writes anything: its kills target the writing window instead. The
+child marks each phase (``read``: reading and matching the logs, then ``write(<root>)`` before
+each partition it writes, ``done``); its trials draw their points in the reference's window
+from the first ``write`` mark to the end.
 
 What is compared (the fingerprint of a finished workspace): every parquet file under ``data/``,
 ``quarantine/``, ``features/`` and ``serving/`` as the hash of its sorted rows (wall-clock
 columns such as ``created`` aside); every file under ``artifacts/`` by hash (a JSON file's
 wall-clock keys aside); the JSON reports under ``reports/{eval,gates,ranker,stats,validation,
-ope}``; every registered model version in MLflow (version number, lineage tags, source with its
-run id masked; run ids and ``*_at`` timestamps aside) and the aliases; every key of the online
-store in Redis (hash fields and values).
+ope}``; every registered model version in MLflow (version number, lineage tags with the
+``artifact_hash`` content hashes, source with its run id masked; run ids and ``*_at`` timestamps
+aside) and the aliases; every key of the online store in Redis (hash fields and values).
 
-    .venv/bin/python benchmarks/bench_crash.py [--trials 10] [--seed 0] [--no-served]
+    .venv/bin/python benchmarks/bench_crash.py [--trials 10] [--seed 0] [--no-served] [--loose]
+        [--keep DIR] [--redis-port PORT]
 
 Prints one table per job: trial, kill time, the phase (task) killed in, identical yes/no with
 the first differing entry. Exit code 1 when a trial is not identical. One process at a time.
@@ -56,10 +66,12 @@ WALLCLOCK_KEYS = ("created", "timestamp", "seconds")
 """JSON keys (and any key ending in ``_at``, ``_seconds`` or ``_s``) holding wall-clock stamps or
 durations (not compared)."""
 WALLCLOCK_SUFFIXES = ("_at", "_seconds", "_s", "run_id")
-VOLATILE_TAGS = ("artifact_hash",)
-"""Registry tags left out: the index's and ranker's ``artifact_hash`` covers their meta.json,
-which holds ``created_at``/``*_seconds``, so it differs between two undisturbed runs (the
-artifact files themselves are compared, wall-clock keys aside). ``--strict`` keeps them."""
+VOLATILE_TAGS = ("artifact_hash", "built_from_hash")
+"""Registry tags ``--loose`` leaves out: content hashes of artifact folders. They are compared
+by default: ``pipelines.release.registry.hash_folder`` leaves JSON wall-clock keys aside (an
+index's ``created_at``/``*_seconds``, a training curve's ``examples_per_s``), so two undisturbed
+runs register the same hashes. (``--loose``: for code whose hashes still cover those keys; the
+artifact files themselves are compared anyway, wall-clock keys aside.)"""
 REPORT_DIRS = ("eval", "gates", "ranker", "stats", "validation", "ope")
 PARQUET_ROOTS = ("data", "quarantine", "features", "serving")
 
@@ -75,10 +87,12 @@ def child_daily(ds: str, phase_file: Path) -> None:
     from pipelines.loop import closed_loop
     from pipelines.orchestration import tasks
 
+    mark = _marker(phase_file)
+
     def marked(fn: Any, name: str) -> Any:
         def run(*args: Any, **kwargs: Any) -> Any:
             extra = f"({args[1]})" if len(args) > 1 and isinstance(args[1], str) else ""
-            phase_file.write_text(name + extra)
+            mark(name + extra)
             return fn(*args, **kwargs)
 
         return run
@@ -91,7 +105,45 @@ def child_daily(ds: str, phase_file: Path) -> None:
     closed_loop._run_inline(
         settings, dt.date.fromisoformat(ds), closed_loop.LoopConfig(runner="inline")
     )
-    phase_file.write_text("done")
+    mark("done")
+
+
+def _marker(phase_file: Path) -> Any:
+    """``mark(name)``: write ``name`` to ``phase_file`` and append ``name<TAB>epoch seconds`` to
+    its ``.times`` neighbour (the parent reads the phases' durations there)."""
+    times = phase_file.with_suffix(".times")
+
+    def mark(name: str) -> None:
+        phase_file.write_text(name)
+        with times.open("a") as out:
+            out.write(f"{name}\t{time.time():.6f}\n")
+
+    return mark
+
+
+def child_served(ds: str, phase_file: Path) -> int:
+    """``recloop ingest-served --date ds`` (the CLI's ``main``) with phase marks: ``read`` when
+    the ingest starts, ``write(<root folder>)`` before each partition it writes, ``done``."""
+    from pipelines import cli
+    from pipelines.core import schema
+    from pipelines.loop import served
+
+    mark = _marker(phase_file)
+    ingest, write = served.ingest_served, schema.write_partition_atomic
+
+    def marked_ingest(*args: Any, **kwargs: Any) -> Any:
+        mark("read")
+        return ingest(*args, **kwargs)
+
+    def marked_write(table: Any, root: Path, *args: Any, **kwargs: Any) -> Any:
+        mark(f"write({Path(root).name})")
+        return write(table, root, *args, **kwargs)
+
+    served.ingest_served = marked_ingest
+    schema.write_partition_atomic = marked_write
+    code = cli.main(["ingest-served", "--date", ds])
+    mark("done")
+    return code
 
 
 # --- workspace and Redis snapshots -----------------------------------------------------------------
@@ -127,10 +179,15 @@ def _sha(data: bytes) -> str:
 
 
 def parquet_digest(path: Path) -> str:
-    """Hash of the file's rows, sorted, wall-clock columns aside (``rows=N:hash``)."""
+    """Hash of the file's rows, sorted, wall-clock columns aside (``rows=N:hash``); a file that
+    cannot be read (half written): ``unreadable:<hash of its bytes>``."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    frame = pq.read_table(path).to_pandas()
+    try:
+        frame = pq.read_table(path).to_pandas()
+    except (OSError, pa.ArrowException):
+        return "unreadable:" + _sha(path.read_bytes())
     frame = frame.drop(columns=[c for c in WALLCLOCK_COLUMNS if c in frame.columns])
     text = frame.astype(str)
     cols = sorted(text.columns)
@@ -221,15 +278,15 @@ def redis_fingerprint(url: str) -> dict[str, str]:
     return out
 
 
-STRICT = False
-"""``--strict``: compare every registry tag (``VOLATILE_TAGS`` included)."""
+LOOSE = False
+"""``--loose``: leave the registry tags ``VOLATILE_TAGS`` out of the comparison."""
 
 
 def fingerprint(home: Path, url: str, registry: bool = True) -> dict[str, str]:
     """Everything compared between a finished run and the reference."""
     out = files_fingerprint(home)
     if registry:
-        out.update(registry_fingerprint(home, () if STRICT else VOLATILE_TAGS))
+        out.update(registry_fingerprint(home, VOLATILE_TAGS if LOOSE else ()))
     out.update(redis_fingerprint(url))
     return out
 
@@ -250,29 +307,66 @@ def compare(ref: dict[str, str], got: dict[str, str], dump: Path | None = None) 
 # --- jobs -------------------------------------------------------------------------------------------
 def job_command(job: str, phase_file: Path) -> list[str]:
     """The command line of ``job`` (``daily`` or ``ingest-served``) for day DAY2."""
-    if job == "daily":
-        return [sys.executable, str(Path(__file__).resolve()), "--child", DAY2, str(phase_file)]
-    return [sys.executable, "-m", "pipelines.cli", "ingest-served", "--date", DAY2]
+    flag = "--child" if job == "daily" else "--child-served"
+    return [sys.executable, str(Path(__file__).resolve()), flag, DAY2, str(phase_file)]
+
+
+def _wait_for_phase(proc: subprocess.Popen, phase_file: Path, phase: str) -> bool:
+    """Poll (every 1 ms) until ``phase_file`` reads ``phase``; False if ``proc`` ended first."""
+    while proc.poll() is None:
+        try:
+            if phase_file.read_text() == phase:
+                return True
+        except OSError:
+            pass
+        time.sleep(0.001)
+    return False
 
 
 def run_job(
-    cmd: list[str], env: dict[str, str], log: Path, kill_at: float | None
+    cmd: list[str],
+    env: dict[str, str],
+    log: Path,
+    kill_at: float | None,
+    after: tuple[Path, str] | None = None,
 ) -> tuple[float, int]:
-    """Run ``cmd`` (its own process group); SIGKILL the group after ``kill_at`` seconds when
-    given. ``(seconds, return code)``; raises when an unkilled run fails."""
+    """Run ``cmd`` (its own process group); SIGKILL the group ``kill_at`` seconds after its
+    start, or, with ``after=(phase_file, phase)``, ``kill_at`` seconds after the child marked
+    ``phase``. ``(seconds from the start to the end or the kill, return code)``; raises when an
+    unkilled run fails."""
     t0 = time.perf_counter()
     with log.open("ab") as out:
         proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)  # fmt: skip
         try:
-            proc.wait(timeout=kill_at)
+            if after is None or _wait_for_phase(proc, *after):
+                proc.wait(timeout=kill_at)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    seconds = time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        proc.wait()
     if kill_at is None and proc.returncode != 0:
         raise RuntimeError(f"{cmd} failed ({proc.returncode}); see {log}")
     return seconds, proc.returncode
+
+
+def phase_window(times_file: Path, first_prefix: str = "") -> list[tuple[str, float]]:
+    """``[(phase, seconds)]`` of a finished run's phases from its first mark starting with
+    ``first_prefix`` to ``done`` (the ``.times`` file of :func:`_marker`)."""
+    marks = [line.split("\t") for line in times_file.read_text().splitlines()]
+    marks = [(name, float(t)) for name, t in marks]
+    first = next(i for i, (name, _) in enumerate(marks) if name.startswith(first_prefix))
+    return [(marks[i][0], marks[i + 1][1] - marks[i][1]) for i in range(first, len(marks) - 1)]
+
+
+def draw_in_window(window: list[tuple[str, float]], u: float) -> tuple[str, float]:
+    """The point at share ``u`` (0..1) of the window's total time: ``(phase, seconds into it)``."""
+    at = u * sum(s for _, s in window)
+    for phase, seconds in window:
+        if at < seconds:
+            return phase, at
+        at -= seconds
+    return window[-1][0], window[-1][1]
 
 
 def write_served_log(home: Path, n_requests: int = 200, seed: int = 7) -> None:
@@ -316,27 +410,32 @@ def crash_trials(job: str, ctx: dict[str, Any], trials: int, seed: int) -> list[
     phase_file, log = root / f"phase-{job}.txt", root / f"{job}.log"
     cmd = job_command(job, phase_file)
     registry = job == "daily"
+    times = phase_file.with_suffix(".times")
     reset(pre, home, url, snap)
+    times.unlink(missing_ok=True)
     ref_s, _ = run_job(cmd, env, log, None)
     ref = fingerprint(home, url, registry)
-    reset(pre, home, url, snap)
-    ctl_s, _ = run_job(cmd, env, log, None)
-    same, diff = compare(ref, fingerprint(home, url, registry), root / f"diff-{job}-control.txt")
-    rows = [{"trial": "reference", "kill_s": None, "phase": f"{ref_s:.1f} s, {len(ref)} entries",
-             "identical": True, "diff": ""},
-            {"trial": "control", "kill_s": None, "phase": f"{ctl_s:.1f} s (undisturbed again)",
-             "identical": same, "diff": diff}]  # fmt: skip
+    window = phase_window(times, "" if job == "daily" else "write(")
+    span = f"{sum(s for _, s in window):.2f} s in {len(window)} phases"
+    rows = [{"trial": "reference", "kill_s": None, "phase": f"{ref_s:.1f} s ({span})",
+             "identical": True, "diff": f"{len(ref)} entries"}]  # fmt: skip
+    for name, runs in (("control", 1), ("rerun", 2)):  # undisturbed; a finished day run again
+        reset(pre, home, url, snap)
+        for _ in range(runs):
+            run_job(cmd, env, log, None)
+        same, diff = compare(ref, fingerprint(home, url, registry), root / f"diff-{job}-{name}.txt")
+        rows.append({"trial": name, "kill_s": None, "identical": same, "diff": diff,
+                     "phase": "undisturbed" if runs == 1 else "finished, run again"})  # fmt: skip
     rng = np.random.default_rng(seed)
     for trial in range(trials):
-        kill_at = float(rng.uniform(0.02, 0.98) * ref_s)
         reset(pre, home, url, snap)
         phase_file.unlink(missing_ok=True)
-        _, code = run_job(cmd, env, log, kill_at)
+        # a point of the reference's phase window; the kill comes that long after its mark
+        target, offset = draw_in_window(window, float(rng.uniform(0.0, 1.0)))
+        kill_at, code = run_job(cmd, env, log, offset, after=(phase_file, target))
         phase = phase_file.read_text() if phase_file.exists() else "startup"
-        if job != "daily":
-            phase = "finished before the kill" if code == 0 else "ingest (one phase)"
-        elif code == 0:
-            phase = "finished before the kill"
+        at = f"{offset * 1e3:.1f} ms" if offset < 1 else f"{offset:.2f} s"
+        phase = "finished before the kill" if code == 0 else f"{phase} +{at}"
         run_job(cmd, env, log, None)
         same, diff = compare(
             ref, fingerprint(home, url, registry), root / f"diff-{job}-{trial}.txt"
@@ -354,12 +453,12 @@ def crash_trials(job: str, ctx: dict[str, Any], trials: int, seed: int) -> list[
 def print_table(job: str, rows: list[dict[str, Any]]) -> None:
     print(f"\n{job}: SIGKILL at a seeded random time, rerun, compare with the undisturbed run")
     print(
-        f"{'trial':>9}  {'kill s':>6}  {'phase killed in':<28}  {'identical':<9}  first difference"
+        f"{'trial':>9}  {'kill s':>6}  {'phase killed in':<34}  {'identical':<9}  first difference"
     )
     for r in rows:
         kill = "-" if r["kill_s"] is None else f"{r['kill_s']:.2f}"
         same = "yes" if r["identical"] else "NO"
-        print(f"{r['trial']:>9}  {kill:>6}  {r['phase']:<28}  {same:<9}  {r['diff']}")
+        print(f"{r['trial']:>9}  {kill:>6}  {r['phase']:<34}  {same:<9}  {r['diff']}")
     trials = [r for r in rows if r["kill_s"] is not None]
     print(f"{job}: {sum(r['identical'] for r in trials)}/{len(trials)} trials identical")
 
@@ -387,22 +486,26 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scale", default="tiny")
     parser.add_argument("--no-served", action="store_true", help="skip the ingest-served part")
-    parser.add_argument("--strict", action="store_true", help="compare every registry tag")
+    parser.add_argument("--loose", action="store_true", help="leave artifact hash tags out")
     parser.add_argument("--keep", type=Path, help="work here (kept) instead of a temp folder")
+    parser.add_argument("--redis-port", type=int, help="the redis-server's port (default: free)")
     parser.add_argument("--child", nargs=2, metavar=("DATE", "PHASE_FILE"), help=argparse.SUPPRESS)
+    parser.add_argument("--child-served", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child_daily(args.child[0], Path(args.child[1]))
         return 0
+    if args.child_served:
+        return child_served(args.child_served[0], Path(args.child_served[1]))
     from pipelines.core.redis_server import RedisServer
 
-    global STRICT
-    STRICT = args.strict
+    global LOOSE
+    LOOSE = args.loose
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="bench-crash-"))
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    with RedisServer(root) as server:
+    with RedisServer(root, args.redis_port) as server:
         ctx = setup(root, server.url, args.scale)
         print(
             f"workspace {root} (scale {args.scale}), redis {server.url}; "

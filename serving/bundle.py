@@ -108,13 +108,16 @@ class ItemTable:
         )
 
     @classmethod
-    def load(cls, settings: Settings, item_ids: np.ndarray) -> ItemTable:
-        """The newest item feature table under ``settings.features_dir``, restricted to nothing
-        (every item it lists) plus ``item_ids`` (the index's items) with defaults."""
+    def load(cls, settings: Settings, item_ids: np.ndarray, as_of: str | None = None) -> ItemTable:
+        """The newest item feature table under ``settings.features_dir`` (of a day no later than
+        ``as_of``, ISO, when given: a replay of a past day sees that day's table), restricted to
+        nothing (every item it lists) plus ``item_ids`` (the index's items) with defaults."""
         from pipelines.core import schema
         from pipelines.features.tables import read_table, table_dir
 
         dates = schema.partition_dates(table_dir(settings, "item"))
+        if as_of is not None:
+            dates = [d for d in dates if d.isoformat() <= as_of]
         frame = pd.DataFrame({"item_id": pd.Series([], dtype=object)})
         date = None
         if dates:
@@ -327,8 +330,9 @@ class LoadedBundle:
         return set(self.items.decode(cols))
 
 
-def load(settings: Settings, ref: str) -> LoadedBundle:
-    """Load bundle ``ref`` (alias or version number) from the registry.
+def load(settings: Settings, ref: str, as_of: str | None = None) -> LoadedBundle:
+    """Load bundle ``ref`` (alias or version number) from the registry; ``as_of`` (ISO day): the
+    item table of that day or the newest before it (:meth:`ItemTable.load`; default the newest).
 
     Raises :class:`pipelines.release.registry.BundleError` (mismatched/corrupt set), ``ValueError``
     (unreadable model or index, naming the file) or ``FileNotFoundError``.
@@ -359,7 +363,7 @@ def load(settings: Settings, ref: str) -> LoadedBundle:
         rk = Path(paths["ranker"])
         ranker = load_model(rk / "model" if (rk / "model").is_dir() else rk)
     ids = index.item_ids if index.item_ids is not None else np.asarray(items.ids)
-    table = ItemTable.load(settings, np.asarray(ids, dtype=str))
+    table = ItemTable.load(settings, np.asarray(ids, dtype=str), as_of)
     tower = UserTower.for_model(model)
     if tower is not None:
         _prewarm_user_tower(settings, tower)

@@ -46,6 +46,7 @@ from serving.hydrate import Hydrated, hydrate
 from serving.logging import impression_rows
 from serving.rank import score_candidates
 from serving.routing import route
+from serving.sources import EXPLORE_ONLY
 
 log = logging.getLogger("recloop.serving.pipeline")
 
@@ -195,14 +196,19 @@ def _rank(
 
 def _rerank(engine: Engine, req: Request, bundle: LoadedBundle, ranked: _Ranked) -> rerank.Slate:
     """The response's slate: fresh boost, category caps, then exploration over the best
-    remaining candidates by their click posteriors (item table counts under the prior)."""
+    remaining candidates by their click posteriors (item table counts under the prior).
+    Candidates of an :data:`serving.sources.EXPLORE_ONLY` source (``catalog``) are left out of
+    the exploit list (unless too few others remain): they reach users through the explore slot,
+    not through a ranker's guess about items it never saw shown."""
     cfg = engine.config
     table = bundle.item_table
     k = min(req.k, len(ranked.ids))
     boosted = rerank.boosted_scores(ranked.scores, ranked.ages, cfg.fresh_days, cfg.fresh_boost)
+    allowed = np.array([s not in EXPLORE_ONLY for s in ranked.sources], dtype=bool)
     exploit = rerank.exploit_list(
-        boosted, ranked.categories, k, cfg.category_cap, uncapped=frozenset(req.categories)
-    )
+        boosted, ranked.categories, k, cfg.category_cap,
+        allowed=allowed if allowed.sum() >= k else None, uncapped=frozenset(req.categories),
+    )  # fmt: skip
     order = np.argsort(-boosted, kind="stable")
     pool_rows = order[~np.isin(order, exploit)][: cfg.explore_pool]
     prows = ranked.trows[pool_rows] if len(pool_rows) else np.zeros(0, np.int64)
@@ -214,7 +220,7 @@ def _rerank(engine: Engine, req: Request, bundle: LoadedBundle, ranked: _Ranked)
     with engine.rng_lock:
         return rerank.explore(
             exploit, boosted[exploit], pool_rows.astype(np.int64), alpha, beta, k,
-            cfg.explore_rate, engine.rng, cfg.explore_grid,
+            cfg.explore_rate, engine.rng, cfg.explore_grid, cfg.explore_uniform,
         )  # fmt: skip
 
 

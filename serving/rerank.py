@@ -12,7 +12,8 @@ Its position ``p`` is uniform over the ``k`` slots; the exploit items from ``p``
 slot (the last drops out) and the explore item goes to ``p``. The explore item is drawn from a
 pool of items not in the exploit list (the best-ranked remaining candidates plus new items) by
 Thompson sampling over their click posteriors ``Beta(a0 + clicks, b0 + impressions - clicks)``
-(new items keep the prior's spread, so they win often). The draw is made from the Thompson
+(new items keep the prior's spread, so they win often), mixed with a uniform draw over the pool
+(share ``uniform``, so that exploration does not settle on the pool's best-known items). The draw is made from the Thompson
 choice probabilities ``P(j) = P(theta_j is the largest)`` themselves, computed by quadrature
 (:func:`thompson_probabilities`): sampling from them is the same policy as drawing the thetas,
 and the logged propensity is then the exact probability of what was drawn.
@@ -151,9 +152,12 @@ def explore(
     rate: float,
     rng: np.random.Generator,
     grid: int = 512,
+    uniform: float = 0.0,
 ) -> Slate:
     """Final slate from the exploit list (``(k,)`` rows, best first, ``len <= k``) and the explore
     ``pool`` (rows not in it, with their posteriors ``alpha``/``beta``). See the module docstring.
+    ``uniform``: share of the explore draw made uniformly over the pool (the rest by Thompson):
+    ``P(j) = uniform / P + (1 - uniform) * P_thompson(j)``.
     """
     exploit = np.asarray(exploit, dtype=np.int64)
     n = len(exploit)
@@ -167,6 +171,8 @@ def explore(
                      exploit, none, np.zeros(0), 0.0)  # fmt: skip
     explore_now = rng.random() < rate
     probs = thompson_probabilities(alpha, beta, grid)
+    if uniform > 0.0:
+        probs = uniform / len(pool) + (1.0 - uniform) * probs
     policy = {"exploit": exploit, "pool": pool, "pool_probs": probs, "rate": float(rate)}
     if not explore_now:
         props = np.array([exploit_propensity(r, r, k, rate) for r in range(n)])

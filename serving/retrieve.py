@@ -27,7 +27,7 @@ import numpy as np
 from serving.bundle import LoadedBundle
 from serving.engine import Engine
 from serving.hydrate import read_user_features, redis_call, tower_service
-from serving.sources import SourceList, merge
+from serving.sources import SourceList, catalog_sample, merge
 
 log = logging.getLogger("recloop.serving.retrieve")
 
@@ -144,6 +144,9 @@ def _offers(
             lists.append(bundle.covisit.offer(history, n, drop))
         elif name == "trending":
             lists.append(_cold(bundle, n, drop, categories))
+        elif name == "catalog":
+            table, key = bundle.item_table, f"{user_id}|{bundle.version}"
+            lists.append(catalog_sample(table.ids, table.impressions, key, n, drop))
     return [x for x in lists if x.ids]
 
 

@@ -11,6 +11,10 @@ best first, with its own scores; the seen and excluded items (``drop``) are neve
   with in the training window: cosine similarity of the items' user columns, summed over the
   user's items.
 - ``trending``: the item table's trending order (context categories first).
+- ``catalog``: a sample of the whole item table, weighted towards the least shown items
+  (:func:`catalog_sample`), drawn from a generator seeded by the user and the bundle: it keeps
+  the catalog open (the other sources all favour the same popular items) while the candidate set
+  stays a function of the request, so the logged propensities remain exact.
 
 :func:`merge` interleaves the lists by quota — list ``s`` puts its ``r``-th item at key
 ``(r + 1) / quota_s`` and the keys are sorted (ties by source order), a duplicate kept at its
@@ -22,12 +26,16 @@ what serves when it has none.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 
-SOURCES = ("two_tower", "mf", "covisit", "trending")
+SOURCES = ("two_tower", "mf", "covisit", "trending", "catalog")
+EXPLORE_ONLY = ("catalog",)
+"""Sources whose candidates only the explore slot may show (``serving.pipeline``): a ranker
+trained on what was shown extrapolates to never-shown items."""
 
 
 @dataclass
@@ -74,6 +82,23 @@ def merge(lists: list[SourceList], quotas: dict[str, int], n: int) -> Merged:
             break
     scores = 1.0 / (1.0 + np.arange(len(ids), dtype=np.float64))
     return Merged(ids, scores, sources, np.asarray(raw, dtype=np.float64))
+
+
+def catalog_sample(
+    ids: np.ndarray, impressions: np.ndarray, key: str, n: int, drop: set[str]
+) -> SourceList:
+    """Up to ``n`` of ``ids`` ``(I,)`` drawn without replacement with weights ``1 / (1 +
+    impressions)`` (``(I,)``, e.g. the item table's 28-day counts), ``drop`` removed, by a generator
+    seeded from ``key`` (user id and bundle): the same request context gets the same sample.
+    Scores: the draw order (``1 / (1 + r)``)."""
+    m = min(n + len(drop), len(ids))
+    if m <= 0 or n <= 0:
+        return SourceList("catalog", [], np.zeros(0))
+    seed = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+    w = 1.0 / (1.0 + np.maximum(np.asarray(impressions, dtype=np.float64), 0.0))
+    rows = np.random.default_rng(seed).choice(len(ids), size=m, replace=False, p=w / w.sum())
+    out = [str(ids[j]) for j in rows if str(ids[j]) not in drop][:n]
+    return SourceList("catalog", out, 1.0 / (1.0 + np.arange(len(out), dtype=np.float64)))
 
 
 def top_excluding(

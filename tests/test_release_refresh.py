@@ -104,6 +104,10 @@ def test_a_refresh_replaces_the_champion_after_the_gates(mlflow_settings: Settin
     v1 = helpers.make_config_bundle(s, "2026-01-01")
     first = gated(s, "2026-01-02")
     assert first["action"] == "champion" and first["kind"] is None
+    # a rerun of the day keeps its decision (not "already_champion" about its own promotion)
+    report = gate.report_path(s, "2026-01-02").read_bytes()
+    assert gated(s, "2026-01-02") == first
+    assert gate.report_path(s, "2026-01-02").read_bytes() == report
     v2 = helpers.make_config_bundle(s, "2026-01-02")
     out = gated(s, "2026-01-03")
     assert (out["candidate_version"], out["action"], out["kind"]) == (v2, "champion", "refresh")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
+import pytest
 
 from serving import rerank
 
@@ -40,9 +41,10 @@ def test_thompson_probabilities_match_sampling():
     assert p[:4].sum() > 4 / 20  # new items (prior only) win more than a uniform share
 
 
-def test_logged_propensities_are_the_policy_frequencies():
+@pytest.mark.parametrize("uniform", [0.0, 0.5])
+def test_logged_propensities_are_the_policy_frequencies(uniform: float):
     """Run the policy many times on one request: each (item, slot)'s empirical frequency equals
-    the propensity logged with it."""
+    the propensity logged with it (Thompson alone, and mixed half with a uniform draw)."""
     rng = np.random.default_rng(1)
     k, rate = 4, 0.3
     exploit = np.array([0, 1, 2, 3])
@@ -53,7 +55,7 @@ def test_logged_propensities_are_the_policy_frequencies():
     seen: Counter = Counter()
     logged: dict = {}
     for _ in range(n):
-        slate = rerank.explore(exploit, scores, pool, alpha, beta, k, rate, rng)
+        slate = rerank.explore(exploit, scores, pool, alpha, beta, k, rate, rng, uniform=uniform)
         assert len(set(slate.rows.tolist())) == k
         assert ((slate.propensity > 0) & (slate.propensity <= 1)).all()
         for slot, (row, prop) in enumerate(zip(slate.rows, slate.propensity, strict=True)):
@@ -63,6 +65,8 @@ def test_logged_propensities_are_the_policy_frequencies():
         assert abs(seen[key] / n - prop) < 4 * np.sqrt(prop * (1 - prop) / n) + 1e-3, key
     # every (item, slot) the policy can produce was produced
     assert len(logged) == k + (k - 1) + k * len(pool)
+    probs = slate.pool_probs
+    assert abs(probs.sum() - 1) < 1e-9 and probs.min() >= uniform / len(pool) - 1e-12
 
 
 def test_no_pool_means_no_exploration():

@@ -71,3 +71,20 @@ def test_merge_of_one_list_with_its_quota_keeps_its_order():
     only = _list("trending", ["t0", "t1", "t2"])
     m = merge([only], {"trending": 500}, n=500)
     assert m.ids == ["t0", "t1", "t2"] and set(m.sources) == {"trending"}
+
+
+def test_catalog_sample_is_a_function_of_the_key_favours_the_least_shown_and_drops():
+    from serving.sources import catalog_sample
+
+    ids = np.array([f"i{j}" for j in range(200)])
+    shown = np.where(np.arange(200) < 100, 10_000.0, 0.0)  # i0..i99 shown a lot, i100.. never
+    a = catalog_sample(ids, shown, "u1|7", 20, drop={"i150"})
+    assert a.name == "catalog" and len(a.ids) == 20 == len(set(a.ids))
+    assert "i150" not in a.ids
+    assert a.ids == catalog_sample(ids, shown, "u1|7", 20, drop={"i150"}).ids  # same context
+    assert a.ids != catalog_sample(ids, shown, "u2|7", 20, drop={"i150"}).ids  # another user
+    assert a.ids != catalog_sample(ids, shown, "u1|8", 20, drop={"i150"}).ids  # another bundle
+    # weights 1 / (1 + impressions): the never-shown half is ~10^4 times likelier per item
+    assert sum(int(i[1:]) >= 100 for i in a.ids) >= 19
+    assert np.all(np.diff(a.scores) < 0)
+    assert catalog_sample(ids, shown, "u1|7", 0, set()).ids == []

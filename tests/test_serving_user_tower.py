@@ -114,9 +114,10 @@ def test_user_outside_vocabulary_gets_tower_items_not_cold_start(world):
     assert ranked["fallbacks"] == ["user_tower"] and ranked["cold_start"] is False
     assert ranked["degraded"] is False and ranked["error"] is None
     assert len({x["item_id"] for x in ranked["items"]}) == 8
-    # the ranker off, few candidates: the slate is the FAISS top-k of the tower vector
+    # the ranker off, the two-tower source alone: the slate is the FAISS top-k of the tower vector
     plain = _without_ranker(bundle)
-    [body] = ask(settings, plain, config(candidates=20, k_max=10), [user], 6)
+    tower_only = config(candidates=20, k_max=10, source_quotas=(("two_tower", 20),))
+    [body] = ask(settings, plain, tower_only, [user], 6)
     expected = retrieval_top(bundle, tower_vector(settings, bundle, user), 6)
     assert [x["item_id"] for x in body["items"]] == expected
     # remembered for the bundle's lifetime: the next request reads no Redis for the vector
@@ -146,7 +147,8 @@ def test_different_demographics_can_get_different_slates(world):
     b = next((u for u in tops if tops[u] != tops[a]), None)
     assert b is not None, "the tower gives every demographic the same top-5"
     plain = _without_ranker(bundle)
-    bodies = ask(settings, plain, config(candidates=20, k_max=10), [a, b], 5)
+    tower_only = config(candidates=20, k_max=10, source_quotas=(("two_tower", 20),))
+    bodies = ask(settings, plain, tower_only, [a, b], 5)
     slates = [tuple(x["item_id"] for x in body["items"]) for body in bodies]
     assert [body["fallbacks"] for body in bodies] == [["user_tower"], ["user_tower"]]
     assert slates == [tops[a], tops[b]] and slates[0] != slates[1]

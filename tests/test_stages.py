@@ -218,7 +218,10 @@ def test_true_ctr_matches_the_simulator(world):
     from serving.bundle import load
 
     users, w = stages.day_users(world, DAY, 8)
-    out = serve_users(world, load(world, "champion"), users, ServingConfig.from_env())
+    before = (dt.date.fromisoformat(DAY) - dt.timedelta(days=1)).isoformat()
+    bundle = load(world, "champion", as_of=before)  # the item table the service had on DAY
+    assert bundle.item_table.date == before
+    out = serve_users(world, bundle, users, ServingConfig.from_env())
     f = slate_frame(out)
     truth = simulate.true_click_prob(w, f["user_id"], f["item_id"], f["position"])
     doc = stages.run_stages(world, DAY, n_users=8, only=["full"])

@@ -34,12 +34,14 @@ on slow disks; never in production).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import json
 import logging
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -156,8 +158,39 @@ def conform(df: pd.DataFrame, schema: pa.Schema = INTERACTIONS) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
+def _tmp_owner() -> str:
+    """``<pid>@<host>``: who writes a temporary (a process of this machine can be checked)."""
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
+def _gone(owner: str) -> bool:
+    """True when ``owner`` (``<pid>@<host>``) is a process of this machine that has ended."""
+    pid, _, host = owner.partition("@")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # EPERM: alive, another user's
+        return False
+    return False
+
+
 def _tmp_sibling(path: Path) -> Path:
-    return path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:8]}"
+    """A new temporary name beside ``path``: ``.tmp-<name>-<pid>@<host>-<random>``. The
+    temporaries of ``path`` whose process has ended (killed while writing) are deleted first, so
+    a rerun after a crash leaves what an undisturbed run leaves; a live writer's are kept."""
+    prefix = f".tmp-{path.name}-"
+    if path.parent.is_dir():
+        for old in path.parent.iterdir():
+            if old.name.startswith(prefix) and _gone(old.name[len(prefix) :].rpartition("-")[0]):
+                if old.is_dir() and not old.is_symlink():
+                    shutil.rmtree(old, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        old.unlink()
+    return path.parent / f"{prefix}{_tmp_owner()}-{uuid.uuid4().hex[:8]}"
 
 
 BACKUP_PREFIX = ".bak-"

@@ -20,6 +20,12 @@ No column is null: unknown attributes read ``"unknown"`` (strings) or ``-1`` (nu
 
 DuckDB reads only the partitions of the window and only the columns it needs (the SQL would
 carry over to Spark SQL nearly as is); nothing holds the whole history in pandas.
+
+The tables are deterministic: the same logs give the same bytes (``created`` aside) whatever the
+number of DuckDB threads. Amounts are summed as fixed-point decimals (:data:`AMOUNT_TYPE`: exact,
+so the order in which threads add partial sums cannot change a float's last bits) and the top
+category's ties go to the alphabetically first category (not to whichever row a thread saw
+first). A rerun of a day after a crash then writes what an undisturbed run writes.
 """
 
 from __future__ import annotations
@@ -64,7 +70,11 @@ USER_FEATURES: tuple[tuple[str, str, str], ...] = (
     ),
     ("user_avg_rating_28d", "float64", "mean rating over 28 days (global mean when none)"),
     ("user_days_since_last_event", "float64", "days from the last event to the end of D (cap 28)"),
-    ("user_top_category", "string", "category of most clicks/purchases/ratings over 28 days"),
+    (
+        "user_top_category",
+        "string",
+        "category of most clicks/purchases/ratings over 28 days (ties: first by name)",
+    ),
     ("user_top_category_share", "float64", "share of those events in the top category (0 if none)"),
     ("user_age", "int64", "age in years (-1 unknown)"),
     ("user_gender", "string", "gender ('unknown' unknown)"),
@@ -112,6 +122,17 @@ DEFAULTS: dict[str, Any] = {
 }
 """Value of each feature for an entity with no row (unknown id, or older than the ttl): what
 the table would hold for an entity with no events and unknown attributes."""
+
+AMOUNT_TYPE = "DECIMAL(18, 6)"
+"""SQL type of an event's amount (``value`` in the ``ev`` view): fixed point, 6 decimals (a
+purchase value to the micro-unit), below 10^12 (see :data:`MAX_AMOUNT`). Sums of decimals are
+exact integer sums (DuckDB sums them as ``DECIMAL(38, 6)``), hence independent of the summation
+order; sums of DOUBLEs are not (DuckDB's parallel aggregation adds partial sums in whatever order
+its threads finish, and float addition is not associative)."""
+MAX_AMOUNT = 1e9
+"""Largest amount one row adds (an impression row's count is cut there; a rating is <= 5, a
+click 1, a purchase <= ``settings.max_purchase_value``): every amount fits
+:data:`AMOUNT_TYPE`, so no finite value that validation lets through fails the cast."""
 
 _ARROW = {"int64": pa.int64(), "float64": pa.float64(), "string": pa.string()}
 TIMESTAMP = pa.timestamp("us", tz="UTC")
@@ -178,7 +199,8 @@ def _amount_sql(settings: Settings) -> str:
     """SQL of what one row adds to its event's count: a click 1 (whatever ``value`` says), a
     purchase its ``value`` clipped to ``[0, settings.max_purchase_value]``, impressions (a
     count) and ratings (the rating) their ``value``. One forged ``value: 1e6`` cannot make an
-    item top the popularity lists."""
+    item top the popularity lists. (:func:`_compute` then cuts any amount at
+    :data:`MAX_AMOUNT` and makes it a :data:`AMOUNT_TYPE`.)"""
     cap = float(settings.max_purchase_value)
     return (
         "CASE WHEN event = 'click' THEN 1.0 "
@@ -215,7 +237,8 @@ def _user_sql(end_epoch: float, date: dt.date) -> str:
         GROUP BY 1, 2
     ),
     top_cat AS (
-        SELECT user_id, arg_max(category, n) AS top_category, MAX(n) / SUM(n) AS top_share
+        SELECT user_id, first(category ORDER BY n DESC, category) AS top_category,
+               MAX(n) / SUM(n) AS top_share
         FROM cat_counts GROUP BY user_id
     ),
     ids AS (SELECT user_id FROM users UNION SELECT user_id FROM agg)
@@ -321,7 +344,9 @@ def _compute(
         _attribute_view(con, "items", layout.attributes_path(settings, "items"), schema.ITEMS)
         con.execute(
             f"""CREATE VIEW ev AS
-            SELECT user_id, item_id, event, {_amount_sql(settings)} AS value, ts,
+            SELECT user_id, item_id, event,
+                   CAST(least({_amount_sql(settings)}, {MAX_AMOUNT!r}) AS {AMOUNT_TYPE}) AS value,
+                   ts,
                    DATE '{d}' - CAST(date AS DATE) AS days_ago
             FROM read_parquet({sql_list(files)}, hive_partitioning = true, union_by_name = true)
             """

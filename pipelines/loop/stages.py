@@ -35,6 +35,7 @@ so every one of them is scored.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import time
 from collections.abc import Sequence
@@ -305,7 +306,8 @@ def run_stages(
     users, world = day_users(settings, date, n_users, horizon_days)
     window = forward_window_from(settings, date, horizon_days)
     positives = forward_positives(settings, window)
-    bundle = load(settings, bundle_ref)
+    before = (schema.parse_date(date) - dt.timedelta(days=1)).isoformat()
+    bundle = load(settings, bundle_ref, as_of=before)  # the item table the service had on D
     context = {
         "catalog": catalog.read_catalog(settings, date),
         "popularity": catalog.positives_before(

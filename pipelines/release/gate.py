@@ -712,6 +712,11 @@ def gate_day(
         else gated_bundle_version(settings, day)
     )
     champ_v = registry.get_alias(settings, "champion")
+    recorded = _decided_already(settings, day, version)
+    if recorded is not None:
+        log.info("gate %s: bundle %s was judged already (%s) and the aliases are as that "
+                 "decision left them: the rerun keeps it", day, version, recorded.get("action"))  # fmt: skip
+        return recorded
     if version is None:
         record = Decision(day.isoformat(), None, champ_v, "rejected", [],
                           f"no serving bundle trained through {window.trained_through} "
@@ -758,6 +763,30 @@ def gate_day(
     write_gate_decision(settings, record)
     log.info("%s", format_decision(record))
     return json.loads(json.dumps(record, default=str))
+
+
+def _decided_already(
+    settings: Settings, day: dt.date, version: str | None
+) -> dict[str, Any] | None:
+    """The day's recorded decision when it promoted bundle ``version`` (champion or challenger)
+    and the registry's aliases are still the ones it left, else None. A rerun of a finished day then returns it unchanged
+    instead of judging a state its own first run made (the candidate it promoted would read
+    ``already_champion``): reruns are idempotent. Aliases moved since (an operator, a later day)
+    mean the day is judged again."""
+    from pipelines.release import registry
+
+    try:
+        rec = read_gate_decision(settings, day)
+    except ValueError:  # unreadable: judged again, and the file rewritten
+        return None
+    if not rec or version is None or str(rec.get("candidate_version")) != str(version):
+        return None
+    if rec.get("action") not in ("champion", "challenger"):  # held / rejected: judged again
+        return None
+    now = {a: registry.get_alias(settings, a) for a in ("champion", "challenger")}
+    left = rec.get("aliases") or {}
+    same = all(str(left.get(a)) == str(v) for a, v in now.items())
+    return rec if same else None
 
 
 def daily_gate(settings: Settings, date: str | dt.date) -> dict[str, Any]:

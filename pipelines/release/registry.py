@@ -150,25 +150,64 @@ def registry_lock(settings: Settings) -> Iterator[None]:
 # --- hashes and provenance ------------------------------------------------------------------------
 
 
-def hash_files(files: list[Path], root: Path | None = None) -> str:
-    """sha256 over each file's name (relative to ``root`` when given) and bytes, in sorted order."""
+WALLCLOCK_SUFFIXES = ("_at", "_seconds", "_per_s")
+"""Suffixes of the JSON keys, at any depth, that stamp when or how fast an artifact was made (an
+index's ``created_at``, ``build_seconds``, ``tune_seconds``; a training curve's
+``examples_per_s``): :func:`hash_folder` leaves them out, so two builds of the same content have
+the same ``artifact_hash``."""
+_WALLCLOCK_KEY = re.compile(rb'(?:_at|_seconds|_per_s)"\s*:')
+
+
+def _without_wallclock(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _without_wallclock(v) for k, v in obj.items()
+                if not str(k).endswith(WALLCLOCK_SUFFIXES)}  # fmt: skip
+    if isinstance(obj, list):
+        return [_without_wallclock(v) for v in obj]
+    return obj
+
+
+def _stable_json(path: Path) -> bytes | None:
+    """A ``.json`` file holding wall-clock keys: its canonical JSON without them; else None (the
+    file's bytes are hashed as they are, so hashes of other files are what they always were)."""
+    if path.suffix != ".json":
+        return None
+    data = path.read_bytes()
+    if not _WALLCLOCK_KEY.search(data):
+        return None
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        return None
+    stripped = _without_wallclock(obj)
+    return None if stripped == obj else json.dumps(stripped, sort_keys=True).encode()
+
+
+def hash_files(files: list[Path], root: Path | None = None, stable: bool = False) -> str:
+    """sha256 over each file's name (relative to ``root`` when given) and bytes, in sorted order;
+    with ``stable``, a JSON file's wall-clock keys aside (:data:`WALLCLOCK_SUFFIXES`)."""
     h = hashlib.sha256()
     for f in sorted(Path(p) for p in files):
         name = str(f.relative_to(root)) if root is not None else f.name
         h.update(name.encode() + b"\0")
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        if stable and (content := _stable_json(f)) is not None:
+            h.update(content)
+        else:
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
         h.update(b"\0")
     return h.hexdigest()
 
 
-def hash_folder(folder: Path) -> str:
-    """Content hash of every file under ``folder`` (a single file: that file)."""
+def hash_folder(folder: Path, stable: bool = True) -> str:
+    """Content hash of every file under ``folder`` (a single file: that file), JSON wall-clock
+    keys aside (``stable=False``: every byte, the ``artifact_hash`` of versions registered
+    before wall-clock keys were left out)."""
     folder = Path(folder)
     if folder.is_file():
-        return hash_files([folder])
-    return hash_files([p for p in folder.rglob("*") if p.is_file()], root=folder)
+        return hash_files([folder], stable=stable)
+    return hash_files([p for p in folder.rglob("*") if p.is_file()], root=folder, stable=stable)
 
 
 def data_hash(settings: Settings, date: str | dt.date, first: str | dt.date | None = None) -> str:
@@ -668,7 +707,8 @@ def load_bundle(settings: Settings, alias_or_version: str | int) -> dict[str, An
             paths[comp] = None
             continue
         path = _resolve(settings, pin["source"], f"{comp}-v{pin['version']}")
-        if pin.get("artifact_hash") and hash_folder(path) != pin["artifact_hash"]:
+        registered = pin.get("artifact_hash")  # registered before wall-clock keys left out: raw
+        if registered and hash_folder(path) != registered != hash_folder(path, stable=False):
             raise BundleError(
                 f"{path}: content differs from {comp} version {pin['version']} as registered"
             )
