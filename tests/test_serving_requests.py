@@ -38,7 +38,13 @@ def config(**kw) -> ServingConfig:
 
 def read_log(settings: Settings) -> pd.DataFrame:
     root = requests_dir(settings.home)
-    frames = [schema.read_partition(root, d) for d in schema.partition_dates(root)]
+    # a day's folder exists a moment before its first file is renamed into place: not yet a log
+    days = [
+        d
+        for d in schema.partition_dates(root)
+        if any(schema.partition_dir(root, d).glob("*.parquet"))
+    ]
+    frames = [schema.read_partition(root, d) for d in days]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=REQUESTS.names)
 
 
