@@ -48,9 +48,11 @@ Exit status: 0 a valid run with every floor met; 1 a valid run with a floor miss
    from the kill to the end of that materialization plus ``--grace-s`` (the service's Redis
    breaker cool-down is 2 s); a request belongs to the window its due time falls in.
    **Expected in the outage**: a request served then is not shared through Redis, so a click on
-   it that the *other* worker answers gets 404 "unknown request_id" (that worker never saw it
-   and cannot ask Redis). Such 404s in the outage window are counted apart
-   (``unshared_404``), not as errors; anywhere else a 404 is an error.
+   it that the *other* worker answers gets 503 "shared request store does not answer" while
+   Redis is down, 404 "unknown request_id" once it is back empty (that worker never saw it).
+   Such answers in the outage window (a feedback belongs to it when its request was served or
+   it was sent there) are counted apart (``unshared_404``), not as errors; anywhere else they
+   are errors.
 5. **Reported** (stdout JSON, also ``--out``): the client's check (valid or not and why, send
    lag, its CPU seconds); per window (before / outage / after the outage) the offered rate,
    requests, errors (non-2xx by status, transport errors by type), ``unshared_404``, degraded
@@ -291,6 +293,7 @@ MATERIALIZE_NICE = 10
 """Seconds a kept-alive connection may sit idle and still be reused (uvicorn's limit: 5)."""
 """Seconds a call may take before it counts as a ``TimeoutError`` (its connection dropped)."""
 UNKNOWN_REQUEST = b"unknown request_id"
+STORE_DOWN = b"shared request store (Redis) does not answer"
 """In the body of a ``/feedback`` 404 for a request the answering worker does not know."""
 
 
@@ -302,13 +305,16 @@ class Record:
     transport error's type); ``ms`` latency (recommend: from due; feedback: from its send);
     ``lag_ms`` (recommend) how late its bytes were written against its due time; ``degraded``
     (recommend 200s); ``duplicate`` (feedback 2xx); ``unknown`` (a feedback 404 "unknown
-    request_id": the answering worker never saw the request); ``detail`` (a non-2xx answer's
-    body, hex ids masked, 100 characters)."""
+    request_id" or 503 "shared request store … does not answer": the answering worker never
+    saw the request and Redis could not tell it); ``detail`` (a non-2xx answer's body, hex ids
+    masked, 100 characters); ``sent`` (s since the measured start) when the call was sent
+    (recommend: ``due``)."""
 
     kind: str
     due: float
     outcome: str
     ms: float
+    sent: float | None = None
     lag_ms: float | None = None
     degraded: bool = False
     duplicate: bool | None = None
@@ -387,14 +393,25 @@ async def post(conn: Any, path: str, body: dict) -> tuple[str, bytes]:
     return str(status), raw
 
 
-def record(soak: Soak, kind: str, due: float, outcome: str, raw: bytes, ms: float) -> dict | None:
-    """Append the call's :class:`Record`; the JSON answer of a 2xx, else None."""
-    rec = Record(kind, due - soak.t0, outcome, ms)
+def record(
+    soak: Soak,
+    kind: str,
+    due: float,
+    outcome: str,
+    raw: bytes,
+    ms: float,
+    sent: float | None = None,
+) -> dict | None:
+    """Append the call's :class:`Record` (``sent``: perf_counter when sent, default ``due``);
+    the JSON answer of a 2xx, else None."""
+    rec = Record(kind, due - soak.t0, outcome, ms, sent=(due if sent is None else sent) - soak.t0)
     out = json.loads(raw) if outcome.startswith("2") else None
     if out is not None:
         rec.degraded = bool(out.get("degraded", False))
         rec.duplicate = out.get("duplicate")
-    rec.unknown = outcome == "404" and UNKNOWN_REQUEST in raw
+    rec.unknown = (outcome == "404" and UNKNOWN_REQUEST in raw) or (
+        outcome == "503" and STORE_DOWN in raw
+    )
     if out is None:
         rec.detail = re.sub(r"[0-9a-f]{32}", "#", raw[:200].decode(errors="replace"))[:100]
     soak.records.append(rec)
@@ -439,7 +456,7 @@ async def feedback(soak: Soak, kind: str, body: dict, due: float) -> dict | None
     finally:
         if conn is not None:
             conn[1].close()
-    return record(soak, kind, due, outcome, raw, (time.perf_counter() - sent) * 1e3)
+    return record(soak, kind, due, outcome, raw, (time.perf_counter() - sent) * 1e3, sent)
 
 
 async def one(soak: Soak, user: str, due: float, rng: random.Random) -> None:
@@ -592,8 +609,9 @@ def lag_stats(records: list[Record]) -> dict[str, Any]:
 def summarize(records: list[Record], outage: bool = False) -> dict[str, Any]:
     """Counts, errors by outcome, degraded share and latency percentiles of ``records``; the
     recommend calls' send lag. In the outage window (``outage``) a feedback 404 "unknown
-    request_id" is counted apart (``unshared_404``: the answering worker never saw the request
-    and Redis could not tell it), not as an error; outside it is an error."""
+    request_id" or 503 "store does not answer" is counted apart (``unshared_404``: the
+    answering worker never saw the request and Redis could not tell it), not as an error;
+    outside it is an error."""
     out: dict[str, Any] = {}
     for kind in ("recommend", "feedback", "feedback_repeat"):
         rs = [r for r in records if r.kind == kind]
@@ -630,16 +648,22 @@ def summarize(records: list[Record], outage: bool = False) -> dict[str, Any]:
 
 def windows(raw: dict[str, Any], grace_s: float) -> dict[str, dict]:
     """Records (measured ones) split by due time: before the kill, the outage (kill → features
-    restored + ``grace_s``), after; and ``outside`` = before + after. Each window's span (s
-    since the measured start) and offered rate (recommend calls due per second)."""
+    restored + ``grace_s``), after; and ``outside`` = before + after. A feedback call *sent*
+    in the outage belongs to it too, whenever its request was served (one sent a moment after
+    the kill for a request served a moment before it meets a dead Redis). Each window's span
+    (s since the measured start) and offered rate (recommend calls due per second)."""
     f: Fault = raw["fault"]
     lo = f.killed or 0.0
     hi = min((f.restored or 0.0) + grace_s, raw["seconds"])
     rec = [r for r in raw["records"] if r.due >= 0]
+
+    def during(r: Record) -> bool:
+        return lo <= r.due < hi or (r.sent is not None and lo <= r.sent < hi)
+
     parts = {
-        "before": [r for r in rec if r.due < lo],
-        "outage": [r for r in rec if lo <= r.due < hi],
-        "after": [r for r in rec if r.due >= hi],
+        "before": [r for r in rec if r.due < lo and not during(r)],
+        "outage": [r for r in rec if during(r)],
+        "after": [r for r in rec if r.due >= hi and not during(r)],
     }
     parts["outside"] = parts["before"] + parts["after"]
     spans = {"before": lo, "outage": hi - lo, "after": raw["seconds"] - hi,

@@ -133,7 +133,7 @@ ERRORS = {
     "408": "body not received within body_timeout_s",
     "413": "body over max_body_bytes",
     "422": "invalid fields",
-    "503": "overloaded, or no champion loaded",
+    "503": "overloaded, no champion loaded, or (feedback) the shared request store unreachable",
 }
 """The error answers an operation may give (``{"detail": ...}``); never a 5xx but 503."""
 

@@ -152,6 +152,11 @@ class ServingConfig:
     log_flush_rows: int = 2_000
     log_flush_s: float = 5.0
     request_cache: int = 100_000
+    request_cache_shared: int = 10_000
+    """Recent requests kept in memory when they are also shared through Redis (``processes``
+    above 1; Redis answers ``/feedback`` for older ones until ``request_ttl_s``): the in-memory
+    copy is then only the fast path, and a smaller one keeps a worker's memory flat (soak,
+    benchmarks/README.md: the 100k-entry cache grew each worker ~10 % in 10 minutes)."""
     processes: int = 1
     """Worker processes serving together (``recloop serve --workers``): above 1, served requests
     are shared through Redis for ``/feedback`` (:mod:`serving.shared`)."""
@@ -196,6 +201,15 @@ class ServingConfig:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(f"serving config: {msg} ({self!r})")
+
+    @property
+    def local_requests(self) -> int:
+        """Most requests kept in this process's memory for ``/feedback``."""
+        return (
+            self.request_cache
+            if self.processes <= 1
+            else min(self.request_cache, self.request_cache_shared)
+        )
 
     @property
     def admin_enabled(self) -> bool:

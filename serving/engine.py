@@ -96,7 +96,8 @@ class Engine:
 
     def remember(self, request_id: str, shown: dict[str, Any]) -> None:
         """Keep the request's shown items for ``/feedback``; the oldest are dropped (and
-        counted) beyond ``request_cache`` entries or ``request_cache_bytes`` bytes."""
+        counted) beyond ``config.local_requests`` entries (``request_cache``, or
+        ``request_cache_shared`` when Redis holds a copy) or ``request_cache_bytes`` bytes."""
         size = record_bytes(request_id, shown)
         cfg = self.config
         with self._recent_lock:
@@ -105,7 +106,7 @@ class Engine:
             self._recent_sizes[request_id] = size
             self.recent_bytes += size
             while self.recent and (
-                len(self.recent) > cfg.request_cache or self.recent_bytes > cfg.request_cache_bytes
+                len(self.recent) > cfg.local_requests or self.recent_bytes > cfg.request_cache_bytes
             ):
                 self._forget(next(iter(self.recent)))
                 self.recent_evicted += 1

@@ -35,14 +35,20 @@ RATING_RANGE = (1.0, 5.0)
 """The ratings ``/feedback`` takes (the simulator's users rate 1..5)."""
 
 
+RETRY_AFTER_S = 5
+"""``Retry-After`` (s) of a 503 feedback answer (the shared request store unreachable)."""
+
+
 class FeedbackRejected(Exception):
     """Feedback that cannot be logged: ``status`` (404 unknown request, 422 item not shown in
-    it or a value out of range) and ``detail`` (the answer's message)."""
+    it or a value out of range, 503 request not here and the shared store unreachable) and
+    ``detail`` (the answer's message); ``retry_after_s``: when a retry may succeed (503)."""
 
-    def __init__(self, status: int, detail: Any) -> None:
+    def __init__(self, status: int, detail: Any, retry_after_s: int | None = None) -> None:
         super().__init__(str(detail))
         self.status = status
         self.detail = detail
+        self.retry_after_s = retry_after_s
 
 
 def feedback_value(body: FeedbackBody, cfg: ServingConfig) -> float:
@@ -65,10 +71,19 @@ def feedback_value(body: FeedbackBody, cfg: ServingConfig) -> float:
 
 async def _shown(engine: Engine, request_id: str) -> dict[str, Any]:
     """What request ``request_id`` showed (this worker's memory, else Redis when shared);
-    :class:`FeedbackRejected` (404) when neither knows it."""
+    :class:`FeedbackRejected` 404 when neither knows it, 503 (retry) when this worker does
+    not and Redis does not answer: the request may have been served by another worker."""
     shown = engine.lookup(request_id)
     if shown is None and engine.config.processes > 1:  # served by another worker process
-        shown = await anyio.to_thread.run_sync(shared.fetch, engine.settings, request_id)
+        try:
+            shown = await anyio.to_thread.run_sync(shared.fetch, engine.settings, request_id)
+        except shared.SharedUnavailable:
+            raise FeedbackRejected(
+                503,
+                f"request_id {request_id!r} is not known to this worker and the shared request "
+                "store (Redis) does not answer; retry later",
+                retry_after_s=RETRY_AFTER_S,
+            ) from None
         if shown is not None:
             engine.remember(request_id, shown)
     if shown is None:

@@ -118,7 +118,8 @@ class ItemFeatureCache:
 
     Item features change once a day (materialization), yet every request hydrates hundreds of
     candidates: their decoded rows are kept per feature service, by item id, and a request reads
-    from Redis only its user's row, the materialization marker (``online.MARKER_KEY``)
+    from Redis only its user's row, the materialization state (``online.MARKER_KEY`` and
+    ``online.PARTIAL_KEY``, :func:`~pipelines.features.online.marker_state`)
     and the candidates not cached or cached more than ``ttl_s`` seconds ago, in one round trip.
     A marker different from the one the cache was filled under (a new day materialized, Redis
     flushed) drops every cached row and the request reads all its candidates again; the TTL
@@ -135,6 +136,12 @@ class ItemFeatureCache:
         self.resets = 0
         self._tables: dict[str, _ItemRows] = {}
         self._lock = threading.Lock()
+
+    @property
+    def partial(self) -> str | None:
+        """``<date> <UTC start>`` of a materialization under way or failed part way, as the
+        last read saw the store (:func:`pipelines.features.online.partial_of`)."""
+        return None if self.marker is _UNSET else online.partial_of(self.marker)
 
     def sizes(self) -> dict[str, int]:
         """Item rows held per feature service (at most ``max_items`` each)."""
@@ -157,6 +164,10 @@ class ItemFeatureCache:
                 if self.marker is not _UNSET:
                     log.info("item feature cache: materialization %r -> %r, %d services dropped",
                              self.marker, marker, len(self._tables))  # fmt: skip
+                if online.partial_of(marker):
+                    log.warning("online store: materialization %s under way or failed part way; "
+                                "rows are a mix of days until it completes",
+                                online.partial_of(marker))  # fmt: skip
                 self.marker = marker
                 self._tables = {}
                 self.resets += 1

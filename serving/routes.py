@@ -50,10 +50,12 @@ def register_routes(app: FastAPI, engine: Engine, limiter: anyio.CapacityLimiter
     register_admin_routes(app, engine)
 
 
-def bad(engine: Engine, status: int, detail: Any) -> JSONResponse:
-    """A rejection (``{"detail": ...}`` with ``status``), counted as ``bad_request``."""
+def bad(engine: Engine, status: int, detail: Any, retry_after_s: int | None = None) -> JSONResponse:
+    """A rejection (``{"detail": ...}`` with ``status``, and ``Retry-After`` when
+    ``retry_after_s``), counted as ``bad_request``."""
     engine.metrics.count_request("none", "bad_request")
-    return JSONResponse({"detail": detail}, status_code=status)
+    headers = None if retry_after_s is None else {"Retry-After": str(retry_after_s)}
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
 MAX_JSON_DEPTH = 32
@@ -204,7 +206,7 @@ def register_feedback_route(app: FastAPI, engine: Engine) -> None:
         try:
             event_id, duplicate = await record_feedback(engine, body)
         except FeedbackRejected as exc:
-            return bad(engine, exc.status, exc.detail)
+            return bad(engine, exc.status, exc.detail, exc.retry_after_s)
         return JSONResponse({"logged": event_id, "duplicate": duplicate})
 
 
@@ -231,9 +233,17 @@ def register_health_routes(app: FastAPI, engine: Engine) -> None:
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
 
+def features_partial(engine: Engine) -> str | None:
+    """``<date> <UTC start>`` of a materialization under way or failed part way, as the last
+    online read saw it (the item cache's marker state; None without a cache or a read)."""
+    cache = engine.item_cache
+    return None if cache is None else cache.partial
+
+
 def guard_metrics(engine: Engine) -> str:
     """Prometheus lines of the request cache (entries, estimated bytes, evictions), the
-    feedback repeats answered but not logged, and the request bodies cut off by the deadline."""
+    feedback repeats answered but not logged, the request bodies cut off by the deadline, and
+    whether the online store holds a partial materialization (a mix of days)."""
     out = []
     for name, kind, value, what in (
         ("recloop_request_cache_entries", "gauge", len(engine.recent), "Requests kept for /feedback."),
@@ -244,6 +254,8 @@ def guard_metrics(engine: Engine) -> str:
          "Repeated feedback answered but not logged."),
         ("recloop_body_timeouts_total", "counter", engine.body_timeouts,
          "Request bodies not received within the body deadline (408)."),
+        ("recloop_features_partial", "gauge", int(features_partial(engine) is not None),
+         "1 while the online store holds a materialization under way or failed part way."),
     ):  # fmt: skip
         out += [f"# HELP {name} {what}", f"# TYPE {name} {kind}", f"{name} {value}"]
     return "\n".join(out) + "\n"

@@ -109,15 +109,21 @@ def publish(settings: Settings, shown: dict[str, Any], ttl_s: float) -> bool:
     return True
 
 
+class SharedUnavailable(RuntimeError):
+    """The shared request store (Redis) did not answer: a request may exist there unseen."""
+
+
 def fetch(settings: Settings, request_id: str, retries: int = 3, wait_s: float = 0.02):
     """The served request from Redis (``items``/``propensities`` as tuples, ``feedback`` {}), or
-    None; retried briefly, since the serving worker writes it off the request path."""
+    None when Redis answers that it has none (retried briefly, since the serving worker writes
+    it off the request path). :class:`SharedUnavailable` when Redis does not answer: the
+    request may exist, so the caller must not call it unknown."""
     for attempt in range(retries + 1):
         try:
             raw = _client(settings).get(PREFIX + request_id)
         except Exception as exc:  # noqa: BLE001
             _warn("fetch", "Redis unavailable looking up request %s: %r", request_id, exc)
-            return None
+            raise SharedUnavailable(f"the shared request store did not answer: {exc!r}") from exc
         _answered("fetch")
         if raw is not None:
             rec = json.loads(raw)

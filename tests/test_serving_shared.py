@@ -71,6 +71,35 @@ def test_feedback_reaches_any_worker_and_counts_once(world):
     assert wrong.status_code == 422
 
 
+def test_feedback_while_the_shared_store_is_down_says_retry_not_unknown(world, monkeypatch):
+    """A click reaching the worker that did not serve the request while Redis is down: 503 with
+    ``Retry-After`` (the request may exist), not 404 "unknown" (was: 404 "expired or never
+    served" for a request that was served). Redis up again: the same click is logged; an id
+    no worker served is 404."""
+    from pipelines.core.net import free_port
+
+    settings, bundle = world
+    user = bundle.users.ids[0]
+
+    async def script(a, b):
+        served = (await a.post("/recommend", json={"user_id": user, "k": 5})).json()
+        await asyncio.sleep(0.05)  # the publish runs off the request path
+        body = {"request_id": served["request_id"], "item_id": served["items"][0]["item_id"],
+                "event": "click"}  # fmt: skip
+        with monkeypatch.context() as m:
+            m.setenv("RECLOOP_SERVE_SHARED_REDIS_URL", f"redis://127.0.0.1:{free_port()}/1")
+            down = await b.post("/feedback", json=body)
+        back = await b.post("/feedback", json=body)
+        never = await b.post("/feedback", json={**body, "request_id": "never-served"})
+        return down, back, never
+
+    (down, back, never), _ = two_workers(settings, bundle, 2, script)
+    assert down.status_code == 503, down.text
+    assert down.headers["retry-after"] == "5" and "retry" in down.json()["detail"]
+    assert back.status_code == 200 and back.json()["duplicate"] is False
+    assert never.status_code == 404
+
+
 def test_one_process_keeps_requests_in_memory_only(world):
     settings, bundle = world
     user = bundle.users.ids[0]

@@ -9,7 +9,9 @@ Redis layout (Feast 0.67, ``feast/infra/online_stores/redis.py``): one hash per 
 ``serialize_entity_key(EntityKey)`` (v3) + project name (:func:`redis_key`); field = murmur3-32
 of ``"<feature_view>:<feature>"`` (4 bytes, little endian: :func:`feature_field`) holding a
 serialized ``ValueProto``, and ``"_ts:<feature_view>"`` holding a protobuf ``Timestamp``.
-:data:`MARKER_KEY` (a plain string) holds the latest materialized date.
+:data:`MARKER_KEY` (a plain string) holds the latest materialized date; :data:`PARTIAL_KEY`
+the date being materialized, from the write's start until it completed (left behind by a failed
+one: Redis then holds a mix of two days' rows until a rerun completes it).
 
 One read, as serving does it (``C`` candidate items)::
 
@@ -54,6 +56,9 @@ SOCKET_TIMEOUT_S = 1.0
 """Connect and read timeout of every Redis socket (s): a hung Redis fails fast."""
 MARKER_KEY = f"recloop:{PROJECT}:materialized_date"
 """Redis string: the latest date materialized; an older date is not written over it."""
+PARTIAL_KEY = f"recloop:{PROJECT}:materializing"
+"""Redis string ``<date> <UTC start>``: a materialization under way or failed (cleared, with
+:data:`MARKER_KEY` set, in one transaction when it completes)."""
 COLUMN_DTYPES = {"int64": np.int64, "float64": np.float64, "string": object}
 """Feature type (``pipelines.features.tables.FEATURE_TYPES``) → numpy dtype of its column."""
 
@@ -234,15 +239,31 @@ def hmget_rows(client: Any, commands: list[Command]) -> list[list[bytes | None]]
     return _exchange(client, _pack(commands), len(commands))
 
 
+def marker_state(marker: bytes | None, partial: bytes | None) -> bytes | None:
+    """One value for the online store's materialization state: ``marker`` (the latest date
+    materialized) and, while a materialization is under way or after one failed, ``" ~"`` and
+    :data:`PARTIAL_KEY`'s value. Equal states: the same rows (bar a forced rewrite)."""
+    return marker if partial is None else (marker or b"") + b" ~" + partial
+
+
+def partial_of(state: bytes | None) -> str | None:
+    """The ``<date> <UTC start>`` of the materialization under way or failed in a
+    :func:`marker_state` value, None when there is none."""
+    if not state or b" ~" not in state:
+        return None
+    return state.split(b" ~", 1)[1].decode(errors="replace")
+
+
 def hmget_rows_after_marker(
     client: Any, commands: list[Command]
 ) -> tuple[bytes | None, list[list[bytes | None]]]:
-    """``(MARKER_KEY's value or None, replies of commands)`` in one write: the marker's ``GET``
-    first, so rows read after a marker are at least that fresh."""
-    key = MARKER_KEY.encode()
-    head = b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key), key)
+    """``(materialization state, replies of commands)`` in one write: ``MGET`` of
+    :data:`MARKER_KEY` and :data:`PARTIAL_KEY` first (:func:`marker_state`), so rows read after
+    a state are at least that fresh."""
+    keys = [MARKER_KEY.encode(), PARTIAL_KEY.encode()]
+    head = b"*3\r\n$4\r\nMGET\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(k), k) for k in keys)
     replies = _exchange(client, head + _pack(commands), 1 + len(commands))
-    return replies[0], replies[1:]
+    return marker_state(*replies[0]), replies[1:]
 
 
 # --- decoding ----------------------------------------------------------------------------

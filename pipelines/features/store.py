@@ -217,6 +217,9 @@ def materialize_date(settings: Settings, date: str | dt.date, force: bool = Fals
     empty: Redis keeps the values it has. A date older than the latest materialized one is
     skipped (Redis keeps the newer values) unless ``force``. Rematerializing D rewrites the same
     keys with the same values. Applies the repository first if the registry does not exist.
+    :data:`~pipelines.features.online.PARTIAL_KEY` names D from the first write until the
+    marker is set (one transaction): a failure part way leaves it, so readers (``recloop
+    status``, the service's ``/metrics``) see the mix of days until a rerun completes D.
     Returns ``{"date", "users", "items", "rows", "seconds", "rows_per_s", "skipped"}``.
     """
     d = schema.parse_date(date)
@@ -240,11 +243,28 @@ def materialize_date(settings: Settings, date: str | dt.date, force: bool = Fals
     store = get_store(settings)
     start, end = materialize_window(d)
     t0 = time.perf_counter()
+    partial = f"{d.isoformat()} {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}"
     with online.connection_errors(settings.redis_url):
-        store.materialize(start_date=start, end_date=end, feature_views=list(online.VIEWS.values()))
+        client.set(online.PARTIAL_KEY, partial)
+    try:
+        with online.connection_errors(settings.redis_url):
+            store.materialize(
+                start_date=start, end_date=end, feature_views=list(online.VIEWS.values())
+            )
+    except BaseException:
+        log.error(
+            "materialize %s failed part way: Redis may hold a mix of %s and %s rows (%s = %r); "
+            "rerun `recloop features materialize --date %s` to complete it",
+            d, latest or "no", d, online.PARTIAL_KEY, partial, d,
+        )  # fmt: skip
+        raise
     seconds = time.perf_counter() - t0
-    if latest is None or d > latest:
-        client.set(online.MARKER_KEY, d.isoformat())
+    with online.connection_errors(settings.redis_url):
+        tx = client.pipeline(transaction=True)
+        if latest is None or d > latest:
+            tx.set(online.MARKER_KEY, d.isoformat())
+        tx.delete(online.PARTIAL_KEY)
+        tx.execute()
     rows = counts["user"] + counts["item"]
     log.info(
         "materialized %s: %d users + %d items into %s in %.2fs",

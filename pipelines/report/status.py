@@ -88,6 +88,26 @@ def materialized_date(settings: Settings) -> tuple[str | None, str | None]:
     return (raw.decode() if raw else None), None
 
 
+def materializing(settings: Settings) -> str | None:
+    """What a materialization under way, or one that failed part way, left in Redis
+    (:data:`pipelines.features.online.PARTIAL_KEY`: a mix of days), as a sentence; None when
+    there is none or Redis does not answer."""
+    from pipelines.features import online
+
+    try:
+        with online.connection_errors(settings.redis_url):
+            raw = online.redis_client(settings).get(online.PARTIAL_KEY)
+    except ConnectionError:
+        return None
+    if not raw:
+        return None
+    day, _, since = raw.decode().partition(" ")
+    return (
+        f"materialization of {day} under way or failed part way (since {since}): Redis holds a "
+        f"mix of days; if it failed, rerun `recloop features materialize --date {day}`"
+    )
+
+
 def stage_dates(settings: Settings) -> dict[str, Any]:
     """``{"stages", "pending", "models", "notes"}`` (module docstring) from the workspace files."""
     raw = schema.partition_dates(settings.interactions_dir)
@@ -109,6 +129,9 @@ def stage_dates(settings: Settings) -> dict[str, Any]:
     }
     pending = [d.isoformat() for d in sorted(set(raw) - set(validated))]
     notes = {"materialized": note} if note else {}
+    partial = materializing(settings) if note is None else None
+    if partial:
+        notes["materializing"] = partial
     return {"stages": stages, "pending": pending, "models": models, "notes": notes}
 
 
@@ -334,6 +357,8 @@ def next_step(status: dict[str, Any]) -> str:
     exp = status["experiment"]
     if exp is not None and exp["action"] not in ("promote", "rollback", "stop"):
         return f"a challenger is under test ({exp['name']}): {exp['next']}"
+    if "materializing" in status["notes"]:
+        return status["notes"]["materializing"]
     if "materialized" not in status["notes"] and (
         stages["materialized"] is None or stages["materialized"] < (features or "")
     ):
@@ -414,7 +439,12 @@ def format_status(status: dict[str, Any]) -> str:
     lines = [f"recloop status: {status['home']}", "last logical date per stage:"]
     extra = {
         "raw": f"{len(status['pending'])} day(s) not validated" if status["pending"] else "",
-        "materialized": notes.get("materialized", "Redis marker"),
+        "materialized": notes.get("materialized")
+        or (
+            "Redis marker; " + notes["materializing"]
+            if "materializing" in notes
+            else "Redis marker"
+        ),
         "trained": ", ".join(f"{m} {d or '-'}" for m, d in status["models"].items()),
         "registered": (
             f"bundle {status['registry']['latest_bundle']['version']}"
