@@ -47,7 +47,7 @@ import pandas as pd
 
 from pipelines.core.settings import Settings
 from pipelines.retrieval.cold_start import item_popularity, trending_order
-from serving.sources import CovisitSource, MFSource
+from serving.sources import CovisitSource, MFSource, catalog_cumulative
 
 log = logging.getLogger("recloop.serving.bundle")
 
@@ -82,6 +82,12 @@ class ItemTable:
     order: np.ndarray
     date: str | None
     row: dict[str, int] = field(default_factory=dict)
+    catalog_cum: np.ndarray = field(init=False, repr=False, compare=False)
+    """Cumulative normalised ``1 / (1 + impressions)`` ``(I,)`` float64, the ``catalog`` source's
+    draw table (:func:`serving.sources.catalog_cumulative`), computed once at construction."""
+
+    def __post_init__(self) -> None:
+        self.catalog_cum = catalog_cumulative(self.impressions)
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, date: str | None) -> ItemTable:

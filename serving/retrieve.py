@@ -146,7 +146,7 @@ def _offers(
             lists.append(_cold(bundle, n, drop, categories))
         elif name == "catalog":
             table, key = bundle.item_table, f"{user_id}|{bundle.version}"
-            lists.append(catalog_sample(table.ids, table.impressions, key, n, drop))
+            lists.append(catalog_sample(table.ids, table.catalog_cum, key, n, drop))
     return [x for x in lists if x.ids]
 
 

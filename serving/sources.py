@@ -84,21 +84,77 @@ def merge(lists: list[SourceList], quotas: dict[str, int], n: int) -> Merged:
     return Merged(ids, scores, sources, np.asarray(raw, dtype=np.float64))
 
 
+CATALOG_ROUNDS = 4
+"""Batches of with-replacement draws :func:`catalog_sample` tries before it finishes the sample
+with ``Generator.choice`` over the items not yet drawn (concentrated weights, ``n`` close to
+``I``)."""
+
+
+def catalog_cumulative(impressions: np.ndarray) -> np.ndarray:
+    """Cumulative normalised catalog weights ``(I,)`` float64 (last = 1) of the weights ``1 / (1 +
+    impressions)`` (``impressions`` ``(I,)``, e.g. the item table's 28-day counts, negatives as 0);
+    computed once per item table (:class:`serving.bundle.ItemTable`), read by
+    :func:`catalog_sample`. Uniform when the weights do not sum to a positive finite number."""
+    w = 1.0 / (1.0 + np.maximum(np.asarray(impressions, dtype=np.float64), 0.0))
+    cum = np.cumsum(w)
+    if len(cum) and not (np.isfinite(cum[-1]) and cum[-1] > 0):
+        cum = np.arange(1, len(cum) + 1, dtype=np.float64)
+    return cum / cum[-1] if len(cum) else cum
+
+
 def catalog_sample(
-    ids: np.ndarray, impressions: np.ndarray, key: str, n: int, drop: set[str]
+    ids: np.ndarray, cum: np.ndarray, key: str, n: int, drop: set[str]
 ) -> SourceList:
-    """Up to ``n`` of ``ids`` ``(I,)`` drawn without replacement with weights ``1 / (1 +
-    impressions)`` (``(I,)``, e.g. the item table's 28-day counts), ``drop`` removed, by a generator
+    """Up to ``n`` of ``ids`` ``(I,)`` drawn without replacement with the weights of ``cum``
+    (:func:`catalog_cumulative`: ``1 / (1 + impressions)``), ``drop`` removed, by a generator
     seeded from ``key`` (user id and bundle): the same request context gets the same sample.
-    Scores: the draw order (``1 / (1 + r)``)."""
-    m = min(n + len(drop), len(ids))
-    if m <= 0 or n <= 0:
+    Scores: the draw order (``1 / (1 + r)``).
+
+    Draws with replacement (``searchsorted`` of uniforms in ``cum``, ``O(log I)`` each) and keeps
+    each item's first draw: the first occurrences of a with-replacement stream are exactly a
+    sequential draw without replacement (each new item ∝ its weight among those not yet drawn).
+    After :data:`CATALOG_ROUNDS` batches the rest is drawn exactly by ``choice`` over the items
+    not yet drawn, which continues the same process (given the prefix, the next item is ∝ weight
+    among the rest whatever the repeats were)."""
+    if n <= 0 or len(ids) == 0:
         return SourceList("catalog", [], np.zeros(0))
     seed = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
-    w = 1.0 / (1.0 + np.maximum(np.asarray(impressions, dtype=np.float64), 0.0))
-    rows = np.random.default_rng(seed).choice(len(ids), size=m, replace=False, p=w / w.sum())
-    out = [str(ids[j]) for j in rows if str(ids[j]) not in drop][:n]
+    rng = np.random.default_rng(seed)
+    taken: set[int] = set()
+    out: list[str] = []
+    for _ in range(CATALOG_ROUNDS):
+        draws = np.searchsorted(cum, rng.random(2 * (n - len(out)) + 16), side="right")
+        for j in draws.tolist():
+            if j not in taken:
+                taken.add(j)
+                if (item := str(ids[j])) not in drop:
+                    out.append(item)
+                    if len(out) == n:
+                        break
+        if len(out) == n:
+            break
+    if len(out) < n:
+        out += _catalog_rest(ids, cum, rng, taken, n - len(out), drop)
     return SourceList("catalog", out, 1.0 / (1.0 + np.arange(len(out), dtype=np.float64)))
+
+
+def _catalog_rest(
+    ids: np.ndarray,
+    cum: np.ndarray,
+    rng: np.random.Generator,
+    taken: set[int],
+    k: int,
+    drop: set[str],
+) -> list[str]:
+    """Up to ``k`` more items of :func:`catalog_sample`: ``choice`` without replacement over the
+    items not in ``taken``, weights from ``cum``, ``drop`` removed (the exact, ``O(I)`` path)."""
+    p = np.diff(cum, prepend=0.0)
+    p[np.fromiter(taken, dtype=np.int64, count=len(taken))] = 0.0
+    m = min(k + len(drop), int(np.count_nonzero(p)))
+    if m <= 0:
+        return []
+    rows = rng.choice(len(ids), size=m, replace=False, p=p / p.sum())
+    return [str(ids[j]) for j in rows if str(ids[j]) not in drop][:k]
 
 
 def top_excluding(

@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
+import pytest
 import scipy.sparse as sp
 
 from pipelines.core.vocab import Vocab
-from serving.sources import CovisitSource, MFSource, SourceList, merge, top_excluding
+from serving import sources
+from serving.sources import (
+    CATALOG_ROUNDS,
+    CovisitSource,
+    MFSource,
+    SourceList,
+    catalog_cumulative,
+    catalog_sample,
+    merge,
+    top_excluding,
+)
 
 
 def _list(name: str, ids: list[str]) -> SourceList:
@@ -74,10 +86,9 @@ def test_merge_of_one_list_with_its_quota_keeps_its_order():
 
 
 def test_catalog_sample_is_a_function_of_the_key_favours_the_least_shown_and_drops():
-    from serving.sources import catalog_sample
-
     ids = np.array([f"i{j}" for j in range(200)])
-    shown = np.where(np.arange(200) < 100, 10_000.0, 0.0)  # i0..i99 shown a lot, i100.. never
+    # i0..i99 shown a lot, i100.. never
+    shown = catalog_cumulative(np.where(np.arange(200) < 100, 10_000.0, 0.0))
     a = catalog_sample(ids, shown, "u1|7", 20, drop={"i150"})
     assert a.name == "catalog" and len(a.ids) == 20 == len(set(a.ids))
     assert "i150" not in a.ids
@@ -88,3 +99,54 @@ def test_catalog_sample_is_a_function_of_the_key_favours_the_least_shown_and_dro
     assert sum(int(i[1:]) >= 100 for i in a.ids) >= 19
     assert np.all(np.diff(a.scores) < 0)
     assert catalog_sample(ids, shown, "u1|7", 0, set()).ids == []
+
+
+def _chi2(counts: np.ndarray, expected: np.ndarray) -> float:
+    return float(np.sum((counts - expected) ** 2 / expected))
+
+
+@pytest.mark.parametrize("rounds", [0, CATALOG_ROUNDS])  # 0: the exact `choice` path only
+def test_catalog_sample_draws_in_sequence_in_proportion_to_the_weights(monkeypatch, rounds):
+    monkeypatch.setattr(sources, "CATALOG_ROUNDS", rounds)
+    shown = np.arange(20) * 3.0  # weights 1 / (1 + 3 j): 1 .. 1/58
+    ids = np.array([f"i{j}" for j in range(20)])
+    cum = catalog_cumulative(shown)
+    keys = 4000
+    firsts, seconds = np.zeros(20), np.zeros(20)
+    for k in range(keys):
+        got = catalog_sample(ids, cum, f"u{k}|3", 2, set()).ids
+        firsts[int(got[0][1:])] += 1
+        seconds[int(got[1][1:])] += 1
+    p = (1.0 / (1.0 + shown)) / np.sum(1.0 / (1.0 + shown))
+    # second draw among the others: P(b) = sum_{a != b} p_a p_b / (1 - p_a)
+    p2 = p * (np.sum(p / (1 - p)) - p / (1 - p))
+    # chi-square, 19 degrees of freedom: 0.999 quantile 43.8
+    assert _chi2(firsts, keys * p) < 43.8
+    assert _chi2(seconds, keys * p2) < 43.8
+
+
+def test_catalog_sample_fills_n_close_to_the_catalog_and_with_heavy_drops(monkeypatch):
+    ids = np.array([f"i{j}" for j in range(30)])
+    cum = catalog_cumulative(np.arange(30) * 50.0)
+    drop = {f"i{j}" for j in range(0, 30, 3)}  # 10 dropped, the likeliest among them
+    for n, expect in ((20, 20), (19, 19), (25, 20)):  # at most the 20 not dropped
+        got = catalog_sample(ids, cum, f"u{n}|1", n, drop).ids
+        assert len(got) == expect == len(set(got)) and not set(got) & drop
+    # concentrated weights: 5 items take almost all the mass, the rest is drawn exactly
+    calls = []
+    rest = sources._catalog_rest
+    monkeypatch.setattr(sources, "_catalog_rest", lambda *a: calls.append(a[4]) or rest(*a))
+    big = np.array([f"i{j}" for j in range(500)])
+    heavy = catalog_cumulative(np.where(np.arange(500) < 5, 0.0, 1e6))
+    got = catalog_sample(big, heavy, "u1|1", 100, {"i3"}).ids
+    assert calls and len(got) == 100 == len(set(got)) and "i3" not in got
+    assert sorted(got[:4]) == ["i0", "i1", "i2", "i4"]  # the heavy ones first
+
+
+def test_item_table_precomputes_the_catalog_weights():
+    from serving.bundle import ItemTable
+
+    frame = pd.DataFrame({"item_id": ["a", "b", "c"], "item_impressions_28d": [0, 1, 3]})
+    table = ItemTable.from_frame(frame, None)
+    np.testing.assert_allclose(table.catalog_cum, np.cumsum([1, 0.5, 0.25]) / 1.75)
+    assert table.catalog_cum[-1] == 1.0
