@@ -36,7 +36,6 @@ import asyncio
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -253,28 +252,16 @@ async def load(port: int, users: list[str], rate: float, seconds: float, connect
 
 
 def run_case(args: argparse.Namespace, env: dict, label: str, extra: list[str]) -> dict:
-    import httpx
-
     from pipelines.core.net import free_port
-    from pipelines.core.wait import wait_until
+    from pipelines.core.service_process import start_service
 
     port = free_port()
     load_before = os.getloadavg()[0]
     cmd = [sys.executable, __file__, "--serve", "--port", str(port),
            "--workers", str(args.workers), *extra]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO)
-    url = f"http://127.0.0.1:{port}"
+    ready_url = f"http://127.0.0.1:{port}/health/ready"  # the server's output: this console
+    proc = start_service(cmd, env, ready_url, 900, cwd=REPO, name=f"{label}: the server")
     try:
-
-        def ready() -> bool:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{label}: server exited before it was ready")
-            try:
-                return httpx.get(f"{url}/health/ready", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(ready, 900, f"{label}: the server's /health/ready")
         from pipelines.core.settings import Settings
         from pipelines.core.vocab import Vocab
         from pipelines.release import registry

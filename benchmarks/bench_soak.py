@@ -212,25 +212,13 @@ def known_users() -> list[str]:
 
 
 def start_server(env: dict[str, str], port: int, log_path: Path) -> subprocess.Popen:
-    """``recloop serve --workers 2`` on ``port``; returns once ``/health/ready`` is 200."""
-    import httpx
+    """``recloop serve --workers 2`` on ``port``, its output in ``log_path``; returns once
+    ``/health/ready`` is 200 (killed, and the log's tail raised, when it exits or 300 s pass)."""
+    from pipelines.core.service_process import start_service
 
-    from pipelines.core.wait import wait_until
-
-    log = open(log_path, "wb")  # noqa: SIM115 - closed with the process (see stop_server)
     cmd = [sys.executable, "-m", "pipelines.cli", "serve", "--port", str(port), "--workers", "2"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited ({proc.returncode}) before it was ready: {log_path}")
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_until(ready, 300, "the server's /health/ready", interval_s=0.5)
-    return proc
+    url = f"http://127.0.0.1:{port}/health/ready"
+    return start_service(cmd, env, url, 300, log_path, cwd=REPO)
 
 
 def stop_server(proc: subprocess.Popen) -> None:

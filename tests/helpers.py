@@ -5,8 +5,11 @@ shared by several files live in ``tests/conftest.py``, which builds them from th
 
 - paths: :data:`REPO`, :data:`DAGS`
 - processes: :class:`RedisServer` (a real ``redis-server``, :mod:`pipelines.core.redis_server`),
-  :func:`free_port` (:mod:`pipelines.core.net`)
-- workspaces: :func:`tiny_trained_workspace`, :func:`tiny_served_workspace`
+  :func:`free_port` (:mod:`pipelines.core.net`), :func:`start_service` / :func:`wait_ready`
+  (``recloop serve`` as a child process, ready; :mod:`pipelines.core.service_process`),
+  :func:`stop_service`
+- workspaces: :func:`tiny_trained_workspace`, :func:`tiny_served_workspace`,
+  :func:`champion_workspace`
 - MLflow registry: :func:`fresh_mlflow`, :func:`write_validated`,
   :func:`write_validation_report`, :func:`fake_model`, :func:`fake_index`, :func:`make_bundle`
 - A/B data: :data:`START`, :func:`write_day`
@@ -36,6 +39,7 @@ import pytest
 from pipelines.core import schema
 from pipelines.core.net import free_port
 from pipelines.core.redis_server import RedisServer
+from pipelines.core.service_process import start_service, wait_ready
 from pipelines.core.settings import Settings
 
 if TYPE_CHECKING:
@@ -47,14 +51,18 @@ __all__ = [
     "START",
     "RedisServer",
     "Service",
+    "champion_workspace",
     "fake_index",
     "fake_model",
     "free_port",
     "fresh_mlflow",
     "known_user",
     "make_bundle",
+    "start_service",
+    "stop_service",
     "tiny_served_workspace",
     "tiny_trained_workspace",
+    "wait_ready",
     "write_day",
     "write_validated",
     "write_validation_report",
@@ -116,6 +124,23 @@ def tiny_served_workspace(
             mp.undo()
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def champion_workspace(
+    home: Path, redis_url: str, days: tuple[str, ...] = ("2026-01-01", "2026-01-02")
+) -> Iterator[Settings]:
+    """:func:`tiny_trained_workspace` at ``home`` on ``redis_url`` whose first bundle is the
+    champion (asserted): the settings; the ``RECLOOP_*`` environment is undone after. For a
+    module-scoped ``world`` fixture on the session's ``redis_server``."""
+    from pipelines.release import registry
+
+    settings, mp = tiny_trained_workspace(home, redis_url, days)
+    try:
+        assert registry.get_alias(settings, "champion") == "1"
+        yield settings
+    finally:
+        mp.undo()
 
 
 # --- MLflow registry --------------------------------------------------------------------------

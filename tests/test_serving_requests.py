@@ -13,11 +13,10 @@ import pytest
 
 from pipelines.core import schema
 from pipelines.core.settings import Settings
-from pipelines.release import registry
 from serving import rerank
 from serving.config import ServingConfig
 from serving.logging import REQUESTS, requests_dir
-from tests.helpers import RedisServer, Service, known_user, tiny_trained_workspace
+from tests.helpers import RedisServer, Service, champion_workspace, known_user
 
 DAYS = ("2026-01-01", "2026-01-02")
 
@@ -25,10 +24,8 @@ DAYS = ("2026-01-01", "2026-01-02")
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer):
     home = tmp_path_factory.mktemp("requests") / "home"
-    settings, mp = tiny_trained_workspace(home, redis_server.url, DAYS)
-    assert registry.get_alias(settings, "champion") == "1"
-    yield settings
-    mp.undo()
+    with champion_workspace(home, redis_server.url, DAYS) as settings:
+        yield settings
 
 
 def config(**kw) -> ServingConfig:

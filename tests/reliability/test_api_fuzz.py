@@ -38,11 +38,10 @@ from schemathesis.generation.modes import GenerationMode
 
 from pipelines.core.settings import Settings
 from pipelines.core.wait import wait_until
-from pipelines.release import registry
 from serving.api_models import ADMIN_PATHS, ExperimentBody, openapi_document
 from serving.config import ServingConfig
 from serving.engine import EXPERIMENT_KEYS
-from tests.helpers import RedisServer, free_port, known_user, tiny_trained_workspace
+from tests.helpers import RedisServer, champion_workspace, free_port, known_user
 
 DAYS = ("2026-01-01", "2026-01-02")
 TOKEN = "fuzz-admin-token-0123456789"
@@ -116,10 +115,8 @@ def config() -> ServingConfig:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer):
     home = tmp_path_factory.mktemp("fuzz") / "home"
-    settings, mp = tiny_trained_workspace(home, redis_server.url, DAYS)
-    assert registry.get_alias(settings, "champion") == "1"
-    yield settings
-    mp.undo()
+    with champion_workspace(home, redis_server.url, DAYS) as settings:
+        yield settings
 
 
 @pytest.fixture(scope="module")

@@ -11,19 +11,24 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
 from pipelines.core.net import free_port
 from pipelines.core.settings import Settings
-from pipelines.core.wait import wait_until
-from pipelines.release import registry
 from serving.config import ServingConfig
-from tests.helpers import REPO, RedisServer, known_user, stop_service, tiny_trained_workspace
+from tests.helpers import (
+    REPO,
+    RedisServer,
+    champion_workspace,
+    known_user,
+    start_service,
+    stop_service,
+)
 
 DAYS = ("2026-01-01", "2026-01-02")
 STALLED = 40
@@ -32,33 +37,21 @@ STALLED = 40
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer):
     home = tmp_path_factory.mktemp("slow") / "home"
-    settings, mp = tiny_trained_workspace(home, redis_server.url, DAYS)
-    assert registry.get_alias(settings, "champion") == "1"
-    yield settings
-    mp.undo()
+    with champion_workspace(home, redis_server.url, DAYS) as settings:
+        yield settings
 
 
 @pytest.fixture()
-def server(world: Settings):
-    """``recloop serve`` on a free loopback port, ready; stopped (SIGINT) after the test."""
+def server(world: Settings, tmp_path: Path):
+    """``recloop serve`` on a free loopback port, ready (its output in ``tmp_path/serve.log``);
+    stopped (SIGINT) after the test."""
     port = free_port()
     env = {**os.environ, **world.as_env()}
     env.pop("RECLOOP_ADMIN_TOKEN", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "serve", "--port", str(port), "--reload-s", "0"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        assert proc.poll() is None, "server exited before it was ready"
-        try:
-            return httpx.get(f"{url}/health/ready", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
+    cmd = [sys.executable, "-m", "pipelines.cli", "serve", "--port", str(port), "--reload-s", "0"]
+    url = f"http://127.0.0.1:{port}/health/ready"
+    proc = start_service(cmd, env, url, 90, tmp_path / "serve.log", cwd=REPO, interval_s=0.3)
     try:
-        wait_until(ready, 90, "the server's /health/ready", interval_s=0.3)
         yield port
     finally:
         stop_service(proc, 20)
