@@ -202,5 +202,8 @@ def test_gate_compares_ranker_auc_with_the_champion_on_the_same_day(loop):
     gate = {g["name"]: g for g in record["gates"]}["ranker_auc"]
     assert 0.0 < gate["champion"] < 1.0 and 0.0 < gate["candidate"] < 1.0
     folder = registry.load_bundle(settings, "1")["paths"]["ranker"]
-    assert gate["champion"] == pytest.approx(ranker_auc(settings, folder, "2026-01-03"))
+    champ = ranker_auc(settings, folder, "2026-01-03")
+    # impressions logged with positions: both rankers judged within position
+    assert "within position" in gate["note"]
+    assert gate["champion"] == pytest.approx(champ["auc_within_position"])
     assert "champion" in gate["note"] or gate["verdict"] in ("pass", "fail")

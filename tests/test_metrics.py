@@ -212,3 +212,20 @@ def test_auc_equals_pairwise_count_with_many_ties():
     pos, neg = scores[labels], scores[~labels]
     pairs = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
     assert ev.auc(labels, scores) == pytest.approx(pairs / (len(pos) * len(neg)))
+
+
+def test_auc_within_groups_removes_a_confounding_group():
+    """Scores that only follow position, clicks that only follow position: the pooled AUC is
+    high, within position it is a coin (0.5); a score that orders within each position is 1."""
+    pos = np.repeat([1, 2, 3], 4)
+    y = np.array([1, 1, 1, 0, 1, 0, 1, 0, 0, 0, 0, 1])  # click rate falls with position
+    by_position = -pos.astype(float)
+    assert ev.auc(y, by_position) > 0.7
+    assert ev.auc_within_groups(y, by_position, pos) == pytest.approx(0.5)
+    relevance = y + 0.1 * by_position
+    assert ev.auc_within_groups(y, relevance, pos) == pytest.approx(1.0)
+    pairs = {1: 3 * 1, 2: 2 * 2, 3: 1 * 3}  # positives x negatives per position
+    flip = np.where(pos == 3, -relevance, relevance)  # wrong at position 3 only
+    expected = (pairs[1] + pairs[2]) / sum(pairs.values())
+    assert ev.auc_within_groups(y, flip, pos) == pytest.approx(expected)
+    assert math.isnan(ev.auc_within_groups(np.ones(3), np.arange(3.0), np.arange(3)))

@@ -90,6 +90,19 @@ def test_a_refresh_gets_a_relative_ndcg_tolerance_and_a_change_does_not(settings
     assert verdicts(broken)["ndcg@10"] == "fail"  # 33% lower is past the 10% guard
 
 
+def test_ranker_auc_within_position_judges_logged_slates(settings: Settings):
+    """Demo days 8-9: the champion's pooled AUC on slates it chose was inflated by their
+    position bias (0.7105 vs the refresh's 0.6917, rejected); within position the refresh was
+    better (0.6255 vs 0.6168). With both numbers on both sides the gate compares the latter."""
+    cand = {**CANDIDATE, "auc": 0.6917, "auc_within_position": 0.6255}
+    champ = {**CHAMPION, "auc": 0.7105, "auc_within_position": 0.6168}
+    gate = {g.name: g for g in decide(settings, "2026-01-02", cand, champ, TOL).gates}["ranker_auc"]
+    assert (gate.verdict, gate.candidate, gate.champion) == ("pass", 0.6255, 0.6168)
+    assert "within position" in gate.note and "0.7105" in gate.note
+    pooled = decide(settings, "2026-01-02", cand, {**champ, "auc_within_position": None}, TOL)
+    assert verdicts(pooled)["ranker_auc"] == "fail"  # one side without positions: pooled AUCs
+
+
 def test_first_day_champion_and_floors(settings: Settings):
     d = decide(settings, "2026-01-02", CANDIDATE, None, TOL)
     assert d.action == "champion" and d.champion_version is None

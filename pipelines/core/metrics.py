@@ -169,6 +169,27 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((below.sum() + 0.5 * tied.sum()) / (n_pos * n_neg))
 
 
+def auc_within_groups(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> float:
+    """AUC over the (positive, negative) pairs that share a group only (e.g. a slate position):
+    each group's :func:`auc` weighted by its pairs (positives × negatives). Scores logged by a
+    ranker that put its favourites at the top positions correlate with position, and clicks do
+    too (position bias): within a position both are examined alike, so this is the AUC of
+    relevance alone. ``nan`` when no group has both labels."""
+    y = np.asarray(labels).astype(bool).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    g = np.asarray(groups).ravel()
+    if not (y.shape == s.shape == g.shape):
+        raise ValueError(f"labels {y.shape}, scores {s.shape}, groups {g.shape} differ in shape")
+    num = pairs = 0.0
+    for value in np.unique(g):
+        m = g == value
+        n = float(y[m].sum()) * float((~y[m]).sum())
+        if n > 0:
+            num += auc(y[m], s[m]) * n
+            pairs += n
+    return num / pairs if pairs > 0 else float("nan")
+
+
 def logloss(labels: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> float:
     """Mean binary cross-entropy, probabilities clipped to ``[eps, 1 - eps]``."""
     y = np.asarray(labels, dtype=np.float64).ravel()

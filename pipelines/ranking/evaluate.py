@@ -122,16 +122,20 @@ def evaluate_scores(
     probabilities: bool = True,
     k: int = 10,
 ) -> dict[str, Any]:
-    """Metrics of ``scores`` ``(N,)`` against ``frame[label]``: ``auc``; when ``probabilities``,
+    """Metrics of ``scores`` ``(N,)`` against ``frame[label]``: ``auc`` (and, with a logged
+    ``position`` on every row, ``auc_within_position``: pairs at the same position only,
+    :func:`pipelines.core.metrics.auc_within_groups`); when ``probabilities``,
     ``logloss``, ``ece`` and ``calibration`` (decile table as records); ``ndcg@k`` per request
     (relevance = label); with ``retrieval_score_col`` also ``ndcg@k_retrieval`` and
     ``ndcg@k_lift`` (ours − retrieval order); with a ``position`` column ``ndcg@k_logged`` (the
     order that was shown); with ``true_prob_col`` ``spearman_truth``."""
-    from pipelines.core.metrics import auc, logloss
+    from pipelines.core.metrics import auc, auc_within_groups, logloss
 
     y = frame[label].to_numpy(dtype=np.float64)
     s = np.asarray(scores, dtype=np.float64)
     out: dict[str, Any] = {"rows": len(frame), "positives": int(y.sum()), "auc": auc(y, s)}
+    if "position" in frame.columns and len(frame) and frame["position"].notna().all():
+        out["auc_within_position"] = auc_within_groups(y, s, frame["position"].to_numpy())
     if probabilities:
         table = calibration_table(y, s)
         out["logloss"] = logloss(y, s)
@@ -277,11 +281,15 @@ def write_ranker_report(settings: Settings, report: dict[str, Any]) -> Path:
     return schema.write_json_atomic(report, layout.ranker_report_path(settings, report["date"]))
 
 
-def ranker_auc(settings: Settings, folder: Path | str, date: str | dt.date) -> float | None:
-    """AUC of the ranker saved in ``folder`` (its ``model/``) on the rows of the test window
-    ending on D (:func:`forward_test_rows`; default window: ``settings.gate_test_days`` days, the
-    same rows as the candidate's forward evaluation): the gate's champion number. ``None`` when
-    the window has nothing to evaluate on."""
+AUC_KEYS = ("auc", "auc_within_position")
+"""The ranker numbers the gate compares (:func:`pipelines.release.gate.decide`)."""
+
+
+def ranker_auc(settings: Settings, folder: Path | str, date: str | dt.date) -> dict[str, float]:
+    """``{"auc"[, "auc_within_position"]}`` of the ranker saved in ``folder`` (its ``model/``) on
+    the rows of the test window ending on D (:func:`forward_test_rows`; default window:
+    ``settings.gate_test_days`` days, the same rows as the candidate's forward evaluation): the
+    gate's champion numbers. Empty when the window has nothing to evaluate on."""
     from models.base import load_model
     from pipelines.features.store import training_frame
 
@@ -289,12 +297,12 @@ def ranker_auc(settings: Settings, folder: Path | str, date: str | dt.date) -> f
     try:
         test, _ = forward_test_rows(settings, window.day, window.first)
     except NotEnoughLabels:
-        return None
+        return {}
     ranker = load_model(Path(folder) / "model")
-    auc = evaluate_ranker(
+    metrics = evaluate_ranker(
         ranker, add_ranker_columns(training_frame(settings, test, SERVICE), SERVING_POSITION)
-    ).get("auc")
-    return None if auc is None else float(auc)
+    )
+    return {k: float(metrics[k]) for k in AUC_KEYS if metrics.get(k) is not None}
 
 
 def _plain(obj: Any) -> Any:

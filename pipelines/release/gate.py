@@ -11,7 +11,11 @@
                 same window − ``tol.ndcg`` (a refresh: − ``tol.refresh_ndcg_rel`` × the champion's
                 value, the forward NDCG being circular, see :class:`Tolerances`); no champion:
                 > ``tol.ndcg_floor``. Missing: fail.
-``ranker_auc``  ranker AUC >= champion's − ``tol.auc`` (no champion AUC: > ``tol.auc_floor``).
+``ranker_auc``  ranker AUC >= champion's − ``tol.auc`` (no champion AUC: > ``tol.auc_floor``);
+                on logged slates (both have ``auc_within_position``) the AUC within position:
+                the champion chose the slates, so its scores follow position and so do clicks
+                (position bias), which inflated its pooled AUC (demo days 8-9: pooled 0.7105 vs
+                the refresh's 0.6917, within position 0.6168 vs 0.6255).
                 No ranker pinned: ``skipped`` ("not evaluated: no ranker in the bundle": logs
                 without impressions and too few positives train none). Ranker pinned but no
                 AUC given: ``not_evaluated`` (the ranker report's note says why).
@@ -213,11 +217,30 @@ def _ranker_gate(candidate: dict[str, Any], champ: dict[str, Any], tol: Toleranc
     if not candidate.get("has_ranker", candidate.get("auc") is not None):
         return Gate("ranker_auc", None, finite(champ.get("auc")), tol.auc, SKIPPED,
                     NO_RANKER)  # fmt: skip
-    gate = _compare("ranker_auc", finite(candidate.get("auc")), finite(champ.get("auc")),
+    key = "auc"
+    within = [finite(x.get("auc_within_position")) for x in (candidate, champ)]
+    if None not in within:  # both on logged slates: compare at equal examination
+        key = "auc_within_position"
+    gate = _compare("ranker_auc", finite(candidate.get(key)), finite(champ.get(key)),
                     tol.auc, tol.auc_floor, NOT_EVALUATED)  # fmt: skip
+    if key != "auc":
+        raw = [finite(x.get("auc")) for x in (candidate, champ)]
+        gate.note += (
+            " (AUC within position: pairs shown at the same position, so the position bias of the"
+            f" champion's own slates does not count for it; pooled AUC {fmt_pair(*raw)})"
+        )
     if gate.verdict == NOT_EVALUATED and candidate.get("auc_note"):
         gate.note = str(candidate["auc_note"])
     return gate
+
+
+def fmt_pair(candidate: float | None, champion: float | None) -> str:
+    """``candidate 0.6917 vs champion 0.7105`` (``-`` for a missing number)."""
+
+    def one(x: float | None) -> str:
+        return "-" if x is None else f"{x:.4f}"
+
+    return f"candidate {one(candidate)} vs champion {one(champion)}"
 
 
 def _recall_gate(candidate: dict[str, Any], tol: Tolerances) -> Gate:
@@ -799,12 +822,15 @@ def daily_gate(settings: Settings, date: str | dt.date) -> dict[str, Any]:
     **served** policies on ``date``'s logs (:func:`pipelines.release.bundle_ope.gate_inputs`,
     judged with ``SNIPS_TOLERANCE``). Returns :func:`gate_day`'s record.
     """
-    from pipelines.ranking.evaluate import read_ranker_report
+    from pipelines.ranking.evaluate import AUC_KEYS, read_ranker_report
     from pipelines.release.bundle_ope import SNIPS_TOLERANCE, gate_inputs
 
     report = read_ranker_report(settings, date) or {}
-    auc = report.get("metrics", {}).get("ranker", {}).get("auc")
-    given = {"auc": auc} if auc is not None else None
+    ranker = report.get("metrics", {}).get("ranker", {})
+    auc = ranker.get("auc")
+    given = (
+        {k: ranker[k] for k in AUC_KEYS if ranker.get(k) is not None} if auc is not None else None
+    )
     if auc is None and report.get("note"):
         given = {"auc_note": report["note"]}
     ope = gate_inputs(settings, date)
@@ -835,8 +861,7 @@ def _champion_ranker_auc(
     folder = registry.load_bundle(settings, champ)["paths"].get("ranker")
     if not folder:
         return None
-    auc = ranker_auc(settings, folder, date)
-    return {"auc": auc} if auc is not None else None
+    return ranker_auc(settings, folder, date) or None
 
 
 def read_decision(settings: Settings, date: str | dt.date) -> dict[str, Any]:
