@@ -69,3 +69,27 @@ def test_live_and_foreign_temporaries_are_kept(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [live.name, foreign.name, other.name, path.name]
     )
+
+
+def test_index_save_sweeps_a_dead_writers_folder_and_load_recovers_a_backup(tmp_path: Path):
+    """The FAISS index folder is published like a partition (it had its own two renames with
+    no recovery: a kill between them left no index, and killed writers' ``.tmp-``/``.old-``
+    folders stayed)."""
+    import numpy as np
+
+    from pipelines.retrieval.faiss_index import ItemIndex, build_index, index_dir
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 8)).astype(np.float32)
+    idx = build_index(x, sample_queries=x[:5], kind="flat", model_version="v1")
+    target = index_dir(tmp_path, "v1")
+    dead = tmp_path / f".tmp-{target.name}-999999999@{socket.gethostname()}-0000dead"
+    dead.mkdir()
+    (dead / "index.faiss").write_bytes(b"half")
+    idx.save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]
+    idx.save(tmp_path)  # replaced: still one folder, no .old- left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]
+    os.replace(target, tmp_path / f"{schema.BACKUP_PREFIX}{target.name}")  # killed mid-swap
+    back = ItemIndex.load(target)
+    assert back.n_items == 50 and sorted(p.name for p in tmp_path.iterdir()) == [target.name]

@@ -257,7 +257,7 @@ def write_text_atomic(text: str, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_sibling(path)
     try:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
         _replace_durably(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -38,8 +38,6 @@ import datetime as dt
 import html
 import io
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1035,16 +1033,7 @@ def write_report(
     data = load_reports(settings, dates)
     page = render_html(settings, data)
     target = Path(out) if out is not None else report_path(settings)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{target.name}-", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(page)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    schema.write_text_atomic(page, target)  # a killed writer's temporary swept by the next
     log.info(
         "report: %s (%d dates, %d experiments, %d plots, %.0f kB)",
         target,

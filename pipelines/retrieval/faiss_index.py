@@ -28,16 +28,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-import os
 import re
-import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pipelines.core import schema
 from pipelines.core.artifact_meta import (
     artifact_meta_path,
     require_artifact_meta,
@@ -446,28 +444,20 @@ class ItemIndex:
         return np.where(labels >= 0, ids, np.asarray(empty, dtype=ids.dtype)), scores
 
     def save(self, root: Path) -> Path:
-        """Write ``index_dir(root, model_version)`` atomically; an existing one is replaced."""
+        """Write ``index_dir(root, model_version)`` atomically and durably; an existing one is
+        replaced (:func:`pipelines.core.schema.publish_dir`: a crash part way leaves the old
+        folder, recovered by the next save or :meth:`load`, and no temporary a rerun keeps)."""
         import faiss
 
         target = index_dir(root, self.model_version)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        try:
+
+        def build(tmp: Path) -> None:
             faiss.write_index(self.index, str(tmp / INDEX_FILE))
             if self.item_ids is not None:
                 np.save(tmp / IDS_FILE, self.item_ids, allow_pickle=False)
             write_artifact_meta(tmp, self.meta)
-            old = None
-            if target.exists():
-                old = target.parent / f".old-{target.name}-{uuid.uuid4().hex[:8]}"
-                os.replace(target, old)
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+
+        schema.publish_dir(build, target)
         log.info("index: saved %s (%s, %d items)", target, self.kind, self.n_items)
         return target
 
@@ -477,6 +467,7 @@ class ItemIndex:
         import faiss
 
         folder = Path(folder)
+        schema.recover_dir(folder)  # a save killed between its renames
         meta_path, index_path = artifact_meta_path(folder), folder / INDEX_FILE
         ids_path = folder / IDS_FILE
         try:
