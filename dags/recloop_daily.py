@@ -6,8 +6,8 @@ Takes one day's interaction logs (`RECLOOP_HOME/data/interactions/date={{ ds }}`
 1. **validate** — Great Expectations gate; bad rows to `quarantine/`, partition-level failures stop
    the run (no retry: the data will not fix itself).
 2. **stats** — counts, CTR by position, new users and items → `reports/stats/`.
-3. **features** — DuckDB feature tables for the day, `feast apply`, materialize the day's window
-   into the Redis online store (retried when Redis is unreachable).
+3. **features** — DuckDB feature tables for the day and `feast apply` (Redis is written after the
+   gate, by **materialize**).
 4. **train_mf**, **train_two_tower**, **train_popular**, **train_itemknn** — retrieval models on the
    validated history up to the day → `artifacts/models/<model>/date=D/`.
 5. **build_index** — FAISS index over the two-tower item embeddings; recall@10 against exact search
@@ -22,11 +22,18 @@ Takes one day's interaction logs (`RECLOOP_HOME/data/interactions/date={{ ds }}`
    `serving_bundle` pinning a consistent set, with its configuration fingerprint; the stage gate
    judges the ranked slate against retrieval order and trending, and a ranker that does not lift
    it is left out of the bundle (retrieval order serves); idempotent on reruns.
-9. **gate** — the bundle trained through yesterday is checked on today's numbers (validation,
+9. **gate** (as soon as the evaluations are in, before today's training ends) — the bundle trained
+   through yesterday is checked on today's numbers (validation,
    NDCG@10 and ranker AUC against the champion, index recall, OPE when given). A *refresh* (the
    champion's configuration retrained) replaces the champion; a *change* becomes `challenger`
    for the A/B test (the first bundle: `champion`); a pinned champion or a running experiment
-   holds a refresh; decision (with its kind) → MLflow and `reports/gates/`.
+   holds a refresh; decision (with its kind) → MLflow and `reports/gates/`. Then
+   **materialize** writes the day's feature window into the Redis online store (retried when
+   Redis is unreachable; also when the gate was skipped), before **register**: the gate replays bundles on the day's logs and
+   those replays must read the online features the service read that day (the day before's) —
+   with the day's own, a bundle's evaluation on the day it served disagreed with its own logs
+   (demo day 10: ESS 742 of 15,000, SNIPS 0.0955 for a true 0.0656; with the day before's: ESS
+   14,743, 0.0634); the stage gate in **register** then sees what the new bundle will serve with.
 
 One run per logical date; a rerun of a date overwrites that date's outputs and nothing else.
 
@@ -43,13 +50,15 @@ of an old date otherwise leaves the newer values), `skip_training` runs validate
 features only (the retraining tasks above are skipped).
 
 Every task body is one call into `pipelines.orchestration.tasks`, whose function of the same name
-makes one call into the stage module below; nothing heavy is imported at parse time.
+(`features`: `compute_features`) makes one call into the stage module below; nothing heavy is
+imported at parse time.
 
 | task | code (under `pipelines/`) |
 |---|---|
 | `validate` | `data/validate.py` `validate_partition` |
 | `stats` | `data/stats.py` `daily_stats` |
-| `features` | `features/tables.py` `compute_features`, `features/store.py` `apply_repo`, `materialize_date` |
+| `features` | `features/tables.py` `compute_features`, `features/store.py` `apply_repo` |
+| `materialize` | `features/store.py` `materialize_date` |
 | `train_mf`, `train_popular`, `train_itemknn`, `train_two_tower` | `retrieval/train.py` `train` (data: `retrieval/data.py`) |
 | `build_index` | `retrieval/index.py` `build_item_index` (FAISS library: `retrieval/faiss_index.py`) |
 | `evaluate` | `retrieval/evaluate.py` `evaluate_forward` |
@@ -61,7 +70,7 @@ makes one call into the stage module below; nothing heavy is imported at parse t
 
 from __future__ import annotations
 
-from airflow.sdk import Asset, dag, task
+from airflow.sdk import Asset, TriggerRule, dag, task
 
 from pipelines.orchestration.dag_defaults import (
     BUNDLE_URI,
@@ -107,11 +116,17 @@ def recloop_daily():
 
         return tasks.stats(ds)
 
-    @task(outlets=[ONLINE_FEATURES])
+    @task
     def features(ds: str | None = None, params: dict | None = None) -> dict:
         from pipelines.orchestration import tasks
 
-        return tasks.features(ds, params=params)
+        return tasks.compute_features(ds, params=params)
+
+    @task(outlets=[ONLINE_FEATURES], trigger_rule=TriggerRule.NONE_FAILED)
+    def materialize(ds: str | None = None, params: dict | None = None) -> dict:
+        from pipelines.orchestration import tasks
+
+        return tasks.materialize(ds, params=params)
 
     @task
     def train_mf(ds: str | None = None, params: dict | None = None) -> dict:
@@ -182,9 +197,10 @@ def recloop_daily():
     feats >> [mf, two_tower, train_popular(), train_itemknn()]
     index = build_index()
     two_tower >> [index, ranker]
-    registered = register()
-    [mf, index, ranker] >> registered
-    [registered, offline_eval, ranker_eval] >> gate()
+    online = materialize()  # after the gate (or its skip: backfill, skip_training)
+    [offline_eval, ranker_eval] >> gate() >> online
+    feats >> online
+    [mf, index, ranker, online] >> register()
 
 
 recloop_daily()

@@ -91,7 +91,11 @@ def _stub_replay(monkeypatch: pytest.MonkeyPatch, world: dict, orders: dict[str,
             out.append({"user_id": u, "items": [], "policy": policy})
         return out
 
-    monkeypatch.setattr(serving_bundle, "load", lambda s, v: types.SimpleNamespace(version=v))
+    def load(settings, version, as_of=None):  # noqa: ANN001, ANN202
+        world.setdefault("loaded_as_of", []).append(as_of)
+        return types.SimpleNamespace(version=version)
+
+    monkeypatch.setattr(serving_bundle, "load", load)
     monkeypatch.setattr(replay, "serve_users", serve_users)
 
 
@@ -119,6 +123,9 @@ def test_a_worse_served_policy_is_judged_worse_and_recorded(
 
     inputs = bundle_ope.gate_inputs(s, DAY, max_requests=None)
     assert inputs["candidate_version"] == v2
+    # both replayed with the item table the service had on DAY (the day before's), not DAY's own
+    day_before = (pd.Timestamp(DAY) - pd.Timedelta(days=1)).date().isoformat()
+    assert world["loaded_as_of"] == [day_before, day_before]
     cand, champ = inputs["ope"]["snips"], inputs["champion_ope"]["snips"]
     assert _true(world, BAD) < 0.8 * _true(world, GOOD)  # the two policies differ
     assert cand["estimate"] < champ["estimate"] and cand["ci_high"] < champ["estimate"]

@@ -116,20 +116,39 @@ def stats(ds: str) -> dict[str, Any]:
     return out
 
 
-def features(ds: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Feature tables for day ``ds`` (DuckDB), ``feast apply``, then materialize D's window into
-    Redis (skipped when Redis holds a newer day, unless the ``force_materialize`` param is on).
-    Redis unreachable → a clear error naming the URL; Airflow retries the task."""
-    from pipelines.features.store import apply_repo, materialize_date
-    from pipelines.features.tables import compute_features
+def compute_features(ds: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Feature tables for day ``ds`` (DuckDB) and ``feast apply``; nothing written to Redis (the
+    daily DAG materializes after its gate, :func:`materialize`)."""
+    from pipelines.features.store import apply_repo
+    from pipelines.features.tables import compute_features as compute
+
+    s = _settings()
+    computed = compute(s, ds)
+    apply_repo(s)
+    log.info("features for %s: %s", ds, computed)
+    return {"computed": _jsonable(computed)}
+
+
+def materialize(ds: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Materialize D's feature window into Redis (skipped when Redis holds a newer day, unless
+    the ``force_materialize`` param is on); D's tables must exist. The daily DAG runs it after
+    the gate and before ``register``: the gate replays bundles on D's logs, and those replays
+    must read the online features the service read on D (D-1's), not D's own — with D's, a
+    bundle's evaluation on the day it served disagreed with its own logs (demo day 10: ESS 742
+    of 15,000, SNIPS 0.0955 for a true 0.0656; with D-1's: ESS 14,743, 0.0634). Redis
+    unreachable → a clear error naming the URL; Airflow retries the task."""
+    from pipelines.features.store import materialize_date
 
     force = flag_param(params, FORCE_MATERIALIZE_PARAM)
-    s = _settings()
-    computed = compute_features(s, ds)
-    apply_repo(s)
-    materialized = materialize_date(s, ds, force=force)
-    log.info("features for %s: %s; materialized %s", ds, computed, materialized)
-    return {"computed": _jsonable(computed), "materialized": _jsonable(materialized)}
+    materialized = materialize_date(_settings(), ds, force=force)
+    log.info("materialized %s: %s", ds, materialized)
+    return {"materialized": _jsonable(materialized)}
+
+
+def features(ds: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """:func:`compute_features` then :func:`materialize`: D's tables and D in Redis (backfill,
+    ``recloop features``, one-off runs)."""
+    return {**compute_features(ds, params), **materialize(ds, params)}
 
 
 def train_model(ds: str, name: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -273,7 +273,10 @@ def _served(
     from serving.bundle import load
     from serving.config import ServingConfig
 
-    bundle = load(settings, str(version))
+    # the item table the service had on the day (trending list, click posteriors, catalog
+    # weights): the newest one is the day's own, computed before the gate, which the service
+    # never served with — a self-evaluation then disagreed with its own logs (ESS 261 of 15,000)
+    bundle = load(settings, str(version), as_of=(day - dt.timedelta(days=1)).isoformat())
     cfg = cfg if cfg is not None else ServingConfig.from_env()
     k = int(imp["position"].max()) + 1
     users = list(pd.unique(imp["user_id"].astype(str)))
