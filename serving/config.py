@@ -128,6 +128,12 @@ class ServingConfig:
     new item of unknown quality on top and cost 12.6% of the served true CTR (demo day 10,
     0.0516 → 0.0451, benchmarks/README.md); new items reach users through exploration."""
     excluded_items: tuple[str, ...] = ()
+    exploit_optimism: float = 0.0
+    """UCB bonus on the ranker's click probability ``p`` of each candidate in the exploit list:
+    ``exploit_optimism * sqrt(p (1 - p) / (1 + n))`` with ``n`` the item's 28-day impressions, so
+    items the loop has rarely shown (whose ``p`` rests on few clicks) can reach the exploit slots
+    and be learnt (``serving.rerank.optimistic_scores``; deterministic: propensities unchanged).
+    Only when a ranker scored the candidates. Off by default (``benchmarks/README.md``)."""
     explore_rate: float = 0.4
     explore_pool: int = 300
     """One response in ``explore_rate`` explores one slot, from the ``explore_pool`` best
@@ -183,6 +189,7 @@ class ServingConfig:
             (self.candidates >= self.k_max, "candidates must be >= k_max"),
             (0.0 <= self.challenger_share <= 1.0, "challenger_share must be in [0, 1]"),
             (0.0 <= self.explore_rate < 1.0, "explore_rate must be in [0, 1)"),
+            (self.exploit_optimism >= 0.0, "exploit_optimism must be >= 0"),
             (0.0 <= self.explore_uniform <= 1.0, "explore_uniform must be in [0, 1]"),
             (self.max_in_flight >= 1 and self.workers >= 1, "max_in_flight, workers must be >= 1"),
             (self.category_cap >= 1, "category_cap must be >= 1"),
@@ -239,6 +246,7 @@ class ServingConfig:
             ("RECLOOP_SERVE_ITEM_CACHE_TTL_S", "item_cache_ttl_s", env_float),
             ("RECLOOP_SERVE_EXPLORE_POOL", "explore_pool", env_int),
             ("RECLOOP_SERVE_EXPLORE_UNIFORM", "explore_uniform", env_float),
+            ("RECLOOP_SERVE_EXPLOIT_OPTIMISM", "exploit_optimism", env_float),
             ("RECLOOP_SERVE_SOURCES", "source_quotas", _env_quotas),
         ):
             value = read(env, name)

@@ -95,6 +95,8 @@ class _Ranked:
     categories: np.ndarray
     ages: np.ndarray
     sources: list[str]
+    probabilities: bool = False
+    """``scores`` are the ranker's click probabilities (else retrieval or popularity scores)."""
 
 
 def recommend(engine: Engine, req: Request, info: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -191,7 +193,8 @@ def _rank(
                 log.error("rank failed for bundle %s: %r", bundle.version, exc)
                 fell_back = "rank"
     sources = found.sources or ["trending"] * len(found.ids)
-    return _Ranked(found.ids, scores, trows, cats, ages, sources), fell_back
+    ranked = scores is not found.scores
+    return _Ranked(found.ids, scores, trows, cats, ages, sources, ranked), fell_back
 
 
 def _rerank(engine: Engine, req: Request, bundle: LoadedBundle, ranked: _Ranked) -> rerank.Slate:
@@ -203,7 +206,11 @@ def _rerank(engine: Engine, req: Request, bundle: LoadedBundle, ranked: _Ranked)
     cfg = engine.config
     table = bundle.item_table
     k = min(req.k, len(ranked.ids))
-    boosted = rerank.boosted_scores(ranked.scores, ranked.ages, cfg.fresh_days, cfg.fresh_boost)
+    scores = ranked.scores
+    if cfg.exploit_optimism > 0.0 and ranked.probabilities:
+        shown = np.where(ranked.trows >= 0, table.impressions[np.maximum(ranked.trows, 0)], 0.0)
+        scores = rerank.optimistic_scores(scores, shown, cfg.exploit_optimism)
+    boosted = rerank.boosted_scores(scores, ranked.ages, cfg.fresh_days, cfg.fresh_boost)
     allowed = np.array([s not in EXPLORE_ONLY for s in ranked.sources], dtype=bool)
     exploit = rerank.exploit_list(
         boosted, ranked.categories, k, cfg.category_cap,

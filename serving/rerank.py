@@ -68,6 +68,15 @@ def boosted_scores(
     return np.asarray(scores, dtype=np.float64) + fresh_boost * fresh
 
 
+def optimistic_scores(probs: np.ndarray, impressions: np.ndarray, c: float) -> np.ndarray:
+    """``probs + c * sqrt(probs (1 - probs) / (1 + impressions))`` (``(C,)`` float64): an upper
+    confidence bound on click probabilities ``probs`` that shrinks as an item is shown
+    (``impressions`` ``(C,)``, e.g. 28-day counts; negative read as 0)."""
+    p = np.clip(np.asarray(probs, dtype=np.float64), 0.0, 1.0)
+    n = np.maximum(np.asarray(impressions, dtype=np.float64), 0.0)
+    return np.asarray(probs, dtype=np.float64) + c * np.sqrt(p * (1.0 - p) / (1.0 + n))
+
+
 def exploit_list(
     scores: np.ndarray,
     categories: np.ndarray,

@@ -73,3 +73,15 @@ def test_no_pool_means_no_exploration():
     slate = rerank.explore(np.array([2, 0]), np.array([0.5, 0.1]), np.array([], np.int64),
                            np.array([]), np.array([]), 2, 0.5, np.random.default_rng(0))  # fmt: skip
     assert slate.rows.tolist() == [2, 0] and slate.propensity.tolist() == [1.0, 1.0]
+
+
+def test_optimistic_scores_favour_the_rarely_shown_and_fade_with_impressions():
+    from serving.rerank import optimistic_scores
+
+    p = np.array([0.10, 0.08, 0.08, 0.0])
+    shown = np.array([5000, 0, 5000, 0])
+    out = optimistic_scores(p, shown, 0.2)
+    assert out[1] > out[0] > out[2]  # the unseen item passes the well-known better one
+    assert out[2] == pytest.approx(0.08, abs=1e-3)  # 5,000 impressions: almost no bonus
+    assert out[3] == 0.0  # nothing to be optimistic about a certain zero
+    assert np.array_equal(optimistic_scores(p, shown, 0.0), p)
