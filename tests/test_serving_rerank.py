@@ -85,3 +85,43 @@ def test_optimistic_scores_favour_the_rarely_shown_and_fade_with_impressions():
     assert out[2] == pytest.approx(0.08, abs=1e-3)  # 5,000 impressions: almost no bonus
     assert out[3] == 0.0  # nothing to be optimistic about a certain zero
     assert np.array_equal(optimistic_scores(p, shown, 0.0), p)
+
+
+def test_exploit_optimism_reaches_the_exploit_list_only_when_set_and_only_for_ranker_scores(
+    tmp_path,
+):
+    """The serving re-rank stage with ``exploit_optimism``: an item never shown whose ranker
+    probability is a little below ten well-known ones enters the exploit list; not at 0, and
+    not when the scores are retrieval scores (not probabilities)."""
+    import types
+
+    import pandas as pd
+
+    from pipelines.core.settings import Settings
+    from serving.bundle import ItemTable
+    from serving.config import ServingConfig
+    from serving.engine import build_engine
+    from serving.pipeline import Request, _Ranked, _rerank
+
+    ids = [f"i{j}" for j in range(12)]
+    frame = pd.DataFrame({"item_id": ids, "item_category": [f"c{j}" for j in range(12)],
+                          "item_impressions_28d": [5000] * 10 + [0, 5000]})  # fmt: skip
+    bundle = types.SimpleNamespace(item_table=ItemTable.from_frame(frame, "2026-01-01"))
+    probs = np.array([0.12 - 0.001 * j for j in range(10)] + [0.10, 0.02])
+    trows = bundle.item_table.rows(ids)
+    settings = Settings(home=tmp_path)
+
+    def exploit(c: float, probabilities: bool = True) -> list[str]:
+        cfg = ServingConfig(explore_rate=0.0, exploit_optimism=c)
+        engine = build_engine(settings, cfg)
+        try:
+            ranked = _Ranked(ids, probs, trows, np.array([f"c{j}" for j in range(12)]),
+                             np.full(12, 30), ["two_tower"] * 12, probabilities)  # fmt: skip
+            slate = _rerank(engine, Request("u1", 10), bundle, ranked)
+        finally:
+            engine.hydrate_pool.shutdown(wait=False)
+        return [ids[r] for r in slate.rows]
+
+    assert "i10" not in exploit(0.0)
+    assert "i10" in exploit(0.2) and "i11" not in exploit(0.2)  # rare but poor stays out
+    assert "i10" not in exploit(0.2, probabilities=False)
