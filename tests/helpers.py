@@ -193,19 +193,28 @@ def fake_model(settings: Settings, name: str, day: str, weights: bytes = b"w") -
     return folder
 
 
-def fake_index(settings: Settings, model_version: str, recall: float = 0.97) -> Path:
-    """A fake FAISS index folder for ``model_version`` whose meta reports ``recall``."""
+def fake_index(
+    settings: Settings, model_version: str, recall: float = 0.97, extra_meta: dict | None = None
+) -> Path:
+    """A fake FAISS index folder for ``model_version`` whose meta reports ``recall`` (and
+    ``extra_meta``, e.g. wall-clock keys)."""
     folder = settings.artifacts_dir / "index" / f"index-{model_version}"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "index.faiss").write_bytes(b"faiss")
     meta = {"kind": "flat", "recall": recall, "recall_target": 0.95, "model_version": model_version}
-    (folder / "meta.json").write_text(json.dumps(meta))
+    (folder / "meta.json").write_text(json.dumps({**meta, **(extra_meta or {})}))
     return folder
 
 
-def make_bundle(settings: Settings, day: str, recall: float = 0.97, ranker: bool = False) -> str:
+def make_bundle(
+    settings: Settings,
+    day: str,
+    recall: float = 0.97,
+    ranker: bool = False,
+    index_meta: dict | None = None,
+) -> str:
     """Validated data, fake two-tower + index (+ ranker) of ``day``, tracked and bundled: the
-    bundle version."""
+    bundle version. ``index_meta``: extra keys of the index's meta (:func:`fake_index`)."""
     from pipelines.release import registry
 
     write_validated(settings, day)
@@ -215,7 +224,7 @@ def make_bundle(settings: Settings, day: str, recall: float = 0.97, ranker: bool
         version_key=f"two_tower-{day}", feature_service="two_tower_v1",
     )  # fmt: skip
     idx = registry.track_component(
-        settings, "index", day, fake_index(settings, f"two_tower-{day}", recall),
+        settings, "index", day, fake_index(settings, f"two_tower-{day}", recall, index_meta),
         version_key=f"two_tower-{day}",
     )  # fmt: skip
     rk = None

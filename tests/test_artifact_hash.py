@@ -13,12 +13,7 @@ import pytest
 
 from pipelines.core.settings import Settings
 from pipelines.release import registry
-from tests.helpers import (
-    fake_index,
-    fake_model,
-    write_validated,
-    write_validation_report,
-)
+from tests.helpers import make_bundle
 
 DAY = "2026-01-01"
 
@@ -58,21 +53,10 @@ def test_files_without_wall_clock_keys_hash_as_before(tmp_path: Path) -> None:
 
 
 def register_bundle_with_timed_index(settings: Settings) -> str:
-    """make_bundle's steps with an index whose meta holds ``created_at`` / ``build_seconds``:
-    the bundle version."""
-    write_validated(settings, DAY)
-    write_validation_report(settings, DAY)
-    tt = registry.track_component(
-        settings, "two_tower", DAY, fake_model(settings, "two_tower", DAY),
-        version_key=f"two_tower-{DAY}", feature_service="two_tower_v1",
-    )  # fmt: skip
-    folder = fake_index(settings, f"two_tower-{DAY}")
-    set_wall_clock(folder / "meta.json", "2026-01-01T00:00:00+00:00", 0.5)
-    idx = registry.track_component(
-        settings, "index", DAY, folder, version_key=f"two_tower-{DAY}"
-    )  # fmt: skip
-    mv = registry.register_bundle(settings, DAY, tt["version"], idx["version"], None, "serving_v1")
-    return str(mv.version)
+    """:func:`tests.helpers.make_bundle` with an index whose meta holds ``created_at`` /
+    ``build_seconds``: the bundle version."""
+    wall_clock = {"created_at": "2026-01-01T00:00:00+00:00", "build_seconds": 0.5}
+    return make_bundle(settings, DAY, index_meta=wall_clock)
 
 
 def set_wall_clock(meta_path: Path, created_at: str, seconds: float) -> None:
