@@ -164,10 +164,9 @@ class ItemFeatureCache:
                 if self.marker is not _UNSET:
                     log.info("item feature cache: materialization %r -> %r, %d services dropped",
                              self.marker, marker, len(self._tables))  # fmt: skip
-                if online.partial_of(marker):
+                if partial := online.partial_of(marker):
                     log.warning("online store: materialization %s under way or failed part way; "
-                                "rows are a mix of days until it completes",
-                                online.partial_of(marker))  # fmt: skip
+                                "rows are a mix of days until it completes", partial)  # fmt: skip
                 self.marker = marker
                 self._tables = {}
                 self.resets += 1

@@ -76,36 +76,31 @@ def read_only_db(path: Path) -> Iterator[sqlite3.Connection]:
 # --- stages -------------------------------------------------------------------------------
 
 
-def materialized_date(settings: Settings) -> tuple[str | None, str | None]:
-    """``(date, note)``: the Redis materialization marker, or None with why (unreachable)."""
+def materialized_date(settings: Settings) -> tuple[str | None, str | None, str | None]:
+    """``(date, note, partial)`` from one Redis round trip: the materialization marker (None with
+    why in ``note`` when Redis is unreachable) and what a materialization under way, or one that
+    failed part way, left (:data:`pipelines.features.online.PARTIAL_KEY`: a mix of days) as a
+    sentence (None when there is none)."""
     from pipelines.features import online
 
     try:
         with online.connection_errors(settings.redis_url):
-            raw = online.redis_client(settings).get(online.MARKER_KEY)
+            raw, partial = online.redis_client(settings).mget(online.MARKER_KEY, online.PARTIAL_KEY)
     except ConnectionError as exc:
-        return None, str(exc)
-    return (raw.decode() if raw else None), None
+        return None, str(exc), None
+    sentence = None
+    if partial:
+        day, _, since = partial.decode().partition(" ")
+        sentence = (
+            f"materialization of {day} under way or failed part way (since {since}): Redis holds "
+            f"a mix of days; if it failed, rerun `recloop features materialize --date {day}`"
+        )
+    return (raw.decode() if raw else None), None, sentence
 
 
 def materializing(settings: Settings) -> str | None:
-    """What a materialization under way, or one that failed part way, left in Redis
-    (:data:`pipelines.features.online.PARTIAL_KEY`: a mix of days), as a sentence; None when
-    there is none or Redis does not answer."""
-    from pipelines.features import online
-
-    try:
-        with online.connection_errors(settings.redis_url):
-            raw = online.redis_client(settings).get(online.PARTIAL_KEY)
-    except ConnectionError:
-        return None
-    if not raw:
-        return None
-    day, _, since = raw.decode().partition(" ")
-    return (
-        f"materialization of {day} under way or failed part way (since {since}): Redis holds a "
-        f"mix of days; if it failed, rerun `recloop features materialize --date {day}`"
-    )
+    """The ``partial`` sentence of :func:`materialized_date`."""
+    return materialized_date(settings)[2]
 
 
 def stage_dates(settings: Settings) -> dict[str, Any]:
@@ -117,7 +112,7 @@ def stage_dates(settings: Settings) -> dict[str, Any]:
         & set(schema.partition_dates(layout.feature_table_dir(settings, "item")))
     )
     models = {m: _last(schema.partition_dates(layout.models_dir(settings, m))) for m in MODELS}
-    materialized, note = materialized_date(settings)
+    materialized, note, partial = materialized_date(settings)
     stages = {
         "raw": _last(raw),
         "validated": _last(validated),
@@ -129,7 +124,6 @@ def stage_dates(settings: Settings) -> dict[str, Any]:
     }
     pending = [d.isoformat() for d in sorted(set(raw) - set(validated))]
     notes = {"materialized": note} if note else {}
-    partial = materializing(settings) if note is None else None
     if partial:
         notes["materializing"] = partial
     return {"stages": stages, "pending": pending, "models": models, "notes": notes}
