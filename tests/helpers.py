@@ -11,7 +11,8 @@ shared by several files live in ``tests/conftest.py``, which builds them from th
 - workspaces: :func:`tiny_trained_workspace`, :func:`tiny_served_workspace`,
   :func:`champion_workspace`
 - MLflow registry: :func:`fresh_mlflow`, :func:`write_validated`,
-  :func:`write_validation_report`, :func:`fake_model`, :func:`fake_index`, :func:`make_bundle`
+  :func:`write_validation_report`, :func:`fake_model`, :func:`fake_index`, :func:`make_bundle`,
+  :func:`start_promotion_racer` / :func:`race_promotions` (promotions from other processes)
 - A/B data: :data:`START`, :func:`write_day`
 - serving: :class:`Service`, :func:`known_user`
 """
@@ -342,3 +343,67 @@ def stop_service(proc: subprocess.Popen, timeout_s: float = 30) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
+
+
+PROMOTION_RACER = """
+import sys, time
+from pathlib import Path
+from pipelines.release import registry
+from pipelines.core.settings import Settings
+
+s = Settings.from_env()
+registry.client(s).search_registered_models()  # warm up before the start signal
+go = Path(sys.argv[2])
+Path(sys.argv[3]).touch()
+while not go.exists():
+    time.sleep(0.005)
+expected = None if sys.argv[4] == "none" else sys.argv[4]
+print("won" if registry.promote(s, sys.argv[1], sys.argv[5], expected=expected) else "lost")
+"""
+
+
+def start_promotion_racer(
+    env: dict[str, str],
+    version: str,
+    go: Path,
+    ready: Path,
+    expected: str | None = None,
+    alias: str = "champion",
+) -> subprocess.Popen:
+    """A process (environment ``env``) that touches ``ready`` once its registry client is warm,
+    waits for ``go`` to appear, then promotes ``version`` to ``alias`` by compare-and-set against
+    ``expected`` and prints ``won`` or ``lost``."""
+    import sys
+
+    args = [version, str(go), str(ready), expected or "none", alias]
+    return subprocess.Popen([sys.executable, "-c", PROMOTION_RACER, *args], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def wait_racers_ready(
+    ready: list[Path], procs: list[subprocess.Popen], timeout_s: float = 120
+) -> None:
+    """Until every ``ready`` file exists; fails with the racers' stderr when one died first."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not all(p.exists() for p in ready):
+        assert all(p.poll() is None for p in procs), [p.communicate()[1][-2000:] for p in procs]
+        assert time.monotonic() < deadline, "racers not ready"
+        time.sleep(0.05)
+
+
+def race_promotions(
+    envs: list[dict[str, str]], versions: list[str], folder: Path
+) -> dict[str, str]:
+    """Promote each of ``versions`` to champion (expected: none yet) from its own process with
+    ``envs[i]``, all released at once; ``{version: "won" | "lost"}``."""
+    go = folder / "go"
+    ready = [folder / f"ready-{v}" for v in versions]
+    procs = [start_promotion_racer(e, v, go, r)
+             for e, v, r in zip(envs, versions, ready, strict=True)]  # fmt: skip
+    wait_racers_ready(ready, procs)
+    go.touch()
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
+    return {v: out.strip() for v, (out, _) in zip(versions, outs, strict=True)}

@@ -19,6 +19,7 @@ from tests.helpers import (
     fake_index,
     fake_model,
     make_bundle,
+    race_promotions,
     write_validated,
 )
 
@@ -188,51 +189,11 @@ def test_racing_promotions_leave_one_champion(ws: Settings, cas: bool):
         assert [v for v, won in results.items() if won] == [champion]
 
 
-RACER = """
-import os, sys, time
-from pathlib import Path
-from pipelines.release import registry
-from pipelines.core.settings import Settings
-
-s = Settings.from_env()
-registry.client(s).search_registered_models()  # warm up before the start signal
-go = Path(sys.argv[2])
-Path(sys.argv[3]).touch()
-while not go.exists():
-    time.sleep(0.005)
-print("won" if registry.promote(s, sys.argv[1], "champion", expected=None) else "lost")
-"""
-
-
 @pytest.mark.integration
 def test_racing_promotions_across_processes(ws: Settings, tmp_path: Path):
-    import contextlib
-    import subprocess
-    import sys
-
-    from pipelines.core.wait import wait_until
-
     versions = [make_bundle(ws, DAY), make_bundle(ws, DAY2)]
-    go = tmp_path / "go"
-    ready = [tmp_path / f"ready-{v}" for v in versions]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", RACER, v, str(go), str(r)],
-            env={**os.environ, **ws.as_env()},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=Path(__file__).resolve().parents[1],
-        )
-        for v, r in zip(versions, ready, strict=True)
-    ]
-    with contextlib.suppress(TimeoutError):  # a racer that died is reported below
-        wait_until(lambda: all(r.exists() for r in ready) or any(p.poll() is not None for p in procs),
-                   120, "both racers to be ready", interval_s=0.05)  # fmt: skip
-    go.touch()
-    outs = [p.communicate(timeout=120) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
-    said = {v: out.strip() for v, (out, _) in zip(versions, outs, strict=True)}
+    env = {**os.environ, **ws.as_env()}
+    said = race_promotions([env, env], versions, tmp_path)
     assert sorted(said.values()) == ["lost", "won"]
     winner = next(v for v, s in said.items() if s == "won")
     assert registry.get_alias(ws, "champion") == winner

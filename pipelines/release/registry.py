@@ -33,8 +33,9 @@ task: every artifact trained through D plus the bundle) and ``pipelines.release.
 bundle model by :func:`promote`, which holds an exclusive file lock
 (``$RECLOOP_HOME/mlflow/registry.lock``, ``fcntl.flock``) around read-compare-set: with
 ``expected`` given, a promotion whose view of the alias is stale loses instead of overwriting,
-so two racing promotions leave exactly one champion, the one that won. The lock is per machine:
-with a remote tracking server shared by several machines, run gates from one place.
+so two racing promotions leave exactly one champion, the one that won. With a tracking server
+(``http://``) the lock is held in the online store's Redis instead, so racing clients on
+different machines exclude each other too (:mod:`pipelines.release.remote_lock`).
 """
 
 from __future__ import annotations
@@ -136,7 +137,15 @@ def experiment_id(settings: Settings, name: str) -> str:
 
 @contextlib.contextmanager
 def registry_lock(settings: Settings) -> Iterator[None]:
-    """Exclusive lock (``fcntl.flock`` on ``mlflow/registry.lock``) across threads and processes."""
+    """Exclusive lock across threads and processes: ``fcntl.flock`` on ``mlflow/registry.lock``
+    for a local registry; in the online store's Redis for a tracking server that several
+    machines share (:mod:`pipelines.release.remote_lock`)."""
+    if not _is_local(settings.mlflow_uri):
+        from pipelines.release.remote_lock import redis_lock
+
+        with redis_lock(settings.redis_url, settings.mlflow_uri):
+            yield
+        return
     path = layout.registry_lock_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:  # one descriptor per holder: flock excludes threads too
