@@ -16,6 +16,7 @@
 set -euo pipefail
 action=${1:-start}
 url=${RECLOOP_REDIS_URL:-redis://127.0.0.1:6399/0}
+case "$url" in redis+cluster://*) echo "redis: $url names a Redis Cluster: use infra/redis-cluster.sh" >&2; exit 2;; esac
 maxmemory=${RECLOOP_REDIS_MAXMEMORY:-1gb}
 policy=${RECLOOP_REDIS_POLICY:-volatile-ttl}
 home=${RECLOOP_HOME:-$HOME/.recloop}

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Set up recloop on a fresh machine: a virtual environment in .venv with the pinned packages
 # (requirements.lock), the recloop package itself (editable), and the Debian packages it runs
-# (redis-server; shellcheck, which infra/test.sh runs; postgresql, for the local cluster),
-# installed with one apt-get call when missing (as root, or through sudo). Idempotent: a second
-# run only checks.
+# (redis-server; shellcheck, which infra/test.sh runs; postgresql and haproxy, for the local
+# cluster), installed with one apt-get call when missing (as root, or through sudo). Idempotent:
+# a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
@@ -15,6 +15,8 @@ command -v shellcheck >/dev/null || missing+=(shellcheck)
 # PostgreSQL: the local cluster's metadata database (infra/cluster.sh; its tests start one)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || command -v initdb >/dev/null \
   || missing+=(postgresql)
+# HAProxy: the load balancer in front of serving replicas (pipelines/cluster/serving_replicas.py)
+command -v haproxy >/dev/null || missing+=(haproxy)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing ${missing[*]} (apt-get)"
   SUDO=(); [ "$(id -u)" = 0 ] || SUDO=(sudo)

@@ -23,7 +23,8 @@ response dict; every stage is timed (``timings_ms``) and has a fallback, so a re
   ``features``. A cold-start answer reads nothing: the item table has what it needs.
 - **rank** (:mod:`serving.rank`): the ranker scores all candidates in one batch; failure (or no
   ranker in the bundle) → the retrieval order and scores, flagged ``rank`` when it failed.
-- **re-rank**: :mod:`serving.rerank` (fresh boost, category caps, exploration, propensities).
+- **re-rank**: :mod:`serving.rerank` (fresh boost, category caps, exploration, propensities);
+  the exploit list by category caps or by a :mod:`serving.diversify` re-ranker (``reranker``).
 - **log**: the impressions logged, the shown items remembered for ``/feedback`` (and shared
   through Redis with the other worker processes, off the request path).
 """
@@ -39,8 +40,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from serving import rerank, retrieve, shared
+from serving import diversify, rerank, retrieve, shared
 from serving.bundle import LoadedBundle
+from serving.config import ServingConfig
 from serving.engine import Engine
 from serving.hydrate import Hydrated, hydrate
 from serving.logging import impression_rows
@@ -131,7 +133,7 @@ def recommend(engine: Engine, req: Request, info: dict[str, Any] | None = None) 
     if features_missing:
         fallbacks.append("features")
     timer.lap("rank")
-    slate = _rerank(engine, req, bundle, ranked)
+    slate = _rerank(engine, req, bundle, ranked, online.user if online is not None else None)
     timer.lap("rerank")
     shown = [ranked.ids[r] for r in slate.rows]
     sources = [ranked.sources[r] for r in slate.rows]
@@ -197,12 +199,16 @@ def _rank(
     return _Ranked(found.ids, scores, trows, cats, ages, sources, ranked), fell_back
 
 
-def _rerank(engine: Engine, req: Request, bundle: LoadedBundle, ranked: _Ranked) -> rerank.Slate:
-    """The response's slate: fresh boost, category caps, then exploration over the best
-    remaining candidates by their click posteriors (item table counts under the prior).
-    Candidates of an :data:`serving.sources.EXPLORE_ONLY` source (``catalog``) are left out of
-    the exploit list (unless too few others remain): they reach users through the explore slot,
-    not through a ranker's guess about items it never saw shown."""
+def _rerank(
+    engine: Engine,
+    req: Request,
+    bundle: LoadedBundle,
+    ranked: _Ranked,
+    user: dict[str, Any] | None = None,
+) -> rerank.Slate:
+    """The response's slate: fresh boost, the exploit list (:func:`_exploit`), then exploration
+    over the best remaining candidates by their click posteriors (item table counts under the
+    prior). ``user``: the hydrated user features (None: none read)."""
     cfg = engine.config
     table = bundle.item_table
     k = min(req.k, len(ranked.ids))
@@ -211,11 +217,7 @@ def _rerank(engine: Engine, req: Request, bundle: LoadedBundle, ranked: _Ranked)
         shown = np.where(ranked.trows >= 0, table.impressions[np.maximum(ranked.trows, 0)], 0.0)
         scores = rerank.optimistic_scores(scores, shown, cfg.exploit_optimism)
     boosted = rerank.boosted_scores(scores, ranked.ages, cfg.fresh_days, cfg.fresh_boost)
-    allowed = np.array([s not in EXPLORE_ONLY for s in ranked.sources], dtype=bool)
-    exploit = rerank.exploit_list(
-        boosted, ranked.categories, k, cfg.category_cap,
-        allowed=allowed if allowed.sum() >= k else None, uncapped=frozenset(req.categories),
-    )  # fmt: skip
+    exploit = _exploit(cfg, req, ranked, boosted, k, user)
     order = np.argsort(-boosted, kind="stable")
     pool_rows = order[~np.isin(order, exploit)][: cfg.explore_pool]
     prows = ranked.trows[pool_rows] if len(pool_rows) else np.zeros(0, np.int64)
@@ -229,6 +231,34 @@ def _rerank(engine: Engine, req: Request, bundle: LoadedBundle, ranked: _Ranked)
             exploit, boosted[exploit], pool_rows.astype(np.int64), alpha, beta, k,
             cfg.explore_rate, engine.rng, cfg.explore_grid, cfg.explore_uniform,
         )  # fmt: skip
+
+
+def _exploit(
+    cfg: ServingConfig,
+    req: Request,
+    ranked: _Ranked,
+    boosted: np.ndarray,
+    k: int,
+    user: dict[str, Any] | None,
+) -> np.ndarray:
+    """The exploit list's rows ``(k,)``, best first, by ``cfg.reranker``: ``cap``
+    (:func:`serving.rerank.exploit_list`, the request's categories uncapped), ``calibrated``
+    (toward :func:`serving.diversify.online_target` of the ``user``) or ``mmr`` (same category =
+    similar), each with weight ``cfg.rerank_lambda``. Candidates of an
+    :data:`serving.sources.EXPLORE_ONLY` source (``catalog``) are left out (unless too few
+    others remain): they reach users through the explore slot, not through a ranker's guess
+    about items it never saw shown."""
+    allowed = np.array([s not in EXPLORE_ONLY for s in ranked.sources], dtype=bool)
+    ok = allowed if allowed.sum() >= k else None
+    cats, lam = ranked.categories, cfg.rerank_lambda
+    if cfg.reranker == "calibrated":
+        target = diversify.online_target(boosted, cats, ok, user)
+        return diversify.calibrated_list(boosted, cats, k, target, lam, allowed=ok)
+    if cfg.reranker == "mmr":
+        return diversify.mmr_list(boosted, cats, k, lam, allowed=ok)
+    return rerank.exploit_list(
+        boosted, cats, k, cfg.category_cap, allowed=ok, uncapped=frozenset(req.categories)
+    )
 
 
 def _log_served(

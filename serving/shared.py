@@ -12,10 +12,11 @@ workers never number the same click twice.
 
 **Apart from the online features.** These records live in their own Redis database,
 :func:`shared_url`: ``RECLOOP_SERVE_SHARED_REDIS_URL`` when set (another instance, e.g. one with
-``maxmemory`` and ``allkeys-lru``; a Redis Cluster has only database 0, so name one there), else
-the feature store's server with database 1. Every key here expires; the online features (no
-TTL) are never written or evicted by them (``infra/redis.sh`` runs Redis with ``maxmemory`` and
-``volatile-ttl``: only expiring keys are evicted).
+``maxmemory`` and ``allkeys-lru``), else the feature store's server with database 1 (on a Redis
+Cluster, which has only database 0, the cluster itself). Every key here expires; the online
+features (no TTL) are never written or evicted by them (``infra/redis.sh`` and
+``infra/redis-cluster.sh`` run Redis with ``maxmemory`` and ``volatile-ttl``: only expiring keys
+are evicted).
 
 **Admin state** (:func:`write_admin`, :func:`read_admin`): what ``/admin`` changed (A/B share,
 salt, experiment, exploration rate; a reload request counter) is a Redis hash
@@ -84,10 +85,15 @@ def _answered(kind: str) -> None:
 def shared_url(settings: Settings, env: Mapping[str, str] | None = None) -> str:
     """Where request records, feedback counters and admin state live:
     ``RECLOOP_SERVE_SHARED_REDIS_URL``, else ``settings.redis_url`` with database
-    :data:`SHARED_DB` (credentials and host kept)."""
+    :data:`SHARED_DB` (credentials and host kept); a Redis Cluster's own URL (database 0, the
+    only one; every key here expires, and ``infra/redis-cluster.sh`` evicts only those)."""
+    from pipelines.features.redis_client import is_cluster_url
+
     env = os.environ if env is None else env
     if env.get("RECLOOP_SERVE_SHARED_REDIS_URL"):
         return env["RECLOOP_SERVE_SHARED_REDIS_URL"]
+    if is_cluster_url(settings.redis_url):
+        return settings.redis_url
     return urlunparse(urlparse(settings.redis_url)._replace(path=f"/{SHARED_DB}"))
 
 

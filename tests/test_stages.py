@@ -111,7 +111,7 @@ def test_cli_json_is_the_document_only(world, capsys):
     assert set(doc) == {"date", "bundle", "users", "forward_window", "variants"}
     assert list(doc["variants"]) == ["full", "trending"]
     for v in doc["variants"].values():
-        assert {"true_ctr", "ope_snips", "distinct_items"} <= set(v)
+        assert {"true_ctr", "ope_snips", "distinct_items", "ild", "calibration_kl"} <= set(v)
     assert main(["stages", "--date", DAY, "--users", "5", "--variants", "trending"]) == 0
     table = capsys.readouterr().out
     assert table.splitlines()[1].split()[:3] == ["variant", "true_ctr", "ope_snips"]

@@ -79,7 +79,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         os.environ["RECLOOP_SERVE_MAX_IN_FLIGHT"] = str(args.max_in_flight)
     if args.reload_s is not None:
         os.environ["RECLOOP_SERVE_RELOAD_S"] = str(args.reload_s)
-    os.environ["RECLOOP_SERVE_PROCESSES"] = str(max(1, args.workers))  # /feedback across workers
+    # /feedback and /admin across processes: this service's workers, and, with RECLOOP_SERVE_ID
+    # naming a service several `recloop serve` replicas make up (pipelines/cluster), the others
+    replicas = 2 if os.environ.get("RECLOOP_SERVE_ID") else 1
+    os.environ["RECLOOP_SERVE_PROCESSES"] = str(max(1, args.workers, replicas))
     ServingConfig.from_env()  # the variables set above, checked once more
     os.environ.update(settings.as_env())
     if not is_loopback(args.host):

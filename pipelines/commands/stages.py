@@ -9,8 +9,8 @@ environment (RECLOOP_SERVE_*), once per variant: full (as served), retrieval_onl
 ranker), trending (the cold-start list for everyone) and <source>_only for each candidate
 source (that source alone, ranker kept).
 Per variant: the mean true CTR of the slates (simulator truth, position included; null without
-one), the OPE estimate from D's logs (SNIPS; null when unavailable), distinct items, catalog
-coverage, Gini of impressions, novelty (bits), the share of new items, and the true CTR per
+one), the OPE estimate from D's logs (SNIPS; null when unavailable), distinct items, intra-list
+diversity (ild) and calibration KL over item categories, catalog coverage, Gini of impressions, novelty (bits), the share of new items, and the true CTR per
 activity bucket (users' positives before D: 0, 1-4, 5-19, 20+), and forward ranking figures
 usable on real data: NDCG@10, hit rate@10 and recall@10 of the served slates against each
 replayed user's positives in the validated logs of the forward window [D, D+H) (H days,

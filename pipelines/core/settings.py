@@ -6,7 +6,7 @@ environment, and ``Settings.ensure_dirs()`` is the one place that creates the wo
 | variable                     | default                                   | meaning |
 |------------------------------|-------------------------------------------|---------|
 | ``RECLOOP_HOME``             | ``~/.recloop``                            | workspace root: everything a run writes |
-| ``RECLOOP_REDIS_URL``        | ``redis://127.0.0.1:6399/0``              | Redis online store (loopback) |
+| ``RECLOOP_REDIS_URL``        | ``redis://127.0.0.1:6399/0``              | Redis online store (loopback); a Redis Cluster: ``redis+cluster://[:pw@]host:port,host:port,...`` (seed nodes, database 0; ``infra/redis-cluster.sh`` prints it; checked when a client is built, :mod:`pipelines.features.redis_client`) |
 | ``RECLOOP_MLFLOW_URI``       | ``sqlite:///$RECLOOP_HOME/mlflow/mlflow.db`` | MLflow tracking + registry URI |
 | ``RECLOOP_SCALE``            | ``demo``                                  | default simulator scale |
 | ``RECLOOP_SEED``             | ``42``                                    | default simulator seed |

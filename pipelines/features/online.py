@@ -22,6 +22,12 @@ One read, as serving does it (``C`` candidate items)::
     user = decode_user_row(plan, replies[0])             # {feature: value}, defaults filled
     cols, present = decode_item_rows(plan, replies[1:])  # per item feature a (C,) array
 
+On a Redis Cluster (``RECLOOP_REDIS_URL=redis+cluster://...``,
+:mod:`pipelines.features.redis_client`) the same keys (no hash tags: Feast's own, spread over the
+slots) and the same commands, one write per node; the marker and partial keys hash to different
+slots, so they are read with a ``GET`` each and written without a transaction
+(:func:`complete_marker`).
+
 Errors: a Redis that does not answer (refused, reset, hung past the 1 s socket timeouts)
 surfaces as the builtin ``ConnectionError`` naming the URL, through the one wrapper
 :func:`connection_errors`; callers catch ``ConnectionError``.
@@ -47,6 +53,7 @@ import pandas as pd
 from pipelines.core.redact import redact_text, redact_url
 from pipelines.core.settings import Settings
 from pipelines.features import tables as ft
+from pipelines.features.redis_client import cluster_round_trip, is_cluster_client
 
 PROJECT = "recloop"
 """The Feast project: the suffix of every entity key in Redis."""
@@ -58,7 +65,7 @@ MARKER_KEY = f"recloop:{PROJECT}:materialized_date"
 """Redis string: the latest date materialized; an older date is not written over it."""
 PARTIAL_KEY = f"recloop:{PROJECT}:materializing"
 """Redis string ``<date> <UTC start>``: a materialization under way or failed (cleared, with
-:data:`MARKER_KEY` set, in one transaction when it completes)."""
+:data:`MARKER_KEY` set, in one transaction when it completes: :func:`complete_marker`)."""
 COLUMN_DTYPES = {"int64": np.int64, "float64": np.float64, "string": object}
 """Feature type (``pipelines.features.tables.FEATURE_TYPES``) → numpy dtype of its column."""
 
@@ -72,22 +79,17 @@ _decoders: dict[str, Any] = {}
 
 
 def redis_client(settings: Settings):
-    """The process's redis-py client for ``settings.redis_url`` (one per URL): 1 s socket
-    timeouts, no hidden retries."""
-    import redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
+    """The process's redis-py client for ``settings.redis_url`` (one per URL): ``redis.Redis``,
+    or ``RedisCluster`` for a ``redis+cluster://`` URL (:mod:`pipelines.features.redis_client`);
+    1 s socket timeouts, no hidden retries."""
+    from pipelines.features.redis_client import make_client
 
     with _lock:
         client = _clients.get(settings.redis_url)
-        if client is None:
-            client = redis.Redis.from_url(
-                settings.redis_url,
-                socket_timeout=SOCKET_TIMEOUT_S,
-                socket_connect_timeout=SOCKET_TIMEOUT_S,
-                retry=Retry(NoBackoff(), 0),
-            )
-            _clients[settings.redis_url] = client
+    if client is None:  # built outside the lock: a cluster client connects to read its slot map
+        client = make_client(settings.redis_url, SOCKET_TIMEOUT_S)
+        with _lock:
+            client = _clients.setdefault(settings.redis_url, client)
     return client
 
 
@@ -234,8 +236,12 @@ def hmget_rows(client: Any, commands: list[Command]) -> list[list[bytes | None]]
     absent), sent as one pre-packed write.
 
     The same commands a redis-py pipeline sends (so the same as Feast's read), with the constant
-    field list encoded once per service instead of once per key. redis-py errors propagate (wrap
-    the call in :func:`connection_errors`)."""
+    field list encoded once per service instead of once per key. On a Redis Cluster, one write
+    per node serving the keys' slots (:func:`pipelines.features.redis_client.cluster_round_trip`).
+    redis-py errors propagate (wrap the call in :func:`connection_errors`)."""
+    if is_cluster_client(client):
+        keys = [key for _, key in commands]
+        return cluster_round_trip(client, keys, lambda idx: _pack([commands[i] for i in idx]))
     return _exchange(client, _pack(commands), len(commands))
 
 
@@ -259,11 +265,52 @@ def hmget_rows_after_marker(
 ) -> tuple[bytes | None, list[list[bytes | None]]]:
     """``(materialization state, replies of commands)`` in one write: ``MGET`` of
     :data:`MARKER_KEY` and :data:`PARTIAL_KEY` first (:func:`marker_state`), so rows read after
-    a state are at least that fresh."""
+    a state are at least that fresh. On a Redis Cluster (the two keys hash to different slots)
+    a ``GET`` of each instead of the ``MGET``, in the same round trip."""
     keys = [MARKER_KEY.encode(), PARTIAL_KEY.encode()]
+    if is_cluster_client(client):
+        gets = [b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(k), k) for k in keys]
+
+        def pack(idx: list[int]) -> bytes:  # the GETs (indices 0 and 1) first, then HMGETs
+            return b"".join(gets[i] for i in idx if i < 2) + _pack(
+                [commands[i - 2] for i in idx if i > 1]
+            )
+
+        replies = cluster_round_trip(client, keys + [key for _, key in commands], pack)
+        return marker_state(replies[0], replies[1]), replies[2:]
     head = b"*3\r\n$4\r\nMGET\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(k), k) for k in keys)
     replies = _exchange(client, head + _pack(commands), 1 + len(commands))
     return marker_state(*replies[0]), replies[1:]
+
+
+def read_marker(client: Any) -> tuple[bytes | None, bytes | None]:
+    """``(MARKER_KEY, PARTIAL_KEY)`` values (``None`` where absent) in one round trip: one
+    ``MGET``, or on a Redis Cluster a ``GET`` per key (different slots)."""
+    if is_cluster_client(client):
+        marker, partial = client.mget_nonatomic(MARKER_KEY, PARTIAL_KEY)
+    else:
+        marker, partial = client.mget(MARKER_KEY, PARTIAL_KEY)
+    return marker, partial
+
+
+def complete_marker(client: Any, date: str | None) -> None:
+    """A materialization completed: :data:`MARKER_KEY` set to ``date`` (unless None: an older
+    date does not go over a newer one) and :data:`PARTIAL_KEY` deleted, in one ``MULTI``/``EXEC``.
+
+    On a Redis Cluster the two keys hash to different slots and no transaction spans slots:
+    ``SET`` then ``DEL``, in that order, so a reader sees at worst the new marker still beside
+    the partial key (for one round trip; :func:`marker_state` then reads as a change, and again
+    when the key is gone), never the old marker without it (a finished day not announced)."""
+    if is_cluster_client(client):
+        if date is not None:
+            client.set(MARKER_KEY, date)
+        client.delete(PARTIAL_KEY)
+        return
+    tx = client.pipeline(transaction=True)
+    if date is not None:
+        tx.set(MARKER_KEY, date)
+    tx.delete(PARTIAL_KEY)
+    tx.execute()
 
 
 # --- decoding ----------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from pipelines.core.redact import redact_url
 from pipelines.core.settings import Settings
 from pipelines.features import online
 from pipelines.features import tables as ft
+from pipelines.features.redis_client import is_cluster_url, parse_cluster_url
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +55,24 @@ _definitions_module: Any = None
 
 
 def redis_connection_string(url: str, timeout_s: float = online.SOCKET_TIMEOUT_S) -> str:
-    """``redis://[:pw@]host:port/db`` → Feast's ``host:port,db=N[,password=..],timeouts``.
+    """``redis://[:pw@]host:port/db`` → Feast's ``host:port,db=N[,password=..],timeouts``;
+    ``redis+cluster://[:pw@]host:port,host:port,...`` → ``host:port,host:port,...[,password=..],
+    timeouts`` (with :func:`redis_type` ``redis_cluster``).
 
-    Feast passes the ``key=value`` parts (JSON-decoded) to ``redis.Redis(**kwargs)``.
+    Feast passes the ``key=value`` parts (JSON-decoded) to ``redis.Redis(**kwargs)``, or to
+    ``RedisCluster(startup_nodes=<the host:port parts>, **kwargs)`` for a cluster.
     """
+    if is_cluster_url(url):
+        target = parse_cluster_url(url)
+        parts = [f"{host}:{port}" for host, port in target.nodes]
+        if target.username:
+            parts.append(f"username={target.username}")
+        if target.password:
+            parts.append(f"password={target.password}")
+        # no db (a cluster has only 0) and no retry=null: RedisCluster's own retries (3) read the
+        # slot map again, so a write that meets a failover lands on the promoted replica.
+        parts += [f"socket_connect_timeout={timeout_s}", f"socket_timeout={timeout_s}"]
+        return ",".join(parts)
     parsed = urlparse(url)
     if parsed.scheme not in ("redis", ""):
         raise ValueError(f"RECLOOP_REDIS_URL={redact_url(url)!r}: expected redis://host:port/db")
@@ -70,6 +85,12 @@ def redis_connection_string(url: str, timeout_s: float = online.SOCKET_TIMEOUT_S
     # into ~6 s of waiting; the DAG task retries instead, and serving fails fast.
     parts += [f"socket_connect_timeout={timeout_s}", f"socket_timeout={timeout_s}", "retry=null"]
     return ",".join(parts)
+
+
+def redis_type(url: str) -> str:
+    """Feast's ``redis_type`` for ``url``: ``redis_cluster`` for ``redis+cluster://``, else
+    ``redis``."""
+    return "redis_cluster" if is_cluster_url(url) else "redis"
 
 
 def registry_path(settings: Settings) -> Path:
@@ -91,6 +112,7 @@ def repo_config(settings: Settings):
         },
         online_store={
             "type": "redis",
+            "redis_type": redis_type(settings.redis_url),
             "connection_string": redis_connection_string(settings.redis_url),
             "skip_dedup": True,
         },
@@ -112,6 +134,7 @@ def feature_store_yaml(settings: Settings) -> str:
         "provider: local\n"
         "online_store:\n"
         "    type: redis\n"
+        f"    redis_type: {redis_type(settings.redis_url)}\n"
         f'    connection_string: "{redis_connection_string(settings.redis_url)}"\n'
         "    skip_dedup: true\n"
         "offline_store:\n"
@@ -260,11 +283,7 @@ def materialize_date(settings: Settings, date: str | dt.date, force: bool = Fals
         raise
     seconds = time.perf_counter() - t0
     with online.connection_errors(settings.redis_url):
-        tx = client.pipeline(transaction=True)
-        if latest is None or d > latest:
-            tx.set(online.MARKER_KEY, d.isoformat())
-        tx.delete(online.PARTIAL_KEY)
-        tx.execute()
+        online.complete_marker(client, d.isoformat() if latest is None or d > latest else None)
     rows = counts["user"] + counts["item"]
     log.info(
         "materialized %s: %d users + %d items into %s in %.2fs",

@@ -16,7 +16,9 @@ the shown items, position included; None without a simulator truth), ``ope_snips
 ``ope_ess`` (the off-policy estimate of the variant from the day's logged impressions of the
 same users, :data:`OPE_ESTIMATOR` of :mod:`pipelines.release.served_ope`, and its effective
 sample size; None without logs or when the responses carry no ``policy``), ``distinct_items`` and the rest of
-:func:`pipelines.report.catalog.catalog_health`, ``true_ctr_by_bucket`` (per activity bucket
+:func:`pipelines.report.catalog.catalog_health` (among them ``coverage`` and ``novelty``, the
+definitions of :mod:`pipelines.core.beyond_accuracy`), ``ild`` and ``calibration_kl``
+(:func:`category_figures`), ``true_ctr_by_bucket`` (per activity bucket
 of the users: positives before the day) and ``paths`` (users per serving path: ``known``,
 ``user_tower``, ``cold_start``, ...). Impressions and requests of the replays are not logged.
 
@@ -247,6 +249,97 @@ def ope_snips(
     return entry.get("estimate"), entry.get("ess")
 
 
+# --- beyond-accuracy figures over item categories ----------------------------------------------
+def category_context(settings: Settings, date: str, users: Sequence[str]) -> dict[str, Any] | None:
+    """What :func:`category_figures` needs, or None when ``data/items.parquet`` has no
+    ``category``: ``items`` (``pd.Index`` of item ids), ``category`` ``(I,)`` theirs,
+    ``labels`` ``(G,)`` the distinct categories, ``user_dist`` ``{user: (G,)}`` each of
+    ``users``' category distribution of their positives in the
+    :data:`pipelines.report.catalog.POPULARITY_WINDOW_DAYS` days before ``date``, users without
+    any getting the distribution of everyone's positives then (the catalog's when there are
+    none)."""
+    from pipelines.core import beyond_accuracy as ba
+    from pipelines.core import layout
+
+    path = layout.attributes_path(settings, "items")
+    if not path.exists():
+        return None
+    items = pd.read_parquet(path)
+    if "category" not in items.columns:
+        return None
+    items = items.drop_duplicates("item_id", keep="last")
+    ids = pd.Index(items["item_id"].astype(str))
+    category = items["category"].astype(str).to_numpy()
+    labels = np.unique(category)
+    pos = _positive_pairs(settings, date)
+    pos["category"] = pd.Series(category, index=ids).reindex(pos["item_id"]).to_numpy()
+    pos = pos.dropna(subset=["category"])
+    fallback = ba.category_distribution(pos["category"].to_numpy(), labels, pos["n"].to_numpy())
+    if fallback.sum() == 0:
+        fallback = ba.category_distribution(category, labels)
+    mine = pos[pos["user_id"].isin({str(u) for u in users})]
+    counts = mine.groupby(["user_id", "category"])["n"].sum()
+    history: dict[str, dict[str, float]] = {}
+    for (u, c), n in counts.items():
+        history.setdefault(str(u), {})[str(c)] = float(n)
+    order = [str(u) for u in pd.unique(np.asarray(users, dtype=object))]
+    dist = ba.user_distributions(history, order, labels, fallback)
+    return {"items": ids, "category": category, "labels": labels,
+            "user_dist": dict(zip(order, dist, strict=True))}  # fmt: skip
+
+
+def _positive_pairs(settings: Settings, date: str) -> pd.DataFrame:
+    """``user_id``, ``item_id``, ``n``: positive events (click, purchase, rating) per pair in the
+    validated logs of the :data:`pipelines.report.catalog.POPULARITY_WINDOW_DAYS` days before
+    ``date``."""
+    import duckdb
+
+    from pipelines.core.duckdb_sql import sql_list
+    from pipelines.core.validated import validated_files
+
+    last = schema.parse_date(date) - dt.timedelta(days=1)
+    files = validated_files(
+        settings, last - dt.timedelta(days=catalog.POPULARITY_WINDOW_DAYS - 1), last
+    )
+    if not files:
+        return pd.DataFrame({"user_id": [], "item_id": [], "n": []})
+    events = ", ".join(f"'{e}'" for e in catalog.POSITIVE_EVENTS)
+    with duckdb.connect() as con:
+        frame = con.execute(
+            f"SELECT user_id, item_id, count(*) AS n FROM read_parquet({sql_list(files)}) "
+            f"WHERE event IN ({events}) GROUP BY user_id, item_id"
+        ).df()
+    return frame.astype({"user_id": str, "item_id": str})
+
+
+def category_figures(
+    responses: Sequence[dict[str, Any]], context: dict[str, Any] | None
+) -> dict[str, float | None]:
+    """``ild`` (intra-list diversity of the slates by category inequality) and
+    ``calibration_kl`` (mean over the slates of KL(user's distribution || slate's), Steck's
+    smoothing) of :mod:`pipelines.core.beyond_accuracy`, over each slate as shown (explored
+    slot included; items outside the catalog left out); None without ``context``
+    (:func:`category_context`) or slates."""
+    from pipelines.core import beyond_accuracy as ba
+
+    if context is None or not responses:
+        return {"ild": None, "calibration_kl": None}
+    k = max((len(r["items"]) for r in responses), default=0)
+    recs = np.full((len(responses), k), -1, dtype=np.int64)
+    for row, r in enumerate(responses):
+        shown = sorted(r["items"], key=lambda x: int(x["position"]))
+        recs[row, : len(shown)] = context["items"].get_indexer([str(x["item_id"]) for x in shown])
+    cats, labels = context["category"], context["labels"]
+    fallback = np.full(len(labels), 1.0 / max(len(labels), 1))
+    dist = np.array([context["user_dist"].get(str(r["user_id"]), fallback) for r in responses])
+    ild = ba.intra_list_diversity(recs, categories=cats)
+    kl = ba.mean_calibration_kl(recs, cats, dist.reshape(len(responses), len(labels)), labels)
+    return {
+        "ild": None if np.isnan(ild) else ild,
+        "calibration_kl": None if np.isnan(kl) else kl,
+    }
+
+
 def variant_figures(
     settings: Settings,
     date: str,
@@ -267,6 +360,7 @@ def variant_figures(
     out.update(forward_figures(responses, context["forward"], context["buckets"]))
     health = catalog.catalog_health(frame, context["catalog"], date, context["popularity"])
     out.update(health)
+    out.update(category_figures(responses, context.get("categories")))
     out["users"] = len(responses)
     out["degraded"] = sum(bool(r.get("degraded")) for r in responses)
     paths = pd.Series([",".join(r.get("fallbacks") or ()) or "known" for r in responses])
@@ -316,6 +410,7 @@ def run_stages(
         "buckets": catalog.user_buckets(settings, date, users),
         "logged": logged_impressions(settings, date),
         "forward": None,
+        "categories": category_context(settings, date, users),
     }
     if len(positives):
         context["forward"] = forward_relevance(settings, window, positives, users)
@@ -336,7 +431,7 @@ def format_table(doc: dict[str, Any]) -> str:
     """The document as a readable table: one row per variant."""
     head = (
         f"{'variant':<16}{'true_ctr':>9}{'ope_snips':>10}{'ndcg@10':>9}{'hit@10':>8}"
-        f"{'distinct':>9}{'coverage':>9}"
+        f"{'distinct':>9}{'ild':>7}{'cal_kl':>8}{'coverage':>9}"
         f"{'gini':>7}{'novelty':>8}{'new':>7}  " + "  ".join(f"ctr[{b}]" for b in catalog.BUCKETS)
     )
     first, last = doc.get("forward_window") or ("-", "-")
@@ -351,7 +446,8 @@ def format_table(doc: dict[str, Any]) -> str:
         lines.append(
             f"{name:<16}{_num(v['true_ctr'], 4):>9}{_num(v['ope_snips'], 4):>10}"
             f"{_num(v.get('ndcg@10'), 4):>9}{_num(v.get('hit_rate@10'), 3):>8}"
-            f"{v['distinct_items']:>9}{_num(v['coverage'], 3):>9}{_num(v['gini'], 3):>7}"
+            f"{v['distinct_items']:>9}{_num(v.get('ild'), 3):>7}"
+            f"{_num(v.get('calibration_kl'), 3):>8}{_num(v['coverage'], 3):>9}{_num(v['gini'], 3):>7}"
             f"{_num(v['novelty'], 2):>8}{_num(v['new_item_share'], 3):>7}  "
             + "  ".join(f"{_num(by.get(b), 4):>{len(b) + 5}}" for b in catalog.BUCKETS)
         )

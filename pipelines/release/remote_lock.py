@@ -51,7 +51,9 @@ def redis_lock(
     when another holder keeps it ``wait_s`` seconds."""
     import redis
 
-    client = redis.Redis.from_url(redis_url, socket_timeout=5.0, socket_connect_timeout=5.0)
+    from pipelines.features.redis_client import make_client
+
+    client = make_client(redis_url, 5.0)  # one server or a Redis Cluster (one key: one slot)
     key, token = lock_key(mlflow_uri), uuid.uuid4().hex
     deadline = time.monotonic() + wait_s
     try:

@@ -85,7 +85,7 @@ def materialized_date(settings: Settings) -> tuple[str | None, str | None, str |
 
     try:
         with online.connection_errors(settings.redis_url):
-            raw, partial = online.redis_client(settings).mget(online.MARKER_KEY, online.PARTIAL_KEY)
+            raw, partial = online.read_marker(online.redis_client(settings))
     except ConnectionError as exc:
         return None, str(exc), None
     sentence = None
