@@ -169,6 +169,8 @@ MODEL_MODULES = {
     "itemknn": "models.baselines",
     "userknn": "models.baselines",
     "two_tower": "models.two_tower",
+    "ncf": "models.ncf",
+    "bpr": "models.bpr",
     "dlrm": "models.dlrm",
 }
 

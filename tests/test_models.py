@@ -28,6 +28,8 @@ import torch
 from models.als import ALS
 from models.base import CONFIG_FILE, MODEL_CLASSES, WEIGHTS_FILE, Retriever, load_model
 from models.baselines import ItemKNN, MostPopular, UserKNN, topk_similarity
+from models.bpr import BPR
+from models.ncf import NCF
 from models.two_tower import TwoTower
 
 N_USERS, N_ITEMS, BLOCK_USERS, BLOCK_ITEMS, SEEN = 40, 24, 20, 12, 6
@@ -119,6 +121,12 @@ CASES = [
         lambda: TwoTower(**SMALL_TOWERS, **ATTRIBUTE_TOWERS),
         fit_kwargs=block_frames(),
     ),
+    # BCE with 4 sampled negatives per positive; logits, no embeddings (not a dot product)
+    Case(
+        "ncf",
+        lambda: NCF(factors=4, embed_dim=8, layers=(16, 8), epochs=8, batch_size=256, lr=0.02),
+    ),
+    Case("bpr", lambda: BPR(factors=2, regularization=0.03, batch_size=32, lr=0.05)),
 ]
 
 

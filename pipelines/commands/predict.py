@@ -1,6 +1,6 @@
 """Score given user-item pairs with a trained model.
 
-  recloop predict --model mf|mf_explicit|two_tower|itemknn|userknn|popular|ranker|ranker_lr
+  recloop predict --model mf|mf_explicit|two_tower|itemknn|userknn|popular|ncf|bpr|ranker|ranker_lr
                   --pairs FILE --out FILE [--date D]
 
 FILE is a CSV or parquet with columns user_id, item_id. The output adds `score` (for mf_explicit
@@ -20,20 +20,9 @@ from pipelines.core.settings import Settings
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model",
-        required=True,
-        choices=[
-            "mf",
-            "mf_explicit",
-            "two_tower",
-            "popular",
-            "itemknn",
-            "userknn",
-            "ranker",
-            "ranker_lr",
-        ],
-    )
+    from pipelines.retrieval.train import MODELS
+
+    parser.add_argument("--model", required=True, choices=[*MODELS, "ranker", "ranker_lr"])
     parser.add_argument(
         "--pairs", type=Path, required=True, help="CSV/parquet with user_id, item_id"
     )

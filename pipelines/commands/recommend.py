@@ -1,7 +1,7 @@
 """Write top-K recommendations of a trained model for every known user or the listed ones.
 
-  recloop recommend --model mf|two_tower|popular|itemknn|userknn --k 10 [--users FILE] --out FILE
-                    [--date D]
+  recloop recommend --model mf|mf_explicit|two_tower|popular|itemknn|userknn|ncf|bpr --k 10
+                    [--users FILE] --out FILE [--date D]
 
 Output (CSV, or parquet when FILE ends in .parquet): user_id, item_id, rank, score, source — raw
 ids, rank 1 = best. Every listed user gets k rows: users the model knows its top-k unseen items
@@ -27,11 +27,9 @@ log = logging.getLogger(__name__)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model",
-        required=True,
-        choices=["mf", "mf_explicit", "two_tower", "popular", "itemknn", "userknn"],
-    )
+    from pipelines.retrieval.train import MODELS
+
+    parser.add_argument("--model", required=True, choices=MODELS)
     parser.add_argument("--k", type=int, default=10, help="items per user (1..1000)")
     parser.add_argument("--users", type=Path, help="file with one user id per line")
     parser.add_argument("--out", type=Path, required=True, help="output .csv or .parquet")

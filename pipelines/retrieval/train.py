@@ -1,5 +1,6 @@
 """Retrieval training for one logical date (the ``train_mf``, ``train_two_tower``,
-``train_popular`` and ``train_itemknn`` tasks): fit a model on the training data of
+``train_popular`` and ``train_itemknn`` tasks; ``ncf``, ``bpr``, ``userknn`` and ``mf_explicit``
+through ``recloop train``): fit a model on the training data of
 :mod:`pipelines.retrieval.data` and save it as an artifact.
 
 **Artifacts** (``artifacts/models/<name>/date=D/``): the model folder (``models.base`` format),
@@ -40,7 +41,7 @@ from pipelines.retrieval.data import (
 
 log = logging.getLogger(__name__)
 
-MODELS = ("mf", "mf_explicit", "two_tower", "popular", "itemknn", "userknn")
+MODELS = ("mf", "mf_explicit", "two_tower", "popular", "itemknn", "userknn", "ncf", "bpr")
 #: ALS settings for the daily job, chosen on the demo simulator's validation day (train days 1-6,
 #: validate day 7; benchmarks/bench_retrieval.py). With ~2 positives per user, weak regularization
 #: overfits the long tail (NDCG@10 0.003 at 0.05) and strong regularization toward 0 leaves a
@@ -81,12 +82,37 @@ TWO_TOWER_PARAMS: dict[str, Any] = {
 #: feature-store columns the towers read (attributes; others are leaky or near-unique, see above)
 TWO_TOWER_USER_FEATURES = ("user_age", "user_gender", "user_country", "age", "gender", "country")
 TWO_TOWER_ITEM_FEATURES = ("item_category", "category")
+#: NCF (``models.ncf``: GMF + MLP fused, BCE with 4 sampled negatives per positive): the
+#: chapter's sizes (MLP embeddings 64, layers 128-64-32) and a 32-factor GMF tower; 10 epochs,
+#: the best of 5/7/10/20 on MovieLens 100K's validation split (benchmarks/bench_ncf_bpr.py
+#: --validate: more epochs overfit, NDCG@10 0.179 at 10, 0.147 at 20)
+NCF_PARAMS: dict[str, Any] = {
+    "factors": 32,
+    "embed_dim": 64,
+    "layers": (128, 64, 32),
+    "n_negatives": 4,
+    "epochs": 10,
+    "batch_size": 1024,
+    "lr": 1e-3,
+}
+#: BPR-trained MF (``models.bpr``), Adam over sampled triples; L2 and epochs the best of a small
+#: grid on the same validation split (NDCG@10 0.168; L2 1e-3 / 30 epochs: 0.132)
+BPR_PARAMS: dict[str, Any] = {
+    "factors": 64,
+    "lr": 0.01,
+    "regularization": 0.01,
+    "epochs": 15,
+    "batch_size": 1024,
+    "optimizer": "adam",
+}
 
 
 def build_model(name: str, data: TrainingData, settings: Settings, seed: int = 0) -> Any:
     """Construct and fit model ``name`` (one of ``MODELS``) on ``data``."""
     from models.als import ALS
     from models.baselines import ItemKNN, MostPopular, UserKNN
+    from models.bpr import BPR
+    from models.ncf import NCF
     from models.two_tower import TwoTower
 
     if name == "mf":
@@ -120,6 +146,10 @@ def build_model(name: str, data: TrainingData, settings: Settings, seed: int = 0
         return ItemKNN(k=50).fit(data.implicit)
     if name == "userknn":
         return UserKNN(k=50).fit(data.implicit)
+    if name == "ncf":
+        return NCF(**NCF_PARAMS, seed=seed).fit(data.implicit)
+    if name == "bpr":
+        return BPR(**BPR_PARAMS, seed=seed).fit(data.implicit)
     raise ValueError(f"unknown model {name!r}: expected one of {MODELS}")
 
 
