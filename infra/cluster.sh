@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The local cluster: recloop's multi-process topology on loopback (issue 18).
-#   infra/cluster.sh up|status|down
+#   infra/cluster.sh up [--airflow-workers N]|status|down
 # `up` installs what is missing (Debian's postgresql, through infra/setup.sh's apt-get branch),
 # then starts PostgreSQL as the postgres user (Airflow's and MLflow's metadata) and the MLflow
 # tracking server on it, and prints where each listens and what to export. Files live under
@@ -14,6 +14,6 @@ case "$action" in
   up) bash infra/setup.sh ;;
   status|down) [ -x .venv/bin/python ] || { echo "cluster: not set up (run: bash infra/cluster.sh up)" >&2; exit 1; } ;;
   -h|--help) ;;
-  *) echo "usage: $0 up|status|down" >&2; exit 2 ;;
+  *) echo "usage: $0 up [--airflow-workers N]|status|down" >&2; exit 2 ;;
 esac
-exec .venv/bin/python -m pipelines.cluster "$action"
+exec .venv/bin/python -m pipelines.cluster "$action" "${@:2}"

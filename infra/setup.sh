@@ -13,8 +13,7 @@ missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v shellcheck >/dev/null || missing+=(shellcheck)
 # PostgreSQL: the local cluster's metadata database (infra/cluster.sh; its tests start one)
-compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || command -v initdb >/dev/null \
-  || missing+=(postgresql)
+command -v pg_ctlcluster >/dev/null || missing+=(postgresql)  # Debian's postgresql-common
 # HAProxy: the load balancer in front of serving replicas (pipelines/cluster/serving_replicas.py)
 command -v haproxy >/dev/null || missing+=(haproxy)
 if [ "${#missing[@]}" -gt 0 ]; then

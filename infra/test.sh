@@ -10,4 +10,6 @@ fi
 shellcheck infra/*.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-exec .venv/bin/python -m pytest -q "$@"
+# two pytest workers (RECLOOP_TEST_WORKERS; 0 runs in this process), whole files per worker so a
+# module's fixtures (trained workspaces, servers) are built once; the slowest tests are listed
+exec .venv/bin/python -m pytest -q -n "${RECLOOP_TEST_WORKERS:-2}" --dist loadfile --durations=25 "$@"

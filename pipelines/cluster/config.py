@@ -6,6 +6,9 @@
 | ``RECLOOP_CLUSTER_PG_PORT``     | ``5433``  | PostgreSQL (Airflow's and MLflow's metadata) on 127.0.0.1 |
 | ``RECLOOP_CLUSTER_MLFLOW_PORT`` | ``5001``  | the MLflow tracking server on 127.0.0.1 |
 | ``RECLOOP_CLUSTER_MLFLOW_WORKERS`` | ``2`` | the tracking server's worker processes |
+| ``RECLOOP_CLUSTER_AIRFLOW_WORKERS`` | ``0`` | Airflow's Celery workers (0: no Airflow) |
+| ``RECLOOP_CLUSTER_AIRFLOW_PORT`` | ``8080`` | Airflow's API server (UI, REST, execution API) |
+| ``RECLOOP_CLUSTER_AIRFLOW_BROKER_PORT`` | ``6390`` | the Celery broker's own ``redis-server`` |
 
 Nothing here is read at import time: :meth:`ClusterConfig.from_env` reads it.
 """
@@ -26,6 +29,9 @@ class ClusterConfig:
     pg_port: int = 5433
     mlflow_port: int = 5001
     mlflow_workers: int = 2
+    airflow_workers: int = 0
+    airflow_port: int = 8080
+    airflow_broker_port: int = 6390
 
     @property
     def cluster_dir(self) -> Path:
@@ -44,6 +50,9 @@ class ClusterConfig:
             ("RECLOOP_CLUSTER_PG_PORT", "pg_port", 1, 65535),
             ("RECLOOP_CLUSTER_MLFLOW_PORT", "mlflow_port", 1, 65535),
             ("RECLOOP_CLUSTER_MLFLOW_WORKERS", "mlflow_workers", 1, 64),
+            ("RECLOOP_CLUSTER_AIRFLOW_WORKERS", "airflow_workers", 0, 32),
+            ("RECLOOP_CLUSTER_AIRFLOW_PORT", "airflow_port", 1, 65535),
+            ("RECLOOP_CLUSTER_AIRFLOW_BROKER_PORT", "airflow_broker_port", 1, 65535),
         ):
             raw = env.get(var)
             if raw:

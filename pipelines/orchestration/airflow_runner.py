@@ -274,3 +274,46 @@ def wait_ready(port: int, timeout: float = 120.0) -> None:
         wait_until(healthy, timeout, url, interval_s=1.0)
     except TimeoutError:
         raise RuntimeError(f"Airflow API server not ready at {url} after {timeout:.0f}s") from None
+
+
+def api_client(port: int, password: str, timeout: float = 60.0) -> Any:
+    """An ``httpx.Client`` on the API server's REST API (``/api/v2``) on 127.0.0.1:``port``,
+    authenticated as ``admin`` with ``password`` (a bearer token from ``/auth/token``)."""
+    import httpx
+
+    base = f"http://127.0.0.1:{port}"
+    token = httpx.post(f"{base}/auth/token", json={"username": "admin", "password": password},
+                       timeout=timeout).json()["access_token"]  # fmt: skip
+    return httpx.Client(base_url=f"{base}/api/v2", timeout=timeout,
+                        headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+
+
+def trigger_run(client: Any, dag_id: str, date: str | dt.date, parse_timeout: float = 120.0) -> str:
+    """Wait until the DAG processor has parsed ``dag_id``, unpause it and create a run for
+    logical date ``date`` through the REST API; returns the run id. ``RuntimeError`` with the
+    answer when the API refuses the run."""
+    day = schema.parse_date(date)
+    wait_until(lambda: client.get(f"/dags/{dag_id}").status_code != 404, parse_timeout,
+               f"the DAG processor to parse {dag_id}", interval_s=2.0)  # fmt: skip
+    client.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
+    r = client.post(f"/dags/{dag_id}/dagRuns", json={"logical_date": f"{day}T00:00:00Z"})
+    if r.status_code != 200:
+        raise RuntimeError(f"creating a run of {dag_id} for {day} failed: {r.status_code} {r.text}")
+    return r.json()["dag_run_id"]
+
+
+def wait_run(
+    client: Any, dag_id: str, run_id: str, timeout: float = 600.0
+) -> tuple[str, list[dict]]:
+    """Wait until run ``run_id`` of ``dag_id`` ends; returns its state (``success`` or
+    ``failed``) and its task instances as the REST API gives them (``task_id``, ``state``,
+    ``try_number``, ``hostname``, ...)."""
+
+    def finished() -> str | None:
+        state = client.get(f"/dags/{dag_id}/dagRuns/{run_id}").json()["state"]
+        return state if state in ("success", "failed") else None
+
+    state = wait_until(finished, timeout, f"DAG run {run_id} to finish", interval_s=2.0)
+    r = client.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
+    r.raise_for_status()
+    return state, r.json()["task_instances"]
