@@ -110,13 +110,17 @@ def fmt(x: float | None, digits: int = 4) -> str:
     return number(x, f".{digits}f", missing="—")
 
 
-def quality(args: argparse.Namespace) -> dict:
+def demo_frames(days: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """``(train, train_all, test)`` of ``days`` simulated demo days (module docstring, (a)):
+    the impressions of the days before the last with their features, the same plus sampled
+    negatives, and the last day's impressions with ``retrieval_score`` and the simulator's
+    truth (``true_click_prob``, ``relevance_prob``)."""
     from pipelines.data.simulate import simulate, truth_impressions_dir
 
     home = Path(tempfile.mkdtemp(prefix="bench-ranker-"))
     settings = Settings.from_env({"RECLOOP_HOME": str(home)})
     t0 = time.perf_counter()
-    simulate(settings, days=args.days, scale="demo", seed=args.seed)
+    simulate(settings, days=days, scale="demo", seed=seed)
     dates = schema.partition_dates(settings.interactions_dir)
     events = pd.concat([schema.read_partition(settings.interactions_dir, d) for d in dates])
     truth = pd.concat([schema.read_partition(truth_impressions_dir(settings), d) for d in dates])
@@ -124,8 +128,7 @@ def quality(args: argparse.Namespace) -> dict:
     items = pd.read_parquet(layout.attributes_path(settings, "items"))
     labelled = rk.label_impressions(events)
     labelled["day"] = labelled["ts"].dt.floor("D")
-    days = sorted(labelled["day"].unique())
-    test_day = days[-1]
+    test_day = sorted(labelled["day"].unique())[-1]
     print(
         f"simulated {len(dates)} demo days in {time.perf_counter() - t0:.1f}s: "
         f"{len(labelled):,} impressions, ctr {labelled['label'].mean():.4f}"
@@ -147,6 +150,12 @@ def quality(args: argparse.Namespace) -> dict:
         f"train: {len(train):,} impressions (+{int(train_all['sampled'].sum()):,} sampled "
         f"negatives in the sampled variant), test: {len(test):,} impressions of day {test_day:%F}"
     )
+    return train, train_all, test
+
+
+def quality(args: argparse.Namespace) -> dict:
+    train, train_all, test = demo_frames(args.days, args.seed)
+    test_day = test["day"].iloc[0]
     if args.dump:
         Path(args.dump).mkdir(parents=True, exist_ok=True)
         train_all.to_parquet(Path(args.dump) / "train.parquet")

@@ -172,6 +172,7 @@ MODEL_MODULES = {
     "ncf": "models.ncf",
     "bpr": "models.bpr",
     "dlrm": "models.dlrm",
+    "wide_deep": "models.wide_deep",
 }
 
 

@@ -20,7 +20,11 @@ features, ``D`` = ``dim`` embedding dimension. Blocks (torchrec ``models/dlrm.py
     ``(B, (F + 1) D)``; ``cross_layers`` layers ``x_{l+1} = x0 (x_l^T w_l) + b_l + x_l``.
   * ``fm`` (DeepFM) :class:`FMInteraction`: the flattened vectors (the deep part's input) plus the
     FM second-order term ``sum_{i<j} <v_i, v_j> = ½(‖Σ v_i‖² − Σ ‖v_i‖²)`` (O(kN)), which is also
-    added straight to the logit as in DeepFM → ``(B, (F + 1) D + 1)``.
+    added straight to the logit → ``(B, (F + 1) D + 1)``. It has no first-order term.
+  * ``deepfm`` (DeepFM as the chapter, §13.3): ``fm`` plus the first-order term
+    (:class:`FirstOrder`, :class:`DeepFMNet`): ``logit = w0 + Σ_i w_i x_i + Σ_{i<j} <v_i, v_j>
+    + DNN(x)`` with ``w_i`` one weight per normalized dense feature and per category bucket and
+    ``w0`` the over arch's output bias. ``fm`` is kept as it was, so saved ``fm`` models load.
   * ``linear``: no interactions at all: :class:`LogisticNet`, logistic regression on the same
     normalized dense features and one weight per category bucket (one-hot / hashed) — the
     baseline, sharing every encoding detail with the DLRM.
@@ -52,10 +56,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import Ranker, pick_device, register
+from pipelines.core import distributed as ddp
 
 log = logging.getLogger(__name__)
 
-INTERACTIONS = ("dot", "cross", "fm", "linear")
+INTERACTIONS = ("dot", "cross", "fm", "deepfm", "linear")
 INFERENCE_MODES = ("eager", "script", "trace")
 NORM_CLIP = 10.0
 """Normalized dense values are clipped to ±this many standard deviations."""
@@ -227,12 +232,13 @@ class OverArch(nn.Module):
 
 
 def make_interaction(kind: str, n_sparse: int, dim: int, cross_layers: int = 3) -> nn.Module:
-    """The interaction arch named ``kind`` (``dot``, ``cross`` or ``fm``); has ``out_dim``."""
+    """The interaction arch named ``kind`` (``dot``, ``cross``, ``fm`` or ``deepfm``); has
+    ``out_dim``."""
     if kind == "dot":
         return DotInteraction(n_sparse, dim)
     if kind == "cross":
         return CrossInteraction(n_sparse, dim, cross_layers)
-    if kind == "fm":
+    if kind in ("fm", "deepfm"):
         return FMInteraction(n_sparse, dim)
     raise ValueError(f"unknown interaction {kind!r}: expected one of {INTERACTIONS}")
 
@@ -256,7 +262,7 @@ class DLRMNet(nn.Module):
         self.sparse_arch = SparseArch(table_sizes, dim)
         self.interaction_arch = make_interaction(interaction, len(table_sizes), dim, cross_layers)
         self.over_arch = OverArch(int(self.interaction_arch.out_dim), top_mlp)
-        self.fm_direct = interaction == "fm"
+        self.fm_direct = interaction in ("fm", "deepfm")
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
         d = self.dense_arch(self.normalizer(dense))
@@ -269,6 +275,46 @@ class DLRMNet(nn.Module):
 
     def set_output_bias(self, value: float) -> None:
         self.over_arch.set_output_bias(value)
+
+
+class FirstOrder(nn.Module):
+    """First-order (linear) term ``Σ_i w_i x_i``: ``w · x`` over normalized dense ``x``
+    ``(B, Nd)`` plus one weight per category bucket ``Σ_f w_f[idx_f]`` over indices ``(B, F)``
+    → ``(B,)``. No bias (the caller's output bias is ``w0``); every weight starts at zero."""
+
+    def __init__(self, n_dense: int, table_sizes: Sequence[int]) -> None:
+        super().__init__()
+        self.dense = nn.Linear(n_dense, 1, bias=False)
+        nn.init.zeros_(self.dense.weight)
+        self.sparse_arch = SparseArch(table_sizes, 1)
+        for table in self.sparse_arch.tables:
+            nn.init.zeros_(table.weight)
+
+    def forward(self, x: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        return self.dense(x).squeeze(1) + self.sparse_arch(sparse).sum(dim=(1, 2))
+
+
+class DeepFMNet(DLRMNet):
+    """DeepFM (chapter §13.3): the ``fm`` :class:`DLRMNet` plus :class:`FirstOrder`:
+    ``logit = w0 + Σ_i w_i x_i + Σ_{i<j} <v_i, v_j> + DNN`` → ``(B,)``. The FM vectors are the
+    bottom MLP's output and the ``F`` embeddings, shared with the DNN (the over arch)."""
+
+    def __init__(
+        self,
+        n_dense: int,
+        table_sizes: Sequence[int],
+        dim: int,
+        bottom_mlp: Sequence[int],
+        top_mlp: Sequence[int],
+    ) -> None:
+        super().__init__(n_dense, table_sizes, dim, bottom_mlp, top_mlp, "deepfm")
+        self.first_order = FirstOrder(n_dense, table_sizes)
+
+    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        x = self.normalizer(dense)
+        e = self.sparse_arch(sparse)
+        z = self.interaction_arch(self.dense_arch(x), e)
+        return self.over_arch(z) + z[:, -1] + self.first_order(x, sparse)
 
 
 class LogisticNet(nn.Module):
@@ -389,7 +435,8 @@ class DLRMRanker(Ranker):
     Implements :class:`models.base.Ranker`. Every variant is this one class, chosen by
     ``interaction`` (module docstring); ``interaction="linear"`` is the logistic-regression
     baseline (``pipelines.ranking.train.fit_logistic_regression``, the ``ranker_lr`` model). All
-    save under the registry name ``"dlrm"``.
+    save under the registry name ``"dlrm"``. Subclasses change only the network
+    (:meth:`_make_net`, :attr:`interactions`): ``models.wide_deep.WideDeepRanker``.
 
     ``fit(frame, label="label", weight=None)`` / ``predict_proba(frame) -> (N,)``. The frame holds
     the raw columns named by ``dense_features`` (numbers; counts, prices, rates...) and
@@ -400,6 +447,8 @@ class DLRMRanker(Ranker):
     """
 
     name = "dlrm"
+    #: the ``interaction`` values this class accepts
+    interactions: tuple[str, ...] = INTERACTIONS
 
     def __init__(
         self,
@@ -430,8 +479,10 @@ class DLRMRanker(Ranker):
         calibration: dict[str, Any] | None = None,
         device: str | None = None,
     ) -> None:
-        if interaction not in INTERACTIONS:
-            raise ValueError(f"unknown interaction {interaction!r}: expected one of {INTERACTIONS}")
+        if interaction not in self.interactions:
+            raise ValueError(
+                f"unknown interaction {interaction!r}: expected one of {self.interactions}"
+            )
         if inference not in INFERENCE_MODES:
             raise ValueError(f"unknown inference {inference!r}: expected one of {INFERENCE_MODES}")
         dup = set(dense_features) & set(sparse_features)
@@ -577,20 +628,25 @@ class DLRMRanker(Ranker):
     def _build_net(self) -> None:
         assert self.sparse_specs is not None
         sizes = [table_size(s) for s in self.sparse_specs]
-        nd = len(self.dense_features)
-        if self.interaction == "linear":
-            self.net = LogisticNet(nd, sizes)
-        else:
-            self.net = DLRMNet(
-                nd, sizes, self.dim, self.bottom_mlp, self.top_mlp, self.interaction,
-                self.cross_layers,
-            )  # fmt: skip
+        self.net = self._make_net(len(self.dense_features), sizes)
         self.net.to(self.device)
         self._indexes = [
             pd.Index(s["values"], dtype=object) if s["kind"] == "vocab" else None
             for s in self.sparse_specs
         ]
         self._scorer = None
+
+    def _make_net(self, n_dense: int, table_sizes: list[int]) -> nn.Module:
+        """The untrained network for ``interaction``: raw dense ``(B, Nd)`` + indices ``(B, F)``
+        → logits ``(B,)``, with a ``normalizer`` and ``set_output_bias``."""
+        if self.interaction == "linear":
+            return LogisticNet(n_dense, table_sizes)
+        if self.interaction == "deepfm":
+            return DeepFMNet(n_dense, table_sizes, self.dim, self.bottom_mlp, self.top_mlp)
+        return DLRMNet(
+            n_dense, table_sizes, self.dim, self.bottom_mlp, self.top_mlp, self.interaction,
+            self.cross_layers,
+        )  # fmt: skip
 
     def _fit_normalizer(self, dense: np.ndarray) -> None:
         """Per-feature default (median), log mask, mean and std of the transformed values."""
@@ -690,6 +746,7 @@ class DLRMRanker(Ranker):
         weights = None if w is None else torch.as_tensor(w, dtype=torch.float32, device=dev)
         n = len(labels)
         opt = torch.optim.Adam(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        step_net = ddp.wrap(self.net)  # DDP: gradients averaged across ranks
         gen = torch.Generator().manual_seed(self.seed)
         valid_y = None
         if valid_frame is not None:
@@ -704,9 +761,9 @@ class DLRMRanker(Ranker):
             perm = torch.randperm(n, generator=gen).to(dev)
             total, seen = 0.0, 0
             t0 = time.perf_counter()
-            for s in range(0, n, self.batch_size):
-                b = perm[s : s + self.batch_size]
-                logits = self.net(dense[b], sparse[b])
+            for s in range(0, n - ddp.world_size() + 1, self.batch_size):  # no empty DDP shard
+                b = ddp.shard(perm[s : s + self.batch_size])  # DDP: this rank's rows of the batch
+                logits = step_net(dense[b], sparse[b])
                 loss = bce_loss(logits, labels[b], None if weights is None else weights[b])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -715,13 +772,14 @@ class DLRMRanker(Ranker):
                 seen += len(b)
             row = {
                 "epoch": epoch,
-                "train_loss": total / max(seen, 1),
+                "train_loss": ddp.mean(total / max(seen, 1)),
                 "examples_per_s": seen / max(time.perf_counter() - t0, 1e-9),
             }
             self._scorer = None
             if valid_frame is not None and valid_y is not None:
                 p = np.clip(self.predict_proba(valid_frame).astype(np.float64), 1e-7, 1 - 1e-7)
                 vl = float(-(valid_y * np.log(p) + (1 - valid_y) * np.log(1 - p)).mean())
+                vl = ddp.agree(vl)  # every rank stops at rank 0's best epoch
                 row["valid_logloss"] = vl
                 if best is None or vl < best[0]:
                     best = (vl, {k: v.detach().clone() for k, v in self.net.state_dict().items()})

@@ -63,6 +63,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import Retriever, pick_device, register
+from pipelines.core import distributed as ddp
 
 log = logging.getLogger(__name__)
 
@@ -658,7 +659,7 @@ class TwoTower(Retriever):
         counts = np.bincount(pos_i.numpy(), minlength=self.n_items).astype(np.float64)
         if hp["popularity_prior"]:  # training prior from the training positives only
             self.tensors["item_prior"] = torch.from_numpy(np.log1p(counts)).float()
-        B = min(hp["batch_size"], len(pos_u))
+        B = ddp.per_rank(min(hp["batch_size"], len(pos_u)))  # with DDP: this rank's rows
         batch = self._batcher(interactions, hard, train_hist, counts, B, gen)
         log.info(
             "two_tower: %d users, %d items, %d train / %d validation positives, <= %d epochs, "
@@ -741,14 +742,17 @@ class TwoTower(Retriever):
         assert net is not None
         hp = self.hp
         opt = torch.optim.Adam(net.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+        idle = [f"{name}.ids.weight" for name, tower in (("user", net.user), ("item", net.item))
+                if not tower.use_ids and not (name == "item" and net.use_history)]  # fmt: skip
+        step = ddp.wrap_loss(net, batch.loss, idle)  # DDP: gradients averaged across ranks
         self.loss_history, self.val_history = [], []
         best: tuple[float, int, dict[str, torch.Tensor]] | None = None
         for epoch in range(hp["epochs"]):
-            loss = self._epoch(batch, opt, train, batch_size, gen, epoch, progress)
+            loss = ddp.mean(self._epoch(step, opt, train, batch_size, gen, epoch, progress))
             self.loss_history.append(loss)
             msg = f"two_tower epoch {epoch + 1}/{hp['epochs']}: loss {self.loss_history[-1]:.4f}"
             if len(val[0]):
-                self.val_history.append(self._val_loss(val[0], val[1], train_hist))
+                self.val_history.append(ddp.agree(self._val_loss(val[0], val[1], train_hist)))
                 msg += f", validation full-softmax loss {self.val_history[-1]:.4f}"
                 if best is None or self.val_history[-1] < best[0]:
                     state = {k: v.detach().clone() for k, v in net.state_dict().items()}
@@ -763,7 +767,7 @@ class TwoTower(Retriever):
 
     def _epoch(
         self,
-        batch: _Batcher,
+        step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         opt: torch.optim.Optimizer,
         train: tuple[torch.Tensor, torch.Tensor],
         batch_size: int,
@@ -772,7 +776,11 @@ class TwoTower(Retriever):
         progress: bool,
     ) -> float:
         """One shuffled pass over the training positives (the last partial batch dropped);
-        returns the mean step loss."""
+        returns the mean step loss. ``step``: the loss of a batch (``_Batcher.loss``, in DDP
+        wrapped by :func:`pipelines.core.distributed.wrap_loss`). With DDP every rank draws the
+        same permutation (same seed) and trains on its strided share of each global batch of
+        ``batch_size * world`` rows (``batch_size`` is per rank); the ranks' equal batch sizes
+        keep their generators in step, so the shared extra negatives are the same everywhere."""
         from pipelines.core.progress import progress as progress_bar
 
         assert self.net is not None
@@ -781,11 +789,12 @@ class TwoTower(Retriever):
         n_pos = len(pos_u)
         perm = torch.randperm(n_pos, generator=gen)
         total, steps = 0.0, 0
-        starts = range(0, n_pos - batch_size + 1, batch_size)
+        step_rows = batch_size * ddp.world_size()  # the global batch
+        starts = range(0, n_pos - step_rows + 1, step_rows)
         desc = f"two_tower epoch {epoch + 1}"
         for s in progress_bar(starts, desc=desc, unit="batch", enabled=progress):
-            idx = perm[s : s + batch_size]
-            loss = batch.loss(pos_u[idx], pos_i[idx])
+            idx = ddp.shard(perm[s : s + step_rows])
+            loss = step(pos_u[idx], pos_i[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

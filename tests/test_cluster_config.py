@@ -21,6 +21,16 @@ def test_defaults_and_overrides(tmp_path: Path):
     assert cfg.pg_port == 6000
 
 
+def test_cluster_parts_are_asked_for_by_variables(tmp_path: Path):
+    env = {"RECLOOP_HOME": str(tmp_path), "RECLOOP_CLUSTER_REDIS_CLUSTER": "1",
+           "RECLOOP_CLUSTER_SERVE_REPLICAS": "3", "RECLOOP_CLUSTER_SERVE_PORT": "9000"}  # fmt: skip
+    cfg = ClusterConfig.from_env(env)
+    assert (cfg.redis_cluster, cfg.serve_replicas, cfg.serve_port) == (True, 3, 9000)
+    assert not ClusterConfig.from_env({"RECLOOP_HOME": str(tmp_path)}).redis_cluster
+    with pytest.raises(ValueError, match="RECLOOP_CLUSTER_REDIS_CLUSTER"):
+        ClusterConfig.from_env({**env, "RECLOOP_CLUSTER_REDIS_CLUSTER": "2"})
+
+
 @pytest.mark.parametrize("value", ["five", "0", "70000"])
 def test_a_bad_port_names_the_variable(tmp_path: Path, value: str):
     with pytest.raises(ValueError, match="RECLOOP_CLUSTER_MLFLOW_PORT"):

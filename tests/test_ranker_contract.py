@@ -25,6 +25,7 @@ import torch
 
 from models.base import CONFIG_FILE, MODEL_CLASSES, WEIGHTS_FILE, Ranker, load_model
 from models.dlrm import INTERACTIONS, DLRMRanker
+from models.wide_deep import WideDeepRanker
 from pipelines.core.metrics import auc
 from pipelines.ranking.train import fit_logistic_regression
 
@@ -68,9 +69,16 @@ def dlrm_case(interaction: str) -> Case:
     return Case(f"dlrm_{interaction}", fit)
 
 
-# every interaction DLRMRanker offers; "linear" as the pipeline builds the logistic baseline
+# every interaction DLRMRanker offers (dot, cross, fm, deepfm); "linear" as the pipeline builds
+# the logistic baseline; Wide & Deep with one cross
 CASES = [dlrm_case(kind) for kind in INTERACTIONS if kind != "linear"] + [
     Case("logistic", lambda frame: fit_logistic_regression(frame, DENSE, SPARSE, **SMALL)),
+    Case(
+        "wide_deep",
+        lambda frame: WideDeepRanker(DENSE, SPARSE, crosses=[SPARSE], **SMALL).fit(
+            frame, progress=False
+        ),
+    ),
 ]
 
 

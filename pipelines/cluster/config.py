@@ -9,6 +9,9 @@
 | ``RECLOOP_CLUSTER_AIRFLOW_WORKERS`` | ``0`` | Airflow's Celery workers (0: no Airflow) |
 | ``RECLOOP_CLUSTER_AIRFLOW_PORT`` | ``8080`` | Airflow's API server (UI, REST, execution API) |
 | ``RECLOOP_CLUSTER_AIRFLOW_BROKER_PORT`` | ``6390`` | the Celery broker's own ``redis-server`` |
+| ``RECLOOP_CLUSTER_REDIS_CLUSTER`` | ``0`` | 1: the online store on a Redis Cluster (``infra/redis-cluster.sh``, ports ``RECLOOP_REDIS_CLUSTER_PORT`` 7000..7005) |
+| ``RECLOOP_CLUSTER_SERVE_REPLICAS`` | ``0`` | ``recloop serve`` replicas behind HAProxy (0: none) |
+| ``RECLOOP_CLUSTER_SERVE_PORT``  | ``8000``  | HAProxy's port; the replicas listen on the next ones |
 
 Nothing here is read at import time: :meth:`ClusterConfig.from_env` reads it.
 """
@@ -32,6 +35,9 @@ class ClusterConfig:
     airflow_workers: int = 0
     airflow_port: int = 8080
     airflow_broker_port: int = 6390
+    redis_cluster: bool = False
+    serve_replicas: int = 0
+    serve_port: int = 8000
 
     @property
     def cluster_dir(self) -> Path:
@@ -42,7 +48,7 @@ class ClusterConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ClusterConfig:
         """Read the ``RECLOOP_CLUSTER_*`` variables (and ``RECLOOP_HOME``); ``ValueError`` naming
-        the variable when one is not a port number."""
+        the variable when one is not an integer in its range."""
         env = os.environ if env is None else env
         home = Path(env.get("RECLOOP_HOME") or Path.home() / ".recloop").expanduser().resolve()
         values = {}
@@ -53,6 +59,9 @@ class ClusterConfig:
             ("RECLOOP_CLUSTER_AIRFLOW_WORKERS", "airflow_workers", 0, 32),
             ("RECLOOP_CLUSTER_AIRFLOW_PORT", "airflow_port", 1, 65535),
             ("RECLOOP_CLUSTER_AIRFLOW_BROKER_PORT", "airflow_broker_port", 1, 65535),
+            ("RECLOOP_CLUSTER_REDIS_CLUSTER", "redis_cluster", 0, 1),
+            ("RECLOOP_CLUSTER_SERVE_REPLICAS", "serve_replicas", 0, 16),
+            ("RECLOOP_CLUSTER_SERVE_PORT", "serve_port", 1, 65535 - 16),
         ):
             raw = env.get(var)
             if raw:
@@ -62,4 +71,6 @@ class ClusterConfig:
                     raise ValueError(f"{var}={raw!r}: expected an integer") from None
                 if not low <= values[field] <= high:
                     raise ValueError(f"{var}={raw}: expected {low}..{high}")
+        if "redis_cluster" in values:
+            values["redis_cluster"] = bool(values["redis_cluster"])
         return cls(home=home, **values)

@@ -105,9 +105,12 @@ def replica_env(env: Mapping[str, str], service_id: str) -> dict[str, str]:
     return {**env, "RECLOOP_SERVE_ID": service_id}
 
 
-def start_replica(layout: Layout, i: int, env: Mapping[str, str]) -> int:
+def start_replica(
+    layout: Layout, i: int, env: Mapping[str, str], ready_path: str = "/health/ready"
+) -> int:
     """Start replica ``i`` (``recloop serve --port ports[i]``, its own session) and return its
-    pid once ``/health/ready`` answers 200."""
+    pid once ``ready_path`` answers 200 (``/health/live`` when no champion may exist yet: HAProxy
+    keeps the replica out until ``/health/ready`` answers)."""
     recloop = Path(sys.executable).parent / "recloop"
     port = layout.ports[i]
     layout.folder.mkdir(parents=True, exist_ok=True)
@@ -115,7 +118,7 @@ def start_replica(layout: Layout, i: int, env: Mapping[str, str]) -> int:
         proc = subprocess.Popen([str(recloop), "serve", "--port", str(port)], env=dict(env),
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     try:
-        wait_ready(f"http://127.0.0.1:{port}/health/ready", proc, READY_TIMEOUT_S,
+        wait_ready(f"http://127.0.0.1:{port}{ready_path}", proc, READY_TIMEOUT_S,
                    layout.replica_log(i), name=f"replica {i}")  # fmt: skip
     except BaseException:
         if proc.poll() is None:
@@ -225,11 +228,15 @@ def rolling_restart(layout: Layout, env: Mapping[str, str], drain_timeout_s: flo
     """Restart every replica in turn, dropping no request (module docstring)."""
     for i in range(len(layout.ports)):
         name = f"r{i}"
+        was_up = server_stats(layout)[name]["status"].startswith("UP")
         runtime(layout, f"set server {BACKEND}/{name} state drain")
         deadline = time.monotonic() + drain_timeout_s
         while int(server_stats(layout)[name]["scur"] or 0) > 0 and time.monotonic() < deadline:
             time.sleep(0.05)
         stop_pid_file(layout.replica_pid(i))
-        start_replica(layout, i, env)
+        # a replica that served comes back only once it serves again; one that was not ready
+        # (no champion yet) only has to be alive
+        start_replica(layout, i, env, "/health/ready" if was_up else "/health/live")
         runtime(layout, f"set server {BACKEND}/{name} state ready")
-        wait_status(layout, name, "UP")
+        if was_up:
+            wait_status(layout, name, "UP")

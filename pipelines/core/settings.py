@@ -15,11 +15,14 @@ environment, and ``Settings.ensure_dirs()`` is the one place that creates the wo
 | ``RECLOOP_IMPORTED_MIN_VOLUME_RATIO`` | ``0``                            | validation of imported days: volume / trailing-7-day median below this fails (0: never; below ``RECLOOP_MIN_VOLUME_RATIO`` warns) |
 | ``RECLOOP_RATING_POSITIVE``  | ``0``                                     | ranker without impressions: a rating >= this is a positive (0: every rating, as retrieval and evaluation count it) |
 | ``RECLOOP_RANKER_WINDOW_DAYS`` | ``28``                                 | ranker training window: labelled impressions of the last N validated days (the last one held out for early stopping and calibration) |
+| ``RECLOOP_RANKER``           | ``dlrm_dot``                              | the daily ranker (``ranker`` artifact): ``dlrm_dot``, ``dlrm_cross``, ``dlrm_fm``, ``deepfm``, ``wide_deep`` or ``logistic`` (``pipelines.ranking.train.RANKERS``; the ``ranker_lr`` baseline is always trained too) |
 | ``RECLOOP_GATE_TEST_DAYS``   | ``1``                                     | forward evaluation and gate on day D: models trained through D−H scored on the pooled positives of days D−H+1..D (H test days; 1: the day itself) |
 | ``RECLOOP_TASK_RETRIES``     | ``2``                                     | Airflow retries per task |
 | ``RECLOOP_RETRY_DELAY_S``    | ``30``                                    | Airflow delay between retries, seconds |
 | ``RECLOOP_SERVE_URL``        | ``http://127.0.0.1:8000``                 | where the online service answers (``recloop status`` asks its ``/health/ready``) |
 | ``RECLOOP_MAX_PURCHASE_VALUE`` | ``10``                                  | a purchase's ``value`` counts at most this in the features (a click always counts 1) |
+| ``RECLOOP_TRAIN_NPROC``      | ``1``                                     | processes the DAG trains the two-tower and the ranker with (data-parallel DDP through ``torchrun``, :mod:`pipelines.core.distributed`; 1: one plain process) |
+| ``RECLOOP_INDEX_MEMORY_BUDGET_MB`` | ``4096``                            | item index: an in-memory FAISS index estimated above this many MiB is built as IVF with on-disk inverted lists instead (:func:`pipelines.retrieval.faiss_index.choose_kind`) |
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+RANKERS = ("dlrm_dot", "dlrm_cross", "dlrm_fm", "deepfm", "wide_deep", "logistic")
+"""The values of ``RECLOOP_RANKER`` (``pipelines.ranking.train.RANKERS`` builds each)."""
 WORKSPACE_DIRS = ("data", "quarantine", "features", "mlflow", "airflow", "artifacts", "reports")
 
 
@@ -62,10 +67,10 @@ def env_int(env: Mapping[str, str], name: str, default: int | None = None) -> in
         raise ValueError(f"{name}={raw!r} is not an integer") from exc
 
 
-def _positive(value: int, name: str) -> int:
+def _positive(value: int, name: str, unit: str = "days") -> int:
     """``value`` when it is at least 1; ``ValueError`` naming the variable otherwise."""
     if value < 1:
-        raise ValueError(f"{name}={value}: expected a positive number of days")
+        raise ValueError(f"{name}={value}: expected a positive number of {unit}")
     return value
 
 
@@ -88,10 +93,13 @@ class Settings:
     (MovieLens 100K served forward NDCG@10 0.287 at 4, 0.352 at 0; benchmarks/README.md)."""
     gate_test_days: int = 1
     ranker_window_days: int = 28
+    ranker: str = "dlrm_dot"
     task_retries: int = 2
     retry_delay_s: float = 30.0
     serve_url: str = "http://127.0.0.1:8000"
     max_purchase_value: float = 10.0  # a purchase's value counts at most this (features, feedback)
+    train_nproc: int = 1  # DDP processes for the DAG's two-tower and ranker training
+    index_memory_budget_mb: int = 4096  # above: the item index's lists go on disk (issue 19)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -107,6 +115,9 @@ class Settings:
         scale = env_text(env, "RECLOOP_SCALE", "demo")
         if scale not in ("tiny", "small", "demo", "large"):
             raise ValueError(f"RECLOOP_SCALE={scale!r}: expected tiny, small, demo or large")
+        ranker = env_text(env, "RECLOOP_RANKER", cls.ranker)
+        if ranker not in RANKERS:
+            raise ValueError(f"RECLOOP_RANKER={ranker!r}: expected one of {', '.join(RANKERS)}")
         return cls(
             home=home,
             redis_url=env_text(env, "RECLOOP_REDIS_URL", cls.redis_url),
@@ -126,10 +137,21 @@ class Settings:
                 env_int(env, "RECLOOP_RANKER_WINDOW_DAYS", cls.ranker_window_days),
                 "RECLOOP_RANKER_WINDOW_DAYS",
             ),
+            ranker=ranker,
             task_retries=env_int(env, "RECLOOP_TASK_RETRIES", cls.task_retries),
             retry_delay_s=env_float(env, "RECLOOP_RETRY_DELAY_S", cls.retry_delay_s),
             serve_url=env_text(env, "RECLOOP_SERVE_URL", cls.serve_url).rstrip("/"),
             max_purchase_value=env_float(env, "RECLOOP_MAX_PURCHASE_VALUE", cls.max_purchase_value),
+            train_nproc=_positive(
+                env_int(env, "RECLOOP_TRAIN_NPROC", cls.train_nproc),
+                "RECLOOP_TRAIN_NPROC",
+                "processes",
+            ),
+            index_memory_budget_mb=_positive(
+                env_int(env, "RECLOOP_INDEX_MEMORY_BUDGET_MB", cls.index_memory_budget_mb),
+                "RECLOOP_INDEX_MEMORY_BUDGET_MB",
+                "MiB",
+            ),
         )
 
     # --- workspace layout -------------------------------------------------------------
@@ -200,8 +222,11 @@ class Settings:
             "RECLOOP_RATING_POSITIVE": str(self.rating_positive),
             "RECLOOP_GATE_TEST_DAYS": str(self.gate_test_days),
             "RECLOOP_RANKER_WINDOW_DAYS": str(self.ranker_window_days),
+            "RECLOOP_RANKER": self.ranker,
             "RECLOOP_TASK_RETRIES": str(self.task_retries),
             "RECLOOP_RETRY_DELAY_S": str(self.retry_delay_s),
             "RECLOOP_SERVE_URL": self.serve_url,
             "RECLOOP_MAX_PURCHASE_VALUE": str(self.max_purchase_value),
+            "RECLOOP_TRAIN_NPROC": str(self.train_nproc),
+            "RECLOOP_INDEX_MEMORY_BUDGET_MB": str(self.index_memory_budget_mb),
         }

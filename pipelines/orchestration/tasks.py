@@ -154,9 +154,13 @@ def features(ds: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]
 def train_model(ds: str, name: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Train retrieval model ``name`` (mf, two_tower, popular, itemknn, userknn) through ``ds``."""
     skip_before_train_from(ds, params)
+    from pipelines.core.distributed import DDP_MODELS, train_in_processes
     from pipelines.retrieval.train import train
 
-    return _jsonable(train(_settings(), name, ds))
+    settings = _settings()
+    if name in DDP_MODELS and settings.train_nproc > 1:  # RECLOOP_TRAIN_NPROC: DDP
+        return _jsonable(train_in_processes(settings, name, ds))
+    return _jsonable(train(settings, name, ds))
 
 
 def build_index(ds: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -178,9 +182,13 @@ def evaluate(ds: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]
 def train_ranker(ds: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """DLRM ranker (+ LR baseline) on the labelled impressions of the week up to ``ds``."""
     skip_before_train_from(ds, params)
+    from pipelines.core.distributed import train_in_processes
     from pipelines.ranking.train import train_for_date
 
-    return _jsonable(train_for_date(_settings(), ds))
+    settings = _settings()
+    if settings.train_nproc > 1:  # RECLOOP_TRAIN_NPROC: data-parallel (DDP) processes
+        return _jsonable(train_in_processes(settings, "ranker", ds))
+    return _jsonable(train_for_date(settings, ds))
 
 
 def evaluate_ranker(ds: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:

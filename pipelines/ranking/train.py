@@ -8,9 +8,11 @@ clicked → 0), or on logs without impressions the engagement rows of
 ``RECLOOP_RATING_POSITIVE``); plus sampled negatives (default mix 70% uniform + 30% hard: the
 two-tower model's top candidates for the user that the user did not engage with), joined point in time with the
 ``ranker_v1`` feature service (``pipelines.features.store.training_frame``). Saves
-``artifacts/models/ranker/date=D/`` (the ``dlrm`` ranker: weights, normalization statistics,
-vocabularies, feature list and feature service) and ``ranker_lr`` (the baseline), fitted by
-:func:`fit_dlrm` and :func:`fit_logistic_regression`.
+``artifacts/models/ranker/date=D/`` (the ranker ``RECLOOP_RANKER`` names, :data:`RANKERS`,
+default the DLRM with dot interactions: weights, normalization statistics, vocabularies, feature
+list and feature service) and ``ranker_lr`` (the baseline), fitted by :func:`fit_ranker` and
+:func:`fit_logistic_regression`. IPS loss weights and the ``slot`` feature (position) reach every
+kind the same way: through :func:`fit_model` and :func:`pipelines.ranking.data.feature_columns`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from typing import Any
 import pandas as pd
 
 from models.dlrm import DLRMRanker
-from pipelines.core import layout, schema
+from models.wide_deep import WideDeepRanker
+from pipelines.core import distributed, layout, schema
 from pipelines.core.artifact_meta import write_artifact_meta
 from pipelines.core.settings import Settings
 from pipelines.ranking.data import (
@@ -58,8 +61,68 @@ Off: they fit the validation day slightly better (logloss 0.1492 vs 0.1514) but 
 echo what the serving policy showed, and the slate's true CTR fell below the retrieval order's
 (-6%); the sparse features (demographics, item id, categories, slot) lift it +24%. Logs without
 impressions (ratings, imported histories: no serving feedback loop) always read them."""
-#: the artifacts :func:`train_for_date` writes: the DLRM ranker and the logistic baseline
+#: the artifacts :func:`train_for_date` writes: the ranker and the logistic baseline
 MODEL_NAMES = ("ranker", "ranker_lr")
+RANKERS: dict[str, tuple[type[DLRMRanker], dict[str, Any]]] = {
+    "dlrm_dot": (DLRMRanker, {"interaction": "dot"}),
+    "dlrm_cross": (DLRMRanker, {"interaction": "cross"}),
+    "dlrm_fm": (DLRMRanker, {"interaction": "fm"}),
+    "deepfm": (DLRMRanker, {"interaction": "deepfm"}),
+    "wide_deep": (WideDeepRanker, {}),
+    "logistic": (DLRMRanker, {"interaction": "linear", "lr": 1e-2}),
+}
+"""``RECLOOP_RANKER`` (``Settings.ranker``, the same names in
+:data:`pipelines.core.settings.RANKERS`) → the class and its constructor defaults."""
+
+
+def make_ranker(
+    kind: str, dense: Sequence[str], sparse: Sequence[str], **params: Any
+) -> DLRMRanker:
+    """An unfitted ranker of ``kind`` (:data:`RANKERS`); ``params`` (``dim``, ``epochs``,
+    ``feature_service``...) override the kind's defaults."""
+    if kind not in RANKERS:
+        raise ValueError(f"unknown ranker {kind!r}: expected one of {sorted(RANKERS)}")
+    cls, defaults = RANKERS[kind]
+    return cls(dense_features=dense, sparse_features=sparse, **{**defaults, **params})
+
+
+def fit_model(
+    model: DLRMRanker,
+    train_frame: pd.DataFrame,
+    ips: bool = False,
+    label: str = "label",
+    ips_clip: float = DEFAULT_IPS_CLIP,
+    propensity_col: str = "propensity",
+    valid_frame: pd.DataFrame | None = None,
+) -> DLRMRanker:
+    """Fit any ranker on ``train_frame`` (features + ``label``): the one training path.
+
+    ``ips``: weight each row's loss by :func:`ips_weights` of ``propensity_col``."""
+    weight = None
+    if ips:
+        if propensity_col not in train_frame.columns:
+            raise ValueError(f"ips=True but the frame has no {propensity_col!r} column")
+        train_frame = train_frame.assign(
+            _ips_weight=ips_weights(train_frame[propensity_col], ips_clip)
+        )
+        weight = "_ips_weight"
+    return model.fit(train_frame, label=label, weight=weight, valid_frame=valid_frame)
+
+
+def fit_ranker(
+    train_frame: pd.DataFrame,
+    dense: Sequence[str],
+    sparse: Sequence[str],
+    kind: str = "dlrm_dot",
+    ips: bool = False,
+    label: str = "label",
+    valid_frame: pd.DataFrame | None = None,
+    **params: Any,
+) -> DLRMRanker:
+    """Fit the ranker ``kind`` (:data:`RANKERS`) through :func:`fit_model`; ``params`` go to
+    its constructor (``dim``, ``epochs``, ``seed``, ``feature_service`` ...)."""
+    model = make_ranker(kind, dense, sparse, **params)
+    return fit_model(model, train_frame, ips=ips, label=label, valid_frame=valid_frame)
 
 
 def fit_dlrm(
@@ -87,15 +150,7 @@ def fit_dlrm(
         feature_service=feature_service,
         **params,
     )
-    weight = None
-    if ips:
-        if propensity_col not in train_frame.columns:
-            raise ValueError(f"ips=True but the frame has no {propensity_col!r} column")
-        train_frame = train_frame.assign(
-            _ips_weight=ips_weights(train_frame[propensity_col], ips_clip)
-        )
-        weight = "_ips_weight"
-    return ranker.fit(train_frame, label=label, weight=weight, valid_frame=valid_frame)
+    return fit_model(ranker, train_frame, ips, label, ips_clip, propensity_col, valid_frame)
 
 
 def fit_logistic_regression(
@@ -157,16 +212,23 @@ def fit_calibrated(
     dense: Sequence[str],
     sparse: Sequence[str],
     ips: bool,
+    kind: str = "dlrm_dot",
     **params: Any,
 ) -> tuple[DLRMRanker, dict[str, Any]]:
-    """Fit ranker ``name`` (``ranker``: DLRM; ``ranker_lr``: the logistic baseline) on ``train``
-    with early stopping on ``valid``, then Platt-calibrate it on ``valid``
-    (:meth:`DLRMRanker.calibrate`). Returns the model and its validation record
+    """Fit ranker ``name`` (``ranker``: the ``kind`` of :data:`RANKERS`; ``ranker_lr``: the
+    logistic baseline) on ``train`` with early stopping on ``valid``, then Platt-calibrate it on
+    ``valid`` (:meth:`DLRMRanker.calibrate`). Returns the model and its validation record
     (:func:`validation_metrics`, best epoch, calibration); ``{}`` without a validation day."""
     use_ips = ips and train["propensity"].notna().any()
-    fit = fit_dlrm if name == "ranker" else fit_logistic_regression
-    extra = {"feature_service": SERVICE} if name == "ranker" else {}
-    model = fit(train, dense, sparse, ips=use_ips, valid_frame=valid, **extra, **params)
+    if name == "ranker":
+        model = fit_ranker(
+            train, dense, sparse, kind, ips=use_ips, valid_frame=valid, feature_service=SERVICE,
+            **params,
+        )  # fmt: skip
+    else:
+        model = fit_logistic_regression(
+            train, dense, sparse, ips=use_ips, valid_frame=valid, **params
+        )
     if valid is None:
         return model, {}
     losses = [h.get("valid_logloss", float("inf")) for h in model.history]
@@ -185,7 +247,8 @@ def train_for_date(
     ips: bool = IPS_DEFAULT,
     negatives_per_click: float = 0.0,
 ) -> dict[str, Any]:
-    """Train the DLRM ranker and the LR baseline on the window ending at ``date``; save both.
+    """Train the ranker (``settings.ranker``, ``RECLOOP_RANKER``: :data:`RANKERS`, default
+    ``dlrm_dot``) and the LR baseline on the window ending at ``date``; save both.
 
     ``window_days`` (default ``settings.ranker_window_days``): labelled impressions of that many
     validated days ending at ``date``, no sampled negatives unless ``negatives_per_click`` > 0;
@@ -228,7 +291,9 @@ def train_for_date(
     }
     params = {"epochs": epochs, "seed": settings.seed, "patience": PATIENCE, **RANKER_PARAMS}
     for name in MODEL_NAMES:
-        model, record = fit_calibrated(name, train, valid, dense, sparse, ips, **params)
+        model, record = fit_calibrated(
+            name, train, valid, dense, sparse, ips, settings.ranker, **params
+        )
         meta = {
             "model": name,
             "version": f"{name}-{day.isoformat()}",
@@ -239,6 +304,7 @@ def train_for_date(
             "validation": record,
         }
         summary.setdefault("validation", {})[name] = record.get("valid", {})
-        save_ranker(settings, name, model, meta)
+        if distributed.is_main():  # data-parallel training: rank 0 writes the artifact
+            save_ranker(settings, name, model, meta)
     log.info("ranker trained through %s: %s", day, summary)
     return summary

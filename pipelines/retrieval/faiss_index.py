@@ -20,16 +20,60 @@ items, ``D`` dims, ``Q`` sample queries, ``B`` query batch, ``K`` results.
   (:mod:`pipelines.core.artifact_meta`) and ``item_ids.npy`` (no pickle), atomically (temporary
   folder, then rename).
 
+Beyond one machine's memory (issue 19): with a ``memory_budget_mb`` (the DAG passes
+``RECLOOP_INDEX_MEMORY_BUDGET_MB``, default 4096) :func:`choose_kind` switches an IVF/HNSW
+catalog whose in-memory estimate (:func:`memory_bytes`) exceeds the budget to ``ivf_ondisk``:
+IVF-Flat whose inverted lists (the item vectors and ids, ``I * (4 * D + 8)`` bytes) live in an
+``OnDiskInvertedLists`` file, memory-mapped read-only at load. Only the coarse quantizer
+(``nlist * D * 4`` bytes: 1 MiB at 4096 lists x 64 dims) and the list table stay resident; the
+pages a search touches are clean file-backed pages the kernel can drop. Searched, tuned and
+recall-gated exactly like ``ivf`` (same ``nprobe`` ladder, same results for the same lists).
+Measured (``benchmarks/bench_index_scale.py``, D=64, README "Index beyond one machine's memory"):
+a loaded in-memory IVF-Flat holds about 265 bytes an item (254 MB at 1M; 2.6 GB at 10M,
+extrapolated), HNSW M=32 about 510 (51 MB at 100k; 5.1 GB at 10M, extrapolated), the on-disk
+IVF 1.6 MB at 1M (its 253 MB of lists in the page cache) at the same recall; the default budget
+keeps today's choice up to ~15M items at D=64.
+Built in blocks of ``ONDISK_BLOCK`` rows (each added to an in-memory copy of the trained IVF,
+written, memory-mapped back), merged once into the on-disk lists (``merge_from_multiple``), so
+adding holds the input vectors plus one block (the recall check's exact search still copies the
+vectors into an ``IndexFlatIP``: ~1 GB peak at 1M, ~4x the input). A GPU (``faiss.get_num_gpus() > 0``, the
+faiss-gpu build) runs the coarse k-means of every IVF kind (``clustering_index``); without one
+the same code runs on the CPU.
+
+The other way past one machine, not built here: ``faiss.IndexShards`` over N IVF sub-indexes,
+each over a contiguous slice of item ids sharing one trained quantizer (one file per shard, so
+each can live on its own machine), searched in parallel and merged by score. Measured at 1M
+with 4 shards: the same recall as one IVF (0.962 at the same ``nprobe``), the same memory in
+total (261 MB, a quarter per shard), 4 quantizer scans a query. On one machine it saves nothing;
+across machines it is the step after on-disk lists, when one machine's disk or page cache is
+not enough (its latency is the slowest shard's plus a network hop).
+
+Artifact layout, ``<root>/index-<model version>/``: ``meta.json`` (keys: ``format``, ``kind``,
+``params``, ``metric``, ``k``, ``recall_target``, ``recall``, ``n_queries``, ``tuning``,
+``n_items``, ``dim``, ``model_version``, ``ids``, ``build_seconds``, ``tune_seconds``,
+``faiss_version``, ``created_at``; ``ivf_ondisk`` adds ``ivfdata`` (the lists' file name),
+``ivfdata_bytes`` and ``memory_budget_mb``; a GPU build adds ``gpus``), ``index.faiss``,
+``item_ids.npy`` (when ids were given) and, for ``ivf_ondisk``, ``index.ivfdata`` (its
+``index.faiss`` names it relative to its folder: the folder may be moved or copied whole).
+
 faiss is imported inside functions: importing this module does no work.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import datetime as dt
 import logging
 import math
+import os
 import re
+import shutil
+import sys
+import tempfile
 import time
+import weakref
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +91,14 @@ log = logging.getLogger(__name__)
 
 INDEX_FILE = "index.faiss"
 IDS_FILE = "item_ids.npy"
+IVFDATA_FILE = "index.ivfdata"  # the on-disk inverted lists of an ``ivf_ondisk`` index
 FORMAT_VERSION = 1
-KINDS = ("flat", "hnsw", "ivf", "ivfpq")
+KINDS = ("flat", "hnsw", "ivf", "ivfpq", "ivf_ondisk")
+IVF_KINDS = ("ivf", "ivfpq", "ivf_ondisk")
+ONDISK_BLOCK = 250_000  # rows added per in-memory block before the merge into on-disk lists
+# faiss starts this many threads per search to pre-read an on-disk index's lists (default 32):
+# 0 leaves the page-ins to the kernel; one query per call ran 25x faster (bench_index_scale.py)
+ONDISK_PREFETCH_THREADS = 0
 FLAT_MAX = 50_000  # below this many items exact search is fast enough (~1 ms/query at D=64)
 IVF_MAX = 5_000_000  # above this full-vector memory (4 * D bytes per item) favours IVF-PQ
 IVF_LISTS_PER_SQRT = 4  # IVF-Flat lists = this * sqrt(I): 4096 at 1M (~244 items per list)
@@ -81,14 +131,47 @@ class IndexRecallError(RuntimeError):
 
 
 def choose_kind(
-    n: int, recall_target: float = 0.95, flat_max: int = FLAT_MAX, ivf_max: int = IVF_MAX
+    n: int,
+    recall_target: float = 0.95,
+    flat_max: int = FLAT_MAX,
+    ivf_max: int = IVF_MAX,
+    *,
+    dim: int = 64,
+    memory_budget_mb: float | None = None,
 ) -> str:
-    """Index type for ``n`` items: ``flat`` (small or recall target 1), ``ivf``, ``ivfpq``."""
-    if n < flat_max or recall_target >= 1.0:
-        return "flat"
-    if n <= ivf_max:
-        return "ivf"
-    return "ivfpq"
+    """Index type for ``n`` items: ``flat`` (small or recall target 1), ``ivf``, ``ivfpq``;
+    ``ivf_ondisk`` when a ``memory_budget_mb`` is given and the in-memory choice's
+    :func:`memory_bytes` for ``dim`` dims exceeds it (``None``: no budget; a recall target of 1
+    stays ``flat``). The default budget (4096 MB) never moves a ``flat`` catalog (< 50k items
+    need D > 20,000 to reach it) nor an ``ivf`` one below ~15M items at D=64."""
+    if recall_target >= 1.0:
+        return "flat"  # exactness asked for: whatever the budget
+    kind = "flat" if n < flat_max else "ivf" if n <= ivf_max else "ivfpq"
+    if memory_budget_mb is not None:
+        if memory_bytes(kind, n, dim) > memory_budget_mb * 2**20:
+            return "ivf_ondisk"
+    return kind
+
+
+def memory_bytes(kind: str, n: int, dim: int, params: dict[str, Any] | None = None) -> int:
+    """Estimated resident bytes of a loaded ``kind`` index over ``n`` x ``dim`` vectors (float32
+    vectors, int64 ids; HNSW: ``2M`` level-0 links plus the upper levels' ``~M/(M-1)`` share,
+    4-byte links). ``ivf_ondisk``: the quantizer and list table only (its lists are mapped
+    pages the kernel can drop). Checked against measured RSS in bench_index_scale.py."""
+    p = {**default_params(kind, n, dim), **(params or {})}
+    vec = 4 * dim
+    if kind == "flat":
+        return n * vec
+    if kind == "hnsw":
+        links = 4 * int(p["M"]) * (2 + 1 / max(1, int(p["M"]) - 1))
+        return int(n * (vec + links + 16))
+    quantizer = int(p["nlist"]) * (vec + 48)
+    if kind == "ivf":
+        return n * (vec + 8) + quantizer
+    if kind == "ivf_ondisk":
+        return quantizer
+    code = int(p["pq_m"]) * int(p["pq_bits"]) // 8
+    return n * (code + 8 + vec) + quantizer  # ivfpq + IndexRefineFlat's full vectors
 
 
 def default_params(kind: str, n: int, dim: int) -> dict[str, Any]:
@@ -97,7 +180,7 @@ def default_params(kind: str, n: int, dim: int) -> dict[str, Any]:
         return {}
     if kind == "hnsw":
         return {"M": 32, "efConstruction": 40, "efSearch": HNSW_EF_LADDER[0]}
-    if kind == "ivf":
+    if kind in ("ivf", "ivf_ondisk"):
         return {"nlist": _nlist_for(n, IVF_LISTS_PER_SQRT), "nprobe": 1}
     nlist = _nlist_for(n, 1)
     if kind == "ivfpq":
@@ -120,8 +203,11 @@ def get_index(
     kind: str = "auto",
     recall_target: float = 0.95,
     params: dict[str, Any] | None = None,
+    memory_budget_mb: float | None = None,
 ) -> tuple[Any, str, dict[str, Any]]:
-    """Pick (``kind="auto"``) and construct an empty inner-product index for ``n`` vectors.
+    """Pick (``kind="auto"``, :func:`choose_kind` under ``memory_budget_mb``) and construct an
+    empty inner-product index for ``n`` vectors (``ivf_ondisk``: an in-memory IVF-Flat; its
+    lists move to disk when :func:`build_index` adds the vectors).
 
     (faiss's Python constructors keep the sub-indexes alive; never set ``own_fields`` here,
     or the quantizer is freed twice.)
@@ -131,7 +217,8 @@ def get_index(
     """
     import faiss
 
-    kind = choose_kind(n, recall_target) if kind == "auto" else kind
+    if kind == "auto":
+        kind = choose_kind(n, recall_target, dim=dim, memory_budget_mb=memory_budget_mb)
     p = {**default_params(kind, n, dim), **(params or {})}
     ip = faiss.METRIC_INNER_PRODUCT
     if kind == "flat":
@@ -139,7 +226,7 @@ def get_index(
     elif kind == "hnsw":
         index = faiss.IndexHNSWFlat(dim, int(p["M"]), ip)
         index.hnsw.efConstruction = int(p["efConstruction"])
-    elif kind == "ivf":
+    elif kind in ("ivf", "ivf_ondisk"):
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, int(p["nlist"]), ip)
     else:
         if dim % int(p["pq_m"]):
@@ -157,7 +244,7 @@ def search_params(kind: str, params: dict[str, Any], k: int) -> Any:
 
     if kind == "hnsw":
         return faiss.SearchParametersHNSW(efSearch=max(int(params["efSearch"]), k))
-    if kind == "ivf":
+    if kind in ("ivf", "ivf_ondisk"):
         return faiss.SearchParametersIVF(nprobe=int(params["nprobe"]))
     if kind == "ivfpq":
         return faiss.IndexRefineSearchParameters(
@@ -189,21 +276,109 @@ def _as_matrix(x: np.ndarray, what: str, dim: int | None = None) -> np.ndarray:
     return x
 
 
-def _train_add(index: Any, kind: str, vectors: np.ndarray, seed: int) -> None:
-    if kind in ("ivf", "ivfpq"):
+def _train_add(
+    index: Any, kind: str, vectors: np.ndarray, seed: int, workdir: Path | None = None
+) -> Any:
+    """Train (IVF kinds, on a seeded sample) and add ``vectors``; the index to use (for
+    ``ivf_ondisk`` the same object, its lists moved to ``workdir/index.ivfdata``)."""
+    if kind in IVF_KINDS:
         rng = np.random.default_rng(seed)
         # 64 points per list (faiss's k-means warns under 39); >= 25,600 for PQ's 256 codes
         n_train = min(len(vectors), max(64 * _nlist(index, kind), 100 * 256))
         sample = vectors[np.sort(rng.choice(len(vectors), n_train, replace=False))]
         index.train(sample)
+        _ivf(index).clustering_index = None  # a GPU one is not saved (nor kept)
+    if kind == "ivf_ondisk":
+        if workdir is None:
+            raise ValueError("ivf_ondisk: a workdir for the inverted lists is required")
+        return _add_ondisk(index, vectors, Path(workdir))
     index.add(vectors)
+    return index
+
+
+def _ivf(index: Any) -> Any:
+    import faiss
+
+    return faiss.extract_index_ivf(index)
 
 
 def _nlist(index: Any, kind: str) -> int:
+    return int(_ivf(index).nlist) if kind in IVF_KINDS else 0
+
+
+def use_gpus(index: Any, kind: str) -> int:
+    """GPUs the coarse k-means of an IVF ``index`` will run on: all of them when the faiss build
+    has any (``clustering_index``, an IP flat index copied to every GPU), else 0 (the CPU)."""
     import faiss
 
-    ivf = faiss.extract_index_ivf(index) if kind in ("ivf", "ivfpq") else None
-    return int(ivf.nlist) if ivf is not None else 0
+    gpus = int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
+    if kind not in IVF_KINDS or gpus < 1:
+        return 0
+    ivf = _ivf(index)
+    on_gpus = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(ivf.d))
+    ivf.clustering_index = on_gpus
+    # the C++ pointer does not keep the Python object alive: the index does, until training
+    index.referenced_objects = [*getattr(index, "referenced_objects", []), on_gpus]
+    log.info("index: coarse k-means on %d GPU(s)", gpus)
+    return gpus
+
+
+@contextlib.contextmanager
+def _c_stdout_to_stderr() -> Iterator[None]:
+    """Send what C code prints on stdout (faiss's on-disk lists print progress lines) to stderr
+    while inside: commands print JSON on stdout."""
+    libc = ctypes.CDLL(None)
+    sys.stdout.flush()
+    libc.fflush(None)
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        libc.fflush(None)
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _add_ondisk(index: Any, vectors: np.ndarray, workdir: Path, block: int = 0) -> Any:
+    """Add ``vectors`` to the trained, empty IVF ``index`` through on-disk inverted lists at
+    ``workdir/index.ivfdata``: each block of ``block`` rows (default ``ONDISK_BLOCK``) goes into
+    an in-memory copy, written and memory-mapped back, then all merge once into the file."""
+    import faiss
+
+    block = block or ONDISK_BLOCK
+    ivf = _ivf(index)
+    parts, lists = [], faiss.InvertedListsPtrVector()
+    try:
+        for i, start in enumerate(range(0, len(vectors), block)):
+            part = faiss.clone_index(index)
+            rows = vectors[start : start + block]
+            part.add_with_ids(rows, np.arange(start, start + len(rows), dtype=np.int64))
+            name = str(workdir / f"block-{i:05d}.faiss")
+            faiss.write_index(part, name)
+            del part
+            mapped = faiss.read_index(name, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+            parts.append(mapped)  # keeps its lists alive until the merge
+            lists.push_back(_ivf(mapped).invlists)
+        ondisk = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(workdir / IVFDATA_FILE))
+        with _c_stdout_to_stderr():
+            ntotal = ondisk.merge_from_multiple(lists.data(), lists.size(), False, False)
+        ondisk.prefetch_nthread = ONDISK_PREFETCH_THREADS
+        ivf.replace_invlists(ondisk, True)
+        ondisk.this.disown()  # owned by the index now
+        index.ntotal = ivf.ntotal = int(ntotal)
+    finally:
+        del parts, lists
+        for f in workdir.glob("block-*.faiss"):
+            f.unlink()
+    return index
+
+
+def ondisk_lists(index: Any) -> Any:
+    """The ``OnDiskInvertedLists`` of an ``ivf_ondisk`` index (``filename``: its data file)."""
+    import faiss
+
+    return faiss.downcast_InvertedLists(_ivf(index).invlists)
 
 
 def _tuning_ladder(
@@ -217,7 +392,7 @@ def _tuning_ladder(
         efs = [params["efSearch"]] if "efSearch" in fixed else list(HNSW_EF_LADDER)
         return [[{"efSearch": ef}] for ef in efs]
     probes = [params["nprobe"]] if "nprobe" in fixed else probe_ladder(int(params["nlist"]))
-    if kind == "ivf":
+    if kind in ("ivf", "ivf_ondisk"):
         return [[{"nprobe": p}] for p in probes]
     factors = [params["k_factor"]] if "k_factor" in fixed else list(K_FACTOR_LADDER)
     return [[{"nprobe": p, "k_factor": f} for f in factors] for p in probes]
@@ -335,6 +510,8 @@ def build_index(
     max_queries: int = 1000,
     tune_margin: float = 0.01,
     seed: int = 0,
+    memory_budget_mb: float | None = None,
+    workdir: Path | None = None,
 ) -> ItemIndex:
     """Build a recall-checked inner-product index over ``item_vectors`` ``(I, D)``.
 
@@ -344,11 +521,12 @@ def build_index(
     :func:`default_params`; a search knob given there (``efSearch``, ``nprobe``, ``k_factor``) is
     used as is, the others are tuned upward until recall@``k`` reaches ``recall_target`` +
     ``tune_margin`` (a sample's recall is an estimate: the margin keeps unseen queries above the
-    target), or at least ``recall_target``.
+    target), or at least ``recall_target``. ``memory_budget_mb``: see :func:`choose_kind`
+    (``None``: no budget). ``ivf_ondisk`` writes its lists under ``workdir`` (a new temporary
+    folder there, default the system's; put it on the disk of the index root so :meth:`ItemIndex.save`
+    links instead of copying; removed when the returned index is garbage-collected).
     Raises :class:`IndexRecallError` when no setting reaches it, ``ValueError`` on bad input.
     """
-    import faiss
-
     vectors, ids, queries = _check_inputs(
         item_vectors, item_ids, sample_queries, model_version, max_queries, seed
     )
@@ -356,21 +534,31 @@ def build_index(
     k_eff = min(k, n)
 
     t0 = time.perf_counter()
-    index, kind, p = get_index(dim, n, kind=kind, recall_target=recall_target, params=params)
+    index, kind, p = get_index(
+        dim, n, kind=kind, recall_target=recall_target, params=params,
+        memory_budget_mb=memory_budget_mb,
+    )  # fmt: skip
     log.info("index: building %s over %d x %d vectors, params %s", kind, n, dim, p)
-    with progress(desc=f"index {kind} build + tune", unit="step") as bar:
-        _train_add(index, kind, vectors, seed)
-        build_s = time.perf_counter() - t0
-        bar.update(1)
-        t1 = time.perf_counter()
-        truth = _exact_top_k(vectors, queries, k_eff)
-        fixed = set(params or {})
-        recall, p, tried = _tune(
-            index, kind, p, fixed, queries, truth, recall_target, tune_margin, bar
-        )
-        tune_s = time.perf_counter() - t1
-    if recall < recall_target:
-        raise IndexRecallError(kind, p, recall, recall_target, k_eff, len(queries))
+    gpus = use_gpus(index, kind)
+    lists_dir = _lists_dir(workdir) if kind == "ivf_ondisk" else None
+    try:
+        with progress(desc=f"index {kind} build + tune", unit="step") as bar:
+            index = _train_add(index, kind, vectors, seed, lists_dir)
+            build_s = time.perf_counter() - t0
+            bar.update(1)
+            t1 = time.perf_counter()
+            truth = _exact_top_k(vectors, queries, k_eff)
+            fixed = set(params or {})
+            recall, p, tried = _tune(
+                index, kind, p, fixed, queries, truth, recall_target, tune_margin, bar
+            )
+            tune_s = time.perf_counter() - t1
+        if recall < recall_target:
+            raise IndexRecallError(kind, p, recall, recall_target, k_eff, len(queries))
+    except BaseException:
+        if lists_dir is not None:
+            shutil.rmtree(lists_dir, ignore_errors=True)
+        raise
     meta = {
         "format": FORMAT_VERSION,
         "kind": kind,
@@ -387,14 +575,44 @@ def build_index(
         "ids": "index" if ids is None else ("str" if ids.dtype.kind == "U" else "int"),
         "build_seconds": round(build_s, 3),
         "tune_seconds": round(tune_s, 3),
-        "faiss_version": faiss.__version__,
+        "faiss_version": _faiss_version(),
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    }
+    } | _scale_meta(lists_dir, gpus, memory_budget_mb)
     log.info(
         "index: %s %s recall@%d %.4f >= %.2f on %d queries (build %.1f s, tuning %.1f s)",
         kind, p, k_eff, recall, recall_target, len(queries), build_s, tune_s,
     )  # fmt: skip
-    return ItemIndex(index, ids, meta)
+    out = ItemIndex(index, ids, meta)
+    if lists_dir is not None:  # the built lists' folder goes with the object
+        weakref.finalize(out, shutil.rmtree, lists_dir, True)
+    return out
+
+
+def _lists_dir(workdir: Path | None) -> Path:
+    """A new folder for the on-disk lists being built: ``<workdir>/.tmp-index-build-<pid>@<host>-
+    <random>`` (the system's temporary folder by default); those of ended processes (a build
+    killed part way) are deleted first (:func:`pipelines.core.schema._tmp_sibling`)."""
+    root = Path(workdir) if workdir is not None else Path(tempfile.gettempdir())
+    root.mkdir(parents=True, exist_ok=True)
+    folder = schema._tmp_sibling(root / "index-build")
+    folder.mkdir()
+    return folder
+
+
+def _scale_meta(lists_dir: Path | None, gpus: int, budget_mb: float | None) -> dict[str, Any]:
+    """meta.json keys of an on-disk (``ivfdata``, ``ivfdata_bytes``, ``memory_budget_mb``) or a
+    GPU build (``gpus``); none for an in-memory CPU build (its meta as before issue 19)."""
+    out: dict[str, Any] = {"gpus": gpus} if gpus else {}
+    if lists_dir is not None:
+        size = (lists_dir / IVFDATA_FILE).stat().st_size
+        out |= {"ivfdata": IVFDATA_FILE, "ivfdata_bytes": size, "memory_budget_mb": budget_mb}
+    return out
+
+
+def _faiss_version() -> str:
+    import faiss
+
+    return faiss.__version__
 
 
 # --- the wrapper --------------------------------------------------------------------------
@@ -452,7 +670,10 @@ class ItemIndex:
         target = index_dir(root, self.model_version)
 
         def build(tmp: Path) -> None:
-            faiss.write_index(self.index, str(tmp / INDEX_FILE))
+            if self.kind == "ivf_ondisk":
+                _write_ondisk(self.index, tmp)
+            else:
+                faiss.write_index(self.index, str(tmp / INDEX_FILE))
             if self.item_ids is not None:
                 np.save(tmp / IDS_FILE, self.item_ids, allow_pickle=False)
             write_artifact_meta(tmp, self.meta)
@@ -479,10 +700,13 @@ class ItemIndex:
             raise ValueError(f"{meta_path}: unknown index kind {kind!r}")
         if not index_path.is_file():
             raise ValueError(f"{index_path}: index file is missing")
-        try:
-            index = faiss.read_index(str(index_path))
-        except RuntimeError as exc:
-            raise ValueError(f"{index_path}: cannot read FAISS index ({exc})") from exc
+        if kind == "ivf_ondisk":
+            index = _read_ondisk(folder, meta)
+        else:
+            try:
+                index = faiss.read_index(str(index_path))
+            except RuntimeError as exc:
+                raise ValueError(f"{index_path}: cannot read FAISS index ({exc})") from exc
         if index.ntotal != n or index.d != dim:
             raise ValueError(
                 f"{index_path}: holds {index.ntotal} x {index.d} vectors, "
@@ -497,3 +721,54 @@ class ItemIndex:
             if ids.shape != (n,):
                 raise ValueError(f"{ids_path}: {ids.shape[0]} ids for {n} items")
         return cls(index, ids, meta)
+
+
+def _write_ondisk(index: Any, folder: Path) -> None:
+    """``folder/index.faiss`` naming its lists ``index.ivfdata`` (relative: found beside it at
+    load) and ``folder/index.ivfdata``, a hard link to the lists' file where the file system
+    allows (same disk), else a copy."""
+    import faiss
+
+    lists = ondisk_lists(index)
+    source = lists.filename
+    if not os.path.isfile(source):
+        raise ValueError(f"{source}: the index's on-disk inverted lists are gone (moved?)")
+    lists.filename = IVFDATA_FILE
+    try:
+        faiss.write_index(index, str(folder / INDEX_FILE))
+    finally:
+        lists.filename = source
+    try:
+        os.link(source, folder / IVFDATA_FILE)
+    except OSError:
+        shutil.copyfile(source, folder / IVFDATA_FILE)
+
+
+def _read_ondisk(folder: Path, meta: dict[str, Any]) -> Any:
+    """The ``ivf_ondisk`` index in ``folder``, its lists memory-mapped read-only from
+    ``index.ivfdata``; ``ValueError`` naming the file when it is missing, of another size than
+    ``meta.json`` records (truncated, replaced) or unreadable."""
+    import faiss
+
+    index_path, data_path = folder / INDEX_FILE, folder / str(meta.get("ivfdata", IVFDATA_FILE))
+    if not data_path.is_file():
+        raise ValueError(f"{data_path}: the index's on-disk inverted lists are missing")
+    size, expected = data_path.stat().st_size, meta.get("ivfdata_bytes")
+    if expected is not None and size != int(expected):
+        raise ValueError(
+            f"{data_path}: {size} bytes, {artifact_meta_path(folder).name} says {expected} "
+            "(truncated or replaced): rebuild the index"
+        )
+    flags = faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY
+    try:
+        with _c_stdout_to_stderr():  # faiss prints the file name it resolves
+            index = faiss.read_index(str(index_path), flags)
+        lists = ondisk_lists(index)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"{index_path} + {data_path.name}: cannot read FAISS index ({exc})"
+        ) from exc
+    if not isinstance(lists, faiss.OnDiskInvertedLists) or lists.totsize > size:
+        raise ValueError(f"{data_path}: does not hold the lists {index_path.name} points to")
+    lists.prefetch_nthread = ONDISK_PREFETCH_THREADS
+    return index

@@ -1,5 +1,6 @@
 """The ``build_index`` task: a FAISS index over the item embeddings of the two-tower model trained
-through D, recall-checked against exact search, saved under ``artifacts/index/index-<version>/``.
+through D, recall-checked against exact search, saved under ``artifacts/index/index-<version>/``;
+an index estimated above ``RECLOOP_INDEX_MEMORY_BUDGET_MB`` is built as IVF with on-disk lists.
 
 The FAISS library itself (index choice, tuning, :class:`ItemIndex`) is
 :mod:`pipelines.retrieval.faiss_index`.
@@ -39,6 +40,8 @@ def build_item_index(
         k=10,
         model_version=version,
         seed=settings.seed,
+        memory_budget_mb=settings.index_memory_budget_mb,
+        workdir=layout.indexes_dir(settings),  # on-disk lists: built where they are published
     )
     root = layout.indexes_dir(settings)
     path = index.save(root)

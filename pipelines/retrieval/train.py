@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from pipelines.core import layout, schema
+from pipelines.core import distributed, layout, schema
 from pipelines.core.artifact_meta import require_artifact_meta, write_artifact_meta
 from pipelines.core.settings import Settings
 from pipelines.core.vocab import Vocab
@@ -248,7 +248,10 @@ def train(
         "nnz": int(data.implicit.nnz),
     }
     # the fit time is logged and returned, not saved: a rerun must write identical bytes
-    path = save_artifact(settings, name, model, data, meta)
+    if distributed.is_main():  # data-parallel training: rank 0 writes, the others trained along
+        path = save_artifact(settings, name, model, data, meta)
+    else:
+        path = artifact_dir(settings, name, data.date)
     log.info(
         "trained %s through %s in %.1fs: %d users x %d items, %d nonzeros -> %s",
         name,
