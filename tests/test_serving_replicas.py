@@ -144,3 +144,23 @@ def test_the_config_checks_readiness_and_retries_elsewhere(tmp_path: Path):
     assert "option httpchk GET /health/ready" in text and "retry-on conn-failure" in text
     assert "server r0 127.0.0.1:8001 check" in text and "server r1 127.0.0.1:8002 check" in text
     assert "bind 127.0.0.1:8000" in text
+
+
+def test_the_loop_drives_the_replicas_as_its_service(cluster):
+    """``recloop demo --cluster``'s stand-in for its own ``recloop serve``: ready once both
+    replicas are, the loop's challenger share set on both, a reload reaching each, stop() leaving
+    them running."""
+    from pipelines.loop.cluster_run import ReplicaService
+
+    layout, _, _ = cluster
+    service = ReplicaService(layout, TOKEN, {"challenger_share": 0.25})
+    service.start(timeout_s=60)
+    time.sleep(1.5)  # the other replica reads the shared admin state within a second
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    for port in layout.ports:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False) as c:
+            assert c.get("/admin/experiment", headers=auth).json()["challenger_share"] == 0.25
+    answer = service.reload()
+    assert len(answer["replicas"]) == 2 and answer["outcome"] == answer["replicas"][0]["outcome"]
+    service.stop()
+    assert {r["status"] for r in sr.server_stats(layout).values()} == {"UP"}

@@ -64,7 +64,10 @@ def serving_layout(cfg: ClusterConfig, replicas: int | None = None) -> sr.Layout
 
 
 def _replica_env(cfg: ClusterConfig) -> dict[str, str]:
-    return sr.replica_env({**os.environ, **cluster_env(cfg)}, SERVICE_ID)
+    """The replicas' environment: the cluster's settings, one service id, the admin token."""
+    token = sr.admin_token(serving_layout(cfg, 0))
+    env = {**os.environ, **cluster_env(cfg), "RECLOOP_ADMIN_TOKEN": token}
+    return sr.replica_env(env, SERVICE_ID)
 
 
 def up_serving(cfg: ClusterConfig) -> None:

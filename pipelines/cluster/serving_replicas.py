@@ -60,6 +60,11 @@ class Layout:
     def haproxy_pid(self) -> Path:
         return self.folder / "haproxy.pid"
 
+    @property
+    def token_path(self) -> Path:
+        """The replicas' admin token (``RECLOOP_ADMIN_TOKEN``), mode 600."""
+        return self.folder / "admin-token"
+
     def replica_pid(self, i: int) -> Path:
         return self.folder / f"replica-{i}.pid"
 
@@ -98,6 +103,19 @@ backend {BACKEND}
     balance roundrobin
 {servers}
 """
+
+
+def admin_token(layout: Layout) -> str:
+    """The replicas' admin token: read from :attr:`Layout.token_path`, created (mode 600) on
+    first use."""
+    import secrets
+
+    if not layout.token_path.exists():
+        layout.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(layout.token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(24) + "\n")
+    return layout.token_path.read_text().strip()
 
 
 def replica_env(env: Mapping[str, str], service_id: str) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """The main job: the whole loop over simulated days, ending with a summary and an HTML report.
 
   recloop demo [--days 5] [--scale demo] [--seed 42] [--start-date 2026-01-01]
-               [--requests N] [--share 0.5] [--runner airflow|inline]
+               [--requests N] [--share 0.5] [--runner airflow|inline] [--cluster]
 
 For each simulated day D (pipelines.loop.closed_loop):
 1. D's logs: until a champion bundle exists, the simulator's logging policy writes them; then the
@@ -42,6 +42,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--runner", choices=["airflow", "inline"], default="airflow",
         help="run the DAGs through Airflow (default) or their task functions in-process",
+    )  # fmt: skip
+    parser.add_argument(
+        "--cluster", action="store_true",
+        help="run the loop through the local cluster of this RECLOOP_HOME (bash infra/cluster.sh "
+        "up ...): its MLflow server and Redis Cluster, the DAGs through Airflow on Celery, the "
+        "traffic through HAProxy to the serving replicas (each part the cluster does not run "
+        "falls back to the embedded one, and the demo says so)",
     )  # fmt: skip
 
 
@@ -143,6 +150,34 @@ def ab_table(settings: Settings) -> str:
     return "\n".join(out)
 
 
+def _through_cluster(settings: Settings, args: argparse.Namespace) -> tuple[Settings, dict]:
+    """The workspace's settings pointed at the running local cluster, and the loop's
+    ``runner`` / ``airflow_port`` / ``external_service`` for it; prints what is used."""
+    import os
+
+    from pipelines.cluster.config import ClusterConfig
+    from pipelines.loop.cluster_run import ReplicaService, cluster_plan
+
+    plan = cluster_plan(ClusterConfig.from_env())
+    os.environ.update(plan.env)  # task processes and the service read the same settings
+    settings = Settings.from_env()
+    extra: dict = {}
+    if plan.airflow_port is not None:
+        extra.update(runner="celery", airflow_port=plan.airflow_port)
+    if plan.serving is not None:
+        experiment = {"challenger_share": args.share}
+        extra["external_service"] = ReplicaService(plan.serving, plan.admin_token, experiment)
+    used = ", ".join(f"{k}={v}" for k, v in plan.env.items() if k != "RECLOOP_HOME")
+    where = f"HAProxy {extra['external_service'].url}" if "external_service" in extra else "-"
+    print(
+        f"recloop demo: through the local cluster ({used}; DAGs "
+        f"{'on Celery' if plan.airflow_port else 'by airflow dags test'}; serving {where})"
+    )
+    for note in plan.notes:
+        print(f"recloop demo: {note}")
+    return settings, extra
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines.core.schema import parse_date
     from pipelines.core.stats_reports import read_stats_report
@@ -150,9 +185,17 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines.loop import closed_loop
     from pipelines.report.html import write_report
 
+    extra = {}
+    if args.cluster:
+        try:
+            settings, extra = _through_cluster(settings, args)
+        except RuntimeError as exc:
+            print(f"recloop demo: {exc}", flush=True)
+            return 1
     cfg = closed_loop.LoopConfig(
         days=args.days, start=parse_date(args.start_date), scale=args.scale, seed=args.seed,
-        max_requests=args.requests or None, challenger_share=args.share, runner=args.runner,
+        max_requests=args.requests or None, challenger_share=args.share,
+        runner=extra.pop("runner", args.runner), **extra,
     )  # fmt: skip
     print(f"recloop demo: workspace {settings.home}; {args.days} day(s) from {cfg.start}, "
           f"runner {cfg.runner}", flush=True)  # fmt: skip

@@ -74,7 +74,7 @@ from pipelines.core.wait import wait_until
 
 log = logging.getLogger("recloop.closed_loop")
 
-RUNNERS = ("airflow", "inline")
+RUNNERS = ("airflow", "inline", "celery")
 DAILY_TASKS: tuple[tuple[str, str | None], ...] = (
     ("validate", None), ("stats", None), ("compute_features", None), ("evaluate", None),
     ("evaluate_ranker", None), ("gate", None), ("materialize", None), ("train_model", "mf"),
@@ -109,7 +109,14 @@ class LoopConfig:
     challenger_share: float = 0.5
     """Share of users the service routes to the challenger arm."""
     runner: str = "airflow"
-    """``airflow`` (the DAGs through Airflow) or ``inline`` (their task functions in-process)."""
+    """``airflow`` (the DAGs through ``airflow dags test``), ``inline`` (their task functions
+    in-process) or ``celery`` (triggered through the REST API of the local cluster's Celery
+    topology on ``airflow_port``, :mod:`pipelines.loop.cluster_run`)."""
+    airflow_port: int | None = None
+    """The ``celery`` runner's Airflow API server port."""
+    external_service: Any = None
+    """A running service to send the traffic to instead of the loop's own ``recloop serve``
+    (the cluster's replicas: :class:`pipelines.loop.cluster_run.ReplicaService`)."""
     ab_config: Any = None
     """``pipelines.experiments.ab.ABConfig`` for the inline runner (the A/B DAG uses its defaults)."""
     port: int | None = None
@@ -126,6 +133,8 @@ class LoopConfig:
             raise ValueError(f"runner must be one of {RUNNERS}, got {self.runner!r}")
         if not 0.0 <= self.challenger_share <= 1.0:
             raise ValueError(f"challenger_share must be in [0, 1], got {self.challenger_share}")
+        if self.runner == "celery" and self.airflow_port is None:
+            raise ValueError("the celery runner needs airflow_port")
         if not self.retrain and self.runner != "inline":
             raise ValueError("retrain=False needs the inline runner")
         if self.max_requests is not None and self.max_requests < 1:
@@ -264,6 +273,16 @@ class Service:
 # --- phases ---------------------------------------------------------------------------------------
 def _run_daily(settings: Settings, day: dt.date, cfg: LoopConfig) -> dict[str, str]:
     """The daily DAG, then the A/B DAG, for ``day``: ``{dag_id: state}``; raises on a failure."""
+    if cfg.runner == "celery":
+        from pipelines.loop.cluster_run import run_dags_celery
+
+        states = {}
+        for dag_id, (state, tis) in run_dags_celery(settings, day, cfg.airflow_port).items():
+            states[dag_id] = state
+            if state != "success":
+                failed = [t["task_id"] for t in tis if t.get("state") not in ("success", "skipped")]
+                raise StageFailed(f"{dag_id} {day} ended {state} (tasks not successful: {failed})")
+        return states
     if cfg.runner == "airflow":
         from pipelines.orchestration.airflow_runner import run_dag
 
@@ -431,7 +450,9 @@ def run_loop(
                 else:
                     rec["source"] = "service"
                     if service is None:
-                        service = Service(settings, cfg.port, _service_env(cfg))
+                        service = cfg.external_service or Service(
+                            settings, cfg.port, _service_env(cfg)
+                        )
                     try:
                         service.start()
                         rec["reload"] = service.reload()["outcome"]
