@@ -136,7 +136,7 @@ def truth_ndcg(
     seeded sample of the users active on ``day`` that the models know: relevance free of what the
     logging policy happened to show. Also ``corr_taste`` / ``corr_appeal`` (module docstring).
     One row per model."""
-    world = simulate.load_world(settings)
+    world = simulate.load_world_for_replay(settings, day)
     active = [u for u in simulate.users_for_day(world, day) if u in data.users]
     rng = np.random.default_rng(0)
     users = np.sort(

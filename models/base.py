@@ -171,6 +171,8 @@ MODEL_MODULES = {
     "two_tower": "models.two_tower",
     "ncf": "models.ncf",
     "bpr": "models.bpr",
+    "gru4rec": "models.sequential",
+    "sasrec": "models.sequential",
     "dlrm": "models.dlrm",
     "wide_deep": "models.wide_deep",
 }

@@ -12,6 +12,10 @@ environment overrides, and the admin token.
 | ``RECLOOP_SERVE_DEADLINE_MS``     | ``250``      | whole-request deadline; hydration gets ``hydrate_deadline_ms`` of it |
 | ``RECLOOP_SERVE_EXPLORE_POOL``    | ``300``      | candidates beyond the exploit list the explored slot draws from |
 | ``RECLOOP_SERVE_EXPLORE_UNIFORM``| ``0.5``      | share of the explore draw made uniformly over the pool (the rest Thompson) |
+| ``RECLOOP_SERVE_EXPLORER``        | ``thompson`` | explore slot's choice: ``thompson``, ``epsilon`` or ``linucb`` |
+| ``RECLOOP_SERVE_LINUCB_ALPHA``    | ``0.05``     | ``linucb``: weight of the confidence width |
+| ``RECLOOP_SERVE_LINUCB_TEMPERATURE``| ``0.01``   | ``linucb``: softmax temperature over UCB scores |
+| ``RECLOOP_SERVE_LINUCB_UNIFORM``  | ``0.1``      | ``linucb``: uniform share of the explore draw |
 | ``RECLOOP_SERVE_SOURCES``         | ``two_tower:300,mf:100,covisit:60,trending:40,catalog:100`` | candidate sources and their quotas (``serving.sources``) |
 | ``RECLOOP_SERVE_NEW_USERS``      | ``user_tower`` | users the model has no vector for: ``trending`` or ``user_tower`` (from their demographics) |
 | ``RECLOOP_SERVE_LOG_FLUSH_S``     | ``5``        | seconds between flushes of the impression log to parquet |
@@ -59,6 +63,8 @@ def _env_quotas(env: Mapping[str, str], name: str) -> tuple[tuple[str, int], ...
 
 RERANKERS = ("cap", "calibrated", "mmr")
 """Values of ``RECLOOP_SERVE_RERANKER`` (:attr:`ServingConfig.reranker`)."""
+EXPLORERS = ("thompson", "epsilon", "linucb")
+"""Values of ``RECLOOP_SERVE_EXPLORER`` (:attr:`ServingConfig.explorer`)."""
 
 
 @dataclass(frozen=True)
@@ -170,6 +176,20 @@ class ServingConfig:
     explore_prior: tuple[float, float] = (1.0, 19.0)
     """Beta prior of the click posteriors (mean 0.05); a new item keeps the prior's spread."""
     explore_grid: int = 256
+    explorer: str = "thompson"
+    """How the explored slot's item is drawn from the pool (``serving.rerank``): ``thompson``
+    (Thompson sampling mixed with ``explore_uniform``, as before), ``epsilon`` (uniform over the
+    pool) or ``linucb`` (softmax over LinUCB scores of a 10-dimensional context, mixed with
+    ``linucb_uniform``; state fitted daily from the served logs, ``serving.linucb``). Each logs
+    the exact propensity; simulated 14-day regret in benchmarks/README.md ("Exploration")."""
+    linucb_alpha: float = 0.05
+    """``linucb``: weight of the confidence width ``sqrt(x A^-1 x)`` in the UCB score."""
+    linucb_temperature: float = 0.01
+    """``linucb``: softmax temperature over the UCB scores (click-probability units, > 0)."""
+    linucb_uniform: float = 0.1
+    """``linucb``: share of the draw made uniformly over the pool (overlap for the OPE)."""
+    linucb_lambda: float = 1.0
+    """``linucb``: ridge ``lam`` of the prior state used while no fitted state exists."""
     # lifecycle
     reload_interval_s: float = 30.0
     smoke_users: int = 4
@@ -210,6 +230,15 @@ class ServingConfig:
             (0.0 <= self.explore_rate < 1.0, "explore_rate must be in [0, 1)"),
             (self.exploit_optimism >= 0.0, "exploit_optimism must be >= 0"),
             (0.0 <= self.explore_uniform <= 1.0, "explore_uniform must be in [0, 1]"),
+            (self.explorer in EXPLORERS, f"explorer must be one of {EXPLORERS}"),
+            (
+                self.linucb_alpha >= 0
+                and self.linucb_temperature > 0
+                and self.linucb_lambda > 0
+                and 0.0 <= self.linucb_uniform <= 1.0,
+                "linucb_alpha must be >= 0, linucb_temperature and linucb_lambda > 0, "
+                "linucb_uniform in [0, 1]",
+            ),
             (self.max_in_flight >= 1 and self.workers >= 1, "max_in_flight, workers must be >= 1"),
             (self.category_cap >= 1, "category_cap must be >= 1"),
             (self.reranker in RERANKERS, f"reranker must be one of {RERANKERS}"),
@@ -271,6 +300,10 @@ class ServingConfig:
             ("RECLOOP_SERVE_SOURCES", "source_quotas", _env_quotas),
             ("RECLOOP_SERVE_RERANKER", "reranker", env_text),
             ("RECLOOP_SERVE_RERANK_LAMBDA", "rerank_lambda", env_float),
+            ("RECLOOP_SERVE_EXPLORER", "explorer", env_text),
+            ("RECLOOP_SERVE_LINUCB_ALPHA", "linucb_alpha", env_float),
+            ("RECLOOP_SERVE_LINUCB_TEMPERATURE", "linucb_temperature", env_float),
+            ("RECLOOP_SERVE_LINUCB_UNIFORM", "linucb_uniform", env_float),
         ):
             value = read(env, name)
             if value is not None:

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from serving import diversify, rerank, retrieve, shared
+from serving import diversify, linucb, rerank, retrieve, shared
 from serving.bundle import LoadedBundle
 from serving.config import ServingConfig
 from serving.engine import Engine
@@ -208,7 +208,8 @@ def _rerank(
 ) -> rerank.Slate:
     """The response's slate: fresh boost, the exploit list (:func:`_exploit`), then exploration
     over the best remaining candidates by their click posteriors (item table counts under the
-    prior). ``user``: the hydrated user features (None: none read)."""
+    prior; the choice by ``cfg.explorer``: :func:`_explore_probabilities`). ``user``: the hydrated
+    user features (None: none read)."""
     cfg = engine.config
     table = bundle.item_table
     k = min(req.k, len(ranked.ids))
@@ -226,11 +227,46 @@ def _rerank(
     imps = np.where(prows >= 0, table.impressions[np.maximum(prows, 0)], 0.0)
     alpha = a0 + clicks
     beta = b0 + np.maximum(imps - clicks, 0.0)
+    probs = _explore_probabilities(engine, table, ranked, pool_rows, prows, clicks, imps, user)
     with engine.rng_lock:
         return rerank.explore(
             exploit, boosted[exploit], pool_rows.astype(np.int64), alpha, beta, k,
             cfg.explore_rate, engine.rng, cfg.explore_grid, cfg.explore_uniform,
+            probs, cfg.explorer,
         )  # fmt: skip
+
+
+def _explore_probabilities(
+    engine: Engine,
+    table: Any,
+    ranked: _Ranked,
+    pool_rows: np.ndarray,
+    prows: np.ndarray,
+    clicks: np.ndarray,
+    imps: np.ndarray,
+    user: dict[str, Any] | None,
+) -> np.ndarray | None:
+    """The explore choice's probabilities over the pool ``(P,)`` by ``cfg.explorer``: None for
+    ``thompson`` (:func:`serving.rerank.explore` computes them), uniform for ``epsilon``, the
+    LinUCB softmax (:mod:`serving.linucb`, state from ``RECLOOP_HOME/serving/linucb``) for
+    ``linucb``. ``prows``: the pool's item table rows (-1 unknown), ``clicks``/``imps`` their
+    28-day counts."""
+    cfg = engine.config
+    if cfg.explorer == "thompson" or len(pool_rows) == 0:
+        return None
+    if cfg.explorer == "epsilon":
+        return rerank.epsilon_probabilities(len(pool_rows))
+    at = np.maximum(prows, 0)
+    trending = np.where(prows >= 0, table.trending[at], 0.0)
+    x = linucb.context_features(
+        user, clicks, imps, ranked.categories[pool_rows], ranked.ages[pool_rows], trending,
+        cfg.explore_prior,
+    )  # fmt: skip
+    path = linucb.state_path(engine.settings.home)
+    state = linucb.cached_state(path, cfg.linucb_lambda, max(cfg.reload_interval_s, 1.0))
+    return linucb.choice_probabilities(
+        x, state, cfg.linucb_alpha, cfg.linucb_temperature, cfg.linucb_uniform
+    )
 
 
 def _exploit(

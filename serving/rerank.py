@@ -18,6 +18,12 @@ choice probabilities ``P(j) = P(theta_j is the largest)`` themselves, computed b
 (:func:`thompson_probabilities`): sampling from them is the same policy as drawing the thetas,
 and the logged propensity is then the exact probability of what was drawn.
 
+**Explorers** (``ServingConfig.explorer``, ``RECLOOP_SERVE_EXPLORER``): ``thompson`` (the above,
+the default), ``epsilon`` (the explore item uniform over the pool, :func:`epsilon_probabilities`)
+or ``linucb`` (a softmax over LinUCB scores of the candidates' context vectors, mixed with a
+uniform share: :mod:`serving.linucb`). Only ``P(j)`` differs between them; slot, rate and the
+propensity formulas below are the same, so the policy record replays all three.
+
 **Propensities** (probability that this policy shows this item in this slot, 0-based slot ``s``):
 
 - exploit item of rank ``r`` (0-based) at slot ``r``: ``(1 - rate) + rate * (k - 1 - r) / k``;
@@ -57,6 +63,9 @@ class Slate:
     pool_probs: np.ndarray | None = None
     rate: float = 0.0
     """The exploration rate in force (0 when the pool was empty)."""
+    explorer: str = "thompson"
+    """How ``pool_probs`` were made (``ServingConfig.explorer``): ``thompson``, ``epsilon``,
+    ``linucb``. The policy's probabilities depend only on ``pool_probs``, whatever made them."""
 
 
 def boosted_scores(
@@ -142,6 +151,11 @@ def thompson_probabilities(alpha: np.ndarray, beta: np.ndarray, grid: int = 256)
     return p / total if total > 0 else np.full(n, 1.0 / n)
 
 
+def epsilon_probabilities(n: int) -> np.ndarray:
+    """The ``epsilon`` explorer's choice over a pool of ``n``: uniform, ``(n,)`` of ``1 / n``."""
+    return np.full(n, 1.0 / n) if n else np.zeros(0)
+
+
 def exploit_propensity(rank: int, slot: int, k: int, rate: float) -> float:
     """Propensity of the exploit item of ``rank`` shown at ``slot`` (both 0-based)."""
     if slot == rank:
@@ -162,11 +176,17 @@ def explore(
     rng: np.random.Generator,
     grid: int = 512,
     uniform: float = 0.0,
+    probs: np.ndarray | None = None,
+    explorer: str = "thompson",
 ) -> Slate:
     """Final slate from the exploit list (``(k,)`` rows, best first, ``len <= k``) and the explore
     ``pool`` (rows not in it, with their posteriors ``alpha``/``beta``). See the module docstring.
     ``uniform``: share of the explore draw made uniformly over the pool (the rest by Thompson):
-    ``P(j) = uniform / P + (1 - uniform) * P_thompson(j)``.
+    ``P(j) = uniform / P + (1 - uniform) * P_thompson(j)``. ``probs``: the explore choice's
+    probabilities ``(P,)`` (summing to 1) made by another ``explorer``
+    (:func:`epsilon_probabilities`, :func:`serving.linucb.choice_probabilities`), used instead
+    of Thompson's and ``uniform``; the draws are made in the same order, so only the explored
+    item can differ.
     """
     exploit = np.asarray(exploit, dtype=np.int64)
     n = len(exploit)
@@ -177,12 +197,15 @@ def explore(
     if len(pool) == 0 or rate <= 0.0:
         none = np.zeros(0, np.int64)
         return Slate(exploit, np.asarray(exploit_scores, float), np.ones(n), np.zeros(n, bool),
-                     exploit, none, np.zeros(0), 0.0)  # fmt: skip
+                     exploit, none, np.zeros(0), 0.0, explorer)  # fmt: skip
     explore_now = rng.random() < rate
-    probs = thompson_probabilities(alpha, beta, grid)
-    if uniform > 0.0:
-        probs = uniform / len(pool) + (1.0 - uniform) * probs
-    policy = {"exploit": exploit, "pool": pool, "pool_probs": probs, "rate": float(rate)}
+    if probs is None:
+        probs = thompson_probabilities(alpha, beta, grid)
+        if uniform > 0.0:
+            probs = uniform / len(pool) + (1.0 - uniform) * probs
+    probs = np.asarray(probs, dtype=np.float64)
+    policy = {"exploit": exploit, "pool": pool, "pool_probs": probs, "rate": float(rate),
+              "explorer": explorer}  # fmt: skip
     if not explore_now:
         props = np.array([exploit_propensity(r, r, k, rate) for r in range(n)])
         return Slate(exploit, np.asarray(exploit_scores, float), props, np.zeros(n, bool), **policy)
@@ -228,7 +251,8 @@ def slot_probabilities(
 
 def policy_record(slate: Slate, ids: list[str]) -> dict[str, object]:
     """The slate's policy as JSON-ready data, item ids from ``ids`` (the request's candidates):
-    ``{"rate", "exploit": [ids best first], "pool": [ids], "pool_probs": [floats]}``."""
+    ``{"rate", "exploit": [ids best first], "pool": [ids], "pool_probs": [floats],
+    "explorer"}`` (the explorer is a label: the probabilities need only ``pool_probs``)."""
     exploit = slate.rows if slate.exploit is None else slate.exploit
     pool = np.zeros(0, np.int64) if slate.pool is None else slate.pool
     probs = np.zeros(0) if slate.pool_probs is None else slate.pool_probs
@@ -237,6 +261,7 @@ def policy_record(slate: Slate, ids: list[str]) -> dict[str, object]:
         "exploit": [ids[int(r)] for r in exploit],
         "pool": [ids[int(r)] for r in pool],
         "pool_probs": [float(p) for p in probs],
+        "explorer": slate.explorer,
     }
 
 

@@ -30,6 +30,7 @@ from models.base import CONFIG_FILE, MODEL_CLASSES, WEIGHTS_FILE, Retriever, loa
 from models.baselines import ItemKNN, MostPopular, UserKNN, topk_similarity
 from models.bpr import BPR
 from models.ncf import NCF
+from models.sequential import GRU4Rec, SASRec
 from models.two_tower import TwoTower
 
 N_USERS, N_ITEMS, BLOCK_USERS, BLOCK_ITEMS, SEEN = 40, 24, 20, 12, 6
@@ -73,6 +74,8 @@ SMALL_TOWERS = {
     "temperature": 0.1,
     "epochs": 10,
 }
+#: small sequence models (40 windows of 6 items, ~0.3 s each)
+SMALL_SEQUENCE = {"dim": 16, "max_len": 8, "epochs": 15, "batch_size": 16, "lr": 0.01}
 #: the daily job's settings: attribute-only towers plus the popularity prior
 ATTRIBUTE_TOWERS = {
     "user_ids": False,
@@ -127,6 +130,9 @@ CASES = [
         lambda: NCF(factors=4, embed_dim=8, layers=(16, 8), epochs=8, batch_size=256, lr=0.02),
     ),
     Case("bpr", lambda: BPR(factors=2, regularization=0.03, batch_size=32, lr=0.05)),
+    # next-item models; without sequences they read each row's items in a seeded order
+    Case("gru4rec", lambda: GRU4Rec(**SMALL_SEQUENCE)),
+    Case("sasrec", lambda: SASRec(**SMALL_SEQUENCE)),
 ]
 
 

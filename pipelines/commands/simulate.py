@@ -1,12 +1,15 @@
 """Simulate a seeded world: daily logs of a logging policy, and the ground truth apart.
 
   recloop simulate --days N [--scale tiny|small|demo|large] [--seed S] [--start-date YYYY-MM-DD]
+                   [--sequential S]
 
 Writes under RECLOOP_HOME: data/users.parquet, data/items.parquet,
 data/interactions/date=D/part-0.parquet (one partition per day, replaced atomically), and the
 truth (never read by training) under truth/: true click probabilities per impression
 (truth/impressions/date=D/), the logging policy's true CTR per day (truth/policy_value.parquet) and
-truth/world.json. Same seed, same bytes. Prints a summary per day.
+truth/world.json. Same seed, same bytes. Prints a summary per day. ``--sequential S`` (default
+RECLOOP_SIM_SEQUENTIAL, 0) gives the world a sequential structure of strength S in [0, 1]: a user's
+next interests follow a category transition matrix from their last click (0: today's world).
 """
 
 from __future__ import annotations
@@ -27,6 +30,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--start-date", default="2026-01-01", help="first simulated day, YYYY-MM-DD"
     )
+    parser.add_argument(
+        "--sequential",
+        type=float,
+        help="strength in [0, 1] of the sequential structure (default: RECLOOP_SIM_SEQUENTIAL, 0)",
+    )
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -38,6 +46,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         scale=args.scale,
         seed=args.seed,
         start_date=args.start_date,
+        sequential=args.sequential,
     )
     print(simulate.format_summary(summaries))
     print(f"logs: {settings.interactions_dir}   truth: {settings.truth_dir}")

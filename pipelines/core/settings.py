@@ -23,6 +23,7 @@ environment, and ``Settings.ensure_dirs()`` is the one place that creates the wo
 | ``RECLOOP_MAX_PURCHASE_VALUE`` | ``10``                                  | a purchase's ``value`` counts at most this in the features (a click always counts 1) |
 | ``RECLOOP_TRAIN_NPROC``      | ``1``                                     | processes the DAG trains the two-tower and the ranker with (data-parallel DDP through ``torchrun``, :mod:`pipelines.core.distributed`; 1: one plain process) |
 | ``RECLOOP_INDEX_MEMORY_BUDGET_MB`` | ``4096``                            | item index: an in-memory FAISS index estimated above this many MiB is built as IVF with on-disk inverted lists instead (:func:`pipelines.retrieval.faiss_index.choose_kind`) |
+| ``RECLOOP_SIM_SEQUENTIAL``  | ``0``                                     | simulator: strength in [0, 1] of the sequential structure (a user's next interests follow a category transition matrix from their last click; 0: today's world byte for byte; :mod:`pipelines.data.simulate`) |
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ class Settings:
     max_purchase_value: float = 10.0  # a purchase's value counts at most this (features, feedback)
     train_nproc: int = 1  # DDP processes for the DAG's two-tower and ranker training
     index_memory_budget_mb: int = 4096  # above: the item index's lists go on disk (issue 19)
+    sim_sequential: float = 0.0  # simulator's sequential structure strength in [0, 1] (issue 16)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -152,6 +154,7 @@ class Settings:
                 "RECLOOP_INDEX_MEMORY_BUDGET_MB",
                 "MiB",
             ),
+            sim_sequential=env_float(env, "RECLOOP_SIM_SEQUENTIAL", cls.sim_sequential),
         )
 
     # --- workspace layout -------------------------------------------------------------
@@ -229,4 +232,5 @@ class Settings:
             "RECLOOP_MAX_PURCHASE_VALUE": str(self.max_purchase_value),
             "RECLOOP_TRAIN_NPROC": str(self.train_nproc),
             "RECLOOP_INDEX_MEMORY_BUDGET_MB": str(self.index_memory_budget_mb),
+            "RECLOOP_SIM_SEQUENTIAL": str(self.sim_sequential),
         }

@@ -15,6 +15,25 @@ The world
       affinity  a = <u, v> / sqrt(D * 1.35)                    (about unit variance)
       relevance r = sigmoid(REL_BIAS + REL_AFFINITY * a + REL_APPEAL * b / log(M0) + user_bias)
 
+* Sequential structure (``sequential`` = ``s`` in [0, 1], ``RECLOOP_SIM_SEQUENTIAL`` or
+  ``recloop simulate --sequential S``; default 0): a seeded category transition matrix ``T``
+  (``C x C``, row-stochastic: each row a softmax of ``SEQ_STAY_LOGIT`` on the diagonal,
+  ``SEQ_NEXT_LOGIT`` on the category's *successor* in a seeded cyclic order of the categories and
+  ``N(0, SEQ_NOISE)`` elsewhere; :func:`category_transitions`) says where a user's interest goes
+  after a click. A user's state is the category ``p`` of their last click (none before the
+  first); the relevance logit above gains ``s * SEQ_GAIN * log(C * T[p, cat_i])`` (the log lift of
+  the transition over a uniform one: about +1.8 for the successor, +1.3 for the same category,
+  -0.7 elsewhere). The state moves with every request: a day's requests (per chunk) are answered
+  in rounds, round ``r`` holding every user's ``r``-th request of the day, and after each round
+  each user who clicked moves to the category of their latest click, so every request sees the
+  clicks of the user's earlier requests. The truth (``true_probabilities``, ``true_click_prob``,
+  ``oracle_slates``, ``truth/impressions``) includes the term with the state as it stands: after
+  ``recloop simulate`` and in :func:`load_world` the state the logs leave (each user's last logged
+  click), which is what a sequential model trained on them sees; :func:`load_world_for_replay`
+  the state at the start of its day.
+  ``s = 0`` skips every sequential draw and term: the world, the logs and the truth are today's
+  byte for byte (``tests/test_simulate_sequential.py`` pins the hashes). The demo and the
+  benchmarks use 0 unless they say otherwise (``benchmarks/bench_sequential.py`` runs 0 and 0.5).
 * Position bias: the user examines slot ``k`` (0-based) with ``EXAMINATION[k] = (1 + k) ** -0.7``;
   ``P(click) = EXAMINATION[k] * r`` (the examination hypothesis).
 * After a click the user buys with ``sigmoid(BUY_BIAS + a + 0.5 user_bias - 0.4 z_price)``
@@ -113,6 +132,14 @@ EVENT_CODES = ("i", "c", "p", "r")  # impression, click, purchase, rating
 # random streams: the first entropy word after the seed
 _S_GLOBAL, _S_USERS, _S_ITEMS, _S_REQUESTS, _S_SLATES, _S_OUTCOMES, _S_RESPOND = range(1, 8)
 _S_NEW_USERS, _S_NEW_ITEMS = 8, 9
+_S_SEQUENTIAL = 10  # the category transition matrix (drawn only when sequential > 0)
+
+# sequential structure (see the module docstring)
+SEQ_GAIN = 1.5  # logit per unit of log lift at strength 1
+SEQ_STAY_LOGIT = 2.0  # transition logit of staying in the category
+SEQ_NEXT_LOGIT = 2.5  # transition logit of moving to the category's successor
+SEQ_NOISE = 0.3  # sd of the other transition logits
+NO_CATEGORY = -1  # a user's state before their first click
 
 
 @dataclass(frozen=True)
@@ -181,6 +208,10 @@ class World:
     item_price: np.ndarray = field(repr=False)  # (n_items,) float64
     created_day: np.ndarray = field(repr=False)  # (n_items,) int32
     days_built: int = 0  # arrivals exist for days 0..days_built-1
+    # sequential structure (module docstring); strength 0: none of it is drawn or used
+    sequential: float = 0.0
+    cat_lift: np.ndarray | None = field(default=None, repr=False)  # (C, C) log(C * T[p, c])
+    user_last_category: np.ndarray | None = field(default=None, repr=False)  # (n_users,) int8
 
     @property
     def n_users(self) -> int:
@@ -278,6 +309,7 @@ def _draw_users(world: World, rng: np.random.Generator, signup_day: np.ndarray) 
         "user_gender": gender,
         "user_country": country,
         "signup_day": signup_day.astype(np.int32),
+        "user_last_category": np.full(n, NO_CATEGORY, dtype=np.int8),  # no draw: same streams
     }
 
 
@@ -296,10 +328,33 @@ def _draw_items(world: World, rng: np.random.Generator, created_day: np.ndarray)
     }
 
 
-def build_world(scale: str, seed: int, start_date: str | dt.date = DEFAULT_START) -> World:
-    """Build the world of ``(scale, seed, start_date)`` deterministically (arrivals up to day 0)."""
+def category_transitions(seed: int) -> np.ndarray:
+    """The seeded category transition matrix ``T`` ``(C, C)`` float64, rows summing to 1.
+
+    Row ``p``: softmax of ``SEQ_STAY_LOGIT`` at ``p``, ``SEQ_NEXT_LOGIT`` at ``p``'s successor in a
+    seeded cyclic order of the categories, ``N(0, SEQ_NOISE)`` elsewhere (its own stream).
+    """
+    rng = _rng(seed, _S_SEQUENTIAL)
+    n = len(CATEGORIES)
+    order = rng.permutation(n)
+    logits = rng.normal(0.0, SEQ_NOISE, (n, n))
+    logits[np.arange(n), np.arange(n)] = SEQ_STAY_LOGIT
+    logits[order, np.roll(order, -1)] = SEQ_NEXT_LOGIT
+    t = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return t / t.sum(axis=1, keepdims=True)
+
+
+def build_world(
+    scale: str, seed: int, start_date: str | dt.date = DEFAULT_START, sequential: float = 0.0
+) -> World:
+    """Build the world of ``(scale, seed, start_date)`` deterministically (arrivals up to day 0).
+
+    ``sequential``: the strength of the sequential structure in [0, 1] (module docstring).
+    """
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}: expected one of {sorted(SCALES)}")
+    if not 0.0 <= sequential <= 1.0:
+        raise ValueError(f"sequential strength {sequential} is outside [0, 1]")
     cfg = SCALES[scale]
     start = schema.parse_date(start_date)
     g = _rng(seed, _S_GLOBAL)
@@ -336,6 +391,9 @@ def build_world(scale: str, seed: int, start_date: str | dt.date = DEFAULT_START
     items = _draw_items(world, rng, -rng.integers(1, 366, cfg.n_items))
     for name, value in {**users, **items}.items():
         setattr(world, name, value)
+    if sequential > 0:
+        world.sequential = float(sequential)
+        world.cat_lift = np.log(len(CATEGORIES) * category_transitions(seed))
     world.extend_to(start)
     return world
 
@@ -394,7 +452,35 @@ def _relevance(world: World, u: np.ndarray, i: np.ndarray, a: np.ndarray) -> np.
         + REL_APPEAL * world.item_appeal[i] / world.appeal_scale
         + world.user_bias[u]
     )
+    if world.sequential > 0:
+        logit = logit + sequential_logit(world, u, i)
     return _sigmoid(logit)
+
+
+def sequential_logit(world: World, u: np.ndarray, i: np.ndarray) -> np.ndarray:
+    """The sequential term of the relevance logit per (user row, item row) pair, float64 ``(n,)``:
+    ``s * SEQ_GAIN * log(C * T[last category of u, category of i])``, 0 for a user without a
+    click yet or when the strength ``s`` is 0."""
+    if world.sequential <= 0 or world.cat_lift is None:
+        return np.zeros(len(u))
+    prev = world.user_last_category[u].astype(np.int64)
+    has = prev != NO_CATEGORY
+    out = np.zeros(len(u))
+    out[has] = world.cat_lift[prev[has], world.item_category[i[has]]]
+    return world.sequential * SEQ_GAIN * out
+
+
+def advance_state(world: World, u: np.ndarray, i: np.ndarray, ts: np.ndarray) -> None:
+    """Move each clicking user's state to the category of their latest click.
+
+    ``u``, ``i``: user / item rows of clicks ``(n,)``; ``ts``: their times (ties: the later row
+    wins). A no-op at strength 0.
+    """
+    if world.sequential <= 0 or len(u) == 0:
+        return
+    order = np.argsort(ts, kind="stable")[::-1]  # latest first
+    users, first = np.unique(u[order], return_index=True)
+    world.user_last_category[users] = world.item_category[i[order][first]]
 
 
 def true_probabilities(
@@ -458,6 +544,10 @@ def oracle_slates(
         a = (world.user_vec[uu] @ world.item_vec[pool].T).astype(np.float64)
         a /= math.sqrt(DIM * TASTE_VAR)
         logit = REL_AFFINITY * a + REL_APPEAL * world.item_appeal[pool] / world.appeal_scale
+        if world.sequential > 0:
+            prev = world.user_last_category[uu].astype(np.int64)
+            lift = world.cat_lift[np.maximum(prev, 0)][:, world.item_category[pool]]
+            logit += world.sequential * SEQ_GAIN * np.where((prev >= 0)[:, None], lift, 0.0)
         top = np.argpartition(-logit, k - 1, axis=1)[:, :k]
         order = np.argsort(-np.take_along_axis(logit, top, 1), axis=1, kind="stable")
         out[s : s + 1024] = pool[np.take_along_axis(top, order, 1)]
@@ -603,6 +693,61 @@ def _outcomes(
     return _Outcomes(t, click, click_ts, buy, buy_ts, rate, rate_ts, rating)
 
 
+def request_rounds(user: np.ndarray) -> np.ndarray:
+    """Round of each request ``(n,)`` int64: how many earlier requests (in order) the same user
+    has among ``user`` ``(n,)`` (their user rows)."""
+    order = np.argsort(user, kind="stable")
+    sorted_user = user[order]
+    idx = np.arange(len(user))
+    first = np.r_[True, sorted_user[1:] != sorted_user[:-1]] if len(user) else np.zeros(0, bool)
+    rounds = np.empty(len(user), dtype=np.int64)
+    rounds[order] = idx - np.maximum.accumulate(np.where(first, idx, 0))
+    return rounds
+
+
+def _stateful_outcomes(
+    world: World,
+    u: np.ndarray,
+    i: np.ndarray,
+    pos: np.ndarray,
+    ts: np.ndarray,
+    day_end_us: int,
+    rng: np.random.Generator,
+    req: np.ndarray,
+    req_user: np.ndarray,
+) -> _Outcomes:
+    """:func:`_outcomes` of the pairs; with sequential structure, round by round of the requests
+    (``req`` ``(n,)``: each pair's request, indexing ``req_user``, the requests' user rows in time
+    order; :func:`request_rounds`), each user's state moved after each round. At strength 0
+    exactly :func:`_outcomes` (same draws)."""
+    if world.sequential <= 0:
+        return _outcomes(world, u, i, pos, ts, day_end_us, rng)
+    rounds = request_rounds(req_user)[req]
+    parts = []
+    for r in range(int(rounds.max()) + 1 if len(rounds) else 0):
+        idx = np.flatnonzero(rounds == r)
+        out = _outcomes(world, u[idx], i[idx], pos[idx], ts[idx], day_end_us, rng)
+        advance_state(world, u[idx][out.click], i[idx][out.click], out.click_ts)
+        parts.append((idx, out))
+    if not parts:
+        return _outcomes(world, u, i, pos, ts, day_end_us, rng)
+    truth = {k: np.empty(len(u)) for k in parts[0][1].truth}
+    for idx, out in parts:
+        for k in truth:
+            truth[k][idx] = out.truth[k]
+
+    def pairs(name: str) -> np.ndarray:  # pair indices of a round → of all pairs
+        return np.concatenate([idx[getattr(out, name)] for idx, out in parts])
+
+    def values(name: str) -> np.ndarray:
+        return np.concatenate([getattr(out, name) for _, out in parts])
+
+    return _Outcomes(
+        truth, pairs("click"), values("click_ts"), pairs("buy"), values("buy_ts"), pairs("rate"),
+        values("rate_ts"), values("rating"),
+    )  # fmt: skip
+
+
 def _event_table(
     request_ids: pa.Array,
     req: np.ndarray,
@@ -738,7 +883,7 @@ def _logging_policy_chunks(
         i = slates.ravel()
         ts = np.repeat(req_ts[s:e], K)
         rng = _rng(world.seed, _S_OUTCOMES, date.toordinal(), c)
-        out = _outcomes(world, u, i, pos, ts, day_end, rng)
+        out = _stateful_outcomes(world, u, i, pos, ts, day_end, rng, req - s, user[s:e])
         ev = _assemble(req, pos, u, i, ts, out, with_impressions=True)
         ev["propensity"] = prop.ravel()[ev.pop("pair")]
         cols.append(ev)
@@ -869,7 +1014,7 @@ def respond(
     rid = _request_ids(request_ids, n, date)
     u = u_row[row]
     pair_ts = req_ts[row]
-    out = _outcomes(world, u, i, pos, pair_ts, start + DAY_US, rng)
+    out = _stateful_outcomes(world, u, i, pos, pair_ts, start + DAY_US, rng, row, u_row)
     ev = _assemble(row, pos, u, i, pair_ts, out, with_impressions=False)
     flat_p = None if propensities is None else _flatten_propensities(propensities, len(i))
     prop = None if flat_p is None else flat_p[ev["pair"]]
@@ -973,6 +1118,8 @@ def world_meta(world: World) -> dict:
         "arm": ARM,
         "model_version": MODEL_VERSION,
         "propensity": "per-slot conditional: q_i / (1 - sum of q over items in earlier slots)",
+        # only when on: a world without sequential structure keeps today's world.json bytes
+        **({"sequential": world.sequential} if world.sequential > 0 else {}),
     }
 
 
@@ -1004,22 +1151,55 @@ def truth_impressions_dir(settings: Settings) -> Path:
 
 
 def load_world(settings: Settings) -> World:
-    """Rebuild the world that ``recloop simulate`` used in this workspace (``truth/world.json``)."""
+    """Rebuild the world that ``recloop simulate`` used in this workspace (``truth/world.json``).
+
+    With sequential structure the users' states are those the logs leave: each user's last logged
+    click (:func:`restore_state`), so the truth is the truth of the next request."""
+    world = _world_from_meta(settings)
+    if world.sequential > 0:
+        days = schema.partition_dates(settings.interactions_dir)
+        if days:
+            world.extend_to(days[-1])
+            restore_state(world, settings.interactions_dir, days[-1] + dt.timedelta(days=1))
+    return world
+
+
+def _world_from_meta(settings: Settings) -> World:
+    """:func:`build_world` of ``truth/world.json`` (users' sequential states empty)."""
     meta = read_world_meta(settings)
     if meta is None:
         path = layout.world_path(settings)
         raise FileNotFoundError(f"{path} not found: run `recloop simulate` first")
-    return build_world(meta["scale"], int(meta["seed"]), meta["start_date"])
+    return build_world(
+        meta["scale"], int(meta["seed"]), meta["start_date"], float(meta.get("sequential", 0.0))
+    )
 
 
 def load_world_for_replay(settings: Settings, date: str | dt.date) -> World:
     """:func:`load_world` extended to ``date`` and to the workspace's last logged day: a replay
-    of a past day reads today's item tables, which may hold items created after ``date``."""
-    world = load_world(settings)
+    of a past day reads today's item tables, which may hold items created after ``date``. With
+    sequential structure the users' states are those of the start of ``date``."""
+    world = _world_from_meta(settings)
     days = schema.partition_dates(settings.interactions_dir)
     last = max([schema.parse_date(date), *days])
     world.extend_to(last)
+    if world.sequential > 0:  # the users' states: their last logged clicks before ``date``
+        restore_state(world, settings.interactions_dir, schema.parse_date(date))
     return world
+
+
+def restore_state(world: World, interactions_dir: Path, date: dt.date) -> None:
+    """Set every user's sequential state from the clicks logged in ``interactions_dir`` on days
+    before ``date`` (the state :func:`simulate_day` left, when those days were simulated)."""
+    world.user_last_category[:] = NO_CATEGORY
+    for day in schema.partition_dates(interactions_dir):
+        if schema.parse_date(day) >= date:
+            continue
+        ev = schema.read_partition(interactions_dir, day)
+        ev = ev[ev["event"] == "click"]
+        ts = _epoch_us(ev["ts"])
+        u, i = user_rows(world, ev["user_id"]), item_rows(world, ev["item_id"])
+        advance_state(world, u, i, ts)
 
 
 def _update_policy_value(settings: Settings, rows: list[dict]) -> None:
@@ -1039,10 +1219,13 @@ def simulate(
     scale: str | None = None,
     seed: int | None = None,
     start_date: str | dt.date = DEFAULT_START,
+    sequential: float | None = None,
 ) -> list[dict]:
     """Simulate ``days`` days from ``start_date``; write logs, attributes and truth.
 
-    Returns one summary dict per day (events by type, users, items, new users/items, CTR).
+    ``sequential``: strength of the sequential structure (default ``settings.sim_sequential``,
+    ``RECLOOP_SIM_SEQUENTIAL``, 0). Returns one summary dict per day (events by type, users,
+    items, new users/items, CTR).
     """
 
     if days < 1:
@@ -1051,7 +1234,9 @@ def simulate(
     seed = settings.seed if seed is None else int(seed)
     start = schema.parse_date(start_date)
     settings.ensure_dirs()
-    world = build_world(scale, seed, start)
+    if sequential is None:
+        sequential = settings.sim_sequential
+    world = build_world(scale, seed, start, sequential)
     try:
         old = read_world_meta(settings)
     except ValueError as exc:

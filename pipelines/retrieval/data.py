@@ -39,6 +39,8 @@ class TrainingData:
 
     ``implicit`` ``(U, I)`` float32 counts; ``explicit`` ``(U, I)`` ratings (may be empty);
     ``recent`` ``(I,)`` positive events per item in the last ``POPULAR_WINDOW_DAYS`` days.
+    ``sequences``: each user's positive items in time order (:func:`user_sequences`), what the
+    sequential retrievers train on.
     """
 
     date: dt.date
@@ -48,6 +50,7 @@ class TrainingData:
     explicit: sp.csr_matrix
     recent: np.ndarray
     n_events: int
+    sequences: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def read_positives(settings: Settings, last: dt.date, first: dt.date | None = None) -> pd.DataFrame:
@@ -99,6 +102,28 @@ def matrices(
     return implicit, explicit
 
 
+def user_sequences(
+    events: pd.DataFrame, users: Vocab, items: Vocab
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's positive items in the order of ``events`` (time order, as
+    :func:`read_positives` returns them), repeats of the item just before dropped (a click, its
+    purchase and its rating are one step): ``(indptr (U + 1,), items (E,))`` int64, user ``u``'s
+    sequence ``items[indptr[u]:indptr[u + 1]]``, oldest first. Ids outside the vocabularies are
+    dropped."""
+    u = users.encode(events["user_id"])
+    i = items.encode(events["item_id"])
+    keep = (u >= 0) & (i >= 0)
+    u, i = u[keep].astype(np.int64), i[keep].astype(np.int64)
+    order = np.argsort(u, kind="stable")
+    u, i = u[order], i[order]
+    new = np.ones(len(u), dtype=bool)
+    new[1:] = (u[1:] != u[:-1]) | (i[1:] != i[:-1])
+    u, i = u[new], i[new]
+    indptr = np.zeros(len(users) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(u, minlength=len(users)), out=indptr[1:])
+    return indptr, i
+
+
 def load_training_data(
     settings: Settings, date: str | dt.date, window_days: int | None = None
 ) -> TrainingData:
@@ -122,7 +147,10 @@ def load_training_data(
     recent = np.bincount(items.encode(events["item_id"][recent_mask]), minlength=len(items)).astype(
         np.float32
     )
-    return TrainingData(day, users, items, implicit.tocsr(), explicit.tocsr(), recent, len(events))
+    sequences = user_sequences(events, users, items)
+    return TrainingData(
+        day, users, items, implicit.tocsr(), explicit.tocsr(), recent, len(events), sequences
+    )
 
 
 def entity_features(

@@ -41,7 +41,10 @@ from pipelines.retrieval.data import (
 
 log = logging.getLogger(__name__)
 
-MODELS = ("mf", "mf_explicit", "two_tower", "popular", "itemknn", "userknn", "ncf", "bpr")
+MODELS = (
+    "mf", "mf_explicit", "two_tower", "popular", "itemknn", "userknn", "ncf", "bpr",
+    "gru4rec", "sasrec",
+)  # fmt: skip
 #: ALS settings for the daily job, chosen on the demo simulator's validation day (train days 1-6,
 #: validate day 7; benchmarks/bench_retrieval.py). With ~2 positives per user, weak regularization
 #: overfits the long tail (NDCG@10 0.003 at 0.05) and strong regularization toward 0 leaves a
@@ -107,6 +110,23 @@ BPR_PARAMS: dict[str, Any] = {
 }
 
 
+#: GRU4Rec / SASRec (``models.sequential``) on each user's positive items in time order; one
+#: layer of width 32, full softmax up to 1000 items (sampled above); 100 epochs at 3e-3: on the
+#: simulator (small, 28 days, sequential 0.5; benchmarks/bench_sequential.py) 30 epochs at 1e-3
+#: underfit (truth NDCG@10 0.29 vs 0.36), 200 epochs or width 64 gained nothing
+SEQUENTIAL_PARAMS: dict[str, Any] = {
+    "dim": 32,
+    "max_len": 50,
+    "n_layers": 1,
+    "n_heads": 1,
+    "dropout": 0.3,
+    "n_negatives": 1000,
+    "epochs": 100,
+    "batch_size": 128,
+    "lr": 3e-3,
+}
+
+
 def build_model(name: str, data: TrainingData, settings: Settings, seed: int = 0) -> Any:
     """Construct and fit model ``name`` (one of ``MODELS``) on ``data``."""
     from models.als import ALS
@@ -150,6 +170,11 @@ def build_model(name: str, data: TrainingData, settings: Settings, seed: int = 0
         return NCF(**NCF_PARAMS, seed=seed).fit(data.implicit)
     if name == "bpr":
         return BPR(**BPR_PARAMS, seed=seed).fit(data.implicit)
+    if name in ("gru4rec", "sasrec"):
+        from models.sequential import GRU4Rec, SASRec
+
+        cls = GRU4Rec if name == "gru4rec" else SASRec
+        return cls(**SEQUENTIAL_PARAMS, seed=seed).fit(data.implicit, sequences=data.sequences)
     raise ValueError(f"unknown model {name!r}: expected one of {MODELS}")
 
 

@@ -1,0 +1,130 @@
+"""Sequential retrievers (GRU4Rec, SASRec) beside MF, BPR and most-popular on the simulator, with
+its sequential structure off and on (issue 16).
+
+  OMP_WAIT_POLICY=PASSIVE nice .venv/bin/python benchmarks/bench_sequential.py
+      [--strengths 0 0.5] [--days 14] [--scale small] [--seed 42] [--epochs N]
+
+For each strength ``S`` (``simulate(..., sequential=S)``; 0 is today's world byte for byte):
+``--days`` days are simulated into a temporary workspace and validated; every model is built by
+``pipelines.retrieval.train.build_model`` (the daily job's settings; ``--epochs`` overrides the
+sequential models' epochs) on days 0..N-2 and judged on
+
+- ``truth_ndcg@10``: NDCG@10 of its top 10 unseen items against the simulator's true click
+  probability (slot 0) of every unseen item, for a seeded sample of 300 users active on day
+  N-1, **with the users' sequential state as it stood after day N-2** (the world from
+  ``simulate.load_world_for_replay``): what the sequential models are meant to exploit;
+- ``ndcg@10`` / ``recall@10``: day N-1's logged positives (``pipelines.core.metrics``; training
+  items excluded), biased by the non-personalised logging policy's exposure.
+
+Sequential models should win only where the structure exists (``S > 0``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import tempfile
+import time
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from pipelines.core.metrics import compare_models, ndcg_at_k
+from pipelines.core.settings import Settings
+from pipelines.data import simulate
+from pipelines.retrieval import train
+from pipelines.retrieval.data import TrainingData, load_training_data
+
+MODELS = ("popular", "mf", "bpr", "gru4rec", "sasrec")
+K = 10
+
+
+def truth_ndcg(
+    settings: Settings, models: dict, data: TrainingData, day: dt.date, n_users: int = 300
+) -> dict[str, float]:
+    """``truth_ndcg@10`` per model (module docstring), the state of each user as of ``day``."""
+    world = simulate.load_world_for_replay(settings, day)
+    active = [u for u in simulate.users_for_day(world, day) if u in data.users]
+    rng = np.random.default_rng(0)
+    users = np.sort(rng.choice(np.array(active, dtype=object), min(n_users, len(active)), False))
+    rows = data.users.encode(users)
+    items = np.array(data.items.ids, dtype=object)
+    probs = simulate.true_click_prob(
+        world, np.repeat(users, len(items)), np.tile(items, len(users)), 0
+    )
+    truth = probs.reshape(len(users), len(items))
+    truth[data.implicit[rows].toarray() > 0] = 0.0
+    relevance = sp.csr_matrix(truth)
+    out = {}
+    for name, model in models.items():
+        recs, _ = model.recommend(rows, K, exclude=data.implicit)
+        out[name] = ndcg_at_k(recs, relevance, K)
+    # the oracle's lists: the best any model could do on this sample
+    best = np.argsort(-truth, axis=1, kind="stable")[:, :K]
+    out["(oracle)"] = ndcg_at_k(best, relevance, K)
+    return out
+
+
+def one_world(strength: float, days: int, scale: str, seed: int) -> pd.DataFrame:
+    """Simulate, validate, train and judge every model on one world (module docstring)."""
+    from pipelines.data.validate import validate_partition
+    from pipelines.retrieval.evaluate import day_relevance
+
+    with tempfile.TemporaryDirectory() as home:
+        s = Settings.from_env({"RECLOOP_HOME": home, "RECLOOP_SEED": str(seed)})
+        s.ensure_dirs()
+        start = dt.date(2026, 1, 1)
+        simulate.simulate(s, days, scale, seed, start, sequential=strength)
+        all_days = [start + dt.timedelta(days=d) for d in range(days)]
+        for d in all_days:
+            validate_partition(s, d, data_docs=False)
+        train_end, test_day = all_days[-2], all_days[-1]
+        data = load_training_data(s, train_end)
+        models, seconds = {}, {}
+        for name in MODELS:
+            t0 = time.perf_counter()
+            models[name] = train.build_model(name, data, s, seed=seed)
+            seconds[name] = time.perf_counter() - t0
+            logging.getLogger(__name__).warning("S=%s fitted %s in %.1fs", strength, name,
+                                                seconds[name])  # fmt: skip
+        test = day_relevance(s, test_day, data.users, data.items)
+        table = compare_models(models, data.implicit, test, k=K, recall_ks=(), with_auc=False)
+        table = table[[f"ndcg@{K}", f"recall@{K}"]]
+        truth = truth_ndcg(s, models, data, test_day)
+        table.loc["(oracle)"] = np.nan
+        table.insert(0, "truth_ndcg@10", pd.Series(truth))
+        table["fit_s"] = pd.Series(seconds)
+        table.insert(0, "strength", strength)
+        n_seq = np.diff(data.sequences[0])
+        print(
+            f"\nstrength {strength}: scale {scale}, seed {seed}, train {start}..{train_end} "
+            f"({len(data.users)} users x {len(data.items)} items, {data.implicit.nnz} cells, "
+            f"median sequence {int(np.median(n_seq))} items), test {test_day}"
+        )
+        print(table.to_string(float_format="%.4f"))
+        return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--strengths", type=float, nargs="+", default=[0.0, 0.5])
+    parser.add_argument("--days", type=int, default=14)
+    parser.add_argument("--scale", default="small")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--epochs", type=int, help="epochs of the sequential models")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    if args.epochs is not None:
+        train.SEQUENTIAL_PARAMS["epochs"] = args.epochs
+    tables = [one_world(s, args.days, args.scale, args.seed) for s in args.strengths]
+    both = pd.concat(tables)
+    both = both.rename_axis("model").reset_index()
+    ratio = both.pivot(index="model", columns="strength", values="truth_ndcg@10")
+    print("\ntruth_ndcg@10 by strength (rows: models)")
+    print(ratio.to_string(float_format="%.4f"))
+
+
+if __name__ == "__main__":
+    main()

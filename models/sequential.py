@@ -1,0 +1,380 @@
+"""Sequential retrievers over each user's recent items (chapter section 16.3): GRU4Rec (Hidasi
+et al. 2016, a GRU over the item sequence) and SASRec (Kang & McAuley 2018, causal
+self-attention over it), in PyTorch, under the :class:`models.base.Retriever` contract.
+
+- **Input**: per user the items of their positive events in time order (``sequences``: a CSR-like
+  ``(indptr (U + 1,), items (E,))``, :func:`pipelines.retrieval.data.user_sequences`; without it,
+  each row's items of the ``(U, I)`` matrix in a seeded random order: no time order known). Tokens are item
+  index + 1 (0 pads); windows are left-padded to ``max_len``, the most recent item last.
+- **Encoder** ``(B, L)`` tokens → ``(B, L, D)`` states: ``gru4rec``: item embedding → dropout →
+  ``n_layers`` GRU layers. ``sasrec``: ``sqrt(D)`` item embedding + learned position embedding →
+  dropout → ``n_layers`` pre-norm Transformer blocks (``n_heads`` heads, FFN ``2D``) under a
+  causal mask that also hides padding keys (a position always sees itself) → LayerNorm.
+- **Output**: the score of item ``i`` after a sequence is ``h . e_i`` with ``h`` the last state
+  and ``e_i`` the (shared, tied) input embedding of ``i``.
+- **Training**: next-item prediction at every position of windows of ``max_len + 1`` items cut
+  from the end of each sequence (stride ``max_len``): softmax cross-entropy of the true next item
+  against every item when ``I <= n_negatives``, else against ``n_negatives`` uniformly drawn items
+  shared by the batch (sampled softmax; a draw equal to the target is masked). Adam,
+  ``weight_decay`` L2.
+- **Recommend**: after ``fit`` every user's state ``h_u`` is computed once from their last
+  ``max_len`` training items (:attr:`histories`, saved with the weights); ``score_all`` is
+  ``h_u . E^T``, so ``user_embeddings`` ``(U, D)`` and ``item_embeddings`` ``(I, D)`` rank exactly
+  as the scores (a FAISS inner-product index works). :meth:`SequentialRetriever.encode` scores a
+  fresh sequence (what serving would read online; not wired here).
+
+Shapes: ``U`` users, ``I`` items, ``D`` = ``dim``, ``L`` = ``max_len``, ``B`` batch. Deterministic
+under ``seed`` on CPU for a given thread count (weights and dropout under a forked, seeded torch
+RNG; window order and negatives from private generators).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.base import Retriever, pick_device, register
+from pipelines.core.progress import progress as progress_bar
+
+log = logging.getLogger(__name__)
+
+#: below this many ``window tokens x dim`` a fit runs on one intra-op thread (small matrices:
+#: on a loaded machine extra threads spin and make a 0.3 s fit take 10 s)
+_SMALL_FIT = 1 << 21
+
+
+class SequenceNet(nn.Module):
+    """Item embedding + a GRU or causal Transformer encoder; ``forward`` ``(B, L)`` → ``(B, L, D)``."""
+
+    def __init__(
+        self, kind: str, n_items: int, dim: int, max_len: int, n_layers: int, n_heads: int,
+        dropout: float,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.kind = kind
+        self.n_heads = n_heads
+        self.item = nn.Embedding(n_items + 1, dim, padding_idx=0)
+        nn.init.normal_(self.item.weight[1:], std=1.0 / math.sqrt(dim))
+        self.drop = nn.Dropout(dropout)
+        if kind == "gru4rec":
+            self.gru = nn.GRU(dim, dim, n_layers, batch_first=True)
+        else:
+            self.pos = nn.Embedding(max_len, dim)
+            layer = nn.TransformerEncoderLayer(
+                dim, n_heads, 2 * dim, dropout, batch_first=True, norm_first=True
+            )
+            self.blocks = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+            self.norm = nn.LayerNorm(dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.item(tokens)
+        if self.kind == "gru4rec":
+            return self.gru(self.drop(x))[0]
+        n, length = tokens.shape
+        x = x * math.sqrt(x.shape[-1]) + self.pos.weight[-length:][None]
+        future = torch.triu(torch.ones(length, length, dtype=torch.bool, device=x.device), 1)
+        pad_key = (tokens == 0)[:, None, :] & ~torch.eye(length, dtype=torch.bool, device=x.device)
+        mask = (future[None] | pad_key).repeat_interleave(self.n_heads, dim=0)
+        return self.norm(self.blocks(self.drop(x), mask=mask))
+
+    def item_vectors(self) -> torch.Tensor:
+        """``(I, D)``: the output embeddings (tied to the inputs), padding row dropped."""
+        return self.item.weight[1:]
+
+
+def sequences_from_matrix(
+    interactions: sp.csr_matrix, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's items with a value > 0 in a seeded random order (the matrix knows no time
+    order; index order would teach "the next item has a higher index"):
+    ``(indptr (U + 1,), items (E,))``."""
+    m = sp.csr_matrix(interactions, dtype=np.float32)
+    m.sum_duplicates()
+    m.eliminate_zeros()
+    m.sort_indices()
+    rows = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
+    order = np.lexsort((np.random.default_rng(seed).random(len(rows)), rows))
+    return m.indptr.astype(np.int64), m.indices[order].astype(np.int64)
+
+
+def last_tokens(indptr: np.ndarray, items: np.ndarray, length: int) -> np.ndarray:
+    """Tokens (item + 1) of each user's last ``length`` items, left-padded with 0: ``(U, length)``."""
+    n = len(indptr) - 1
+    out = np.zeros((n, length), dtype=np.int64)
+    for u in range(n):
+        seq = items[max(indptr[u], indptr[u + 1] - length) : indptr[u + 1]]
+        if len(seq):
+            out[u, length - len(seq) :] = seq + 1
+    return out
+
+
+def training_windows(indptr: np.ndarray, items: np.ndarray, max_len: int) -> np.ndarray:
+    """Windows of ``max_len + 1`` tokens cut from the end of every sequence of at least 2 items
+    (stride ``max_len``), left-padded: ``(W, max_len + 1)`` int64."""
+    rows = []
+    for u in range(len(indptr) - 1):
+        seq = items[indptr[u] : indptr[u + 1]] + 1
+        end = len(seq)
+        while end >= 2:
+            window = seq[max(0, end - max_len - 1) : end]
+            row = np.zeros(max_len + 1, dtype=np.int64)
+            row[max_len + 1 - len(window) :] = window
+            rows.append(row)
+            end -= max_len
+    return np.stack(rows) if rows else np.zeros((0, max_len + 1), dtype=np.int64)
+
+
+class SequentialRetriever(Retriever):
+    """Next-item model over users' item sequences; see the module docstring."""
+
+    name = "sequential"
+    kind = "gru4rec"
+
+    def __init__(
+        self,
+        dim: int = 64,
+        max_len: int = 50,
+        n_layers: int = 1,
+        n_heads: int = 2,
+        dropout: float = 0.2,
+        n_negatives: int = 256,
+        epochs: int = 20,
+        batch_size: int = 128,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        seed: int = 0,
+        device: str | None = None,
+        n_users: int = 0,
+        n_items: int = 0,
+    ) -> None:
+        if min(dim, max_len, n_layers, n_heads, n_negatives, batch_size) < 1 or epochs < 0:
+            raise ValueError(
+                f"bad {self.name} hyper-parameters: dim={dim} max_len={max_len} "
+                f"n_layers={n_layers} n_heads={n_heads} epochs={epochs}"
+            )
+        if self.kind == "sasrec" and dim % n_heads:
+            raise ValueError(f"sasrec: dim={dim} is not a multiple of n_heads={n_heads}")
+        self.dim, self.max_len, self.n_layers, self.n_heads = dim, max_len, n_layers, n_heads
+        self.dropout, self.n_negatives, self.epochs = float(dropout), n_negatives, epochs
+        self.batch_size, self.lr, self.weight_decay = batch_size, float(lr), float(weight_decay)
+        self.seed = int(seed)
+        self.device = pick_device(device)
+        self.n_users, self.n_items = int(n_users), int(n_items)
+        self.net = self._new_net()
+        #: ``(U, max_len)`` tokens of each user's last training items; ``(U, D)`` their states
+        self.histories = torch.zeros(self.n_users, self.max_len, dtype=torch.int64)
+        self.user_states = torch.zeros(self.n_users, self.dim, device=self.device)
+        self.loss_history: list[float] = []
+
+    def _new_net(self) -> SequenceNet:
+        net = SequenceNet(
+            self.kind, self.n_items, self.dim, self.max_len, self.n_layers, self.n_heads,
+            self.dropout,
+        )  # fmt: skip
+        return net.to(self.device)
+
+    # --- training ----------------------------------------------------------------------------
+    def fit(
+        self,
+        interactions: sp.csr_matrix,
+        sequences: tuple[np.ndarray, np.ndarray] | None = None,
+        progress: bool = True,
+        **kwargs: Any,
+    ) -> SequentialRetriever:
+        """Train on the users' sequences (``(indptr (U + 1,), items (E,))`` in time order; default
+        :func:`sequences_from_matrix`); ``interactions`` ``(U, I)`` gives the shapes."""
+        self.n_users, self.n_items = interactions.shape
+        if sequences is None:
+            sequences = sequences_from_matrix(interactions, self.seed)
+        indptr, items = sequences
+        indptr, items = np.asarray(indptr, np.int64), np.asarray(items, np.int64)
+        if len(indptr) != self.n_users + 1 or (len(items) and items.max() >= self.n_items):
+            raise ValueError(f"sequences do not fit the {interactions.shape} interaction matrix")
+        windows = training_windows(indptr, items, self.max_len)
+        if len(windows) == 0:
+            raise ValueError(f"fit: no user has a sequence of 2 items ({self.name})")
+        start = time.perf_counter()
+        threads = torch.get_num_threads()
+        if windows.size * self.dim < _SMALL_FIT:  # tiny matrices: intra-op threads only cost
+            torch.set_num_threads(1)
+        try:
+            self._train(windows, progress)
+        finally:
+            torch.set_num_threads(threads)
+        self.histories = torch.from_numpy(last_tokens(indptr, items, self.max_len))
+        self.user_states = self._states(self.histories)
+        log.info(
+            "%s fit: %d users x %d items, %d windows, %d epochs in %.2fs, loss %s",
+            self.name, self.n_users, self.n_items, len(windows), self.epochs,
+            time.perf_counter() - start,
+            " -> ".join(f"{x:.4f}" for x in self.loss_history[:: max(1, self.epochs // 4)]),
+        )  # fmt: skip
+        return self
+
+    def _train(self, windows: np.ndarray, progress: bool) -> None:
+        """A fresh network trained ``epochs`` passes over ``windows`` ``(W, L + 1)``."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.net = self._new_net()
+            opt = torch.optim.Adam(
+                self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay
+            )
+            rng = np.random.default_rng(self.seed)
+            gen = torch.Generator().manual_seed(self.seed)
+            self.loss_history = []
+            epochs = progress_bar(
+                range(self.epochs), desc=self.name, unit="epoch", enabled=progress
+            )
+            for _ in epochs:
+                self.loss_history.append(self._epoch(windows, opt, rng, gen))
+
+    def _epoch(
+        self,
+        windows: np.ndarray,
+        opt: torch.optim.Optimizer,
+        rng: np.random.Generator,
+        gen: torch.Generator,
+    ) -> float:
+        """One pass over the windows ``(W, L + 1)`` in a random order; the mean loss per target."""
+        self.net.train()
+        total, count = 0.0, 0
+        order = rng.permutation(len(windows))
+        for s in range(0, len(windows), self.batch_size):
+            batch = torch.from_numpy(windows[order[s : s + self.batch_size]]).to(self.device)
+            inputs, targets = batch[:, :-1], batch[:, 1:]
+            keep = (targets > 0) & (inputs > 0)
+            h = self.net(inputs)[keep]  # (T, D)
+            target = targets[keep] - 1  # (T,)
+            emb = self.net.item_vectors()
+            if self.n_items <= self.n_negatives:
+                loss = F.cross_entropy(h @ emb.T, target, reduction="sum")
+            else:
+                neg = torch.randint(0, self.n_items, (self.n_negatives,), generator=gen)
+                neg = neg.to(self.device)
+                pos_logit = (h * emb[target]).sum(1, keepdim=True)
+                neg_logit = (h @ emb[neg].T).masked_fill(neg[None] == target[:, None], -1e9)
+                logits = torch.cat([pos_logit, neg_logit], dim=1)
+                zero = torch.zeros(len(target), dtype=torch.int64, device=self.device)
+                loss = F.cross_entropy(logits, zero, reduction="sum")
+            opt.zero_grad(set_to_none=True)
+            (loss / max(len(target), 1)).backward()
+            opt.step()
+            total, count = total + float(loss.detach()), count + len(target)
+        return total / max(count, 1)
+
+    # --- scoring -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def _states(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Last states ``(B, D)`` of left-padded token windows ``(B, max_len)`` (eval mode)."""
+        self.net.eval()
+        out = [
+            self.net(tokens[s : s + 1024].to(self.device))[:, -1]
+            for s in range(0, len(tokens), 1024)
+        ]
+        return torch.cat(out) if out else torch.zeros(0, self.dim, device=self.device)
+
+    def encode(self, sequences: list[list[int]] | np.ndarray) -> np.ndarray:
+        """States ``(B, D)`` float32 of item sequences (oldest first; the last ``max_len`` count):
+        ``encode(s) @ item_embeddings().T`` scores every item after ``s``."""
+        tokens = np.zeros((len(sequences), self.max_len), dtype=np.int64)
+        for r, seq in enumerate(sequences):
+            seq = np.asarray(seq, dtype=np.int64)[-self.max_len :]
+            if len(seq):
+                tokens[r, self.max_len - len(seq) :] = seq + 1
+        return self._states(torch.from_numpy(tokens)).float().cpu().numpy()
+
+    def _index(self, ids: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(ids, dtype=np.int64), device=self.device)
+
+    @torch.no_grad()
+    def score(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """``h_u . e_i`` per pair: ``(N,)`` float32."""
+        h, e = self.user_states[self._index(users)], self.net.item_vectors()[self._index(items)]
+        return (h * e).sum(1).float().cpu().numpy()
+
+    @torch.no_grad()
+    def score_all(self, users: np.ndarray) -> np.ndarray:
+        """``(B,)`` → float32 ``(B, I)``."""
+        h = self.user_states[self._index(users)]
+        return (h @ self.net.item_vectors().T).float().cpu().numpy()
+
+    def user_embeddings(self) -> np.ndarray:
+        """``(U, D)``: each user's state after their last ``max_len`` training items."""
+        return self.user_states.float().cpu().numpy()
+
+    @torch.no_grad()
+    def item_embeddings(self) -> np.ndarray:
+        """``(I, D)``: the tied item embeddings."""
+        return self.net.item_vectors().float().cpu().numpy()
+
+    # --- persistence -------------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        return {
+            "dim": self.dim,
+            "max_len": self.max_len,
+            "n_layers": self.n_layers,
+            "n_heads": self.n_heads,
+            "dropout": self.dropout,
+            "n_negatives": self.n_negatives,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "seed": self.seed,
+            "n_users": self.n_users,
+            "n_items": self.n_items,
+        }
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any], device: str | None = None) -> SequentialRetriever:
+        return cls(**cfg, device=device)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        out = {f"net.{k}": v for k, v in self.net.state_dict().items()}
+        return {**out, "histories": self.histories, "user_states": self.user_states}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        expected = {
+            "histories": (self.n_users, self.max_len),
+            "user_states": (self.n_users, self.dim),
+        }
+        for key, shape in expected.items():
+            if key not in state:
+                raise ValueError(f"{self.name} weights: missing tensor {key!r}")
+            if tuple(state[key].shape) != shape:
+                raise ValueError(
+                    f"{self.name} weights: tensor {key!r} has shape {tuple(state[key].shape)}, "
+                    f"config says {shape}"
+                )
+        net = {k[len("net.") :]: v for k, v in state.items() if k.startswith("net.")}
+        try:
+            self.net.load_state_dict(net)
+        except RuntimeError as exc:
+            raise ValueError(f"{self.name} weights do not fit the network ({exc})") from exc
+        self.histories = state["histories"].to(torch.int64)
+        self.user_states = state["user_states"].to(self.device, torch.float32)
+
+
+@register
+class GRU4Rec(SequentialRetriever):
+    """GRU over the item sequence (Hidasi et al. 2016); see the module docstring."""
+
+    name = "gru4rec"
+    kind = "gru4rec"
+
+
+@register
+class SASRec(SequentialRetriever):
+    """Causal self-attention over the item sequence (Kang & McAuley 2018); see the module
+    docstring."""
+
+    name = "sasrec"
+    kind = "sasrec"
