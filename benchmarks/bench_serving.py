@@ -33,12 +33,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -251,24 +253,35 @@ async def load(port: int, users: list[str], rate: float, seconds: float, connect
     }
 
 
+def server_cmd(port: int, workers: int, extra: list[str]) -> list[str]:
+    """The command line of one benchmark server (:func:`serve`) on ``port``; ``extra`` e.g.
+    ``["--large-items", "1000000"]``."""
+    return [sys.executable, __file__, "--serve", "--port", str(port),
+            "--workers", str(workers), *extra]  # fmt: skip
+
+
+def champion_users() -> list[str]:
+    """The champion's known user ids (its two-tower vocabulary); settings from the environment."""
+    from pipelines.core.settings import Settings
+    from pipelines.core.vocab import Vocab
+    from pipelines.release import registry
+
+    settings = Settings.from_env()
+    tt = Path(registry.load_bundle(settings, "champion")["paths"]["two_tower"])
+    return Vocab.load(tt / "users.json").ids
+
+
 def run_case(args: argparse.Namespace, env: dict, label: str, extra: list[str]) -> dict:
     from pipelines.core.net import free_port
     from pipelines.core.service_process import start_service
 
     port = free_port()
     load_before = os.getloadavg()[0]
-    cmd = [sys.executable, __file__, "--serve", "--port", str(port),
-           "--workers", str(args.workers), *extra]  # fmt: skip
+    cmd = server_cmd(port, args.workers, extra)
     ready_url = f"http://127.0.0.1:{port}/health/ready"  # the server's output: this console
     proc = start_service(cmd, env, ready_url, 900, cwd=REPO, name=f"{label}: the server")
     try:
-        from pipelines.core.settings import Settings
-        from pipelines.core.vocab import Vocab
-        from pipelines.release import registry
-
-        settings = Settings.from_env()
-        tt = Path(registry.load_bundle(settings, "champion")["paths"]["two_tower"])
-        users = Vocab.load(tt / "users.json").ids
+        users = champion_users()
         out = asyncio.run(load(port, users, args.rate, args.seconds, args.connections))
     finally:
         proc.terminate()
@@ -277,6 +290,27 @@ def run_case(args: argparse.Namespace, env: dict, label: str, extra: list[str]) 
     out["load_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     print(json.dumps(out), flush=True)
     return out
+
+
+@contextlib.contextmanager
+def workspace(home: Path | None, scale: str, redis_port: int | None = None) -> Iterator[dict]:
+    """A ``redis-server`` (``redis_port``, default a free one) and a prepared workspace
+    (:func:`prepare`; ``home`` or a temporary one); yields the servers' environment. On exit
+    Redis is stopped and a temporary workspace removed."""
+    from pipelines.core.redis_server import RedisServer
+
+    temp = home is None
+    home = home or Path(tempfile.mkdtemp(prefix="recloop-bench-serving-")) / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    redis_server = RedisServer(home.parent, port=redis_port)
+    redis_server.start()
+    try:
+        prepare(home, scale, redis_server.url)
+        yield {**os.environ, "RECLOOP_HOME": str(home), "RECLOOP_REDIS_URL": redis_server.url}
+    finally:
+        redis_server.stop()
+        if temp:
+            shutil.rmtree(home.parent, ignore_errors=True)
 
 
 def main() -> int:
@@ -298,16 +332,7 @@ def main() -> int:
     if args.serve:
         serve(args)
         return 0
-    home = args.home or Path(tempfile.mkdtemp(prefix="recloop-bench-serving-")) / "home"
-    home.mkdir(parents=True, exist_ok=True)
-    from pipelines.core.redis_server import RedisServer
-
-    redis_server = RedisServer(home.parent)
-    redis_server.start()
-    redis_url = redis_server.url
-    try:
-        prepare(home, args.scale, redis_url)
-        env = {**os.environ, "RECLOOP_HOME": str(home), "RECLOOP_REDIS_URL": redis_url}
+    with workspace(args.home, args.scale) as env:
         if args.item_cache_ttl is not None:
             env["RECLOOP_SERVE_ITEM_CACHE_TTL_S"] = str(args.item_cache_ttl)
         results = [run_case(args, env, f"{args.scale}: bundle index", [])]
@@ -323,10 +348,6 @@ def main() -> int:
             print(f"{r['case']} | {r['ok']}/{r['requests']} | {r['errors']} | "
                   f"{r['degraded']} | {r['throughput_rps']} | {r['e2e_p50_ms']} | "
                   f"{r['e2e_p99_ms']} | {st} | {r['load_1min'][0]}/{r['load_1min'][1]}")  # fmt: skip
-    finally:
-        redis_server.stop()
-        if args.home is None:
-            shutil.rmtree(home.parent, ignore_errors=True)
     return 0
 
 
