@@ -37,7 +37,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -45,6 +44,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines.cluster import pidfiles
 from pipelines.core.settings import Settings
 
 WORKER_ENV = "RECLOOP_AIRFLOW_WORKER"
@@ -190,22 +190,7 @@ def log_path(run_dir: Path, name: str) -> Path:
 
 def running_pid(run_dir: Path, name: str) -> int | None:
     """The pid of process ``name`` when its pid file names a live session leader, else None."""
-    from pipelines.orchestration.process_session import session_pids
-
-    try:
-        pid = int(pid_path(run_dir, name).read_text().strip())
-    except (OSError, ValueError):
-        return None
-    _reap(pid)
-    return pid if pid in session_pids(pid) else None
-
-
-def _reap(pid: int) -> None:
-    """Collect ``pid``'s exit status when it is this process's child (a zombie looks alive)."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
+    return pidfiles.running_pid(pid_path(run_dir, name))
 
 
 def spawn(run_dir: Path, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
@@ -316,41 +301,11 @@ def status(run_dir: Path) -> dict[str, int | None]:
     return {name: running_pid(run_dir, name) for name in names}
 
 
-def _signal_sessions(pids: list[int], sig: signal.Signals) -> None:
-    from pipelines.orchestration.process_session import session_pids
-
-    for leader in pids:
-        for pid in session_pids(leader):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-
-
 def stop(run_dir: Path, names: list[str] | None = None, grace_s: float = 30.0) -> list[str]:
     """Stop the processes ``names`` (default: every one with a pid file): SIGTERM to every
     process of their sessions (Celery's warm shutdown: a running task may finish), SIGKILL to
-    what is left after ``grace_s`` seconds. Returns the names that were running."""
-    from pipelines.orchestration.process_session import session_pids
-
+    what is left after ``grace_s`` seconds (:func:`pidfiles.stop`). Returns the names that
+    were running."""
     names = list(status(run_dir)) if names is None else names
-    running = {name: pid for name in names if (pid := running_pid(run_dir, name)) is not None}
-    leaders = list(running.values())
-    _signal_sessions(leaders, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        for pid in leaders:
-            _reap(pid)
-        if not any(session_pids(pid) for pid in leaders):
-            break
-        time.sleep(0.2)
-    _signal_sessions(leaders, signal.SIGKILL)
-    for _ in range(50):  # SIGKILL is asynchronous: reap what dies (children of this process)
-        for pid in leaders:
-            _reap(pid)
-        if not any(session_pids(pid) for pid in leaders):
-            break
-        time.sleep(0.1)
-    for name in names:
-        pid_path(run_dir, name).unlink(missing_ok=True)
-    return list(running)
+    stopped = pidfiles.stop([pid_path(run_dir, name) for name in names], grace_s=grace_s)
+    return [path.stem for path in stopped]

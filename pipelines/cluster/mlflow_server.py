@@ -11,12 +11,11 @@ The server runs detached (its own session) with a pid file and a log under
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+from pipelines.cluster import pidfiles
 from pipelines.core.service_process import wait_ready
 
 START_TIMEOUT_S = 120.0
@@ -49,13 +48,7 @@ def command(backend_uri: str, artifacts: Path, port: int, workers: int = 2) -> l
 
 def running_pid(cluster_dir: Path, port: int) -> int | None:
     """The pid of this workspace's server on ``port`` when it is alive, else None."""
-    pid_file = paths(cluster_dir, port)["pid"]
-    try:
-        pid = int(pid_file.read_text().strip())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return None
-    return pid
+    return pidfiles.running_pid(paths(cluster_dir, port)["pid"])
 
 
 def start(cluster_dir: Path, backend_uri: str, port: int, workers: int = 2) -> int:
@@ -76,37 +69,12 @@ def start(cluster_dir: Path, backend_uri: str, port: int, workers: int = 2) -> i
     try:
         wait_ready(f"{url(port)}/health", proc, START_TIMEOUT_S, p["log"], name="mlflow server")
     except BaseException:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        pidfiles.kill_unready(proc)
         raise
     p["pid"].write_text(f"{proc.pid}\n")
     return proc.pid
 
 
-def _reap(pid: int) -> None:
-    """Collect ``pid``'s exit status when it is this process's child (else a zombie would look
-    alive to ``os.kill(pid, 0)``)."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-
-
 def stop(cluster_dir: Path, port: int, timeout_s: float = 20.0) -> bool:
-    """SIGTERM to the server's process group, SIGKILL after ``timeout_s``; whether one ran."""
-    pid = running_pid(cluster_dir, port)
-    if pid is None:
-        return False
-    try:
-        os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            _reap(pid)
-            os.kill(pid, 0)
-            time.sleep(0.2)
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    paths(cluster_dir, port)["pid"].unlink(missing_ok=True)
-    return True
+    """SIGTERM to the server's session, SIGKILL after ``timeout_s``; whether one ran."""
+    return bool(pidfiles.stop([paths(cluster_dir, port)["pid"]], grace_s=timeout_s))

@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines.cluster import pidfiles
 from pipelines.core.service_process import wait_ready
 
 BACKEND = "serving"
@@ -139,46 +140,16 @@ def start_replica(
         wait_ready(f"http://127.0.0.1:{port}{ready_path}", proc, READY_TIMEOUT_S,
                    layout.replica_log(i), name=f"replica {i}")  # fmt: skip
     except BaseException:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        pidfiles.kill_unready(proc)
         raise
     layout.replica_pid(i).write_text(f"{proc.pid}\n")
     return proc.pid
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.waitpid(pid, os.WNOHANG)  # reap it when it is this process's child
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def stop_pid_file(pid_file: Path, timeout_s: float = 30.0) -> bool:
-    """SIGTERM to the process group of the pid in ``pid_file`` (SIGKILL after ``timeout_s``);
+    """SIGTERM to the session of the pid in ``pid_file`` (SIGKILL after ``timeout_s``);
     whether one was running. The file is removed."""
-    try:
-        pid = int(pid_file.read_text().strip())
-    except (OSError, ValueError):
-        return False
-    running = _alive(pid)
-    if running:
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + timeout_s
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if _alive(pid):
-            os.killpg(pid, signal.SIGKILL)
-    pid_file.unlink(missing_ok=True)
-    return running
+    return bool(pidfiles.stop([pid_file], grace_s=timeout_s))
 
 
 def start_haproxy(layout: Layout) -> None:
@@ -195,9 +166,8 @@ def start_haproxy(layout: Layout) -> None:
 
 def stop_haproxy(layout: Layout) -> bool:
     """Stop the daemon (its pid file); whether it ran."""
-    try:
-        pid = int(layout.haproxy_pid.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
+    pid = pidfiles.read_pid(layout.haproxy_pid)
+    if pid is None:
         return False
     try:
         os.kill(pid, signal.SIGTERM)
