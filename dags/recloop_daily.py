@@ -5,7 +5,12 @@ Takes one day's interaction logs (`RECLOOP_HOME/data/interactions/date={{ ds }}`
 
 1. **validate** — Great Expectations gate; bad rows to `quarantine/`, partition-level failures stop
    the run (no retry: the data will not fix itself).
-2. **stats** — counts, CTR by position, new users and items → `reports/stats/`.
+2. **stats** — counts, CTR by position, new users and items → `reports/stats/`; **fit_linucb** —
+   the LinUCB explorer's state (`A`, `b`) refitted on the validated impressions and clicks of the
+   week up to the day, contexts from the day-before feature tables, written atomically to
+   `serving/linucb/state.npz`, which the service reloads when it changes (so the day's feedback
+   steers the next day's exploration); a logged no-op unless `RECLOOP_SERVE_EXPLORER=linucb`,
+   when the week holds no impression, or when the saved state is newer (a rerun of an old date).
 3. **features** — DuckDB feature tables for the day and `feast apply` (Redis is written after the
    gate, by **materialize**).
 4. **train_mf**, **train_two_tower**, **train_popular**, **train_itemknn** — retrieval models on the
@@ -39,10 +44,10 @@ One run per logical date; a rerun of a date overwrites that date's outputs and n
 
 **Backfilling a range** (`airflow backfill create --dag-id recloop_daily --from-date D1
 --to-date D2 --dag-run-conf '{"train_from_date": "D2"}'`): the param `train_from_date` makes
-every run before that date validate and featurize only; its train, index, evaluate, register and
-gate tasks are skipped (`AirflowSkipException`), so only the last day retrains. Empty (the
-default) leaves every run as above. `recloop backfill --start D1 --end D2` does the same range in
-one process, much faster.
+every run before that date validate and featurize only; its train, index, evaluate, register,
+gate and fit_linucb tasks are skipped (`AirflowSkipException`), so only the last day retrains.
+Empty (the default) leaves every run as above. `recloop backfill --start D1 --end D2` does the
+same range in one process, much faster.
 
 **Operator params** (Trigger DAG → the form, or `--conf`; the defaults change nothing):
 `force_materialize` re-materializes the day into Redis even when Redis holds a newer day (a re-run
@@ -66,6 +71,7 @@ imported at parse time.
 | `evaluate_ranker` | `ranking/evaluate.py` `evaluate_forward` |
 | `register` | `release/register.py` `register_day` (MLflow: `release/registry.py`) |
 | `gate` | `release/gate.py` `daily_gate` |
+| `fit_linucb` | `release/linucb_fit.py` `daily_fit` (state: `serving/linucb.py`) |
 """
 
 from __future__ import annotations
@@ -127,6 +133,12 @@ def recloop_daily():
         from pipelines.orchestration import tasks
 
         return tasks.materialize(ds, params=params)
+
+    @task
+    def fit_linucb(ds: str | None = None, params: dict | None = None) -> dict:
+        from pipelines.orchestration import tasks
+
+        return tasks.fit_linucb(ds, params=params)
 
     @task
     def train_mf(ds: str | None = None, params: dict | None = None) -> dict:
@@ -191,7 +203,7 @@ def recloop_daily():
     checked = validate()
     feats = features()
     offline_eval, ranker_eval = evaluate(), evaluate_ranker()
-    checked >> [stats(), feats]
+    checked >> [stats(), feats, fit_linucb()]
     feats >> [offline_eval, ranker_eval]
     mf, two_tower, ranker = train_mf(), train_two_tower(), train_ranker()
     feats >> [mf, two_tower, train_popular(), train_itemknn()]

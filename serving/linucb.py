@@ -23,7 +23,8 @@ A user without hydrated features gets the defaults (0 for 6-9 but ``user_ctr``, 
 
 **State** (:class:`LinUCBState`): ``A = lam I + sum x x^T`` ``(D, D)`` and ``b = sum r x``
 ``(D,)`` over logged impressions (``r`` = 1 when clicked), ``theta = A^-1 b``. It is fitted daily
-from the served logs (:mod:`pipelines.release.linucb_fit`) and saved as
+from the validated served logs by the daily DAG's ``fit_linucb`` task
+(:mod:`pipelines.release.linucb_fit`) and saved as
 ``RECLOOP_HOME/serving/linucb/state.npz`` (:func:`state_path`); the service reloads it when the
 file changes (:func:`cached_state`, checked at most every ``check_s``); no file = the prior
 ``A = lam I``, ``b = 0``, under which the choice is uniform (the widths alone would pick the

@@ -79,6 +79,18 @@ def test_release_dag_shape(dagbag):
     assert task.retries >= 1 and task.doc_md and "release_task" in task.doc_md
 
 
+def test_daily_dag_fits_linucb_and_the_inline_runner_runs_the_same_tasks(dagbag):
+    """``fit_linucb`` runs once the day is validated; the closed loop's inline runner
+    (``DAILY_TASKS``) calls a task body for every task of the DAG and no other."""
+    from pipelines.loop.closed_loop import DAILY_TASKS
+
+    dag = dagbag.dags["recloop_daily"]
+    assert dag.get_task("fit_linucb").upstream_task_ids == {"validate"}
+    names = {"compute_features": "features"}
+    inline = {f"train_{arg}" if arg else names.get(fn, fn) for fn, arg in DAILY_TASKS}
+    assert inline == set(dag.task_ids)
+
+
 def test_daily_dag_operator_params_default_to_no_change(dagbag):
     params = dagbag.dags["recloop_daily"].params
     assert params["force_materialize"] is False and params["skip_training"] is False

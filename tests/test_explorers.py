@@ -147,17 +147,12 @@ def test_logged_propensities_are_the_policy_frequencies(explorer: str):
         assert replay[replay_ids.index(ids[row]), slot] == pytest.approx(prop, abs=1e-12)
 
 
-def test_linucb_fit_recovers_a_planted_direction_from_served_logs(tmp_path):
-    """Synthetic served logs whose clicks follow ``0.02 + 0.15 * category_match``: the daily fit
-    (:func:`pipelines.release.linucb_fit.fit_served`), rebuilding contexts from the day-before
-    feature tables, recovers that direction and writes the state the service loads."""
+def _write_served_day(settings, day: dt.date, n: int, seed: int = 0) -> None:
+    """Day ``day``'s validated logs (``n`` impressions of 5-slot requests, clicks following
+    ``0.02 + 0.15 * category_match``) and the day-before item and user feature tables."""
     from pipelines.core import layout
-    from pipelines.core.settings import Settings
-    from pipelines.release.linucb_fit import fit_served
 
-    settings = Settings(home=tmp_path)
-    rng = np.random.default_rng(0)
-    day = dt.date(2026, 1, 10)
+    rng = np.random.default_rng(seed)
     items = pd.DataFrame({"item_id": IDS, "item_category": CATS,
                           "item_impressions_28d": rng.integers(0, 500, 40),
                           "item_clicks_28d": rng.integers(0, 20, 40),
@@ -170,18 +165,30 @@ def test_linucb_fit_recovers_a_planted_direction_from_served_logs(tmp_path):
         path = layout.feature_table_path(settings, entity, day - dt.timedelta(days=1))
         path.parent.mkdir(parents=True)
         frame.to_parquet(path)
-    n = 20_000
     u, i = rng.integers(0, 30, n), rng.integers(0, 40, n)
     match = users["user_top_category"].to_numpy()[u] == CATS[i]
     clicked = rng.random(n) < 0.02 + 0.15 * match
     req = [f"r{j // 5}" for j in range(n)]
     imp = pd.DataFrame({"event": "impression", "user_id": [f"u{x}" for x in u],
                         "item_id": [IDS[x] for x in i], "request_id": req,
-                        "position": np.arange(n) % 5})  # fmt: skip
-    log = pd.concat([imp, imp[clicked].assign(event="click")], ignore_index=True)
-    folder = layout.impressions_dir(settings) / f"date={day.isoformat()}"
+                        "position": np.arange(n) % 5, "propensity": 0.9})  # fmt: skip
+    rating = pd.DataFrame({"event": ["rating"], "user_id": ["u0"], "item_id": [IDS[0]]})
+    log = pd.concat([imp, imp[clicked].assign(event="click"), rating], ignore_index=True)
+    folder = layout.validated_partition(settings, day)
     folder.mkdir(parents=True)
     log.to_parquet(folder / "part-0.parquet")
+
+
+def test_linucb_fit_recovers_a_planted_direction_from_served_logs(tmp_path):
+    """Synthetic served logs whose clicks follow ``0.02 + 0.15 * category_match``: the daily fit
+    (:func:`pipelines.release.linucb_fit.fit_served`), rebuilding contexts from the day-before
+    feature tables, recovers that direction and writes the state the service loads."""
+    from pipelines.core.settings import Settings
+    from pipelines.release.linucb_fit import fit_served
+
+    settings = Settings(home=tmp_path)
+    day, n = dt.date(2026, 1, 10), 20_000
+    _write_served_day(settings, day, n)
     state, summary = fit_served(settings, day, days=2)
     assert summary["rows"] == n and summary["days"] == [day.isoformat()]
     assert summary["skipped"] == [(day - dt.timedelta(days=1)).isoformat()]
@@ -193,3 +200,44 @@ def test_linucb_fit_recovers_a_planted_direction_from_served_logs(tmp_path):
     assert uplift == pytest.approx(0.15, abs=0.02)
     loaded = linucb.load_state(linucb.state_path(tmp_path))
     assert loaded is not None and np.allclose(loaded.a, state.a) and loaded.n == n
+
+
+def test_daily_task_fits_day_d_and_the_service_explores_by_it_on_day_d_plus_1(
+    tmp_path, monkeypatch
+):
+    """The daily DAG's ``fit_linucb`` on day D's validated logs writes the state; a linucb
+    service that served D uniformly (no state yet) reloads it at its next check and explores
+    the user's top category on D+1. A no-op for another explorer, a day without feedback and an
+    older date's rerun; a rerun of D writes the same state."""
+    import time
+
+    from pipelines.core.settings import Settings
+    from pipelines.orchestration import tasks
+
+    monkeypatch.setenv("RECLOOP_HOME", str(tmp_path))
+    monkeypatch.setenv("RECLOOP_SERVE_EXPLORER", "thompson")
+    day, path = dt.date(2026, 1, 10), linucb.state_path(tmp_path)
+    _write_served_day(Settings.from_env(), day, 5_000)
+    assert tasks.fit_linucb(day.isoformat())["fitted"] is False and not path.exists()
+    monkeypatch.setenv("RECLOOP_SERVE_EXPLORER", "linucb")
+    served_d = _serve(tmp_path, 1, explorer="linucb")[0]  # day D: no state yet, uniform
+    out = tasks.fit_linucb(day.isoformat())
+    assert out["fitted"] and out["rows"] == 5_000 and out["days"] == [day.isoformat()]
+    first = linucb.load_state(path)
+    assert tasks.fit_linucb(day.isoformat())["fitted"]  # a rerun of D: the same state
+    again = linucb.load_state(path)
+    assert np.array_equal(again.a, first.a) and np.array_equal(again.b, first.b)
+    older = tasks.fit_linucb((day - dt.timedelta(days=1)).isoformat())
+    assert not older["fitted"] and older["reason"] == f"state fitted through {day}"
+    empty = tasks.fit_linucb((day + dt.timedelta(days=30)).isoformat())
+    assert not empty["fitted"] and empty["reason"] == "no feedback"
+    assert np.array_equal(linucb.load_state(path).b, first.b)
+    later = time.monotonic() + 3600.0  # the service's next reload check
+    monkeypatch.setattr(linucb, "time", types.SimpleNamespace(monotonic=lambda: later))
+    try:
+        served_next = _serve(tmp_path, 1, explorer="linucb")[0]
+    finally:
+        linucb._CACHE.pop(path, None)
+    assert np.allclose(served_d.pool_probs, 1 / 20)
+    c1 = CATS[served_next.pool] == "c1"  # the user's top category: 4 of the 20 pool items
+    assert served_next.pool_probs[c1].sum() > 0.8

@@ -12,7 +12,8 @@ runs in production, one logical date at a time:
    and the service's impression and feedback logs become D's partition
    (:func:`pipelines.loop.served.ingest_served`); D's user and item attribute tables are written from
    the world (the product database of a real deployment).
-2. **the daily DAG** for D (validate → features → train → index → ranker → register → gate): the
+2. **the daily DAG** for D (validate → features → train → index → ranker → register → gate;
+   fit_linucb refits the LinUCB explorer's state on D's logs): the
    gate makes the newest passing bundle the ``challenger`` (one experiment at a time).
 3. **the A/B DAG** for D: the running experiment (champion vs challenger arms of the service) is
    analysed on the validated logs; it may promote the challenger (the service serves it from
@@ -79,7 +80,7 @@ DAILY_TASKS: tuple[tuple[str, str | None], ...] = (
     ("validate", None), ("stats", None), ("compute_features", None), ("evaluate", None),
     ("evaluate_ranker", None), ("gate", None), ("materialize", None), ("train_model", "mf"),
     ("train_model", "two_tower"), ("train_model", "popular"), ("train_model", "itemknn"),
-    ("build_index", None), ("train_ranker", None), ("register", None),
+    ("build_index", None), ("train_ranker", None), ("register", None), ("fit_linucb", None),
 )  # fmt: skip
 """The daily DAG's tasks in an order its dependencies allow (the inline runner's order)."""
 FLUSH_S = 1.0  # the service's impression-log flush interval in the loop (seconds)

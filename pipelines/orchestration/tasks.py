@@ -6,8 +6,8 @@ in ``dags/recloop_daily.py``), logs what happened and returns a small JSON-able 
 stores it as the task's XCom). They are also what ``recloop`` calls outside Airflow.
 
 The retraining tasks (train_*, build_index, evaluate, train_ranker, evaluate_ranker, register,
-gate) take the run's ``params``: a ``train_from_date`` later than the logical date skips them
-(:func:`skip_before_train_from`), so a catchup over a range retrains only at its end, and
+gate, fit_linucb) take the run's ``params``: a ``train_from_date`` later than the logical date
+skips them (:func:`skip_before_train_from`), so a catchup over a range retrains only at its end, and
 ``skip_training`` skips them in any run. ``features`` takes ``force_materialize``.
 """
 
@@ -149,6 +149,19 @@ def features(ds: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]
     """:func:`compute_features` then :func:`materialize`: D's tables and D in Redis (backfill,
     ``recloop features``, one-off runs)."""
     return {**compute_features(ds, params), **materialize(ds, params)}
+
+
+def fit_linucb(ds: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Fit the LinUCB explorer's state from the validated logs of the week up to ``ds`` into
+    ``serving/linucb/state.npz``, which the service reloads when it changes; with the service's
+    ``RECLOOP_SERVE_*`` settings (λ, prior). A logged no-op when ``RECLOOP_SERVE_EXPLORER`` is not
+    ``linucb``, when there is no feedback, or when the saved state is newer than ``ds``."""
+    skip_before_train_from(ds, params)
+    from pipelines.release.linucb_fit import daily_fit
+    from serving.config import ServingConfig
+
+    cfg = ServingConfig.from_env()
+    return _jsonable(daily_fit(_settings(), ds, cfg.explorer, cfg.linucb_lambda, cfg.explore_prior))
 
 
 def train_model(ds: str, name: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -1,9 +1,11 @@
 """Daily fit of the LinUCB explorer's state (:mod:`serving.linucb`) from the served logs.
 
-For each of the ``days`` days up to ``date`` (included), the service's impression log
-(``RECLOOP_HOME/serving/impressions/date=D``, :mod:`serving.logging`: one ``impression`` row
-per shown item, ``click`` rows carrying the impression's ``request_id`` and ``position``) gives
-the rows: every impression, reward ``r`` = 1 when the same request clicked the same position.
+For each of the ``days`` days up to ``date`` (included), the day's validated logs
+(``RECLOOP_HOME/data/validated/date=D``: the service's impression and feedback rows, ingested at
+their logical date and through the validation gate, beside any other logging policy's) give the
+rows: every impression with a ``request_id`` and a ``position``, reward ``r`` = 1 when the same
+request clicked the same position. (The service's own log, ``serving/impressions``, is
+partitioned by wall-clock date; the validated partition is the logical day.)
 Its context vector is rebuilt as the service built it that day
 (:func:`serving.linucb.context_features`) from the feature tables of the day before (the ones
 materialized for serving on day ``D``): the item table (28-day counts, category, age, trending)
@@ -16,6 +18,12 @@ service reloads when it changes. All impressions are used, explored or not: the 
 is one of the user-item click probability, and the exploit slots carry most of the data.
 Position is not in the context (a click at a low slot counts as one at the top).
 
+**In the daily DAG** (task ``fit_linucb``, after ``validate``: :func:`daily_fit`): a fresh fit
+over the :data:`FIT_DAYS` days up to the logical date, so a rerun of a day writes the same state;
+nothing is written when the serving explorer (``RECLOOP_SERVE_EXPLORER``) is not ``linucb``, when
+those days hold no impression to fit, or when the saved state was fitted through a later day (a
+rerun of an old date does not roll the service back).
+
 ``python -m pipelines.release.linucb_fit --date D [--days 7] [--lam 1.0]``
 """
 
@@ -24,6 +32,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -32,19 +41,27 @@ import pandas as pd
 
 from pipelines.core import layout
 from pipelines.core.settings import Settings
+from pipelines.core.validated import validated_files
 from serving import linucb
+
+log = logging.getLogger("recloop.linucb_fit")
+
+
+FIT_DAYS = 7
+"""Days of validated logs (up to the logical date) the daily fit uses."""
 
 
 def day_rewards(settings: Settings, date: dt.date) -> pd.DataFrame | None:
-    """``date``'s served impressions ``(user_id, item_id, clicked)`` (None: no log that day)."""
-    folder = layout.impressions_dir(settings) / f"date={date.isoformat()}"
-    files = sorted(folder.glob("*.parquet")) if folder.exists() else []
+    """``date``'s validated impressions of a request ``(user_id, item_id, clicked)`` (None: no
+    validated partition that day)."""
+    files = validated_files(settings, date, date)
     if not files:
         return None
     cols = ["event", "user_id", "item_id", "request_id", "position"]
-    log = pd.concat([pd.read_parquet(f, columns=cols) for f in files], ignore_index=True)
-    imp = log[log["event"] == "impression"].drop_duplicates(["request_id", "position"])
-    clicks = log.loc[log["event"] == "click", ["request_id", "position"]].drop_duplicates()
+    events = pd.concat([pd.read_parquet(f, columns=cols) for f in files], ignore_index=True)
+    events = events[events["request_id"].notna() & events["position"].notna()]
+    imp = events[events["event"] == "impression"].drop_duplicates(["request_id", "position"])
+    clicks = events.loc[events["event"] == "click", ["request_id", "position"]].drop_duplicates()
     clicks = clicks.assign(clicked=1.0)
     out = imp.merge(clicks, on=["request_id", "position"], how="left")
     out["clicked"] = out["clicked"].fillna(0.0)
@@ -120,6 +137,49 @@ def fit_served(
     summary = {"rows": state.n, "clicks": clicks, "days": used, "skipped": skipped,
                "theta": theta, "path": str(path) if write else None}  # fmt: skip
     return state, summary
+
+
+def fitted_through(state: linucb.LinUCBState | None) -> dt.date | None:
+    """The last day a saved state was fitted on (its label ``first..last``), None if unknown."""
+    label = (state.fitted if state is not None else None) or ""
+    try:
+        return dt.date.fromisoformat(label.rsplit("..", 1)[-1])
+    except ValueError:
+        return None
+
+
+def daily_fit(
+    settings: Settings,
+    date: str | dt.date,
+    explorer: str,
+    lam: float = 1.0,
+    prior: tuple[float, float] = (1.0, 19.0),
+    days: int = FIT_DAYS,
+) -> dict[str, Any]:
+    """The daily DAG's ``fit_linucb`` (module docstring): :func:`fit_served` over the ``days``
+    days up to ``date`` with the service's ``lam`` and ``prior``, written only when ``explorer``
+    is ``linucb``, some impression was fitted and no saved state is newer. Returns a summary:
+    ``fitted`` (bool), ``reason`` when not, else :func:`fit_served`'s summary."""
+    day = dt.date.fromisoformat(str(date))
+    if explorer != "linucb":
+        log.info("fit_linucb %s: serving explorer is %r, not linucb: nothing fitted", day, explorer)
+        return {"date": day.isoformat(), "fitted": False, "reason": f"explorer is {explorer}"}
+    path = linucb.state_path(settings.home)
+    newer = fitted_through(linucb.load_state(path))
+    if newer is not None and newer > day:
+        log.info("fit_linucb %s: %s was fitted through %s: kept", day, path, newer)
+        return {"date": day.isoformat(), "fitted": False, "reason": f"state fitted through {newer}"}
+    state, summary = fit_served(settings, day, days, lam, prior, write=False)
+    if state.n == 0:
+        log.info("fit_linucb %s: no served impressions (with the day-before feature tables) in "
+                 "the %d days up to it: LinUCB state left as it is", day, days)  # fmt: skip
+        return {"date": day.isoformat(), "fitted": False, "reason": "no feedback",
+                "skipped": summary["skipped"]}  # fmt: skip
+    linucb.save_state(path, state)
+    summary["path"] = str(path)
+    log.info("fit_linucb %s: %d impressions, %d clicks (days %s) -> %s; theta %s", day,
+             state.n, summary["clicks"], summary["days"], path, summary["theta"])  # fmt: skip
+    return {"date": day.isoformat(), "fitted": True, **summary}
 
 
 def main(argv: list[str] | None = None) -> int:
