@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipelines.core.settings import Settings
 from pipelines.data import simulate
 from pipelines.data.validate import validate_partition
 from pipelines.features.store import apply_repo, materialize_date
@@ -60,6 +61,12 @@ def test_train_evaluate_and_predict_from_redis(world, tmp_path):
     # same features read through Feast's own path give the same scores
     slow = predict.predict_pairs(world, pairs, fast=False)
     np.testing.assert_allclose(slow["score"], scored["score"], rtol=1e-5)
+
+    # RECLOOP_RANKER_IPS reaches the daily training (off by default)
+    assert summary["ips"] is False
+    ips_settings = Settings.from_env({**world.as_env(), "RECLOOP_RANKER_IPS": "1"})
+    assert ips_settings.ranker_ips and ips_settings.as_env()["RECLOOP_RANKER_IPS"] == "1"
+    assert ranking.train_for_date(ips_settings, DAYS[0], epochs=1)["ips"] is True
 
 
 def test_no_ranker_yet_is_reported_not_an_error(world):

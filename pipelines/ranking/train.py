@@ -49,8 +49,6 @@ MAX_EPOCHS = 8
 """Most epochs; early stopping on the validation day picks the best one."""
 PATIENCE = 1
 """Epochs without a better validation logloss before training stops."""
-IPS_DEFAULT = False
-"""IPS loss weights from the logged propensities: measured in ``benchmarks/README.md``."""
 RANKER_PARAMS: dict[str, Any] = {"min_count": 50}
 """Constructor parameters of both rankers: an id (item) shown fewer than 50 times in the window
 shares the out-of-vocabulary row (with 5 or 20 the rarest items' noisy embeddings won the top of
@@ -244,7 +242,7 @@ def train_for_date(
     date: str | dt.date,
     window_days: int | None = None,
     epochs: int = MAX_EPOCHS,
-    ips: bool = IPS_DEFAULT,
+    ips: bool | None = None,
     negatives_per_click: float = 0.0,
 ) -> dict[str, Any]:
     """Train the ranker (``settings.ranker``, ``RECLOOP_RANKER``: :data:`RANKERS`, default
@@ -256,7 +254,8 @@ def train_for_date(
     <pipelines.ranking.data.ID_FEATURES>` (item id, age band, slot). The window's last day is
     held out: early stopping (at most ``epochs``, :data:`PATIENCE`) and Platt calibration on it
     (:func:`fit_calibrated`); its metrics go into each model's ``meta.json`` (``validation``).
-    ``ips``: loss weights from the logged propensities (:func:`ips_weights`).
+    ``ips``: loss weights from the logged propensities (:func:`ips_weights`); None:
+    ``settings.ranker_ips`` (``RECLOOP_RANKER_IPS``; off by default: measured worse in ``benchmarks/README.md``).
 
     Returns a JSON-able summary: ``trained`` (bool), ``label_source`` (``impressions`` or
     ``positives+sampled negatives``, :func:`pipelines.ranking.data.window_labels`), ``rows``,
@@ -268,6 +267,7 @@ def train_for_date(
 
     day = schema.parse_date(date)
     window_days = window_days or settings.ranker_window_days
+    ips = settings.ranker_ips if ips is None else ips
     try:
         rows, mix, source = training_rows(
             settings, day, window_days, negatives_per_click=negatives_per_click
