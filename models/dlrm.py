@@ -566,22 +566,31 @@ class DLRMRanker(Ranker):
         report = report if report is not None else {"missing": {}, "oov": {}}
         out = np.zeros((len(frame), len(self.sparse_specs)), dtype=np.int64)
         for j, spec in enumerate(self.sparse_specs):
-            keys, missing = category_keys(frame[spec["name"]])
-            if spec["kind"] == "vocab":
-                index = self._indexes[j]
-                assert index is not None
-                idx = index.get_indexer(keys) + 1
-                oov = int(((idx == 0) & ~missing).sum())
-            else:
-                idx = hash_bucket(keys, int(spec["buckets"]))
-                oov = 0
-            idx[missing] = 0
-            out[:, j] = idx
-            if missing.any():
-                report["missing"][spec["name"]] = int(missing.sum())
-            if oov:
-                report["oov"][spec["name"]] = oov
+            out[:, j] = self.encode_sparse_column(j, frame[spec["name"]], report)
         return out
+
+    def encode_sparse_column(
+        self, j: int, col: pd.Series, report: dict[str, Any] | None = None
+    ) -> np.ndarray:
+        """Bucket indices ``(N,)`` int64 of sparse feature ``j`` (``sparse_specs[j]``) for the
+        values ``col`` (0 = OOV/missing); counts into ``report`` as :meth:`encode_sparse`."""
+        assert self.sparse_specs is not None
+        spec = self.sparse_specs[j]
+        keys, missing = category_keys(col)
+        if spec["kind"] == "vocab":
+            index = self._indexes[j]
+            assert index is not None
+            idx = index.get_indexer(keys) + 1
+            oov = int(((idx == 0) & ~missing).sum())
+        else:
+            idx = hash_bucket(keys, int(spec["buckets"]))
+            oov = 0
+        idx[missing] = 0
+        if report is not None and missing.any():
+            report["missing"][spec["name"]] = int(missing.sum())
+        if report is not None and oov:
+            report["oov"][spec["name"]] = oov
+        return np.asarray(idx, dtype=np.int64)
 
     def encode(self, frame: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw frame → ``(dense float32 (N, Nd) raw values, sparse int64 (N, F))`` tensors.

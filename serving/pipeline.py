@@ -227,12 +227,15 @@ def _rerank(
     imps = np.where(prows >= 0, table.impressions[np.maximum(prows, 0)], 0.0)
     alpha = a0 + clicks
     beta = b0 + np.maximum(imps - clicks, 0.0)
-    probs = _explore_probabilities(engine, table, ranked, pool_rows, prows, clicks, imps, user)
+
+    def probs() -> np.ndarray | None:  # computed only when the request explores (or logs it)
+        return _explore_probabilities(engine, table, ranked, pool_rows, prows, clicks, imps, user)
+
     with engine.rng_lock:
         return rerank.explore(
             exploit, boosted[exploit], pool_rows.astype(np.int64), alpha, beta, k,
             cfg.explore_rate, engine.rng, cfg.explore_grid, cfg.explore_uniform,
-            probs, cfg.explorer,
+            probs, cfg.explorer, need_policy=cfg.include_policy,
         )  # fmt: skip
 
 

@@ -48,9 +48,9 @@ def sparse_codes(ranker: Any, online: Hydrated, n: int) -> np.ndarray:
     """The ranker's bucket indices ``(n, F)`` int64 of the candidates' sparse features.
 
     Text columns (object arrays, and a user's text value repeated) are encoded once per
-    distinct value and ranker (``ranker.encode_sparse`` on the new values; remembered): a text
-    category's code does not depend on the other rows. Numeric categories, whose text depends
-    on the whole column (whole floats as integers), go through ``encode_sparse`` as a column."""
+    distinct value and ranker (``ranker.encode_sparse_column`` on the new values; remembered): a
+    text category's code does not depend on the other rows. Numeric categories, whose text
+    depends on the whole column (whole floats as integers), are encoded as a column."""
     names = ranker.sparse_features
     with _codes_lock:
         memo = _codes.get(ranker)
@@ -70,13 +70,9 @@ def sparse_codes(ranker: Any, online: Hydrated, n: int) -> np.ndarray:
             out[:, j] = _text_codes(ranker, memo[name], j, col)
         else:
             numeric[name] = col
-    if numeric:
-        zeros = np.zeros(n, dtype=np.float64)
-        frame = pd.DataFrame({name: numeric.get(name, zeros) for name in names})
-        idx = ranker.encode_sparse(frame)
-        for j, name in enumerate(names):
-            if name in numeric:
-                out[:, j] = idx[:, j]
+    for j, name in enumerate(names):
+        if name in numeric:
+            out[:, j] = ranker.encode_sparse_column(j, pd.Series(numeric[name]))
     return out
 
 
@@ -86,10 +82,7 @@ def _text_codes(ranker: Any, memo: dict, j: int, values: Any) -> np.ndarray:
     codes = [get(v, -1) for v in values]
     if -1 in codes:
         new = list(dict.fromkeys(v for v, c in zip(values, codes, strict=True) if c == -1))
-        frame = pd.DataFrame(
-            {name: pd.Series(new, dtype=object) for name in ranker.sparse_features}
-        )
-        found = ranker.encode_sparse(frame)[:, j].tolist()
+        found = ranker.encode_sparse_column(j, pd.Series(new, dtype=object)).tolist()
         learnt = dict(zip(new, found, strict=True))
         with _codes_lock:
             if len(memo) + len(learnt) > _CODES_MAX:

@@ -41,6 +41,7 @@ policy; the service returns it in a response's ``policy`` entry (item ids, not r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -176,8 +177,9 @@ def explore(
     rng: np.random.Generator,
     grid: int = 512,
     uniform: float = 0.0,
-    probs: np.ndarray | None = None,
+    probs: np.ndarray | Callable[[], np.ndarray | None] | None = None,
     explorer: str = "thompson",
+    need_policy: bool = True,
 ) -> Slate:
     """Final slate from the exploit list (``(k,)`` rows, best first, ``len <= k``) and the explore
     ``pool`` (rows not in it, with their posteriors ``alpha``/``beta``). See the module docstring.
@@ -186,7 +188,10 @@ def explore(
     probabilities ``(P,)`` (summing to 1) made by another ``explorer``
     (:func:`epsilon_probabilities`, :func:`serving.linucb.choice_probabilities`), used instead
     of Thompson's and ``uniform``; the draws are made in the same order, so only the explored
-    item can differ.
+    item can differ. ``probs`` may be a function returning them (or None: Thompson's), called
+    only when they are needed: with ``need_policy`` False a request that does not explore leaves
+    them uncomputed (``pool_probs`` None; its propensities do not depend on them) — the service
+    passes False unless its responses carry their policy.
     """
     exploit = np.asarray(exploit, dtype=np.int64)
     n = len(exploit)
@@ -199,11 +204,16 @@ def explore(
         return Slate(exploit, np.asarray(exploit_scores, float), np.ones(n), np.zeros(n, bool),
                      exploit, none, np.zeros(0), 0.0, explorer)  # fmt: skip
     explore_now = rng.random() < rate
-    if probs is None:
-        probs = thompson_probabilities(alpha, beta, grid)
-        if uniform > 0.0:
-            probs = uniform / len(pool) + (1.0 - uniform) * probs
-    probs = np.asarray(probs, dtype=np.float64)
+    if explore_now or need_policy:
+        if callable(probs):
+            probs = probs()
+        if probs is None:
+            probs = thompson_probabilities(alpha, beta, grid)
+            if uniform > 0.0:
+                probs = uniform / len(pool) + (1.0 - uniform) * probs
+        probs = np.asarray(probs, dtype=np.float64)
+    else:
+        probs = None
     policy = {"exploit": exploit, "pool": pool, "pool_probs": probs, "rate": float(rate),
               "explorer": explorer}  # fmt: skip
     if not explore_now:

@@ -35,7 +35,8 @@ def _serve(home: Path, n: int, **cfg_kw) -> list[rerank.Slate]:
     from serving.pipeline import Request, _Ranked, _rerank
 
     bundle = _bundle()
-    engine = build_engine(Settings(home=home), ServingConfig(seed=7, explore_pool=20, **cfg_kw))
+    cfg = ServingConfig(seed=7, explore_pool=20, **{"include_policy": True, **cfg_kw})
+    engine = build_engine(Settings(home=home), cfg)
     ranked = _Ranked(IDS, np.linspace(0.12, 0.01, 40), bundle.item_table.rows(IDS), CATS,
                      np.full(40, 30), ["two_tower"] * 40, True)  # fmt: skip
     user = {"user_top_category": "c1", "user_top_category_share": 0.8}
@@ -71,6 +72,19 @@ def test_thompson_is_unchanged(tmp_path):
         assert s.explorer == "thompson"
     assert slates[3].propensity[1] == pytest.approx(0.0233659361, abs=1e-9)
     assert slates[17].propensity[0] == pytest.approx(0.0016666667, abs=1e-9)
+
+
+def test_explore_probabilities_only_when_needed(tmp_path):
+    """Without ``include_policy`` a request that does not explore leaves the explore
+    probabilities uncomputed; the slates, propensities and draws stay the same."""
+    for explorer in ("thompson", "epsilon"):
+        full = _serve(tmp_path / f"a{explorer}", 24, explorer=explorer)
+        lazy = _serve(tmp_path / f"b{explorer}", 24, explorer=explorer, include_policy=False)
+        for a, b in zip(full, lazy, strict=True):
+            assert a.rows.tolist() == b.rows.tolist()
+            np.testing.assert_allclose(a.propensity, b.propensity)
+            assert (b.pool_probs is None) == (not b.explore.any())
+        assert sum(b.pool_probs is None for b in lazy) > 12  # rate 0.4: most do not explore
 
 
 def test_epsilon_draws_uniformly_over_the_pool(tmp_path):
