@@ -12,8 +12,9 @@
    ``index`` = the bundle's own index (Flat below 50k items); with ``--large-items N`` also the
    champion with its index replaced by an N-item index (the real items + synthetic unit vectors,
    HNSW M=32 efSearch≥k, built once and cached under the workspace), then the same N items with
-   exact search (Flat) for comparison. Synthetic items have no features in Redis: their HMGETs
-   come back empty and the ranker scores them on defaults.
+   exact search (Flat) for comparison. Synthetic items get the online features of the first real
+   item (:func:`synthetic_features`: its Redis hash copied), so they hydrate and rank like real
+   ones.
 3. **Load**: requests sent at a steady ``--rate`` per second for ``--seconds`` (open loop: a
    request is due on schedule whether or not earlier ones finished, waits for one of
    ``--connections`` kept-alive connections of a minimal asyncio HTTP/1.1 client, and its
@@ -119,6 +120,33 @@ def large_index(settings, bundle, n_items: int, kind: str):
     return out
 
 
+def synthetic_features(settings, index, batch: int = 10_000) -> int:
+    """Give every synthetic item of a :func:`large_index` (ids ``syn<i>``) the online features
+    of the index's first real item: its Feast Redis hash copied (``DUMP`` once, pipelined
+    ``RESTORE ... REPLACE``), so a request over synthetic candidates hydrates and ranks as over
+    real ones instead of answering "degraded". Returns the number of keys written (0 when the
+    first synthetic item already has a row, or the template has none)."""
+    from pipelines.features.online import redis_key
+    from pipelines.features.redis_client import make_client
+
+    ids = [str(i) for i in index.item_ids]
+    syn = [i for i in ids if i.startswith("syn")]
+    client = make_client(settings.redis_url, timeout_s=30.0)
+    template = redis_key("item_id", ids[0])
+    payload = client.dump(template)
+    if not syn or payload is None or client.exists(redis_key("item_id", syn[0])):
+        return 0
+    t0 = time.perf_counter()
+    for start in range(0, len(syn), batch):
+        pipe = client.pipeline(transaction=False)
+        for i in syn[start : start + batch]:
+            pipe.restore(redis_key("item_id", i), 0, payload, replace=True)
+        pipe.execute()
+    print(f"features of {len(syn)} synthetic items written in {time.perf_counter() - t0:.0f}s",
+          flush=True)  # fmt: skip
+    return len(syn)
+
+
 def bench_app():
     """The server app of one worker: the champion, its index replaced when
     ``BENCH_LARGE_ITEMS`` is set (``BENCH_INDEX_KIND`` hnsw or flat)."""
@@ -153,7 +181,9 @@ def serve(args: argparse.Namespace) -> None:
         from serving.bundle import load as load_bundle
 
         settings = Settings.from_env()
-        large_index(settings, load_bundle(settings, "champion"), args.large_items, args.index_kind)
+        index = large_index(settings, load_bundle(settings, "champion"), args.large_items,
+                            args.index_kind)  # fmt: skip
+        synthetic_features(settings, index)
     uvicorn.run(
         "bench_serving:bench_app", factory=True, app_dir=str(Path(__file__).parent),
         host="127.0.0.1", port=args.port, workers=args.workers, log_level="warning",
