@@ -141,13 +141,18 @@ def thompson_probabilities(alpha: np.ndarray, beta: np.ndarray, grid: int = 256)
     lo = max(0.0, float((mean - 12 * sd).min()))
     hi = min(1.0, float((mean + 12 * sd).max()))
     edges = np.linspace(lo, hi, grid + 1)[None, :]
-    cdf = betainc(a[:, None], b[:, None], edges)  # (n, G+1)
+    # items with equal posteriors (e.g. never shown) share one CDF row: m distinct pairs
+    pairs, inverse, counts = np.unique(
+        np.stack([a, b], axis=1), axis=0, return_inverse=True, return_counts=True
+    )
+    cdf = betainc(pairs[:, :1], pairs[:, 1:], edges)  # (m, G+1)
     cdf[:, -1] = np.where(hi >= 1.0, 1.0, cdf[:, -1])
-    mass = np.diff(cdf, axis=1)  # (n, G)
+    mass = np.diff(cdf, axis=1)  # (m, G)
     log_cdf = np.log(np.clip(cdf, 1e-300, None))
-    others_edges = np.exp(log_cdf.sum(axis=0, keepdims=True) - log_cdf)  # prod over i != j
+    log_all = (counts[:, None] * log_cdf).sum(axis=0, keepdims=True)
+    others_edges = np.exp(log_all - log_cdf)  # prod over the other n - 1 items
     others = (others_edges[:, :-1] + others_edges[:, 1:]) / 2
-    p = (mass * others).sum(axis=1)
+    p = (mass * others).sum(axis=1)[inverse.ravel()]
     total = p.sum()
     return p / total if total > 0 else np.full(n, 1.0 / n)
 
