@@ -1,5 +1,5 @@
 """infra/setup.sh on a machine without redis-server, shellcheck, PostgreSQL (its
-``pg_ctlcluster``) or haproxy: the exact apt-get commands.
+``pg_ctlcluster``), haproxy or Java (``openjdk-17-jre-headless``): the exact apt-get commands.
 
 The real script runs from a copy of the repository's ``infra/`` in a temporary tree whose
 ``.venv`` stamp already matches (so nothing is pip-installed), with a PATH holding only the
@@ -91,14 +91,18 @@ def test_as_root_installs_both_packages_with_one_apt_get_install(tmp_path):
     assert calls == [
         "apt-get update -qq DEBIAN_FRONTEND=",
         "apt-get install -y -qq redis-server shellcheck postgresql haproxy "
-        "DEBIAN_FRONTEND=noninteractive",
+        "openjdk-17-jre-headless DEBIAN_FRONTEND=noninteractive",
     ]
-    assert "setup: installing redis-server shellcheck postgresql haproxy (apt-get)" in out
+    assert (
+        "setup: installing redis-server shellcheck postgresql haproxy openjdk-17-jre-headless "
+        "(apt-get)" in out
+    )
     assert "setup: ready (.venv/bin/recloop, v=7.0.15)" in out
 
 
 def test_as_a_user_goes_through_sudo(tmp_path):
-    _, calls = _setup(tmp_path, uid=1000, present=("shellcheck", "pg_ctlcluster", "haproxy"))
+    present = ("shellcheck", "pg_ctlcluster", "haproxy", "java")
+    _, calls = _setup(tmp_path, uid=1000, present=present)
     assert calls == [
         "sudo apt-get update -qq",
         "apt-get update -qq DEBIAN_FRONTEND=",
@@ -108,7 +112,7 @@ def test_as_a_user_goes_through_sudo(tmp_path):
 
 
 def test_nothing_missing_calls_no_apt_get(tmp_path):
-    present = ("redis-server", "shellcheck", "pg_ctlcluster", "haproxy")
+    present = ("redis-server", "shellcheck", "pg_ctlcluster", "haproxy", "java")
     out, calls = _setup(tmp_path, uid=1000, present=present)
     assert calls == []
     assert out == "setup: ready (.venv/bin/recloop, v=7.0.15)\n"

@@ -7,8 +7,9 @@ Actions (the first argument; default ``show``):
                  recloop features --user U --items I1,I2 [--date D] [--fast]
                --date D judges staleness as of the end of day D (default: now);
                --fast reads Redis directly (Feast's key layout) instead of Feast's SDK
-  compute      D's user and item feature tables from the validated logs (DuckDB)
-                 recloop features compute --date D
+  compute      D's user and item feature tables from the validated logs, by DuckDB or Spark
+               (--engine, default RECLOOP_FEATURE_ENGINE, duckdb); the output names the engine
+                 recloop features compute --date D [--engine duckdb|spark]
   apply        register the Feast repository (feature_repo/) in the workspace registry
   materialize  load D's feature rows into Redis (refuses if D's tables are missing/empty)
                  recloop features materialize --date D [--force]
@@ -20,6 +21,7 @@ The Feast registry is RECLOOP_HOME/features/registry.db; Redis is RECLOOP_REDIS_
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 from pipelines.core.settings import Settings
@@ -36,6 +38,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fast", action="store_true", help="read Redis directly (show)")
     parser.add_argument(
         "--force", action="store_true", help="materialize even if Redis holds a newer date"
+    )
+    parser.add_argument(
+        "--engine",
+        choices=("duckdb", "spark"),
+        help="what computes the tables (compute; default RECLOOP_FEATURE_ENGINE, duckdb)",
     )
 
 
@@ -99,6 +106,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "compute":
         from pipelines.features.tables import compute_features
 
+        if args.engine:
+            settings = dataclasses.replace(settings, feature_engine=args.engine)
         out = compute_features(settings, _need_date(args))
     elif args.action == "apply":
         from pipelines.features import store as fs

@@ -25,6 +25,8 @@ environment, and ``Settings.ensure_dirs()`` is the one place that creates the wo
 | ``RECLOOP_TRAIN_NPROC``      | ``1``                                     | processes the DAG trains the two-tower and the ranker with (data-parallel DDP through ``torchrun``, :mod:`pipelines.core.distributed`; 1: one plain process) |
 | ``RECLOOP_INDEX_MEMORY_BUDGET_MB`` | ``4096``                            | item index: an in-memory FAISS index estimated above this many MiB is built as IVF with on-disk inverted lists instead (:func:`pipelines.retrieval.faiss_index.choose_kind`) |
 | ``RECLOOP_SIM_SEQUENTIAL``  | ``0``                                     | simulator: strength in [0, 1] of the sequential structure (a user's next interests follow a category transition matrix from their last click; 0: today's world byte for byte; :mod:`pipelines.data.simulate`) |
+| ``RECLOOP_FEATURE_ENGINE``  | ``duckdb``                                | what computes the feature tables: ``duckdb`` (embedded) or ``spark`` (PySpark, needs Java 17+; :mod:`pipelines.features.spark_engine`) |
+| ``RECLOOP_SPARK_MASTER``    | ``local[2]``                              | Spark master URL of the ``spark`` feature engine (``local[N]``: in this process's JVM; ``spark://host:7077``, ``yarn``, ``k8s://...``: a cluster) |
 """
 
 from __future__ import annotations
@@ -104,6 +106,8 @@ class Settings:
     train_nproc: int = 1  # DDP processes for the DAG's two-tower and ranker training
     index_memory_budget_mb: int = 4096  # above: the item index's lists go on disk (issue 19)
     sim_sequential: float = 0.0  # simulator's sequential structure strength in [0, 1] (issue 16)
+    feature_engine: str = "duckdb"  # duckdb or spark: what computes the feature tables (issue 19)
+    spark_master: str = "local[2]"  # Spark master URL of the spark feature engine
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -158,6 +162,8 @@ class Settings:
                 "MiB",
             ),
             sim_sequential=env_float(env, "RECLOOP_SIM_SEQUENTIAL", cls.sim_sequential),
+            feature_engine=env_text(env, "RECLOOP_FEATURE_ENGINE", cls.feature_engine),
+            spark_master=env_text(env, "RECLOOP_SPARK_MASTER", cls.spark_master),
         )
 
     # --- workspace layout -------------------------------------------------------------
@@ -237,4 +243,6 @@ class Settings:
             "RECLOOP_TRAIN_NPROC": str(self.train_nproc),
             "RECLOOP_INDEX_MEMORY_BUDGET_MB": str(self.index_memory_budget_mb),
             "RECLOOP_SIM_SEQUENTIAL": str(self.sim_sequential),
+            "RECLOOP_FEATURE_ENGINE": self.feature_engine,
+            "RECLOOP_SPARK_MASTER": self.spark_master,
         }

@@ -1,4 +1,5 @@
-"""Daily feature tables computed with DuckDB SQL over the validated log partitions.
+"""Daily feature tables computed with SQL over the validated log partitions: DuckDB (the
+default) or Spark (``RECLOOP_FEATURE_ENGINE=spark``, :mod:`pipelines.features.spark_engine`).
 
 ``compute_features(settings, D)`` writes two tables, one partition per logical date:
 
@@ -18,14 +19,17 @@ click counts 1 and a purchase's ``value`` is clipped to ``[0, settings.max_purch
 No column is null: unknown attributes read ``"unknown"`` (strings) or ``-1`` (numbers); see
 :data:`USER_FEATURES` / :data:`ITEM_FEATURES` for every column, its type and meaning.
 
-DuckDB reads only the partitions of the window and only the columns it needs (the SQL would
-carry over to Spark SQL nearly as is); nothing holds the whole history in pandas.
+DuckDB reads only the partitions of the window and only the columns it needs; nothing holds
+the whole history in pandas. Both engines run the same SQL text (:func:`feature_queries`): it
+differs only where the dialects do (:class:`Dialect`: epoch seconds, days between dates), and
+the two write equal tables (tests/test_spark_features.py).
 
 The tables are deterministic: the same logs give the same bytes (``created`` aside) whatever the
-number of DuckDB threads. Amounts are summed as fixed-point decimals (:data:`AMOUNT_TYPE`: exact,
-so the order in which threads add partial sums cannot change a float's last bits) and the top
-category's ties go to the alphabetically first category (not to whichever row a thread saw
-first). A rerun of a day after a crash then writes what an undisturbed run writes.
+number of DuckDB threads or Spark tasks. Amounts are summed as fixed-point decimals
+(:data:`AMOUNT_TYPE`: exact, so the order in which threads add partial sums cannot change a
+float's last bits; a sum becomes a ``DOUBLE`` once, before any division) and the top category's
+ties go to the alphabetically first category (not to whichever row a thread saw first). A rerun
+of a day after a crash then writes what an undisturbed run writes.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +52,8 @@ from pipelines.core.validated import validated_files
 
 log = logging.getLogger(__name__)
 
+ENGINES = ("duckdb", "spark")
+"""The values of ``RECLOOP_FEATURE_ENGINE``: what computes the tables (DuckDB is the default)."""
 WINDOWS = (1, 7, 28)
 LOOKBACK_DAYS = max(WINDOWS)
 COUNTED_EVENTS = ("impression", "click", "purchase")
@@ -185,6 +193,30 @@ def _window_files(settings: Settings, date: dt.date) -> list[str]:
     return files
 
 
+@dataclass(frozen=True)
+class Dialect:
+    """The two spots where the feature SQL differs between DuckDB and Spark SQL; everything
+    else in :func:`feature_queries` is one text both engines run. Decimal sums are cast to
+    ``DOUBLE`` where a division needs a float (Spark would divide decimals as decimals)."""
+
+    name: str
+    epoch_template: str
+    """Seconds since the Unix epoch of timestamp ``{ts}``, a ``DOUBLE``: its microseconds / 1e6
+    (one rounding, the same in both engines; DuckDB's ``epoch()`` differs in the last bits)."""
+    days_template: str
+    """Whole days from date ``{earlier}`` to date ``{later}``, an integer."""
+
+    def epoch(self, ts: str) -> str:
+        return self.epoch_template.format(ts=ts)
+
+    def days(self, later: str, earlier: str) -> str:
+        return self.days_template.format(later=later, earlier=earlier)
+
+
+DUCKDB = Dialect("duckdb", "(epoch_us({ts}) / 1e6)", "({later} - {earlier})")
+SPARK_SQL = Dialect("spark", "(unix_micros({ts}) / 1e6)", "datediff({later}, {earlier})")
+
+
 def _attribute_view(con, name: str, path: Path, arrow_schema: pa.Schema) -> None:
     """Register ``path`` (or an empty table with ``arrow_schema`` if absent) as view ``name``."""
     if path.exists():
@@ -199,13 +231,41 @@ def _amount_sql(settings: Settings) -> str:
     """SQL of what one row adds to its event's count: a click 1 (whatever ``value`` says), a
     purchase its ``value`` clipped to ``[0, settings.max_purchase_value]``, impressions (a
     count) and ratings (the rating) their ``value``. One forged ``value: 1e6`` cannot make an
-    item top the popularity lists. (:func:`_compute` then cuts any amount at
+    item top the popularity lists. (:func:`_events_sql` then cuts any amount at
     :data:`MAX_AMOUNT` and makes it a :data:`AMOUNT_TYPE`.)"""
     cap = float(settings.max_purchase_value)
     return (
         "CASE WHEN event = 'click' THEN 1.0 "
         f"WHEN event = 'purchase' THEN least(greatest(value, 0.0), {cap!r}) ELSE value END"
     )
+
+
+def _events_sql(settings: Settings, date: dt.date, dialect: Dialect, source: str) -> str:
+    """The ``ev`` view: one row per window event of ``source`` (a table expression with the
+    log columns and the partition's ``date``), its amount as :data:`AMOUNT_TYPE`, ``days_ago``
+    (0 on D)."""
+    days_ago = dialect.days(f"DATE '{date}'", "CAST(date AS DATE)")
+    return f"""
+    SELECT user_id, item_id, event,
+           CAST(least({_amount_sql(settings)}, {MAX_AMOUNT!r}) AS {AMOUNT_TYPE}) AS value,
+           ts,
+           {days_ago} AS days_ago
+    FROM {source}
+    """
+
+
+GLOBALS_SQL = f"""
+    SELECT coalesce(CAST(SUM(CASE WHEN event = 'click' THEN value END) AS DOUBLE)
+                    / nullif(CAST(SUM(CASE WHEN event = 'impression' THEN value END) AS DOUBLE), 0),
+                    {DEFAULT_GLOBAL_CTR}) AS ctr,
+           coalesce(CAST(SUM(CASE WHEN event = 'rating' THEN value END) AS DOUBLE)
+                    / nullif(COUNT(CASE WHEN event = 'rating' THEN 1 END), 0),
+                    {DEFAULT_GLOBAL_RATING}) AS rating,
+           COUNT(*) AS n_events
+    FROM ev
+"""
+"""The ``g`` table, one row: the window's CTR and mean rating (the priors and fill-ins), and
+its number of events."""
 
 
 def _counts_sql(events: tuple[str, ...], prefix: str) -> str:
@@ -220,26 +280,30 @@ def _counts_sql(events: tuple[str, ...], prefix: str) -> str:
     return ",\n           ".join(cols)
 
 
-def _user_sql(end_epoch: float, date: dt.date) -> str:
+def _user_sql(end_epoch: float, date: dt.date, dialect: Dialect) -> str:
     counts = _counts_sql((*COUNTED_EVENTS, "rating"), "user")
+    tenure = dialect.days(f"DATE '{date + dt.timedelta(days=1)}'", "u.signup_date")
     return f"""
     WITH agg AS (
         SELECT user_id,
            {counts},
-           SUM(CASE WHEN event = 'rating' THEN value END) AS rating_sum,
-           MAX(epoch(ts)) AS last_epoch
+           CAST(SUM(CASE WHEN event = 'rating' THEN value END) AS DOUBLE) AS rating_sum,
+           MAX({dialect.epoch("ts")}) AS last_epoch
         FROM ev GROUP BY user_id
     ),
     cat_counts AS (
         SELECT e.user_id, coalesce(i.category, 'unknown') AS category, COUNT(*) AS n
         FROM ev e LEFT JOIN items i ON e.item_id = i.item_id
         WHERE e.event IN ('click', 'purchase', 'rating')
-        GROUP BY 1, 2
+        GROUP BY e.user_id, coalesce(i.category, 'unknown')
+    ),
+    cat_totals AS (
+        SELECT user_id, MAX(n) AS top_n, SUM(n) AS total FROM cat_counts GROUP BY user_id
     ),
     top_cat AS (
-        SELECT user_id, first(category ORDER BY n DESC, category) AS top_category,
-               MAX(n) / SUM(n) AS top_share
-        FROM cat_counts GROUP BY user_id
+        SELECT c.user_id, MIN(c.category) AS top_category, t.top_n / t.total AS top_share
+        FROM cat_counts c JOIN cat_totals t ON c.user_id = t.user_id AND c.n = t.top_n
+        GROUP BY c.user_id, t.top_n, t.total
     ),
     ids AS (SELECT user_id FROM users UNION SELECT user_id FROM agg)
     SELECT ids.user_id,
@@ -257,8 +321,7 @@ def _user_sql(end_epoch: float, date: dt.date) -> str:
            CAST(coalesce(u.age, -1) AS BIGINT) AS user_age,
            coalesce(u.gender, 'unknown') AS user_gender,
            coalesce(u.country, 'unknown') AS user_country,
-           CAST(coalesce(DATE '{date + dt.timedelta(days=1)}' - u.signup_date, -1) AS BIGINT)
-               AS user_tenure_days
+           CAST(coalesce({tenure}, -1) AS BIGINT) AS user_tenure_days
     FROM ids
     CROSS JOIN g
     LEFT JOIN agg ON ids.user_id = agg.user_id
@@ -268,16 +331,17 @@ def _user_sql(end_epoch: float, date: dt.date) -> str:
     """
 
 
-def _item_sql(end_epoch: float, date: dt.date) -> str:
+def _item_sql(end_epoch: float, date: dt.date, dialect: Dialect) -> str:
     counts = _counts_sql(COUNTED_EVENTS, "item")
     count_names = [n for n, _, _ in ITEM_FEATURES[:10]]
+    age = dialect.days(f"DATE '{date + dt.timedelta(days=1)}'", "i.created_date")
     return f"""
     WITH agg AS (
         SELECT item_id,
            {counts},
            CAST(SUM(CASE WHEN event = 'rating' THEN 1 ELSE 0 END) AS BIGINT) AS item_ratings_28d,
-           SUM(CASE WHEN event = 'rating' THEN value END) AS rating_sum,
-           MIN(epoch(ts)) AS first_epoch,
+           CAST(SUM(CASE WHEN event = 'rating' THEN value END) AS DOUBLE) AS rating_sum,
+           MIN({dialect.epoch("ts")}) AS first_epoch,
            SUM(CASE WHEN event IN ('click', 'purchase') AND days_ago < 1 THEN value ELSE 0 END)
                AS eng_1d,
            SUM(CASE WHEN event IN ('click', 'purchase') AND days_ago < 7 THEN value ELSE 0 END)
@@ -293,11 +357,10 @@ def _item_sql(end_epoch: float, date: dt.date) -> str:
            CASE WHEN coalesce(agg.item_ratings_28d, 0) > 0
                 THEN agg.rating_sum / agg.item_ratings_28d ELSE g.rating END
                AS item_avg_rating_28d,
-           CAST(coalesce(DATE '{date + dt.timedelta(days=1)}' - i.created_date,
-                         floor(({end_epoch} - agg.first_epoch) / 86400.0), -1) AS BIGINT)
+           CAST(coalesce({age}, floor(({end_epoch} - agg.first_epoch) / 86400.0), -1) AS BIGINT)
                AS item_age_days,
-           (coalesce(agg.eng_1d, 0) + 1.0) / (coalesce(agg.eng_7d, 0) / 7.0 + 1.0)
-               AS item_trending,
+           CAST(coalesce(agg.eng_1d, 0) + 1.0 AS DOUBLE)
+               / (CAST(coalesce(agg.eng_7d, 0) AS DOUBLE) / 7.0 + 1.0) AS item_trending,
            coalesce(i.category, 'unknown') AS item_category,
            CAST(coalesce(i.price, -1.0) AS DOUBLE) AS item_price
     FROM ids
@@ -308,8 +371,36 @@ def _item_sql(end_epoch: float, date: dt.date) -> str:
     """
 
 
-def _finish(con, sql: str, target: pa.Schema, ts: dt.datetime, created: dt.datetime) -> pa.Table:
-    table = con.sql(sql).to_arrow_table()
+@dataclass(frozen=True)
+class FeatureQueries:
+    """D's feature SQL for one engine, run in this order: ``events`` becomes view ``ev``,
+    ``GLOBALS_SQL`` (over ``ev``) table ``g`` (one row), then ``users`` and ``items`` (over ``ev``,
+    ``g`` and the attribute views ``users`` / ``items``) give the tables in
+    ``USER_SCHEMA`` / ``ITEM_SCHEMA`` order, less the two timestamps (:func:`finish_table`)."""
+
+    events: str
+    users: str
+    items: str
+
+
+def feature_queries(
+    settings: Settings, date: dt.date, dialect: Dialect, source: str
+) -> FeatureQueries:
+    """The feature SQL of day ``date`` in ``dialect``; ``source`` is the table expression of
+    the window's validated log rows (with their partition column ``date``)."""
+    end_epoch = feature_time(date).timestamp()
+    return FeatureQueries(
+        events=_events_sql(settings, date, dialect, source),
+        users=_user_sql(end_epoch, date, dialect),
+        items=_item_sql(end_epoch, date, dialect),
+    )
+
+
+def finish_table(
+    table: pa.Table, target: pa.Schema, ts: dt.datetime, created: dt.datetime
+) -> pa.Table:
+    """A query's result with ``event_timestamp`` = ``ts`` and ``created`` appended, cast to
+    ``target`` (its column order and types)."""
     n = table.num_rows
     table = table.append_column("event_timestamp", pa.array([ts] * n, type=TIMESTAMP))
     table = table.append_column("created", pa.array([created] * n, type=TIMESTAMP))
@@ -318,7 +409,7 @@ def _finish(con, sql: str, target: pa.Schema, ts: dt.datetime, created: dt.datet
 
 def _quarantine_unreadable(settings: Settings, files: list[str]) -> list[str]:
     """Quarantine the window's files that cannot be read in full (the columns the features
-    use); returns them. Called only after DuckDB failed on the window."""
+    use); returns them. Called only after the engine failed on the window."""
     from pipelines.data.validate import quarantine_validated_file
 
     bad = []
@@ -333,77 +424,81 @@ def _quarantine_unreadable(settings: Settings, files: list[str]) -> list[str]:
 def _compute(
     settings: Settings, d: dt.date, files: list[str], created: dt.datetime
 ) -> tuple[pa.Table, pa.Table, int]:
-    """D's ``(user table, item table, events read)`` from the validated ``files``."""
+    """D's ``(user table, item table, events read)`` from the validated ``files`` (DuckDB)."""
     import duckdb
 
     end = feature_time(d)
+    source = f"read_parquet({sql_list(files)}, hive_partitioning = true, union_by_name = true)"
+    queries = feature_queries(settings, d, DUCKDB, source)
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
         _attribute_view(con, "users", layout.attributes_path(settings, "users"), schema.USERS)
         _attribute_view(con, "items", layout.attributes_path(settings, "items"), schema.ITEMS)
-        con.execute(
-            f"""CREATE VIEW ev AS
-            SELECT user_id, item_id, event,
-                   CAST(least({_amount_sql(settings)}, {MAX_AMOUNT!r}) AS {AMOUNT_TYPE}) AS value,
-                   ts,
-                   DATE '{d}' - CAST(date AS DATE) AS days_ago
-            FROM read_parquet({sql_list(files)}, hive_partitioning = true, union_by_name = true)
-            """
-        )
-        n_events = con.execute("SELECT COUNT(*) FROM ev").fetchone()[0]
-        con.execute(
-            f"""CREATE TEMP TABLE g AS SELECT
-              coalesce(SUM(CASE WHEN event = 'click' THEN value END)
-                       / nullif(SUM(CASE WHEN event = 'impression' THEN value END), 0),
-                       {DEFAULT_GLOBAL_CTR}) AS ctr,
-              coalesce(AVG(CASE WHEN event = 'rating' THEN value END), {DEFAULT_GLOBAL_RATING})
-                  AS rating
-            FROM ev"""
-        )
-        end_epoch = end.timestamp()
+        con.execute(f"CREATE VIEW ev AS {queries.events}")
+        con.execute(f"CREATE TEMP TABLE g AS {GLOBALS_SQL}")
+        n_events = con.execute("SELECT n_events FROM g").fetchall()[0][0]
         with progress(total=2, desc=f"features {d}", unit="table") as bar:
-            users = _finish(con, _user_sql(end_epoch, d), USER_SCHEMA, end, created)
+            users = con.sql(queries.users).to_arrow_table()
+            users = finish_table(users, USER_SCHEMA, end, created)
             bar.update(1)
-            items = _finish(con, _item_sql(end_epoch, d), ITEM_SCHEMA, end, created)
+            items = finish_table(con.sql(queries.items).to_arrow_table(), ITEM_SCHEMA, end, created)
             bar.update(1)
     finally:
         con.close()
     return users, items, int(n_events)
 
 
+def _engine(settings: Settings) -> tuple[Callable, tuple[type[BaseException], ...], str]:
+    """``(compute, the errors a damaged window file raises, a description)`` of the engine
+    ``settings.feature_engine`` names; ``compute`` has :func:`_compute`'s signature."""
+    if settings.feature_engine not in ENGINES:
+        raise ValueError(
+            f"RECLOOP_FEATURE_ENGINE={settings.feature_engine!r}: expected {' or '.join(ENGINES)}"
+        )
+    if settings.feature_engine == "spark":
+        from pipelines.features import spark_engine
+
+        return spark_engine.compute, spark_engine.read_errors(), f"spark {settings.spark_master}"
+    import duckdb
+
+    return _compute, (duckdb.Error,), "duckdb"
+
+
 def compute_features(settings: Settings, date: str | dt.date) -> dict:
     """Compute and write D's user and item feature tables (atomic; a rerun replaces them).
 
     Reads ``validated/date=[D-27..D]/*.parquet`` (D's partition must exist) and the attribute
-    files when present. Returns ``{"date", "users", "items", "events", "seconds", "paths",
-    "quarantined"}``. Raises ``FileNotFoundError`` naming the folder when D's validated
+    files when present, with the engine ``settings.feature_engine`` names (DuckDB, or Spark:
+    :mod:`pipelines.features.spark_engine`). Returns ``{"date", "engine", "users", "items",
+    "events", "seconds", "paths", "quarantined"}`` (``engine``: ``duckdb`` or ``spark
+    <master>``). Raises ``FileNotFoundError`` naming the folder when D's validated
     partition is missing. A window file that cannot be read (damaged after its validation) is
     quarantined (``quarantine/files/...``, with its reason) and the features computed from the
     other files: ``quarantined`` lists them.
     """
-    import duckdb
-
     t0 = time.perf_counter()
     d = schema.parse_date(date)
+    compute, read_errors, engine = _engine(settings)
     files = _window_files(settings, d)
     created = dt.datetime.now(dt.UTC).replace(microsecond=0)
     try:
-        users, items, n_events = _compute(settings, d, files, created)
+        users, items, n_events = compute(settings, d, files, created)
         bad: list[str] = []
-    except duckdb.Error:
+    except read_errors:
         bad = _quarantine_unreadable(settings, files)
         own = str(layout.validated_partition(settings, d))
         if not bad or any(Path(f).parent == Path(own) for f in bad):
             raise  # nothing to blame, or D's own log is gone: rerun `recloop validate`
         files = [f for f in files if f not in bad]
-        users, items, n_events = _compute(settings, d, files, created)
+        users, items, n_events = compute(settings, d, files, created)
     user_dir = schema.write_partition_atomic(users, table_dir(settings, "user"), d)
     item_dir = schema.write_partition_atomic(items, table_dir(settings, "item"), d)
     seconds = round(time.perf_counter() - t0, 3)
     log.info(
-        "features %s: %d users, %d items from %d events (%d files) in %.2fs",
+        "features %s (%s): %d users, %d items from %d events (%d files) in %.2fs",
         d,
+        engine,
         users.num_rows,
         items.num_rows,
         n_events,
@@ -412,6 +507,7 @@ def compute_features(settings: Settings, date: str | dt.date) -> dict:
     )
     return {
         "date": d.isoformat(),
+        "engine": engine,
         "users": users.num_rows,
         "items": items.num_rows,
         "events": int(n_events),

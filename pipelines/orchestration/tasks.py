@@ -117,8 +117,9 @@ def stats(ds: str) -> dict[str, Any]:
 
 
 def compute_features(ds: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Feature tables for day ``ds`` (DuckDB) and ``feast apply``; nothing written to Redis (the
-    daily DAG materializes after its gate, :func:`materialize`)."""
+    """Feature tables for day ``ds`` (DuckDB, or Spark with ``RECLOOP_FEATURE_ENGINE=spark``;
+    the log names it) and ``feast apply``; nothing written to Redis (the daily DAG materializes
+    after its gate, :func:`materialize`)."""
     from pipelines.features.store import apply_repo
     from pipelines.features.tables import compute_features as compute
 
