@@ -16,15 +16,22 @@ What cannot poison tomorrow's data (issue 17):
   knows its own marks.
 - **bounded values** (:func:`feedback_value`, 422 otherwise): a click is worth 1, a purchase
   (0, ``max_purchase_value``] (absent: 1), a rating [1, 5] (required).
+
+A logged click, purchase or rating is also appended to the user's online recent-item sequence
+(:func:`append_sequence`; kept whatever ``online_sequence`` says, so that turning the read on
+finds it current), which the next request reads with ``online_sequence`` (seen items,
+``covisit``); Redis down does not fail the feedback (logged, counted).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import anyio
 import pandas as pd
 
+from pipelines.features import sequences
 from serving import shared
 from serving.api_models import FeedbackBody
 from serving.config import ServingConfig
@@ -37,6 +44,12 @@ RATING_RANGE = (1.0, 5.0)
 
 RETRY_AFTER_S = 5
 """``Retry-After`` (s) of a 503 feedback answer (the shared request store unreachable)."""
+
+
+POSITIVE_EVENTS = sequences.POSITIVE_EVENTS
+"""Feedback events appended to the user's online sequence."""
+
+log = logging.getLogger("recloop.serving.feedback")
 
 
 class FeedbackRejected(Exception):
@@ -129,4 +142,32 @@ async def record_feedback(engine: Engine, body: FeedbackBody) -> tuple[str, bool
             engine.feedback_duplicates += 1
             return row["event_id"], True
     engine.impressions.add([row])
+    if body.event in POSITIVE_EVENTS:  # the sequence is kept whether serving reads it or not
+        when = sequences.epoch_ms(pd.Timestamp(row["ts"]))
+        await anyio.to_thread.run_sync(
+            append_sequence, engine, shown["user_id"], body.item_id, when
+        )
     return row["event_id"], False
+
+
+def append_sequence(engine: Engine, user_id: str, item_id: str, when_ms: int) -> bool:
+    """Append ``item_id`` to ``user_id``'s online sequence (:func:`pipelines.features.sequences.
+    append`: one round trip, atomic append + trim). Never raises: the breaker open or Redis
+    failing (then the breaker is tripped) is logged and counted (``/metrics``:
+    ``recloop_fallbacks_total{kind="sequence_append"}``) and the feedback stays logged."""
+    from pipelines.features import online
+
+    if engine.breaker.is_open():
+        engine.metrics.count_fallback("sequence_append")
+        return False
+    length = sequences.SequenceSettings.from_env().length
+    try:
+        with online.connection_errors(engine.settings.redis_url):
+            client = online.redis_client(engine.settings)
+            sequences.append(client, user_id, item_id, when_ms, length)
+        return True
+    except Exception as exc:  # noqa: BLE001 - the feedback is logged whatever Redis does
+        engine.breaker.trip(str(exc))
+        engine.metrics.count_fallback("sequence_append")
+        log.warning("feedback of %r not appended to the online sequence: %s", user_id, exc)
+        return False

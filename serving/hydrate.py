@@ -6,7 +6,9 @@ engine's :class:`~serving.item_cache.ItemFeatureCache` when there is one;
 :func:`read_user_features` reads one user's row (new users through the user tower).
 :func:`redis_call` runs such a read on the engine's hydrate pool within a budget: Redis down,
 slow or failing trips the :class:`~serving.engine.Breaker` and the caller falls back (no retry
-storm; the abandoned read ends at the client's 1 s socket timeout).
+storm; the abandoned read ends at the client's 1 s socket timeout); :func:`submit` and
+:func:`join` split such a read so that it overlaps other work (the user's online sequence,
+:func:`read_sequence`, read while the retrieve stage searches).
 
 Redis that answers without the rows (restarted without persistence, a partial materialization)
 is not a failure of the read, but the ranker then scores defaults: :func:`features_degraded`
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
@@ -155,12 +158,30 @@ def tower_service(settings: Settings, bundle: LoadedBundle) -> str:
     return "two_tower_v1"
 
 
-def redis_call(engine: Engine, budget_ms: float, fn: Any, *args: Any) -> tuple[Any, str | None]:
-    """``(fn(*args), None)`` run on the hydrate pool within ``budget_ms``, or ``(None, error)``
-    when the breaker is open or Redis is down, slow or failing (the breaker is then tripped)."""
+@dataclass
+class Pending:
+    """A Redis read started on the hydrate pool (:func:`submit`): its ``future``, or the
+    ``error`` that kept it from starting (the breaker open)."""
+
+    future: Future | None
+    error: str | None = None
+
+
+def submit(engine: Engine, fn: Any, *args: Any) -> Pending:
+    """Start ``fn(*args)`` on the hydrate pool now (unless the breaker is open); its answer is
+    taken by :func:`join` within a budget. Lets a read overlap the caller's own work."""
     if engine.breaker.is_open():
-        return None, "redis breaker open"
-    fut = engine.hydrate_pool.submit(fn, *args)
+        return Pending(None, "redis breaker open")
+    return Pending(engine.hydrate_pool.submit(fn, *args))
+
+
+def join(engine: Engine, pending: Pending, budget_ms: float) -> tuple[Any, str | None]:
+    """``(answer, None)`` of a read started by :func:`submit` within ``budget_ms``, or ``(None,
+    error)`` when the breaker was open or Redis is down, slow or failing (the breaker is then
+    tripped)."""
+    fut = pending.future
+    if fut is None:
+        return None, pending.error
     try:
         return fut.result(timeout=max(budget_ms, 1.0) / 1e3), None
     except FutureTimeout:
@@ -173,6 +194,21 @@ def redis_call(engine: Engine, budget_ms: float, fn: Any, *args: Any) -> tuple[A
     engine.breaker.trip(detail)
     log.warning("redis: %s; popularity answers for %.1fs", detail, engine.config.redis_cooldown_s)
     return None, err  # the response says what failed, not where Redis lives
+
+
+def redis_call(engine: Engine, budget_ms: float, fn: Any, *args: Any) -> tuple[Any, str | None]:
+    """``(fn(*args), None)`` run on the hydrate pool within ``budget_ms``, or ``(None, error)``
+    when the breaker is open or Redis is down, slow or failing (the breaker is then tripped)."""
+    return join(engine, submit(engine, fn, *args), budget_ms)
+
+
+def read_sequence(settings: Settings, user_id: str) -> list[str]:
+    """The user's online recent-item sequence (:mod:`pipelines.features.sequences`), oldest
+    first, in one ``ZRANGE``; ``ConnectionError`` naming the URL."""
+    from pipelines.features import sequences
+
+    with online.connection_errors(settings.redis_url):
+        return sequences.read(online.redis_client(settings), user_id)
 
 
 def hydrate(

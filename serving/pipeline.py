@@ -8,7 +8,9 @@ response dict; every stage is timed (``timings_ms``) and has a fallback, so a re
 - **retrieve** (:mod:`serving.retrieve`): the user's vector → FAISS top-``candidates`` with the
   user's seen items and excluded items removed; users outside the vocabulary through the bundle's
   user tower (opt-in) or **cold start** (trending, flagged ``cold_start``); index failure → the
-  popularity order, flagged ``retrieve``.
+  popularity order, flagged ``retrieve``. The user's online recent-item sequence (Redis, read
+  overlapped with the searches; ``online_sequence``) joins the seen items and the ``covisit``
+  history.
 - **hydrate** (:mod:`serving.hydrate`): user + candidate features from Redis in a separate
   thread with ``hydrate_deadline_ms`` (capped by what is left of ``deadline_ms``). The user's row
   is read on every request; candidates' rows come from the process's
@@ -125,6 +127,8 @@ def recommend(engine: Engine, req: Request, info: dict[str, Any] | None = None) 
     online, err = None, found.error
     if needs_features:
         online, err = hydrate(engine, bundle, req.user_id, found.ids, budget_ms())
+        if online is None and found.sequence_error:  # what failed first, as without the read
+            err = found.sequence_error
     timer.lap("hydrate")
     failed = needs_features and online is None
     ranked, fell_back = _rank(bundle, req, found, online, failed, cfg.candidates)

@@ -6,13 +6,23 @@ other user, when ``new_users = "user_tower"`` and the bundle has a feature-only 
 under the hydrate deadline and the breaker; once per user and bundle) encoded by the tower
 (cached by attribute values), flagged ``user_tower``. Then each source of
 ``ServingConfig.source_quotas`` offers its quota — ``two_tower`` (FAISS, when there is a vector),
-``mf`` (users MF knows), ``covisit`` (users with a training history), ``trending`` — and
+``mf`` (users MF knows), ``covisit`` (users with a training history or an online sequence),
+``trending`` — and
 :func:`serving.sources.merge` interleaves them; every candidate carries its source and that
 source's score. Nothing personal to offer (a user no source knows, a brand-new user with no
 online row) or ``force_cold_start`` → **cold start**: trending items (popularity × trending from
 the item table), those of the context's categories first, flagged ``cold_start``; Redis failing
 on the user-tower read → the same, also flagged ``redis`` and ``degraded``. A source failing →
 the popularity order, flagged ``retrieve``.
+
+**Online sequence** (``online_sequence``, :mod:`pipelines.features.sequences`): the user's recent
+items since the bundle's training day are read from Redis at the start of the stage, overlapped
+with the searches (no existing round trip precedes retrieval: the hydrate read comes after it
+and needs the candidates), under the hydrate deadline and breaker. They join the seen exclusion
+and the ``covisit`` history, recency-weighted; a user no model knows but with a sequence gets
+covisit candidates (flagged ``online_sequence``). Redis failing → the bundle's history, as
+without it (the tripped breaker makes the hydrate stage answer by popularity, flagged
+``redis``).
 """
 
 from __future__ import annotations
@@ -25,9 +35,18 @@ from typing import Any
 import numpy as np
 
 from serving.bundle import LoadedBundle
+from serving.config import ServingConfig
 from serving.engine import Engine
-from serving.hydrate import read_user_features, redis_call, tower_service
-from serving.sources import SourceList, catalog_sample, merge
+from serving.hydrate import (
+    Pending,
+    join,
+    read_sequence,
+    read_user_features,
+    redis_call,
+    submit,
+    tower_service,
+)
+from serving.sources import SourceList, catalog_sample, merge, recency_history
 
 log = logging.getLogger("recloop.serving.retrieve")
 
@@ -114,6 +133,8 @@ class Candidates:
     error: str | None = None
     sources: list[str] = field(default_factory=list)
     source_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    sequence_error: str | None = None
+    """What failed reading the user's online sequence (None: read, or not asked)."""
 
 
 def _cold(bundle: LoadedBundle, n: int, drop: set[str], categories: tuple[str, ...]) -> SourceList:
@@ -121,33 +142,81 @@ def _cold(bundle: LoadedBundle, n: int, drop: set[str], categories: tuple[str, .
     return SourceList("trending", ids, scores)
 
 
+SEQUENCE_OVERSAMPLE = 50
+"""Extra candidates each source offers while the user's online sequence is being read, so that
+its items (at most ``RECLOOP_SEQUENCE_LENGTH``, default 50) can be dropped afterwards."""
+
+
 def _offers(
     bundle: LoadedBundle,
     query: np.ndarray | None,
     user_id: str,
-    row: int,
     drop: set[str],
     categories: tuple[str, ...],
     quotas: dict[str, int],
+    extra: int = 0,
 ) -> list[SourceList]:
-    """Each configured source's offer for the user (see :mod:`serving.sources`); the
-    ``two_tower`` search raising propagates (the caller falls back)."""
+    """Each configured source's offer for the user (see :mod:`serving.sources`) but
+    ``covisit`` (:func:`_covisit`), ``extra`` more than its quota (but ``catalog``: its sample is
+    a function of the quota); the ``two_tower`` search raising propagates (the caller falls
+    back)."""
     lists: list[SourceList] = []
-    for name, n in quotas.items():
+    for name, q in quotas.items():
+        n = q + extra
         if name == "two_tower" and query is not None:
             ids, scores = search(bundle, query, n, drop)
             lists.append(SourceList(name, ids, scores))
         elif name == "mf" and bundle.mf is not None:
             lists.append(bundle.mf.offer(user_id, n, drop))
-        elif name == "covisit" and bundle.covisit is not None and row >= 0:
-            history = bundle.seen.indices[bundle.seen.indptr[row] : bundle.seen.indptr[row + 1]]
-            lists.append(bundle.covisit.offer(history, n, drop))
         elif name == "trending":
             lists.append(_cold(bundle, n, drop, categories))
         elif name == "catalog":
             table, key = bundle.item_table, f"{user_id}|{bundle.version}"
-            lists.append(catalog_sample(table.ids, table.catalog_cum, key, n, drop))
+            lists.append(catalog_sample(table.ids, table.catalog_cum, key, q, drop))  # as drawn
     return [x for x in lists if x.ids]
+
+
+def _without(lists: list[SourceList], drop: set[str], quotas: dict[str, int]) -> list[SourceList]:
+    """``lists`` with the ``drop`` items removed, each cut to its quota."""
+    out = []
+    for x in lists:
+        keep = [j for j, i in enumerate(x.ids) if i not in drop][: quotas.get(x.name, len(x.ids))]
+        out.append(SourceList(x.name, [x.ids[j] for j in keep], x.scores[keep]))
+    return [x for x in out if x.ids]
+
+
+def _covisit(
+    cfg: ServingConfig, bundle: LoadedBundle, row: int, recent: list[str], n: int, drop: set[str]
+) -> SourceList | None:
+    """The ``covisit`` offer over the user's training history (row ``row``, -1: none) and
+    online sequence ``recent`` (oldest first, recency-weighted:
+    :func:`serving.sources.recency_history`); None when the user has neither."""
+    if bundle.covisit is None:
+        return None
+    trained = np.zeros(0, np.int64)
+    if row >= 0:
+        trained = bundle.seen.indices[bundle.seen.indptr[row] : bundle.seen.indptr[row + 1]]
+    cols = bundle.items.encode(recent) if recent else np.zeros(0, np.int64)
+    cols = np.asarray(cols, dtype=np.int64)
+    cols = cols[cols >= 0]
+    if len(trained) == 0 and len(cols) == 0:
+        return None
+    if len(cols) == 0:
+        return bundle.covisit.offer(trained, n, drop)
+    half_life = max(cfg.sequence_half_life, 1e-6)
+    history, weights = recency_history(trained, cols, half_life, cfg.sequence_boost)
+    return bundle.covisit.offer(history, n, drop, weights)
+
+
+def _sequence(
+    engine: Engine, pending: Pending | None, budget_ms: Callable[[], float]
+) -> tuple[list[str], str | None]:
+    """The user's online sequence (``[]``: none, not read, or Redis failed) and the Redis error
+    (None: read, or not asked)."""
+    if pending is None:
+        return [], None
+    recent, err = join(engine, pending, budget_ms())
+    return list(recent or []), err
 
 
 def candidates(
@@ -161,10 +230,18 @@ def candidates(
     """Up to ``engine.config.candidates`` candidates for ``user_id`` from the configured sources
     (see the module docstring); ``budget_ms()``: what is left for a Redis read (ms), asked when
     one is needed. Cold start (the trending list, not ranked, ``cold``) for a user no model knows
-    (no two-tower vector, no MF row, no history), when the user-tower read failed, or with
-    ``force_cold_start``; a known user's candidates are ranked whatever sources are configured
-    (only ``trending``: the trending list, ranked)."""
+    (no two-tower vector, no MF row, no history, no online sequence), when the user-tower read
+    failed, or with ``force_cold_start``; a known user's candidates are ranked whatever sources
+    are configured (only ``trending``: the trending list, ranked).
+
+    With ``online_sequence``, the user's sequence is read from Redis from the start (on the
+    hydrate pool, under its deadline and breaker) while the sources but ``covisit`` search,
+    each offering :data:`SEQUENCE_OVERSAMPLE` more; then its items join ``drop`` (removed from
+    those offers) and the ``covisit`` history. Redis failing: the bundle's history only
+    (``sequence_error``; the breaker, tripped, makes the hydrate stage answer as without it)."""
     cfg = engine.config
+    online_seq = bool(cfg.online_sequence) and not cfg.force_cold_start
+    pending = submit(engine, read_sequence, engine.settings, user_id) if online_seq else None
     fallbacks: list[str] = []
     degraded, err = False, None
     row = bundle.user_row(user_id)
@@ -181,9 +258,21 @@ def candidates(
     n = cfg.candidates
     quotas = dict(cfg.source_quotas)
     lists: list[SourceList] = []
+    recent: list[str] = []
+    seq_err = None
     if not cfg.force_cold_start and err is None:
         try:
-            lists = _offers(bundle, query, user_id, row, drop, categories, quotas)
+            extra = SEQUENCE_OVERSAMPLE if pending is not None else 0
+            lists = _offers(bundle, query, user_id, drop, categories, quotas, extra)
+            recent, seq_err = _sequence(engine, pending, budget_ms)
+            drop |= set(recent)
+            lists = _without(lists, drop, quotas)
+            if "covisit" in quotas and (
+                co := _covisit(cfg, bundle, row, recent, quotas["covisit"], drop)
+            ):
+                lists.append(co)
+            order = list(quotas)  # the sources in their configured order (merge's tie-break)
+            lists = sorted((x for x in lists if x.ids), key=lambda x: order.index(x.name))
         except Exception as exc:  # noqa: BLE001
             log.error("retrieve failed for bundle %s: %r", bundle.version, exc)
             fallbacks.append("retrieve")
@@ -191,6 +280,9 @@ def candidates(
             lists = [_cold(bundle, n, drop, ())]
     failed = "retrieve" in fallbacks
     known = query is not None or row >= 0 or (bundle.mf is not None and bundle.mf.knows(user_id))
+    if not known and any(x.name == "covisit" for x in lists):  # known by their online sequence
+        known = True
+        fallbacks.append("online_sequence")
     cold = cfg.force_cold_start or err is not None or (not known and not failed)
     fallback = cold or failed or not lists  # one trending list of n serves
     if cold or not lists:  # cold start (not ranked), or the sources offered nothing (ranked)
@@ -200,5 +292,5 @@ def candidates(
     merged = merge(lists, {"trending": n} if fallback else quotas, n)
     return Candidates(
         merged.ids, merged.scores, drop, cold, fallbacks, degraded, err,
-        merged.sources, merged.source_scores,
+        merged.sources, merged.source_scores, seq_err,
     )  # fmt: skip

@@ -8,8 +8,10 @@ best first, with its own scores; the seen and excluded items (``drop``) are neve
 - ``mf``: the bundle's matrix factorization (:class:`MFSource`), exact inner product over every
   item it knows (recall 1 by construction; the catalog is scored in one ``(I, F)`` product).
 - ``covisit``: item-to-item neighbours (:class:`CovisitSource`) of the items the user engaged
-  with in the training window: cosine similarity of the items' user columns, summed over the
-  user's items.
+  with: cosine similarity of the items' user columns, summed over the user's items — those of
+  the training window and, with ``online_sequence``, those of the user's online sequence read
+  from Redis (items engaged with since the bundle was trained too), the most recent weighted
+  most (:func:`recency_history`).
 - ``trending``: the item table's trending order (context categories first).
 - ``catalog``: a sample of the whole item table, weighted towards the least shown items
   (:func:`catalog_sample`), drawn from a generator seeded by the user and the bundle: it keeps
@@ -228,15 +230,41 @@ class CovisitSource:
         nb = np.where(sims > 0, nb, -1).astype(np.int32)
         return cls(np.asarray(item_ids, dtype=str), nb, sims.astype(np.float32))
 
-    def offer(self, history: np.ndarray, n: int, drop: set[str]) -> SourceList:
-        """Neighbours of the user's items (``history``: item columns) by summed similarity."""
+    def offer(
+        self, history: np.ndarray, n: int, drop: set[str], weights: np.ndarray | None = None
+    ) -> SourceList:
+        """Neighbours of the user's items (``history``: item columns) by summed similarity, each
+        history item's similarities times its weight (``weights`` ``(H,)``; None: all 1)."""
         if len(history) == 0 or n <= 0:
             return SourceList("covisit", [], np.zeros(0))
         nb = self.neighbours[history].ravel()
-        sims = self.sims[history].ravel()
+        sims = self.sims[history]
+        if weights is not None:
+            sims = sims * np.asarray(weights, dtype=np.float32)[:, None]
+        sims = sims.ravel()
         keep = nb >= 0
         scores = np.bincount(nb[keep], sims[keep], minlength=len(self.item_ids))
         scores[history] = 0.0
         live = np.flatnonzero(scores > 0)
         ids, s = top_excluding(scores[live], self.item_ids[live], n, drop)
         return SourceList("covisit", ids, s)
+
+
+def recency_history(
+    trained: np.ndarray, recent: np.ndarray, half_life: float, boost: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``covisit`` history of a user: the item columns of their training history
+    ``trained`` (weight 1) and of their online sequence ``recent`` (oldest first; the ``r``-th
+    newest weighs ``1 + boost * 0.5 ** (r / half_life)``, so the last item weighs ``1 + boost``);
+    an item in both takes its sequence weight. Returns ``(columns (H,) int64, weights (H,)
+    float32)``, columns unique."""
+    recent = np.asarray(recent, dtype=np.int64)
+    m = len(recent)
+    w_recent = 1.0 + boost * 0.5 ** (np.arange(m - 1, -1, -1, dtype=np.float64) / half_life)
+    cols = np.concatenate([np.asarray(trained, dtype=np.int64), recent])
+    weights = np.concatenate([np.ones(len(trained)), w_recent])
+    best: dict[int, float] = {}
+    for c, w in zip(cols.tolist(), weights.tolist(), strict=True):
+        best[c] = max(w, best.get(c, 0.0))
+    out = np.fromiter(best.keys(), dtype=np.int64, count=len(best))
+    return out, np.fromiter(best.values(), dtype=np.float32, count=len(best))

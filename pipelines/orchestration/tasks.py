@@ -136,14 +136,21 @@ def materialize(ds: str, params: Mapping[str, Any] | None = None) -> dict[str, A
     the gate and before ``register``: the gate replays bundles on D's logs, and those replays
     must read the online features the service read on D (D-1's), not D's own — with D's, a
     bundle's evaluation on the day it served disagreed with its own logs (demo day 10: ESS 742
-    of 15,000, SNIPS 0.0955 for a true 0.0656; with D-1's: ESS 14,743, 0.0634). Redis
-    unreachable → a clear error naming the URL; Airflow retries the task."""
+    of 15,000, SNIPS 0.0955 for a true 0.0656; with D-1's: ESS 14,743, 0.0634). Then the users'
+    online recent-item sequences of D (:func:`pipelines.features.sequences.rebuild`; skipped
+    with the materialization). Redis unreachable → a clear error naming the URL; Airflow
+    retries the task."""
     from pipelines.features.store import materialize_date
 
     force = flag_param(params, FORCE_MATERIALIZE_PARAM)
-    materialized = materialize_date(_settings(), ds, force=force)
+    from pipelines.features.sequences import rebuild
+
+    settings = _settings()
+    materialized = materialize_date(settings, ds, force=force)
     log.info("materialized %s: %s", ds, materialized)
-    return {"materialized": _jsonable(materialized)}
+    # the users' online recent-item sequences (serving's seen items and covisit history)
+    seqs = {"skipped": True} if materialized.get("skipped") else rebuild(settings, ds)
+    return {"materialized": _jsonable(materialized), "sequences": _jsonable(seqs)}
 
 
 def features(ds: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
