@@ -1,8 +1,8 @@
-"""Sequential retrievers (GRU4Rec, SASRec) beside MF, BPR and most-popular on the simulator, with
+"""Sequential retrievers (GRU4Rec, SASRec, BERT4Rec) beside MF, BPR and most-popular on the simulator, with
 its sequential structure off and on (issue 16).
 
   OMP_WAIT_POLICY=PASSIVE nice .venv/bin/python benchmarks/bench_sequential.py
-      [--strengths 0 0.5] [--days 14] [--scale small] [--seed 42] [--epochs N]
+      [--strengths 0 0.5] [--days 14] [--scale small] [--seed 42] [--epochs N] [--models M ...]
 
 For each strength ``S`` (``simulate(..., sequential=S)``; 0 is today's world byte for byte):
 ``--days`` days are simulated into a temporary workspace and validated; every model is built by
@@ -37,7 +37,7 @@ from pipelines.data import simulate
 from pipelines.retrieval import train
 from pipelines.retrieval.data import TrainingData, load_training_data
 
-MODELS = ("popular", "mf", "bpr", "gru4rec", "sasrec")
+MODELS = ("popular", "mf", "bpr", "gru4rec", "sasrec", "bert4rec")
 K = 10
 
 
@@ -67,7 +67,9 @@ def truth_ndcg(
     return out
 
 
-def one_world(strength: float, days: int, scale: str, seed: int) -> pd.DataFrame:
+def one_world(
+    strength: float, days: int, scale: str, seed: int, names: tuple[str, ...] = MODELS
+) -> pd.DataFrame:
     """Simulate, validate, train and judge every model on one world (module docstring)."""
     from pipelines.data.validate import validate_partition
     from pipelines.retrieval.evaluate import day_relevance
@@ -83,7 +85,7 @@ def one_world(strength: float, days: int, scale: str, seed: int) -> pd.DataFrame
         train_end, test_day = all_days[-2], all_days[-1]
         data = load_training_data(s, train_end)
         models, seconds = {}, {}
-        for name in MODELS:
+        for name in names:
             t0 = time.perf_counter()
             models[name] = train.build_model(name, data, s, seed=seed)
             seconds[name] = time.perf_counter() - t0
@@ -114,11 +116,13 @@ def main() -> None:
     parser.add_argument("--scale", default="small")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--epochs", type=int, help="epochs of the sequential models")
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.epochs is not None:
         train.SEQUENTIAL_PARAMS["epochs"] = args.epochs
-    tables = [one_world(s, args.days, args.scale, args.seed) for s in args.strengths]
+    names = tuple(args.models)
+    tables = [one_world(s, args.days, args.scale, args.seed, names) for s in args.strengths]
     both = pd.concat(tables)
     both = both.rename_axis("model").reset_index()
     ratio = both.pivot(index="model", columns="strength", values="truth_ndcg@10")

@@ -173,6 +173,8 @@ MODEL_MODULES = {
     "bpr": "models.bpr",
     "gru4rec": "models.sequential",
     "sasrec": "models.sequential",
+    "bert4rec": "models.sequential",
+    "dssm": "models.dssm",
     "dlrm": "models.dlrm",
     "wide_deep": "models.wide_deep",
 }

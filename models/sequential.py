@@ -1,6 +1,7 @@
 """Sequential retrievers over each user's recent items (chapter section 16.3): GRU4Rec (Hidasi
-et al. 2016, a GRU over the item sequence) and SASRec (Kang & McAuley 2018, causal
-self-attention over it), in PyTorch, under the :class:`models.base.Retriever` contract.
+et al. 2016, a GRU over the item sequence), SASRec (Kang & McAuley 2018, causal
+self-attention over it) and BERT4Rec (Sun et al. 2019, bidirectional self-attention trained on
+the Cloze task), in PyTorch, under the :class:`models.base.Retriever` contract.
 
 - **Input**: per user the items of their positive events in time order (``sequences``: a CSR-like
   ``(indptr (U + 1,), items (E,))``, :func:`pipelines.retrieval.data.user_sequences`; without it,
@@ -10,13 +11,19 @@ self-attention over it), in PyTorch, under the :class:`models.base.Retriever` co
   ``n_layers`` GRU layers. ``sasrec``: ``sqrt(D)`` item embedding + learned position embedding →
   dropout → ``n_layers`` pre-norm Transformer blocks (``n_heads`` heads, FFN ``2D``) under a
   causal mask that also hides padding keys (a position always sees itself) → LayerNorm.
+  ``bert4rec``: the same blocks without the causal mask (every item sees the whole window) and
+  one more token, ``[MASK]`` (``I + 1``).
 - **Output**: the score of item ``i`` after a sequence is ``h . e_i`` with ``h`` the last state
-  and ``e_i`` the (shared, tied) input embedding of ``i``.
+  and ``e_i`` the (shared, tied) input embedding of ``i``. ``bert4rec`` reads ``h`` at a
+  ``[MASK]`` appended after the last ``max_len - 1`` items.
 - **Training**: next-item prediction at every position of windows of ``max_len + 1`` items cut
   from the end of each sequence (stride ``max_len``): softmax cross-entropy of the true next item
   against every item when ``I <= n_negatives``, else against ``n_negatives`` uniformly drawn items
   shared by the batch (sampled softmax; a draw equal to the target is masked). Adam,
-  ``weight_decay`` L2.
+  ``weight_decay`` L2. ``bert4rec`` (Cloze): windows of ``max_len`` items; each item is
+  replaced by ``[MASK]`` with probability ``mask_prob`` (freshly drawn every epoch; a window
+  with none masks its last item, the task it is asked at inference) and the same softmax
+  predicts the masked items from both sides.
 - **Recommend**: after ``fit`` every user's state ``h_u`` is computed once from their last
   ``max_len`` training items (:attr:`histories`, saved with the weights); ``score_all`` is
   ``h_u . E^T``, so ``user_embeddings`` ``(U, D)`` and ``item_embeddings`` ``(I, D)`` rank exactly
@@ -52,16 +59,18 @@ _SMALL_FIT = 1 << 21
 
 
 class SequenceNet(nn.Module):
-    """Item embedding + a GRU or causal Transformer encoder; ``forward`` ``(B, L)`` → ``(B, L, D)``."""
+    """Item embedding + a GRU, causal (``sasrec``) or bidirectional (``bert4rec``) Transformer
+    encoder; ``forward`` ``(B, L)`` → ``(B, L, D)``. Tokens: 0 pads, ``1..I`` items, ``I + 1``
+    is ``[MASK]`` (``bert4rec`` only)."""
 
     def __init__(
         self, kind: str, n_items: int, dim: int, max_len: int, n_layers: int, n_heads: int,
         dropout: float,
     ) -> None:  # fmt: skip
         super().__init__()
-        self.kind = kind
-        self.n_heads = n_heads
-        self.item = nn.Embedding(n_items + 1, dim, padding_idx=0)
+        self.kind, self.n_items, self.n_heads = kind, n_items, n_heads
+        self.mask_token = n_items + 1
+        self.item = nn.Embedding(n_items + 1 + (kind == "bert4rec"), dim, padding_idx=0)
         nn.init.normal_(self.item.weight[1:], std=1.0 / math.sqrt(dim))
         self.drop = nn.Dropout(dropout)
         if kind == "gru4rec":
@@ -80,14 +89,16 @@ class SequenceNet(nn.Module):
             return self.gru(self.drop(x))[0]
         n, length = tokens.shape
         x = x * math.sqrt(x.shape[-1]) + self.pos.weight[-length:][None]
-        future = torch.triu(torch.ones(length, length, dtype=torch.bool, device=x.device), 1)
-        pad_key = (tokens == 0)[:, None, :] & ~torch.eye(length, dtype=torch.bool, device=x.device)
-        mask = (future[None] | pad_key).repeat_interleave(self.n_heads, dim=0)
+        mask = (tokens == 0)[:, None, :] & ~torch.eye(length, dtype=torch.bool, device=x.device)
+        if self.kind == "sasrec":
+            future = torch.ones(length, length, dtype=torch.bool, device=x.device).triu(1)
+            mask = mask | future[None]
+        mask = mask.repeat_interleave(self.n_heads, dim=0)
         return self.norm(self.blocks(self.drop(x), mask=mask))
 
     def item_vectors(self) -> torch.Tensor:
-        """``(I, D)``: the output embeddings (tied to the inputs), padding row dropped."""
-        return self.item.weight[1:]
+        """``(I, D)``: the output embeddings (tied to the inputs), padding and mask rows dropped."""
+        return self.item.weight[1 : self.n_items + 1]
 
 
 def sequences_from_matrix(
@@ -160,8 +171,10 @@ class SequentialRetriever(Retriever):
                 f"bad {self.name} hyper-parameters: dim={dim} max_len={max_len} "
                 f"n_layers={n_layers} n_heads={n_heads} epochs={epochs}"
             )
-        if self.kind == "sasrec" and dim % n_heads:
-            raise ValueError(f"sasrec: dim={dim} is not a multiple of n_heads={n_heads}")
+        if self.kind != "gru4rec" and dim % n_heads:
+            raise ValueError(f"{self.name}: dim={dim} is not a multiple of n_heads={n_heads}")
+        if self.kind == "bert4rec" and max_len < 2:
+            raise ValueError(f"{self.name}: max_len={max_len} leaves no item before [MASK]")
         self.dim, self.max_len, self.n_layers, self.n_heads = dim, max_len, n_layers, n_heads
         self.dropout, self.n_negatives, self.epochs = float(dropout), n_negatives, epochs
         self.batch_size, self.lr, self.weight_decay = batch_size, float(lr), float(weight_decay)
@@ -198,7 +211,7 @@ class SequentialRetriever(Retriever):
         indptr, items = np.asarray(indptr, np.int64), np.asarray(items, np.int64)
         if len(indptr) != self.n_users + 1 or (len(items) and items.max() >= self.n_items):
             raise ValueError(f"sequences do not fit the {interactions.shape} interaction matrix")
-        windows = training_windows(indptr, items, self.max_len)
+        windows = self._windows(indptr, items)
         if len(windows) == 0:
             raise ValueError(f"fit: no user has a sequence of 2 items ({self.name})")
         start = time.perf_counter()
@@ -218,6 +231,10 @@ class SequentialRetriever(Retriever):
             " -> ".join(f"{x:.4f}" for x in self.loss_history[:: max(1, self.epochs // 4)]),
         )  # fmt: skip
         return self
+
+    def _windows(self, indptr: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Next-item training windows ``(W, max_len + 1)`` (:func:`training_windows`)."""
+        return training_windows(indptr, items, self.max_len)
 
     def _train(self, windows: np.ndarray, progress: bool) -> None:
         """A fresh network trained ``epochs`` passes over ``windows`` ``(W, L + 1)``."""
@@ -249,26 +266,37 @@ class SequentialRetriever(Retriever):
         order = rng.permutation(len(windows))
         for s in range(0, len(windows), self.batch_size):
             batch = torch.from_numpy(windows[order[s : s + self.batch_size]]).to(self.device)
-            inputs, targets = batch[:, :-1], batch[:, 1:]
-            keep = (targets > 0) & (inputs > 0)
-            h = self.net(inputs)[keep]  # (T, D)
-            target = targets[keep] - 1  # (T,)
-            emb = self.net.item_vectors()
-            if self.n_items <= self.n_negatives:
-                loss = F.cross_entropy(h @ emb.T, target, reduction="sum")
-            else:
-                neg = torch.randint(0, self.n_items, (self.n_negatives,), generator=gen)
-                neg = neg.to(self.device)
-                pos_logit = (h * emb[target]).sum(1, keepdim=True)
-                neg_logit = (h @ emb[neg].T).masked_fill(neg[None] == target[:, None], -1e9)
-                logits = torch.cat([pos_logit, neg_logit], dim=1)
-                zero = torch.zeros(len(target), dtype=torch.int64, device=self.device)
-                loss = F.cross_entropy(logits, zero, reduction="sum")
+            h, target = self._predictions(batch, gen)
+            loss = self._softmax_loss(h, target, gen)
             opt.zero_grad(set_to_none=True)
             (loss / max(len(target), 1)).backward()
             opt.step()
             total, count = total + float(loss.detach()), count + len(target)
         return total / max(count, 1)
+
+    def _predictions(
+        self, batch: torch.Tensor, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next-item task on windows ``(B, L + 1)``: the states ``(T, D)`` after every real
+        prefix and their next items ``(T,)`` (0-based)."""
+        inputs, targets = batch[:, :-1], batch[:, 1:]
+        keep = (targets > 0) & (inputs > 0)
+        return self.net(inputs)[keep], targets[keep] - 1
+
+    def _softmax_loss(
+        self, h: torch.Tensor, target: torch.Tensor, gen: torch.Generator
+    ) -> torch.Tensor:
+        """Summed cross-entropy of ``target`` ``(T,)`` given states ``h`` ``(T, D)``: full softmax
+        when ``I <= n_negatives``, else sampled softmax over ``n_negatives`` shared draws."""
+        emb = self.net.item_vectors()
+        if self.n_items <= self.n_negatives:
+            return F.cross_entropy(h @ emb.T, target, reduction="sum")
+        neg = torch.randint(0, self.n_items, (self.n_negatives,), generator=gen).to(self.device)
+        pos_logit = (h * emb[target]).sum(1, keepdim=True)
+        neg_logit = (h @ emb[neg].T).masked_fill(neg[None] == target[:, None], -1e9)
+        logits = torch.cat([pos_logit, neg_logit], dim=1)
+        zero = torch.zeros(len(target), dtype=torch.int64, device=self.device)
+        return F.cross_entropy(logits, zero, reduction="sum")
 
     # --- scoring -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -276,10 +304,14 @@ class SequentialRetriever(Retriever):
         """Last states ``(B, D)`` of left-padded token windows ``(B, max_len)`` (eval mode)."""
         self.net.eval()
         out = [
-            self.net(tokens[s : s + 1024].to(self.device))[:, -1]
+            self.net(self._query(tokens[s : s + 1024]).to(self.device))[:, -1]
             for s in range(0, len(tokens), 1024)
         ]
         return torch.cat(out) if out else torch.zeros(0, self.dim, device=self.device)
+
+    def _query(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The network's input ``(B, max_len)`` for history windows ``(B, max_len)``: as is."""
+        return tokens
 
     def encode(self, sequences: list[list[int]] | np.ndarray) -> np.ndarray:
         """States ``(B, D)`` float32 of item sequences (oldest first; the last ``max_len`` count):
@@ -378,3 +410,41 @@ class SASRec(SequentialRetriever):
 
     name = "sasrec"
     kind = "sasrec"
+
+
+@register
+class BERT4Rec(SequentialRetriever):
+    """Bidirectional self-attention trained on the Cloze task (Sun et al. 2019); see the module
+    docstring. ``mask_prob``: the share of a window's items masked in training."""
+
+    name = "bert4rec"
+    kind = "bert4rec"
+
+    def __init__(self, *, mask_prob: float = 0.2, **kwargs: Any) -> None:
+        if not 0.0 < mask_prob < 1.0:
+            raise ValueError(f"bert4rec: mask_prob={mask_prob} is not in (0, 1)")
+        self.mask_prob = float(mask_prob)
+        super().__init__(**kwargs)
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "mask_prob": self.mask_prob}
+
+    def _windows(self, indptr: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Cloze windows ``(W, max_len)``: the inference input's length."""
+        return training_windows(indptr, items, self.max_len - 1)
+
+    def _predictions(
+        self, batch: torch.Tensor, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cloze task on windows ``(B, L)``: the states ``(T, D)`` at the masked positions and
+        the items ``(T,)`` (0-based) they hide."""
+        masked = (torch.rand(batch.shape, generator=gen) < self.mask_prob).to(self.device)
+        masked &= batch > 0
+        masked[:, -1] |= ~masked.any(1)  # windows are left-padded: the last token is an item
+        inputs = batch.masked_fill(masked, self.net.mask_token)
+        return self.net(inputs)[masked], batch[masked] - 1
+
+    def _query(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The last ``max_len - 1`` items of each window ``(B, max_len)``, then ``[MASK]``."""
+        mask = torch.full_like(tokens[:, :1], self.net.mask_token)
+        return torch.cat([tokens[:, 1:], mask], dim=1)

@@ -29,8 +29,9 @@ from models.als import ALS
 from models.base import CONFIG_FILE, MODEL_CLASSES, WEIGHTS_FILE, Retriever, load_model
 from models.baselines import ItemKNN, MostPopular, UserKNN, topk_similarity
 from models.bpr import BPR
+from models.dssm import DSSM
 from models.ncf import NCF
-from models.sequential import GRU4Rec, SASRec
+from models.sequential import BERT4Rec, GRU4Rec, SASRec
 from models.two_tower import TwoTower
 
 N_USERS, N_ITEMS, BLOCK_USERS, BLOCK_ITEMS, SEEN = 40, 24, 20, 12, 6
@@ -133,6 +134,14 @@ CASES = [
     # next-item models; without sequences they read each row's items in a seeded order
     Case("gru4rec", lambda: GRU4Rec(**SMALL_SEQUENCE)),
     Case("sasrec", lambda: SASRec(**SMALL_SEQUENCE)),
+    # Cloze: only the masked share of items are targets, so more of them and twice the epochs
+    Case("bert4rec", lambda: BERT4Rec(**{**SMALL_SEQUENCE, "epochs": 30}, mask_prob=0.4)),
+    # word-hashed titles (each block's share a theme word), cosine, sampled softmax
+    Case(
+        "dssm",
+        lambda: DSSM(n_buckets=512, hidden=(32,), dim=16, epochs=8, batch_size=32, lr=0.01),
+        fit_kwargs={"item_text": [f"{('river', 'engine')[i // 12]} no {i}" for i in range(24)]},
+    ),
 ]
 
 

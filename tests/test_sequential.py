@@ -1,10 +1,11 @@
-"""GRU4Rec and SASRec (``models.sequential``) beyond the retriever contract (tests/test_models.py):
+"""GRU4Rec, SASRec and BERT4Rec (``models.sequential``) beyond the retriever contract (tests/test_models.py):
 they learn what follows what, which no bag-of-items model can; the training data offers each
-user's items in time order; both are selectable by name."""
+user's items in time order; all are selectable by name."""
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,9 +13,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+import torch
 
 from models.als import ALS
-from models.sequential import GRU4Rec, SASRec, last_tokens, training_windows
+from models.sequential import (
+    BERT4Rec,
+    GRU4Rec,
+    SASRec,
+    SequentialRetriever,
+    last_tokens,
+    training_windows,
+)
 from pipelines.cli import build_parser
 from pipelines.core import schema
 from pipelines.core.settings import Settings
@@ -43,10 +52,21 @@ def cyclic_sequences(seed: int = 0) -> tuple[sp.csr_matrix, tuple[np.ndarray, np
 SMALL = {"dim": 16, "max_len": 8, "epochs": 20, "batch_size": 32, "lr": 0.01, "dropout": 0.1}
 
 
-@pytest.mark.parametrize("cls", [GRU4Rec, SASRec])
+#: Cloze trains on the masked ~20 % of the items only: more epochs for the same fit
+EPOCHS = {BERT4Rec: 40}
+
+
+@functools.cache
+def fitted_on_cycles(cls: type[SequentialRetriever]) -> SequentialRetriever:
+    """``cls`` with :data:`SMALL` fitted on :func:`cyclic_sequences` (shared by tests, read only)."""
+    m, seqs = cyclic_sequences()
+    return cls(**{**SMALL, "epochs": EPOCHS.get(cls, 20)}).fit(m, sequences=seqs, progress=False)
+
+
+@pytest.mark.parametrize("cls", [GRU4Rec, SASRec, BERT4Rec])
 def test_learns_the_next_item_where_a_bag_of_items_cannot(cls) -> None:
     m, seqs = cyclic_sequences()
-    model = cls(**SMALL).fit(m, sequences=seqs, progress=False)
+    model = fitted_on_cycles(cls)
     users = np.arange(N_USERS)
     last = seqs[1][seqs[0][1:] - 1]
     top, _ = model.recommend(users, 1, exclude=m)
@@ -61,6 +81,35 @@ def test_learns_the_next_item_where_a_bag_of_items_cannot(cls) -> None:
     assert int(np.argmax(state[0] @ model.item_embeddings().T)) == 6
     np.testing.assert_allclose(model.encode([seqs[1][: seqs[0][1]]])[0], model.user_embeddings()[0],
                                rtol=1e-5, atol=1e-5)  # fmt: skip
+
+
+def test_bert4rec_reads_a_masked_item_from_both_sides() -> None:
+    """Cloze: a [MASK] in first place is read from the items after it (bidirectional attention;
+    a causal model sees nothing there); training masks ~mask_prob of the real items, never a
+    pad, at least one per window; inference appends [MASK] after the last max_len - 1 items."""
+    _, seqs = cyclic_sequences()
+    model = fitted_on_cycles(BERT4Rec)
+    net, mask = model.net.eval(), model.net.mask_token
+    starts = np.arange(N_ITEMS)
+    tokens = np.zeros((N_ITEMS, SMALL["max_len"]), dtype=np.int64)  # [MASK], s + 1 .. s + 5
+    tokens[:, -6] = mask
+    tokens[:, -5:] = np.stack([(starts + k) % N_ITEMS + 1 for k in range(1, 6)], axis=1)
+    with torch.no_grad():
+        first = net(torch.from_numpy(tokens))[:, -6] @ net.item_vectors().T
+    # chance (and a causal mask here) 0.05; seeds 0-1 give 0.65-0.7 (the first item is the
+    # rarest masked one)
+    assert (first.argmax(1).numpy() == starts).mean() > 0.4
+    windows = torch.from_numpy(model._windows(*seqs))
+    assert windows.shape[1] == SMALL["max_len"]
+    with torch.no_grad():
+        draws = [model._predictions(windows, torch.Generator().manual_seed(r)) for r in range(10)]
+    targets = [len(target) for _, target in draws]
+    real = int((windows > 0).sum())
+    assert 0.2 * real < np.mean(targets) < 0.2 * real + len(windows)  # + one per empty window
+    query = model._query(torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]]))
+    assert query.tolist() == [[2, 3, 4, 5, 6, 7, 8, mask]]
+    with pytest.raises(ValueError, match="mask_prob"):
+        BERT4Rec(mask_prob=1.0)
 
 
 def test_windows_and_histories() -> None:
@@ -106,7 +155,7 @@ def test_training_data_has_time_ordered_sequences(tmp_path: Path) -> None:
     assert decoded == {"ua": ["i2", "i0"], "ub": ["i9", "i1", "i9"]}
 
 
-@pytest.mark.parametrize("name", ["gru4rec", "sasrec"])
+@pytest.mark.parametrize("name", ["gru4rec", "sasrec", "bert4rec"])
 def test_selectable_from_the_commands_and_the_builder(name, tmp_path, monkeypatch) -> None:
     parser = build_parser()
     for argv in (

@@ -61,6 +61,7 @@ import pyarrow.parquet as pq
 from pipelines.core import layout, schema
 from pipelines.core.progress import progress
 from pipelines.core.settings import Settings
+from pipelines.data.titles import write_item_text
 
 log = logging.getLogger(__name__)
 
@@ -363,7 +364,12 @@ def _movielens_items(folder: Path, first_seen: pd.Series) -> pd.DataFrame | None
         category = [ML_GENRES[row.argmax()] if row.any() else "unknown" for row in genres]
         created = pd.to_datetime(raw[2], format="%d-%b-%Y", errors="coerce")
         items = pd.DataFrame(
-            {"item_id": raw[0].str.strip(), "category": category, "created_date": created}
+            {
+                "item_id": raw[0].str.strip(),
+                "category": category,
+                "created_date": created,
+                "title": raw[1].fillna(""),  # the film's title: DSSM's item text
+            }
         )
     elif movies.exists():
         raw = pd.read_csv(movies, dtype=str)
@@ -372,6 +378,7 @@ def _movielens_items(folder: Path, first_seen: pd.Series) -> pd.DataFrame | None
                 "item_id": raw["movieId"].str.strip(),
                 "category": raw["genres"].str.split("|").str[0].fillna("unknown"),
                 "created_date": pd.NaT,
+                "title": raw["title"].fillna("") if "title" in raw.columns else "",
             }
         )
     else:
@@ -427,6 +434,7 @@ def import_movielens(settings: Settings, path: Path) -> ImportSummary:
         schema.write_table_atomic(
             schema.conform(items, schema.ITEMS), layout.attributes_path(settings, "items")
         )
+        write_item_text(settings, items)  # data/item_text.parquet: the titles
     users = _movielens_users(path.parent, first_user)
     if users is not None:
         schema.write_table_atomic(

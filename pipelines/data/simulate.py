@@ -67,6 +67,8 @@ Files (under ``RECLOOP_HOME``)
 ------------------------------
 * ``data/users.parquet``, ``data/items.parquet`` (schema ``USERS`` / ``ITEMS``): everyone that
   exists by the last simulated day.
+  Item titles (DSSM's text) are written nowhere: :mod:`pipelines.data.titles` derives each from
+  the item's id and category with a stable hash when it is read, so these files keep their bytes.
 * ``data/interactions/date=D/part-0.parquet`` (schema ``INTERACTIONS``): one ``impression`` per
   shown item, ``click`` / ``purchase`` (value 1) / ``rating`` (value 1..5) rows with the request,
   position and propensity of their impression. Ids: users ``u<n>``, items ``i<n>``, requests

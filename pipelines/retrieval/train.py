@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 MODELS = (
     "mf", "mf_explicit", "two_tower", "popular", "itemknn", "userknn", "ncf", "bpr",
-    "gru4rec", "sasrec",
+    "gru4rec", "sasrec", "bert4rec", "dssm",
 )  # fmt: skip
 #: ALS settings for the daily job, chosen on the demo simulator's validation day (train days 1-6,
 #: validate day 7; benchmarks/bench_retrieval.py). With ~2 positives per user, weak regularization
@@ -127,6 +127,26 @@ SEQUENTIAL_PARAMS: dict[str, Any] = {
 }
 
 
+#: DSSM (``models.dssm``): word-hashed item titles (``pipelines.data.titles``: MovieLens titles,
+#: the simulator's generated ones) + category, users as their recent history's trigrams +
+#: demographics; tanh towers, cosine / 0.1. On the demo simulator's validation day
+#: (benchmarks/bench_dssm.py --validate) 16 negatives beat the paper's 4 (truth NDCG@10 0.285 vs
+#: 0.271) and the log-popularity prior at 0.5 helped a little; 10 or 40 epochs, temperature
+#: 0.05 / 0.2 no better
+DSSM_PARAMS: dict[str, Any] = {
+    "n_buckets": 1 << 13,
+    "hidden": (128,),
+    "dim": 64,
+    "n_negatives": 16,
+    "temperature": 0.1,
+    "epochs": 20,
+    "batch_size": 256,
+    "lr": 1e-3,
+    "max_history": 50,
+    "popularity_weight": 0.5,
+}
+
+
 def build_model(name: str, data: TrainingData, settings: Settings, seed: int = 0) -> Any:
     """Construct and fit model ``name`` (one of ``MODELS``) on ``data``."""
     from models.als import ALS
@@ -170,11 +190,24 @@ def build_model(name: str, data: TrainingData, settings: Settings, seed: int = 0
         return NCF(**NCF_PARAMS, seed=seed).fit(data.implicit)
     if name == "bpr":
         return BPR(**BPR_PARAMS, seed=seed).fit(data.implicit)
-    if name in ("gru4rec", "sasrec"):
-        from models.sequential import GRU4Rec, SASRec
+    if name in ("gru4rec", "sasrec", "bert4rec"):
+        from models.sequential import BERT4Rec, GRU4Rec, SASRec
 
-        cls = GRU4Rec if name == "gru4rec" else SASRec
+        cls = {"gru4rec": GRU4Rec, "sasrec": SASRec, "bert4rec": BERT4Rec}[name]
         return cls(**SEQUENTIAL_PARAMS, seed=seed).fit(data.implicit, sequences=data.sequences)
+    if name == "dssm":
+        from models.dssm import DSSM
+        from pipelines.data.titles import load_item_text
+
+        users = entity_features(settings, "user", data.date, data.users)
+        items = entity_features(settings, "item", data.date, data.items)
+        return DSSM(**DSSM_PARAMS, seed=seed).fit(
+            data.implicit,
+            item_text=load_item_text(settings, data.items),
+            user_groups=group_codes(users, MF_USER_GROUPS, len(data.users)),
+            item_groups=group_codes(items, MF_ITEM_GROUPS, len(data.items)),
+            sequences=data.sequences,
+        )
     raise ValueError(f"unknown model {name!r}: expected one of {MODELS}")
 
 
