@@ -14,7 +14,9 @@ Takes one day's interaction logs (`RECLOOP_HOME/data/interactions/date={{ ds }}`
 3. **features** — DuckDB feature tables for the day and `feast apply` (Redis is written after the
    gate, by **materialize**).
 4. **train_mf**, **train_two_tower**, **train_popular**, **train_itemknn** — retrieval models on the
-   validated history up to the day → `artifacts/models/<model>/date=D/`.
+   validated history up to the day → `artifacts/models/<model>/date=D/`; **train_extra** — the
+   retrievers `RECLOOP_TRAIN_EXTRA` names (none by default: a logged no-op), each then a
+   candidate source of the day's bundle under its own name (`RECLOOP_SERVE_SOURCES`).
 5. **build_index** — FAISS index over the two-tower item embeddings; recall@10 against exact search
    is measured and a build below its target fails.
 6. **evaluate** — forward evaluation: the models trained through yesterday, scored on today's
@@ -72,6 +74,7 @@ imported at parse time.
 | `register` | `release/register.py` `register_day` (MLflow: `release/registry.py`) |
 | `gate` | `release/gate.py` `daily_gate` |
 | `fit_linucb` | `release/linucb_fit.py` `daily_fit` (state: `serving/linucb.py`) |
+| `train_extra` | `retrieval/train.py` `train` for each model of `RECLOOP_TRAIN_EXTRA` (none by default) |
 """
 
 from __future__ import annotations
@@ -141,6 +144,12 @@ def recloop_daily():
         return tasks.fit_linucb(ds, params=params)
 
     @task
+    def train_extra(ds: str | None = None, params: dict | None = None) -> dict:
+        from pipelines.orchestration import tasks
+
+        return tasks.train_extra(ds, params=params)
+
+    @task
     def train_mf(ds: str | None = None, params: dict | None = None) -> dict:
         from pipelines.orchestration import tasks
 
@@ -206,13 +215,14 @@ def recloop_daily():
     checked >> [stats(), feats, fit_linucb()]
     feats >> [offline_eval, ranker_eval]
     mf, two_tower, ranker = train_mf(), train_two_tower(), train_ranker()
-    feats >> [mf, two_tower, train_popular(), train_itemknn()]
+    extra = train_extra()
+    feats >> [mf, two_tower, train_popular(), train_itemknn(), extra]
     index = build_index()
     two_tower >> [index, ranker]
     online = materialize()  # after the gate (or its skip: backfill, skip_training)
     [offline_eval, ranker_eval] >> gate() >> online
     feats >> online
-    [mf, index, ranker, online] >> register()
+    [mf, extra, index, ranker, online] >> register()
 
 
 recloop_daily()

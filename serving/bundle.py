@@ -47,7 +47,13 @@ import pandas as pd
 
 from pipelines.core.settings import Settings
 from pipelines.retrieval.cold_start import item_popularity, trending_order
-from serving.sources import CovisitSource, MFSource, catalog_cumulative
+from serving.sources import (
+    MODEL_SOURCES,
+    CovisitSource,
+    MFSource,
+    ModelSource,
+    catalog_cumulative,
+)
 
 log = logging.getLogger("recloop.serving.bundle")
 
@@ -308,6 +314,7 @@ class LoadedBundle:
     user_tower: UserTower | None = None
     mf: Any | None = None  # serving.sources.MFSource: the MF trained with the two-tower
     covisit: Any | None = None  # serving.sources.CovisitSource over the training matrix
+    model_sources: dict[str, Any] = field(default_factory=dict)  # name → sources.ModelSource
     loaded_at: float = field(default_factory=time.time)
     load_seconds: float = 0.0
 
@@ -392,6 +399,7 @@ def load(settings: Settings, ref: str, as_of: str | None = None) -> LoadedBundle
         user_tower=tower,
         mf=_load_mf(settings, b.get("logical_date")),
         covisit=covisit,
+        model_sources=_load_model_sources(settings, b.get("logical_date")),
     )
     out.load_seconds = time.perf_counter() - t0
     log.info(
@@ -405,19 +413,37 @@ def load(settings: Settings, ref: str, as_of: str | None = None) -> LoadedBundle
 
 def _load_mf(settings: Settings, logical_date: str | None) -> MFSource | None:
     """The ``mf`` candidate source: the MF artifact trained through the bundle's logical date
-    (``artifacts/models/mf/date=D``), or None when there is none or it cannot be read (logged:
-    the other sources serve). It is found by date, not pinned by hash like the components."""
+    (``artifacts/models/mf/date=D``), or None (:func:`_load_artifact`)."""
+    art = _load_artifact(settings, "mf", logical_date)
+    return None if art is None else MFSource.from_model(art.model, art.users, art.items)
+
+
+def _load_model_sources(settings: Settings, logical_date: str | None) -> dict[str, ModelSource]:
+    """The :data:`serving.sources.MODEL_SOURCES` with an artifact trained through the bundle's
+    logical date, by name (usually none: the daily DAG trains them only when
+    ``RECLOOP_TRAIN_EXTRA`` names them)."""
+    out = {}
+    for name in MODEL_SOURCES:
+        art = _load_artifact(settings, name, logical_date)
+        if art is not None:
+            out[name] = ModelSource(name, art.model, art.users, np.asarray(art.items.ids, str))
+    return out
+
+
+def _load_artifact(settings: Settings, name: str, logical_date: str | None) -> Any | None:
+    """Retriever artifact ``name`` trained through ``logical_date`` (``artifacts/models/<name>/
+    date=D``), or None when there is none or it cannot be read (logged: the other sources
+    serve). Found by date, not pinned by hash like the bundle's components."""
     from pipelines.retrieval.train import load_artifact
 
     if not logical_date:
         return None
     try:
-        art = load_artifact(settings, "mf", logical_date)
-        return MFSource.from_model(art.model, art.users, art.items)
+        return load_artifact(settings, name, logical_date)
     except FileNotFoundError:
         return None
-    except Exception as exc:  # noqa: BLE001 - a broken MF leaves the other sources serving
-        log.error("mf source for %s not loaded: %r", logical_date, exc)
+    except Exception as exc:  # noqa: BLE001 - a broken model leaves the other sources serving
+        log.error("%s source for %s not loaded: %r", name, logical_date, exc)
         return None
 
 

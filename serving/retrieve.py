@@ -168,6 +168,8 @@ def _offers(
             lists.append(SourceList(name, ids, scores))
         elif name == "mf" and bundle.mf is not None:
             lists.append(bundle.mf.offer(user_id, n, drop))
+        elif name in bundle.model_sources:
+            lists.append(bundle.model_sources[name].offer(user_id, n, drop))
         elif name == "trending":
             lists.append(_cold(bundle, n, drop, categories))
         elif name == "catalog":
@@ -279,7 +281,8 @@ def candidates(
             degraded = True
             lists = [_cold(bundle, n, drop, ())]
     failed = "retrieve" in fallbacks
-    known = query is not None or row >= 0 or (bundle.mf is not None and bundle.mf.knows(user_id))
+    models = [bundle.mf, *(bundle.model_sources.get(q) for q in quotas)]
+    known = query is not None or row >= 0 or any(m is not None and m.knows(user_id) for m in models)
     if not known and any(x.name == "covisit" for x in lists):  # known by their online sequence
         known = True
         fallbacks.append("online_sequence")

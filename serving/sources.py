@@ -13,6 +13,10 @@ best first, with its own scores; the seen and excluded items (``drop``) are neve
   from Redis (items engaged with since the bundle was trained too), the most recent weighted
   most (:func:`recency_history`).
 - ``trending``: the item table's trending order (context categories first).
+- ``bpr``, ``ncf``, ``gru4rec``, ``sasrec``, ``bert4rec``, ``dssm`` (:data:`MODEL_SOURCES`): that
+  retriever's artifact trained through the bundle's logical date (:class:`ModelSource`), its
+  ``score_all`` over every item it knows, for the users it knows (sequential models: the state
+  after the user's training sequence).
 - ``catalog``: a sample of the whole item table, weighted towards the least shown items
   (:func:`catalog_sample`), drawn from a generator seeded by the user and the bundle: it keeps
   the catalog open (the other sources all favour the same popular items) while the candidate set
@@ -34,7 +38,11 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-SOURCES = ("two_tower", "mf", "covisit", "trending", "catalog")
+MODEL_SOURCES = ("bpr", "ncf", "gru4rec", "sasrec", "bert4rec", "dssm")
+"""Retrievers that serve as candidate sources under their own name (:class:`ModelSource`) when
+an artifact of theirs was trained through the bundle's logical date (``recloop train --model M
+--date D``, or the daily DAG's ``train_extra`` with ``RECLOOP_TRAIN_EXTRA``)."""
+SOURCES = ("two_tower", "mf", "covisit", "trending", "catalog", *MODEL_SOURCES)
 EXPLORE_ONLY = ("catalog",)
 """Sources whose candidates only the explore slot may show (``serving.pipeline``): a ranker
 trained on what was shown extrapolates to never-shown items."""
@@ -202,6 +210,28 @@ class MFSource:
         scores = self.item_vecs @ self.user_vecs[row]
         ids, s = top_excluding(scores, self.item_ids, n, drop)
         return SourceList("mf", ids, s)
+
+
+@dataclass
+class ModelSource:
+    """Any :class:`models.base.Retriever` as a candidate source named ``name``: ``model`` scores
+    every item of ``item_ids`` ``(I,)`` for a user of ``users`` (``score_all``, one row)."""
+
+    name: str
+    model: object
+    users: object  # pipelines.core.vocab.Vocab
+    item_ids: np.ndarray  # (I,) str
+
+    def knows(self, user_id: str) -> bool:
+        return int(self.users.encode([user_id])[0]) >= 0  # type: ignore[attr-defined]
+
+    def offer(self, user_id: str, n: int, drop: set[str]) -> SourceList:
+        row = int(self.users.encode([user_id])[0])  # type: ignore[attr-defined]
+        if row < 0 or n <= 0:
+            return SourceList(self.name, [], np.zeros(0))
+        scores = np.asarray(self.model.score_all(np.array([row]))[0], dtype=np.float64)  # type: ignore[attr-defined]
+        ids, s = top_excluding(scores, self.item_ids, n, drop)
+        return SourceList(self.name, ids, s)
 
 
 @dataclass

@@ -26,7 +26,7 @@ DAY0, DAY1 = "2026-01-01", "2026-01-02"
 EXPECTED_TASKS = {
     "validate", "stats", "features", "train_mf", "train_two_tower", "train_popular",
     "train_itemknn", "build_index", "evaluate", "train_ranker", "evaluate_ranker", "register",
-    "gate", "materialize", "fit_linucb",
+    "gate", "materialize", "fit_linucb", "train_extra",
 }  # fmt: skip
 
 

@@ -86,6 +86,8 @@ def test_daily_dag_fits_linucb_and_the_inline_runner_runs_the_same_tasks(dagbag)
 
     dag = dagbag.dags["recloop_daily"]
     assert dag.get_task("fit_linucb").upstream_task_ids == {"validate"}
+    assert dag.get_task("train_extra").upstream_task_ids == {"features"}
+    assert "train_extra" in dag.get_task("register").upstream_task_ids
     names = {"compute_features": "features"}
     inline = {f"train_{arg}" if arg else names.get(fn, fn) for fn, arg in DAILY_TASKS}
     assert inline == set(dag.task_ids)

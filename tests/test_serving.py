@@ -551,3 +551,33 @@ def test_fast_hydrate_and_rank_equal_the_feature_store_and_ranker_paths(world: S
     np.testing.assert_allclose(
         score_candidates(b, mine), b.ranker.predict_proba(frame), rtol=0, atol=1e-7
     )
+
+
+def test_a_retriever_trained_by_train_extra_serves_as_a_candidate_source(
+    world: Settings, monkeypatch: pytest.MonkeyPatch
+):
+    """``RECLOOP_TRAIN_EXTRA=bpr``: the DAG's ``train_extra`` trains BPR through the bundle's
+    day, the bundle loads it as a source, and a ``bpr`` quota puts its items among the
+    candidates (sourced ``bpr``); an unknown name fails naming the setting."""
+    from pipelines.orchestration import tasks
+    from serving import retrieve
+    from serving.bundle import load
+    from serving.engine import build_engine
+
+    user, _ = known_user(world)
+    assert "bpr" not in load(world, "champion").model_sources
+    monkeypatch.setenv("RECLOOP_TRAIN_EXTRA", "nope")
+    with pytest.raises(ValueError, match="RECLOOP_TRAIN_EXTRA"):
+        tasks.train_extra(DAYS[0])
+    monkeypatch.setenv("RECLOOP_TRAIN_EXTRA", "bpr")
+    assert set(tasks.train_extra(DAYS[0])) == {"bpr"}
+    bundle = load(world, "champion")
+    assert set(bundle.model_sources) == {"bpr"} and bundle.model_sources["bpr"].knows(user)
+    engine = build_engine(world, config(source_quotas=(("two_tower", 10), ("bpr", 10))))
+    try:
+        found = retrieve.candidates(engine, bundle, user, (), (), lambda: 1000.0)
+    finally:
+        engine.hydrate_pool.shutdown(wait=False)
+    assert found.sources.count("bpr") >= 5 and not found.cold
+    offer = bundle.model_sources["bpr"].offer(user, 10, set())
+    assert set(offer.ids) & {i for i, s in zip(found.ids, found.sources, strict=True) if s == "bpr"}

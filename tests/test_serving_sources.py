@@ -69,6 +69,19 @@ def test_mf_source_scores_by_inner_product_and_knows_only_its_users():
     assert src.offer("nobody", 3, set()).ids == []
 
 
+def test_model_source_offers_any_retrievers_scores_under_its_name():
+    class Model:
+        def score_all(self, users):
+            return np.array([[0.1, 0.9, 0.5], [0.7, 0.2, 0.3]])[users]
+
+    src = sources.ModelSource("gru4rec", Model(), Vocab(["u0", "u1"]), np.array(["i0", "i1", "i2"]))
+    offer = src.offer("u0", 2, set())
+    assert offer.name == "gru4rec" and offer.ids == ["i1", "i2"]
+    assert src.offer("u1", 3, {"i0"}).ids == ["i2", "i1"]
+    assert src.offer("nobody", 3, set()).ids == [] and not src.knows("nobody")
+    assert "gru4rec" in sources.SOURCES
+
+
 def test_covisit_offers_items_engaged_by_the_same_users_not_the_history():
     # u0 and u1 both took i0 and i1; u2 took i2 and i3
     seen = sp.csr_matrix(np.array([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1]], dtype=np.float32))

@@ -16,6 +16,7 @@ environment, and ``Settings.ensure_dirs()`` is the one place that creates the wo
 | ``RECLOOP_RATING_POSITIVE``  | ``0``                                     | ranker without impressions: a rating >= this is a positive (0: every rating, as retrieval and evaluation count it) |
 | ``RECLOOP_RANKER_WINDOW_DAYS`` | ``28``                                 | ranker training window: labelled impressions of the last N validated days (the last one held out for early stopping and calibration) |
 | ``RECLOOP_RANKER``           | ``dlrm_dot``                              | the daily ranker (``ranker`` artifact): ``dlrm_dot``, ``dlrm_cross``, ``dlrm_fm``, ``deepfm``, ``wide_deep`` or ``logistic`` (``pipelines.ranking.train.RANKERS``; the ``ranker_lr`` baseline is always trained too) |
+| ``RECLOOP_TRAIN_EXTRA``      | (empty)                                   | comma-separated retrievers the daily DAG's ``train_extra`` task also trains (``bpr``, ``ncf``, ``gru4rec``, ``sasrec``, ``bert4rec``, ``dssm``), each then a candidate source the service can be given a quota of (``RECLOOP_SERVE_SOURCES``) |
 | ``RECLOOP_RANKER_IPS``       | ``0``                                     | 1: the daily ranker's loss weighted by inverse logged propensities (IPS; impression-trained rankers only; off: measured worse, benchmarks/README.md) |
 | ``RECLOOP_GATE_TEST_DAYS``   | ``1``                                     | forward evaluation and gate on day D: models trained through D−H scored on the pooled positives of days D−H+1..D (H test days; 1: the day itself) |
 | ``RECLOOP_TASK_RETRIES``     | ``2``                                     | Airflow retries per task |
@@ -99,6 +100,7 @@ class Settings:
     ranker_window_days: int = 28
     ranker: str = "dlrm_dot"
     ranker_ips: bool = False  # IPS loss weights from the logged propensities (issue 16)
+    train_extra: tuple[str, ...] = ()  # retrievers the DAG's train_extra task trains (issue 16)
     task_retries: int = 2
     retry_delay_s: float = 30.0
     serve_url: str = "http://127.0.0.1:8000"
@@ -147,6 +149,11 @@ class Settings:
             ),
             ranker=ranker,
             ranker_ips=bool(env_int(env, "RECLOOP_RANKER_IPS", int(cls.ranker_ips))),
+            train_extra=tuple(
+                x.strip()
+                for x in (env_text(env, "RECLOOP_TRAIN_EXTRA") or "").split(",")
+                if x.strip()
+            ),
             task_retries=env_int(env, "RECLOOP_TASK_RETRIES", cls.task_retries),
             retry_delay_s=env_float(env, "RECLOOP_RETRY_DELAY_S", cls.retry_delay_s),
             serve_url=env_text(env, "RECLOOP_SERVE_URL", cls.serve_url).rstrip("/"),
@@ -235,6 +242,7 @@ class Settings:
             "RECLOOP_GATE_TEST_DAYS": str(self.gate_test_days),
             "RECLOOP_RANKER_WINDOW_DAYS": str(self.ranker_window_days),
             "RECLOOP_RANKER_IPS": str(int(self.ranker_ips)),
+            "RECLOOP_TRAIN_EXTRA": ",".join(self.train_extra),
             "RECLOOP_RANKER": self.ranker,
             "RECLOOP_TASK_RETRIES": str(self.task_retries),
             "RECLOOP_RETRY_DELAY_S": str(self.retry_delay_s),

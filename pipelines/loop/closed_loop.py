@@ -80,7 +80,8 @@ DAILY_TASKS: tuple[tuple[str, str | None], ...] = (
     ("validate", None), ("stats", None), ("compute_features", None), ("evaluate", None),
     ("evaluate_ranker", None), ("gate", None), ("materialize", None), ("train_model", "mf"),
     ("train_model", "two_tower"), ("train_model", "popular"), ("train_model", "itemknn"),
-    ("build_index", None), ("train_ranker", None), ("register", None), ("fit_linucb", None),
+    ("build_index", None), ("train_ranker", None), ("train_extra", None), ("register", None),
+    ("fit_linucb", None),
 )  # fmt: skip
 """The daily DAG's tasks in an order its dependencies allow (the inline runner's order)."""
 FLUSH_S = 1.0  # the service's impression-log flush interval in the loop (seconds)

@@ -184,6 +184,22 @@ def train_model(ds: str, name: str, params: Mapping[str, Any] | None = None) -> 
     return _jsonable(train(settings, name, ds))
 
 
+def train_extra(ds: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Train the retrievers named by ``RECLOOP_TRAIN_EXTRA`` through ``ds`` (default none: a
+    logged no-op), each then a candidate source of the bundles of ``ds``
+    (:data:`serving.sources.MODEL_SOURCES`). An unknown name: ``ValueError`` naming the setting."""
+    skip_before_train_from(ds, params)
+    from pipelines.retrieval.train import MODELS
+
+    names = _settings().train_extra
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        raise ValueError(f"RECLOOP_TRAIN_EXTRA: unknown model(s) {unknown}; known: {MODELS}")
+    if not names:
+        log.info("train_extra %s: RECLOOP_TRAIN_EXTRA is empty, nothing to train", ds)
+    return {name: train_model(ds, name, params) for name in names}
+
+
 def build_index(ds: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """FAISS index over the two-tower item embeddings trained through ``ds``, recall-checked."""
     skip_before_train_from(ds, params)

@@ -28,7 +28,7 @@ from tests.helpers import DAGS, RedisServer, free_port, tiny_trained_workspace
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 DAY = "2026-01-01"
 RELEASE_DAYS = ("2026-01-01", "2026-01-02")  # trained in-process by the module fixture
-DAILY_TASKS = 15  # validate, fit_linucb, stats, features, 4 x train_*, build_index, ...
+DAILY_TASKS = 16  # validate, fit_linucb, stats, features, 5 x train_*, build_index, ...
 
 
 @dataclass
