@@ -46,7 +46,13 @@ from serving.hydrate import (
     submit,
     tower_service,
 )
-from serving.sources import SourceList, catalog_sample, merge, recency_history
+from serving.sources import (
+    SEQUENTIAL_SOURCES,
+    SourceList,
+    catalog_sample,
+    merge,
+    recency_history,
+)
 
 log = logging.getLogger("recloop.serving.retrieve")
 
@@ -210,6 +216,25 @@ def _covisit(
     return bundle.covisit.offer(history, n, drop, weights)
 
 
+def _sequential_offers(
+    bundle: LoadedBundle,
+    user_id: str,
+    recent: list[str],
+    quotas: dict[str, int],
+    drop: set[str],
+    lists: list[SourceList],
+) -> list[SourceList]:
+    """``lists`` with each sequential model source (``gru4rec``, ``sasrec``, ``bert4rec``) offered
+    again from the user's online sequence ``recent`` (its state after those items) when there is
+    one: a sequential model follows what the user did since its training day."""
+    for name in SEQUENTIAL_SOURCES:
+        src = bundle.model_sources.get(name)
+        if recent and name in quotas and src is not None:
+            lists = [x for x in lists if x.name != name]
+            lists.append(src.offer(user_id, quotas[name], drop, recent))
+    return lists
+
+
 def _sequence(
     engine: Engine, pending: Pending | None, budget_ms: Callable[[], float]
 ) -> tuple[list[str], str | None]:
@@ -273,6 +298,7 @@ def candidates(
                 co := _covisit(cfg, bundle, row, recent, quotas["covisit"], drop)
             ):
                 lists.append(co)
+            lists = _sequential_offers(bundle, user_id, recent, quotas, drop, lists)
             order = list(quotas)  # the sources in their configured order (merge's tie-break)
             lists = sorted((x for x in lists if x.ids), key=lambda x: order.index(x.name))
         except Exception as exc:  # noqa: BLE001

@@ -33,7 +33,8 @@ what serves when it has none.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -42,6 +43,8 @@ MODEL_SOURCES = ("bpr", "ncf", "gru4rec", "sasrec", "bert4rec", "dssm")
 """Retrievers that serve as candidate sources under their own name (:class:`ModelSource`) when
 an artifact of theirs was trained through the bundle's logical date (``recloop train --model M
 --date D``, or the daily DAG's ``train_extra`` with ``RECLOOP_TRAIN_EXTRA``)."""
+SEQUENTIAL_SOURCES = ("gru4rec", "sasrec", "bert4rec")
+"""Model sources that can follow the user's online sequence (``ModelSource.offer``'s ``recent``)."""
 SOURCES = ("two_tower", "mf", "covisit", "trending", "catalog", *MODEL_SOURCES)
 EXPLORE_ONLY = ("catalog",)
 """Sources whose candidates only the explore slot may show (``serving.pipeline``): a ranker
@@ -221,17 +224,37 @@ class ModelSource:
     model: object
     users: object  # pipelines.core.vocab.Vocab
     item_ids: np.ndarray  # (I,) str
+    _col: dict[str, int] | None = field(default=None, init=False, repr=False)
 
     def knows(self, user_id: str) -> bool:
         return int(self.users.encode([user_id])[0]) >= 0  # type: ignore[attr-defined]
 
-    def offer(self, user_id: str, n: int, drop: set[str]) -> SourceList:
-        row = int(self.users.encode([user_id])[0])  # type: ignore[attr-defined]
-        if row < 0 or n <= 0:
+    def offer(
+        self, user_id: str, n: int, drop: set[str], recent: list[str] | None = None
+    ) -> SourceList:
+        """The top ``n`` for the user; a sequential model (:data:`SEQUENTIAL_SOURCES`) given the
+        user's ``recent`` item ids (oldest first) scores from its state after those items
+        (``encode``), so it also serves users it was not trained on."""
+        model: Any = self.model
+        if n <= 0:
             return SourceList(self.name, [], np.zeros(0))
-        scores = np.asarray(self.model.score_all(np.array([row]))[0], dtype=np.float64)  # type: ignore[attr-defined]
+        cols = self._columns(recent) if recent and self.name in SEQUENTIAL_SOURCES else []
+        if cols:
+            state = model.encode([cols])[0]
+            scores = (model.item_embeddings() @ state).astype(np.float64)
+        else:
+            row = int(self.users.encode([user_id])[0])  # type: ignore[attr-defined]
+            if row < 0:
+                return SourceList(self.name, [], np.zeros(0))
+            scores = np.asarray(model.score_all(np.array([row]))[0], dtype=np.float64)
         ids, s = top_excluding(scores, self.item_ids, n, drop)
         return SourceList(self.name, ids, s)
+
+    def _columns(self, item_ids: list[str]) -> list[int]:
+        """The model's item columns of ``item_ids`` (unknown ids left out), in order."""
+        if self._col is None:
+            self._col = {str(i): j for j, i in enumerate(self.item_ids)}
+        return [self._col[i] for i in item_ids if i in self._col]
 
 
 @dataclass

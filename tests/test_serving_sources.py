@@ -82,6 +82,30 @@ def test_model_source_offers_any_retrievers_scores_under_its_name():
     assert "gru4rec" in sources.SOURCES
 
 
+def test_sequential_source_follows_the_online_sequence():
+    """A sequential model source scores from its state after the user's recent items when
+    given them (any user), from the user's training state otherwise (known users only)."""
+    items = np.array(["i0", "i1", "i2"])
+
+    class Seq:
+        def encode(self, sequences):  # state = the last item's one-hot
+            return np.eye(3)[[seq[-1] for seq in sequences]]
+
+        def item_embeddings(self):  # item j follows item j - 1
+            return np.roll(np.eye(3), -1, axis=1)
+
+        def score_all(self, users):
+            return np.array([[0.0, 0.0, 1.0]])[users]
+
+    src = sources.ModelSource("gru4rec", Seq(), Vocab(["u0"]), items)
+    assert src.offer("u0", 1, set()).ids == ["i2"]  # no sequence: the training state
+    assert src.offer("u0", 1, set(), ["i2", "i0"]).ids == ["i1"]  # after i0 comes i1
+    assert src.offer("new", 1, set(), ["zz", "i1"]).ids == ["i2"]  # unknown user, known items
+    assert src.offer("new", 1, set()).ids == []
+    bpr = sources.ModelSource("bpr", Seq(), Vocab(["u0"]), items)
+    assert bpr.offer("u0", 1, set(), ["i0"]).ids == ["i2"]  # not sequential: ignores it
+
+
 def test_covisit_offers_items_engaged_by_the_same_users_not_the_history():
     # u0 and u1 both took i0 and i1; u2 took i2 and i3
     seen = sp.csr_matrix(np.array([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1]], dtype=np.float32))
