@@ -222,7 +222,11 @@ def test_skip_training_and_force_materialize_params(
     calls: list[bool] = []
     monkeypatch.setattr(tables, "compute_features", lambda s, ds: {"date": ds})
     monkeypatch.setattr(store, "apply_repo", lambda s: None)
-    monkeypatch.setattr(store, "materialize_date", lambda s, ds, force=False: calls.append(force))
+    monkeypatch.setattr(
+        store,
+        "materialize_date",
+        lambda s, ds, force=False: calls.append(force) or {"skipped": True},
+    )
     tasks.features("2026-01-02")
     tasks.features("2026-01-02", params={"force_materialize": False})
     tasks.features("2026-01-02", params={"force_materialize": True})
