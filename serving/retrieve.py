@@ -161,13 +161,16 @@ def _offers(
     categories: tuple[str, ...],
     quotas: dict[str, int],
     extra: int = 0,
+    later: tuple[str, ...] = (),
 ) -> list[SourceList]:
     """Each configured source's offer for the user (see :mod:`serving.sources`) but
-    ``covisit`` (:func:`_covisit`), ``extra`` more than its quota (but ``catalog``: its sample is
-    a function of the quota); the ``two_tower`` search raising propagates (the caller falls
-    back)."""
+    ``covisit`` (:func:`_covisit`) and the sources named in ``later`` (offered once the online
+    sequence is read), ``extra`` more than its quota (but ``catalog``: its sample is a function
+    of the quota); the ``two_tower`` search raising propagates (the caller falls back)."""
     lists: list[SourceList] = []
     for name, q in quotas.items():
+        if name in later:
+            continue
         n = q + extra
         if name == "two_tower" and query is not None:
             ids, scores = search(bundle, query, n, drop)
@@ -224,13 +227,13 @@ def _sequential_offers(
     drop: set[str],
     lists: list[SourceList],
 ) -> list[SourceList]:
-    """``lists`` with each sequential model source (``gru4rec``, ``sasrec``, ``bert4rec``) offered
-    again from the user's online sequence ``recent`` (its state after those items) when there is
-    one: a sequential model follows what the user did since its training day."""
+    """``lists`` plus each sequential model source (``gru4rec``, ``sasrec``, ``bert4rec``; left
+    out of :func:`_offers` while the sequence was read) offered from the user's online sequence
+    ``recent`` (its state after those items; none: the user's training state): a sequential
+    model follows what the user did since its training day."""
     for name in SEQUENTIAL_SOURCES:
         src = bundle.model_sources.get(name)
-        if recent and name in quotas and src is not None:
-            lists = [x for x in lists if x.name != name]
+        if name in quotas and src is not None:
             lists.append(src.offer(user_id, quotas[name], drop, recent))
     return lists
 
@@ -290,7 +293,8 @@ def candidates(
     if not cfg.force_cold_start and err is None:
         try:
             extra = SEQUENCE_OVERSAMPLE if pending is not None else 0
-            lists = _offers(bundle, query, user_id, drop, categories, quotas, extra)
+            later = SEQUENTIAL_SOURCES if pending is not None else ()
+            lists = _offers(bundle, query, user_id, drop, categories, quotas, extra, later)
             recent, seq_err = _sequence(engine, pending, budget_ms)
             drop |= set(recent)
             lists = _without(lists, drop, quotas)
@@ -298,7 +302,8 @@ def candidates(
                 co := _covisit(cfg, bundle, row, recent, quotas["covisit"], drop)
             ):
                 lists.append(co)
-            lists = _sequential_offers(bundle, user_id, recent, quotas, drop, lists)
+            if pending is not None:
+                lists = _sequential_offers(bundle, user_id, recent, quotas, drop, lists)
             order = list(quotas)  # the sources in their configured order (merge's tie-break)
             lists = sorted((x for x in lists if x.ids), key=lambda x: order.index(x.name))
         except Exception as exc:  # noqa: BLE001

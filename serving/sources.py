@@ -225,6 +225,7 @@ class ModelSource:
     users: object  # pipelines.core.vocab.Vocab
     item_ids: np.ndarray  # (I,) str
     _col: dict[str, int] | None = field(default=None, init=False, repr=False)
+    _item_vecs: np.ndarray | None = field(default=None, init=False, repr=False)
 
     def knows(self, user_id: str) -> bool:
         return int(self.users.encode([user_id])[0]) >= 0  # type: ignore[attr-defined]
@@ -240,8 +241,9 @@ class ModelSource:
             return SourceList(self.name, [], np.zeros(0))
         cols = self._columns(recent) if recent and self.name in SEQUENTIAL_SOURCES else []
         if cols:
-            state = model.encode([cols])[0]
-            scores = (model.item_embeddings() @ state).astype(np.float64)
+            if self._item_vecs is None:  # (I, D), read from the model once
+                self._item_vecs = np.asarray(model.item_embeddings(), dtype=np.float32)
+            scores = (self._item_vecs @ model.encode([cols])[0]).astype(np.float64)
         else:
             row = int(self.users.encode([user_id])[0])  # type: ignore[attr-defined]
             if row < 0:
