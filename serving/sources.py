@@ -73,28 +73,37 @@ class Merged:
 
 
 def merge(lists: list[SourceList], quotas: dict[str, int], n: int) -> Merged:
-    """Interleave ``lists`` by ``quotas`` (see the module docstring); at most ``n`` ids."""
-    keys: list[tuple[float, int, int]] = []
+    """Interleave ``lists`` by ``quotas`` (see the module docstring); at most ``n`` ids.
+
+    The keys ``(r + 1) / q`` of every offered item are sorted at once (``np.lexsort``: ties by
+    source order, then rank); one pass over that order keeps each item's first place."""
+    keys, srcs, ranks, ids = [], [], [], []
     for s, lst in enumerate(lists):
         q = max(int(quotas.get(lst.name, len(lst.ids))), 1)
-        keys += [((r + 1) / q, s, r) for r in range(min(len(lst.ids), q))]
-    keys.sort()
-    ids: list[str] = []
-    sources: list[str] = []
-    raw: list[float] = []
+        m = min(len(lst.ids), q)
+        r = np.arange(m)
+        keys.append((r + 1) / q)
+        srcs.append(np.full(m, s))
+        ranks.append(r)
+        ids.extend(lst.ids[:m])
+    if not ids:
+        return Merged([], np.zeros(0), [], np.zeros(0))
+    src, rank = np.concatenate(srcs), np.concatenate(ranks)
     taken: set[str] = set()
-    for _, s, r in keys:
-        item = lists[s].ids[r]
-        if item in taken:
-            continue
-        taken.add(item)
-        ids.append(item)
-        sources.append(lists[s].name)
-        raw.append(float(lists[s].scores[r]))
-        if len(ids) == n:
-            break
-    scores = 1.0 / (1.0 + np.arange(len(ids), dtype=np.float64))
-    return Merged(ids, scores, sources, np.asarray(raw, dtype=np.float64))
+    kept: list[int] = []
+    for i in np.lexsort((rank, src, np.concatenate(keys))).tolist():
+        if ids[i] not in taken:
+            taken.add(ids[i])
+            kept.append(i)
+            if len(kept) == n:
+                break
+    src, rank = src[kept], rank[kept]
+    raw = np.empty(len(kept), dtype=np.float64)
+    for s in np.unique(src):
+        at = src == s
+        raw[at] = np.asarray(lists[s].scores, dtype=np.float64)[rank[at]]
+    scores = 1.0 / (1.0 + np.arange(len(kept), dtype=np.float64))
+    return Merged([ids[i] for i in kept], scores, [lists[s].name for s in src.tolist()], raw)
 
 
 CATALOG_ROUNDS = 4

@@ -187,3 +187,35 @@ def test_item_table_precomputes_the_catalog_weights():
     table = ItemTable.from_frame(frame, None)
     np.testing.assert_allclose(table.catalog_cum, np.cumsum([1, 0.5, 0.25]) / 1.75)
     assert table.catalog_cum[-1] == 1.0
+
+
+def _merge_by_tuples(lists: list[SourceList], quotas: dict[str, int], n: int) -> list[tuple]:
+    """The merge rule spelled out (sorted ``(key, source, rank)`` tuples, first place kept)."""
+    keys = []
+    for s, lst in enumerate(lists):
+        q = max(int(quotas.get(lst.name, len(lst.ids))), 1)
+        keys += [((r + 1) / q, s, r) for r in range(min(len(lst.ids), q))]
+    out, taken = [], set()
+    for _, s, r in sorted(keys):
+        if lists[s].ids[r] not in taken:
+            taken.add(lists[s].ids[r])
+            out.append((lists[s].ids[r], lists[s].name, float(lists[s].scores[r])))
+    return out[:n]
+
+
+def test_merge_equals_the_rule_spelled_out_on_random_offers():
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        lists, quotas = [], {}
+        for name in ("two_tower", "mf", "covisit", "trending")[: rng.integers(1, 5)]:
+            ids = list(
+                dict.fromkeys(f"i{x}" for x in rng.integers(0, 30, size=rng.integers(0, 20)))
+            )
+            lists.append(SourceList(name, ids, rng.random(len(ids))))
+            if rng.random() < 0.8:
+                quotas[name] = int(rng.integers(1, 15))
+        n = int(rng.integers(1, 40))
+        m = merge(lists, quotas, n)
+        assert list(
+            zip(m.ids, m.sources, m.source_scores.tolist(), strict=True)
+        ) == _merge_by_tuples(lists, quotas, n)
