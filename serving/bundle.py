@@ -38,7 +38,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -551,7 +551,7 @@ class BundleManager:
                     out[arm] = "unset"
                     continue
                 if current is not None and current.version == version:
-                    out[arm] = "unchanged"
+                    out[arm] = self._refresh_item_table(arm, current)
                     continue
                 if self._still_rejected(arm, version):
                     out[arm] = f"rejected {version} (earlier)"
@@ -591,6 +591,32 @@ class BundleManager:
         self.rejected_versions.pop(arm, None)
         log.info("reload: %s now bundle %s (was %s)", arm, version, old.version if old else None)
         return f"loaded {version}"
+
+    def _refresh_item_table(self, arm: str, current: LoadedBundle) -> str:
+        """``unchanged``, or, when a newer item feature table than ``current``'s was written
+        since it loaded (a champion that serves another day: the trending list, the click
+        posteriors of exploration and the catalog weights are the day's, as a freshly loaded
+        bundle's and the served OPE's replay are), ``unchanged, item table D`` after swapping in
+        the same bundle with that table. A table that fails to load keeps the current one."""
+        from pipelines.core import schema
+        from pipelines.features.tables import table_dir
+
+        dates = schema.partition_dates(table_dir(self.settings, "item"))
+        have = current.item_table.date
+        if not dates or (have is not None and dates[-1].isoformat() <= have):
+            return "unchanged"
+        ids = current.index.item_ids
+        ids = np.asarray(current.items.ids if ids is None else ids, dtype=str)
+        try:
+            table = ItemTable.load(self.settings, ids)
+        except Exception as exc:  # noqa: BLE001 - keep serving the table we have
+            log.error("reload: item table %s of %s bundle %s unreadable (%r); keeping %s",
+                      dates[-1], arm, current.version, exc, have)  # fmt: skip
+            return f"unchanged (item table {dates[-1]} unreadable: {exc!r})"
+        self.arms[arm] = replace(current, item_table=table)  # the atomic swap
+        log.info("reload: %s bundle %s now serves item table %s (was %s)",
+                 arm, current.version, table.date, have)  # fmt: skip
+        return f"unchanged, item table {table.date}"
 
     def _still_rejected(self, arm: str, version: str) -> bool:
         """Whether ``version`` was rejected for ``arm`` less than ``retry_rejected_s`` ago."""

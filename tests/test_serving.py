@@ -8,6 +8,7 @@ trained through day 1 is the champion and day 2's bundle is registered (version 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
 import shutil
@@ -315,6 +316,40 @@ def test_hot_reload_under_concurrent_requests(world: Settings):
     assert statuses and set(statuses) == {200}
     assert {v for t, v in versions if t < swapped} >= {"1"}
     assert {v for t, v in versions if t > swapped} == {"2"}  # once swapped, never back
+
+
+def test_a_champion_serving_another_day_takes_the_newer_item_table(world: Settings):
+    """No new bundle, a newer item feature table: the check swaps it in (trending list, click
+    posteriors, catalog weights of the day), as a fresh load and the served OPE's replay see."""
+    from pipelines.features.tables import table_dir
+
+    root = table_dir(world, "item")
+    dates = schema.partition_dates(root)
+    newer = dates[-1] + dt.timedelta(days=1)
+    frame = pd.read_parquet(root / f"date={dates[-1]}")
+    frame["item_trending"] = np.arange(len(frame), dtype=np.float64)  # a new trending order
+
+    async def go():
+        async with Service(world, config()) as s:
+            before = s.engine.bundles.get("champion")
+            same = await asyncio.to_thread(s.engine.bundles.check)
+            schema.write_partition_atomic(frame, root, newer)
+            swapped = await asyncio.to_thread(s.engine.bundles.check)
+            again = await asyncio.to_thread(s.engine.bundles.check)
+            return before, same, swapped, again, s.engine.bundles.get("champion")
+
+    try:
+        before, same, swapped, again, after = run(go())
+    finally:
+        shutil.rmtree(root / f"date={newer}")
+    assert same["champion"] == "unchanged"
+    assert before.item_table.date == dates[-1].isoformat()
+    assert swapped["champion"] == f"unchanged, item table {newer}"
+    assert again["champion"] == "unchanged"
+    assert after.version == before.version and after.item_table.date == newer.isoformat()
+    rows = after.item_table.rows(frame["item_id"].astype(str).tolist())
+    assert np.array_equal(after.item_table.trending[rows], frame["item_trending"].to_numpy())
+    assert not np.array_equal(after.item_table.order, before.item_table.order)
 
 
 def test_corrupt_bundle_is_rejected_and_the_old_keeps_serving(world: Settings):
