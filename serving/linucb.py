@@ -25,7 +25,8 @@ A user without hydrated features gets the defaults (0 for 6-9 but ``user_ctr``, 
 ``(D,)`` over logged impressions (``r`` = 1 when clicked), ``theta = A^-1 b``. It is fitted daily
 from the validated served logs by the daily DAG's ``fit_linucb`` task
 (:mod:`pipelines.release.linucb_fit`) and saved as
-``RECLOOP_HOME/serving/linucb/state.npz`` (:func:`state_path`); the service reloads it when the
+``RECLOOP_HOME/serving/linucb/state.npz`` (:func:`state_path`; a copy per fitted-through day,
+:func:`dated_state_path`, read by :func:`state_path_for`); the service reloads it when the
 file changes (:func:`cached_state`, checked at most every ``check_s``); no file = the prior
 ``A = lam I``, ``b = 0``, under which the choice is uniform (the widths alone would pick the
 longest vectors). No in-process update from ``/feedback`` (not built): worker processes would
@@ -169,6 +170,25 @@ def choice_probabilities(
 def state_path(home: Path | str) -> Path:
     """``RECLOOP_HOME/serving/linucb/state.npz``: the state the service loads."""
     return Path(home) / "serving" / "linucb" / "state.npz"
+
+
+def dated_state_path(home: Path | str, day: str) -> Path:
+    """``RECLOOP_HOME/serving/linucb/date=D.npz``: the state fitted through day ``D`` (ISO), kept
+    beside :func:`state_path` by the daily fit."""
+    return Path(home) / "serving" / "linucb" / f"date={day}.npz"
+
+
+def state_path_for(home: Path | str, as_of: str | None) -> Path:
+    """The state a service serves with the item table of day ``as_of`` (ISO; None: unknown):
+    the one fitted through that day when it is kept (:func:`dated_state_path`), else
+    :func:`state_path`. Live, both are the same file's content (yesterday's fit, yesterday's
+    table); a replay of a past day (the served OPE, ``recloop stages``: the item table of the
+    day before it) then sees the state that served that day, not one fitted on the day itself."""
+    if as_of:
+        dated = dated_state_path(home, as_of)
+        if dated.exists():
+            return dated
+    return state_path(home)
 
 
 def save_state(path: Path, state: LinUCBState) -> Path:

@@ -269,7 +269,7 @@ def _explore_probabilities(
         user, clicks, imps, ranked.categories[pool_rows], ranked.ages[pool_rows], trending,
         cfg.explore_prior,
     )  # fmt: skip
-    path = linucb.state_path(engine.settings.home)
+    path = linucb.state_path_for(engine.settings.home, table.date)
     state = linucb.cached_state(path, cfg.linucb_lambda, max(cfg.reload_interval_s, 1.0))
     return linucb.choice_probabilities(
         x, state, cfg.linucb_alpha, cfg.linucb_temperature, cfg.linucb_uniform

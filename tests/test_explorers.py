@@ -246,6 +246,11 @@ def test_daily_task_fits_day_d_and_the_service_explores_by_it_on_day_d_plus_1(
     empty = tasks.fit_linucb((day + dt.timedelta(days=30)).isoformat())
     assert not empty["fitted"] and empty["reason"] == "no feedback"
     assert np.array_equal(linucb.load_state(path).b, first.b)
+    dated = linucb.dated_state_path(tmp_path, day.isoformat())
+    assert np.array_equal(linucb.load_state(dated).b, first.b)  # kept for replays of D + 1
+    assert linucb.state_path_for(tmp_path, day.isoformat()) == dated
+    assert linucb.state_path_for(tmp_path, "2026-01-09") == path  # not kept: the latest
+    assert linucb.state_path_for(tmp_path, None) == path
     later = time.monotonic() + 3600.0  # the service's next reload check
     monkeypatch.setattr(linucb, "time", types.SimpleNamespace(monotonic=lambda: later))
     try:

@@ -14,7 +14,9 @@ or without those feature tables is skipped (counted in the summary).
 
 The state ``A = lam I + sum x x^T``, ``b = sum r x`` over all those rows is written to
 ``RECLOOP_HOME/serving/linucb/state.npz`` (:func:`serving.linucb.state_path`), which the
-service reloads when it changes. All impressions are used, explored or not: the linear model
+service reloads when it changes, and by :func:`daily_fit` also to ``date=<last day fitted>.npz``
+beside it (:func:`serving.linucb.dated_state_path`: a replay of the next day serves with it,
+not with a state fitted later). All impressions are used, explored or not: the linear model
 is one of the user-item click probability, and the exploit slots carry most of the data.
 Position is not in the context (a click at a low slot counts as one at the top).
 
@@ -176,6 +178,9 @@ def daily_fit(
         return {"date": day.isoformat(), "fitted": False, "reason": "no feedback",
                 "skipped": summary["skipped"]}  # fmt: skip
     linucb.save_state(path, state)
+    through = fitted_through(state)
+    if through is not None:  # what a replay of the next day serves with (state_path_for)
+        linucb.save_state(linucb.dated_state_path(settings.home, through.isoformat()), state)
     summary["path"] = str(path)
     log.info("fit_linucb %s: %d impressions, %d clicks (days %s) -> %s; theta %s", day,
              state.n, summary["clicks"], summary["days"], path, summary["theta"])  # fmt: skip
