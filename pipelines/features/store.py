@@ -12,6 +12,11 @@ The daily DAG calls, for a logical date D::
     apply_repo(settings)                   # register entities / views / services
     materialize_date(settings, D)          # D's rows -> Redis
 
+Materialization writes Feast's own Redis layout (keys, hash fields, value bytes) either through
+Feast's ``materialize`` or, by default (``RECLOOP_MATERIALIZE_WRITER=bulk``), from Arrow in
+pipelined chunks (:mod:`pipelines.features.bulk_write`, tested byte for byte equal to Feast's
+writes; ~12x its rows/s and a twentieth of its memory at ``large``).
+
 Online reads: :func:`online_features` here (Feast's ``get_online_features``) and the fast path
 :func:`pipelines.features.online.online_features_fast` (one Redis pipeline over Feast's own key
 layout) return the same :class:`~pipelines.features.online.OnlineFeatures`;
@@ -234,7 +239,10 @@ def materialize_window(date: str | dt.date) -> tuple[dt.datetime, dt.datetime]:
 
 
 def materialize_date(settings: Settings, date: str | dt.date, force: bool = False) -> dict:
-    """Load D's feature rows into Redis with ``store.materialize`` over D's window.
+    """Load D's feature rows into Redis over D's window, with ``settings.materialize_writer``:
+    ``feast`` (``store.materialize``) or ``bulk`` (:mod:`pipelines.features.bulk_write`: the
+    same keys, fields and bytes, from Arrow in pipelined chunks; Feast's where it cannot write
+    a view, said in the log).
 
     Refuses (``FileNotFoundError`` / ``ValueError``) when D's user or item table is missing or
     empty: Redis keeps the values it has. A date older than the latest materialized one is
@@ -243,7 +251,7 @@ def materialize_date(settings: Settings, date: str | dt.date, force: bool = Fals
     :data:`~pipelines.features.online.PARTIAL_KEY` names D from the first write until the
     marker is set (one transaction): a failure part way leaves it, so readers (``recloop
     status``, the service's ``/metrics``) see the mix of days until a rerun completes D.
-    Returns ``{"date", "users", "items", "rows", "seconds", "rows_per_s", "skipped"}``.
+    Returns ``{"date", "users", "items", "rows", "seconds", "rows_per_s", "skipped", "writer"}``.
     """
     d = schema.parse_date(date)
     counts = {e: _table_rows(settings, e, d) for e in ("user", "item")}
@@ -260,20 +268,18 @@ def materialize_date(settings: Settings, date: str | dt.date, force: bool = Fals
     summary = {"date": d.isoformat(), "users": counts["user"], "items": counts["item"]}
     if latest is not None and d < latest and not force:
         log.warning("materialize %s skipped: Redis already holds %s (newer)", d, latest)
-        return {**summary, "rows": 0, "seconds": 0.0, "rows_per_s": 0.0, "skipped": True}
+        return {**summary, "rows": 0, "seconds": 0.0, "rows_per_s": 0.0, "skipped": True,
+                "writer": settings.materialize_writer}  # fmt: skip
     if not registry_path(settings).exists():
         apply_repo(settings)
     store = get_store(settings)
-    start, end = materialize_window(d)
     t0 = time.perf_counter()
     partial = f"{d.isoformat()} {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}"
     with online.connection_errors(settings.redis_url):
         client.set(online.PARTIAL_KEY, partial)
     try:
         with online.connection_errors(settings.redis_url):
-            store.materialize(
-                start_date=start, end_date=end, feature_views=list(online.VIEWS.values())
-            )
+            writer = _write_rows(settings, store, client, d)
     except BaseException:
         log.error(
             "materialize %s failed part way: Redis may hold a mix of %s and %s rows (%s = %r); "
@@ -286,12 +292,13 @@ def materialize_date(settings: Settings, date: str | dt.date, force: bool = Fals
         online.complete_marker(client, d.isoformat() if latest is None or d > latest else None)
     rows = counts["user"] + counts["item"]
     log.info(
-        "materialized %s: %d users + %d items into %s in %.2fs",
+        "materialized %s: %d users + %d items into %s in %.2fs (%s writer)",
         d,
         counts["user"],
         counts["item"],
         redact_url(settings.redis_url),
         seconds,
+        writer,
     )
     return {
         **summary,
@@ -299,7 +306,27 @@ def materialize_date(settings: Settings, date: str | dt.date, force: bool = Fals
         "seconds": round(seconds, 3),
         "rows_per_s": round(rows / seconds, 1) if seconds > 0 else 0.0,
         "skipped": False,
+        "writer": writer,
     }
+
+
+def _write_rows(settings: Settings, store: Any, client: Any, d: dt.date) -> str:
+    """Write D's rows of every view with ``settings.materialize_writer``; returns the writer
+    that wrote them (``bulk`` falls back to ``feast`` for a view layout it cannot write)."""
+    from pipelines.features import bulk_write
+
+    start, end = materialize_window(d)
+    if settings.materialize_writer == "bulk":
+        layouts = {e: bulk_write.supported(store, v) for e, v in online.VIEWS.items()}
+        why = [x for x in layouts.values() if isinstance(x, str)]
+        if not why:
+            sources = [(ft.table_path(settings, e, d), layouts[e]) for e in online.VIEWS]
+            bulk_write.materialize_tables(store, client, sources, start, end)
+            return "bulk"
+        log.warning("materialize %s: the bulk writer cannot write %s; writing with Feast", d,
+                    "; ".join(why))  # fmt: skip
+    store.materialize(start_date=start, end_date=end, feature_views=list(online.VIEWS.values()))
+    return "feast"
 
 
 # --- training data ------------------------------------------------------------------------
