@@ -1,13 +1,16 @@
-"""Sequential retrievers (GRU4Rec, SASRec, BERT4Rec) beside MF, BPR and most-popular on the simulator, with
-its sequential structure off and on (issue 16).
+"""Sequential retrievers (GRU4Rec, SASRec, BERT4Rec) beside MF, BPR, the two-tower and
+most-popular on the simulator, with its sequential structure off and on (issue 16).
 
   OMP_WAIT_POLICY=PASSIVE nice .venv/bin/python benchmarks/bench_sequential.py
       [--strengths 0 0.5] [--days 14] [--scale small] [--seed 42] [--epochs N] [--models M ...]
+      [--categories off|input|both] [--user-attributes off|on]
 
 For each strength ``S`` (``simulate(..., sequential=S)``; 0 is today's world byte for byte):
-``--days`` days are simulated into a temporary workspace and validated; every model is built by
+``--days`` days are simulated into a temporary workspace and validated, and day N-2's feature
+tables computed (as the daily job does before training); every model is built by
 ``pipelines.retrieval.train.build_model`` (the daily job's settings; ``--epochs`` overrides the
-sequential models' epochs) on days 0..N-2 and judged on
+sequential models' epochs, ``--categories`` / ``--user-attributes`` their side attributes) on
+days 0..N-2 and judged on
 
 - ``truth_ndcg@10``: NDCG@10 of its top 10 unseen items against the simulator's true click
   probability (slot 0) of every unseen item, for a seeded sample of 300 users active on day
@@ -16,7 +19,8 @@ sequential models' epochs) on days 0..N-2 and judged on
 - ``ndcg@10`` / ``recall@10``: day N-1's logged positives (``pipelines.core.metrics``; training
   items excluded), biased by the non-personalised logging policy's exposure.
 
-Sequential models should win only where the structure exists (``S > 0``).
+Sequential models should win only where the structure exists (``S > 0``). Printed per strength:
+the best sequential model's truth NDCG@10 over the two-tower's (issue 16's floor: >= 1.1x).
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ from pipelines.data import simulate
 from pipelines.retrieval import train
 from pipelines.retrieval.data import TrainingData, load_training_data
 
-MODELS = ("popular", "mf", "bpr", "gru4rec", "sasrec", "bert4rec")
+MODELS = ("popular", "mf", "bpr", "two_tower", "gru4rec", "sasrec", "bert4rec")
+SEQUENTIAL = ("gru4rec", "sasrec", "bert4rec")
 K = 10
 
 
@@ -72,6 +77,7 @@ def one_world(
 ) -> pd.DataFrame:
     """Simulate, validate, train and judge every model on one world (module docstring)."""
     from pipelines.data.validate import validate_partition
+    from pipelines.features.tables import compute_features
     from pipelines.retrieval.evaluate import day_relevance
 
     with tempfile.TemporaryDirectory() as home:
@@ -83,6 +89,7 @@ def one_world(
         for d in all_days:
             validate_partition(s, d, data_docs=False)
         train_end, test_day = all_days[-2], all_days[-1]
+        compute_features(s, train_end)  # the daily job's tables: two-tower / MF / sequential
         data = load_training_data(s, train_end)
         models, seconds = {}, {}
         for name in names:
@@ -106,7 +113,18 @@ def one_world(
             f"median sequence {int(np.median(n_seq))} items), test {test_day}"
         )
         print(table.to_string(float_format="%.4f"))
+        print_floor_ratio(table)
         return table
+
+
+def print_floor_ratio(table: pd.DataFrame) -> None:
+    """Issue 16's floor: the best sequential model's truth NDCG@10 over the two-tower's."""
+    truth = table["truth_ndcg@10"]
+    seq = [n for n in SEQUENTIAL if n in truth.index]
+    if seq and "two_tower" in truth.index:
+        best = truth[seq].idxmax()
+        ratio = truth[best] / truth["two_tower"]
+        print(f"best sequential ({best}) / two_tower on truth NDCG@10: {ratio:.3f}x (floor 1.1x)")
 
 
 def main() -> None:
@@ -117,10 +135,27 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--epochs", type=int, help="epochs of the sequential models")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument(
+        "--categories", choices=("off", "input", "both"),
+        help="item categories in the sequential models: none, input side only, input and tied "
+        "output (default: the daily job's, train.SEQUENTIAL_ITEM_GROUPS)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--user-attributes", choices=("off", "on"),
+        help="user demographics added to the sequential models' state (default: the daily "
+        "job's, train.SEQUENTIAL_USER_GROUPS)",
+    )  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.epochs is not None:
         train.SEQUENTIAL_PARAMS["epochs"] = args.epochs
+    if args.categories == "off":
+        train.SEQUENTIAL_ITEM_GROUPS = ()
+    elif args.categories is not None:
+        train.SEQUENTIAL_ITEM_GROUPS = train.MF_ITEM_GROUPS
+        train.SEQUENTIAL_PARAMS["group_output"] = args.categories == "both"
+    if args.user_attributes is not None:
+        train.SEQUENTIAL_USER_GROUPS = train.MF_USER_GROUPS if args.user_attributes == "on" else ()
     names = tuple(args.models)
     tables = [one_world(s, args.days, args.scale, args.seed, names) for s in args.strengths]
     both = pd.concat(tables)

@@ -13,8 +13,15 @@ the Cloze task), in PyTorch, under the :class:`models.base.Retriever` contract.
   causal mask that also hides padding keys (a position always sees itself) → LayerNorm.
   ``bert4rec``: the same blocks without the causal mask (every item sees the whole window) and
   one more token, ``[MASK]`` (``I + 1``).
+- **Side attributes** (optional, ``fit(item_groups=, user_groups=)``: integer codes, ``-1``
+  unknown): each item attribute value (the category) has a vector added to the item's embedding
+  wherever the item appears, on the input and (``group_output``, default) the tied output, so a
+  transition between categories is learned from every item of both; each user attribute value
+  (age band, gender, country) has a vector (zero at the start) added to the user's state, a
+  taste term as MF's. Models saved without them load as before (no tables, no tensors).
 - **Output**: the score of item ``i`` after a sequence is ``h . e_i`` with ``h`` the last state
-  and ``e_i`` the (shared, tied) input embedding of ``i``. ``bert4rec`` reads ``h`` at a
+  (plus the user's attribute vectors) and ``e_i`` the (shared, tied) input embedding of ``i``
+  (plus its attributes'). ``bert4rec`` reads ``h`` at a
   ``[MASK]`` appended after the last ``max_len - 1`` items.
 - **Training**: next-item prediction at every position of windows of ``max_len + 1`` items cut
   from the end of each sequence (stride ``max_len``): softmax cross-entropy of the true next item
@@ -25,9 +32,9 @@ the Cloze task), in PyTorch, under the :class:`models.base.Retriever` contract.
   with none masks its last item, the task it is asked at inference) and the same softmax
   predicts the masked items from both sides.
 - **Recommend**: after ``fit`` every user's state ``h_u`` is computed once from their last
-  ``max_len`` training items (:attr:`histories`, saved with the weights); ``score_all`` is
-  ``h_u . E^T``, so ``user_embeddings`` ``(U, D)`` and ``item_embeddings`` ``(I, D)`` rank exactly
-  as the scores (a FAISS inner-product index works). :meth:`SequentialRetriever.encode` scores a
+  ``max_len`` training items (:attr:`histories`, saved with the weights) plus their attribute
+  vectors; ``score_all`` is ``h_u . E^T``, so ``user_embeddings`` ``(U, D)`` and
+  ``item_embeddings`` ``(I, D)`` rank exactly as the scores (a FAISS inner-product index works). :meth:`SequentialRetriever.encode` scores a
   fresh sequence (what serving would read online; not wired here).
 
 Shapes: ``U`` users, ``I`` items, ``D`` = ``dim``, ``L`` = ``max_len``, ``B`` batch. Deterministic
@@ -65,13 +72,34 @@ class SequenceNet(nn.Module):
 
     def __init__(
         self, kind: str, n_items: int, dim: int, max_len: int, n_layers: int, n_heads: int,
-        dropout: float,
+        dropout: float, group_sizes: tuple[int, ...] = (), group_output: bool = True,
+        user_group_sizes: tuple[int, ...] = (), n_users: int = 0,
     ) -> None:  # fmt: skip
         super().__init__()
         self.kind, self.n_items, self.n_heads = kind, n_items, n_heads
         self.mask_token = n_items + 1
-        self.item = nn.Embedding(n_items + 1 + (kind == "bert4rec"), dim, padding_idx=0)
+        self.group_output = group_output
+        n_tokens = n_items + 1 + (kind == "bert4rec")
+        self.item = nn.Embedding(n_tokens, dim, padding_idx=0)
         nn.init.normal_(self.item.weight[1:], std=1.0 / math.sqrt(dim))
+        # side attributes: one table per attribute, row 0 = unknown (and pad / [MASK] tokens)
+        self.groups = nn.ModuleList(nn.Embedding(n + 1, dim, padding_idx=0) for n in group_sizes)
+        for table in self.groups:
+            nn.init.normal_(table.weight[1:], std=1.0 / math.sqrt(dim))
+        if group_sizes:  # token -> attribute code + 1, (n_tokens, A); absent without attributes
+            self.register_buffer(
+                "item_groups", torch.zeros(n_tokens, len(group_sizes), dtype=torch.int64)
+            )
+        # user attributes: a vector per attribute value added to the state (zero at the start)
+        self.user_tables = nn.ModuleList(
+            nn.Embedding(n + 1, dim, padding_idx=0) for n in user_group_sizes
+        )
+        for table in self.user_tables:
+            nn.init.zeros_(table.weight)
+        if user_group_sizes:  # user row -> attribute code + 1, (U, A_u)
+            self.register_buffer(
+                "user_groups", torch.zeros(n_users, len(user_group_sizes), dtype=torch.int64)
+            )
         self.drop = nn.Dropout(dropout)
         if kind == "gru4rec":
             self.gru = nn.GRU(dim, dim, n_layers, batch_first=True)
@@ -83,8 +111,27 @@ class SequenceNet(nn.Module):
             self.blocks = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
             self.norm = nn.LayerNorm(dim)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``(...)`` tokens → ``(...,  D)``: the item's embedding plus its attributes'."""
         x = self.item(tokens)
+        if len(self.groups):
+            codes = self.item_groups[tokens]
+            for a, table in enumerate(self.groups):
+                x = x + table(codes[..., a])
+        return x
+
+    def forward(self, tokens: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+        """States ``(B, L, D)`` of tokens ``(B, L)``, plus the attribute vectors of ``users``
+        ``(B,)`` (rows) when given and the net has user attributes."""
+        h = self.encoder(self.embed(tokens), tokens)
+        if users is not None and len(self.user_tables):
+            codes = self.user_groups[users]
+            for a, table in enumerate(self.user_tables):
+                h = h + table(codes[:, a])[:, None]
+        return h
+
+    def encoder(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """The GRU / Transformer over embedded tokens ``x`` ``(B, L, D)`` → ``(B, L, D)``."""
         if self.kind == "gru4rec":
             return self.gru(self.drop(x))[0]
         n, length = tokens.shape
@@ -97,7 +144,10 @@ class SequenceNet(nn.Module):
         return self.norm(self.blocks(self.drop(x), mask=mask))
 
     def item_vectors(self) -> torch.Tensor:
-        """``(I, D)``: the output embeddings (tied to the inputs), padding and mask rows dropped."""
+        """``(I, D)``: the output embeddings (tied to the inputs: with ``group_output`` the item's
+        plus its attributes', else the item's alone), padding and mask rows dropped."""
+        if len(self.groups) and self.group_output:
+            return self.embed(torch.arange(1, self.n_items + 1, device=self.item.weight.device))
         return self.item.weight[1 : self.n_items + 1]
 
 
@@ -143,6 +193,27 @@ def training_windows(indptr: np.ndarray, items: np.ndarray, max_len: int) -> np.
     return np.stack(rows) if rows else np.zeros((0, max_len + 1), dtype=np.int64)
 
 
+def window_users(indptr: np.ndarray, stride: int) -> np.ndarray:
+    """The user (row) of each window :func:`training_windows` cuts with ``max_len = stride``,
+    in its order: ``(W,)`` int64."""
+    n = np.diff(indptr)
+    counts = np.where(n >= 2, (n - 2) // stride + 1, 0)
+    return np.repeat(np.arange(len(n), dtype=np.int64), counts)
+
+
+def attribute_codes(
+    groups: np.ndarray | None, n: int, what: str
+) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """``(n, A)`` int64 codes of categorical attributes (``-1`` unknown; ``None``: ``A = 0``) and
+    the number of values of each (its largest code + 1)."""
+    codes = np.zeros((n, 0), np.int64) if groups is None else np.asarray(groups, np.int64)
+    codes = codes.reshape(len(codes), -1)
+    if len(codes) != n:
+        raise ValueError(f"{what}_groups has {len(codes)} rows for {n} {what}s")
+    codes = np.where(codes < 0, -1, codes)
+    return torch.from_numpy(codes.copy()), tuple(int(c.max(initial=-1)) + 1 for c in codes.T)
+
+
 class SequentialRetriever(Retriever):
     """Next-item model over users' item sequences; see the module docstring."""
 
@@ -165,6 +236,9 @@ class SequentialRetriever(Retriever):
         device: str | None = None,
         n_users: int = 0,
         n_items: int = 0,
+        group_sizes: tuple[int, ...] | list[int] = (),
+        group_output: bool = True,
+        user_group_sizes: tuple[int, ...] | list[int] = (),
     ) -> None:
         if min(dim, max_len, n_layers, n_heads, n_negatives, batch_size) < 1 or epochs < 0:
             raise ValueError(
@@ -181,6 +255,12 @@ class SequentialRetriever(Retriever):
         self.seed = int(seed)
         self.device = pick_device(device)
         self.n_users, self.n_items = int(n_users), int(n_items)
+        self.group_sizes, self.group_output = tuple(int(n) for n in group_sizes), bool(group_output)
+        #: ``(I, A)`` int64 attribute codes of the items (``-1`` unknown); ``A = len(group_sizes)``
+        self.item_codes = torch.full((self.n_items, len(self.group_sizes)), -1, dtype=torch.int64)
+        self.user_group_sizes = tuple(int(n) for n in user_group_sizes)
+        #: ``(U, A_u)`` int64 attribute codes of the users (``-1`` unknown)
+        self.user_codes = torch.full((self.n_users, len(self.user_group_sizes)), -1)
         self.net = self._new_net()
         #: ``(U, max_len)`` tokens of each user's last training items; ``(U, D)`` their states
         self.histories = torch.zeros(self.n_users, self.max_len, dtype=torch.int64)
@@ -190,8 +270,12 @@ class SequentialRetriever(Retriever):
     def _new_net(self) -> SequenceNet:
         net = SequenceNet(
             self.kind, self.n_items, self.dim, self.max_len, self.n_layers, self.n_heads,
-            self.dropout,
+            self.dropout, self.group_sizes, self.group_output, self.user_group_sizes, self.n_users,
         )  # fmt: skip
+        if self.group_sizes:
+            net.item_groups[1 : self.n_items + 1] = self.item_codes + 1
+        if self.user_group_sizes:
+            net.user_groups[:] = self.user_codes + 1
         return net.to(self.device)
 
     # --- training ----------------------------------------------------------------------------
@@ -200,11 +284,19 @@ class SequentialRetriever(Retriever):
         interactions: sp.csr_matrix,
         sequences: tuple[np.ndarray, np.ndarray] | None = None,
         progress: bool = True,
+        item_groups: np.ndarray | None = None,
+        user_groups: np.ndarray | None = None,
         **kwargs: Any,
     ) -> SequentialRetriever:
         """Train on the users' sequences (``(indptr (U + 1,), items (E,))`` in time order; default
-        :func:`sequences_from_matrix`); ``interactions`` ``(U, I)`` gives the shapes."""
+        :func:`sequences_from_matrix`); ``interactions`` ``(U, I)`` gives the shapes.
+        ``item_groups``: optional ``(I, A)`` integer codes of categorical item attributes
+        (``-1`` unknown; :func:`pipelines.retrieval.data.group_codes`), each embedded and added
+        to the item's embedding; ``user_groups`` ``(U, A_u)`` the same for users, added to the
+        state (module docstring)."""
         self.n_users, self.n_items = interactions.shape
+        self.item_codes, self.group_sizes = attribute_codes(item_groups, self.n_items, "item")
+        self.user_codes, self.user_group_sizes = attribute_codes(user_groups, self.n_users, "user")
         if sequences is None:
             sequences = sequences_from_matrix(interactions, self.seed)
         indptr, items = sequences
@@ -219,11 +311,12 @@ class SequentialRetriever(Retriever):
         if windows.size * self.dim < _SMALL_FIT:  # tiny matrices: intra-op threads only cost
             torch.set_num_threads(1)
         try:
-            self._train(windows, progress)
+            users = window_users(indptr, windows.shape[1] - 1)
+            self._train(windows, users, progress)
         finally:
             torch.set_num_threads(threads)
         self.histories = torch.from_numpy(last_tokens(indptr, items, self.max_len))
-        self.user_states = self._states(self.histories)
+        self.user_states = self._states(self.histories, torch.arange(self.n_users))
         log.info(
             "%s fit: %d users x %d items, %d windows, %d epochs in %.2fs, loss %s",
             self.name, self.n_users, self.n_items, len(windows), self.epochs,
@@ -236,8 +329,9 @@ class SequentialRetriever(Retriever):
         """Next-item training windows ``(W, max_len + 1)`` (:func:`training_windows`)."""
         return training_windows(indptr, items, self.max_len)
 
-    def _train(self, windows: np.ndarray, progress: bool) -> None:
-        """A fresh network trained ``epochs`` passes over ``windows`` ``(W, L + 1)``."""
+    def _train(self, windows: np.ndarray, users: np.ndarray, progress: bool) -> None:
+        """A fresh network trained ``epochs`` passes over ``windows`` ``(W, L + 1)`` of users
+        (rows) ``users`` ``(W,)``."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             self.net = self._new_net()
@@ -251,11 +345,12 @@ class SequentialRetriever(Retriever):
                 range(self.epochs), desc=self.name, unit="epoch", enabled=progress
             )
             for _ in epochs:
-                self.loss_history.append(self._epoch(windows, opt, rng, gen))
+                self.loss_history.append(self._epoch(windows, users, opt, rng, gen))
 
     def _epoch(
         self,
         windows: np.ndarray,
+        users: np.ndarray,
         opt: torch.optim.Optimizer,
         rng: np.random.Generator,
         gen: torch.Generator,
@@ -265,8 +360,9 @@ class SequentialRetriever(Retriever):
         total, count = 0.0, 0
         order = rng.permutation(len(windows))
         for s in range(0, len(windows), self.batch_size):
-            batch = torch.from_numpy(windows[order[s : s + self.batch_size]]).to(self.device)
-            h, target = self._predictions(batch, gen)
+            rows = order[s : s + self.batch_size]
+            batch = torch.from_numpy(windows[rows]).to(self.device)
+            h, target = self._predictions(batch, gen, torch.from_numpy(users[rows]))
             loss = self._softmax_loss(h, target, gen)
             opt.zero_grad(set_to_none=True)
             (loss / max(len(target), 1)).backward()
@@ -275,13 +371,13 @@ class SequentialRetriever(Retriever):
         return total / max(count, 1)
 
     def _predictions(
-        self, batch: torch.Tensor, gen: torch.Generator
+        self, batch: torch.Tensor, gen: torch.Generator, users: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Next-item task on windows ``(B, L + 1)``: the states ``(T, D)`` after every real
-        prefix and their next items ``(T,)`` (0-based)."""
+        """Next-item task on windows ``(B, L + 1)`` (of user rows ``users`` ``(B,)``): the
+        states ``(T, D)`` after every real prefix and their next items ``(T,)`` (0-based)."""
         inputs, targets = batch[:, :-1], batch[:, 1:]
         keep = (targets > 0) & (inputs > 0)
-        return self.net(inputs)[keep], targets[keep] - 1
+        return self.net(inputs, self._on_device(users))[keep], targets[keep] - 1
 
     def _softmax_loss(
         self, h: torch.Tensor, target: torch.Tensor, gen: torch.Generator
@@ -299,12 +395,19 @@ class SequentialRetriever(Retriever):
         return F.cross_entropy(logits, zero, reduction="sum")
 
     # --- scoring -----------------------------------------------------------------------------
+    def _on_device(self, users: torch.Tensor | None) -> torch.Tensor | None:
+        return None if users is None else users.to(self.device)
+
     @torch.no_grad()
-    def _states(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Last states ``(B, D)`` of left-padded token windows ``(B, max_len)`` (eval mode)."""
+    def _states(self, tokens: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+        """Last states ``(B, D)`` of left-padded token windows ``(B, max_len)`` (eval mode), with
+        the attribute vectors of user rows ``users`` ``(B,)`` when given."""
         self.net.eval()
         out = [
-            self.net(self._query(tokens[s : s + 1024]).to(self.device))[:, -1]
+            self.net(
+                self._query(tokens[s : s + 1024]).to(self.device),
+                None if users is None else self._on_device(users[s : s + 1024]),
+            )[:, -1]
             for s in range(0, len(tokens), 1024)
         ]
         return torch.cat(out) if out else torch.zeros(0, self.dim, device=self.device)
@@ -313,15 +416,20 @@ class SequentialRetriever(Retriever):
         """The network's input ``(B, max_len)`` for history windows ``(B, max_len)``: as is."""
         return tokens
 
-    def encode(self, sequences: list[list[int]] | np.ndarray) -> np.ndarray:
+    def encode(
+        self, sequences: list[list[int]] | np.ndarray, users: np.ndarray | None = None
+    ) -> np.ndarray:
         """States ``(B, D)`` float32 of item sequences (oldest first; the last ``max_len`` count):
-        ``encode(s) @ item_embeddings().T`` scores every item after ``s``."""
+        ``encode(s) @ item_embeddings().T`` scores every item after ``s``. ``users`` ``(B,)``:
+        the rows whose attribute vectors to add (a model with user attributes; none: a
+        sequence of an unknown user)."""
         tokens = np.zeros((len(sequences), self.max_len), dtype=np.int64)
         for r, seq in enumerate(sequences):
             seq = np.asarray(seq, dtype=np.int64)[-self.max_len :]
             if len(seq):
                 tokens[r, self.max_len - len(seq) :] = seq + 1
-        return self._states(torch.from_numpy(tokens)).float().cpu().numpy()
+        rows = None if users is None else torch.as_tensor(np.asarray(users, dtype=np.int64))
+        return self._states(torch.from_numpy(tokens), rows).float().cpu().numpy()
 
     def _index(self, ids: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.asarray(ids, dtype=np.int64), device=self.device)
@@ -363,6 +471,9 @@ class SequentialRetriever(Retriever):
             "seed": self.seed,
             "n_users": self.n_users,
             "n_items": self.n_items,
+            "group_sizes": list(self.group_sizes),
+            "group_output": self.group_output,
+            "user_group_sizes": list(self.user_group_sizes),
         }
 
     @classmethod
@@ -393,6 +504,10 @@ class SequentialRetriever(Retriever):
             raise ValueError(f"{self.name} weights do not fit the network ({exc})") from exc
         self.histories = state["histories"].to(torch.int64)
         self.user_states = state["user_states"].to(self.device, torch.float32)
+        if self.group_sizes:
+            self.item_codes = self.net.item_groups[1 : self.n_items + 1].cpu() - 1
+        if self.user_group_sizes:
+            self.user_codes = self.net.user_groups.cpu() - 1
 
 
 @register
@@ -434,15 +549,15 @@ class BERT4Rec(SequentialRetriever):
         return training_windows(indptr, items, self.max_len - 1)
 
     def _predictions(
-        self, batch: torch.Tensor, gen: torch.Generator
+        self, batch: torch.Tensor, gen: torch.Generator, users: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cloze task on windows ``(B, L)``: the states ``(T, D)`` at the masked positions and
-        the items ``(T,)`` (0-based) they hide."""
+        """Cloze task on windows ``(B, L)`` (of user rows ``users`` ``(B,)``): the states
+        ``(T, D)`` at the masked positions and the items ``(T,)`` (0-based) they hide."""
         masked = (torch.rand(batch.shape, generator=gen) < self.mask_prob).to(self.device)
         masked &= batch > 0
         masked[:, -1] |= ~masked.any(1)  # windows are left-padded: the last token is an item
         inputs = batch.masked_fill(masked, self.net.mask_token)
-        return self.net(inputs)[masked], batch[masked] - 1
+        return self.net(inputs, self._on_device(users))[masked], batch[masked] - 1
 
     def _query(self, tokens: torch.Tensor) -> torch.Tensor:
         """The last ``max_len - 1`` items of each window ``(B, max_len)``, then ``[MASK]``."""

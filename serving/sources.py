@@ -244,7 +244,8 @@ class ModelSource:
     ) -> SourceList:
         """The top ``n`` for the user; a sequential model (:data:`SEQUENTIAL_SOURCES`) given the
         user's ``recent`` item ids (oldest first) scores from its state after those items
-        (``encode``), so it also serves users it was not trained on."""
+        (``encode``, with the user's attribute vectors when the model has them and knows the
+        user), so it also serves users it was not trained on."""
         model: Any = self.model
         if n <= 0:
             return SourceList(self.name, [], np.zeros(0))
@@ -252,7 +253,10 @@ class ModelSource:
         if cols:
             if self._item_vecs is None:  # (I, D), read from the model once
                 self._item_vecs = np.asarray(model.item_embeddings(), dtype=np.float32)
-            scores = (self._item_vecs @ model.encode([cols])[0]).astype(np.float64)
+            row = int(self.users.encode([user_id])[0])  # type: ignore[attr-defined]
+            users = [row] if row >= 0 and getattr(model, "user_group_sizes", ()) else None
+            state = model.encode([cols], users=users) if users else model.encode([cols])
+            scores = (self._item_vecs @ state[0]).astype(np.float64)
         else:
             row = int(self.users.encode([user_id])[0])  # type: ignore[attr-defined]
             if row < 0:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,6 +17,7 @@ import scipy.sparse as sp
 import torch
 
 from models.als import ALS
+from models.base import CONFIG_FILE, load_model
 from models.sequential import (
     BERT4Rec,
     GRU4Rec,
@@ -25,8 +27,9 @@ from models.sequential import (
     training_windows,
 )
 from pipelines.cli import build_parser
-from pipelines.core import schema
+from pipelines.core import layout, schema
 from pipelines.core.settings import Settings
+from pipelines.core.vocab import Vocab
 from pipelines.retrieval import train
 from pipelines.retrieval.data import load_training_data
 
@@ -166,9 +169,111 @@ def test_selectable_from_the_commands_and_the_builder(name, tmp_path, monkeypatc
     m, seqs = cyclic_sequences()
     monkeypatch.setitem(train.SEQUENTIAL_PARAMS, "epochs", 1)
     settings = Settings.from_env({"RECLOOP_HOME": str(tmp_path), "RECLOOP_SEED": "5"})
-    data = SimpleNamespace(implicit=m, sequences=seqs)
+    settings.ensure_dirs()
+    ids = [f"i{i:02d}" for i in range(N_ITEMS)]  # the items' categories, as the simulator's
+    pd.DataFrame({"item_id": ids[::-1], "category": [f"c{i % 3}" for i in range(N_ITEMS)][::-1]}
+                 ).to_parquet(layout.attributes_path(settings, "items"))  # fmt: skip
+    data = SimpleNamespace(
+        implicit=m, sequences=seqs, date=dt.date(2026, 1, 1), items=Vocab(ids),
+        users=Vocab(f"u{u:03d}" for u in range(N_USERS)),
+    )  # fmt: skip
     model = train.build_model(name, data, settings, seed=settings.seed)
     assert model.name == name and model.seed == 5 and model.n_items == N_ITEMS
+    assert model.group_sizes == (3,)
+    np.testing.assert_array_equal(model.item_codes[:, 0].numpy(), np.arange(N_ITEMS) % 3)
     np.testing.assert_array_equal(
         model.histories[0, -3:].numpy(), seqs[1][seqs[0][1] - 3 : seqs[0][1]] + 1
     )
+
+
+N_CATS, PER_CAT = 8, 10
+
+
+def category_walks(seed: int = 0) -> tuple[sp.csr_matrix, tuple[np.ndarray, np.ndarray]]:
+    """150 users of 2 to 4 clicks each over 80 items in 8 categories (item ``i`` in category
+    ``i // 10``): each click's category is the previous one's successor (``c -> c + 1 mod 8``),
+    the item uniform within it. Sparse at the item level (~6 next items seen per item), as the
+    simulator's: the transition is there to learn only between categories."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(2, 5, 150)
+    starts = rng.integers(0, N_CATS, 150)
+    cats = np.concatenate(
+        [(c + np.arange(n)) % N_CATS for c, n in zip(starts, lengths, strict=True)]
+    )
+    items = cats * PER_CAT + rng.integers(0, PER_CAT, len(cats))
+    rows = np.repeat(np.arange(150), lengths)
+    m = sp.csr_matrix((np.ones(len(items), np.float32), (rows, items)), (150, N_CATS * PER_CAT))
+    return m, (np.concatenate([[0], np.cumsum(lengths)]), items)
+
+
+@pytest.mark.parametrize("cls", [GRU4Rec, SASRec, BERT4Rec])
+def test_item_categories_carry_the_transition_between_categories(cls) -> None:
+    """With each item's category embedded beside it (input and tied output), the items after a
+    one-item sequence are the successor category's; from item co-occurrence alone they are
+    less so (gru4rec 0.71, sasrec 0.53, bert4rec 0.22 of the top 10 on seed 0)."""
+    m, seqs = category_walks()
+    cats = np.arange(N_CATS * PER_CAT) // PER_CAT
+    share = {}
+    for groups in (None, cats[:, None]):
+        model = cls(**SMALL).fit(m, sequences=seqs, progress=False, item_groups=groups)
+        scores = model.encode([[i] for i in range(len(cats))]) @ model.item_embeddings().T
+        top = np.argsort(-scores, axis=1)[:, :PER_CAT]
+        share[groups is not None] = float((cats[top] == ((cats + 1) % N_CATS)[:, None]).mean())
+    assert share[True] > 0.75 and share[True] > share[False] + 0.15, share  # seed 0: 0.83-0.98
+
+
+def test_user_attributes_add_the_users_taste_to_the_state() -> None:
+    """Users of group ``u % 2`` click only categories of that parity, in any order: the state of
+    an empty sequence knows nothing (half of the top 20 of each parity); with the user's
+    attribute vector added it points at the user's parity (seed 0: all of the top 20)."""
+    rng = np.random.default_rng(0)
+    group, lengths = np.arange(150) % 2, rng.integers(2, 5, 150)
+    cats = np.concatenate(
+        [2 * rng.integers(0, N_CATS // 2, n) + g for g, n in zip(group, lengths, strict=True)]
+    )
+    items = cats * PER_CAT + rng.integers(0, PER_CAT, len(cats))
+    m = sp.csr_matrix((np.ones(len(items)), (np.repeat(np.arange(150), lengths), items)), (150, 80))
+    seqs = (np.concatenate([[0], np.cumsum(lengths)]), items)
+    model = GRU4Rec(**SMALL).fit(m, sequences=seqs, progress=False, user_groups=group[:, None])
+    users = np.arange(20)
+    for rows, lo, hi in ((None, 0.4, 0.6), (users, 0.9, 1.0)):
+        top = np.argsort(-(model.encode([[]] * 20, users=rows) @ model.item_embeddings().T), 1)
+        share = float((top[:, :20] // PER_CAT % 2 == group[users, None]).mean())
+        assert lo <= share <= hi, (rows, share)
+    np.testing.assert_allclose(
+        model.encode([items[: lengths[0]]], users=[0])[0], model.user_embeddings()[0], atol=1e-5
+    )
+
+
+def test_item_categories_save_load_and_older_models_still_load(tmp_path: Path) -> None:
+    m, seqs = category_walks()
+    cats = np.arange(N_CATS * PER_CAT) // PER_CAT
+    cats[:3] = -1  # unknown category: no attribute vector
+    small = {**SMALL, "epochs": 2}
+    group = np.arange(m.shape[0]) % 3
+    model = SASRec(**small).fit(
+        m, sequences=seqs, progress=False, item_groups=cats[:, None], user_groups=group[:, None]
+    )
+    assert model.config()["group_sizes"] == [N_CATS]
+    assert model.config()["user_group_sizes"] == [3]
+    loaded = load_model(model.save(tmp_path / "m"))
+    assert loaded.config() == model.config()
+    np.testing.assert_array_equal(loaded.item_codes.numpy(), cats[:, None])
+    np.testing.assert_array_equal(loaded.user_codes.numpy(), group[:, None])
+    users = np.arange(m.shape[0])
+    np.testing.assert_array_equal(loaded.score_all(users), model.score_all(users))
+    np.testing.assert_array_equal(
+        loaded.encode([[5, 40]], users=[4]), model.encode([[5, 40]], users=[4])
+    )
+    # a model saved before item attributes existed: no config keys, no tensors for them
+    old = GRU4Rec(**small).fit(m, sequences=seqs, progress=False)
+    folder = old.save(tmp_path / "old")
+    cfg = json.loads((folder / CONFIG_FILE).read_text())
+    del cfg["group_sizes"], cfg["group_output"], cfg["user_group_sizes"]
+    (folder / CONFIG_FILE).write_text(json.dumps(cfg))
+    assert not any("group" in k for k in torch.load(folder / "weights.pt", weights_only=True))
+    again = load_model(folder)
+    assert again.group_sizes == () and again.user_group_sizes == ()
+    np.testing.assert_array_equal(again.score_all(users), old.score_all(users))
+    with pytest.raises(ValueError, match="item_groups has 2 rows"):
+        GRU4Rec(**small).fit(m, sequences=seqs, item_groups=np.zeros((2, 1), np.int64))
