@@ -23,6 +23,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
+from feast.data_source import DataSource
 from feast.types import Float64, Int64, String
 
 from pipelines.core.settings import Settings
@@ -60,11 +61,14 @@ def _schema(features: tuple[tuple[str, str, str], ...]) -> list[Field]:
     return [Field(name=n, dtype=_DTYPES[t], description=d) for n, t, d in features]
 
 
-def build(features_dir: Path | str) -> dict:
+def build(features_dir: Path | str, engine: str = "duckdb") -> dict:
     """Every Feast object of the repository, reading tables under ``features_dir``.
 
+    ``engine`` (``settings.feature_engine``) picks the sources: ``FileSource`` for Feast's file
+    offline store (``duckdb``, the default), ``SparkSource`` over the same parquet partitions
+    for Feast's Spark offline store (``spark``, see ``pipelines.features.store.repo_config``).
     Returns a dict: ``user``, ``item`` (entities), ``user_source``, ``item_source``
-    (FileSources), ``user_features``, ``item_features`` (FeatureViews), ``ranker_v1``,
+    (sources), ``user_features``, ``item_features`` (FeatureViews), ``ranker_v1``,
     ``two_tower_v1``, ``serving_v1`` (FeatureServices).
     """
     features_dir = Path(features_dir)
@@ -80,8 +84,8 @@ def build(features_dir: Path | str) -> dict:
         value_type=ValueType.STRING,
         description="an item (raw id, string)",
     )
-    user_source, user_features = _table_view(features_dir, "user", user, USER_FEATURES)
-    item_source, item_features = _table_view(features_dir, "item", item, ITEM_FEATURES)
+    user_source, user_features = _table_view(features_dir, "user", user, USER_FEATURES, engine)
+    item_source, item_features = _table_view(features_dir, "item", item, ITEM_FEATURES, engine)
     return {
         "user": user,
         "item": item,
@@ -93,18 +97,37 @@ def build(features_dir: Path | str) -> dict:
     }
 
 
+def _source(features_dir: Path, table: str, engine: str) -> DataSource:
+    """The source ``<table>_features_source`` over ``features_dir/<table>`` (one partition per
+    logical date): a ``SparkSource`` (parquet, read by Spark) for the ``spark`` engine, else a
+    ``FileSource``. No ``date_partition_column``: Feast would prune ``date=D`` by the date of
+    the wanted timestamps, but D's rows are stamped ``D+1 00:00`` and would be cut at the edge."""
+    common = {
+        "name": f"{table}_features_source",
+        "path": str(features_dir / table),
+        "timestamp_field": "event_timestamp",
+        "created_timestamp_column": "created",
+        "description": f"features/{table}/date=D/part-0.parquet, one partition per logical date",
+    }
+    if engine == "spark":
+        from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import (
+            SparkSource,
+        )
+
+        return SparkSource(file_format="parquet", **common)
+    return FileSource(**common)
+
+
 def _table_view(
-    features_dir: Path, table: str, entity: Entity, features: tuple[tuple[str, str, str], ...]
-) -> tuple[FileSource, FeatureView]:
-    """The FileSource ``<table>_features_source`` over ``features_dir/<table>`` (one partition
-    per logical date) and its online FeatureView ``<table>_features`` keyed by ``entity``."""
-    source = FileSource(
-        name=f"{table}_features_source",
-        path=str(features_dir / table),
-        timestamp_field="event_timestamp",
-        created_timestamp_column="created",
-        description=f"features/{table}/date=D/part-0.parquet, one partition per logical date",
-    )
+    features_dir: Path,
+    table: str,
+    entity: Entity,
+    features: tuple[tuple[str, str, str], ...],
+    engine: str = "duckdb",
+) -> tuple[DataSource, FeatureView]:
+    """The source of :func:`_source` and its online FeatureView ``<table>_features`` keyed by
+    ``entity``."""
+    source = _source(features_dir, table, engine)
     view = FeatureView(
         name=f"{table}_features",
         entities=[entity],
@@ -145,7 +168,8 @@ def _feature_services(
 
 # Module-level objects for the `feast` CLI (it collects the objects defined in the repo's
 # modules), for the workspace of the environment (pipelines.core.settings: RECLOOP_HOME).
-_objects = build(Settings.from_env().features_dir)
+_settings = Settings.from_env()
+_objects = build(_settings.features_dir, _settings.feature_engine)
 user = _objects["user"]
 item = _objects["item"]
 user_features = _objects["user_features"]

@@ -191,3 +191,13 @@ def compute(
         )
         bar.update(1)
     return users, items, n_events
+
+
+def offline_session(settings: Settings) -> Any:
+    """The session Feast's Spark offline store runs point-in-time joins in: this process's
+    (:func:`spark_session`, so Feast finds it active and does not start its own), with Arrow
+    transfers on for the entity frame it uploads and the frame it collects (row-by-row pickling
+    otherwise)."""
+    session = spark_session(settings)
+    session.conf.set("spark.sql.execution.arrow.pyspark.enabled", "true")
+    return session

@@ -2,7 +2,8 @@
 
 Everything runs in-process through the Feast SDK (the ``feast`` CLI costs ~6 s of start-up per
 call). The store is built in code from :class:`~pipelines.core.settings.Settings` by
-:func:`repo_config` — registry ``RECLOOP_HOME/features/registry.db``, file offline store over
+:func:`repo_config` — registry ``RECLOOP_HOME/features/registry.db``, file offline store
+(Feast's Spark store with ``RECLOOP_FEATURE_ENGINE=spark``: :func:`offline_store_config`) over
 ``RECLOOP_HOME/features/{user,item}/date=D/``, Redis online store from ``RECLOOP_REDIS_URL`` with
 1 s socket timeouts — and cached per settings in the process (:func:`get_store`).
 
@@ -103,8 +104,26 @@ def registry_path(settings: Settings) -> Path:
     return layout.feast_registry_path(settings)
 
 
+def offline_store_config(settings: Settings) -> dict:
+    """Feast's offline store for ``settings.feature_engine``: ``{"type": "file"}`` (DuckDB
+    engine, the default) or ``{"type": "spark", "spark_conf": ...}`` (Spark engine: point-in-time
+    joins run in the process's Spark session, :func:`pipelines.features.spark_engine.offline_session`;
+    ``spark_conf`` is what Feast would start one with if none were running)."""
+    if settings.feature_engine != "spark":
+        return {"type": "file"}
+    conf = {
+        "spark.master": settings.spark_master,
+        "spark.app.name": "recloop-features",
+        "spark.ui.enabled": "false",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+    }
+    return {"type": "spark", "spark_conf": conf}
+
+
 def repo_config(settings: Settings):
-    """The Feast ``RepoConfig`` of this workspace (what feature_repo/feature_store.yaml says)."""
+    """The Feast ``RepoConfig`` of this workspace (what feature_repo/feature_store.yaml says),
+    its offline store chosen by the feature engine (:func:`offline_store_config`)."""
     from feast.repo_config import RepoConfig
 
     config = RepoConfig(
@@ -121,7 +140,7 @@ def repo_config(settings: Settings):
             "connection_string": redis_connection_string(settings.redis_url),
             "skip_dedup": True,
         },
-        offline_store={"type": "file"},
+        offline_store=offline_store_config(settings),
         entity_key_serialization_version=3,
     )
     config.repo_path = REPO_DIR
@@ -130,6 +149,12 @@ def repo_config(settings: Settings):
 
 def feature_store_yaml(settings: Settings) -> str:
     """A feature_store.yaml equivalent to :func:`repo_config` (for the ``feast`` CLI)."""
+    offline = offline_store_config(settings)
+    offline_yaml = f"offline_store:\n    type: {offline['type']}\n"
+    if offline.get("spark_conf"):
+        offline_yaml += "    spark_conf:\n" + "".join(
+            f'        {k}: "{v}"\n' for k, v in offline["spark_conf"].items()
+        )
     return (
         f"project: {online.PROJECT}\n"
         "registry:\n"
@@ -142,8 +167,7 @@ def feature_store_yaml(settings: Settings) -> str:
         f"    redis_type: {redis_type(settings.redis_url)}\n"
         f'    connection_string: "{redis_connection_string(settings.redis_url)}"\n'
         "    skip_dedup: true\n"
-        "offline_store:\n"
-        "    type: file\n"
+        f"{offline_yaml}"
         "entity_key_serialization_version: 3\n"
         "auth:\n"
         "    type: no_auth\n"
@@ -162,7 +186,7 @@ def definitions(settings: Settings) -> dict:
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
             _definitions_module = module
-    return _definitions_module.build(settings.features_dir)
+    return _definitions_module.build(settings.features_dir, settings.feature_engine)
 
 
 def get_store(settings: Settings):
@@ -364,6 +388,11 @@ def training_frame(
     collapses rows that share an entity id and timestamp (the impressions of one slate), and
     can fail sorting the null ``created`` of ids with no row at all; asking this way, no
     event is lost and the values are the same.
+
+    The offline store follows ``settings.feature_engine`` (:func:`offline_store_config`): Feast's
+    file store (``duckdb``) or its Spark store (``spark``: the join runs in Spark over the same
+    partitions; the same frame, tests/test_spark_offline.py). The log line and
+    ``frame.attrs["offline_store"]`` name the one that built the frame.
     """
     need = {"user_id", "item_id", "event_timestamp"}
     if not need <= set(events.columns):
@@ -372,8 +401,10 @@ def training_frame(
     out["user_id"] = out["user_id"].astype(str)
     out["item_id"] = out["item_id"].astype(str)
     out["event_timestamp"] = pd.to_datetime(out["event_timestamp"], utc=True)
+    _match_sources(settings)
     names = service_features(settings, service)
     store = get_store(settings)
+    offline = store.config.offline_store.type
     t0 = time.perf_counter()
     for entity, cols in names.items():
         if not cols:
@@ -387,8 +418,7 @@ def training_frame(
         got = pd.DataFrame(columns=[key, "event_timestamp", *cols])
         if len(pairs):
             refs = [f"{online.VIEWS[entity]}:{c}" for c in cols]
-            got = store.get_historical_features(entity_df=pairs, features=refs).to_df()
-            got["event_timestamp"] = pd.to_datetime(got["event_timestamp"], utc=True)
+            got = _historical(settings, store, pairs, refs)
             got = got[[key, "event_timestamp", *cols]].drop_duplicates([key, "event_timestamp"])
         out = out.merge(got, on=[key, "event_timestamp"], how="left", validate="many_to_one")
         out[f"{entity}_missing"] = out[cols].isna().all(axis=1)
@@ -399,13 +429,57 @@ def training_frame(
                 if ft.FEATURE_TYPES[c] == "int64":
                     out[c] = out[c].astype("int64")
     log.info(
-        "training frame: %d events x %d features (%s) in %.2fs",
+        "training frame: %d events x %d features (%s) in %.2fs (feast %s offline store)",
         len(out),
         sum(len(c) for c in names.values()),
         service,
         time.perf_counter() - t0,
+        offline,
     )
+    out.attrs["offline_store"] = offline
     return out
+
+
+def _historical(
+    settings: Settings, store: Any, pairs: pd.DataFrame, refs: list[str]
+) -> pd.DataFrame:
+    """Feast's point-in-time answer for distinct ``(id, event_timestamp)`` ``pairs``: one row per
+    pair with its features (null where none in time), ``event_timestamp`` as UTC.
+
+    On the Spark store the pairs travel with their position (``_pair``) and come back with
+    their own id and timestamp: Spark keeps timestamps to the microsecond, so a nanosecond
+    timestamp would otherwise not merge back."""
+    if store.config.offline_store.type != "spark":
+        got = store.get_historical_features(entity_df=pairs, features=refs).to_df()
+        got["event_timestamp"] = pd.to_datetime(got["event_timestamp"], utc=True)
+        return got
+    from pipelines.features import spark_engine
+
+    spark_engine.offline_session(settings)
+    # floored to Spark's microseconds here (Spark's Arrow upload refuses a lossy cast and falls
+    # back to row-by-row pickling): the same answer against whole-microsecond feature times,
+    # bar an event less than a microsecond past a row's ttl end
+    ask = pairs.assign(_pair=range(len(pairs)))
+    ask["event_timestamp"] = ask["event_timestamp"].dt.floor("us")
+    got = store.get_historical_features(entity_df=ask, features=refs).to_df()
+    got = got.drop(columns=list(pairs.columns)).drop_duplicates("_pair")
+    got = got.sort_values("_pair").reset_index(drop=True)
+    if len(got) != len(pairs) or not (got["_pair"].to_numpy() == range(len(pairs))).all():
+        raise RuntimeError(f"feast spark store answered {len(got)} rows for {len(pairs)} pairs")
+    return pd.concat([pairs.reset_index(drop=True), got.drop(columns="_pair")], axis=1)
+
+
+def _match_sources(settings: Settings) -> None:
+    """Apply the repository again when the registry holds the other engine's sources (the
+    feature engine was switched since the last apply): each offline store reads only its own."""
+    if not registry_path(settings).exists():
+        return
+    store = get_store(settings)
+    want = "SparkSource" if settings.feature_engine == "spark" else "FileSource"
+    have = {type(store.get_feature_view(v).batch_source).__name__ for v in online.VIEWS.values()}
+    if have != {want}:
+        log.info("feast registry holds %s sources; applying %s ones", sorted(have), want)
+        apply_repo(settings)
 
 
 def _known_ids(settings: Settings, entity: str) -> set[str]:

@@ -275,7 +275,8 @@ def train_for_date(
     except NotEnoughLabels as exc:
         log.warning("no ranker trained through %s: %s", day, exc)
         return {"date": day.isoformat(), "trained": False, "reason": str(exc)}
-    frame = add_ranker_columns(training_frame(settings, rows, SERVICE))
+    joined = training_frame(settings, rows, SERVICE)
+    frame = add_ranker_columns(joined)
     train, valid = split_validation_day(frame)
     dense, sparse = feature_columns(settings)
     dense = dense if USE_DENSE or source != IMPRESSIONS_SOURCE else []
@@ -287,6 +288,7 @@ def train_for_date(
         "positives": int(frame["label"].sum()),
         "negative_mix": mix,
         "ips": bool(ips),
+        "offline_store": joined.attrs.get("offline_store"),
         "validation_rows": 0 if valid is None else len(valid),
     }
     params = {"epochs": epochs, "seed": settings.seed, "patience": PATIENCE, **RANKER_PARAMS}
