@@ -2,6 +2,7 @@
 
   OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/bench_ncf_bpr.py --movielens DIR
       [--days 8] [--scale demo] [--seed 42] [--cutoff 1998-03-15] [--validate] [--skip-sim]
+      [--sequential]
 
 Each model is built by ``pipelines.retrieval.train`` (``NCF_PARAMS``, ``BPR_PARAMS``,
 ``MF_PARAMS``: the daily job's settings) and scored by ``pipelines.core.metrics.compare_models``
@@ -153,8 +154,28 @@ def movielens_split(
     return train_m, test_m, recent, note
 
 
-def movielens(folder: Path, cutoff: dt.date, seed: int, last: dt.date | None = None) -> None:
-    """The MovieLens part (module docstring)."""
+def movielens_sequences(folder: Path, cutoff: dt.date) -> tuple[np.ndarray, np.ndarray]:
+    """Each training user's rated items through ``cutoff`` in time order (ties by ``u.data``
+    line), in :func:`movielens_split`'s row and column order: ``(indptr (U + 1,), items (E,))``
+    (:func:`pipelines.retrieval.data.user_sequences`)."""
+    from pipelines.core.vocab import Vocab
+    from pipelines.retrieval.data import user_sequences
+
+    raw = pd.read_csv(folder / "u.data", sep="\t", names=["user", "item", "rating", "ts"])
+    day = pd.to_datetime(raw["ts"], unit="s", utc=True).dt.date
+    tr = raw[day <= cutoff].sort_values("ts", kind="stable")
+    users = Vocab([str(u) for u in np.sort(tr["user"].unique())])
+    items = Vocab([str(i) for i in np.sort(tr["item"].unique())])
+    events = pd.DataFrame({"user_id": tr["user"].astype(str), "item_id": tr["item"].astype(str)})
+    return user_sequences(events, users, items)
+
+
+def movielens(
+    folder: Path, cutoff: dt.date, seed: int, last: dt.date | None = None, sequential: bool = False
+) -> None:
+    """The MovieLens part (module docstring); ``sequential``: GRU4Rec, SASRec and BERT4Rec too
+    (``SEQUENTIAL_PARAMS``, no side attributes: no feature store here), over each training
+    user's ratings in time order (:func:`movielens_sequences`)."""
     from models.als import ALS
     from models.baselines import ItemKNN, MostPopular
     from models.bpr import BPR
@@ -169,6 +190,14 @@ def movielens(folder: Path, cutoff: dt.date, seed: int, last: dt.date | None = N
         "ncf": lambda: NCF(**train.NCF_PARAMS, seed=seed).fit(train_m, progress=False),
         "bpr": lambda: BPR(**train.BPR_PARAMS, seed=seed).fit(train_m, progress=False),
     }
+    if sequential:
+        from models.sequential import BERT4Rec, GRU4Rec, SASRec
+
+        seqs = movielens_sequences(folder, cutoff)
+        for name, cls in (("gru4rec", GRU4Rec), ("sasrec", SASRec), ("bert4rec", BERT4Rec)):
+            builders[name] = lambda cls=cls: cls(**train.SEQUENTIAL_PARAMS, seed=seed).fit(
+                train_m, sequences=seqs, progress=False
+            )
     models, seconds = fitted(builders)
     ref = implicit_bpr(train_m)
     if ref is not None:
@@ -213,6 +242,7 @@ def main() -> None:
     p.add_argument("--cutoff", default="1998-03-15")
     p.add_argument("--validate", action="store_true", help="the validation splits")
     p.add_argument("--skip-sim", action="store_true")
+    p.add_argument("--sequential", action="store_true", help="MovieLens: gru4rec/sasrec/bert4rec")
     a = p.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_retrieval's helpers
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
@@ -222,9 +252,9 @@ def main() -> None:
     if a.movielens:
         cutoff = dt.date.fromisoformat(a.cutoff)
         if a.validate:
-            movielens(a.movielens, cutoff - dt.timedelta(days=28), a.seed, last=cutoff)
+            movielens(a.movielens, cutoff - dt.timedelta(days=28), a.seed, cutoff, a.sequential)
         else:
-            movielens(a.movielens, cutoff, a.seed)
+            movielens(a.movielens, cutoff, a.seed, sequential=a.sequential)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
 
 
