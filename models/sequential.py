@@ -34,8 +34,9 @@ the Cloze task), in PyTorch, under the :class:`models.base.Retriever` contract.
 - **Recommend**: after ``fit`` every user's state ``h_u`` is computed once from their last
   ``max_len`` training items (:attr:`histories`, saved with the weights) plus their attribute
   vectors; ``score_all`` is ``h_u . E^T``, so ``user_embeddings`` ``(U, D)`` and
-  ``item_embeddings`` ``(I, D)`` rank exactly as the scores (a FAISS inner-product index works). :meth:`SequentialRetriever.encode` scores a
-  fresh sequence (what serving would read online; not wired here).
+  ``item_embeddings`` ``(I, D)`` rank exactly as the scores (a FAISS inner-product index works).
+  :meth:`SequentialRetriever.encode` scores a fresh sequence (serving's online sequence:
+  :class:`serving.sources.ModelSource`).
 
 Shapes: ``U`` users, ``I`` items, ``D`` = ``dim``, ``L`` = ``max_len``, ``B`` batch. Deterministic
 under ``seed`` on CPU for a given thread count (weights and dropout under a forked, seeded torch
