@@ -597,22 +597,25 @@ class BundleManager:
         since it loaded (a champion that serves another day: the trending list, the click
         posteriors of exploration and the catalog weights are the day's, as a freshly loaded
         bundle's and the served OPE's replay are), ``unchanged, item table D`` after swapping in
-        the same bundle with that table. A table that fails to load keeps the current one."""
+        the same bundle with that table. A table that fails to load keeps the current one; a
+        bundle without an item table (a stand-in) is left as it is."""
         from pipelines.core import schema
         from pipelines.features.tables import table_dir
 
-        dates = schema.partition_dates(table_dir(self.settings, "item"))
-        have = current.item_table.date
-        if not dates or (have is not None and dates[-1].isoformat() <= have):
+        if getattr(current, "item_table", None) is None:
             return "unchanged"
-        ids = current.index.item_ids
-        ids = np.asarray(current.items.ids if ids is None else ids, dtype=str)
+        have = current.item_table.date
         try:
+            dates = schema.partition_dates(table_dir(self.settings, "item"))
+            if not dates or (have is not None and dates[-1].isoformat() <= have):
+                return "unchanged"
+            ids = current.index.item_ids
+            ids = np.asarray(current.items.ids if ids is None else ids, dtype=str)
             table = ItemTable.load(self.settings, ids)
         except Exception as exc:  # noqa: BLE001 - keep serving the table we have
-            log.error("reload: item table %s of %s bundle %s unreadable (%r); keeping %s",
-                      dates[-1], arm, current.version, exc, have)  # fmt: skip
-            return f"unchanged (item table {dates[-1]} unreadable: {exc!r})"
+            log.error("reload: newer item table for %s bundle %s unreadable (%r); keeping %s",
+                      arm, current.version, exc, have)  # fmt: skip
+            return f"unchanged (newer item table unreadable: {exc!r})"
         self.arms[arm] = replace(current, item_table=table)  # the atomic swap
         log.info("reload: %s bundle %s now serves item table %s (was %s)",
                  arm, current.version, table.date, have)  # fmt: skip

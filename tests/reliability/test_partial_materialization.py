@@ -46,20 +46,31 @@ def two_days(tmp_path: Path, redis_server: RedisServer, monkeypatch: pytest.Monk
 
 
 def fail_second_view(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Make Feast's Redis writes fail from the second feature view on (Redis gone after the
-    first); returns the views written."""
+    """Make the Redis writes fail from the second feature view on (Redis gone after the
+    first), whichever writer materializes (Feast's, or the bulk writer, the default); returns
+    the views written."""
     from feast.infra.online_stores.redis import RedisOnlineStore
 
-    real = RedisOnlineStore.online_write_batch
+    from pipelines.features import bulk_write
+
+    real_feast, real_bulk = RedisOnlineStore.online_write_batch, bulk_write.write_table
     written: list[str] = []
 
-    def write(self, config, table, data, progress):
+    def injected(name: str) -> None:
         if written:
             raise redis.ConnectionError("Connection refused (injected)")
-        written.append(table.name)
-        return real(self, config, table, data, progress)
+        written.append(name)
+
+    def write(self, config, table, data, progress):
+        injected(table.name)
+        return real_feast(self, config, table, data, progress)
+
+    def write_bulk(client, table, layout, chunk_rows):
+        injected(layout.view)
+        return real_bulk(client, table, layout, chunk_rows)
 
     monkeypatch.setattr(RedisOnlineStore, "online_write_batch", write)
+    monkeypatch.setattr(bulk_write, "write_table", write_bulk)
     return written
 
 
