@@ -92,6 +92,8 @@ def topk_similarity(
     n_rows, n = m.shape
     csc = m.tocsc()
     sq = np.asarray(m.multiply(m).sum(0)).ravel().astype(np.float64)
+    if similarity == "cosine" and (m.nnz == 0 or m.data.min() >= 0):
+        return _topk_cosine_sparse(csc, sq, k, progress)
     if similarity == "cosine":
         mean = np.zeros(n)
         std = np.sqrt(sq)
@@ -120,6 +122,50 @@ def topk_similarity(
         rows_out.append(np.broadcast_to(start + local[:, None], top.shape)[keep])
         cols_out.append(top[keep])
         vals_out.append(vals[keep])
+    if rows_out:
+        r, c, v = np.concatenate(rows_out), np.concatenate(cols_out), np.concatenate(vals_out)
+    else:
+        r = c = np.zeros(0, dtype=np.int64)
+        v = np.zeros(0)
+    out = sp.csr_matrix((v.astype(np.float32), (r, c)), shape=(n, n))
+    out.sort_indices()
+    return out
+
+
+_SPARSE_BLOCK = 1024
+"""Columns per block of :func:`_topk_cosine_sparse` (its co-occurrence rows stay sparse)."""
+
+
+def _topk_cosine_sparse(
+    csc: sp.csc_matrix, sq: np.ndarray, k: int, progress: bool
+) -> sp.csr_matrix:
+    """:func:`topk_similarity`'s cosine for non-negative ``csc`` ``(R, C)`` (``sq``: column
+    sums of squares ``(C,)``) without dense rows: two columns that never co-occur have
+    similarity 0, which the result leaves out anyway, so each block's co-occurrence product
+    stays sparse and each row keeps its ``k`` largest nonzero similarities (ties by the lower
+    column). The same values as the dense path (same products, same order of operations); at
+    100k columns a block costs its co-occurrences, not ``block x C`` cells."""
+    n = csc.shape[1]
+    norm = np.sqrt(sq)
+    inv = np.where(norm > 1e-12, 1.0 / np.where(norm > 1e-12, norm, 1.0), 0.0)
+    k = max(0, min(k, n - 1))
+    rows_out, cols_out, vals_out = [], [], []
+    starts = range(0, n, _SPARSE_BLOCK) if k else range(0)
+    for start in tqdm(starts, desc=f"cosine top-{k} (sparse)", disable=not progress):
+        stop = min(start + _SPARSE_BLOCK, n)
+        prod = (csc[:, start:stop].T @ csc).tocsr()  # (b, C) co-occurrence dot products
+        rows = np.repeat(np.arange(stop - start), np.diff(prod.indptr)) + start
+        cols = prod.indices.astype(np.int64)
+        vals = prod.data.astype(np.float64) * inv[rows] * inv[cols]
+        keep = (cols != rows) & np.isfinite(vals) & (vals != 0)
+        rows, cols, vals = rows[keep], cols[keep], vals[keep]
+        order = np.lexsort((cols, -vals, rows))  # per row: largest first, ties by column
+        rows, cols, vals = rows[order], cols[order], vals[order]
+        rank = np.arange(len(rows)) - np.searchsorted(rows, rows, side="left")
+        top = rank < k
+        rows_out.append(rows[top])
+        cols_out.append(cols[top])
+        vals_out.append(vals[top])
     if rows_out:
         r, c, v = np.concatenate(rows_out), np.concatenate(cols_out), np.concatenate(vals_out)
     else:

@@ -529,3 +529,25 @@ def test_topk_similarity_is_sparse_and_excludes_self(data):
     assert np.all(s.diagonal() == 0)
     with pytest.raises(ValueError, match="similarity"):
         topk_similarity(data, 4, "jaccard")
+
+
+def test_topk_cosine_equals_the_dense_definition_on_random_weights():
+    """The cosine top-k (computed block by block over sparse co-occurrences) holds, per row,
+    the k largest nonzero cosines of the column pairs, self excluded, each at its column
+    (columns with one entry in the same row tie exactly: values are compared, not sets)."""
+    rng = np.random.default_rng(3)
+    for _ in range(10):
+        m = sp.random(int(rng.integers(5, 80)), int(rng.integers(3, 120)), density=0.15,
+                      random_state=int(rng.integers(1_000_000)), format="csr")  # fmt: skip
+        m.data = rng.random(m.nnz) + 0.01  # continuous: no ties
+        k = int(rng.integers(1, 12))
+        dense = m.toarray()
+        norm = np.linalg.norm(dense, axis=0)
+        cos = (dense.T @ dense) / np.where(norm > 0, norm, 1)[:, None] / np.where(norm > 0, norm, 1)
+        np.fill_diagonal(cos, 0.0)
+        got = topk_similarity(m, k, "cosine")
+        for c in range(m.shape[1]):
+            want = np.sort(cos[c][cos[c] != 0])[::-1][:k]  # the k largest nonzero cosines
+            row = got[c]
+            assert np.allclose(np.sort(row.data)[::-1], want, rtol=1e-5)
+            assert np.allclose(row.data, cos[c, row.indices], rtol=1e-5)  # each at its column
