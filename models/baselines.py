@@ -122,14 +122,7 @@ def topk_similarity(
         rows_out.append(np.broadcast_to(start + local[:, None], top.shape)[keep])
         cols_out.append(top[keep])
         vals_out.append(vals[keep])
-    if rows_out:
-        r, c, v = np.concatenate(rows_out), np.concatenate(cols_out), np.concatenate(vals_out)
-    else:
-        r = c = np.zeros(0, dtype=np.int64)
-        v = np.zeros(0)
-    out = sp.csr_matrix((v.astype(np.float32), (r, c)), shape=(n, n))
-    out.sort_indices()
-    return out
+    return _square_csr(rows_out, cols_out, vals_out, n)
 
 
 _SPARSE_BLOCK = 1024
@@ -166,8 +159,15 @@ def _topk_cosine_sparse(
         rows_out.append(rows[top])
         cols_out.append(cols[top])
         vals_out.append(vals[top])
-    if rows_out:
-        r, c, v = np.concatenate(rows_out), np.concatenate(cols_out), np.concatenate(vals_out)
+    return _square_csr(rows_out, cols_out, vals_out, n)
+
+
+def _square_csr(
+    rows: list[np.ndarray], cols: list[np.ndarray], vals: list[np.ndarray], n: int
+) -> sp.csr_matrix:
+    """The ``(n, n)`` float32 CSR (indices sorted) of the blocks' ``(row, col, value)`` pieces."""
+    if rows:
+        r, c, v = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
     else:
         r = c = np.zeros(0, dtype=np.int64)
         v = np.zeros(0)
