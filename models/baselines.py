@@ -82,18 +82,25 @@ def _csr_from_state(
 
 
 def topk_similarity(
-    m: sp.csr_matrix, k: int, similarity: str = "cosine", progress: bool = False
+    m: sp.csr_matrix,
+    k: int,
+    similarity: str = "cosine",
+    progress: bool = False,
+    columns: np.ndarray | None = None,
 ) -> sp.csr_matrix:
     """Top-``k`` neighbours between the **columns** of ``m`` ``(R, C)``: CSR ``(C, C)`` whose row
-    ``c`` holds ``sim(c, d)`` for ``c``'s ``k`` most similar columns ``d != c`` (nonzero only)."""
+    ``c`` holds ``sim(c, d)`` for ``c``'s ``k`` most similar columns ``d != c`` (nonzero only).
+    ``columns``: only these rows are computed (the others stay empty; their neighbours are
+    still searched among all columns) — a forward evaluation needs its sampled users only."""
     if similarity not in SIMILARITIES:
         raise ValueError(f"similarity={similarity!r}: expected one of {SIMILARITIES}")
     m = _as_csr(m)
     n_rows, n = m.shape
     csc = m.tocsc()
     sq = np.asarray(m.multiply(m).sum(0)).ravel().astype(np.float64)
+    wanted = np.arange(n) if columns is None else np.unique(np.asarray(columns, dtype=np.int64))
     if similarity == "cosine" and (m.nnz == 0 or m.data.min() >= 0):
-        return _topk_cosine_sparse(csc, sq, k, progress)
+        return _topk_cosine_sparse(csc, sq, k, progress, wanted)
     if similarity == "cosine":
         mean = np.zeros(n)
         std = np.sqrt(sq)
@@ -104,22 +111,24 @@ def topk_similarity(
     k = max(0, min(k, n - 1))
     block = max(1, _BLOCK_CELLS // max(n, 1))
     rows_out, cols_out, vals_out = [], [], []
-    for start in tqdm(range(0, n, block), desc=f"{similarity} top-{k}", disable=not progress):
-        stop = min(start + block, n)
-        dots = (csc[:, start:stop].T @ csc).toarray().astype(np.float64)  # (b, n)
+    for start in tqdm(
+        range(0, len(wanted), block), desc=f"{similarity} top-{k}", disable=not progress
+    ):
+        cols = wanted[start : start + block]
+        dots = (csc[:, cols].T @ csc).toarray().astype(np.float64)  # (b, n)
         if similarity == "cosine":
-            sims = dots * inv[start:stop, None] * inv[None, :]
+            sims = dots * inv[cols, None] * inv[None, :]
         else:
-            cov = dots / max(n_rows, 1) - mean[start:stop, None] * mean[None, :]
-            sims = cov * inv[start:stop, None] * inv[None, :]
-        local = np.arange(stop - start)
-        sims[local, start + local] = -np.inf  # never one's own neighbour
+            cov = dots / max(n_rows, 1) - mean[cols, None] * mean[None, :]
+            sims = cov * inv[cols, None] * inv[None, :]
+        local = np.arange(len(cols))
+        sims[local, cols] = -np.inf  # never one's own neighbour
         if k == 0:
             continue
         top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         vals = np.take_along_axis(sims, top, axis=1)
         keep = np.isfinite(vals) & (vals != 0)
-        rows_out.append(np.broadcast_to(start + local[:, None], top.shape)[keep])
+        rows_out.append(np.broadcast_to(cols[:, None], top.shape)[keep])
         cols_out.append(top[keep])
         vals_out.append(vals[keep])
     return _square_csr(rows_out, cols_out, vals_out, n)
@@ -130,24 +139,25 @@ _SPARSE_BLOCK = 1024
 
 
 def _topk_cosine_sparse(
-    csc: sp.csc_matrix, sq: np.ndarray, k: int, progress: bool
+    csc: sp.csc_matrix, sq: np.ndarray, k: int, progress: bool, wanted: np.ndarray
 ) -> sp.csr_matrix:
     """:func:`topk_similarity`'s cosine for non-negative ``csc`` ``(R, C)`` (``sq``: column
     sums of squares ``(C,)``) without dense rows: two columns that never co-occur have
     similarity 0, which the result leaves out anyway, so each block's co-occurrence product
     stays sparse and each row keeps its ``k`` largest nonzero similarities (ties by the lower
     column). The same values as the dense path (same products, same order of operations); at
-    100k columns a block costs its co-occurrences, not ``block x C`` cells."""
+    100k columns a block costs its co-occurrences, not ``block x C`` cells. Rows of ``wanted``
+    (sorted column indices) only."""
     n = csc.shape[1]
     norm = np.sqrt(sq)
     inv = np.where(norm > 1e-12, 1.0 / np.where(norm > 1e-12, norm, 1.0), 0.0)
     k = max(0, min(k, n - 1))
     rows_out, cols_out, vals_out = [], [], []
-    starts = range(0, n, _SPARSE_BLOCK) if k else range(0)
+    starts = range(0, len(wanted), _SPARSE_BLOCK) if k else range(0)
     for start in tqdm(starts, desc=f"cosine top-{k} (sparse)", disable=not progress):
-        stop = min(start + _SPARSE_BLOCK, n)
-        prod = (csc[:, start:stop].T @ csc).tocsr()  # (b, C) co-occurrence dot products
-        rows = np.repeat(np.arange(stop - start), np.diff(prod.indptr)) + start
+        block = wanted[start : start + _SPARSE_BLOCK]
+        prod = (csc[:, block].T @ csc).tocsr()  # (b, C) co-occurrence dot products
+        rows = block[np.repeat(np.arange(len(block)), np.diff(prod.indptr))]
         cols = prod.indices.astype(np.int64)
         vals = prod.data.astype(np.float64) * inv[rows] * inv[cols]
         keep = (cols != rows) & np.isfinite(vals) & (vals != 0)
@@ -348,10 +358,20 @@ class UserKNN(_KNN):
     def _n_neighbours_space(self) -> int:
         return self.n_users
 
-    def fit(self, interactions: sp.csr_matrix, progress: bool = False, **kwargs: Any) -> UserKNN:
+    def fit(
+        self,
+        interactions: sp.csr_matrix,
+        progress: bool = False,
+        users: np.ndarray | None = None,
+        **kwargs: Any,
+    ) -> UserKNN:
+        """``users``: find neighbours for these rows only (the others score their mean alone) —
+        a forward evaluation of a sample of users at a million users."""
         self.train = _as_csr(interactions)
         self.n_users, self.n_items = self.train.shape
-        self.neighbours = topk_similarity(self.train.T.tocsr(), self.k, self.similarity, progress)
+        self.neighbours = topk_similarity(
+            self.train.T.tocsr(), self.k, self.similarity, progress, columns=users
+        )
         self.norm = _abs_row_sums(self.neighbours)
         self._after_load()
         log.info(

@@ -79,6 +79,7 @@ LEGACY_DEFAULTS = {
     "history": True,
     "popularity_prior": False,
     "popularity_weight": 1.0,
+    "max_steps_per_epoch": 0,
 }
 
 HardNegatives = Mapping[int, np.ndarray] | Callable[[int], np.ndarray]
@@ -401,7 +402,9 @@ class TwoTower(Retriever):
     per-row hard ones by the weights); ``logq`` log-Q correction; ``id_dropout`` share of ids
     replaced by the unknown row in training; ``positive_threshold`` values above it are positives;
     ``max_hard_per_user`` hard candidates kept per user; ``log_columns`` numeric features that are
-    log-transformed; ``epochs`` (at most), ``batch_size``, ``lr``, ``weight_decay`` (Adam);
+    log-transformed; ``epochs`` (at most), ``max_steps_per_epoch`` (0: a whole pass; otherwise an
+    epoch is at most that many batches of a fresh shuffle — a day's cost stays bounded as the
+    history grows), ``batch_size``, ``lr``, ``weight_decay`` (Adam);
     ``val_fraction``/``max_val``/``patience`` early stopping; ``seed``; ``device`` (default: CUDA
     when present). ``user_ids`` / ``item_ids`` / ``history``: whether the towers read id embeddings
     and the user's history mean (off, a tower reads its features only). ``popularity_prior``: add
@@ -435,6 +438,7 @@ class TwoTower(Retriever):
         patience: int = 2,
         log_columns: Sequence[str] = ("price",),
         epochs: int = 10,
+        max_steps_per_epoch: int = 0,
         batch_size: int = 1024,
         lr: float = 5e-3,
         weight_decay: float = 0.0,
@@ -471,6 +475,7 @@ class TwoTower(Retriever):
             "patience": int(patience),
             "log_columns": [str(c) for c in log_columns],
             "epochs": int(epochs),
+            "max_steps_per_epoch": int(max_steps_per_epoch),
             "batch_size": int(batch_size),
             "lr": float(lr),
             "weight_decay": float(weight_decay),
@@ -775,7 +780,8 @@ class TwoTower(Retriever):
         epoch: int,
         progress: bool,
     ) -> float:
-        """One shuffled pass over the training positives (the last partial batch dropped);
+        """One shuffled pass over the training positives (the last partial batch dropped; at
+        most ``max_steps_per_epoch`` batches when set);
         returns the mean step loss. ``step``: the loss of a batch (``_Batcher.loss``, in DDP
         wrapped by :func:`pipelines.core.distributed.wrap_loss`). With DDP every rank draws the
         same permutation (same seed) and trains on its strided share of each global batch of
@@ -791,6 +797,8 @@ class TwoTower(Retriever):
         total, steps = 0.0, 0
         step_rows = batch_size * ddp.world_size()  # the global batch
         starts = range(0, n_pos - step_rows + 1, step_rows)
+        if self.hp["max_steps_per_epoch"] > 0:
+            starts = starts[: self.hp["max_steps_per_epoch"]]
         desc = f"two_tower epoch {epoch + 1}"
         for s in progress_bar(starts, desc=desc, unit="batch", enabled=progress):
             idx = ddp.shard(perm[s : s + step_rows])

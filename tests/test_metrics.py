@@ -229,3 +229,19 @@ def test_auc_within_groups_removes_a_confounding_group():
     expected = (pairs[1] + pairs[2]) / sum(pairs.values())
     assert ev.auc_within_groups(y, flip, pos) == pytest.approx(expected)
     assert math.isnan(ev.auc_within_groups(np.ones(3), np.arange(3.0), np.arange(3)))
+
+
+def test_sample_test_users_draws_from_the_scored_users():
+    # u0, u1 have unseen test items; u2's only test item was seen in training; u3 none
+    train = sp.csr_matrix(np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0], [0, 0, 1]], np.float32))
+    test = sp.csr_matrix(np.array([[0, 1, 0], [0, 0, 1], [1, 0, 0], [0, 0, 0]], np.float32))
+    users, n = ev.sample_test_users(train, test, max_users=5)
+    assert n == 2 and users.tolist() == [0, 1]
+    rng = np.random.default_rng(1)
+    big_train = sp.random(500, 40, density=0.05, format="csr", random_state=1)
+    big_test = sp.csr_matrix((rng.random((500, 40)) < 0.05).astype(np.float32))
+    everyone, n = ev.sample_test_users(big_train, big_test, max_users=10_000)
+    part, n2 = ev.sample_test_users(big_train, big_test, max_users=50, seed=3)
+    assert n2 == n == len(everyone) > 50 and len(part) == 50
+    assert set(part) <= set(everyone) and (np.diff(part) > 0).all()
+    assert (part == ev.sample_test_users(big_train, big_test, max_users=50, seed=3)[0]).all()

@@ -551,3 +551,22 @@ def test_topk_cosine_equals_the_dense_definition_on_random_weights():
             row = got[c]
             assert np.allclose(np.sort(row.data)[::-1], want, rtol=1e-5)
             assert np.allclose(row.data, cos[c, row.indices], rtol=1e-5)  # each at its column
+
+
+@pytest.mark.parametrize("kind", ["cosine", "pearson"])
+def test_topk_similarity_of_some_columns_equals_those_rows_of_all(kind):
+    """``columns``: the asked rows are computed as in the full matrix; the others stay empty
+    (UserKNN fit for a forward evaluation's sampled users)."""
+    rng = np.random.default_rng(5)
+    m = sp.random(60, 90, density=0.1, random_state=5, format="csr")
+    m.data = rng.random(m.nnz) + 0.01
+    full = topk_similarity(m, 6, kind)
+    wanted = np.array([71, 3, 40, 3, 88])  # unsorted, a repeat
+    part = topk_similarity(m, 6, kind, columns=wanted)
+    for c in range(90):
+        want = full[c].toarray() if c in wanted else np.zeros((1, 90))
+        np.testing.assert_array_equal(part[c].toarray(), want)
+    model = UserKNN(k=6).fit(m.T.tocsr(), users=wanted)
+    whole = UserKNN(k=6).fit(m.T.tocsr())
+    u = np.unique(wanted)
+    np.testing.assert_allclose(model.score_all(u), whole.score_all(u), rtol=1e-6)

@@ -205,3 +205,62 @@ def test_train_and_evaluate_with_ips_and_the_logistic_baseline() -> None:
     lr = fit_logistic_regression(train, ["x"], ["cat"], dim=4, epochs=3, batch_size=256)
     assert lr.interaction == "linear"
     assert evaluate_ranker(lr, test)["auc"] > 0.7
+
+
+def _two_logged_days(settings) -> None:
+    """Two validated days of 60 requests x 5 impressions, a click on every 7th impression."""
+    from pipelines.core import schema
+
+    for day in ("2026-01-01", "2026-01-02"):
+        rows = []
+        for r in range(60):
+            for j in range(5):
+                rows.append((f"{day}-{r}-{j}i", f"{day}-r{r}", f"u{r % 17}", f"i{(r + j) % 23}",
+                             "impression", j, 0.2))  # fmt: skip
+                if (r * 5 + j) % 7 == 0:
+                    rows.append((f"{day}-{r}-{j}c", f"{day}-r{r}", f"u{r % 17}",
+                                 f"i{(r + j) % 23}", "click", j, 0.2))  # fmt: skip
+        frame = _log(rows)
+        frame["ts"] = pd.Timestamp(day, tz="UTC") + pd.to_timedelta(np.arange(len(frame)), "s")
+        schema.write_partition_atomic(frame, settings.validated_dir, day)
+
+
+def test_window_labels_over_max_rows_label_a_sample_of_whole_requests(tmp_path) -> None:
+    import datetime as dt
+
+    from pipelines.core.settings import Settings
+    from pipelines.ranking.data import window_labels
+
+    settings = Settings(home=tmp_path)
+    settings.ensure_dirs()
+    _two_logged_days(settings)
+    first, last = dt.date(2026, 1, 1), dt.date(2026, 1, 2)
+    full, source = window_labels(settings, first, last)
+    assert source == "impressions" and len(full) == 600
+    assert window_labels(settings, first, last, max_rows=600)[0].equals(full)
+    part, source = window_labels(settings, first, last, max_rows=240)
+    assert source == "impressions" and 120 <= len(part) <= 360
+    # whole requests, labelled as in the full window
+    assert (part.groupby("request_id").size() == 5).all()
+    want = full.set_index("event_id")["label"]
+    assert (part.set_index("event_id")["label"] == want.reindex(part["event_id"])).all()
+    assert part["request_id"].str.startswith("2026-01-01").any()
+    assert part["request_id"].str.startswith("2026-01-02").any()
+    again, _ = window_labels(settings, first, last, max_rows=240)
+    assert again.equals(part)  # seeded: a rerun labels the same requests
+
+
+def test_sample_users_keeps_whole_users() -> None:
+    from pipelines.ranking.data import sample_users
+
+    rows = _labelled(n_users=50, per_user=4)
+    assert sample_users(rows, 50, seed=0) is rows
+    part = sample_users(rows, 10, seed=0)
+    assert part["user_id"].nunique() == 10
+    assert (
+        part.groupby("user_id")
+        .size()
+        .eq(rows.groupby("user_id").size()[part["user_id"].unique()])
+        .all()
+    )
+    assert part.equals(sample_users(rows, 10, seed=0))

@@ -145,6 +145,18 @@ def test_forward_evaluation_scores_yesterdays_models_on_today(ws):
     assert (ws.reports_dir / "eval" / f"date={DAYS[2]}.json").exists()
     first_day = evaluate.evaluate_forward(ws, DAYS[0], models=("mf",))
     assert "nothing to evaluate" in first_day["note"]
+    assert out["scored_users"] == out["test_users"] == metrics["mf"]["n_users"] > 4
+
+
+def test_forward_evaluation_scores_a_sample_of_at_most_eval_max_users(ws):
+    import dataclasses
+
+    train.train(ws, "mf", DAYS[1])
+    everyone = evaluate.evaluate_forward(ws, DAYS[2], models=("mf",))
+    capped = dataclasses.replace(ws, eval_max_users=4)
+    out = evaluate.evaluate_forward(capped, DAYS[2], models=("mf",))
+    assert out["test_users"] == everyone["test_users"] > 4 and out["scored_users"] == 4
+    assert {row["n_users"] for row in out["metrics"].values()} == {4.0}
 
 
 def test_missing_model_is_a_clear_error(ws):

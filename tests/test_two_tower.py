@@ -354,3 +354,19 @@ def test_tower_without_inputs_is_a_clear_error(data, who):
     # the user history alone is an input
     if who == "user":
         TwoTower(seed=0, **{**kw, "history": True}).fit(*args)
+
+
+def test_max_steps_per_epoch_bounds_the_optimizer_steps(data, monkeypatch):
+    train, _, users, items, *_ = data
+    steps = []
+    real_step = torch.optim.Adam.step
+    monkeypatch.setattr(torch.optim.Adam, "step", lambda self, *a, **k: (steps.append(1),
+                        real_step(self, *a, **k))[1])  # fmt: skip
+    kw = {"dim": 16, "id_dim": 16, "hidden": (32,), "epochs": 2, "val_fraction": 0.0}
+    TwoTower(seed=1, batch_size=32, **kw).fit(train, users, items, progress=False)
+    whole = len(steps)
+    steps.clear()
+    model = TwoTower(seed=1, batch_size=32, max_steps_per_epoch=3, **kw)
+    model.fit(train, users, items, progress=False)
+    assert whole > 6 and len(steps) == 6  # 2 epochs x 3 batches
+    assert model.config()["max_steps_per_epoch"] == 3

@@ -240,6 +240,36 @@ def user_auc(scores: np.ndarray, positives: np.ndarray, candidates: np.ndarray) 
     return auc(positives[candidates], scores[candidates])
 
 
+def unseen_relevance(train_csr: sp.csr_matrix, test_csr: sp.csr_matrix) -> sp.csr_matrix:
+    """The relevant test entries ``(min(U_test, U_train), I)`` graded: ``test_csr``'s positive
+    values minus the (user, item) pairs already in ``train_csr`` (those are never candidates).
+    Rows beyond the training matrix (users a model never saw) are cut off."""
+    train = sp.csr_matrix(train_csr)
+    test = sp.csr_matrix(test_csr)
+    if test.shape[1] != train.shape[1]:
+        raise ValueError(f"test has {test.shape[1]} items, train has {train.shape[1]}")
+    test = test[: min(test.shape[0], train.shape[0])]
+    seen = (train[: test.shape[0]] != 0).astype(np.float32)
+    relevant = test.multiply(test > 0).tocsr()
+    relevant = (relevant - relevant.multiply(seen)).tocsr()
+    relevant.eliminate_zeros()
+    return relevant
+
+
+def sample_test_users(
+    train_csr: sp.csr_matrix, test_csr: sp.csr_matrix, max_users: int, seed: int = 0
+) -> tuple[np.ndarray, int]:
+    """``(users, n_test_users)``: the rows :func:`evaluate_model` scores by default (a relevant
+    test item not seen in training), at most ``max_users`` of them — a seeded uniform sample,
+    sorted — so every model of a comparison is scored on the same users."""
+    relevant = unseen_relevance(train_csr, test_csr)
+    users = np.flatnonzero(np.diff(relevant.indptr) > 0)
+    if len(users) > max_users:
+        pick = np.random.default_rng(seed).choice(len(users), max_users, replace=False)
+        return np.sort(users[pick]), len(users)
+    return users, len(users)
+
+
 def evaluate_model(
     model: Retriever,
     train_csr: sp.csr_matrix,
@@ -261,15 +291,8 @@ def evaluate_model(
     ``mean_popularity@k`` and ``n_users``.
     """
     train = sp.csr_matrix(train_csr)
-    test = sp.csr_matrix(test_csr)
     n_users, n_items = train.shape
-    if test.shape[1] != n_items:
-        raise ValueError(f"test has {test.shape[1]} items, train has {n_items}")
-    test = test[: min(test.shape[0], n_users)]
-    seen = (train[: test.shape[0]] != 0).astype(np.float32)
-    relevant = test.multiply(test > 0).tocsr()
-    relevant = (relevant - relevant.multiply(seen)).tocsr()
-    relevant.eliminate_zeros()
+    relevant = unseen_relevance(train, test_csr)
     if users is None:
         users = np.flatnonzero(np.diff(relevant.indptr) > 0)
     users = np.asarray(users, dtype=np.int64)

@@ -108,6 +108,14 @@ class Settings:
     max_purchase_value: float = 10.0  # a purchase's value counts at most this (features, feedback)
     train_nproc: int = 1  # DDP processes for the DAG's two-tower and ranker training
     index_memory_budget_mb: int = 4096  # above: the item index's lists go on disk (issue 19)
+    eval_max_users: int = 20_000
+    """Forward evaluations (``evaluate``, ``evaluate_ranker``, the gate's champion AUC) score at
+    most this many test users, a seeded sample (every user below it: demo days have ~1,500).
+    At ``large`` a day has ~300k test users, and scoring all of them took 593 s (issue 19)."""
+    ranker_max_rows: int = 3_000_000
+    """The ranker trains on at most this many labelled rows of its window: whole requests, a
+    seeded sample, when the window holds more (a ``large`` day logs ~3M impressions; 28 of them
+    do not fit in memory)."""
     sim_sequential: float = 0.0  # simulator's sequential structure strength in [0, 1] (issue 16)
     feature_engine: str = "duckdb"  # duckdb or spark: what computes the feature tables (issue 19)
     spark_master: str = "local[2]"  # Spark master URL of the spark feature engine
@@ -167,6 +175,16 @@ class Settings:
                 env_int(env, "RECLOOP_TRAIN_NPROC", cls.train_nproc),
                 "RECLOOP_TRAIN_NPROC",
                 "processes",
+            ),
+            eval_max_users=_positive(
+                env_int(env, "RECLOOP_EVAL_MAX_USERS", cls.eval_max_users),
+                "RECLOOP_EVAL_MAX_USERS",
+                "users",
+            ),
+            ranker_max_rows=_positive(
+                env_int(env, "RECLOOP_RANKER_MAX_ROWS", cls.ranker_max_rows),
+                "RECLOOP_RANKER_MAX_ROWS",
+                "rows",
             ),
             index_memory_budget_mb=_positive(
                 env_int(env, "RECLOOP_INDEX_MEMORY_BUDGET_MB", cls.index_memory_budget_mb),
@@ -256,6 +274,8 @@ class Settings:
             "RECLOOP_MAX_PURCHASE_VALUE": str(self.max_purchase_value),
             "RECLOOP_TRAIN_NPROC": str(self.train_nproc),
             "RECLOOP_INDEX_MEMORY_BUDGET_MB": str(self.index_memory_budget_mb),
+            "RECLOOP_EVAL_MAX_USERS": str(self.eval_max_users),
+            "RECLOOP_RANKER_MAX_ROWS": str(self.ranker_max_rows),
             "RECLOOP_SIM_SEQUENTIAL": str(self.sim_sequential),
             "RECLOOP_FEATURE_ENGINE": self.feature_engine,
             "RECLOOP_SPARK_MASTER": self.spark_master,

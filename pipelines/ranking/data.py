@@ -26,6 +26,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from pipelines.core import schema
 from pipelines.core.settings import Settings
@@ -484,13 +486,80 @@ def usable_impressions(labelled: pd.DataFrame) -> bool:
     return not labelled.empty and labelled["label"].nunique() == 2
 
 
+def _hash_unit(values: pd.Series, seed: int) -> np.ndarray:
+    """A uniform number in [0, 1) per value ``(N,)`` float64, a pure function of the value and
+    ``seed`` (the same request draws the same number on every day and rerun)."""
+    key = f"recloop{seed:09d}"[-16:].rjust(16, "0")
+    h = pd.util.hash_array(values.astype(str).to_numpy(dtype=object), hash_key=key)
+    return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def impressions_per_day(settings: Settings, first: dt.date, last: dt.date) -> dict[dt.date, int]:
+    """Logged impressions of each validated day in ``[first, last]`` (reads one column)."""
+    out = {}
+    for d in validated_dates(settings, first, last):
+        files = sorted(schema.partition_dir(settings.validated_dir, d).glob("*.parquet"))
+        out[d] = sum(
+            int(pc.sum(pc.equal(pq.read_table(f, columns=["event"])["event"], "impression")).as_py()
+                or 0)
+            for f in files
+        )  # fmt: skip
+    return out
+
+
+def sampled_requests(
+    settings: Settings, first: dt.date, last: dt.date, share: float
+) -> pd.DataFrame:
+    """The validated rows of ``[first, last]`` whose ``request_id`` falls in a seeded sample of
+    ``share`` of the requests (:func:`_hash_unit` < share; rows without a request dropped), read
+    one day at a time so the whole window is never in memory."""
+    frames = []
+    for d in validated_dates(settings, first, last):
+        day = schema.read_partition(settings.validated_dir, d)
+        has = day["request_id"].notna()
+        keep = has.to_numpy().copy()
+        keep[has.to_numpy()] = _hash_unit(day.loc[has, "request_id"], settings.seed) < share
+        frames.append(day[keep])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def sample_users(rows: pd.DataFrame, max_users: int, seed: int) -> pd.DataFrame:
+    """The rows of at most ``max_users`` users of ``rows`` (a seeded uniform sample of the
+    distinct ``user_id`` values, order kept); ``rows`` itself when it has no more."""
+    users = pd.unique(rows["user_id"].astype(str))
+    if len(users) <= max_users:
+        return rows
+    pick = np.random.default_rng(seed).choice(len(users), max_users, replace=False)
+    kept = rows["user_id"].astype(str).isin(users[pick]).to_numpy()
+    log.info("%d of %d users sampled: %d of %d rows", max_users, len(users), kept.sum(), len(rows))
+    return rows[kept].reset_index(drop=True)
+
+
 def window_labels(
-    settings: Settings, first: dt.date, last: dt.date, min_positives: int = MIN_POSITIVES
+    settings: Settings,
+    first: dt.date,
+    last: dt.date,
+    min_positives: int = MIN_POSITIVES,
+    max_rows: int | None = None,
 ) -> tuple[pd.DataFrame, str]:
     """The labelled rows of the validated days ``[first, last]`` and their source: the labelled
     impressions when they hold clicks and non-clicks (``"impressions"``), else the engagement
     rows of :func:`label_positives` (:data:`POSITIVES_SOURCE`, to be completed by sampled
-    negatives). :class:`NotEnoughLabels` when neither gives ``min_positives`` positives."""
+    negatives). :class:`NotEnoughLabels` when neither gives ``min_positives`` positives.
+
+    ``max_rows``: when the window logs more impressions than this, the impressions of a seeded
+    sample of whole requests (about ``max_rows`` rows, :func:`sampled_requests`) are labelled
+    instead of all of them."""
+    if max_rows is not None:
+        total = sum(impressions_per_day(settings, first, last).values())
+        if total > max_rows:
+            labelled = label_impressions(sampled_requests(settings, first, last, max_rows / total))
+            log.info(
+                "window %s..%s: %d impressions > %d: labelled a sample of requests (%d rows)",
+                first, last, total, max_rows, len(labelled),
+            )  # fmt: skip
+            if usable_impressions(labelled):
+                return labelled, IMPRESSIONS_SOURCE
     events = read_validated(settings, first, last)
     span = f"the validated days {first}..{last}"
     if events.empty:
@@ -547,10 +616,11 @@ def training_rows(
     popularity from the impressions). Without usable impressions: the positives (and
     ratings below the threshold, real negatives) plus :data:`SAMPLED_PER_POSITIVE` sampled
     negatives per positive (item pool and popularity from every event of the window). Hard
-    candidates come from the two-tower trained through ``day`` in both cases.
+    candidates come from the two-tower trained through ``day`` in both cases. At most about
+    ``RECLOOP_RANKER_MAX_ROWS`` impressions: whole requests, a seeded sample, above it.
     :class:`NotEnoughLabels` (a ``ValueError``) when there is nothing to learn from."""
     first = day - dt.timedelta(days=window_days - 1)
-    labelled, source = window_labels(settings, first, day, min_positives)
+    labelled, source = window_labels(settings, first, day, min_positives, settings.ranker_max_rows)
     if source == IMPRESSIONS_SOURCE:
         if negatives_per_click <= 0:
             return labelled, {}, source

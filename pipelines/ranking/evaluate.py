@@ -34,6 +34,7 @@ from pipelines.ranking.data import (
     add_ranker_columns,
     read_validated,
     sample_negatives,
+    sample_users,
     window_labels,
 )
 
@@ -186,10 +187,12 @@ def forward_test_rows(
     days without usable impressions their engagement rows
     (:func:`pipelines.ranking.data.label_positives`) plus ``SAMPLED_PER_POSITIVE`` uniform
     negatives per positive from the days' items (seeded, so the candidate and the champion see
-    the same rows). :class:`NotEnoughLabels <pipelines.ranking.data.NotEnoughLabels>` when the
+    the same rows). At most ``RECLOOP_EVAL_MAX_USERS`` users' rows, a seeded sample of users
+    (:func:`pipelines.ranking.data.sample_users`). :class:`NotEnoughLabels <pipelines.ranking.data.NotEnoughLabels>` when the
     days have neither."""
     first = first or day
     labelled, source = window_labels(settings, first, day)
+    labelled = sample_users(labelled, settings.eval_max_users, settings.seed)
     if source == IMPRESSIONS_SOURCE:
         return labelled, source
     pool = np.sort(read_validated(settings, first, day)["item_id"].astype(str).unique())

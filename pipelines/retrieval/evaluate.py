@@ -4,7 +4,9 @@
 day D) are scored against D's positives beside the baselines trained on the same history — no
 model is ever scored on data it saw. With ``RECLOOP_GATE_TEST_DAYS`` = H
 (:mod:`pipelines.core.forward_window`) the models trained through D−H are scored on the pooled
-positives of D−H+1..D (H = 1: the above). Writes ``reports/eval/date=D.json``
+positives of D−H+1..D (H = 1: the above). At most ``RECLOOP_EVAL_MAX_USERS`` test users are
+scored (a seeded sample, the same users for every model; ``test_users`` and ``scored_users`` in
+the report). Writes ``reports/eval/date=D.json``
 (:mod:`pipelines.core.eval_reports`).
 """
 
@@ -58,7 +60,7 @@ def evaluate_forward(
     ``settings.gate_test_days``; 1: D−1's models on D), beside baselines fit on the same history.
     Writes ``reports/eval/date=D.json`` (with ``trained_through``, ``test_days`` and
     ``test_window``) and returns it; says so when there is no model trained through D−H."""
-    from pipelines.core.metrics import compare_models
+    from pipelines.core.metrics import compare_models, sample_test_users
 
     window = forward_window(schema.parse_date(date), settings.gate_test_days)
     day, prev = window.day, window.trained_through
@@ -80,10 +82,14 @@ def evaluate_forward(
                 f"validated history through {prev} changed since the models were trained: retrain {prev} first"
             )
         test = day_relevance(settings, day, data.users, data.items, first=window.first)
+        users, n_test = sample_test_users(
+            data.implicit, test, settings.eval_max_users, seed=settings.seed
+        )
+        out["test_users"], out["scored_users"] = n_test, len(users)
         candidates = {name: art.model for name, art in loaded.items()}
         for name in BASELINES:
-            candidates[name] = build_model(name, data, settings, seed=settings.seed)
-        table = compare_models(candidates, data.implicit, test, k=k, recall_ks=(100,))
+            candidates[name] = build_model(name, data, settings, seed=settings.seed, users=users)
+        table = compare_models(candidates, data.implicit, test, k=k, users=users, recall_ks=(100,))
         out["metrics"] = json.loads(table.to_json(orient="index"))
         log.info(
             "forward evaluation on %s (models through %s):\n%s",

@@ -73,6 +73,7 @@ TWO_TOWER_PARAMS: dict[str, Any] = {
     "dim": 64,
     "batch_size": 256,
     "epochs": 40,
+    "max_steps_per_epoch": 1000,  # ~13 a day at demo; ~600 on large day 2, 28 days: ~9,000
     "patience": 5,
     "val_fraction": 0.1,
     "id_dropout": 0.0,
@@ -155,8 +156,15 @@ DSSM_PARAMS: dict[str, Any] = {
 }
 
 
-def build_model(name: str, data: TrainingData, settings: Settings, seed: int = 0) -> Any:
-    """Construct and fit model ``name`` (one of ``MODELS``) on ``data``."""
+def build_model(
+    name: str,
+    data: TrainingData,
+    settings: Settings,
+    seed: int = 0,
+    users: np.ndarray | None = None,
+) -> Any:
+    """Construct and fit model ``name`` (one of ``MODELS``) on ``data``. ``users`` (``userknn``
+    only): the rows that need neighbours (default all; the others score their mean)."""
     from models.als import ALS
     from models.baselines import ItemKNN, MostPopular, UserKNN
     from models.bpr import BPR
@@ -193,7 +201,7 @@ def build_model(name: str, data: TrainingData, settings: Settings, seed: int = 0
     if name == "itemknn":
         return ItemKNN(k=50).fit(data.implicit)
     if name == "userknn":
-        return UserKNN(k=50).fit(data.implicit)
+        return UserKNN(k=50).fit(data.implicit, users=users)
     if name == "ncf":
         return NCF(**NCF_PARAMS, seed=seed).fit(data.implicit)
     if name == "bpr":
