@@ -2,7 +2,7 @@
 
   OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/bench_ncf_bpr.py --movielens DIR
       [--days 8] [--scale demo] [--seed 42] [--cutoff 1998-03-15] [--validate] [--skip-sim]
-      [--sequential]
+      [--sequential [--prior-weights W ...] [--prior-windows D ...]]
 
 Each model is built by ``pipelines.retrieval.train`` (``NCF_PARAMS``, ``BPR_PARAMS``,
 ``MF_PARAMS``: the daily job's settings) and scored by ``pipelines.core.metrics.compare_models``
@@ -23,6 +23,12 @@ and ratios to most-popular and to MF.
   popular both all-time and over the cut-off's last 7 days; ``implicit``'s BPR (the
   ``bench_movielens.py`` settings) is beside ours when the library is installed.
 
+``--sequential`` adds GRU4Rec, SASRec and BERT4Rec (``SEQUENTIAL_PARAMS``, its
+``popularity_weight`` included); ``--prior-weights`` scores each of them, fitted once, again at
+each log-popularity prior weight (the prior is added at scoring: training does not depend on it),
+over all-time training counts and (``--prior-windows``, days; 0 = all time) over the ratings of
+the cut-off's last D days: rows ``gru4rec w=0.5``, ``gru4rec w=0.5 28d``.
+
 ``--validate`` moves both splits one step back (simulator: train through N-3, test N-2; MovieLens:
 cut-off 28 days earlier, test up to the real cut-off) for choosing hyper-parameters without
 looking at the test split.
@@ -31,6 +37,7 @@ looking at the test split.
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
 import logging
 import sys
@@ -47,6 +54,7 @@ from pipelines.core.metrics import compare_models
 from pipelines.retrieval import train
 
 MODELS = ("popular", "itemknn", "mf", "ncf", "bpr")
+SEQUENTIAL = ("gru4rec", "sasrec", "bert4rec")
 K = 10
 COLS = [f"ndcg@{K}", f"recall@{K}", f"map@{K}"]
 
@@ -117,12 +125,12 @@ def simulator(days: int, scale: str, seed: int, validate: bool) -> None:
 
 
 def movielens_split(
-    folder: Path, cutoff: dt.date, last: dt.date | None = None
+    folder: Path, cutoff: dt.date, last: dt.date | None = None, window_days: int = 7
 ) -> tuple[sp.csr_matrix, sp.csr_matrix, np.ndarray, str]:
     """``(train (U, I) ones, test (U, I) ones, recent (I,), note)``: ratings through ``cutoff``
     (UTC days); the later ratings (through ``last`` when given) of training users on training
-    items (their training items included; the metrics drop them); ratings per item in the 7 days
-    through the cut-off."""
+    items (their training items included; the metrics drop them); ratings per item in the
+    ``window_days`` days through the cut-off."""
     from models.baselines import window_item_weights
 
     raw = pd.read_csv(folder / "u.data", sep="\t", names=["user", "item", "rating", "ts"])
@@ -145,7 +153,7 @@ def movielens_split(
     train_m, test_m = matrix(tr), matrix(te)
     end = np.datetime64(cutoff + dt.timedelta(days=1))
     idx = np.searchsorted(items, tr["item"].to_numpy())
-    recent = window_item_weights(idx, ts[day <= cutoff].to_numpy(), end, 7, len(items))
+    recent = window_item_weights(idx, ts[day <= cutoff].to_numpy(), end, window_days, len(items))
     note = (
         f"MovieLens 100K through {cutoff}: {len(users)} users x {len(items)} items, "
         f"{train_m.nnz} training ratings; {test_m.nnz} later ratings"
@@ -170,12 +178,38 @@ def movielens_sequences(folder: Path, cutoff: dt.date) -> tuple[np.ndarray, np.n
     return user_sequences(events, users, items)
 
 
+def prior_grid(
+    models: dict[str, Any], counts: dict[int, np.ndarray], weights: list[float]
+) -> dict[str, Any]:
+    """Each sequential model of ``models`` again at each prior weight of ``weights`` over each
+    window's item counts ``counts`` (days → ``(I,)``; 0 = all time): shallow copies sharing
+    the fitted network, by name ``"<model> w=<weight>[ <days>d]"``."""
+    import torch
+
+    out = {}
+    for name in (n for n in SEQUENTIAL if n in models):
+        for days, n in counts.items():
+            for w in weights:
+                m = copy.copy(models[name])
+                m.popularity_weight, m.item_counts = float(w), torch.from_numpy(n)
+                out[f"{name} w={w:g}{f' {days}d' if days else ''}"] = m
+    return out
+
+
 def movielens(
-    folder: Path, cutoff: dt.date, seed: int, last: dt.date | None = None, sequential: bool = False
+    folder: Path,
+    cutoff: dt.date,
+    seed: int,
+    last: dt.date | None = None,
+    sequential: bool = False,
+    prior_weights: list[float] | None = None,
+    prior_windows: list[int] | None = None,
 ) -> None:
     """The MovieLens part (module docstring); ``sequential``: GRU4Rec, SASRec and BERT4Rec too
     (``SEQUENTIAL_PARAMS``, no side attributes: no feature store here), over each training
-    user's ratings in time order (:func:`movielens_sequences`)."""
+    user's ratings in time order (:func:`movielens_sequences`), and with ``prior_weights`` at
+    each of those log-popularity prior weights over each window of ``prior_windows``
+    (:func:`prior_grid`)."""
     from models.als import ALS
     from models.baselines import ItemKNN, MostPopular
     from models.bpr import BPR
@@ -194,11 +228,17 @@ def movielens(
         from models.sequential import BERT4Rec, GRU4Rec, SASRec
 
         seqs = movielens_sequences(folder, cutoff)
-        for name, cls in (("gru4rec", GRU4Rec), ("sasrec", SASRec), ("bert4rec", BERT4Rec)):
+        for name, cls in zip(SEQUENTIAL, (GRU4Rec, SASRec, BERT4Rec), strict=True):
             builders[name] = lambda cls=cls: cls(**train.SEQUENTIAL_PARAMS, seed=seed).fit(
                 train_m, sequences=seqs, progress=False
             )
     models, seconds = fitted(builders)
+    if sequential and prior_weights:
+        counts = {0: np.asarray(train_m.sum(axis=0), np.float32).ravel()}
+        for days in prior_windows or ():
+            if days > 0:
+                counts[days] = movielens_split(folder, cutoff, last, days)[2]
+        models.update(prior_grid(models, counts, prior_weights))
     ref = implicit_bpr(train_m)
     if ref is not None:
         models[IMPLICIT_BPR], seconds[IMPLICIT_BPR] = ref
@@ -243,6 +283,8 @@ def main() -> None:
     p.add_argument("--validate", action="store_true", help="the validation splits")
     p.add_argument("--skip-sim", action="store_true")
     p.add_argument("--sequential", action="store_true", help="MovieLens: gru4rec/sasrec/bert4rec")
+    p.add_argument("--prior-weights", type=float, nargs="*", help="sequential: prior weights")
+    p.add_argument("--prior-windows", type=int, nargs="*", help="their count windows, days")
     a = p.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_retrieval's helpers
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
@@ -251,10 +293,12 @@ def main() -> None:
         simulator(a.days, a.scale, a.seed, a.validate)
     if a.movielens:
         cutoff = dt.date.fromisoformat(a.cutoff)
+        grid = {"prior_weights": a.prior_weights, "prior_windows": a.prior_windows}
         if a.validate:
-            movielens(a.movielens, cutoff - dt.timedelta(days=28), a.seed, cutoff, a.sequential)
+            last, cutoff = cutoff, cutoff - dt.timedelta(days=28)
+            movielens(a.movielens, cutoff, a.seed, last, a.sequential, **grid)
         else:
-            movielens(a.movielens, cutoff, a.seed, sequential=a.sequential)
+            movielens(a.movielens, cutoff, a.seed, sequential=a.sequential, **grid)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
 
 

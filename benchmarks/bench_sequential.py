@@ -3,7 +3,7 @@ most-popular on the simulator, with its sequential structure off and on (issue 1
 
   OMP_WAIT_POLICY=PASSIVE nice .venv/bin/python benchmarks/bench_sequential.py
       [--strengths 0 0.5] [--days 14] [--scale small] [--seed 42] [--epochs N] [--models M ...]
-      [--categories off|input|both] [--user-attributes off|on]
+      [--categories off|input|both] [--user-attributes off|on] [--prior-weights W ...]
 
 For each strength ``S`` (``simulate(..., sequential=S)``; 0 is today's world byte for byte):
 ``--days`` days are simulated into a temporary workspace and validated, and day N-2's feature
@@ -19,6 +19,12 @@ days 0..N-2 and judged on
 - ``ndcg@10`` / ``recall@10``: day N-1's logged positives (``pipelines.core.metrics``; training
   items excluded), biased by the non-personalised logging policy's exposure.
 
+``--prior-weights``: each sequential model, fitted once (with ``SEQUENTIAL_PARAMS``'
+``popularity_weight``), is judged again at each log-popularity prior weight (rows
+``gru4rec w=0``, ...; the prior is added at scoring, training does not depend on it), over
+all-time counts and over the last ``POPULAR_WINDOW_DAYS`` days' (``data.recent``: rows
+``gru4rec w=1 7d``).
+
 Sequential models should win only where the structure exists (``S > 0``). Printed per strength:
 the best sequential model's truth NDCG@10 over the two-tower's (issue 16's floor: >= 1.1x).
 """
@@ -28,8 +34,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -39,7 +47,7 @@ from pipelines.core.metrics import compare_models, ndcg_at_k
 from pipelines.core.settings import Settings
 from pipelines.data import simulate
 from pipelines.retrieval import train
-from pipelines.retrieval.data import TrainingData, load_training_data
+from pipelines.retrieval.data import POPULAR_WINDOW_DAYS, TrainingData, load_training_data
 
 MODELS = ("popular", "mf", "bpr", "two_tower", "gru4rec", "sasrec", "bert4rec")
 SEQUENTIAL = ("gru4rec", "sasrec", "bert4rec")
@@ -73,7 +81,12 @@ def truth_ndcg(
 
 
 def one_world(
-    strength: float, days: int, scale: str, seed: int, names: tuple[str, ...] = MODELS
+    strength: float,
+    days: int,
+    scale: str,
+    seed: int,
+    names: tuple[str, ...] = MODELS,
+    prior_weights: list[float] | None = None,
 ) -> pd.DataFrame:
     """Simulate, validate, train and judge every model on one world (module docstring)."""
     from pipelines.data.validate import validate_partition
@@ -98,6 +111,16 @@ def one_world(
             seconds[name] = time.perf_counter() - t0
             logging.getLogger(__name__).warning("S=%s fitted %s in %.1fs", strength, name,
                                                 seconds[name])  # fmt: skip
+        if prior_weights and any(n in models for n in SEQUENTIAL):
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            from bench_ncf_bpr import prior_grid
+
+            counts = {
+                0: np.asarray((data.implicit > 0).sum(axis=0), np.float32).ravel(),
+                POPULAR_WINDOW_DAYS: np.asarray(data.recent, np.float32),
+            }
+            fitted = {n: models[n] for n in SEQUENTIAL if n in models}
+            models.update(prior_grid(fitted, counts, prior_weights))
         test = day_relevance(s, test_day, data.users, data.items)
         table = compare_models(models, data.implicit, test, k=K, recall_ks=(), with_auc=False)
         table = table[[f"ndcg@{K}", f"recall@{K}"]]
@@ -136,6 +159,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="epochs of the sequential models")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument(
+        "--prior-weights", type=float, nargs="*", help="sequential: judged again at these weights"
+    )
+    parser.add_argument(
         "--categories", choices=("off", "input", "both"),
         help="item categories in the sequential models: none, input side only, input and tied "
         "output (default: the daily job's, train.SEQUENTIAL_ITEM_GROUPS)",
@@ -157,7 +183,10 @@ def main() -> None:
     if args.user_attributes is not None:
         train.SEQUENTIAL_USER_GROUPS = train.MF_USER_GROUPS if args.user_attributes == "on" else ()
     names = tuple(args.models)
-    tables = [one_world(s, args.days, args.scale, args.seed, names) for s in args.strengths]
+    tables = [
+        one_world(s, args.days, args.scale, args.seed, names, args.prior_weights)
+        for s in args.strengths
+    ]
     both = pd.concat(tables)
     both = both.rename_axis("model").reset_index()
     ratio = both.pivot(index="model", columns="strength", values="truth_ndcg@10")

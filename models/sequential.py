@@ -37,6 +37,13 @@ the Cloze task), in PyTorch, under the :class:`models.base.Retriever` contract.
   ``item_embeddings`` ``(I, D)`` rank exactly as the scores (a FAISS inner-product index works).
   :meth:`SequentialRetriever.encode` scores a fresh sequence (serving's online sequence:
   :class:`serving.sources.ModelSource`).
+- **Popularity prior** (``popularity_weight`` ``w``, default 0: none): every score gains the
+  fixed ``w * log(1 + n_i)``, ``n_i`` the item's positives in the training matrix (counted at
+  ``fit``, saved with the weights; ``fit(item_counts=)`` may give other counts), as the two-tower's
+  and the DSSM's. With ``w > 0`` the user states and :meth:`~SequentialRetriever.encode` gain a
+  last coordinate 1 and the item embeddings the prior, so inner products stay the scores (the
+  serving path's ``encode(s) @ item_embeddings().T`` included). Configs saved before the key
+  load with ``w = 0``: today's scores exactly.
 
 Shapes: ``U`` users, ``I`` items, ``D`` = ``dim``, ``L`` = ``max_len``, ``B`` batch. Deterministic
 under ``seed`` on CPU for a given thread count (weights and dropout under a forked, seeded torch
@@ -60,6 +67,9 @@ from models.base import Retriever, pick_device, register
 from pipelines.core.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
+
+#: values of config keys added after models were first saved, for configs that lack them
+LEGACY_DEFAULTS: dict[str, Any] = {"popularity_weight": 0.0}
 
 #: below this many ``window tokens x dim`` a fit runs on one intra-op thread (small matrices:
 #: on a loaded machine extra threads spin and make a 0.3 s fit take 10 s)
@@ -240,11 +250,14 @@ class SequentialRetriever(Retriever):
         group_sizes: tuple[int, ...] | list[int] = (),
         group_output: bool = True,
         user_group_sizes: tuple[int, ...] | list[int] = (),
+        popularity_weight: float = 0.0,
     ) -> None:
-        if min(dim, max_len, n_layers, n_heads, n_negatives, batch_size) < 1 or epochs < 0:
+        bad = min(dim, max_len, n_layers, n_heads, n_negatives, batch_size) < 1
+        if bad or epochs < 0 or not popularity_weight >= 0:
             raise ValueError(
                 f"bad {self.name} hyper-parameters: dim={dim} max_len={max_len} "
-                f"n_layers={n_layers} n_heads={n_heads} epochs={epochs}"
+                f"n_layers={n_layers} n_heads={n_heads} epochs={epochs} "
+                f"popularity_weight={popularity_weight}"
             )
         if self.kind != "gru4rec" and dim % n_heads:
             raise ValueError(f"{self.name}: dim={dim} is not a multiple of n_heads={n_heads}")
@@ -262,6 +275,9 @@ class SequentialRetriever(Retriever):
         self.user_group_sizes = tuple(int(n) for n in user_group_sizes)
         #: ``(U, A_u)`` int64 attribute codes of the users (``-1`` unknown)
         self.user_codes = torch.full((self.n_users, len(self.user_group_sizes)), -1)
+        self.popularity_weight = float(popularity_weight)
+        #: ``(I,)`` float32: each item's positives in the training matrix (the prior's ``n_i``)
+        self.item_counts = torch.zeros(self.n_items)
         self.net = self._new_net()
         #: ``(U, max_len)`` tokens of each user's last training items; ``(U, D)`` their states
         self.histories = torch.zeros(self.n_users, self.max_len, dtype=torch.int64)
@@ -287,6 +303,7 @@ class SequentialRetriever(Retriever):
         progress: bool = True,
         item_groups: np.ndarray | None = None,
         user_groups: np.ndarray | None = None,
+        item_counts: np.ndarray | None = None,
         **kwargs: Any,
     ) -> SequentialRetriever:
         """Train on the users' sequences (``(indptr (U + 1,), items (E,))`` in time order; default
@@ -294,8 +311,10 @@ class SequentialRetriever(Retriever):
         ``item_groups``: optional ``(I, A)`` integer codes of categorical item attributes
         (``-1`` unknown; :func:`pipelines.retrieval.data.group_codes`), each embedded and added
         to the item's embedding; ``user_groups`` ``(U, A_u)`` the same for users, added to the
-        state (module docstring)."""
+        state (module docstring). ``item_counts`` ``(I,)``: the popularity prior's counts
+        (default: each item's cells > 0 in ``interactions``)."""
         self.n_users, self.n_items = interactions.shape
+        self.item_counts = self._counts(interactions, item_counts)
         self.item_codes, self.group_sizes = attribute_codes(item_groups, self.n_items, "item")
         self.user_codes, self.user_group_sizes = attribute_codes(user_groups, self.n_users, "user")
         if sequences is None:
@@ -325,6 +344,15 @@ class SequentialRetriever(Retriever):
             " -> ".join(f"{x:.4f}" for x in self.loss_history[:: max(1, self.epochs // 4)]),
         )  # fmt: skip
         return self
+
+    def _counts(self, interactions: sp.csr_matrix, counts: np.ndarray | None) -> torch.Tensor:
+        """The prior's ``(I,)`` float32 counts: ``counts``, or each column's cells > 0."""
+        if counts is None:
+            counts = np.asarray((sp.csr_matrix(interactions) > 0).sum(axis=0)).ravel()
+        counts = np.asarray(counts, dtype=np.float32).ravel()
+        if counts.shape != (self.n_items,) or not (counts >= 0).all():
+            raise ValueError(f"item_counts: {counts.shape} non-negative counts for {self.n_items}")
+        return torch.from_numpy(counts.copy())
 
     def _windows(self, indptr: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Next-item training windows ``(W, max_len + 1)`` (:func:`training_windows`)."""
@@ -420,7 +448,8 @@ class SequentialRetriever(Retriever):
     def encode(
         self, sequences: list[list[int]] | np.ndarray, users: np.ndarray | None = None
     ) -> np.ndarray:
-        """States ``(B, D)`` float32 of item sequences (oldest first; the last ``max_len`` count):
+        """States ``(B, D)`` float32 of item sequences (oldest first; the last ``max_len`` count;
+        ``(B, D + 1)``, a last 1, with the popularity prior):
         ``encode(s) @ item_embeddings().T`` scores every item after ``s``. ``users`` ``(B,)``:
         the rows whose attribute vectors to add (a model with user attributes; none: a
         sequence of an unknown user)."""
@@ -430,31 +459,53 @@ class SequentialRetriever(Retriever):
             if len(seq):
                 tokens[r, self.max_len - len(seq) :] = seq + 1
         rows = None if users is None else torch.as_tensor(np.asarray(users, dtype=np.int64))
-        return self._states(torch.from_numpy(tokens), rows).float().cpu().numpy()
+        return self._with_one(self._states(torch.from_numpy(tokens), rows).float().cpu().numpy())
 
     def _index(self, ids: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.asarray(ids, dtype=np.int64), device=self.device)
 
+    def item_prior(self) -> np.ndarray:
+        """``(I,)`` float32: ``popularity_weight * log(1 + item_counts)`` (zeros at weight 0)."""
+        return (self.popularity_weight * np.log1p(self.item_counts.double().numpy())).astype(
+            np.float32
+        )
+
+    def _with_one(self, states: np.ndarray) -> np.ndarray:
+        """States ``(B, D)`` as is, or ``(B, D + 1)`` with a last 1 under the prior."""
+        if self.popularity_weight == 0:
+            return states
+        return np.hstack([states, np.ones((len(states), 1), np.float32)])
+
     @torch.no_grad()
     def score(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """``h_u . e_i`` per pair: ``(N,)`` float32."""
+        """``h_u . e_i`` (+ the popularity prior of ``i``) per pair: ``(N,)`` float32."""
         h, e = self.user_states[self._index(users)], self.net.item_vectors()[self._index(items)]
-        return (h * e).sum(1).float().cpu().numpy()
+        scores = (h * e).sum(1).float().cpu().numpy()
+        if self.popularity_weight == 0:
+            return scores
+        return scores + self.item_prior()[np.asarray(items, dtype=np.int64)]
 
     @torch.no_grad()
     def score_all(self, users: np.ndarray) -> np.ndarray:
-        """``(B,)`` → float32 ``(B, I)``."""
+        """``(B,)`` → float32 ``(B, I)``: ``h_u . e_i`` (+ the popularity prior)."""
         h = self.user_states[self._index(users)]
-        return (h @ self.net.item_vectors().T).float().cpu().numpy()
+        scores = (h @ self.net.item_vectors().T).float().cpu().numpy()
+        if self.popularity_weight == 0:
+            return scores
+        return scores + self.item_prior()[None, :]
 
     def user_embeddings(self) -> np.ndarray:
-        """``(U, D)``: each user's state after their last ``max_len`` training items."""
-        return self.user_states.float().cpu().numpy()
+        """``(U, D)``: each user's state after their last ``max_len`` training items (``(U, D +
+        1)``, a last 1, with the popularity prior: inner products are :meth:`score_all`)."""
+        return self._with_one(self.user_states.float().cpu().numpy())
 
     @torch.no_grad()
     def item_embeddings(self) -> np.ndarray:
-        """``(I, D)``: the tied item embeddings."""
-        return self.net.item_vectors().float().cpu().numpy()
+        """``(I, D)``: the tied item embeddings (``(I, D + 1)``, the prior last, with it)."""
+        items = self.net.item_vectors().float().cpu().numpy()
+        if self.popularity_weight == 0:
+            return items
+        return np.hstack([items, self.item_prior()[:, None]])
 
     # --- persistence -------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
@@ -475,15 +526,22 @@ class SequentialRetriever(Retriever):
             "group_sizes": list(self.group_sizes),
             "group_output": self.group_output,
             "user_group_sizes": list(self.user_group_sizes),
+            "popularity_weight": self.popularity_weight,
         }
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any], device: str | None = None) -> SequentialRetriever:
+        cfg = {**LEGACY_DEFAULTS, **cfg}  # configs saved before a key existed: old behaviour
         return cls(**cfg, device=device)
 
     def state(self) -> dict[str, torch.Tensor]:
         out = {f"net.{k}": v for k, v in self.net.state_dict().items()}
-        return {**out, "histories": self.histories, "user_states": self.user_states}
+        return {
+            **out,
+            "histories": self.histories,
+            "user_states": self.user_states,
+            "item_counts": self.item_counts,
+        }
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
         expected = {
@@ -505,10 +563,25 @@ class SequentialRetriever(Retriever):
             raise ValueError(f"{self.name} weights do not fit the network ({exc})") from exc
         self.histories = state["histories"].to(torch.int64)
         self.user_states = state["user_states"].to(self.device, torch.float32)
+        self.item_counts = self._saved_counts(state.get("item_counts"))
         if self.group_sizes:
             self.item_codes = self.net.item_groups[1 : self.n_items + 1].cpu() - 1
         if self.user_group_sizes:
             self.user_codes = self.net.user_groups.cpu() - 1
+
+    def _saved_counts(self, counts: torch.Tensor | None) -> torch.Tensor:
+        """The saved ``item_counts`` ``(I,)``; weights saved before the prior have none (zeros,
+        allowed only at ``popularity_weight`` 0)."""
+        if counts is None:
+            if self.popularity_weight:
+                raise ValueError(f"{self.name} weights: missing tensor 'item_counts'")
+            return torch.zeros(self.n_items)
+        if tuple(counts.shape) != (self.n_items,):
+            raise ValueError(
+                f"{self.name} weights: tensor 'item_counts' has shape {tuple(counts.shape)}, "
+                f"config says ({self.n_items},)"
+            )
+        return counts.detach().cpu().float()
 
 
 @register

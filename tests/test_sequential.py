@@ -277,3 +277,91 @@ def test_item_categories_save_load_and_older_models_still_load(tmp_path: Path) -
     np.testing.assert_array_equal(again.score_all(users), old.score_all(users))
     with pytest.raises(ValueError, match="item_groups has 2 rows"):
         GRU4Rec(**small).fit(m, sequences=seqs, item_groups=np.zeros((2, 1), np.int64))
+
+
+@pytest.mark.parametrize("cls", [GRU4Rec, BERT4Rec])
+def test_popularity_prior_adds_weight_times_log_count_on_every_scoring_path(cls) -> None:
+    """``popularity_weight`` w leaves training alone and adds exactly ``w * log(1 + positives of
+    the item)`` to ``score_all`` / ``score`` and to serving's ``encode(s) @ item_embeddings().T``
+    (user states and encodings gain a last 1, item embeddings the prior)."""
+    from serving.sources import ModelSource
+
+    m, seqs = cyclic_sequences()
+    m = m.tolil()
+    m[0, 3] = 0.0  # an explicit zero is no positive
+    m = m.tocsr()
+    small = {**SMALL, "epochs": 2}
+    plain = cls(**small).fit(m, sequences=seqs, progress=False)
+    model = cls(**small, popularity_weight=0.7).fit(m, sequences=seqs, progress=False)
+    counts = np.asarray((m > 0).sum(axis=0)).ravel()
+    prior = 0.7 * np.log1p(counts)
+    assert np.ptp(prior) > 0.1  # the counts differ: the test can tell items apart
+    np.testing.assert_array_equal(model.item_counts.numpy(), counts)
+    users = np.arange(N_USERS)
+    np.testing.assert_allclose(
+        model.score_all(users), plain.score_all(users) + prior[None], rtol=1e-6, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        model.score(users, users % N_ITEMS),
+        plain.score(users, users % N_ITEMS) + prior[users % N_ITEMS],
+        rtol=1e-6,
+        atol=1e-5,
+    )
+    np.testing.assert_allclose(
+        model.user_embeddings() @ model.item_embeddings().T, model.score_all(users), atol=1e-5
+    )
+    fresh = [[3, 4, 5], []]
+    np.testing.assert_allclose(
+        model.encode(fresh) @ model.item_embeddings().T,
+        plain.encode(fresh) @ plain.item_embeddings().T + prior[None],
+        atol=1e-5,
+    )
+    ids = np.array([f"i{j}" for j in range(N_ITEMS)])
+    vocab = Vocab([f"u{u}" for u in range(N_USERS)])
+    for recent in (["i3", "i4"], None):  # online sequence, and the training state
+        served = ModelSource(cls.name, model, vocab, ids).offer("u1", N_ITEMS, set(), recent)
+        base = ModelSource(cls.name, plain, vocab, ids).offer("u1", N_ITEMS, set(), recent)
+        expected = {i: x + prior[int(i[1:])] for i, x in zip(base.ids, base.scores, strict=True)}
+        np.testing.assert_allclose([expected[i] for i in served.ids], served.scores, atol=1e-5)
+
+
+def test_popularity_prior_saves_and_older_models_load_without_it(tmp_path: Path) -> None:
+    m, seqs = cyclic_sequences()
+    small = {**SMALL, "epochs": 1}
+    model = SASRec(**small, popularity_weight=0.5).fit(
+        m, sequences=seqs, progress=False, item_counts=np.arange(N_ITEMS)
+    )
+    loaded = load_model(model.save(tmp_path / "m"))
+    assert loaded.config()["popularity_weight"] == 0.5
+    np.testing.assert_array_equal(loaded.item_counts.numpy(), np.arange(N_ITEMS))
+    users = np.arange(N_USERS)
+    np.testing.assert_array_equal(loaded.score_all(users), model.score_all(users))
+    # a model saved before the prior existed: no config key, no counts tensor; today's scores
+    old = SASRec(**small).fit(m, sequences=seqs, progress=False)
+    folder = old.save(tmp_path / "old")
+    cfg = json.loads((folder / CONFIG_FILE).read_text())
+    del cfg["popularity_weight"]
+    (folder / CONFIG_FILE).write_text(json.dumps(cfg))
+    weights = torch.load(folder / "weights.pt", weights_only=True)
+    del weights["item_counts"]
+    torch.save(weights, folder / "weights.pt")
+    again = load_model(folder)
+    assert again.popularity_weight == 0.0
+    np.testing.assert_array_equal(again.score_all(users), old.score_all(users))
+    assert again.item_embeddings().shape == (N_ITEMS, small["dim"])
+    cfg["popularity_weight"] = 0.5  # a prior without its counts is refused
+    (folder / CONFIG_FILE).write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="item_counts"):
+        load_model(folder)
+    with pytest.raises(ValueError, match="popularity_weight"):
+        SASRec(popularity_weight=-1.0)
+
+
+def test_the_prior_weight_is_a_setting(tmp_path):
+    from pipelines.core.settings import Settings
+
+    home = {"RECLOOP_HOME": str(tmp_path)}
+    assert Settings.from_env(home).sequential_popularity_weight == 0.0
+    s = Settings.from_env({**home, "RECLOOP_SEQUENTIAL_POPULARITY_WEIGHT": "3"})
+    assert s.sequential_popularity_weight == 3.0
+    assert Settings.from_env(s.as_env()).sequential_popularity_weight == 3.0

@@ -114,7 +114,14 @@ BPR_PARAMS: dict[str, Any] = {
 #: GRU4Rec / SASRec (``models.sequential``) on each user's positive items in time order; one
 #: layer of width 32, full softmax up to 1000 items (sampled above); 100 epochs at 3e-3: on the
 #: simulator (small, 28 days, sequential 0.5; benchmarks/bench_sequential.py) 30 epochs at 1e-3
-#: underfit (truth NDCG@10 0.29 vs 0.36), 200 epochs or width 64 gained nothing
+#: underfit (truth NDCG@10 0.29 vs 0.36), 200 epochs or width 64 gained nothing.
+#: ``popularity_weight``: ``+ w * log(1 + positives of the item)`` on every score (all-time
+#: training counts); on MovieLens 100K's validation split (bench_ncf_bpr.py --sequential
+#: --validate --prior-weights ...) w 0/1/3/6/10 gave NDCG@10 gru4rec .125/.137/.141/.149/.145,
+#: sasrec .136/.155/.161/.150/.151, bert4rec .104/.123/.142/.143/.145 (most-popular .130).
+#: It costs the simulator's truth (bench_sequential.py, small, 14 days, S = 0.5: gru4rec NDCG@10
+#: .415 at w 0, .393 at 1, .366 at 3; two-tower .385): the simulator wants w = 0. So w is a
+#: setting, ``RECLOOP_SEQUENTIAL_POPULARITY_WEIGHT`` (default 0; 3 for MovieLens-like data)
 SEQUENTIAL_PARAMS: dict[str, Any] = {
     "dim": 32,
     "max_len": 50,
@@ -125,6 +132,7 @@ SEQUENTIAL_PARAMS: dict[str, Any] = {
     "epochs": 100,
     "batch_size": 128,
     "lr": 3e-3,
+    "popularity_weight": 0.0,  # replaced by settings.sequential_popularity_weight
 }
 #: side attributes of the sequential models (as ``MF_USER_GROUPS`` / ``MF_ITEM_GROUPS``; ``()``:
 #: none): the item's category embedded beside the item on the input and the tied output, so a
@@ -212,7 +220,8 @@ def build_model(
         cls = {"gru4rec": GRU4Rec, "sasrec": SASRec, "bert4rec": BERT4Rec}[name]
         items = entity_features(settings, "item", data.date, data.items)
         users = entity_features(settings, "user", data.date, data.users)
-        return cls(**SEQUENTIAL_PARAMS, seed=seed).fit(
+        params = {**SEQUENTIAL_PARAMS, "popularity_weight": settings.sequential_popularity_weight}
+        return cls(**params, seed=seed).fit(
             data.implicit,
             sequences=data.sequences,
             item_groups=group_codes(items, SEQUENTIAL_ITEM_GROUPS, len(data.items)),
