@@ -168,17 +168,21 @@ def test_selectable_from_the_commands_and_the_builder(name, tmp_path, monkeypatc
         assert parser.parse_args(argv).model == name
     m, seqs = cyclic_sequences()
     monkeypatch.setitem(train.SEQUENTIAL_PARAMS, "epochs", 1)
-    settings = Settings.from_env({"RECLOOP_HOME": str(tmp_path), "RECLOOP_SEED": "5"})
+    settings = Settings.from_env({"RECLOOP_HOME": str(tmp_path), "RECLOOP_SEED": "5",
+                                  "RECLOOP_SEQUENTIAL_POPULARITY_WEIGHT": "2"})  # fmt: skip
     settings.ensure_dirs()
     ids = [f"i{i:02d}" for i in range(N_ITEMS)]  # the items' categories, as the simulator's
     pd.DataFrame({"item_id": ids[::-1], "category": [f"c{i % 3}" for i in range(N_ITEMS)][::-1]}
                  ).to_parquet(layout.attributes_path(settings, "items"))  # fmt: skip
     data = SimpleNamespace(
         implicit=m, sequences=seqs, date=dt.date(2026, 1, 1), items=Vocab(ids),
-        users=Vocab(f"u{u:03d}" for u in range(N_USERS)),
+        users=Vocab(f"u{u:03d}" for u in range(N_USERS)), recent=np.arange(N_ITEMS) % 4.0,
     )  # fmt: skip
     model = train.build_model(name, data, settings, seed=settings.seed)
     assert model.name == name and model.seed == 5 and model.n_items == N_ITEMS
+    # the prior: the setting's weight over the last days' counts (data.recent)
+    assert model.popularity_weight == 2.0
+    np.testing.assert_array_equal(model.item_counts.numpy(), np.arange(N_ITEMS) % 4.0)
     assert model.group_sizes == (3,)
     np.testing.assert_array_equal(model.item_codes[:, 0].numpy(), np.arange(N_ITEMS) % 3)
     np.testing.assert_array_equal(
