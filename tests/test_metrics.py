@@ -245,3 +245,28 @@ def test_sample_test_users_draws_from_the_scored_users():
     assert n2 == n == len(everyone) > 50 and len(part) == 50
     assert set(part) <= set(everyone) and (np.diff(part) > 0).all()
     assert (part == ev.sample_test_users(big_train, big_test, max_users=50, seed=3)[0]).all()
+
+
+def test_mean_user_auc_equals_the_per_user_definition_with_ties():
+    """The block computation (no sort) gives the mean of :func:`user_auc` over users with a
+    positive, positives vs unseen non-positive items, ties counted 1/2."""
+    rng = np.random.default_rng(7)
+    n_users, n_items = 700, 60  # two blocks of 512
+    train = sp.csr_matrix((rng.random((n_users, n_items)) < 0.1).astype(np.float32))
+    rel = sp.csr_matrix((rng.random((n_users, n_items)) < 0.05).astype(np.float32))
+    rel = (rel - rel.multiply(train != 0)).tocsr()
+    rel.eliminate_zeros()
+    weights = rng.integers(0, 5, n_items).astype(float)  # few distinct scores: many ties
+    model = MostPopular().fit(train, item_weights=weights)
+    users = np.arange(n_users)
+    want = []
+    scores = model.score_all(users)
+    for u in users:
+        pos = np.zeros(n_items, bool)
+        pos[rel[u].indices] = True
+        cand = np.ones(n_items, bool)
+        cand[train[u].indices] = False
+        if pos.any():
+            want.append(ev.user_auc(scores[u], pos, cand))
+    got = ev._mean_user_auc(model, users, train, rel)
+    assert got == pytest.approx(np.nanmean(want), rel=1e-12)

@@ -330,20 +330,33 @@ def evaluate_model(
 def _mean_user_auc(
     model: Retriever, users: np.ndarray, train: sp.csr_matrix, rel: sp.csr_matrix
 ) -> float:
+    """Mean over ``users`` of :func:`user_auc` (positives: ``rel``'s row, negatives: the other
+    items not in ``train``'s row), computed block by block without sorting: each positive is
+    compared with its row's negatives (strictly below + half the ties, as :func:`auc`). At 100k
+    items this costs ~positives x items comparisons instead of one sort per user."""
     values = []
     for start in range(0, len(users), 512):
         batch = users[start : start + 512]
-        scores = model.score_all(batch)
-        for j, u in enumerate(batch):
-            cand = np.ones(scores.shape[1], dtype=bool)
-            cand[train.indices[train.indptr[u] : train.indptr[u + 1]]] = False
-            pos = np.zeros(scores.shape[1], dtype=bool)
-            row = start + j
-            pos[rel.indices[rel.indptr[row] : rel.indptr[row + 1]]] = True
-            if pos.any():
-                values.append(user_auc(scores[j], pos, cand))
-    vals = np.array(values, dtype=np.float64)
-    vals = vals[np.isfinite(vals)]
+        scores = np.asarray(model.score_all(batch))
+        b = len(batch)
+        seen = train[batch]
+        pos = rel[start : start + b].tocsr()
+        neg = np.ones(scores.shape, dtype=bool)
+        neg[np.repeat(np.arange(b), np.diff(seen.indptr)), seen.indices] = False
+        pos_rows = np.repeat(np.arange(b), np.diff(pos.indptr))
+        neg[pos_rows, pos.indices] = False
+        n_neg = neg.sum(1)
+        wins = np.zeros(b)
+        for lo in range(0, len(pos_rows), 256):  # bounded (256, I) temporaries
+            r, i = pos_rows[lo : lo + 256], pos.indices[lo : lo + 256]
+            s, mask = scores[r], neg[r]
+            p = scores[r, i][:, None]
+            below = ((s < p) & mask).sum(1) + 0.5 * ((s == p) & mask).sum(1)
+            wins += np.bincount(r, weights=below, minlength=b)
+        n_pos = np.diff(pos.indptr)
+        ok = (n_pos > 0) & (n_neg > 0)
+        values.append(wins[ok] / (n_pos[ok] * n_neg[ok].astype(np.float64)))
+    vals = np.concatenate(values) if values else np.zeros(0)
     return float(vals.mean()) if len(vals) else float("nan")
 
 
