@@ -224,7 +224,9 @@ def test_stale_and_missing_flags(loaded: Settings) -> None:
         assert ghost.user_event_timestamp is None and ghost.n_items == 0
 
 
-def test_point_in_time_join_does_not_leak(redis_settings: Settings) -> None:
+def test_point_in_time_join_does_not_leak(
+    redis_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings = redis_settings
     # Plant user tables by hand: D-1's row says 7 clicks, D's row says 999 (known at D+1 00:00).
     for date, clicks in ((PREV, 7), (D, 999)):
@@ -275,6 +277,8 @@ def test_point_in_time_join_does_not_leak(redis_settings: Settings) -> None:
     assert out["user_clicks_28d"].dtype == "int64"
     two_tower = fs.training_frame(settings, events, service="two_tower_v1")
     assert "user_clicks_28d" in two_tower and "item_trending" not in two_tower
+    monkeypatch.setattr(fs, "HISTORICAL_CHUNK", 1)  # one pair a Feast call: the same frame
+    pd.testing.assert_frame_equal(fs.training_frame(settings, events, service="ranker_v1"), out)
 
 
 def _hung_port() -> tuple[socket.socket, int]:

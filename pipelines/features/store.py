@@ -369,6 +369,13 @@ def service_features(settings: Settings, service: str) -> dict[str, list[str]]:
     return out
 
 
+HISTORICAL_CHUNK = 400_000
+"""Pairs per ``get_historical_features`` call. Feast's file (dask) store merges each pair with
+every feature row of its entity before the ttl filter: 3M item pairs over 28 daily tables are
+84M merged rows (a large day's ranker peaked at 17 GB); each pair's answer is its own, so the
+calls' answers concatenated are the one call's."""
+
+
 def training_frame(
     settings: Settings, events: pd.DataFrame, service: str = "ranker_v1", fill: bool = True
 ) -> pd.DataFrame:
@@ -382,8 +389,9 @@ def training_frame(
     with the service's features and ``user_missing`` / ``item_missing`` (no feature row in
     time); with ``fill`` the missing values read :data:`pipelines.features.tables.DEFAULTS`.
 
-    Feast is asked once per feature view for the distinct ``(entity id, event_timestamp)``
-    pairs of ids that have feature rows, and the answer merged back. Feast 0.67's file (dask)
+    Feast is asked per feature view for the distinct ``(entity id, event_timestamp)``
+    pairs of ids that have feature rows (at most :data:`HISTORICAL_CHUNK` pairs a call), and
+    the answer merged back. Feast 0.67's file (dask)
     offline store drops an entity row whose entity has feature rows but none in time,
     collapses rows that share an entity id and timestamp (the impressions of one slate), and
     can fail sorting the null ``created`` of ids with no row at all; asking this way, no
@@ -418,7 +426,13 @@ def training_frame(
         got = pd.DataFrame(columns=[key, "event_timestamp", *cols])
         if len(pairs):
             refs = [f"{online.VIEWS[entity]}:{c}" for c in cols]
-            got = _historical(settings, store, pairs, refs)
+            got = pd.concat(
+                [
+                    _historical(settings, store, pairs.iloc[lo : lo + HISTORICAL_CHUNK], refs)
+                    for lo in range(0, len(pairs), HISTORICAL_CHUNK)
+                ],
+                ignore_index=True,
+            )
             got = got[[key, "event_timestamp", *cols]].drop_duplicates([key, "event_timestamp"])
         out = out.merge(got, on=[key, "event_timestamp"], how="left", validate="many_to_one")
         out[f"{entity}_missing"] = out[cols].isna().all(axis=1)
