@@ -148,7 +148,7 @@ def test_forward_evaluation_scores_yesterdays_models_on_today(ws):
     assert out["scored_users"] == out["test_users"] == metrics["mf"]["n_users"] > 4
 
 
-def test_forward_evaluation_scores_a_sample_of_at_most_eval_max_users(ws):
+def test_forward_evaluation_scores_a_sample_of_at_most_eval_max_users(ws, monkeypatch):
     import dataclasses
 
     train.train(ws, "mf", DAYS[1])
@@ -157,6 +157,9 @@ def test_forward_evaluation_scores_a_sample_of_at_most_eval_max_users(ws):
     out = evaluate.evaluate_forward(capped, DAYS[2], models=("mf",))
     assert out["test_users"] == everyone["test_users"] > 4 and out["scored_users"] == 4
     assert {row["n_users"] for row in out["metrics"].values()} == {4.0}
+    monkeypatch.setattr(evaluate, "USERKNN_MAX_USERS", 3)  # user-user similarity: too many users
+    small = evaluate.evaluate_forward(capped, DAYS[2], models=("mf",))
+    assert "userknn" not in small["metrics"] and "userknn" in small["skipped"]
 
 
 def test_missing_model_is_a_clear_error(ws):

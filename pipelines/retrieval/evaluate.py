@@ -6,7 +6,7 @@ model is ever scored on data it saw. With ``RECLOOP_GATE_TEST_DAYS`` = H
 (:mod:`pipelines.core.forward_window`) the models trained through D−H are scored on the pooled
 positives of D−H+1..D (H = 1: the above). At most ``RECLOOP_EVAL_MAX_USERS`` test users are
 scored (a seeded sample, the same users for every model; ``test_users`` and ``scored_users`` in
-the report). Writes ``reports/eval/date=D.json``
+the report); the ``userknn`` baseline only up to :data:`USERKNN_MAX_USERS` users. Writes ``reports/eval/date=D.json``
 (:mod:`pipelines.core.eval_reports`).
 """
 
@@ -32,6 +32,11 @@ from pipelines.retrieval.train import build_model, load_artifact
 log = logging.getLogger(__name__)
 
 BASELINES = ("popular", "itemknn", "userknn")
+USERKNN_MAX_USERS = 200_000
+"""Above this many users in the history the ``userknn`` baseline is left out (the report's
+``skipped`` says so): a sampled user's neighbours are searched among every user who shares an
+item, and at a large day's 28 days (687k users) one block of 1,024 users held ~10 GB of
+co-occurrences. Demo histories hold ~5k users."""
 
 
 def day_relevance(
@@ -88,6 +93,10 @@ def evaluate_forward(
         out["test_users"], out["scored_users"] = n_test, len(users)
         candidates = {name: art.model for name, art in loaded.items()}
         for name in BASELINES:
+            if name == "userknn" and len(data.users) > USERKNN_MAX_USERS:
+                out["skipped"] = {name: f"{len(data.users)} users > {USERKNN_MAX_USERS}"}
+                log.info("forward evaluation: userknn skipped (%s)", out["skipped"][name])
+                continue
             candidates[name] = build_model(name, data, settings, seed=settings.seed, users=users)
         table = compare_models(candidates, data.implicit, test, k=k, users=users, recall_ks=(100,))
         out["metrics"] = json.loads(table.to_json(orient="index"))
