@@ -277,8 +277,51 @@ def test_point_in_time_join_does_not_leak(
     assert out["user_clicks_28d"].dtype == "int64"
     two_tower = fs.training_frame(settings, events, service="two_tower_v1")
     assert "user_clicks_28d" in two_tower and "item_trending" not in two_tower
+    feast = dataclasses.replace(settings, historical_reader="feast")
+    pd.testing.assert_frame_equal(fs.training_frame(feast, events, service="ranker_v1"), out)
     monkeypatch.setattr(fs, "HISTORICAL_CHUNK", 1)  # one pair a Feast call: the same frame
-    pd.testing.assert_frame_equal(fs.training_frame(settings, events, service="ranker_v1"), out)
+    pd.testing.assert_frame_equal(fs.training_frame(feast, events, service="ranker_v1"), out)
+
+
+def test_asof_reader_answers_as_feast_over_many_days(redis_settings: Settings) -> None:
+    """Five daily tables of 30 users / 20 items with random values (some ids absent some days),
+    200 events at random times over eight days, some exactly at a table's time or its ttl's
+    end: the as-of reader's training frame equals Feast's, value for value."""
+    import numpy as np
+
+    settings, rng = redis_settings, np.random.default_rng(11)
+    days = [D + dt.timedelta(days=i) for i in range(5)]
+    for date in days:
+        for entity, names, key, n, sch in (("user", USER_NAMES, "user_id", 30, USER_SCHEMA),
+                                           ("item", ITEM_NAMES, "item_id", 20, ITEM_SCHEMA)):  # fmt: skip
+            ids = [f"{key[0]}{j}" for j in range(n) if rng.random() < 0.8]
+            rows = [{c: DEFAULTS[c] for c in names} | {key: i} for i in ids]
+            table = pd.DataFrame(rows)
+            for c in names:
+                if isinstance(DEFAULTS[c], (int, float)) and not isinstance(DEFAULTS[c], bool):
+                    table[c] = rng.integers(0, 100, len(table)).astype(type(DEFAULTS[c]))
+            table["event_timestamp"] = table["created"] = feature_time(date)
+            schema.write_partition_atomic(
+                schema.conform(table, sch), settings.features_dir / entity, date
+            )
+    start = pd.Timestamp(D, tz="UTC")
+    times = start + pd.to_timedelta(rng.integers(0, 8 * 24 * 60, 200), unit="min")
+    times = times.tolist()
+    times[:3] = [pd.Timestamp(feature_time(days[1]))] * 3  # exactly a table's time
+    times[3:5] = [pd.Timestamp(feature_time(days[4])) + pd.Timedelta(days=2)] * 2  # ttl's end
+    events = pd.DataFrame(
+        {
+            "user_id": [f"u{j}" for j in rng.integers(0, 33, 200)],  # u30-u32: never in a table
+            "item_id": [f"i{j}" for j in rng.integers(0, 22, 200)],
+            "event_timestamp": times,
+            "label": rng.integers(0, 2, 200),
+        }
+    )
+    got = fs.training_frame(settings, events, service="ranker_v1")
+    feast = dataclasses.replace(settings, historical_reader="feast")
+    want = fs.training_frame(feast, events, service="ranker_v1")
+    pd.testing.assert_frame_equal(got, want)
+    assert 0 < got["user_missing"].sum() < 200 and 0 < got["item_missing"].sum() < 200
 
 
 def _hung_port() -> tuple[socket.socket, int]:

@@ -29,6 +29,7 @@ environment, and ``Settings.ensure_dirs()`` is the one place that creates the wo
 | ``RECLOOP_FEATURE_ENGINE``  | ``duckdb``                                | what computes the feature tables: ``duckdb`` (embedded) or ``spark`` (PySpark, needs Java 17+; :mod:`pipelines.features.spark_engine`) |
 | ``RECLOOP_SPARK_MASTER``    | ``local[2]``                              | Spark master URL of the ``spark`` feature engine (``local[N]``: in this process's JVM; ``spark://host:7077``, ``yarn``, ``k8s://...``: a cluster) |
 | ``RECLOOP_MATERIALIZE_WRITER`` | ``bulk``                               | what writes D's feature rows into Redis: ``bulk`` (Feast's keys, fields and bytes, written from Arrow in pipelined chunks, ~12x faster: :mod:`pipelines.features.bulk_write`) or ``feast`` (Feast's ``materialize``) |
+| ``RECLOOP_HISTORICAL_READER`` | ``asof``                               | what answers a training frame's point-in-time lookups on the file store: ``asof`` (Feast's answer, a day of events at a time from the tables in time: :mod:`pipelines.features.asof`) or ``feast`` (Feast's ``get_historical_features``, which reads every daily table) |
 """
 
 from __future__ import annotations
@@ -124,6 +125,7 @@ class Settings:
     feature_engine: str = "duckdb"  # duckdb or spark: what computes the feature tables (issue 19)
     spark_master: str = "local[2]"  # Spark master URL of the spark feature engine
     materialize_writer: str = "bulk"  # bulk or feast: what writes feature rows into Redis
+    historical_reader: str = "asof"  # asof or feast: what answers training frames (file store)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -142,6 +144,9 @@ class Settings:
         ranker = env_text(env, "RECLOOP_RANKER", cls.ranker)
         if ranker not in RANKERS:
             raise ValueError(f"RECLOOP_RANKER={ranker!r}: expected one of {', '.join(RANKERS)}")
+        reader = env_text(env, "RECLOOP_HISTORICAL_READER", cls.historical_reader)
+        if reader not in ("asof", "feast"):
+            raise ValueError(f"RECLOOP_HISTORICAL_READER={reader!r}: expected asof or feast")
         writer = env_text(env, "RECLOOP_MATERIALIZE_WRITER", cls.materialize_writer)
         if writer not in ("feast", "bulk"):
             raise ValueError(f"RECLOOP_MATERIALIZE_WRITER={writer!r}: expected feast or bulk")
@@ -202,6 +207,7 @@ class Settings:
             feature_engine=env_text(env, "RECLOOP_FEATURE_ENGINE", cls.feature_engine),
             spark_master=env_text(env, "RECLOOP_SPARK_MASTER", cls.spark_master),
             materialize_writer=writer,
+            historical_reader=reader,
         )
 
     # --- workspace layout -------------------------------------------------------------
@@ -288,4 +294,5 @@ class Settings:
             "RECLOOP_FEATURE_ENGINE": self.feature_engine,
             "RECLOOP_SPARK_MASTER": self.spark_master,
             "RECLOOP_MATERIALIZE_WRITER": self.materialize_writer,
+            "RECLOOP_HISTORICAL_READER": self.historical_reader,
         }

@@ -42,7 +42,7 @@ from pipelines.core import layout, schema
 from pipelines.core.duckdb_sql import sql_string
 from pipelines.core.redact import redact_url
 from pipelines.core.settings import Settings
-from pipelines.features import online
+from pipelines.features import asof, online
 from pipelines.features import tables as ft
 from pipelines.features.redis_client import is_cluster_url, parse_cluster_url
 
@@ -397,6 +397,8 @@ def training_frame(
     can fail sorting the null ``created`` of ids with no row at all; asking this way, no
     event is lost and the values are the same.
 
+    On the file store the lookups are answered by :mod:`pipelines.features.asof` (Feast's answer
+    without reading every daily table; ``RECLOOP_HISTORICAL_READER=feast``: by Feast).
     The offline store follows ``settings.feature_engine`` (:func:`offline_store_config`): Feast's
     file store (``duckdb``) or its Spark store (``spark``: the join runs in Spark over the same
     partitions; the same frame, tests/test_spark_offline.py). The log line and
@@ -426,13 +428,17 @@ def training_frame(
         got = pd.DataFrame(columns=[key, "event_timestamp", *cols])
         if len(pairs):
             refs = [f"{online.VIEWS[entity]}:{c}" for c in cols]
-            got = pd.concat(
-                [
-                    _historical(settings, store, pairs.iloc[lo : lo + HISTORICAL_CHUNK], refs)
-                    for lo in range(0, len(pairs), HISTORICAL_CHUNK)
-                ],
-                ignore_index=True,
-            )
+            if offline != "spark" and settings.historical_reader == "asof":
+                ttl = store.get_feature_view(online.VIEWS[entity]).ttl
+                got = asof.historical(settings, entity, key, pairs, cols, ttl)
+            else:
+                got = pd.concat(
+                    [
+                        _historical(settings, store, pairs.iloc[lo : lo + HISTORICAL_CHUNK], refs)
+                        for lo in range(0, len(pairs), HISTORICAL_CHUNK)
+                    ],
+                    ignore_index=True,
+                )
             got = got[[key, "event_timestamp", *cols]].drop_duplicates([key, "event_timestamp"])
         out = out.merge(got, on=[key, "event_timestamp"], how="left", validate="many_to_one")
         out[f"{entity}_missing"] = out[cols].isna().all(axis=1)
@@ -443,12 +449,13 @@ def training_frame(
                 if ft.FEATURE_TYPES[c] == "int64":
                     out[c] = out[c].astype("int64")
     log.info(
-        "training frame: %d events x %d features (%s) in %.2fs (feast %s offline store)",
+        "training frame: %d events x %d features (%s) in %.2fs (feast %s offline store, %s)",
         len(out),
         sum(len(c) for c in names.values()),
         service,
         time.perf_counter() - t0,
         offline,
+        "feast" if offline == "spark" else f"{settings.historical_reader} reader",
     )
     out.attrs["offline_store"] = offline
     return out
