@@ -82,6 +82,37 @@ class SavedModel(ABC):
         return folder
 
 
+def top_k_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` largest finite scores of each row of ``scores`` ``(B, I)`` float32, best first,
+    equal scores by item index (lowest first): ``(items (B, k) int64, scores (B, k) float32)``;
+    rows with fewer than ``k`` finite scores are padded with item ``-1`` and score ``-inf``.
+
+    The rule depends on the row alone, never on which rows share a block: ``torch.topk`` finds
+    each row's k-th value (at 100k items ~14x faster than ``np.argpartition``; the *values* it
+    returns do not depend on how it breaks ties), then every score above it and the lowest-index
+    scores equal to it are kept.
+    """
+    import torch
+
+    n_rows, n_items = scores.shape
+    items = np.full((n_rows, k), -1, dtype=np.int64)
+    values = np.full((n_rows, k), -np.inf, dtype=np.float32)
+    kk = min(k, n_items)
+    if kk == 0 or n_rows == 0:
+        return items, values
+    kth = torch.topk(torch.from_numpy(np.ascontiguousarray(scores)), kk, dim=1, sorted=False)
+    kth = kth.values.min(dim=1).values.numpy()
+    rows, cols = np.nonzero((scores >= kth[:, None]) & (scores > -np.inf))
+    vals = scores[rows, cols]
+    order = np.lexsort((cols, -vals, rows))
+    rows, cols, vals = rows[order], cols[order], vals[order]
+    rank = np.arange(len(rows)) - np.searchsorted(rows, rows)
+    keep = rank < kk
+    items[rows[keep], rank[keep]] = cols[keep]
+    values[rows[keep], rank[keep]] = vals[keep]
+    return items, values
+
+
 class Retriever(SavedModel):
     """fit on interactions / score / score_all / recommend / embeddings / save / load."""
 
@@ -103,7 +134,8 @@ class Retriever(SavedModel):
         k: int,
         exclude: sp.csr_matrix | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` items per user, best first, excluding the nonzeros of ``exclude`` (``(U, I)``).
+        """Top-``k`` items per user, best first (equal scores by item index), excluding the
+        nonzeros of ``exclude`` (``(U, I)``).
 
         Returns ``(items, scores)``, each ``(B, k)``; rows with fewer than ``k`` candidates are
         padded with item ``-1`` and score ``-inf``.
@@ -118,15 +150,9 @@ class Retriever(SavedModel):
                 sub = exclude[batch]
                 rows = np.repeat(np.arange(len(batch)), np.diff(sub.indptr))
                 scores[rows, sub.indices] = -np.inf
-            kk = min(k, scores.shape[1])
-            part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
-            part_scores = np.take_along_axis(scores, part, axis=1)
-            order = np.argsort(-part_scores, axis=1, kind="stable")
-            top = np.take_along_axis(part, order, axis=1)
-            top_scores = np.take_along_axis(part_scores, order, axis=1)
-            valid = np.isfinite(top_scores)
-            out_items[start : start + len(batch), :kk] = np.where(valid, top, -1)
-            out_scores[start : start + len(batch), :kk] = top_scores
+            top, top_scores = top_k_rows(scores, k)
+            out_items[start : start + len(batch)] = top
+            out_scores[start : start + len(batch)] = top_scores
         return out_items, out_scores
 
     def user_embeddings(self) -> np.ndarray | None:

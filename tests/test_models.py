@@ -26,7 +26,14 @@ import scipy.sparse as sp
 import torch
 
 from models.als import ALS
-from models.base import CONFIG_FILE, MODEL_CLASSES, WEIGHTS_FILE, Retriever, load_model
+from models.base import (
+    CONFIG_FILE,
+    MODEL_CLASSES,
+    WEIGHTS_FILE,
+    Retriever,
+    load_model,
+    top_k_rows,
+)
 from models.baselines import ItemKNN, MostPopular, UserKNN, topk_similarity
 from models.bpr import BPR
 from models.dssm import DSSM
@@ -189,6 +196,28 @@ def test_seen_items_excluded_and_padding(fitted, data):
         assert len(valid) == N_ITEMS - SEEN  # all the rest, padded with -1 after
         assert np.all(items[u][len(valid) :] == -1)
         assert np.all(np.diff(scores[u][: len(valid)]) <= 0)  # best first
+
+
+def test_top_k_rows_keeps_the_best_then_the_lowest_index_among_ties_whatever_the_block():
+    rng = np.random.default_rng(3)
+    scores = rng.integers(0, 4, size=(64, 300)).astype(np.float32)  # ties everywhere
+    scores[rng.random(scores.shape) < 0.3] = -np.inf  # excluded items
+    scores[5, :] = -np.inf
+    scores[6, 10:] = -np.inf  # fewer than k finite
+    k = 20
+    items, values = top_k_rows(scores, k)
+    for r, row in enumerate(scores):
+        want = sorted(
+            (i for i in range(row.size) if np.isfinite(row[i])), key=lambda i: (-row[i], i)
+        )
+        want = want[:k] + [-1] * (k - len(want[:k]))
+        assert items[r].tolist() == want, f"row {r}"
+        np.testing.assert_array_equal(values[r], [row[i] if i >= 0 else -np.inf for i in want])
+    # a row gets the same top-k alone, in any block, in any order of rows
+    perm = rng.permutation(len(scores))
+    np.testing.assert_array_equal(top_k_rows(scores[perm], k)[0], items[perm])
+    np.testing.assert_array_equal(top_k_rows(scores[7:8], k)[0], items[7:8])
+    assert top_k_rows(scores[:, :5], k)[0].shape == (64, k)
 
 
 def test_score_matches_score_all(fitted):
