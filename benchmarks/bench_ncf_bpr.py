@@ -19,7 +19,9 @@ and ratios to most-popular and to MF.
   rows), temporal split at ``--cutoff`` (UTC days: training = ratings through the cut-off, test
   = later ratings of training users on training items, binary relevance), the split of
   ``bench_movielens.py``. Every rating is one positive (as the platform's implicit models read
-  ratings). MF is ``ALS(**MF_PARAMS)`` without side attributes (no feature store here), most
+  ratings). MF is ``ALS(**MF_PARAMS)`` without side attributes (no feature store here), item
+  KNN ``ItemKNN(**ITEMKNN_PARAMS)`` (its prior's counts: the last 7 days') beside the reference
+  formula (``itemknn (reference)``: ``ItemKNN(k=50)``), most
   popular both all-time and over the cut-off's last 7 days; ``implicit``'s BPR (the
   ``bench_movielens.py`` settings) is beside ours when the library is installed.
 
@@ -219,7 +221,8 @@ def movielens(
     builders = {
         "popular (all time)": lambda: MostPopular().fit(train_m),
         "popular (last 7 days)": lambda: MostPopular(7).fit(train_m, item_weights=recent),
-        "itemknn": lambda: ItemKNN(k=50).fit(train_m),
+        "itemknn": lambda: ItemKNN(**train.ITEMKNN_PARAMS).fit(train_m, item_counts=recent),
+        "itemknn (reference)": lambda: ItemKNN(k=50).fit(train_m),
         "mf": lambda: ALS(**train.MF_PARAMS, seed=seed).fit(train_m, progress=False),
         "ncf": lambda: NCF(**train.NCF_PARAMS, seed=seed).fit(train_m, progress=False),
         "bpr": lambda: BPR(**train.BPR_PARAMS, seed=seed).fit(train_m, progress=False),

@@ -4,6 +4,7 @@ most-popular on the simulator, with its sequential structure off and on (issue 1
   OMP_WAIT_POLICY=PASSIVE nice .venv/bin/python benchmarks/bench_sequential.py
       [--strengths 0 0.5] [--days 14] [--scale small] [--seed 42] [--epochs N] [--models M ...]
       [--categories off|input|both] [--user-attributes off|on] [--prior-weights W ...]
+      [--exposure-weights E ...]
 
 For each strength ``S`` (``simulate(..., sequential=S)``; 0 is today's world byte for byte):
 ``--days`` days are simulated into a temporary workspace and validated, and day N-2's feature
@@ -25,6 +26,11 @@ days 0..N-2 and judged on
 all-time counts and over the last ``POPULAR_WINDOW_DAYS`` days' (``data.recent``: rows
 ``gru4rec w=1 7d``).
 
+``--exposure-weights``: each sequential model, fitted once (with ``SEQUENTIAL_PARAMS``'
+``exposure_weight``; the correction is added at scoring, training does not depend on it), is
+judged again at each exposure-correction weight (rows ``gru4rec e=0``, ...: ``e=0`` scores as the
+models did before the correction).
+
 Sequential models should win only where the structure exists (``S > 0``). Printed per strength:
 the best sequential model's truth NDCG@10 over the two-tower's (issue 16's floor: >= 1.1x).
 """
@@ -32,6 +38,7 @@ the best sequential model's truth NDCG@10 over the two-tower's (issue 16's floor
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
 import logging
 import sys
@@ -87,6 +94,7 @@ def one_world(
     seed: int,
     names: tuple[str, ...] = MODELS,
     prior_weights: list[float] | None = None,
+    exposure_weights: list[float] | None = None,
 ) -> pd.DataFrame:
     """Simulate, validate, train and judge every model on one world (module docstring)."""
     from pipelines.data.validate import validate_partition
@@ -121,6 +129,8 @@ def one_world(
             }
             fitted = {n: models[n] for n in SEQUENTIAL if n in models}
             models.update(prior_grid(fitted, counts, prior_weights))
+        if exposure_weights:
+            models.update(exposure_grid(models, exposure_weights))
         test = day_relevance(s, test_day, data.users, data.items)
         table = compare_models(models, data.implicit, test, k=K, recall_ks=(), with_auc=False)
         table = table[[f"ndcg@{K}", f"recall@{K}"]]
@@ -138,6 +148,18 @@ def one_world(
         print(table.to_string(float_format="%.4f"))
         print_floor_ratio(table)
         return table
+
+
+def exposure_grid(models: dict, weights: list[float]) -> dict:
+    """Each sequential model of ``models`` again at each exposure-correction weight: shallow
+    copies sharing the fitted network and its impressions, by name ``"<model> e=<weight>"``."""
+    out = {}
+    for name in (n for n in SEQUENTIAL if n in models):
+        for w in weights:
+            m = copy.copy(models[name])
+            m.exposure_weight = float(w)
+            out[f"{name} e={w:g}"] = m
+    return out
 
 
 def print_floor_ratio(table: pd.DataFrame) -> None:
@@ -162,6 +184,10 @@ def main() -> None:
         "--prior-weights", type=float, nargs="*", help="sequential: judged again at these weights"
     )
     parser.add_argument(
+        "--exposure-weights", type=float, nargs="*",
+        help="sequential: judged again at these exposure-correction weights",
+    )  # fmt: skip
+    parser.add_argument(
         "--categories", choices=("off", "input", "both"),
         help="item categories in the sequential models: none, input side only, input and tied "
         "output (default: the daily job's, train.SEQUENTIAL_ITEM_GROUPS)",
@@ -184,7 +210,9 @@ def main() -> None:
         train.SEQUENTIAL_USER_GROUPS = train.MF_USER_GROUPS if args.user_attributes == "on" else ()
     names = tuple(args.models)
     tables = [
-        one_world(s, args.days, args.scale, args.seed, names, args.prior_weights)
+        one_world(
+            s, args.days, args.scale, args.seed, names, args.prior_weights, args.exposure_weights
+        )
         for s in args.strengths
     ]
     both = pd.concat(tables)

@@ -3,7 +3,9 @@
 Memory-based CF follows the reference chapter (section 12.1):
 
 * user-based: ``r_ui = mean_u + sum_{v in N(u)} sim(u,v) (r_vi - mean_v) / sum_{v in N(u)} |sim(u,v)|``
-* item-based: ``r_ui = sum_{j in N(i)} sim(i,j) r_uj / sum_{j in N(i)} |sim(i,j)|``
+* item-based: ``r_ui = sum_{j in N(i)} sim(i,j) r_uj / sum_{j in N(i)} |sim(i,j)|`` (the
+  defaults of :class:`ItemKNN`; its settings for top-N ranking on implicit data: shrinkage,
+  the history's neighbours voting, plain sums, a popularity prior)
 
 ``N(.)`` is the top-``k`` most similar users/items (largest similarity, self excluded, zero
 similarities dropped), kept as a sparse ``scipy`` CSR neighbour matrix so memory is
@@ -87,20 +89,28 @@ def topk_similarity(
     similarity: str = "cosine",
     progress: bool = False,
     columns: np.ndarray | None = None,
+    shrinkage: float = 0.0,
 ) -> sp.csr_matrix:
     """Top-``k`` neighbours between the **columns** of ``m`` ``(R, C)``: CSR ``(C, C)`` whose row
     ``c`` holds ``sim(c, d)`` for ``c``'s ``k`` most similar columns ``d != c`` (nonzero only).
     ``columns``: only these rows are computed (the others stay empty; their neighbours are
-    still searched among all columns) — a forward evaluation needs its sampled users only."""
+    still searched among all columns) — a forward evaluation needs its sampled users only.
+
+    ``shrinkage`` ``lambda >= 0`` (0: none) shrinks every similarity before the top-``k``:
+    ``sim = dot(x_c, x_d) / (|x_c| |x_d| + lambda)`` (``x`` the column, centred for Pearson), so
+    on binary data ``co / (sqrt(n_c n_d) + lambda)`` with ``co`` the rows the two share: a pair
+    that co-occurs once between rare columns no longer scores a perfect 1."""
     if similarity not in SIMILARITIES:
         raise ValueError(f"similarity={similarity!r}: expected one of {SIMILARITIES}")
+    if not shrinkage >= 0:
+        raise ValueError(f"shrinkage must be >= 0, got {shrinkage}")
     m = _as_csr(m)
     n_rows, n = m.shape
     csc = m.tocsc()
     sq = np.asarray(m.multiply(m).sum(0)).ravel().astype(np.float64)
     wanted = np.arange(n) if columns is None else np.unique(np.asarray(columns, dtype=np.int64))
     if similarity == "cosine" and (m.nnz == 0 or m.data.min() >= 0):
-        return _topk_cosine_sparse(csc, sq, k, progress, wanted)
+        return _topk_cosine_sparse(csc, sq, k, progress, wanted, shrinkage)
     if similarity == "cosine":
         mean = np.zeros(n)
         std = np.sqrt(sq)
@@ -121,6 +131,11 @@ def topk_similarity(
         else:
             cov = dots / max(n_rows, 1) - mean[cols, None] * mean[None, :]
             sims = cov * inv[cols, None] * inv[None, :]
+        if shrinkage:
+            # |x_c| |x_d| in sums (not means): std * sqrt(rows) for Pearson
+            scale = np.sqrt(sq) if similarity == "cosine" else std * np.sqrt(max(n_rows, 1))
+            den = scale[cols, None] * scale[None, :]
+            sims = sims * den / (den + shrinkage)
         local = np.arange(len(cols))
         sims[local, cols] = -np.inf  # never one's own neighbour
         if k == 0:
@@ -139,7 +154,12 @@ _SPARSE_BLOCK = 1024
 
 
 def _topk_cosine_sparse(
-    csc: sp.csc_matrix, sq: np.ndarray, k: int, progress: bool, wanted: np.ndarray
+    csc: sp.csc_matrix,
+    sq: np.ndarray,
+    k: int,
+    progress: bool,
+    wanted: np.ndarray,
+    shrinkage: float = 0.0,
 ) -> sp.csr_matrix:
     """:func:`topk_similarity`'s cosine for non-negative ``csc`` ``(R, C)`` (``sq``: column
     sums of squares ``(C,)``) without dense rows: two columns that never co-occur have
@@ -147,7 +167,7 @@ def _topk_cosine_sparse(
     stays sparse and each row keeps its ``k`` largest nonzero similarities (ties by the lower
     column). The same values as the dense path (same products, same order of operations); at
     100k columns a block costs its co-occurrences, not ``block x C`` cells. Rows of ``wanted``
-    (sorted column indices) only."""
+    (sorted column indices) only; ``shrinkage``: :func:`topk_similarity`'s."""
     n = csc.shape[1]
     norm = np.sqrt(sq)
     inv = np.where(norm > 1e-12, 1.0 / np.where(norm > 1e-12, norm, 1.0), 0.0)
@@ -159,7 +179,10 @@ def _topk_cosine_sparse(
         prod = (csc[:, block].T @ csc).tocsr()  # (b, C) co-occurrence dot products
         rows = block[np.repeat(np.arange(len(block)), np.diff(prod.indptr))]
         cols = prod.indices.astype(np.int64)
-        vals = prod.data.astype(np.float64) * inv[rows] * inv[cols]
+        if shrinkage:
+            vals = prod.data.astype(np.float64) / (norm[rows] * norm[cols] + shrinkage)
+        else:
+            vals = prod.data.astype(np.float64) * inv[rows] * inv[cols]
         keep = (cols != rows) & np.isfinite(vals) & (vals != 0)
         rows, cols, vals = rows[keep], cols[keep], vals[keep]
         order = np.lexsort((cols, -vals, rows))  # per row: largest first, ties by column
@@ -317,30 +340,156 @@ class _KNN(Retriever):
         pass
 
 
+#: where an item's neighbours come from (:class:`ItemKNN` ``neighbours_of``)
+NEIGHBOURS_OF = ("candidate", "history")
+#: what an item's score is divided by (:class:`ItemKNN` ``normalize``)
+NORMALIZE = ("neighbours", "rated", "none")
+#: :class:`ItemKNN` settings added after models were first saved, for configs that lack them:
+#: the reference chapter's formula
+ITEMKNN_LEGACY: dict[str, Any] = {
+    "shrinkage": 0.0,
+    "neighbours_of": "candidate",
+    "normalize": "neighbours",
+    "popularity_weight": 0.0,
+}
+
+
 @register
 class ItemKNN(_KNN):
-    """Item-based CF: ``r_ui = sum_{j in N(i)} sim(i,j) r_uj / sum_{j in N(i)} |sim(i,j)|``."""
+    """Item-based CF. With the defaults (``ITEMKNN_LEGACY``) the reference chapter's formula for
+    rating prediction: ``r_ui = sum_{j in N(i)} sim(i,j) r_uj / sum_{j in N(i)} |sim(i,j)|``,
+    ``N(i)`` the ``k`` items most similar to the candidate ``i``.
+
+    For top-N ranking on implicit data (Deshpande & Karypis 2004) four settings change it:
+
+    - ``shrinkage`` ``lambda``: ``sim = co / (sqrt(n_i n_j) + lambda)`` (:func:`topk_similarity`).
+    - ``neighbours_of``: ``"candidate"`` (``N(i)``, above) or ``"history"``: sum over the user's
+      items ``j`` that have ``i`` among *their* ``k`` most similar items, ``sum_{j: i in N(j)}
+      sim(j,i) r_uj`` — an item few others point to collects few votes.
+    - ``normalize``: ``"neighbours"`` (divide by the ``|sim|`` of all the neighbours, above),
+      ``"rated"`` (only of those the user rated: a weighted mean of the user's values) or
+      ``"none"`` (the plain sum: an item similar to many of the user's items outranks one
+      similar to a single item).
+    - ``popularity_weight`` ``w``: ``+ w * log(1 + n_i)``, ``n_i`` the item's count (users per
+      item in the training matrix, or ``fit(item_counts=)``, e.g. the last days' positives).
+
+    Saved configs without these keys load with the legacy values: the formula above."""
 
     name = "itemknn"
+
+    def __init__(
+        self,
+        k: int = 50,
+        similarity: str = "cosine",
+        n_users: int = 0,
+        n_items: int = 0,
+        shrinkage: float = 0.0,
+        neighbours_of: str = "candidate",
+        normalize: str = "neighbours",
+        popularity_weight: float = 0.0,
+    ) -> None:
+        super().__init__(k, similarity, n_users, n_items)
+        if neighbours_of not in NEIGHBOURS_OF:
+            raise ValueError(f"neighbours_of={neighbours_of!r}: expected one of {NEIGHBOURS_OF}")
+        if normalize not in NORMALIZE:
+            raise ValueError(f"normalize={normalize!r}: expected one of {NORMALIZE}")
+        if not shrinkage >= 0 or not popularity_weight >= 0:
+            raise ValueError(
+                f"shrinkage={shrinkage}, popularity_weight={popularity_weight}: expected >= 0"
+            )
+        self.shrinkage = float(shrinkage)
+        self.neighbours_of = neighbours_of
+        self.normalize = normalize
+        self.popularity_weight = float(popularity_weight)
+        self.item_counts = np.zeros(self.n_items, dtype=np.float32)
+        self._after_load()
 
     def _n_neighbours_space(self) -> int:
         return self.n_items
 
-    def fit(self, interactions: sp.csr_matrix, progress: bool = False, **kwargs: Any) -> ItemKNN:
+    def fit(
+        self,
+        interactions: sp.csr_matrix,
+        progress: bool = False,
+        item_counts: np.ndarray | None = None,
+        **kwargs: Any,
+    ) -> ItemKNN:
+        """``item_counts`` ``(I,)``: the popularity prior's counts (default: users per item)."""
         self.train = _as_csr(interactions)
         self.n_users, self.n_items = self.train.shape
-        self.neighbours = topk_similarity(self.train, self.k, self.similarity, progress)
-        self.norm = _abs_row_sums(self.neighbours)
+        self.neighbours = topk_similarity(
+            self.train, self.k, self.similarity, progress, shrinkage=self.shrinkage
+        )
+        self._after_load()
+        self.norm = _abs_row_sums(self.votes)
+        if item_counts is None:
+            counts = np.asarray((self.train != 0).sum(0)).ravel()
+        else:
+            counts = np.asarray(item_counts, dtype=np.float64).ravel()
+            if counts.shape != (self.n_items,) or not np.all(counts >= 0):
+                raise ValueError(f"item_counts: expected ({self.n_items},) non-negative counts")
+        self.item_counts = counts.astype(np.float32)
         log.info(
-            "ItemKNN fit: %d items, %s top-%d, %d neighbour links",
-            self.n_items, self.similarity, self.k, self.neighbours.nnz,
+            "ItemKNN fit: %d items, %s top-%d (shrinkage %g), %d neighbour links",
+            self.n_items, self.similarity, self.k, self.shrinkage, self.neighbours.nnz,
         )  # fmt: skip
         return self
 
+    def _after_load(self) -> None:
+        """``votes`` ``(I, I)`` CSR, ``V[i, j]``: what the user's value on ``j`` adds to item
+        ``i``'s score: ``sim(i, j)`` for ``j in N(i)`` (``candidate``) or ``sim(j, i)`` for
+        ``i in N(j)`` (``history``)."""
+        if self.neighbours_of == "candidate":
+            self.votes = self.neighbours
+        else:
+            self.votes = self.neighbours.T.tocsr()
+
     def score_all(self, users: np.ndarray) -> np.ndarray:
         rows = self.train[np.asarray(users, dtype=np.int64)]
-        num = (rows @ self.neighbours.T).toarray()  # (B, I): sum_j r_uj sim(i, j)
-        return _safe_div(num, self.norm[None, :])
+        num = (rows @ self.votes.T).toarray()  # (B, I): sum_j r_uj V[i, j]
+        if self.normalize == "neighbours":
+            out = _safe_div(num, self.norm[None, :])
+        elif self.normalize == "rated":
+            rated = (rows != 0).astype(np.float32)
+            out = _safe_div(num, (rated @ abs(self.votes).T).toarray())
+        else:
+            out = num.astype(np.float32)
+        if self.popularity_weight:
+            out = out + self._prior()[None, :]
+        return out.astype(np.float32)
+
+    def _prior(self) -> np.ndarray:
+        """``(I,)`` float32: ``popularity_weight * log(1 + item_counts)``."""
+        return (self.popularity_weight * np.log1p(self.item_counts.astype(np.float64))).astype(
+            np.float32
+        )
+
+    def config(self) -> dict[str, Any]:
+        return {
+            **super().config(),
+            "shrinkage": self.shrinkage,
+            "neighbours_of": self.neighbours_of,
+            "normalize": self.normalize,
+            "popularity_weight": self.popularity_weight,
+        }
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any], device: str | None = None) -> ItemKNN:
+        return cls(**{**ITEMKNN_LEGACY, **cfg})  # configs saved before a key: old behaviour
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {**super().state(), "item_counts": torch.from_numpy(self.item_counts)}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        super().load_state(state)
+        counts = state.get("item_counts")
+        if counts is None and self.popularity_weight:
+            raise ValueError("weights: missing tensor 'item_counts' (popularity_weight > 0)")
+        if counts is None:  # saved before the prior: none is needed at weight 0
+            counts = torch.zeros(self.n_items)
+        if tuple(counts.shape) != (self.n_items,):
+            raise ValueError(f"weights: tensor 'item_counts' not of shape ({self.n_items},)")
+        self.item_counts = counts.numpy().astype(np.float32)
 
 
 @register

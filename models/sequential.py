@@ -44,6 +44,14 @@ the Cloze task), in PyTorch, under the :class:`models.base.Retriever` contract.
   last coordinate 1 and the item embeddings the prior, so inner products stay the scores (the
   serving path's ``encode(s) @ item_embeddings().T`` included). Configs saved before the key
   load with ``w = 0``: today's scores exactly.
+- **Exposure correction** (``exposure_weight`` ``e``, default 0: none): every score loses
+  ``e * log(1 + x_i)``, ``x_i`` the item's impressions in the training logs (``fit(item_exposure=)``,
+  saved with the weights; none given: zeros). A next-item softmax fitted on clicks logged under a
+  policy that shows item ``i`` at rate ``q_i`` learns ``log q_i + log relevance``; taking a part
+  of ``log q_i`` back ranks closer to the relevance (on the simulator's popularity-logged days:
+  ``benchmarks/README.md``, issue 16's seventh session). Scored as the prior (its sign aside):
+  the same last coordinate, in ``score``, ``score_all`` and ``encode(s) @ item_embeddings().T``.
+  Configs saved before the key load with ``e = 0``.
 
 Shapes: ``U`` users, ``I`` items, ``D`` = ``dim``, ``L`` = ``max_len``, ``B`` batch. Deterministic
 under ``seed`` on CPU for a given thread count (weights and dropout under a forked, seeded torch
@@ -69,7 +77,7 @@ from pipelines.core.progress import progress as progress_bar
 log = logging.getLogger(__name__)
 
 #: values of config keys added after models were first saved, for configs that lack them
-LEGACY_DEFAULTS: dict[str, Any] = {"popularity_weight": 0.0}
+LEGACY_DEFAULTS: dict[str, Any] = {"popularity_weight": 0.0, "exposure_weight": 0.0}
 
 #: below this many ``window tokens x dim`` a fit runs on one intra-op thread (small matrices:
 #: on a loaded machine extra threads spin and make a 0.3 s fit take 10 s)
@@ -251,13 +259,14 @@ class SequentialRetriever(Retriever):
         group_output: bool = True,
         user_group_sizes: tuple[int, ...] | list[int] = (),
         popularity_weight: float = 0.0,
+        exposure_weight: float = 0.0,
     ) -> None:
         bad = min(dim, max_len, n_layers, n_heads, n_negatives, batch_size) < 1
-        if bad or epochs < 0 or not popularity_weight >= 0:
+        if bad or epochs < 0 or not popularity_weight >= 0 or not exposure_weight >= 0:
             raise ValueError(
                 f"bad {self.name} hyper-parameters: dim={dim} max_len={max_len} "
                 f"n_layers={n_layers} n_heads={n_heads} epochs={epochs} "
-                f"popularity_weight={popularity_weight}"
+                f"popularity_weight={popularity_weight} exposure_weight={exposure_weight}"
             )
         if self.kind != "gru4rec" and dim % n_heads:
             raise ValueError(f"{self.name}: dim={dim} is not a multiple of n_heads={n_heads}")
@@ -276,6 +285,9 @@ class SequentialRetriever(Retriever):
         #: ``(U, A_u)`` int64 attribute codes of the users (``-1`` unknown)
         self.user_codes = torch.full((self.n_users, len(self.user_group_sizes)), -1)
         self.popularity_weight = float(popularity_weight)
+        self.exposure_weight = float(exposure_weight)
+        #: ``(I,)`` float32: each item's impressions in the training logs (the correction's ``x_i``)
+        self.item_exposure = torch.zeros(self.n_items)
         #: ``(I,)`` float32: each item's positives in the training matrix (the prior's ``n_i``)
         self.item_counts = torch.zeros(self.n_items)
         self.net = self._new_net()
@@ -304,6 +316,7 @@ class SequentialRetriever(Retriever):
         item_groups: np.ndarray | None = None,
         user_groups: np.ndarray | None = None,
         item_counts: np.ndarray | None = None,
+        item_exposure: np.ndarray | None = None,
         **kwargs: Any,
     ) -> SequentialRetriever:
         """Train on the users' sequences (``(indptr (U + 1,), items (E,))`` in time order; default
@@ -312,9 +325,12 @@ class SequentialRetriever(Retriever):
         (``-1`` unknown; :func:`pipelines.retrieval.data.group_codes`), each embedded and added
         to the item's embedding; ``user_groups`` ``(U, A_u)`` the same for users, added to the
         state (module docstring). ``item_counts`` ``(I,)``: the popularity prior's counts
-        (default: each item's cells > 0 in ``interactions``)."""
+        (default: each item's cells > 0 in ``interactions``); ``item_exposure`` ``(I,)``: the
+        exposure correction's impressions per item (default: zeros, no correction)."""
         self.n_users, self.n_items = interactions.shape
         self.item_counts = self._counts(interactions, item_counts)
+        exposure = np.zeros(self.n_items) if item_exposure is None else item_exposure
+        self.item_exposure = self._counts(interactions, exposure, "item_exposure")
         self.item_codes, self.group_sizes = attribute_codes(item_groups, self.n_items, "item")
         self.user_codes, self.user_group_sizes = attribute_codes(user_groups, self.n_users, "user")
         if sequences is None:
@@ -345,13 +361,15 @@ class SequentialRetriever(Retriever):
         )  # fmt: skip
         return self
 
-    def _counts(self, interactions: sp.csr_matrix, counts: np.ndarray | None) -> torch.Tensor:
-        """The prior's ``(I,)`` float32 counts: ``counts``, or each column's cells > 0."""
+    def _counts(
+        self, interactions: sp.csr_matrix, counts: np.ndarray | None, what: str = "item_counts"
+    ) -> torch.Tensor:
+        """``(I,)`` float32 counts ``what``: ``counts``, or each column's cells > 0."""
         if counts is None:
             counts = np.asarray((sp.csr_matrix(interactions) > 0).sum(axis=0)).ravel()
         counts = np.asarray(counts, dtype=np.float32).ravel()
         if counts.shape != (self.n_items,) or not (counts >= 0).all():
-            raise ValueError(f"item_counts: {counts.shape} non-negative counts for {self.n_items}")
+            raise ValueError(f"{what}: {counts.shape} non-negative counts for {self.n_items}")
         return torch.from_numpy(counts.copy())
 
     def _windows(self, indptr: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -465,14 +483,19 @@ class SequentialRetriever(Retriever):
         return torch.as_tensor(np.asarray(ids, dtype=np.int64), device=self.device)
 
     def item_prior(self) -> np.ndarray:
-        """``(I,)`` float32: ``popularity_weight * log(1 + item_counts)`` (zeros at weight 0)."""
-        return (self.popularity_weight * np.log1p(self.item_counts.double().numpy())).astype(
-            np.float32
-        )
+        """``(I,)`` float32: ``popularity_weight * log(1 + item_counts) - exposure_weight *
+        log(1 + item_exposure)`` (zeros at weights 0)."""
+        prior = self.popularity_weight * np.log1p(self.item_counts.double().numpy())
+        prior -= self.exposure_weight * np.log1p(self.item_exposure.double().numpy())
+        return prior.astype(np.float32)
+
+    def has_prior(self) -> bool:
+        """Whether the scores carry :meth:`item_prior` (a weight is not 0)."""
+        return self.popularity_weight != 0 or self.exposure_weight != 0
 
     def _with_one(self, states: np.ndarray) -> np.ndarray:
         """States ``(B, D)`` as is, or ``(B, D + 1)`` with a last 1 under the prior."""
-        if self.popularity_weight == 0:
+        if not self.has_prior():
             return states
         return np.hstack([states, np.ones((len(states), 1), np.float32)])
 
@@ -481,7 +504,7 @@ class SequentialRetriever(Retriever):
         """``h_u . e_i`` (+ the popularity prior of ``i``) per pair: ``(N,)`` float32."""
         h, e = self.user_states[self._index(users)], self.net.item_vectors()[self._index(items)]
         scores = (h * e).sum(1).float().cpu().numpy()
-        if self.popularity_weight == 0:
+        if not self.has_prior():
             return scores
         return scores + self.item_prior()[np.asarray(items, dtype=np.int64)]
 
@@ -490,7 +513,7 @@ class SequentialRetriever(Retriever):
         """``(B,)`` → float32 ``(B, I)``: ``h_u . e_i`` (+ the popularity prior)."""
         h = self.user_states[self._index(users)]
         scores = (h @ self.net.item_vectors().T).float().cpu().numpy()
-        if self.popularity_weight == 0:
+        if not self.has_prior():
             return scores
         return scores + self.item_prior()[None, :]
 
@@ -503,7 +526,7 @@ class SequentialRetriever(Retriever):
     def item_embeddings(self) -> np.ndarray:
         """``(I, D)``: the tied item embeddings (``(I, D + 1)``, the prior last, with it)."""
         items = self.net.item_vectors().float().cpu().numpy()
-        if self.popularity_weight == 0:
+        if not self.has_prior():
             return items
         return np.hstack([items, self.item_prior()[:, None]])
 
@@ -527,6 +550,7 @@ class SequentialRetriever(Retriever):
             "group_output": self.group_output,
             "user_group_sizes": list(self.user_group_sizes),
             "popularity_weight": self.popularity_weight,
+            "exposure_weight": self.exposure_weight,
         }
 
     @classmethod
@@ -541,6 +565,7 @@ class SequentialRetriever(Retriever):
             "histories": self.histories,
             "user_states": self.user_states,
             "item_counts": self.item_counts,
+            "item_exposure": self.item_exposure,
         }
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
@@ -564,21 +589,23 @@ class SequentialRetriever(Retriever):
         self.histories = state["histories"].to(torch.int64)
         self.user_states = state["user_states"].to(self.device, torch.float32)
         self.item_counts = self._saved_counts(state.get("item_counts"))
+        self.item_exposure = self._saved_counts(state.get("item_exposure"), "item_exposure")
         if self.group_sizes:
             self.item_codes = self.net.item_groups[1 : self.n_items + 1].cpu() - 1
         if self.user_group_sizes:
             self.user_codes = self.net.user_groups.cpu() - 1
 
-    def _saved_counts(self, counts: torch.Tensor | None) -> torch.Tensor:
-        """The saved ``item_counts`` ``(I,)``; weights saved before the prior have none (zeros,
-        allowed only at ``popularity_weight`` 0)."""
+    def _saved_counts(self, counts: torch.Tensor | None, key: str = "item_counts") -> torch.Tensor:
+        """The saved ``item_counts`` / ``item_exposure`` ``(I,)``; weights saved before the prior
+        / the correction have none (zeros, allowed only at its weight 0)."""
         if counts is None:
-            if self.popularity_weight:
-                raise ValueError(f"{self.name} weights: missing tensor 'item_counts'")
+            weight = self.popularity_weight if key == "item_counts" else self.exposure_weight
+            if weight:
+                raise ValueError(f"{self.name} weights: missing tensor {key!r}")
             return torch.zeros(self.n_items)
         if tuple(counts.shape) != (self.n_items,):
             raise ValueError(
-                f"{self.name} weights: tensor 'item_counts' has shape {tuple(counts.shape)}, "
+                f"{self.name} weights: tensor {key!r} has shape {tuple(counts.shape)}, "
                 f"config says ({self.n_items},)"
             )
         return counts.detach().cpu().float()

@@ -117,6 +117,14 @@ CASES = [
     Case("als_explicit", lambda: ALS(factors=3, feedback="explicit", iterations=5), False),
     Case("itemknn_cosine", lambda: ItemKNN(k=5, similarity="cosine")),
     Case("itemknn_pearson", lambda: ItemKNN(k=5, similarity="pearson")),
+    # top-N settings: shrunk similarities, votes of the history's neighbours, plain sums, prior
+    Case(
+        "itemknn_topn",
+        lambda: ItemKNN(
+            k=5, shrinkage=2.0, neighbours_of="history", normalize="none", popularity_weight=0.1
+        ),
+    ),
+    Case("itemknn_rated", lambda: ItemKNN(k=5, shrinkage=1.0, normalize="rated")),
     Case("userknn_cosine", lambda: UserKNN(k=5, similarity="cosine")),
     Case("userknn_pearson", lambda: UserKNN(k=5, similarity="pearson")),
     Case(
@@ -532,6 +540,109 @@ def test_itemknn_matches_chapter_formula(kind):
             den = sum(abs(s[i, j]) for j in neigh[i])
             expected[u, i] = num / den if den else 0.0
     np.testing.assert_allclose(model.score_all(np.arange(12)), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_shrinkage_ranks_a_once_co_rated_pair_below_a_well_supported_one():
+    """Items 0 and 1 are rated by one user only (the same one): cosine 1, a perfect pair.
+    Items 2 (rows 1-10) and 3 (rows 1-9 and 11) share 9 of their 10 users: cosine 0.9.
+    Shrinkage 5 puts the well-supported pair first: 1 / (1 + 5) = 0.167 against
+    9 / (10 + 5) = 0.6, each as the formula says."""
+    m = np.zeros((12, 4), np.float32)
+    m[0, [0, 1]] = 1
+    m[1:11, 2] = 1
+    m[np.r_[1:10, 11], 3] = 1
+    sm = sp.csr_matrix(m)
+    plain = topk_similarity(sm, 3, "cosine").toarray()
+    shrunk = topk_similarity(sm, 3, "cosine", shrinkage=5.0).toarray()
+    assert plain[0, 1] == pytest.approx(1.0) and plain[2, 3] == pytest.approx(0.9)
+    assert plain[0, 1] > plain[2, 3]
+    assert shrunk[0, 1] == pytest.approx(1 / (1 + 5))
+    assert shrunk[2, 3] == pytest.approx(9 / (10 + 5))
+    assert shrunk[2, 3] > shrunk[0, 1]
+    # the dense path (Pearson) shrinks by the same rule: dot / (|x| |y| + lambda), centred
+    pearson = topk_similarity(sm, 3, "pearson").toarray()
+    shrunk_p = topk_similarity(sm, 3, "pearson", shrinkage=5.0).toarray()
+    x = m - m.mean(0)
+    den = np.linalg.norm(x[:, 2]) * np.linalg.norm(x[:, 3])
+    assert shrunk_p[2, 3] == pytest.approx(pearson[2, 3] * den / (den + 5.0), rel=1e-5)
+    with pytest.raises(ValueError, match="shrinkage"):
+        topk_similarity(sm, 3, "cosine", shrinkage=-1.0)
+
+
+def test_itemknn_history_votes_unnormalised_equal_the_hand_computed_sum():
+    """``neighbours_of="history"``, ``normalize="none"``: item ``i`` scores
+    ``sum_{j: i in N(j)} sim(j, i) r_uj`` (the user's items vote for their own neighbours), and
+    the prior adds ``w log(1 + n_i)``. Hand-computed on a 4 x 4 matrix with k = 1."""
+    r = np.array(
+        [[1, 1, 0, 0], [1, 1, 1, 0], [0, 1, 1, 0], [0, 0, 1, 1]], dtype=np.float32
+    )  # users x items
+    # cosines: s01 = 2/(sqrt2 sqrt3) = .8165, s02 = 1/(sqrt2 sqrt3) = .4082,
+    # s12 = 2/3 = .6667, s23 = 1/(sqrt3 sqrt1) = .5774, s03 = s13 = 0
+    # k = 1: N(0) = {1}, N(1) = {0}, N(2) = {1} (.6667 > .5774 > .4082), N(3) = {2}
+    s01, s12, s23 = 2 / np.sqrt(6), 2 / 3, 1 / np.sqrt(3)
+    model = ItemKNN(k=1, neighbours_of="history", normalize="none").fit(sp.csr_matrix(r))
+    # item 0: voted by 1 (0 in N(1)); item 1: by 0 and 2; item 2: by 3; item 3: by nobody
+    want = np.array(
+        [[r[u, 1] * s01, r[u, 0] * s01 + r[u, 2] * s12, r[u, 3] * s23, 0.0] for u in range(4)]
+    )
+    np.testing.assert_allclose(model.score_all(np.arange(4)), want, rtol=1e-6)
+    # the reference formula on the same neighbours: item 2 scores r_u1 s12 / s12 = r_u1
+    ref = ItemKNN(k=1).fit(sp.csr_matrix(r)).score_all(np.arange(4))
+    np.testing.assert_allclose(ref[:, 2], r[:, 1], rtol=1e-6)
+    # "rated": divided by the |sim| of the votes the user actually cast (binary: 1 or 0)
+    rated = ItemKNN(k=1, neighbours_of="history", normalize="rated").fit(sp.csr_matrix(r))
+    np.testing.assert_allclose(rated.score_all(np.arange(4)), (want > 0).astype(float))
+    counts = np.array([3.0, 0.0, 1.0, 7.0])
+    prior = ItemKNN(k=1, neighbours_of="history", normalize="none", popularity_weight=0.5)
+    prior.fit(sp.csr_matrix(r), item_counts=counts)
+    np.testing.assert_allclose(
+        prior.score_all(np.arange(4)), want + 0.5 * np.log1p(counts)[None, :], rtol=1e-6
+    )
+    # default counts: users per item in the training matrix
+    default = ItemKNN(k=1, normalize="none", popularity_weight=1.0).fit(sp.csr_matrix(r))
+    np.testing.assert_allclose(default.item_counts, [2, 3, 3, 1])
+    with pytest.raises(ValueError, match="item_counts"):
+        prior.fit(sp.csr_matrix(r), item_counts=np.ones(3))
+    with pytest.raises(ValueError, match="neighbours_of"):
+        ItemKNN(neighbours_of="user")
+    with pytest.raises(ValueError, match="normalize"):
+        ItemKNN(normalize="sum")
+
+
+def test_itemknn_saved_before_the_top_n_settings_loads_with_the_reference_formula(
+    data, tmp_path: Path
+):
+    """A config and weights written before shrinkage / neighbours_of / normalize /
+    popularity_weight existed load as the reference formula, scores bit for bit; a config
+    with the prior on needs the counts tensor."""
+    model = ItemKNN(k=5).fit(data)
+    folder = model.save(tmp_path / "old")
+    cfg = json.loads((folder / CONFIG_FILE).read_text())
+    for key in ("shrinkage", "neighbours_of", "normalize", "popularity_weight"):
+        del cfg[key]
+    (folder / CONFIG_FILE).write_text(json.dumps(cfg))
+    state = torch.load(folder / WEIGHTS_FILE, weights_only=True)
+    del state["item_counts"]
+    torch.save(state, folder / WEIGHTS_FILE)
+    loaded = load_model(folder)
+    assert (loaded.shrinkage, loaded.neighbours_of, loaded.normalize) == (
+        0.0, "candidate", "neighbours",
+    )  # fmt: skip
+    assert loaded.popularity_weight == 0.0
+    users = np.arange(N_USERS)
+    assert np.array_equal(loaded.score_all(users), model.score_all(users))
+    # the top-N settings score differently on the same data: the legacy values are not a no-op
+    top_n = ItemKNN(k=5, neighbours_of="history", normalize="none").fit(data)
+    assert not np.allclose(top_n.score_all(users), model.score_all(users))
+    # a saved history-vote model loads with its own settings
+    top_n.save(tmp_path / "new")
+    again = load_model(tmp_path / "new")
+    assert again.neighbours_of == "history"
+    assert np.array_equal(again.score_all(users), top_n.score_all(users))
+    cfg["popularity_weight"] = 0.5
+    (folder / CONFIG_FILE).write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="item_counts"):
+        load_model(folder)
 
 
 @pytest.mark.parametrize("kind", ["cosine", "pearson"])

@@ -31,7 +31,7 @@ from pipelines.core import layout, schema
 from pipelines.core.settings import Settings
 from pipelines.core.vocab import Vocab
 from pipelines.retrieval import train
-from pipelines.retrieval.data import load_training_data
+from pipelines.retrieval.data import item_impressions, load_training_data
 
 N_ITEMS, N_USERS = 20, 120
 
@@ -174,12 +174,30 @@ def test_selectable_from_the_commands_and_the_builder(name, tmp_path, monkeypatc
     ids = [f"i{i:02d}" for i in range(N_ITEMS)]  # the items' categories, as the simulator's
     pd.DataFrame({"item_id": ids[::-1], "category": [f"c{i % 3}" for i in range(N_ITEMS)][::-1]}
                  ).to_parquet(layout.attributes_path(settings, "items"))  # fmt: skip
+    shown = [(d, i) for d in range(2) for i in range(N_ITEMS) for _ in range(i % 5)]
+    for day in (0, 1):  # impressions on two days (and a click, and an unknown item's impression)
+        rows = [("impression", ids[i]) for d, i in shown if d == day] + [
+            ("click", ids[0]), ("impression", "i99")]  # fmt: skip
+        frame = pd.DataFrame(
+            [{"event_id": f"e{day}_{n}", "ts": pd.Timestamp("2026-01-01", tz="UTC")
+              + pd.Timedelta(days=day, seconds=n), "user_id": "u000", "item_id": i, "event": e,
+              "value": 1.0} for n, (e, i) in enumerate(rows)]
+        )  # fmt: skip
+        date = dt.date(2026, 1, 1) + dt.timedelta(days=day)
+        schema.write_partition_atomic(
+            schema.conform(frame, schema.INTERACTIONS), settings.validated_dir, date
+        )
     data = SimpleNamespace(
-        implicit=m, sequences=seqs, date=dt.date(2026, 1, 1), items=Vocab(ids),
+        implicit=m, sequences=seqs, date=dt.date(2026, 1, 2), items=Vocab(ids), first=None,
         users=Vocab(f"u{u:03d}" for u in range(N_USERS)), recent=np.arange(N_ITEMS) % 4.0,
     )  # fmt: skip
     model = train.build_model(name, data, settings, seed=settings.seed)
     assert model.name == name and model.seed == 5 and model.n_items == N_ITEMS
+    # the exposure correction: the daily weight over the training days' impressions per item
+    assert model.exposure_weight == train.SEQUENTIAL_PARAMS["exposure_weight"] > 0
+    np.testing.assert_array_equal(model.item_exposure.numpy(), 2 * (np.arange(N_ITEMS) % 5))
+    data.first = dt.date(2026, 1, 2)  # a window of the last day: its impressions only
+    np.testing.assert_array_equal(item_impressions(settings, data), np.arange(N_ITEMS) % 5)
     # the prior: the setting's weight over the last days' counts (data.recent)
     assert model.popularity_weight == 2.0
     np.testing.assert_array_equal(model.item_counts.numpy(), np.arange(N_ITEMS) % 4.0)
@@ -369,3 +387,75 @@ def test_the_prior_weight_is_a_setting(tmp_path):
     s = Settings.from_env({**home, "RECLOOP_SEQUENTIAL_POPULARITY_WEIGHT": "3"})
     assert s.sequential_popularity_weight == 3.0
     assert Settings.from_env(s.as_env()).sequential_popularity_weight == 3.0
+
+
+@pytest.mark.parametrize("cls", [GRU4Rec, SASRec])
+def test_exposure_correction_subtracts_weight_times_log_impressions_everywhere(cls) -> None:
+    """``exposure_weight`` e leaves training alone and takes exactly ``e * log(1 + impressions of
+    the item)`` off ``score_all`` / ``score`` and serving's ``encode(s) @ item_embeddings().T``,
+    beside the popularity prior; without impressions it changes no score."""
+    m, seqs = cyclic_sequences()
+    small = {**SMALL, "epochs": 2}
+    shown = np.arange(N_ITEMS) * 7.0
+    plain = cls(**small, popularity_weight=0.3).fit(m, sequences=seqs, progress=False)
+    model = cls(**small, popularity_weight=0.3, exposure_weight=0.4).fit(
+        m, sequences=seqs, progress=False, item_exposure=shown
+    )
+    correction = 0.4 * np.log1p(shown)
+    np.testing.assert_array_equal(model.item_exposure.numpy(), shown)
+    users = np.arange(N_USERS)
+    np.testing.assert_allclose(
+        model.score_all(users), plain.score_all(users) - correction[None], rtol=1e-6, atol=1e-5
+    )
+    pairs = users % N_ITEMS
+    np.testing.assert_allclose(
+        model.score(users, pairs), plain.score(users, pairs) - correction[pairs], atol=1e-5
+    )
+    np.testing.assert_allclose(
+        model.user_embeddings() @ model.item_embeddings().T, model.score_all(users), atol=1e-5
+    )
+    fresh = [[3, 4, 5], []]
+    np.testing.assert_allclose(
+        model.encode(fresh) @ model.item_embeddings().T,
+        plain.encode(fresh) @ plain.item_embeddings().T - correction[None],
+        atol=1e-5,
+    )
+    # the ranking moves toward the items shown least (the test can tell)
+    assert (np.argmax(model.score_all(users), 1) != np.argmax(plain.score_all(users), 1)).any()
+    unseen = cls(**small, exposure_weight=0.4).fit(m, sequences=seqs, progress=False)
+    bare = cls(**small).fit(m, sequences=seqs, progress=False)
+    np.testing.assert_allclose(unseen.score_all(users), bare.score_all(users), atol=1e-6)
+    with pytest.raises(ValueError, match="exposure_weight"):
+        cls(exposure_weight=-0.1)
+    with pytest.raises(ValueError, match="item_exposure"):
+        cls(**small).fit(m, sequences=seqs, progress=False, item_exposure=np.ones(3))
+
+
+def test_exposure_correction_saves_and_older_models_load_without_it(tmp_path: Path) -> None:
+    m, seqs = cyclic_sequences()
+    small = {**SMALL, "epochs": 1}
+    model = GRU4Rec(**small, exposure_weight=0.4).fit(
+        m, sequences=seqs, progress=False, item_exposure=np.arange(N_ITEMS) * 3.0
+    )
+    loaded = load_model(model.save(tmp_path / "m"))
+    assert loaded.config()["exposure_weight"] == 0.4
+    np.testing.assert_array_equal(loaded.item_exposure.numpy(), np.arange(N_ITEMS) * 3.0)
+    users = np.arange(N_USERS)
+    np.testing.assert_array_equal(loaded.score_all(users), model.score_all(users))
+    # a model saved before the correction existed: no config key, no tensor; today's scores
+    old = GRU4Rec(**small).fit(m, sequences=seqs, progress=False)
+    folder = old.save(tmp_path / "old")
+    cfg = json.loads((folder / CONFIG_FILE).read_text())
+    del cfg["exposure_weight"]
+    (folder / CONFIG_FILE).write_text(json.dumps(cfg))
+    weights = torch.load(folder / "weights.pt", weights_only=True)
+    del weights["item_exposure"]
+    torch.save(weights, folder / "weights.pt")
+    again = load_model(folder)
+    assert again.exposure_weight == 0.0
+    np.testing.assert_array_equal(again.score_all(users), old.score_all(users))
+    assert again.item_embeddings().shape == (N_ITEMS, small["dim"])
+    cfg["exposure_weight"] = 0.4  # a correction without its impressions is refused
+    (folder / CONFIG_FILE).write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="item_exposure"):
+        load_model(folder)

@@ -40,7 +40,7 @@ class TrainingData:
     ``implicit`` ``(U, I)`` float32 counts; ``explicit`` ``(U, I)`` ratings (may be empty);
     ``recent`` ``(I,)`` positive events per item in the last ``POPULAR_WINDOW_DAYS`` days.
     ``sequences``: each user's positive items in time order (:func:`user_sequences`), what the
-    sequential retrievers train on.
+    sequential retrievers train on. ``first``: the first day read (``None``: all history).
     """
 
     date: dt.date
@@ -51,6 +51,7 @@ class TrainingData:
     recent: np.ndarray
     n_events: int
     sequences: tuple[np.ndarray, np.ndarray] | None = None
+    first: dt.date | None = None
 
 
 def read_positives(settings: Settings, last: dt.date, first: dt.date | None = None) -> pd.DataFrame:
@@ -66,6 +67,27 @@ def read_positives(settings: Settings, last: dt.date, first: dt.date | None = No
             f"SELECT user_id, item_id, event, value, ts FROM read_parquet({sql_list(files)}) "
             f"WHERE event IN ({events}) ORDER BY ts, user_id, item_id"
         ).df()
+
+
+def item_impressions(settings: Settings, data: TrainingData) -> np.ndarray:
+    """``(I,)`` float32: the ``impression`` events of each item of ``data.items`` in the validated
+    days ``data`` was read from (``data.first``..``data.date``); items never shown: 0. The
+    exposure the logging policy gave each item (the sequential retrievers' exposure correction)."""
+    import duckdb
+
+    out = np.zeros(len(data.items), dtype=np.float32)
+    files = validated_files(settings, data.first, data.date)
+    if not files:
+        return out
+    with duckdb.connect() as con:
+        shown = con.execute(
+            f"SELECT item_id, count(*) AS n FROM read_parquet({sql_list(files)}) "
+            "WHERE event = 'impression' GROUP BY item_id"
+        ).df()
+    rows = data.items.encode(shown["item_id"].astype(str))
+    keep = rows >= 0
+    np.add.at(out, rows[keep], shown["n"].to_numpy(np.float32)[keep])
+    return out
 
 
 def _items_created_by(settings: Settings, date: dt.date) -> list[str]:
@@ -149,7 +171,7 @@ def load_training_data(
     )
     sequences = user_sequences(events, users, items)
     return TrainingData(
-        day, users, items, implicit.tocsr(), explicit.tocsr(), recent, len(events), sequences
+        day, users, items, implicit.tocsr(), explicit.tocsr(), recent, len(events), sequences, first
     )
 
 
