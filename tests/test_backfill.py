@@ -57,6 +57,8 @@ def test_train_from_date_param_skips_earlier_runs_only():
 
 
 def test_backfill_trains_once_gates_a_champion_and_a_rerun_does_nothing(workspace):
+    from pipelines.release.gate import read_decision
+
     s = workspace
     summary = backfill(s, DAYS[0], DAYS[-1], progress=False)
 
@@ -66,19 +68,44 @@ def test_backfill_trains_once_gates_a_champion_and_a_rerun_does_nothing(workspac
         assert layout.feature_table_path(s, "user", day).exists()
     # trained once, through the day before the last (scored forward on the last), then gated
     assert len(summary.ran("train_mf")) == 1 and len(summary.ran("train_two_tower")) == 1
-    assert _model_dates(s, "mf") == [f"date={DAYS[-2]}"]
-    assert _model_dates(s, "two_tower") == [f"date={DAYS[-2]}"]
-    assert summary.champion is not None
-    assert registry.get_alias(s, "champion") == summary.champion
+    gated = read_decision(s, DAYS[-1])
+    assert gated["action"] == "champion", gated["reason"]
     assert layout.gate_report_path(s, DAYS[-1]).exists()
+    # then the final refit: the same configuration through the last day replaces it (a refresh)
+    assert len(summary.ran("refit_train_mf")) == 1 and len(summary.ran("refit_promote")) == 1
+    assert _model_dates(s, "mf") == [f"date={DAYS[-2]}", f"date={DAYS[-1]}"]
+    assert _model_dates(s, "two_tower") == [f"date={DAYS[-2]}", f"date={DAYS[-1]}"]
+    assert summary.champion is not None and summary.champion != gated["candidate_version"]
+    assert registry.get_alias(s, "champion") == summary.champion
+    tags = registry.bundle_version(s, summary.champion).tags
+    assert tags["logical_date"] == DAYS[-1]
+    assert tags["recloop.refreshed_from"] == gated["candidate_version"]
     table = format_summary(summary)
     assert "train_mf" in table and f"champion: bundle {summary.champion}" in table
+    assert "refit_promote" in table and "champion: bundle" in table
 
     again = backfill(s, DAYS[0], DAYS[-1], progress=False)
     assert again.ran() == []
-    assert {x.step for x in again.steps} == {"validate", "features", "checkpoint"}
+    assert {x.step for x in again.steps} == {"validate", "features", "checkpoint", "refit"}
+    (refit,) = [x for x in again.steps if x.step == "refit"]
+    assert "up to date" in refit.detail
     assert again.champion == summary.champion
-    assert _model_dates(s, "mf") == [f"date={DAYS[-2]}"]
+    assert _model_dates(s, "mf") == [f"date={DAYS[-2]}", f"date={DAYS[-1]}"]
+
+
+def test_refit_is_held_when_the_champion_is_pinned(workspace):
+    """A pinned champion stays: the refit is trained and registered but held, and says why."""
+    from pipelines.release.operations import release
+
+    s = workspace
+    first = backfill(s, DAYS[0], DAYS[-1], progress=False, refit=False)
+    assert first.ran("refit_promote") == [] and first.champion is not None
+    release(s, "pin", first.champion, "freeze for the test", "tester")
+
+    summary = backfill(s, DAYS[0], DAYS[-1], progress=False)
+    (promote,) = summary.ran("refit_promote")
+    assert promote.detail.startswith("held"), promote.detail
+    assert registry.get_alias(s, "champion") == first.champion == summary.champion
 
 
 def test_a_corrupt_day_stops_the_backfill_naming_the_day_and_leaves_earlier_days(workspace):
@@ -142,7 +169,7 @@ def test_backfill_with_a_test_window_trains_before_it_and_gates_on_it(workspace)
     from pipelines.release.gate import read_decision
 
     s = workspace
-    summary = backfill(s, DAYS[0], DAYS[-1], progress=False, test_days=2)
+    summary = backfill(s, DAYS[0], DAYS[-1], progress=False, test_days=2, refit=False)
     assert summary.test_days == {DAYS[-1]: 2}
     assert _model_dates(s, "mf") == [f"date={DAYS[0]}"]
     report = read_eval_report(s, DAYS[-1])
@@ -152,7 +179,7 @@ def test_backfill_with_a_test_window_trains_before_it_and_gates_on_it(workspace)
     assert summary.champion is not None and decision["candidate_version"] == summary.champion
     assert "test window: 2 days" in format_summary(summary)
 
-    daily = backfill(s, DAYS[0], DAYS[-1], progress=False, test_days=1)
+    daily = backfill(s, DAYS[0], DAYS[-1], progress=False, test_days=1, refit=False)
     assert len(daily.ran("train_mf")) == 1 and daily.ran("validate") == []
     assert _model_dates(s, "mf") == [f"date={DAYS[0]}", f"date={DAYS[1]}"]
     with pytest.raises(ValueError, match="no day"):

@@ -61,7 +61,7 @@ def test_event_log_ingest_backfill_recommend_every_visitor(redis_settings, mlflo
     day0 = schema.read_partition(s.interactions_dir, DAYS[0])
     assert set(day0["event"]) == {"click", "purchase"} and day0["propensity"].isna().all()
 
-    summary = backfill(s, DAYS[0], DAYS[-1], progress=False, test_days=1)
+    summary = backfill(s, DAYS[0], DAYS[-1], progress=False, test_days=1, refit=False)
 
     assert [x.day for x in summary.ran("validate")] == DAYS
     assert [x.day for x in summary.ran("features")] == DAYS

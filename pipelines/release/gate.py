@@ -695,6 +695,44 @@ def _refresh_champion(
     )
 
 
+def promote_refit(settings: Settings, version: str, day: str | dt.date) -> dict[str, Any]:
+    """The final refit of a backfill (:mod:`pipelines.orchestration.backfill`): bundle
+    ``version``, the champion's configuration retrained through ``day``, replaces the champion
+    as a refresh. No offline gate runs (no held-out day is left after ``day``: the configuration
+    was judged on the test window before it); the move is the daily gate's refresh
+    (:func:`_refresh_champion`: held when the champion is pinned, an A/B experiment runs, the
+    bundle fails the load and smoke test, or the champion moved), and it is held when the
+    configuration fingerprint differs from the champion's (not a refresh: the daily gate judges
+    a change). Returns ``{date, candidate_version, champion_version, action, reason, kind,
+    fingerprints}`` (``action`` ``champion``, ``held`` or ``already_champion``)."""
+    from pipelines.release import registry
+
+    champ_v = registry.get_alias(settings, "champion")
+    record: dict[str, Any] = {
+        "date": schema.parse_date(day).isoformat(), "candidate_version": str(version),
+        "champion_version": champ_v, "kind": REFRESH,
+        "reason": f"final refit: the champion's configuration retrained through {day}",
+    }  # fmt: skip
+    cand_fp, champ_fp = _fingerprints(settings, str(version), champ_v)
+    record["fingerprints"] = {"candidate": cand_fp, "champion": champ_fp}
+    if champ_v is None or champ_v == str(version):
+        record["action"] = "already_champion" if champ_v else "held"
+        record["reason"] += "; " + ("it is the champion" if champ_v else "held: no champion")
+        return record
+    if cand_fp is None or cand_fp != champ_fp:
+        record["action"] = "held"
+        record["reason"] += (
+            f"; held: its configuration ({cand_fp}) is not the champion's ({champ_fp}): a "
+            "change, judged by the daily gate"
+        )
+        return record
+    record["action"] = "champion"
+    _tag_kind(settings, str(version), REFRESH, champ_v)
+    _refresh_champion(settings, str(version), champ_v, record, None)
+    log.info("refit %s: %s (%s)", day, record["action"], record["reason"])
+    return record
+
+
 def gate_day(
     settings: Settings,
     date: str | dt.date,
