@@ -183,11 +183,11 @@ def run_models(
     return scores, seconds
 
 
-def report(
+def results(
     scores: dict[str, np.ndarray], seconds: dict[str, float], data: TrainingData,
     target: np.ndarray, negatives: np.ndarray,
-) -> pd.DataFrame:  # fmt: skip
-    """The results table (one row per model) and the per-user NDCG@10 by model."""
+) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:  # fmt: skip
+    """The results table (one row per model) and the per-user NDCG@10 ``(U,)`` by model."""
     rows, per_user = {}, {}
     for name, s in scores.items():
         hit, ndcg = at_k(target_ranks(s, data.implicit, target))
@@ -198,22 +198,57 @@ def report(
             f"HR@{K} (100 neg)": s_hit.mean(), f"NDCG@{K} (100 neg)": s_ndcg.mean(),
             "fit_s": seconds[name],
         }  # fmt: skip
-    table = pd.DataFrame.from_dict(rows, orient="index")
-    print(table.to_string(float_format="%.4f"))
-    flat = [n for n in scores if n not in SEQUENTIAL]
+    return pd.DataFrame.from_dict(rows, orient="index"), per_user
+
+
+def floor_lines(table: pd.DataFrame, per_user: dict[str, np.ndarray]) -> list[str]:
+    """``sasrec / best non-sequential`` on both metrics with the paired standard error of the
+    NDCG@10 difference, over the platform's non-sequential models and over all of them."""
+    lines = []
+    flat = [n for n in per_user if n not in SEQUENTIAL]
     for label, pool in (("platform", [n for n in flat if n in PLATFORM]), ("all", flat)):
         if "sasrec" not in table.index or not pool:
             continue
         best = table.loc[pool, f"NDCG@{K}"].idxmax()
         diff = per_user["sasrec"] - per_user[best]
-        print(
+        lines.append(
             f"sasrec / best non-sequential ({label}: {best}): "
             f"NDCG@{K} {table.loc['sasrec', f'NDCG@{K}'] / table.loc[best, f'NDCG@{K}']:.3f}, "
             f"HR@{K} {table.loc['sasrec', f'HR@{K}'] / table.loc[best, f'HR@{K}']:.3f}; "
             f"NDCG@{K} difference {diff.mean():+.4f} +- {diff.std(ddof=1) / np.sqrt(len(diff)):.4f}"
             " (paired s.e.)"
         )
+    return lines
+
+
+def report(
+    scores: dict[str, np.ndarray], seconds: dict[str, float], data: TrainingData,
+    target: np.ndarray, negatives: np.ndarray,
+) -> pd.DataFrame:  # fmt: skip
+    """Print :func:`results`' table and :func:`floor_lines`; return the table."""
+    table, per_user = results(scores, seconds, data, target, negatives)
+    print(table.to_string(float_format="%.4f"))
+    for line in floor_lines(table, per_user):
+        print(line)
     return table
+
+
+def prepare(
+    folder: Path, split: str, seed: int
+) -> tuple[TrainingData, np.ndarray, np.ndarray, str]:
+    """``(training data, target item per user (U,), sampled negatives (U, 100), note)`` of
+    ``split`` (``test`` or ``valid``: module docstring)."""
+    events = load_events(folder)
+    data, target = split_data(events, held_back=0 if split == "test" else 1)
+    rated = matrices(events, data.users, data.items)[0].tocsr()
+    negatives = draw_negatives(rated, N_SAMPLED, seed)
+    cold = int((np.asarray(data.implicit.sum(0)).ravel()[target] == 0).sum())
+    note = (
+        f"MovieLens 100K leave-last-out, split {split}: {len(data.users)} users x "
+        f"{len(data.items)} items, {data.implicit.nnz} training ratings, {len(target)} held-out "
+        f"items ({cold} never seen in training)"
+    )
+    return data, target, negatives, note
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -241,18 +276,9 @@ def main() -> None:
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     t0 = time.perf_counter()
-    events = load_events(a.data)
-    data, target = split_data(events, held_back=0 if a.split == "test" else 1)
-    rated = matrices(events, data.users, data.items)[0].tocsr()
-    negatives = draw_negatives(rated, N_SAMPLED, a.seed)
+    data, target, negatives, note = prepare(a.data, a.split, a.seed)
     overrides = parse_overrides(a.seq_param)
-    cold = int((np.asarray(data.implicit.sum(0)).ravel()[target] == 0).sum())
-    print(
-        f"MovieLens 100K leave-last-out, split {a.split}: {len(data.users)} users x "
-        f"{len(data.items)} items, {data.implicit.nnz} training ratings, {len(target)} held-out "
-        f"items ({cold} never seen in training); sequential params "
-        f"{ {**train.SEQUENTIAL_PARAMS, **overrides} }"
-    )
+    print(f"{note}; sequential params { {**train.SEQUENTIAL_PARAMS, **overrides} }")
     with mock.patch.dict(train.SEQUENTIAL_PARAMS, overrides):
         scores, seconds = run_models(a.models.split(","), data, a.seed)
     report(scores, seconds, data, target, negatives)

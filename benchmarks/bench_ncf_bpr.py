@@ -212,12 +212,42 @@ def movielens(
     user's ratings in time order (:func:`movielens_sequences`), and with ``prior_weights`` at
     each of those log-popularity prior weights over each window of ``prior_windows``
     (:func:`prior_grid`)."""
+    train_m, test_m, recent, note = movielens_split(folder, cutoff, last)
+    builders = movielens_builders(folder, cutoff, seed, train_m, recent, sequential)
+    models, seconds = fitted(builders)
+    if sequential and prior_weights:
+        counts = {0: np.asarray(train_m.sum(axis=0), np.float32).ravel()}
+        for days in prior_windows or ():
+            if days > 0:
+                counts[days] = movielens_split(folder, cutoff, last, days)[2]
+        models.update(prior_grid(models, counts, prior_weights))
+    ref = implicit_bpr(train_m)
+    if ref is not None:
+        models[IMPLICIT_BPR], seconds[IMPLICIT_BPR] = ref
+    table = compare_models(models, train_m, test_m, k=K, recall_ks=(20,))
+    report(note, table, seconds, "popular (all time)")
+    if ref is not None:
+        ratio = table.loc["bpr", "ndcg@10"] / table.loc[IMPLICIT_BPR, "ndcg@10"]
+        print(f"bpr / {IMPLICIT_BPR}: NDCG@{K} {ratio:.3f}")
+
+
+def movielens_builders(
+    folder: Path,
+    cutoff: dt.date,
+    seed: int,
+    train_m: sp.csr_matrix,
+    recent: np.ndarray,
+    sequential: bool = False,
+) -> dict[str, Any]:
+    """Zero-argument builders of the MovieLens part's models (module docstring) on ``train_m``
+    ``(U, I)`` (``recent`` ``(I,)``: the last 7 days' ratings per item), by row name; with
+    ``sequential`` GRU4Rec, SASRec and BERT4Rec over :func:`movielens_sequences`. The settings
+    are read when a builder is called."""
     from models.als import ALS
     from models.baselines import ItemKNN, MostPopular
     from models.bpr import BPR
     from models.ncf import NCF
 
-    train_m, test_m, recent, note = movielens_split(folder, cutoff, last)
     builders = {
         "popular (all time)": lambda: MostPopular().fit(train_m),
         "popular (last 7 days)": lambda: MostPopular(7).fit(train_m, item_weights=recent),
@@ -235,21 +265,7 @@ def movielens(
             builders[name] = lambda cls=cls: cls(**train.SEQUENTIAL_PARAMS, seed=seed).fit(
                 train_m, sequences=seqs, progress=False
             )
-    models, seconds = fitted(builders)
-    if sequential and prior_weights:
-        counts = {0: np.asarray(train_m.sum(axis=0), np.float32).ravel()}
-        for days in prior_windows or ():
-            if days > 0:
-                counts[days] = movielens_split(folder, cutoff, last, days)[2]
-        models.update(prior_grid(models, counts, prior_weights))
-    ref = implicit_bpr(train_m)
-    if ref is not None:
-        models[IMPLICIT_BPR], seconds[IMPLICIT_BPR] = ref
-    table = compare_models(models, train_m, test_m, k=K, recall_ks=(20,))
-    report(note, table, seconds, "popular (all time)")
-    if ref is not None:
-        ratio = table.loc["bpr", "ndcg@10"] / table.loc[IMPLICIT_BPR, "ndcg@10"]
-        print(f"bpr / {IMPLICIT_BPR}: NDCG@{K} {ratio:.3f}")
+    return builders
 
 
 IMPLICIT_BPR = "implicit BPR f=64"

@@ -60,6 +60,43 @@ def run_one(train, test, run: dict, epochs: int, seed: int) -> tuple[dict, float
     return res, wall
 
 
+def ranker_rows(
+    train, test, epochs: int, model_seeds: int, runs: dict[str, dict] = RUNS, echo: bool = True
+) -> list[tuple[str, dict]]:
+    """Each run of ``runs`` fitted with seeds ``0..model_seeds-1`` on ``train`` and judged on
+    ``test``: ``(name, metrics averaged over the seeds, + auc_sd and fit_s)`` per run;
+    ``echo`` prints one progress line per run."""
+    rows = []
+    for name, run in runs.items():
+        results = [run_one(train, test, run, epochs, s) for s in range(model_seeds)]
+        agg = {k: float(np.mean([r[k] for r, _ in results])) for k in (*KEYS, "ndcg@10_lift")}
+        agg["spearman_truth"] = float(np.mean([r["spearman_truth"] for r, _ in results]))
+        agg["auc_sd"] = float(np.std([r["auc"] for r, _ in results]))
+        agg["fit_s"] = float(np.mean([w for _, w in results]))
+        rows.append((name, agg))
+        if echo:
+            extra = f" crosses {results[0][0]['crosses']}" if "crosses" in results[0][0] else ""
+            print(f"  {name}: AUC {agg['auc']:.4f}, fit {agg['fit_s']:.1f}s{extra}", flush=True)
+    return rows
+
+
+def markdown(rows: list[tuple[str, dict]]) -> str:
+    """:func:`ranker_rows` as a Markdown table."""
+    lines = [
+        "| ranker | AUC (± sd) | AUC within position | logloss | ECE | mean pred / CTR "
+        "| NDCG@10 lift | Spearman truth | fit s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in rows:
+        lines.append(
+            f"| {name} | {fmt(r['auc'])} ± {fmt(r['auc_sd'])} | {fmt(r['auc_within_position'])} "
+            f"| {fmt(r['logloss'])} | {fmt(r['ece'])} | {fmt(r['mean_pred'])} / "
+            f"{fmt(r['observed_ctr'])} | {fmt(r['ndcg@10_lift'])} | "
+            f"{fmt(r['spearman_truth'], 3)} | {r['fit_s']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--days", type=int, default=4)
@@ -75,28 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         f"train {len(train):,} rows ({int(train['label'].sum()):,} clicks), test {len(test):,} "
         f"({int(test['label'].sum()):,} clicks); {args.epochs} epochs, seeds 0..{args.model_seeds - 1}"
     )
-    rows = []
-    for name, run in RUNS.items():
-        results = [run_one(train, test, run, args.epochs, s) for s in range(args.model_seeds)]
-        agg = {k: float(np.mean([r[k] for r, _ in results])) for k in (*KEYS, "ndcg@10_lift")}
-        agg["spearman_truth"] = float(np.mean([r["spearman_truth"] for r, _ in results]))
-        agg["auc_sd"] = float(np.std([r["auc"] for r, _ in results]))
-        agg["fit_s"] = float(np.mean([w for _, w in results]))
-        rows.append((name, agg))
-        extra = f" crosses {results[0][0]['crosses']}" if "crosses" in results[0][0] else ""
-        print(f"  {name}: AUC {agg['auc']:.4f}, fit {agg['fit_s']:.1f}s{extra}", flush=True)
-    print(
-        "\n| ranker | AUC (± sd) | AUC within position | logloss | ECE | mean pred / CTR "
-        "| NDCG@10 lift | Spearman truth | fit s |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, r in rows:
-        print(
-            f"| {name} | {fmt(r['auc'])} ± {fmt(r['auc_sd'])} | {fmt(r['auc_within_position'])} "
-            f"| {fmt(r['logloss'])} | {fmt(r['ece'])} | {fmt(r['mean_pred'])} / "
-            f"{fmt(r['observed_ctr'])} | {fmt(r['ndcg@10_lift'])} | "
-            f"{fmt(r['spearman_truth'], 3)} | {r['fit_s']:.1f} |"
-        )
+    rows = ranker_rows(train, test, args.epochs, args.model_seeds)
+    print("\n" + markdown(rows))
     print(f"\ntotal {time.perf_counter() - t_all:.0f}s")
     return 0
 

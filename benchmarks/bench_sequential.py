@@ -96,7 +96,26 @@ def one_world(
     prior_weights: list[float] | None = None,
     exposure_weights: list[float] | None = None,
 ) -> pd.DataFrame:
-    """Simulate, validate, train and judge every model on one world (module docstring)."""
+    """Simulate, validate, train and judge every model on one world (module docstring); print
+    the table and the floor's ratio, and return the table."""
+    table, note = world_table(strength, days, scale, seed, names, prior_weights, exposure_weights)
+    print(note)
+    print(table.to_string(float_format="%.4f"))
+    print_floor_ratio(table)
+    return table
+
+
+def world_table(
+    strength: float,
+    days: int,
+    scale: str,
+    seed: int,
+    names: tuple[str, ...] = MODELS,
+    prior_weights: list[float] | None = None,
+    exposure_weights: list[float] | None = None,
+) -> tuple[pd.DataFrame, str]:
+    """:func:`one_world`'s table (one row per model and the oracle: strength, truth NDCG@10,
+    logged NDCG@10 / recall@10, fit seconds) and its heading, printing nothing."""
     from pipelines.data.validate import validate_partition
     from pipelines.features.tables import compute_features
     from pipelines.retrieval.evaluate import day_relevance
@@ -140,14 +159,12 @@ def one_world(
         table["fit_s"] = pd.Series(seconds)
         table.insert(0, "strength", strength)
         n_seq = np.diff(data.sequences[0])
-        print(
+        note = (
             f"\nstrength {strength}: scale {scale}, seed {seed}, train {start}..{train_end} "
             f"({len(data.users)} users x {len(data.items)} items, {data.implicit.nnz} cells, "
             f"median sequence {int(np.median(n_seq))} items), test {test_day}"
         )
-        print(table.to_string(float_format="%.4f"))
-        print_floor_ratio(table)
-        return table
+        return table, note
 
 
 def exposure_grid(models: dict, weights: list[float]) -> dict:
@@ -162,13 +179,22 @@ def exposure_grid(models: dict, weights: list[float]) -> dict:
     return out
 
 
-def print_floor_ratio(table: pd.DataFrame) -> None:
-    """Issue 16's floor: the best sequential model's truth NDCG@10 over the two-tower's."""
+def floor_ratio(table: pd.DataFrame) -> tuple[str, float] | None:
+    """Issue 16's floor: ``(best sequential model, its truth NDCG@10 / the two-tower's)``, or
+    ``None`` without a sequential model or the two-tower in ``table``."""
     truth = table["truth_ndcg@10"]
     seq = [n for n in SEQUENTIAL if n in truth.index]
-    if seq and "two_tower" in truth.index:
-        best = truth[seq].idxmax()
-        ratio = truth[best] / truth["two_tower"]
+    if not seq or "two_tower" not in truth.index:
+        return None
+    best = truth[seq].idxmax()
+    return best, float(truth[best] / truth["two_tower"])
+
+
+def print_floor_ratio(table: pd.DataFrame) -> None:
+    """Print :func:`floor_ratio`."""
+    got = floor_ratio(table)
+    if got is not None:
+        best, ratio = got
         print(f"best sequential ({best}) / two_tower on truth NDCG@10: {ratio:.3f}x (floor 1.1x)")
 
 
