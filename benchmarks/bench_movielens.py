@@ -111,8 +111,9 @@ def served_doc(settings, cutoff: dt.date, last: dt.date) -> dict:
     return doc
 
 
-SOURCE_VARIANTS_EXCLUDED = ("full", "retrieval_only")
-"""Variants that are not a single retriever (``trending`` is one: the cold-start list)."""
+SOURCE_VARIANTS_EXCLUDED = ("full", "retrieval_only", "new_users_trending")
+"""Variants that are not a single retriever (``trending`` is one: the cold-start list;
+``new_users_trending`` is the full pipeline with trending for new users)."""
 
 
 def known_ndcg(v: dict) -> float | None:

@@ -72,18 +72,28 @@ def test_variants_switch_off_one_stage_each():
     @dataclasses.dataclass
     class B:
         ranker: object = "r"
+        user_tower: object = None
 
     v = stages.variants(B(), cfg)
     assert list(v) == ["full", "retrieval_only", "trending", "two_tower_only", "trending_only"]
     assert v["full"][1] is cfg and v["retrieval_only"][0].ranker is None
     assert v["trending"][1].force_cold_start and v["two_tower_only"][0].ranker == "r"
     assert v["two_tower_only"][1].source_quotas == (("two_tower", cfg.candidates),)
+    # with a user tower: new users served trending instead, everything else as served
+    towered = stages.variants(B(user_tower="t"), cfg)
+    assert list(towered)[:4] == ["full", "retrieval_only", "trending", "new_users_trending"]
+    nt = towered["new_users_trending"][1]
+    assert nt.new_users == "trending" and not nt.force_cold_start
+    assert nt.source_quotas == cfg.source_quotas
+    assert "new_users_trending" not in stages.variants(B(user_tower="t"), nt)
 
 
 def test_stages_document_scores_every_variant(world):
     doc = stages.run_stages(world, DAY, n_users=12)
     cfg = ServingConfig()
-    names = ["full", "retrieval_only", "trending"] + [f"{s}_only" for s, _ in cfg.source_quotas]
+    fixed = ["full", "retrieval_only", "trending"]
+    tower = ["new_users_trending"] if "new_users_trending" in doc["variants"] else []
+    names = fixed + tower + [f"{s}_only" for s, _ in cfg.source_quotas]
     assert doc["date"] == DAY and doc["users"] == 12 and list(doc["variants"]) == names
     users, w = stages.day_users(world, DAY, 12)
     for name, v in doc["variants"].items():

@@ -8,6 +8,9 @@ serve_users`) once per variant (:func:`variants`):
 - ``retrieval_only``: the same without the ranker (all sources merged, in retrieval order;
   re-ranking and exploration as served);
 - ``trending``: the cold-start trending list for every user (``force_cold_start``);
+- ``new_users_trending`` (when the bundle has a user tower and ``new_users`` is
+  ``user_tower``): as served, but users unknown to the bundle get the trending list
+  (``RECLOOP_SERVE_NEW_USERS=trending``): what the user tower is worth for new users;
 - ``<source>_only``: one candidate source of ``source_quotas`` (quota = all candidates), the
   ranker kept.
 
@@ -53,7 +56,8 @@ from pipelines.report import catalog
 log = logging.getLogger("recloop.loop.stages")
 
 FIXED_VARIANTS = ("full", "retrieval_only", "trending")
-"""The variants every run has; ``<source>_only`` ones follow, one per configured source."""
+"""The variants every run has; ``new_users_trending`` (with a user tower) and the
+``<source>_only`` ones (one per configured source) follow."""
 
 
 def variants(bundle: Any, cfg: Any) -> dict[str, tuple[Any, Any]]:
@@ -63,6 +67,8 @@ def variants(bundle: Any, cfg: Any) -> dict[str, tuple[Any, Any]]:
         "retrieval_only": (dataclasses.replace(bundle, ranker=None), cfg),
         "trending": (bundle, cfg.with_(force_cold_start=True)),
     }
+    if getattr(bundle, "user_tower", None) is not None and cfg.new_users == "user_tower":
+        out["new_users_trending"] = (bundle, cfg.with_(new_users="trending"))
     for src, _ in cfg.source_quotas:
         out[f"{src}_only"] = (bundle, cfg.with_(source_quotas=((src, cfg.candidates),)))
     return out
