@@ -318,6 +318,9 @@ class LoadedBundle:
     mf: Any | None = None  # serving.sources.MFSource: the MF trained with the two-tower
     covisit: Any | None = None  # serving.sources.CovisitSource over the training matrix
     model_sources: dict[str, Any] = field(default_factory=dict)  # name → sources.ModelSource
+    new_users: str | None = None
+    """The stage gate's choice for users without a vector (``trending`` / ``user_tower``,
+    version tag :data:`pipelines.release.registry.NEW_USERS_TAG`), or None (not judged)."""
     loaded_at: float = field(default_factory=time.time)
     load_seconds: float = 0.0
 
@@ -403,15 +406,27 @@ def load(settings: Settings, ref: str, as_of: str | None = None) -> LoadedBundle
         mf=_load_mf(settings, b.get("logical_date")),
         covisit=covisit,
         model_sources=_load_model_sources(settings, b.get("logical_date")),
+        new_users=_new_users_tag(b.get("tags") or {}, registry.NEW_USERS_TAG),
     )
     out.load_seconds = time.perf_counter() - t0
     log.info(
         "loaded bundle %s (%s) in %.2fs: %d users, %d indexed items (%s), ranker %s, "
-        "new users by %s",
+        "new users by %s (stage gate: %s)",
         out.version, ref, out.load_seconds, len(users), index.n_items, index.kind,
         out.versions["ranker"], f"user tower {tower.online}" if tower else "cold start",
+        out.new_users or "not judged",
     )  # fmt: skip
     return out
+
+
+def _new_users_tag(tags: dict[str, str], name: str) -> str | None:
+    """The bundle version's new-user policy tag ``name``, None when absent or not ``trending`` /
+    ``user_tower`` (logged)."""
+    raw = tags.get(name)
+    if raw is None or raw in ("trending", "user_tower"):
+        return raw
+    log.warning("ignoring bundle tag %s=%r (not trending or user_tower)", name, raw)
+    return None
 
 
 def _load_mf(settings: Settings, logical_date: str | None) -> MFSource | None:

@@ -1,7 +1,8 @@
 """The retrieve stage: a request's candidates from several sources (:mod:`serving.sources`).
 
 The user's two-tower vector: a user in the two-tower's vocabulary → the precomputed one; any
-other user, when ``new_users = "user_tower"`` and the bundle has a feature-only user tower
+other user, when the bundle's new-user policy is ``user_tower``
+(:func:`serving.config.new_user_policy`) and the bundle has a feature-only user tower
 (:class:`serving.bundle.UserTower`) → their ``user_features`` row read from Redis (one HMGET,
 under the hydrate deadline and the breaker; once per user and bundle) encoded by the tower
 (cached by attribute values), flagged ``user_tower``. Then each source of
@@ -35,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from serving.bundle import LoadedBundle
-from serving.config import ServingConfig
+from serving.config import ServingConfig, new_user_policy
 from serving.engine import Engine
 from serving.hydrate import (
     Pending,
@@ -276,7 +277,7 @@ def candidates(
     degraded, err = False, None
     row = bundle.user_row(user_id)
     query = bundle.user_vecs[row : row + 1] if row >= 0 else None
-    wants_tower = bundle.user_tower is not None and cfg.new_users == "user_tower"
+    wants_tower = bundle.user_tower is not None and new_user_policy(bundle, cfg) == "user_tower"
     if query is None and wants_tower and not cfg.force_cold_start:
         query, err = new_user_vector(engine, bundle, user_id, budget_ms())
         if err is not None:  # Redis failed: the cold-start answer, flagged

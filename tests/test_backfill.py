@@ -160,6 +160,24 @@ def test_ratings_only_log_ingest_backfill_recommend_every_user(redis_settings, m
     recs = recommend(s, "mf", 5, users)
     assert set(recs["user_id"]) == set(users)
     assert (recs.groupby("user_id").size() == 5).all()
+    from pipelines.release.gate import read_decision
+    from pipelines.release.register import read_judgement
+
+    # the stage gate judged the checkpoint bundle (through day 4) by forward ranking on day 5's
+    # ratings: the ranker and the new-user policy; the refit (no day after it) inherits the latter
+    checkpoint = read_decision(s, "2026-01-05")["candidate_version"]
+    tags = registry.bundle_version(s, checkpoint).tags
+    judged = read_judgement(tags)
+    assert judged["judged_by"] == "forward" and judged["decided"], judged
+    assert judged["forward_users"]["full"] == 32  # the 32 users who rated on day 5
+    values = judged["values"]
+    assert judged["keep_ranker"] == (values["full"] > values["retrieval_only"])
+    choice = "trending" if values["new_users_trending"] > values["full"] else "user_tower"
+    assert judged["new_users"] == choice == tags[registry.NEW_USERS_TAG]
+    refit = registry.bundle_version(s, summary.champion).tags
+    assert read_judgement(refit)["judged_by"] is None  # nothing after the last day to judge on
+    assert refit[registry.NEW_USERS_TAG] == choice
+    assert refit["recloop.new_users_from"] == f"champion {checkpoint}"
 
 
 def test_backfill_with_a_test_window_trains_before_it_and_gates_on_it(workspace):

@@ -152,10 +152,12 @@ def test_ratings_only_loop_trains_registers_and_gates(
     assert meta["label_source"] == "positives+sampled negatives"
     reg4 = register_day(s, DAYS[3])
     assert reg4["ranker"] is not None
-    # no impressions to replay and no simulator truth: the stage gate says so and keeps the ranker
+    # no impressions to replay, no simulator truth, and the forward replay of day 5's users has
+    # no online features (no Redis here): the stage gate says so and keeps the ranker
     judged = reg4["stage_gate"]
     assert judged["keep_ranker"] is True and judged["decided"] is False, judged
     assert "cannot judge by OPE" in judged["reason"] and "error" not in judged, judged
+    assert "40 of 40 replayed answers of full degraded" in judged["reason"], judged
 
     # day 5 with no rating counted positive: the forward evaluation says so instead of failing
     none = evaluate.evaluate_forward(dataclasses.replace(s, rating_positive=6.0), DAYS[4])

@@ -5,10 +5,12 @@ experiment holding it, a change going to the A/B test; the stage gate at registr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sys
 import types
+from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
 
@@ -198,10 +200,27 @@ def register_with_ranker(s: Settings, day: str, stage_gate) -> dict:
         module = types.ModuleType("pipelines.release.stage_gate")
         module.judge_stages = stage_gate
     with (
-        mock.patch.dict(sys.modules, {"pipelines.release.stage_gate": module}),
+        only_module("pipelines.release.stage_gate", module),
         mock.patch("serving.bundle.load", lambda settings, ref: f"loaded-{ref}"),
     ):
         return register_day(s, day)
+
+
+@contextlib.contextmanager
+def only_module(name: str, module: types.ModuleType | None) -> Iterator[None]:
+    """``sys.modules[name]`` is ``module`` inside (None: not importable), restored after; unlike
+    ``mock.patch.dict(sys.modules)`` it leaves the modules imported meanwhile (MLflow's SQLAlchemy
+    loads some lazily) in place, so that they are not imported twice."""
+    missing = object()
+    before = sys.modules.get(name, missing)
+    sys.modules[name] = module  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if before is missing:
+            sys.modules.pop(name, None)
+        else:
+            sys.modules[name] = before  # type: ignore[assignment]
 
 
 @pytest.mark.integration
@@ -228,6 +247,39 @@ def test_the_stage_gate_leaves_a_ranker_that_does_not_lift_out(mlflow_settings: 
     assert dec["stage_gate"]["keep_ranker"] is False
     assert "does not lift the slate: retrieval order serves" in dec["reason"]
     assert "stage gate: ranker left out" in gate.format_decision(dec)
+
+
+@pytest.mark.integration
+def test_the_stage_gate_choice_for_new_users_is_recorded_and_a_refresh_inherits_it(
+    mlflow_settings: Settings,
+):
+    s = mlflow_settings
+
+    def chooses_trending(settings, loaded, date):
+        return {"keep_ranker": True, "new_users": "trending", "new_users_reason": "by forward"}
+
+    out = register_with_ranker(s, "2026-01-01", chooses_trending)
+    assert (out["new_users"], out["new_users_from"]) == ("trending", "stage gate")
+    tags = registry.load_bundle(s, out["bundle"])["tags"]
+    assert tags[registry.NEW_USERS_TAG] == "trending"
+    dec = gated(s, "2026-01-02")
+    assert dec["action"] == "champion"
+    assert "new users: trending (stage gate)" in gate.format_decision(dec)
+
+    def cannot_tell(settings, loaded, date):  # a refit: no forward window after its last day
+        return {"keep_ranker": True, "new_users": None, "new_users_reason": "not judged"}
+
+    refit = register_with_ranker(s, "2026-01-02", cannot_tell)
+    assert refit["config_fingerprint"] == out["config_fingerprint"]
+    assert (refit["new_users"], refit["new_users_from"]) == (
+        "trending",
+        f"champion {out['bundle']}",
+    )
+    assert registry.load_bundle(s, refit["bundle"])["tags"][registry.NEW_USERS_TAG] == "trending"
+    # the gate's own choice wins over the champion's
+    mine = register_with_ranker(s, "2026-01-03", lambda *a: {"keep_ranker": True,
+                                                             "new_users": "user_tower"})  # fmt: skip
+    assert (mine["new_users"], mine["new_users_from"]) == ("user_tower", "stage gate")
 
 
 @pytest.mark.integration

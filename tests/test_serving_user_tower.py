@@ -126,10 +126,26 @@ def test_user_outside_vocabulary_gets_tower_items_not_cold_start(world):
     )
     trending = [str(bundle.item_table.ids[r]) for r in bundle.item_table.order[:6]]
     assert expected != trending  # the check could fail: this is not the cold-start answer
-    # new_users="trending" keeps such a user on the cold-start list (the default is the tower)
+    # new_users="trending" keeps such a user on the cold-start list
     [default] = ask(settings, bundle, config(new_users="trending"), [user], 8)
     assert default["fallbacks"] == ["cold_start"] and default["cold_start"] is True
-    assert ServingConfig().new_users == "user_tower"
+    # "auto" (the default) follows the bundle's stage-gate choice, the tower when it made none;
+    # on this simulated world the gate judged the tower better by the truth
+    assert ServingConfig().new_users == "auto" and bundle.new_users == "user_tower"
+    [auto] = ask(settings, _with_new_users(bundle, None), config(new_users="auto"), [user], 8)
+    assert auto["fallbacks"] == ["user_tower"]
+    chose_trending = _with_new_users(bundle, "trending")
+    [chosen] = ask(settings, chose_trending, config(new_users="auto"), [user], 8)
+    assert chosen["fallbacks"] == ["cold_start"] and chosen["cold_start"] is True
+    # an operator's explicit setting wins over the bundle's choice
+    [forced] = ask(settings, chose_trending, config(new_users="user_tower"), [user], 8)
+    assert forced["fallbacks"] == ["user_tower"]
+
+
+def _with_new_users(bundle: LoadedBundle, policy: str | None) -> LoadedBundle:
+    import dataclasses
+
+    return dataclasses.replace(bundle, new_users=policy)
 
 
 def _without_ranker(bundle: LoadedBundle) -> LoadedBundle:

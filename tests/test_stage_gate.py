@@ -1,8 +1,9 @@
-"""Stage gate decision: the ranker is left out when it does not lift the retrieval order."""
+"""Stage gate decisions: the ranker is left out when it does not lift the retrieval order; new
+users get the trending list when it beats the user tower."""
 
 from __future__ import annotations
 
-from pipelines.release.stage_gate import MIN_ESS, decide
+from pipelines.release.stage_gate import MIN_ESS, MIN_FORWARD_USERS, decide, decide_new_users
 
 
 def test_ranker_kept_only_when_it_lifts():
@@ -24,3 +25,27 @@ def test_no_ranker_and_undecidable_cases():
     assert not enough["keep_ranker"] and enough["decided"]
     missing = decide({"full": None, "retrieval_only": 0.05}, True, "ope")
     assert missing["keep_ranker"] and not missing["decided"]
+
+
+def test_new_users_get_whichever_of_tower_and_trending_wins():
+    tower = decide_new_users({"full": 0.066, "new_users_trending": 0.050}, "truth")
+    assert tower["new_users"] == "user_tower" and "by truth" in tower["new_users_reason"]
+    trend = decide_new_users({"full": 0.3951, "new_users_trending": 0.4006}, "forward",
+                             ess={"full": 265.0, "new_users_trending": 265.0})  # fmt: skip
+    assert trend["new_users"] == "trending"
+    assert decide_new_users({"full": 0.04, "new_users_trending": 0.04}, "truth")["new_users"] == (
+        "user_tower"
+    )  # a tie keeps the tower
+
+
+def test_new_users_not_judged_without_a_tower_or_enough_evidence():
+    assert decide_new_users({"full": 0.05}, "truth")["new_users"] is None  # no user tower
+    few = decide_new_users({"full": 0.2, "new_users_trending": 0.3}, "forward",
+                           ess={"full": MIN_FORWARD_USERS - 1, "new_users_trending": 40.0})  # fmt: skip
+    assert few["new_users"] is None and "users scored forward" in few["new_users_reason"]
+    thin = decide_new_users({"full": 0.02, "new_users_trending": 0.03}, "ope",
+                            ess={"full": MIN_ESS - 1, "new_users_trending": MIN_ESS})  # fmt: skip
+    assert thin["new_users"] is None and "effective sample size" in thin["new_users_reason"]
+    # the ranker decision by forward ranking needs the same evidence
+    assert not decide({"full": 0.1, "retrieval_only": 0.2}, True, "forward",
+                      ess={"full": 5.0, "retrieval_only": 5.0})["decided"]  # fmt: skip

@@ -7,9 +7,10 @@ with positives in D's forward window, below; the first N with --users) are serve
 by bundle REF (alias or version, default champion) under the serving configuration of the
 environment (RECLOOP_SERVE_*), once per variant: full (as served), retrieval_only (no
 ranker), trending (the cold-start list for everyone), new_users_trending (with a user
-tower: as served, but users unknown to the bundle get the trending list, as with
-RECLOOP_SERVE_NEW_USERS=trending) and <source>_only for each candidate source (that source
-alone, ranker kept).
+tower that serves new users: as served, but users unknown to the bundle get the trending list,
+as with RECLOOP_SERVE_NEW_USERS=trending; new_users_tower, the other way round, when the
+bundle's stage gate chose the trending list for them) and <source>_only for each candidate
+source (that source alone, ranker kept).
 Per variant: the mean true CTR of the slates (simulator truth, position included; null without
 one), the OPE estimate from D's logs (SNIPS; null when unavailable), distinct items, intra-list
 diversity (ild) and calibration KL over item categories, catalog coverage, Gini of impressions, novelty (bits), the share of new items, and the true CTR per

@@ -8,9 +8,11 @@ serve_users`) once per variant (:func:`variants`):
 - ``retrieval_only``: the same without the ranker (all sources merged, in retrieval order;
   re-ranking and exploration as served);
 - ``trending``: the cold-start trending list for every user (``force_cold_start``);
-- ``new_users_trending`` (when the bundle has a user tower and ``new_users`` is
-  ``user_tower``): as served, but users unknown to the bundle get the trending list
-  (``RECLOOP_SERVE_NEW_USERS=trending``): what the user tower is worth for new users;
+- ``new_users_trending`` (when the bundle has a user tower and serves new users by it,
+  :func:`serving.config.new_user_policy`): as served, but users unknown to the bundle get the
+  trending list (``RECLOOP_SERVE_NEW_USERS=trending``): what the user tower is worth for new
+  users; ``new_users_tower`` instead when the bundle serves them the trending list (its stage
+  gate chose it, or the operator did);
 - ``<source>_only``: one candidate source of ``source_quotas`` (quota = all candidates), the
   ranker kept.
 
@@ -56,8 +58,8 @@ from pipelines.report import catalog
 log = logging.getLogger("recloop.loop.stages")
 
 FIXED_VARIANTS = ("full", "retrieval_only", "trending")
-"""The variants every run has; ``new_users_trending`` (with a user tower) and the
-``<source>_only`` ones (one per configured source) follow."""
+"""The variants every run has; ``new_users_trending`` or ``new_users_tower`` (with a user
+tower) and the ``<source>_only`` ones (one per configured source) follow."""
 
 
 def variants(bundle: Any, cfg: Any) -> dict[str, tuple[Any, Any]]:
@@ -67,8 +69,13 @@ def variants(bundle: Any, cfg: Any) -> dict[str, tuple[Any, Any]]:
         "retrieval_only": (dataclasses.replace(bundle, ranker=None), cfg),
         "trending": (bundle, cfg.with_(force_cold_start=True)),
     }
-    if getattr(bundle, "user_tower", None) is not None and cfg.new_users == "user_tower":
-        out["new_users_trending"] = (bundle, cfg.with_(new_users="trending"))
+    if getattr(bundle, "user_tower", None) is not None:
+        from serving.config import new_user_policy
+
+        if new_user_policy(bundle, cfg) == "user_tower":
+            out["new_users_trending"] = (bundle, cfg.with_(new_users="trending"))
+        else:
+            out["new_users_tower"] = (bundle, cfg.with_(new_users="user_tower"))
     for src, _ in cfg.source_quotas:
         out[f"{src}_only"] = (bundle, cfg.with_(source_quotas=((src, cfg.candidates),)))
     return out

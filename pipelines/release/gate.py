@@ -403,6 +403,8 @@ def format_decision(decision: dict[str, Any] | Decision) -> str:
         lines.append(
             f"stage gate: ranker {kept}" + (f" ({stage['note']})" if stage.get("note") else "")
         )
+        if stage.get("new_users"):
+            lines.append(f"new users: {stage['new_users']} ({stage.get('new_users_from') or '-'})")
     return "\n".join(lines)
 
 
@@ -601,15 +603,18 @@ def _stage_gate_record(
     """The stage gate's judgement recorded on bundle ``version`` (``register_day``), or None;
     when it left the ranker out, the decision's reason says so."""
     from pipelines.release import registry
-    from pipelines.release.register import LEFT_OUT_TAG, read_judgement
+    from pipelines.release.register import LEFT_OUT_TAG, NEW_USERS_FROM_TAG, read_judgement
 
     mv = registry.bundle_version(settings, version)
     tags = dict(mv.tags) if mv is not None else {}
     judgement = read_judgement(tags)
-    if judgement is None:
+    new_users = tags.get(registry.NEW_USERS_TAG)
+    if judgement is None and new_users is None:
         return None
+    judgement = judgement or {}
     left_out = tags.get(LEFT_OUT_TAG)
-    out = {"keep_ranker": left_out is None, "ranker_left_out": left_out, "judgement": judgement}
+    out = {"keep_ranker": left_out is None, "ranker_left_out": left_out, "judgement": judgement,
+           "new_users": new_users, "new_users_from": tags.get(NEW_USERS_FROM_TAG)}  # fmt: skip
     why = judgement.get("error") or judgement.get("reason")
     if left_out is not None:
         out["note"] = f"ranker version {left_out} does not lift the slate: retrieval order serves"

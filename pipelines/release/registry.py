@@ -73,6 +73,10 @@ BUNDLE_FILE = "bundle.json"
 BUNDLE_FORMAT = 1
 FINGERPRINT_TAG = "config_fingerprint"
 """Bundle version tag: the configuration fingerprint (:mod:`pipelines.release.fingerprint`)."""
+NEW_USERS_TAG = "recloop.new_users"
+"""Bundle version tag: how users without a vector are served (``trending`` / ``user_tower``), as
+the stage gate chose it or inherited from the champion a refresh replaces
+(:mod:`pipelines.release.register`); read by ``serving.bundle.load``."""
 KIND_TAG = "recloop.kind"
 """Bundle version tag the gate sets: ``refresh`` or ``change`` relative to the champion then."""
 FEATURE_SERVICES = ("ranker_v1", "two_tower_v1", "serving_v1")
@@ -697,7 +701,8 @@ def bundle_version(settings: Settings, alias_or_version: str | int) -> Any | Non
 
 def load_bundle(settings: Settings, alias_or_version: str | int) -> dict[str, Any]:
     """The bundle JSON of an alias (``champion``, ``challenger``) or version number, with
-    ``bundle_version`` and ``paths`` {component: local artifact folder} added.
+    ``bundle_version``, ``aliases``, ``tags`` (the version's) and ``paths`` {component: local
+    artifact folder} added.
 
     Re-checks the set against the artifacts (the index folder's ``meta.json`` ``model_version``
     must be the two-tower folder's ``meta.json`` ``version`` when both exist; the artifact hashes
@@ -738,6 +743,7 @@ def load_bundle(settings: Settings, alias_or_version: str | int) -> dict[str, An
         **bundle,
         "bundle_version": str(mv.version),
         "aliases": list(mv.aliases),
+        "tags": dict(mv.tags),
         "paths": paths,
     }
 

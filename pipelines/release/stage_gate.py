@@ -6,7 +6,9 @@
 - ``full``: the bundle as it would serve (sources, ranker, re-ranking, exploration);
 - ``retrieval_only``: the same bundle without its ranker (candidates in retrieval order, the same
   re-ranking and exploration);
-- ``trending``: the cold-start trending list for every user (``force_cold_start``).
+- ``trending``: the cold-start trending list for every user (``force_cold_start``);
+- ``new_users_trending`` (a bundle with a user tower): as ``full``, but users without a vector
+  get the trending list instead of the user tower's candidates, ranked.
 
 Judged by the simulator's **truth** when the workspace has one (``truth/world.json``): the day's
 simulated requests (:func:`pipelines.data.simulate.requests_for_day`, at most ``max_requests``,
@@ -14,17 +16,27 @@ a seeded sample), each variant's exact expected true CTR per impression over the
 (:func:`pipelines.release.served_ope.true_value`, exploration included; the served slates' true
 click probabilities when the responses carry no ``policy``). Otherwise by **served OPE**
 (:func:`pipelines.release.served_ope.evaluate_served`, estimator :data:`OPE_ESTIMATOR`) on the
-day's logged impressions.
+day's logged impressions. Without both (a ratings-only log), by **forward ranking**: NDCG@10 of
+each variant's slates against the validated positives of the ``H`` days after D
+(``settings.gate_test_days``; :mod:`pipelines.loop.stages`' forward figures), which a backfill
+has for every checkpoint and a daily run never has (the days are in the future).
 
 ``keep_ranker`` is False when the ranked slate does not beat the retrieval order by more than
 ``min_lift`` (relative) — the release flow then registers the bundle without its ranker and
 the retrieval order serves. When the OPE cannot judge (an effective sample size below
-:data:`MIN_ESS`, or no estimate), the ranker is kept and ``decided`` is False with the reason.
+:data:`MIN_ESS`, or no estimate) or fewer than :data:`MIN_FORWARD_USERS` users are scored
+forward, the ranker is kept and ``decided`` is False with the reason.
+
+``new_users`` (:func:`decide_new_users`): ``trending`` when ``new_users_trending`` beats ``full``
+by the same judge, ``user_tower`` when it does not, None when the bundle has no user tower or the
+judge cannot tell; the register task records it on the bundle and the service follows it under
+``RECLOOP_SERVE_NEW_USERS=auto`` (the default). The tower wins on the simulator, the trending list
+on MovieLens 100K, so no global default fits both (benchmarks/README.md). It is judged with the
+ranker, even when the ranker is then left out.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import logging
 from typing import Any
@@ -40,7 +52,12 @@ log = logging.getLogger(__name__)
 OPE_ESTIMATOR = "pbm_snips"
 MIN_ESS = 500.0
 MAX_REQUESTS = 600
-VARIANTS = ("full", "retrieval_only", "trending")
+MIN_FORWARD_USERS = 30
+"""Fewest users with a forward positive for a forward-ranking judgement."""
+MAX_DEGRADED = 0.05
+"""Largest share of degraded replayed answers (no features, no ranker) a forward judgement takes;
+the truth's judgement only warns."""
+VARIANTS = ("full", "retrieval_only", "trending", "new_users_trending")
 
 
 def decide(
@@ -62,10 +79,10 @@ def decide(
         return {"keep_ranker": True, "decided": False, "lift": None,
                 "reason": f"no {judged_by} value for full or retrieval_only: ranker kept"}  # fmt: skip
     lift = full / plain - 1.0
-    low = min((ess or {}).get(v, np.inf) for v in ("full", "retrieval_only"))
-    if judged_by == "ope" and low < MIN_ESS:
+    thin = _too_thin(judged_by, ess, ("full", "retrieval_only"))
+    if thin:
         return {"keep_ranker": True, "decided": False, "lift": lift,
-                "reason": f"effective sample size {low:.0f} < {MIN_ESS:.0f}: ranker kept"}  # fmt: skip
+                "reason": f"{thin}: ranker kept"}  # fmt: skip
     keep = lift > min_lift
     verdict = "lifts" if keep else "does not lift"
     return {"keep_ranker": keep, "decided": True, "lift": lift,
@@ -73,13 +90,79 @@ def decide(
                       f"({full:.4f} vs {plain:.4f}, {lift:+.1%}; needs > {min_lift:+.1%})"}  # fmt: skip
 
 
+def _too_thin(judged_by: str, ess: dict[str, float] | None, names: tuple[str, ...]) -> str | None:
+    """Why the values of ``names`` cannot be trusted, or None: an OPE effective sample size below
+    :data:`MIN_ESS`, or fewer forward users than :data:`MIN_FORWARD_USERS` (``ess`` then holds
+    the users scored)."""
+    low = min((ess or {}).get(v, np.inf) for v in names)
+    if judged_by == "ope" and low < MIN_ESS:
+        return f"effective sample size {low:.0f} < {MIN_ESS:.0f}"
+    if judged_by == "forward" and low < MIN_FORWARD_USERS:
+        return f"{low:.0f} users scored forward < {MIN_FORWARD_USERS}"
+    return None
+
+
+def decide_new_users(
+    values: dict[str, float | None], judged_by: str, ess: dict[str, float] | None = None
+) -> dict[str, Any]:
+    """How users without a vector should be served, from ``values`` of ``full`` (user tower) and
+    ``new_users_trending``: ``{"new_users": "trending" | "user_tower" | None,
+    "new_users_reason"}``; None when ``new_users_trending`` was not judged (no user tower) or the
+    judge cannot tell (:func:`_too_thin`). A tie keeps the tower."""
+    tower, trend = values.get("full"), values.get("new_users_trending")
+    if tower is None or trend is None or not np.isfinite([tower, trend]).all():
+        return {"new_users": None,
+                "new_users_reason": f"no {judged_by} value for the user tower and trending"}  # fmt: skip
+    thin = _too_thin(judged_by, ess, ("full", "new_users_trending"))
+    if thin:
+        return {"new_users": None, "new_users_reason": f"{thin}: not judged"}
+    choice = "trending" if trend > tower else "user_tower"
+    return {"new_users": choice,
+            "new_users_reason": f"by {judged_by}: new users served {choice} "
+                                f"(user tower {tower:.4f}, trending {trend:.4f})"}  # fmt: skip
+
+
 def _variants(bundle: Any, cfg: Any) -> dict[str, tuple[Any, Any]]:
-    """``{variant: (bundle, config)}`` of :data:`VARIANTS`."""
-    return {
-        "full": (bundle, cfg),
-        "retrieval_only": (dataclasses.replace(bundle, ranker=None), cfg),
-        "trending": (bundle, cfg.with_(force_cold_start=True)),
-    }
+    """``{variant: (bundle, config)}`` of :data:`VARIANTS` (``new_users_trending`` only with a
+    user tower), ``full`` serving new users by the user tower: the gate chooses between the two
+    (:func:`decide_new_users`) unless the operator fixed ``cfg.new_users``."""
+    from pipelines.loop.stages import variants
+
+    if cfg.new_users == "auto":
+        cfg = cfg.with_(new_users="user_tower")
+    return {k: v for k, v in variants(bundle, cfg).items() if k in VARIANTS}
+
+
+def _forward_values(
+    settings: Settings, bundle: Any, cfg: Any, day: dt.date, max_requests: int, seed: int
+) -> tuple[dict[str, float | None], dict[str, float], int]:
+    """``(NDCG@10 by variant, users scored by variant, users replayed)`` of the bundle trained
+    through ``day`` on the forward window of the ``settings.gate_test_days`` days after it (the
+    module docstring); ``ValueError`` when the window has no positives."""
+    from pipelines.loop import stages
+    from pipelines.loop.replay import serve_users
+
+    window = stages.forward_window_from(settings, (day + dt.timedelta(days=1)).isoformat())
+    positives = stages.forward_positives(settings, window)
+    users = stages.window_users(positives)
+    if not users:
+        raise ValueError(f"no validated positives in {window.describe()}")
+    if len(users) > max_requests:
+        keep = set(np.random.default_rng(seed).choice(users, max_requests, replace=False))
+        users = [u for u in users if u in keep]
+    fu, fi, rel = stages.forward_relevance(settings, window, positives, users)
+    values: dict[str, float | None] = {}
+    scored: dict[str, float] = {}
+    for name, (b, c) in _variants(bundle, cfg).items():
+        resp = serve_users(settings, b, users, c)
+        degraded = sum(bool(r.get("degraded")) for r in resp)
+        if degraded > MAX_DEGRADED * len(resp):
+            raise ValueError(f"{degraded} of {len(resp)} replayed answers of {name} degraded "
+                             "(online features unreadable?)")  # fmt: skip
+        figures = stages.ranking_figures(stages.slate_matrix(resp, fu, fi), rel)
+        values[name] = figures[f"ndcg@{stages.FORWARD_K}"]
+        scored[name] = float(figures["forward_users"])
+    return values, scored, len(users)
 
 
 def _truth_values(
@@ -100,7 +183,7 @@ def _truth_values(
     for name, (b, c) in _variants(bundle, cfg).items():
         resp = serve_users(settings, b, distinct, c)
         items[name] = len({x["item_id"] for r in resp for x in r["items"]})
-        if sum(bool(r.get("degraded")) for r in resp) > 0.05 * len(resp):
+        if sum(bool(r.get("degraded")) for r in resp) > MAX_DEGRADED * len(resp):
             log.warning("stage gate: %s: over 5%% of the replayed answers degraded", name)
         k = max(len(r["items"]) for r in resp)
         if all(r.get("policy") is not None for r in resp):
@@ -129,9 +212,10 @@ def judge_stages(
     """Judge ``bundle`` (a :class:`serving.bundle.LoadedBundle`, or a version / alias to load)
     on ``date`` under ``cfg`` (default the served :class:`serving.config.ServingConfig`).
 
-    Returns ``{"date", "bundle", "judged_by": "truth" | "ope", "values": {variant: float|None},
-    "distinct_items" (truth) or "ess" (OPE): {variant: ...}, "requests", "keep_ranker",
-    "decided", "lift", "reason"}`` (module docstring)."""
+    Returns ``{"date", "bundle", "judged_by": "truth" | "ope" | "forward" | None, "values":
+    {variant: float|None}, "distinct_items" (truth), "ess" (OPE) or "forward_users" (forward):
+    {variant: ...}, "requests", "keep_ranker", "decided", "lift", "reason", "new_users",
+    "new_users_reason"}`` (module docstring)."""
     from pipelines.data.simulate import read_world_meta
     from serving.config import ServingConfig
 
@@ -153,10 +237,18 @@ def judge_stages(
         try:
             imp = served_ope.day_impressions(settings, day, max_requests, seed)
         except (ValueError, FileNotFoundError) as exc:  # no impressions to replay (ratings only)
-            reason = f"cannot judge by OPE on {day}: {exc}; no simulator truth: ranker kept"
-            log.info("stage gate of bundle %s: %s", out["bundle"], reason)
-            return {**out, "judged_by": None, "values": {}, "keep_ranker": has_ranker,
-                    "decided": False, "lift": None, "reason": reason}  # fmt: skip
+            try:
+                values, ess, n = _forward_values(settings, bundle, cfg, day, max_requests, seed)
+            except (ValueError, FileNotFoundError) as exc2:
+                reason = (f"cannot judge by OPE on {day}: {exc}; nor forward: {exc2}; "
+                          "no simulator truth: ranker kept")  # fmt: skip
+                log.info("stage gate of bundle %s: %s", out["bundle"], reason)
+                return {**out, "judged_by": None, "values": {}, "keep_ranker": has_ranker,
+                        "decided": False, "lift": None, "reason": reason,
+                        "new_users": None, "new_users_reason": "not judged"}  # fmt: skip
+            out.update(judged_by="forward", metric="ndcg@10", values=values,
+                       forward_users=ess, requests=n)  # fmt: skip
+            return _decided(out, has_ranker, ess, min_lift)
         values, ess = {}, {}
         for name, (b, c) in _variants(bundle, cfg).items():
             est = served_ope.evaluate_served(settings, b, day, c, imp=imp, seed=seed)
@@ -164,6 +256,15 @@ def judge_stages(
             values[name], ess[name] = entry["estimate"], entry["ess"]
         out.update(judged_by="ope", estimator=OPE_ESTIMATOR, values=values, ess=ess,
                    requests=int(imp["request_id"].nunique()))  # fmt: skip
+    return _decided(out, has_ranker, ess, min_lift)
+
+
+def _decided(
+    out: dict[str, Any], has_ranker: bool, ess: dict[str, float] | None, min_lift: float
+) -> dict[str, Any]:
+    """``out`` with :func:`decide` and :func:`decide_new_users` of its values, logged."""
     out.update(decide(out["values"], has_ranker, out["judged_by"], ess, min_lift))
-    log.info("stage gate of bundle %s on %s: %s", out["bundle"], day, out["reason"])
+    out.update(decide_new_users(out["values"], out["judged_by"], ess))
+    log.info("stage gate of bundle %s on %s: %s; %s", out["bundle"], out["date"], out["reason"],
+             out["new_users_reason"])  # fmt: skip
     return out
