@@ -321,6 +321,9 @@ class LoadedBundle:
     new_users: str | None = None
     """The stage gate's choice for users without a vector (``trending`` / ``user_tower``,
     version tag :data:`pipelines.release.registry.NEW_USERS_TAG`), or None (not judged)."""
+    retrieval_weight: float | None = None
+    """The stage gate's ``w`` for :func:`serving.rerank.retrieval_tempered` (version tag
+    :data:`pipelines.release.registry.RETRIEVAL_WEIGHT_TAG`), or None (not judged)."""
     loaded_at: float = field(default_factory=time.time)
     load_seconds: float = 0.0
 
@@ -407,6 +410,7 @@ def load(settings: Settings, ref: str, as_of: str | None = None) -> LoadedBundle
         covisit=covisit,
         model_sources=_load_model_sources(settings, b.get("logical_date")),
         new_users=_new_users_tag(b.get("tags") or {}, registry.NEW_USERS_TAG),
+        retrieval_weight=_weight_tag(b.get("tags") or {}, registry.RETRIEVAL_WEIGHT_TAG),
     )
     out.load_seconds = time.perf_counter() - t0
     log.info(
@@ -426,6 +430,22 @@ def _new_users_tag(tags: dict[str, str], name: str) -> str | None:
     if raw is None or raw in ("trending", "user_tower"):
         return raw
     log.warning("ignoring bundle tag %s=%r (not trending or user_tower)", name, raw)
+    return None
+
+
+def _weight_tag(tags: dict[str, str], name: str) -> float | None:
+    """The bundle version's tag ``name`` as a weight ``>= 0``, None when absent or not one
+    (logged)."""
+    raw = tags.get(name)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value >= 0.0 and np.isfinite(value):
+        return value
+    log.warning("ignoring bundle tag %s=%r (not a weight >= 0)", name, raw)
     return None
 
 

@@ -18,6 +18,7 @@ environment overrides, and the admin token.
 | ``RECLOOP_SERVE_LINUCB_UNIFORM``  | ``0.1``      | ``linucb``: uniform share of the explore draw |
 | ``RECLOOP_SERVE_SOURCES``         | ``two_tower:300,mf:100,covisit:60,trending:40,catalog:100`` | candidate sources and their quotas (``serving.sources``) |
 | ``RECLOOP_SERVE_NEW_USERS``      | ``auto``     | users the model has no vector for: ``trending``, ``user_tower`` (from their demographics) or ``auto`` (the bundle's stage-gate decision, else ``user_tower``) |
+| ``RECLOOP_SERVE_RETRIEVAL_WEIGHT``| ``auto``     | the ranker's click probability times ``(1 + retrieval rank) ** -w``: a float ``w >= 0`` or ``auto`` (the bundle's stage-gate choice, else 0) |
 | ``RECLOOP_SERVE_LOG_FLUSH_S``     | ``5``        | seconds between flushes of the impression log to parquet |
 | ``RECLOOP_SERVE_SEED``            | unset        | seed of the exploration draws (unset: OS entropy) |
 | ``RECLOOP_SERVE_RERANKER``        | ``cap``      | exploit list: ``cap`` (category caps), ``calibrated`` (Steck) or ``mmr`` (``serving.diversify``) |
@@ -63,6 +64,8 @@ def _env_quotas(env: Mapping[str, str], name: str) -> tuple[tuple[str, int], ...
 
 
 RERANKERS = ("cap", "calibrated", "mmr")
+RETRIEVAL_WEIGHTS = (0.0, 0.3)
+"""The ``retrieval_weight`` values the stage gate chooses between (``auto``)."""
 NEW_USER_POLICIES = ("auto", "trending", "user_tower")
 """``RECLOOP_SERVE_NEW_USERS`` values; ``auto`` resolves per bundle (:func:`new_user_policy`)."""
 """Values of ``RECLOOP_SERVE_RERANKER`` (:attr:`ServingConfig.reranker`)."""
@@ -175,6 +178,14 @@ class ServingConfig:
     Only when a ranker scored the candidates. Off by default: at 0.5 the 10-day demo served
     0.028–0.057 instead of 0.049–0.065 (early rankers' probabilities are small, the bonus
     dominated) and the truly best items were found no sooner (benchmarks/README.md, "Optimism")."""
+    retrieval_weight: float | None = None
+    """``w`` of :func:`serving.rerank.retrieval_tempered`: the exploit order is the ranker's click
+    probability times ``(1 + r) ** -w``, ``r`` the candidate's place in the merged retrieval
+    order (the ranker sees no source or retrieval score, so the order carries what it lacks).
+    None (``auto``): the bundle's stage-gate choice among :data:`RETRIEVAL_WEIGHTS`
+    (``LoadedBundle.retrieval_weight``), else 0 (:func:`retrieval_weight_for`). On the
+    simulator 0.3 served +5-6 % true CTR (demo days 6 and 10); on MovieLens 100K it cost 4 %
+    NDCG@10 (benchmarks/README.md, tenth session): so the gate decides per bundle."""
     explore_rate: float = 0.4
     explore_pool: int = 300
     """One response in ``explore_rate`` explores one slot, from the ``explore_pool`` best
@@ -247,6 +258,10 @@ class ServingConfig:
             (0.0 <= self.challenger_share <= 1.0, "challenger_share must be in [0, 1]"),
             (0.0 <= self.explore_rate < 1.0, "explore_rate must be in [0, 1)"),
             (self.exploit_optimism >= 0.0, "exploit_optimism must be >= 0"),
+            (
+                self.retrieval_weight is None or self.retrieval_weight >= 0.0,
+                "retrieval_weight must be >= 0 (or auto)",
+            ),
             (0.0 <= self.explore_uniform <= 1.0, "explore_uniform must be in [0, 1]"),
             (self.explorer in EXPLORERS, f"explorer must be one of {EXPLORERS}"),
             (
@@ -315,6 +330,7 @@ class ServingConfig:
             ("RECLOOP_SERVE_EXPLORE_POOL", "explore_pool", env_int),
             ("RECLOOP_SERVE_EXPLORE_UNIFORM", "explore_uniform", env_float),
             ("RECLOOP_SERVE_EXPLOIT_OPTIMISM", "exploit_optimism", env_float),
+            ("RECLOOP_SERVE_RETRIEVAL_WEIGHT", "retrieval_weight", _env_weight),
             ("RECLOOP_SERVE_SOURCES", "source_quotas", _env_quotas),
             ("RECLOOP_SERVE_RERANKER", "reranker", env_text),
             ("RECLOOP_SERVE_RERANK_LAMBDA", "rerank_lambda", env_float),
@@ -333,6 +349,24 @@ class ServingConfig:
         kw["admin_token"] = token
         kw.update(overrides)
         return cls(**kw)
+
+
+def _env_weight(env: Mapping[str, str], name: str) -> float | None:
+    """``name`` as a float; None when unset, empty or ``auto``."""
+    raw = env_text(env, name)
+    if raw is None or raw.strip().lower() in ("", "auto"):
+        return None
+    return env_float(env, name)
+
+
+def retrieval_weight_for(bundle: Any, cfg: ServingConfig) -> float:
+    """The ``w`` of :func:`serving.rerank.retrieval_tempered` for ``bundle`` under ``cfg``: an
+    explicit ``cfg.retrieval_weight`` wins, else the bundle's stage-gate choice
+    (``bundle.retrieval_weight``), else 0."""
+    if cfg.retrieval_weight is not None:
+        return float(cfg.retrieval_weight)
+    chosen = getattr(bundle, "retrieval_weight", None)
+    return float(chosen) if chosen is not None else 0.0
 
 
 def new_user_policy(bundle: Any, cfg: ServingConfig) -> str:

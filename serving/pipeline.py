@@ -24,7 +24,10 @@ response dict; every stage is timed (``timings_ms``) and has a fallback, so a re
   :func:`serving.hydrate.features_degraded`) → ranked on defaults, ``degraded: true``, flagged
   ``features``. A cold-start answer reads nothing: the item table has what it needs.
 - **rank** (:mod:`serving.rank`): the ranker scores all candidates in one batch; failure (or no
-  ranker in the bundle) → the retrieval order and scores, flagged ``rank`` when it failed.
+  ranker in the bundle) → the retrieval order and scores, flagged ``rank`` when it failed. The
+  ranker's probabilities are tempered by the retrieval order
+  (:func:`serving.rerank.retrieval_tempered`, ``w`` by :func:`serving.config.
+  retrieval_weight_for`: the bundle's stage-gate choice unless the operator set one).
 - **re-rank**: :mod:`serving.rerank` (fresh boost, category caps, exploration, propensities);
   the exploit list by category caps or by a :mod:`serving.diversify` re-ranker (``reranker``).
 - **log**: the impressions logged, the shown items remembered for ``/feedback`` (and shared
@@ -44,7 +47,7 @@ import pandas as pd
 
 from serving import diversify, linucb, rerank, retrieve, shared
 from serving.bundle import LoadedBundle
-from serving.config import ServingConfig
+from serving.config import ServingConfig, retrieval_weight_for
 from serving.engine import Engine
 from serving.hydrate import Hydrated, hydrate
 from serving.logging import impression_rows
@@ -218,6 +221,8 @@ def _rerank(
     table = bundle.item_table
     k = min(req.k, len(ranked.ids))
     scores = ranked.scores
+    if ranked.probabilities:  # the ranker scored them: tempered by the retrieval order
+        scores = rerank.retrieval_tempered(scores, retrieval_weight_for(bundle, cfg))
     if cfg.exploit_optimism > 0.0 and ranked.probabilities:
         shown = np.where(ranked.trows >= 0, table.impressions[np.maximum(ranked.trows, 0)], 0.0)
         scores = rerank.optimistic_scores(scores, shown, cfg.exploit_optimism)

@@ -87,6 +87,16 @@ def optimistic_scores(probs: np.ndarray, impressions: np.ndarray, c: float) -> n
     return np.asarray(probs, dtype=np.float64) + c * np.sqrt(p * (1.0 - p) / (1.0 + n))
 
 
+def retrieval_tempered(scores: np.ndarray, weight: float) -> np.ndarray:
+    """``scores * (1 + r) ** -weight`` (``(C,)`` float64), ``r`` = ``0 .. C-1`` the candidates'
+    places in the retrieval order they come in: the ranker's click probabilities tempered by the
+    merged sources' order (``weight`` 0: unchanged)."""
+    s = np.asarray(scores, dtype=np.float64)
+    if weight == 0.0:
+        return s
+    return s * (1.0 + np.arange(len(s), dtype=np.float64)) ** -float(weight)
+
+
 def exploit_list(
     scores: np.ndarray,
     categories: np.ndarray,

@@ -174,10 +174,13 @@ def test_ratings_only_log_ingest_backfill_recommend_every_user(redis_settings, m
     assert judged["keep_ranker"] == (values["full"] > values["retrieval_only"])
     choice = "trending" if values["new_users_trending"] > values["full"] else "user_tower"
     assert judged["new_users"] == choice == tags[registry.NEW_USERS_TAG]
+    weight = 0.3 if values["ranker_tempered"] > values["full"] else 0.0
+    assert judged["retrieval_weight"] == weight == float(tags[registry.RETRIEVAL_WEIGHT_TAG])
     refit = registry.bundle_version(s, summary.champion).tags
     assert read_judgement(refit)["judged_by"] is None  # nothing after the last day to judge on
     assert refit[registry.NEW_USERS_TAG] == choice
     assert refit["recloop.new_users_from"] == f"champion {checkpoint}"
+    assert float(refit[registry.RETRIEVAL_WEIGHT_TAG]) == weight
 
 
 def test_backfill_with_a_test_window_trains_before_it_and_gates_on_it(workspace):

@@ -256,15 +256,18 @@ def test_the_stage_gate_choice_for_new_users_is_recorded_and_a_refresh_inherits_
     s = mlflow_settings
 
     def chooses_trending(settings, loaded, date):
-        return {"keep_ranker": True, "new_users": "trending", "new_users_reason": "by forward"}
+        return {"keep_ranker": True, "new_users": "trending", "new_users_reason": "by forward",
+                "retrieval_weight": 0.3}  # fmt: skip
 
     out = register_with_ranker(s, "2026-01-01", chooses_trending)
     assert (out["new_users"], out["new_users_from"]) == ("trending", "stage gate")
     tags = registry.load_bundle(s, out["bundle"])["tags"]
     assert tags[registry.NEW_USERS_TAG] == "trending"
+    assert (out["retrieval_weight"], tags[registry.RETRIEVAL_WEIGHT_TAG]) == (0.3, "0.3")
     dec = gated(s, "2026-01-02")
     assert dec["action"] == "champion"
     assert "new users: trending (stage gate)" in gate.format_decision(dec)
+    assert "retrieval weight: 0.3 (stage gate)" in gate.format_decision(dec)
 
     def cannot_tell(settings, loaded, date):  # a refit: no forward window after its last day
         return {"keep_ranker": True, "new_users": None, "new_users_reason": "not judged"}
@@ -276,6 +279,7 @@ def test_the_stage_gate_choice_for_new_users_is_recorded_and_a_refresh_inherits_
         f"champion {out['bundle']}",
     )
     assert registry.load_bundle(s, refit["bundle"])["tags"][registry.NEW_USERS_TAG] == "trending"
+    assert refit["retrieval_weight"] == 0.3 and refit["retrieval_weight_from"].startswith("champ")
     # the gate's own choice wins over the champion's
     mine = register_with_ranker(s, "2026-01-03", lambda *a: {"keep_ranker": True,
                                                              "new_users": "user_tower"})  # fmt: skip

@@ -125,3 +125,14 @@ def test_exploit_optimism_reaches_the_exploit_list_only_when_set_and_only_for_ra
     assert "i10" not in exploit(0.0)
     assert "i10" in exploit(0.2) and "i11" not in exploit(0.2)  # rare but poor stays out
     assert "i10" not in exploit(0.2, probabilities=False)
+
+
+def test_retrieval_tempered_scales_by_the_retrieval_place():
+    from serving.rerank import retrieval_tempered
+
+    p = np.array([0.1, 0.2, 0.4, 0.4])
+    np.testing.assert_array_equal(retrieval_tempered(p, 0.0), p)
+    got = retrieval_tempered(p, 1.0)
+    np.testing.assert_allclose(got, [0.1, 0.1, 0.4 / 3, 0.1])
+    # a large weight restores the retrieval order whatever the probabilities
+    assert list(np.argsort(-retrieval_tempered(p[::-1], 50.0), kind="stable")) == [0, 1, 2, 3]

@@ -3,7 +3,15 @@ users get the trending list when it beats the user tower."""
 
 from __future__ import annotations
 
-from pipelines.release.stage_gate import MIN_ESS, MIN_FORWARD_USERS, decide, decide_new_users
+from pipelines.release.stage_gate import (
+    MIN_ESS,
+    MIN_FORWARD_USERS,
+    _decided,
+    decide,
+    decide_new_users,
+    decide_retrieval_weight,
+)
+from serving.config import RETRIEVAL_WEIGHTS
 
 
 def test_ranker_kept_only_when_it_lifts():
@@ -49,3 +57,22 @@ def test_new_users_not_judged_without_a_tower_or_enough_evidence():
     # the ranker decision by forward ranking needs the same evidence
     assert not decide({"full": 0.1, "retrieval_only": 0.2}, True, "forward",
                       ess={"full": 5.0, "retrieval_only": 5.0})["decided"]  # fmt: skip
+
+
+def test_the_retrieval_weight_is_the_better_order_and_the_ranker_is_judged_in_it():
+    w = RETRIEVAL_WEIGHTS[-1]
+    sim = decide_retrieval_weight({"full": 0.0589, "ranker_tempered": 0.0620}, "truth")
+    assert sim["retrieval_weight"] == w > 0
+    real = decide_retrieval_weight({"full": 0.4006, "ranker_tempered": 0.3842}, "forward",
+                                   ess={"full": 265.0, "ranker_tempered": 265.0})  # fmt: skip
+    assert real["retrieval_weight"] == 0.0
+    assert decide_retrieval_weight({"full": 0.05}, "truth")["retrieval_weight"] is None
+    thin = decide_retrieval_weight({"full": 0.05, "ranker_tempered": 0.06}, "ope",
+                                   ess={"full": 10.0, "ranker_tempered": 10.0})  # fmt: skip
+    assert thin["retrieval_weight"] is None
+    # the ranker's own order loses to the retrieval order, the tempered one beats it: kept
+    out = _decided({"bundle": "3", "date": "2026-01-10", "judged_by": "truth",
+                    "values": {"full": 0.0580, "retrieval_only": 0.0585, "trending": 0.04,
+                               "ranker_tempered": 0.0620}}, True, None, 0.0)  # fmt: skip
+    assert out["retrieval_weight"] == w and out["keep_ranker"] and out["decided"]
+    assert "0.0620 vs 0.0585" in out["reason"]

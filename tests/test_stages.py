@@ -75,7 +75,14 @@ def test_variants_switch_off_one_stage_each():
         user_tower: object = None
 
     v = stages.variants(B(), cfg)
-    assert list(v) == ["full", "retrieval_only", "trending", "two_tower_only", "trending_only"]
+    assert list(v) == ["full", "retrieval_only", "trending", "ranker_tempered", "two_tower_only",
+                       "trending_only"]  # fmt: skip
+    assert v["ranker_tempered"][1].retrieval_weight > 0.0
+    # a bundle served in the tempered order shows the ranker's own order instead
+    tempered = stages.variants(B(), cfg.with_(retrieval_weight=0.3))
+    assert "ranker_tempered" not in tempered
+    assert tempered["ranker_untempered"][1].retrieval_weight == 0.0
+    assert "ranker_tempered" not in stages.variants(B(ranker=None), cfg)
     assert v["full"][1] is cfg and v["retrieval_only"][0].ranker is None
     assert v["trending"][1].force_cold_start and v["two_tower_only"][0].ranker == "r"
     assert v["two_tower_only"][1].source_quotas == (("two_tower", cfg.candidates),)
@@ -92,8 +99,10 @@ def test_stages_document_scores_every_variant(world):
     doc = stages.run_stages(world, DAY, n_users=12)
     cfg = ServingConfig()
     fixed = ["full", "retrieval_only", "trending"]
-    tower = ["new_users_trending"] if "new_users_trending" in doc["variants"] else []
-    names = fixed + tower + [f"{s}_only" for s, _ in cfg.source_quotas]
+    tower = [n for n in ("new_users_trending", "new_users_tower") if n in doc["variants"]]
+    order = [n for n in ("ranker_tempered", "ranker_untempered") if n in doc["variants"]]
+    assert len(order) == 1  # the bundle has a ranker: the other order is shown
+    names = fixed + tower + order + [f"{s}_only" for s, _ in cfg.source_quotas]
     assert doc["date"] == DAY and doc["users"] == 12 and list(doc["variants"]) == names
     users, w = stages.day_users(world, DAY, 12)
     for name, v in doc["variants"].items():

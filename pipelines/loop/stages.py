@@ -13,6 +13,9 @@ serve_users`) once per variant (:func:`variants`):
   trending list (``RECLOOP_SERVE_NEW_USERS=trending``): what the user tower is worth for new
   users; ``new_users_tower`` instead when the bundle serves them the trending list (its stage
   gate chose it, or the operator did);
+- ``ranker_tempered`` (a bundle with a ranker whose order is not tempered): as served, with the
+  ranker's probabilities tempered by the retrieval order (``retrieval_weight`` the largest of
+  :data:`serving.config.RETRIEVAL_WEIGHTS`); ``ranker_untempered`` instead when it is;
 - ``<source>_only``: one candidate source of ``source_quotas`` (quota = all candidates), the
   ranker kept.
 
@@ -59,7 +62,8 @@ log = logging.getLogger("recloop.loop.stages")
 
 FIXED_VARIANTS = ("full", "retrieval_only", "trending")
 """The variants every run has; ``new_users_trending`` or ``new_users_tower`` (with a user
-tower) and the ``<source>_only`` ones (one per configured source) follow."""
+tower), ``ranker_tempered`` or ``ranker_untempered`` (with a ranker) and the ``<source>_only``
+ones (one per configured source) follow."""
 
 
 def variants(bundle: Any, cfg: Any) -> dict[str, tuple[Any, Any]]:
@@ -76,6 +80,13 @@ def variants(bundle: Any, cfg: Any) -> dict[str, tuple[Any, Any]]:
             out["new_users_trending"] = (bundle, cfg.with_(new_users="trending"))
         else:
             out["new_users_tower"] = (bundle, cfg.with_(new_users="user_tower"))
+    if getattr(bundle, "ranker", None) is not None:
+        from serving.config import RETRIEVAL_WEIGHTS, retrieval_weight_for
+
+        if retrieval_weight_for(bundle, cfg) > 0.0:
+            out["ranker_untempered"] = (bundle, cfg.with_(retrieval_weight=0.0))
+        else:
+            out["ranker_tempered"] = (bundle, cfg.with_(retrieval_weight=RETRIEVAL_WEIGHTS[-1]))
     for src, _ in cfg.source_quotas:
         out[f"{src}_only"] = (bundle, cfg.with_(source_quotas=((src, cfg.candidates),)))
     return out

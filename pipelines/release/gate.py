@@ -405,6 +405,9 @@ def format_decision(decision: dict[str, Any] | Decision) -> str:
         )
         if stage.get("new_users"):
             lines.append(f"new users: {stage['new_users']} ({stage.get('new_users_from') or '-'})")
+        if stage.get("retrieval_weight") is not None:
+            lines.append(f"retrieval weight: {stage['retrieval_weight']} "
+                         f"({stage.get('retrieval_weight_from') or '-'})")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -603,7 +606,12 @@ def _stage_gate_record(
     """The stage gate's judgement recorded on bundle ``version`` (``register_day``), or None;
     when it left the ranker out, the decision's reason says so."""
     from pipelines.release import registry
-    from pipelines.release.register import LEFT_OUT_TAG, NEW_USERS_FROM_TAG, read_judgement
+    from pipelines.release.register import (
+        LEFT_OUT_TAG,
+        NEW_USERS_FROM_TAG,
+        RETRIEVAL_WEIGHT_FROM_TAG,
+        read_judgement,
+    )
 
     mv = registry.bundle_version(settings, version)
     tags = dict(mv.tags) if mv is not None else {}
@@ -614,7 +622,9 @@ def _stage_gate_record(
     judgement = judgement or {}
     left_out = tags.get(LEFT_OUT_TAG)
     out = {"keep_ranker": left_out is None, "ranker_left_out": left_out, "judgement": judgement,
-           "new_users": new_users, "new_users_from": tags.get(NEW_USERS_FROM_TAG)}  # fmt: skip
+           "new_users": new_users, "new_users_from": tags.get(NEW_USERS_FROM_TAG),
+           "retrieval_weight": tags.get(registry.RETRIEVAL_WEIGHT_TAG),
+           "retrieval_weight_from": tags.get(RETRIEVAL_WEIGHT_FROM_TAG)}  # fmt: skip
     why = judgement.get("error") or judgement.get("reason")
     if left_out is not None:
         out["note"] = f"ranker version {left_out} does not lift the slate: retrieval order serves"

@@ -19,10 +19,12 @@ decision repeats. A stage gate that cannot be imported, fails or answers without
 is logged and the ranker is kept: the register task never fails on it. A rerun reuses the
 judgement recorded on the first bundle.
 
-**New users.** The served bundle is tagged ``recloop.new_users`` (``trending`` / ``user_tower``)
-with the stage gate's choice for users it has no vector for, or — not judged, as for the final
-refit of a backfill — the champion's when the bundle is a refresh of it
-(:func:`new_users_policy`); the service follows it under ``RECLOOP_SERVE_NEW_USERS=auto``.
+**Serving choices.** The served bundle is tagged ``recloop.new_users`` (``trending`` /
+``user_tower``: how users it has no vector for are served) and ``recloop.retrieval_weight`` (how
+much the retrieval order tempers the ranker's) with the stage gate's choices, or — not judged, as
+for the final refit of a backfill — the champion's when the bundle is a refresh of it
+(:func:`gate_choice`); the service follows them under ``RECLOOP_SERVE_NEW_USERS=auto`` and
+``RECLOOP_SERVE_RETRIEVAL_WEIGHT=auto``.
 
 The MLflow calls themselves (runs, registered versions, bundles, aliases) are
 :mod:`pipelines.release.registry`.
@@ -51,6 +53,8 @@ LEFT_OUT_TAG = "recloop.ranker_left_out"
 SUPERSEDED_TAG = "recloop.superseded_by"
 NEW_USERS_FROM_TAG = "recloop.new_users_from"
 """Bundle version tag: where its ``recloop.new_users`` came from (``stage gate``, ``champion N``)."""
+RETRIEVAL_WEIGHT_FROM_TAG = "recloop.retrieval_weight_from"
+"""Bundle version tag: where its ``recloop.retrieval_weight`` came from."""
 
 
 def _artifact_meta(folder: Path) -> dict[str, Any]:
@@ -139,14 +143,14 @@ def _bundle_after_stage_gate(
     first = str(registry.register_bundle(*pins, ranker, feature_service, config).version)
     fp = out["config_fingerprint"]
     if ranker is None or not stage_gate:
-        return {"bundle": first, "stage_gate": None, **_tag_new_users(settings, first, None, fp)}
+        return {"bundle": first, "stage_gate": None, **_tag_choices(settings, first, None, fp)}
     judgement = _recorded_judgement(settings, first)
     if judgement is None:
         judgement = judge_bundle(settings, first, day)
         _tag(settings, first, {STAGE_TAG: _judgement_tag(judgement)})
     if judgement.get("keep_ranker") is not False:
         return {"bundle": first, "stage_gate": judgement,
-                **_tag_new_users(settings, first, judgement, fp)}  # fmt: skip
+                **_tag_choices(settings, first, judgement, fp)}  # fmt: skip
     served = str(registry.register_bundle(*pins, None, feature_service, config).version)
     _tag(settings, served, {STAGE_TAG: _judgement_tag(judgement), LEFT_OUT_TAG: ranker})
     _tag(settings, first, {SUPERSEDED_TAG: served})
@@ -155,39 +159,58 @@ def _bundle_after_stage_gate(
         "retrieval order (bundle %s with the ranker is not gated)", day, ranker, served, first,
     )  # fmt: skip
     return {"bundle": served, "stage_gate": judgement, "bundle_with_ranker": first,
-            **_tag_new_users(settings, served, judgement, fp)}  # fmt: skip
+            **_tag_choices(settings, served, judgement, fp)}  # fmt: skip
 
 
-def new_users_policy(
-    settings: Settings, judgement: Mapping[str, Any] | None, fingerprint: str
-) -> tuple[str | None, str]:
-    """``(policy, source)`` for a new bundle's users without a vector: the stage gate's choice
-    (``judgement["new_users"]``), else the champion's recorded one when the bundle is a refresh
-    of it (the same configuration ``fingerprint``: a backfill's final refit, a daily retrain
-    on real data, which no forward window judges yet), else ``(None, why)``."""
-    chosen = (judgement or {}).get("new_users")
-    if chosen in ("trending", "user_tower"):
-        return str(chosen), "stage gate"
+CHOICES = {
+    "new_users": (registry.NEW_USERS_TAG, NEW_USERS_FROM_TAG),
+    "retrieval_weight": (registry.RETRIEVAL_WEIGHT_TAG, RETRIEVAL_WEIGHT_FROM_TAG),
+}
+"""The stage gate's serving choices recorded on a bundle: judgement key → (tag, source tag)."""
+
+
+def _valid_choice(key: str, value: Any) -> bool:
+    if key == "new_users":
+        return value in ("trending", "user_tower")
+    try:
+        return float(value) >= 0.0
+    except (TypeError, ValueError):
+        return False
+
+
+def gate_choice(
+    settings: Settings, judgement: Mapping[str, Any] | None, fingerprint: str, key: str
+) -> tuple[Any, str]:
+    """``(value, source)`` of serving choice ``key`` (:data:`CHOICES`) for a new bundle: the stage
+    gate's (``judgement[key]``), else the champion's recorded one when the bundle is a refresh
+    of it (the same configuration ``fingerprint``: a backfill's final refit, a daily retrain on
+    real data, which no forward window judges yet), else ``(None, why)``."""
+    chosen = (judgement or {}).get(key)
+    if chosen is not None and _valid_choice(key, chosen):
+        return chosen, "stage gate"
     champ = registry.bundle_version(settings, "champion")
-    policy = None if champ is None else champ.tags.get(registry.NEW_USERS_TAG)
-    if policy not in ("trending", "user_tower"):
+    recorded = None if champ is None else champ.tags.get(CHOICES[key][0])
+    if recorded is None or not _valid_choice(key, recorded):
         return None, "not judged; the champion has no recorded choice"
     if registry.bundle_fingerprint(settings, champ.version) != fingerprint:
         return None, f"not judged; champion {champ.version} has another configuration"
-    return str(policy), f"champion {champ.version}"
+    return (recorded if key == "new_users" else float(recorded)), f"champion {champ.version}"
 
 
-def _tag_new_users(
+def _tag_choices(
     settings: Settings, version: str, judgement: Mapping[str, Any] | None, fingerprint: str
 ) -> dict[str, Any]:
-    """Tag bundle ``version`` with :func:`new_users_policy` (:data:`pipelines.release.registry.
-    NEW_USERS_TAG` and ``recloop.new_users_from``) when there is one; ``{"new_users": policy or
-    None, "new_users_from": source}`` for the register result."""
-    policy, source = new_users_policy(settings, judgement, fingerprint)
-    if policy is not None:
-        _tag(settings, version, {registry.NEW_USERS_TAG: policy, NEW_USERS_FROM_TAG: source})
-        log.info("bundle %s serves new users by %s (%s)", version, policy, source)
-    return {"new_users": policy, "new_users_from": source}
+    """Tag bundle ``version`` with each of :data:`CHOICES` that :func:`gate_choice` finds (the
+    value and its source); ``{key: value or None, key + "_from": source}`` for the register
+    result."""
+    out: dict[str, Any] = {}
+    for key, (tag, from_tag) in CHOICES.items():
+        value, source = gate_choice(settings, judgement, fingerprint, key)
+        out[key], out[f"{key}_from"] = value, source
+        if value is not None:
+            _tag(settings, version, {tag: str(value), from_tag: source})
+            log.info("bundle %s: %s %s (%s)", version, key, value, source)
+    return out
 
 
 def judge_bundle(settings: Settings, version: str, day: dt.date) -> dict[str, Any]:

@@ -77,6 +77,9 @@ NEW_USERS_TAG = "recloop.new_users"
 """Bundle version tag: how users without a vector are served (``trending`` / ``user_tower``), as
 the stage gate chose it or inherited from the champion a refresh replaces
 (:mod:`pipelines.release.register`); read by ``serving.bundle.load``."""
+RETRIEVAL_WEIGHT_TAG = "recloop.retrieval_weight"
+"""Bundle version tag: the ``w`` of ``serving.rerank.retrieval_tempered`` (a float as text), set
+like :data:`NEW_USERS_TAG`."""
 KIND_TAG = "recloop.kind"
 """Bundle version tag the gate sets: ``refresh`` or ``change`` relative to the champion then."""
 FEATURE_SERVICES = ("ranker_v1", "two_tower_v1", "serving_v1")

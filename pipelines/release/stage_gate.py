@@ -9,6 +9,8 @@
 - ``trending``: the cold-start trending list for every user (``force_cold_start``);
 - ``new_users_trending`` (a bundle with a user tower): as ``full``, but users without a vector
   get the trending list instead of the user tower's candidates, ranked.
+- ``ranker_tempered`` (a bundle with a ranker): as ``full``, the ranker's probabilities tempered
+  by the retrieval order (:func:`serving.rerank.retrieval_tempered`).
 
 Judged by the simulator's **truth** when the workspace has one (``truth/world.json``): the day's
 simulated requests (:func:`pipelines.data.simulate.requests_for_day`, at most ``max_requests``,
@@ -26,6 +28,11 @@ has for every checkpoint and a daily run never has (the days are in the future).
 the retrieval order serves. When the OPE cannot judge (an effective sample size below
 :data:`MIN_ESS`, or no estimate) or fewer than :data:`MIN_FORWARD_USERS` users are scored
 forward, the ranker is kept and ``decided`` is False with the reason.
+
+``retrieval_weight`` (:func:`decide_retrieval_weight`): the largest of :data:`serving.config.
+RETRIEVAL_WEIGHTS` when ``ranker_tempered`` (the ranker's probabilities tempered by the retrieval
+order) beats ``full`` (its own order), else 0; the ranker is then judged in the chosen order. On
+the simulator the tempered order wins, on MovieLens the ranker's own (benchmarks/README.md).
 
 ``new_users`` (:func:`decide_new_users`): ``trending`` when ``new_users_trending`` beats ``full``
 by the same judge, ``user_tower`` when it does not, None when the bundle has no user tower or the
@@ -57,7 +64,7 @@ MIN_FORWARD_USERS = 30
 MAX_DEGRADED = 0.05
 """Largest share of degraded replayed answers (no features, no ranker) a forward judgement takes;
 the truth's judgement only warns."""
-VARIANTS = ("full", "retrieval_only", "trending", "new_users_trending")
+VARIANTS = ("full", "retrieval_only", "trending", "new_users_trending", "ranker_tempered")
 
 
 def decide(
@@ -122,14 +129,41 @@ def decide_new_users(
                                 f"(user tower {tower:.4f}, trending {trend:.4f})"}  # fmt: skip
 
 
+def decide_retrieval_weight(
+    values: dict[str, float | None], judged_by: str, ess: dict[str, float] | None = None
+) -> dict[str, Any]:
+    """The ``retrieval_weight`` the bundle should serve with, from ``values`` of ``full`` (the
+    ranker's order, weight 0) and ``ranker_tempered`` (the largest of :data:`serving.config.
+    RETRIEVAL_WEIGHTS`): ``{"retrieval_weight": w | None, "retrieval_weight_reason"}``; None
+    when ``ranker_tempered`` was not judged (no ranker, or the operator fixed the weight) or the
+    judge cannot tell. A tie keeps 0."""
+    from serving.config import RETRIEVAL_WEIGHTS
+
+    plain, tempered = values.get("full"), values.get("ranker_tempered")
+    if plain is None or tempered is None or not np.isfinite([plain, tempered]).all():
+        return {"retrieval_weight": None,
+                "retrieval_weight_reason": f"no {judged_by} value for the tempered order"}  # fmt: skip
+    thin = _too_thin(judged_by, ess, ("full", "ranker_tempered"))
+    if thin:
+        return {"retrieval_weight": None, "retrieval_weight_reason": f"{thin}: not judged"}
+    w = RETRIEVAL_WEIGHTS[-1] if tempered > plain else 0.0
+    return {"retrieval_weight": w,
+            "retrieval_weight_reason": f"by {judged_by}: retrieval weight {w:g} (ranker's order "
+                                       f"{plain:.4f}, tempered {tempered:.4f})"}  # fmt: skip
+
+
 def _variants(bundle: Any, cfg: Any) -> dict[str, tuple[Any, Any]]:
     """``{variant: (bundle, config)}`` of :data:`VARIANTS` (``new_users_trending`` only with a
-    user tower), ``full`` serving new users by the user tower: the gate chooses between the two
-    (:func:`decide_new_users`) unless the operator fixed ``cfg.new_users``."""
+    user tower, ``ranker_tempered`` only with a ranker), ``full`` serving new users by the user
+    tower in the ranker's own order: the gate chooses (:func:`decide_new_users`,
+    :func:`decide_retrieval_weight`) unless the operator fixed ``cfg.new_users`` or
+    ``cfg.retrieval_weight``."""
     from pipelines.loop.stages import variants
 
     if cfg.new_users == "auto":
         cfg = cfg.with_(new_users="user_tower")
+    if cfg.retrieval_weight is None:
+        cfg = cfg.with_(retrieval_weight=0.0)
     return {k: v for k, v in variants(bundle, cfg).items() if k in VARIANTS}
 
 
@@ -245,7 +279,9 @@ def judge_stages(
                 log.info("stage gate of bundle %s: %s", out["bundle"], reason)
                 return {**out, "judged_by": None, "values": {}, "keep_ranker": has_ranker,
                         "decided": False, "lift": None, "reason": reason,
-                        "new_users": None, "new_users_reason": "not judged"}  # fmt: skip
+                        "new_users": None, "new_users_reason": "not judged",
+                        "retrieval_weight": None,
+                        "retrieval_weight_reason": "not judged"}  # fmt: skip
             out.update(judged_by="forward", metric="ndcg@10", values=values,
                        forward_users=ess, requests=n)  # fmt: skip
             return _decided(out, has_ranker, ess, min_lift)
@@ -262,9 +298,15 @@ def judge_stages(
 def _decided(
     out: dict[str, Any], has_ranker: bool, ess: dict[str, float] | None, min_lift: float
 ) -> dict[str, Any]:
-    """``out`` with :func:`decide` and :func:`decide_new_users` of its values, logged."""
-    out.update(decide(out["values"], has_ranker, out["judged_by"], ess, min_lift))
-    out.update(decide_new_users(out["values"], out["judged_by"], ess))
-    log.info("stage gate of bundle %s on %s: %s; %s", out["bundle"], out["date"], out["reason"],
-             out["new_users_reason"])  # fmt: skip
+    """``out`` with :func:`decide_retrieval_weight`, :func:`decide` (``full`` in the chosen
+    order) and :func:`decide_new_users` of its values, logged."""
+    values, judged_by = out["values"], out["judged_by"]
+    out.update(decide_retrieval_weight(values, judged_by, ess))
+    ranked = dict(values)
+    if out["retrieval_weight"]:
+        ranked["full"] = values["ranker_tempered"]
+    out.update(decide(ranked, has_ranker, judged_by, ess, min_lift))
+    out.update(decide_new_users(values, judged_by, ess))
+    log.info("stage gate of bundle %s on %s: %s; %s; %s", out["bundle"], out["date"],
+             out["reason"], out["retrieval_weight_reason"], out["new_users_reason"])  # fmt: skip
     return out
