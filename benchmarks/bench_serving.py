@@ -86,26 +86,63 @@ def prepare(home: Path, scale: str, redis_url: str) -> None:
           f"{registry.get_alias(settings, 'champion')}", flush=True)  # fmt: skip
 
 
-def large_index(settings, bundle, n_items: int, kind: str):
-    """The bundle's items + synthetic unit vectors up to ``n_items``, as an HNSW or Flat index
-    (HNSW cached under ``RECLOOP_HOME/bench/``)."""
+SYNTHETIC = ("uniform", "clustered")
+"""How :func:`large_vectors` draws the synthetic items: ``uniform`` (isotropic unit vectors, the
+default: no structure, the hardest case for an ANN index) or ``clustered`` (each a real item's
+vector plus noise, the shape ``bench_faiss.py`` gives trained embeddings)."""
+
+
+def large_vectors(bundle, n_items: int, synthetic: str = "uniform"):
+    """``(vectors (n_items, D) float32, ids (n_items,) str)``: the bundle's two-tower item vectors
+    and ids, then synthetic unit vectors (seeded) ``syn<i>`` up to ``n_items``: isotropic
+    (``uniform``) or ``clustered``: a random real item's vector plus noise of norm 0.8 times its
+    own whose scale falls as ``j ** -1`` over the directions of a random basis (``bench_faiss.py``'s
+    model: ``--spread 0.8 --decay 1``), normalized."""
     import numpy as np
 
-    from pipelines.core import layout
-    from pipelines.retrieval.faiss_index import ItemIndex, get_index, index_dir
-
-    version = f"synthetic-{n_items}-{kind}"
-    root = layout.bench_dir(settings)
-    if index_dir(root, version).exists():
-        return ItemIndex.load(index_dir(root, version))
     real = bundle.two_tower.item_embeddings()
     ids_real = np.asarray(bundle.items.ids, dtype=str)
     rng = np.random.default_rng(0)
-    extra = rng.standard_normal((n_items - len(real), real.shape[1])).astype(np.float32)
+    m, dim = n_items - len(real), real.shape[1]
+    extra = rng.standard_normal((m, dim)).astype(np.float32)
+    if synthetic == "clustered":
+        scale = np.arange(1, dim + 1, dtype=np.float64) ** -1.0
+        scale *= 0.8 / np.sqrt((scale**2).sum())
+        basis = np.linalg.qr(rng.standard_normal((dim, dim)))[0]
+        mix = (scale[:, None] * basis.T).astype(np.float32)
+        centre = real[rng.integers(0, len(real), m)]
+        extra = centre + np.linalg.norm(centre, axis=1, keepdims=True) * (extra @ mix)
+    elif synthetic != "uniform":
+        raise ValueError(f"synthetic must be one of {SYNTHETIC}, got {synthetic!r}")
     extra /= np.linalg.norm(extra, axis=1, keepdims=True)
     vectors = np.concatenate([real, extra]).astype(np.float32)
-    ids = np.concatenate([ids_real, np.char.add("syn", np.arange(len(extra)).astype(str))])
+    ids = np.concatenate([ids_real, np.char.add("syn", np.arange(m).astype(str))])
+    return vectors, ids
+
+
+def large_index(settings, bundle, n_items: int, kind: str, synthetic: str = "uniform"):
+    """The bundle's items + synthetic unit vectors up to ``n_items`` (:func:`large_vectors`,
+    ``synthetic`` uniform or clustered), as an index of ``kind``, cached under
+    ``RECLOOP_HOME/bench/`` but ``flat``: ``hnsw`` (M=32, efSearch 128, searched at
+    ``max(128, k)``), ``flat`` (exact), or ``auto`` as the daily DAG builds one
+    (:func:`pipelines.retrieval.faiss_index.build_index`: at 1M items IVF-Flat, 4096 lists,
+    ``nprobe`` tuned to recall@10 >= 0.95 + 0.01 on the bundle's user vectors)."""
+    from pipelines.core import layout
+    from pipelines.retrieval.faiss_index import ItemIndex, build_index, get_index, index_dir
+
+    version = f"synthetic-{n_items}-{kind}" + ("" if synthetic == "uniform" else f"-{synthetic}")
+    root = layout.bench_dir(settings)
+    if index_dir(root, version).exists():
+        return ItemIndex.load(index_dir(root, version))
+    vectors, ids = large_vectors(bundle, n_items, synthetic)
     t0 = time.perf_counter()
+    if kind == "auto":
+        out = build_index(vectors, ids, sample_queries=bundle.user_vecs, k=10,
+                          model_version=version, seed=settings.seed)  # fmt: skip
+        out.save(root)
+        print(f"built {out.kind} {out.params} over {len(vectors)} items in "
+              f"{time.perf_counter() - t0:.0f}s, recall@10 {out.recall}", flush=True)  # fmt: skip
+        return out
     index, kind, params = get_index(vectors.shape[1], len(vectors), kind=kind)
     if kind == "hnsw":
         params["efSearch"] = 128
@@ -165,7 +202,8 @@ def bench_app():
     n = int(os.environ.get("BENCH_LARGE_ITEMS") or 0)
     if n:
         champion = manager.get("champion")
-        champion.index = large_index(settings, champion, n, os.environ["BENCH_INDEX_KIND"])
+        champion.index = large_index(settings, champion, n, os.environ["BENCH_INDEX_KIND"],
+                                     os.environ.get("BENCH_SYNTHETIC", "uniform"))  # fmt: skip
     return app
 
 
@@ -176,13 +214,14 @@ def serve(args: argparse.Namespace) -> None:
 
     os.environ["BENCH_LARGE_ITEMS"] = str(args.large_items or 0)
     os.environ["BENCH_INDEX_KIND"] = args.index_kind
+    os.environ["BENCH_SYNTHETIC"] = args.synthetic
     if args.large_items and args.index_kind != "flat":
         from pipelines.core.settings import Settings
         from serving.bundle import load as load_bundle
 
         settings = Settings.from_env()
         index = large_index(settings, load_bundle(settings, "champion"), args.large_items,
-                            args.index_kind)  # fmt: skip
+                            args.index_kind, args.synthetic)  # fmt: skip
         synthetic_features(settings, index)
     uvicorn.run(
         "bench_serving:bench_app", factory=True, app_dir=str(Path(__file__).parent),
@@ -358,6 +397,7 @@ def main() -> int:
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--index-kind", default="hnsw", help=argparse.SUPPRESS)
+    p.add_argument("--synthetic", default="uniform", choices=SYNTHETIC, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve:
         serve(args)

@@ -520,6 +520,7 @@ class DLRMRanker(Ranker):
         self.net: nn.Module | None = None
         self._scorer: Any = None
         self._indexes: list[pd.Index | None] = []
+        self._vocab_codes: dict[int, dict[str, int]] = {}  # encode_sparse_text's, built lazily
         if sparse_specs is not None:
             self._build_net()
 
@@ -592,6 +593,23 @@ class DLRMRanker(Ranker):
             report["oov"][spec["name"]] = oov
         return np.asarray(idx, dtype=np.int64)
 
+    def encode_sparse_text(self, j: int, values: Sequence[str]) -> np.ndarray:
+        """Bucket indices ``(N,)`` int64 of sparse feature ``j`` for text ``values`` (every one a
+        ``str``): equal to :meth:`encode_sparse_column` on them (no value is missing, the text
+        is the key) without building a Series: a vocabulary's position by one dict lookup a
+        value (the dict built once per feature), a hash bucket by :func:`hash_bucket`. What a
+        server pays per request for categories it has not seen before (new item ids)."""
+        assert self.sparse_specs is not None
+        spec = self.sparse_specs[j]
+        keys = [str(v) for v in values]
+        if spec["kind"] != "vocab":
+            return hash_bucket(np.asarray(keys, dtype=object), int(spec["buckets"]))
+        codes = self._vocab_codes.get(j)
+        if codes is None:
+            codes = self._vocab_codes[j] = {str(v): i + 1 for i, v in enumerate(spec["values"])}
+        get = codes.get
+        return np.fromiter((get(k, 0) for k in keys), dtype=np.int64, count=len(keys))
+
     def encode(self, frame: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw frame → ``(dense float32 (N, Nd) raw values, sparse int64 (N, F))`` tensors.
 
@@ -643,6 +661,7 @@ class DLRMRanker(Ranker):
             pd.Index(s["values"], dtype=object) if s["kind"] == "vocab" else None
             for s in self.sparse_specs
         ]
+        self._vocab_codes = {}
         self._scorer = None
 
     def _make_net(self, n_dense: int, table_sizes: list[int]) -> nn.Module:

@@ -48,9 +48,11 @@ def sparse_codes(ranker: Any, online: Hydrated, n: int) -> np.ndarray:
     """The ranker's bucket indices ``(n, F)`` int64 of the candidates' sparse features.
 
     Text columns (object arrays, and a user's text value repeated) are encoded once per
-    distinct value and ranker (``ranker.encode_sparse_column`` on the new values; remembered): a
-    text category's code does not depend on the other rows. Numeric categories, whose text
-    depends on the whole column (whole floats as integers), are encoded as a column."""
+    distinct value and ranker (``ranker.encode_sparse_text`` on the new values, the same codes
+    as ``encode_sparse_column`` without its pandas Series; remembered): a text category's code
+    does not depend on the other rows. Numeric categories, whose text depends on the whole
+    column (whole floats as integers), are encoded as a column, but a user's number repeated on
+    every row (the constant ``slot``): its column's text is its own (:func:`_number_code`)."""
     names = ranker.sparse_features
     with _codes_lock:
         memo = _codes.get(ranker)
@@ -65,7 +67,7 @@ def sparse_codes(ranker: Any, online: Hydrated, n: int) -> np.ndarray:
             if isinstance(v, str):
                 out[:, j] = _text_codes(ranker, memo[name], j, [v])[0]
             else:
-                numeric[name] = np.full(n, v, dtype=np.float64)
+                out[:, j] = _number_code(ranker, memo[name], j, v)
         elif col.dtype == object:
             out[:, j] = _text_codes(ranker, memo[name], j, col)
         else:
@@ -76,13 +78,32 @@ def sparse_codes(ranker: Any, online: Hydrated, n: int) -> np.ndarray:
     return out
 
 
+def _number_code(ranker: Any, memo: dict, j: int, value: Any) -> int:
+    """The code of sparse feature ``j`` for a column of ``value`` (a number, or None) on every
+    row: that of a one-row float64 column of it (a constant column is whole, or not, as its one
+    value is; missing as it is), remembered under ``("number", value)`` (apart from text keys;
+    NaN is not remembered: it never compares equal)."""
+    x = np.full(1, value, dtype=np.float64)
+    key = ("number", float(x[0]))
+    code = memo.get(key)
+    if code is None:
+        code = int(ranker.encode_sparse_column(j, pd.Series(x))[0])
+        if key[1] == key[1]:
+            with _codes_lock:
+                memo[key] = code
+    return code
+
+
 def _text_codes(ranker: Any, memo: dict, j: int, values: Any) -> np.ndarray:
     """Codes ``(len(values),)`` of sparse feature ``j`` for object ``values``, via ``memo``."""
     get = memo.get
     codes = [get(v, -1) for v in values]
     if -1 in codes:
         new = list(dict.fromkeys(v for v, c in zip(values, codes, strict=True) if c == -1))
-        found = ranker.encode_sparse_column(j, pd.Series(new, dtype=object)).tolist()
+        if all(isinstance(v, str) for v in new):  # text: no Series (equal codes)
+            found = ranker.encode_sparse_text(j, new).tolist()
+        else:
+            found = ranker.encode_sparse_column(j, pd.Series(new, dtype=object)).tolist()
         learnt = dict(zip(new, found, strict=True))
         with _codes_lock:
             if len(memo) + len(learnt) > _CODES_MAX:

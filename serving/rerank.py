@@ -41,6 +41,7 @@ policy; the service returns it in a response's ``policy`` entry (item ids, not r
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -137,10 +138,9 @@ def thompson_probabilities(alpha: np.ndarray, beta: np.ndarray, grid: int = 256)
     deviations, clipped to [0, 1]): the mass of ``theta_j`` in a cell (CDF differences, exact)
     times the product of the others' CDFs averaged over the cell's two edges; renormalized to sum
     1. Within ~2e-3 of pure Thompson sampling; the draw uses these numbers, so the logged
-    propensity is exact for the policy that runs.
+    propensity is exact for the policy that runs. A posterior's CDF row on a grid is remembered
+    (:func:`_cdf_rows`): requests whose pools span the same grid reuse it, bit for bit.
     """
-    from scipy.special import betainc
-
     a = np.asarray(alpha, dtype=np.float64)
     b = np.asarray(beta, dtype=np.float64)
     n = a.shape[0]
@@ -150,21 +150,54 @@ def thompson_probabilities(alpha: np.ndarray, beta: np.ndarray, grid: int = 256)
     sd = np.sqrt(a * b / ((a + b) ** 2 * (a + b + 1)))
     lo = max(0.0, float((mean - 12 * sd).min()))
     hi = min(1.0, float((mean + 12 * sd).max()))
-    edges = np.linspace(lo, hi, grid + 1)[None, :]
     # items with equal posteriors (e.g. never shown) share one CDF row: m distinct pairs
     pairs, inverse, counts = np.unique(
         np.stack([a, b], axis=1), axis=0, return_inverse=True, return_counts=True
     )
-    cdf = betainc(pairs[:, :1], pairs[:, 1:], edges)  # (m, G+1)
-    cdf[:, -1] = np.where(hi >= 1.0, 1.0, cdf[:, -1])
+    cdf, log_cdf = _cdf_rows(pairs, lo, hi, grid)  # (m, G+1) each
     mass = np.diff(cdf, axis=1)  # (m, G)
-    log_cdf = np.log(np.clip(cdf, 1e-300, None))
     log_all = (counts[:, None] * log_cdf).sum(axis=0, keepdims=True)
     others_edges = np.exp(log_all - log_cdf)  # prod over the other n - 1 items
     others = (others_edges[:, :-1] + others_edges[:, 1:]) / 2
     p = (mass * others).sum(axis=1)[inverse.ravel()]
     total = p.sum()
     return p / total if total > 0 else np.full(n, 1.0 / n)
+
+
+CDF_ROWS_MAX = 8192
+"""Beta CDF rows :func:`_cdf_rows` remembers per process (with its log: 4 KB at the default
+grid of 256, at most ~34 MB; beyond: all forgotten, recomputed). The demo's item table has ~2k
+distinct posteriors and a pool spans one of a few grids."""
+_cdf_memo: dict[tuple[float, float, int, float, float], tuple[np.ndarray, np.ndarray]] = {}
+_cdf_lock = threading.Lock()
+
+
+def _cdf_rows(pairs: np.ndarray, lo: float, hi: float, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(cdf, log cdf)``, each ``(m, grid + 1)``, of the Beta posteriors ``pairs`` ``(m, 2)`` on
+    the edges ``linspace(lo, hi, grid + 1)`` (the last edge's CDF 1 when ``hi`` is 1; the log
+    of the CDF clipped at 1e-300). Rows are remembered by ``(lo, hi, grid, alpha, beta)``: the
+    pool's widest posterior sets the grid, so most requests share a few grids; only the rows
+    not remembered are computed (``betainc`` is elementwise: the same numbers either way)."""
+    from scipy.special import betainc
+
+    keys = [(lo, hi, grid, float(x), float(y)) for x, y in pairs.tolist()]
+    got = [_cdf_memo.get(key) for key in keys]
+    todo = [i for i, row in enumerate(got) if row is None]
+    if todo:
+        edges = np.linspace(lo, hi, grid + 1)[None, :]
+        new = betainc(pairs[todo, :1], pairs[todo, 1:], edges)  # (t, G+1)
+        new[:, -1] = np.where(hi >= 1.0, 1.0, new[:, -1])
+        logs = np.log(np.clip(new, 1e-300, None))
+        with _cdf_lock:
+            if len(_cdf_memo) + len(todo) > CDF_ROWS_MAX:
+                _cdf_memo.clear()
+            for t, i in enumerate(todo):
+                got[i] = (new[t], logs[t])
+                if len(todo) <= CDF_ROWS_MAX:
+                    _cdf_memo[keys[i]] = got[i]
+    cdf = np.stack([row[0] for row in got])
+    log_cdf = np.stack([row[1] for row in got])
+    return cdf, log_cdf
 
 
 def epsilon_probabilities(n: int) -> np.ndarray:

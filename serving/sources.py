@@ -77,7 +77,7 @@ def merge(lists: list[SourceList], quotas: dict[str, int], n: int) -> Merged:
 
     The keys ``(r + 1) / q`` of every offered item are sorted at once (``np.lexsort``: ties by
     source order, then rank); one pass over that order keeps each item's first place."""
-    keys, srcs, ranks, ids = [], [], [], []
+    keys, srcs, ranks, ids, raws = [], [], [], [], []
     for s, lst in enumerate(lists):
         q = max(int(quotas.get(lst.name, len(lst.ids))), 1)
         m = min(len(lst.ids), q)
@@ -86,6 +86,9 @@ def merge(lists: list[SourceList], quotas: dict[str, int], n: int) -> Merged:
         srcs.append(np.full(m, s))
         ranks.append(r)
         ids.extend(lst.ids[:m])
+        raws.append(np.asarray(lst.scores, dtype=np.float64)[:m])
+        if len(raws[-1]) != m:  # the gather below would shift the later sources' scores
+            raise ValueError(f"source {lst.name}: {len(lst.ids)} ids but {len(lst.scores)} scores")
     if not ids:
         return Merged([], np.zeros(0), [], np.zeros(0))
     src, rank = np.concatenate(srcs), np.concatenate(ranks)
@@ -97,13 +100,11 @@ def merge(lists: list[SourceList], quotas: dict[str, int], n: int) -> Merged:
             kept.append(i)
             if len(kept) == n:
                 break
-    src, rank = src[kept], rank[kept]
-    raw = np.empty(len(kept), dtype=np.float64)
-    for s in np.unique(src):
-        at = src == s
-        raw[at] = np.asarray(lists[s].scores, dtype=np.float64)[rank[at]]
+    at = np.asarray(kept, dtype=np.int64)
+    names = [lst.name for lst in lists]
     scores = 1.0 / (1.0 + np.arange(len(kept), dtype=np.float64))
-    return Merged([ids[i] for i in kept], scores, [lists[s].name for s in src.tolist()], raw)
+    sources = [names[s] for s in src[at].tolist()]
+    return Merged([ids[i] for i in kept], scores, sources, np.concatenate(raws)[at])
 
 
 CATALOG_ROUNDS = 4
@@ -188,8 +189,10 @@ def top_excluding(
         return [], np.zeros(0)
     top = np.argpartition(-scores, m - 1)[:m] if m < len(scores) else np.arange(len(scores))
     top = top[np.argsort(-scores[top], kind="stable")]
-    out = [(str(ids[j]), float(scores[j])) for j in top if str(ids[j]) not in drop][:n]
-    return [i for i, _ in out], np.asarray([s for _, s in out], dtype=np.float64)
+    if drop:
+        top = top[~np.isin(ids[top], list(drop))]
+    top = top[:n]
+    return np.asarray(ids[top], dtype=str).tolist(), np.asarray(scores[top], dtype=np.float64)
 
 
 @dataclass

@@ -194,6 +194,20 @@ def test_hashing_for_large_vocabularies(data) -> None:
     assert keys[0] == "3" and keys[2] == "4" and missing.tolist() == [False, True, False]
 
 
+def test_text_codes_equal_the_column_encoding_for_vocab_and_hash(fitted, data) -> None:
+    hashed = small_ranker(max_vocab=20, hash_buckets=16).fit(data[0].head(2000), progress=False)
+    values = ["c3", "never-seen", "c0", "u7", "u12", "", "c3", "3"]
+    for model in (fitted, hashed):
+        for j, spec in enumerate(model.sparse_specs):
+            want = model.encode_sparse_column(j, pd.Series(values, dtype=object))
+            got = model.encode_sparse_text(j, values)
+            assert got.dtype == np.int64 and got.tolist() == want.tolist(), spec
+    assert [s["kind"] for s in hashed.sparse_specs] == ["vocab", "hash"]
+    assert fitted.encode_sparse_text(0, ["never-seen"]).tolist() == [0]  # OOV row
+    assert fitted.encode_sparse_text(0, ["c3"]).tolist()[0] > 0
+    assert fitted.encode_sparse_text(0, []).tolist() == []
+
+
 def test_deterministic_under_a_seed(data) -> None:
     train = data[0].head(1500)
     a = small_ranker(seed=7, epochs=2).fit(train, progress=False).predict_proba(data[1])

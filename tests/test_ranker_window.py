@@ -18,7 +18,7 @@ from pipelines.data.validate import validate_partition
 from pipelines.ranking import data as rd
 from pipelines.ranking import train as rt
 from serving.hydrate import Hydrated, with_ranker_columns
-from serving.rank import score_candidates
+from serving.rank import score_candidates, sparse_codes
 
 DAYS = ["2026-01-01", "2026-01-02"]
 SPARSE = ["item_id", "user_age_band", "user_gender", "slot"]
@@ -126,6 +126,23 @@ def test_slot_learnt_in_training_is_fixed_to_zero_when_serving(fitted) -> None:
     user, items = with_ranker_columns({"user_age": 30, "user_gender": "f"}, {}, ["i1", "i2"])
     assert user["slot"] == rd.SERVING_POSITION == 0 and user["user_age_band"] == "25-34"
     assert items["item_id"].tolist() == ["i1", "i2"]
+
+
+def test_serving_codes_equal_the_ranker_encoding_for_user_numbers_and_new_ids(fitted) -> None:
+    """A user's number repeated on every row (``slot``) is encoded once and remembered, new item
+    ids by the text path: every code equals ``encode_sparse`` on the whole frame, call after
+    call (memo hits), for whole, fractional and missing numbers."""
+    model, _ = fitted
+    ids = [f"i{j}" for j in range(0, 40, 3)] + ["never-seen", "i3"]
+    for slot in (0, 0, 3.0, 2.5, None, 7, 0):
+        user, items = with_ranker_columns({"user_age": 33, "user_gender": "f"}, {}, ids)
+        user["slot"] = slot
+        got = sparse_codes(model, Hydrated(user, items, 0, 0.0), len(ids))
+        rows = pd.DataFrame({"item_id": ids, "user_age_band": user["user_age_band"],
+                             "user_gender": "f", "slot": np.full(len(ids), slot, float)})  # fmt: skip
+        assert got.tolist() == model.encode_sparse(rows).tolist(), slot
+    assert got[:, SPARSE.index("slot")].min() > 0  # slot 0 is in the vocabulary
+    assert got[ids.index("never-seen"), SPARSE.index("item_id")] == 0  # out of vocabulary
 
 
 def test_item_id_ranker_scores_through_serving_as_predict_proba(fitted) -> None:

@@ -41,6 +41,28 @@ def test_thompson_probabilities_match_sampling():
     assert p[:4].sum() > 4 / 20  # new items (prior only) win more than a uniform share
 
 
+def test_remembered_cdf_rows_give_the_same_probabilities_bit_for_bit(monkeypatch):
+    """The CDF rows kept between requests change nothing: a pool computed from scratch, again
+    from the memo, and one sharing some rows with it (same grid) give identical numbers; a
+    full memo is emptied, not grown."""
+    rng = np.random.default_rng(3)
+    imps = np.r_[np.zeros(5), rng.integers(5, 400, 60)].astype(float)
+    clicks = np.round(imps * rng.uniform(0.02, 0.12, len(imps)))
+    a, b = 1 + clicks, 19 + imps - clicks
+    rerank._cdf_memo.clear()
+    cold = rerank.thompson_probabilities(a, b)
+    assert len(rerank._cdf_memo) == len(set(zip(a.tolist(), b.tolist(), strict=True)))
+    warm = rerank.thompson_probabilities(a, b)
+    assert warm.tolist() == cold.tolist()
+    part = np.r_[0, 1, np.arange(30, 65)]  # the prior (widest: same grid) and half the rest
+    mixed = rerank.thompson_probabilities(a[part], b[part])
+    rerank._cdf_memo.clear()
+    assert mixed.tolist() == rerank.thompson_probabilities(a[part], b[part]).tolist()
+    monkeypatch.setattr(rerank, "CDF_ROWS_MAX", 10)
+    assert rerank.thompson_probabilities(a, b).tolist() == cold.tolist()
+    assert len(rerank._cdf_memo) <= 10
+
+
 @pytest.mark.parametrize("uniform", [0.0, 0.5])
 def test_logged_propensities_are_the_policy_frequencies(uniform: float):
     """Run the policy many times on one request: each (item, slot)'s empirical frequency equals

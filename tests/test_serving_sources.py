@@ -53,6 +53,25 @@ def test_top_excluding_drops_and_orders():
     np.testing.assert_allclose(s, [0.7, 0.5])
 
 
+def test_top_excluding_equals_the_one_by_one_rule_on_random_scores():
+    """Vectorized: the same ids (Python str), scores and order as filtering the sorted top one
+    item at a time, with ties, float32 scores, drops inside and outside the top and long ids."""
+    rng = np.random.default_rng(5)
+    for t in range(200):
+        size = int(rng.integers(1, 300))
+        ids = np.array([f"item-{j}" * (1 + j % 3) for j in range(size)])
+        scores = np.round(rng.random(size), 2).astype(np.float32 if t % 2 else np.float64)
+        drop = {str(i) for i in rng.choice(ids, int(rng.integers(0, 20)))} | {"not-an-item"}
+        n = int(rng.integers(0, size + 5))
+        got, s = top_excluding(scores, ids, n, drop)
+        m = min(n + len(drop), size)
+        top = np.argpartition(-scores, m - 1)[:m] if 0 < m < size else np.arange(m)
+        top = top[np.argsort(-scores[top], kind="stable")]
+        want = [(str(ids[j]), float(scores[j])) for j in top if str(ids[j]) not in drop][:n]
+        assert got == [i for i, _ in want] and all(type(i) is str for i in got)
+        assert s.dtype == np.float64 and s.tolist() == [x for _, x in want]
+
+
 def test_mf_source_scores_by_inner_product_and_knows_only_its_users():
     users, items = Vocab(["u0", "u1"]), Vocab(["i0", "i1", "i2"])
 
