@@ -88,7 +88,7 @@ def search(
     ids, scores = ids[0].astype(str), scores[0].astype(np.float64)
     keep = (ids != "") & np.isfinite(scores)
     if drop:
-        keep &= ~np.isin(ids, np.fromiter(drop, dtype=ids.dtype, count=len(drop)))
+        keep &= ~np.isin(ids, np.array(list(drop), dtype=str))  # its own width: none truncated
     ids, scores = ids[keep][:n], scores[keep][:n]
     return ids.tolist(), scores
 

@@ -238,3 +238,22 @@ def test_merge_equals_the_rule_spelled_out_on_random_offers():
         assert list(
             zip(m.ids, m.sources, m.source_scores.tolist(), strict=True)
         ) == _merge_by_tuples(lists, quotas, n)
+
+
+def test_search_drops_only_the_ids_it_names_even_longer_ones():
+    """A dropped id longer than every indexed id is not truncated onto an indexed one."""
+    import types
+
+    from serving.retrieve import search
+
+    class Index:
+        n_items = 3
+
+        def search(self, query, k):
+            return np.array([["i1234", "i7", "i8"]]), np.array([[0.9, 0.8, 0.7]], np.float32)
+
+    bundle = types.SimpleNamespace(index=Index())
+    q = np.zeros((1, 4), np.float32)
+    ids, scores = search(bundle, q, 3, {"i12345"})  # "i12345"[:5] == "i1234"
+    assert ids == ["i1234", "i7", "i8"]
+    assert search(bundle, q, 3, {"i7", "nope"})[0] == ["i1234", "i8"]

@@ -109,6 +109,30 @@ def _too_thin(judged_by: str, ess: dict[str, float] | None, names: tuple[str, ..
     return None
 
 
+def _choose(
+    key: str,
+    options: tuple[tuple[str, Any, str], tuple[str, Any, str]],
+    values: dict[str, float | None],
+    judged_by: str,
+    ess: dict[str, float] | None,
+) -> dict[str, Any]:
+    """``{key: choice | None, key + "_reason": ...}``: of ``options`` ``((variant, choice,
+    label), (variant, choice, label))``, the second's choice when its variant's value beats the
+    first's (a tie keeps the first), None when either is missing or not finite or the judge
+    cannot tell (:func:`_too_thin`)."""
+    (a, first, a_label), (b, second, b_label) = options
+    va, vb = values.get(a), values.get(b)
+    if va is None or vb is None or not np.isfinite([va, vb]).all():
+        return {key: None, f"{key}_reason": f"no {judged_by} value for {a_label} and {b_label}"}
+    thin = _too_thin(judged_by, ess, (a, b))
+    if thin:
+        return {key: None, f"{key}_reason": f"{thin}: not judged"}
+    choice = second if vb > va else first
+    return {key: choice,
+            f"{key}_reason": f"by {judged_by}: {key} {choice} ({a_label} {va:.4f}, "
+                             f"{b_label} {vb:.4f})"}  # fmt: skip
+
+
 def decide_new_users(
     values: dict[str, float | None], judged_by: str, ess: dict[str, float] | None = None
 ) -> dict[str, Any]:
@@ -116,17 +140,8 @@ def decide_new_users(
     ``new_users_trending``: ``{"new_users": "trending" | "user_tower" | None,
     "new_users_reason"}``; None when ``new_users_trending`` was not judged (no user tower) or the
     judge cannot tell (:func:`_too_thin`). A tie keeps the tower."""
-    tower, trend = values.get("full"), values.get("new_users_trending")
-    if tower is None or trend is None or not np.isfinite([tower, trend]).all():
-        return {"new_users": None,
-                "new_users_reason": f"no {judged_by} value for the user tower and trending"}  # fmt: skip
-    thin = _too_thin(judged_by, ess, ("full", "new_users_trending"))
-    if thin:
-        return {"new_users": None, "new_users_reason": f"{thin}: not judged"}
-    choice = "trending" if trend > tower else "user_tower"
-    return {"new_users": choice,
-            "new_users_reason": f"by {judged_by}: new users served {choice} "
-                                f"(user tower {tower:.4f}, trending {trend:.4f})"}  # fmt: skip
+    options = (("full", "user_tower", "user tower"), ("new_users_trending", "trending", "trending"))
+    return _choose("new_users", options, values, judged_by, ess)
 
 
 def decide_retrieval_weight(
@@ -139,17 +154,9 @@ def decide_retrieval_weight(
     judge cannot tell. A tie keeps 0."""
     from serving.config import RETRIEVAL_WEIGHTS
 
-    plain, tempered = values.get("full"), values.get("ranker_tempered")
-    if plain is None or tempered is None or not np.isfinite([plain, tempered]).all():
-        return {"retrieval_weight": None,
-                "retrieval_weight_reason": f"no {judged_by} value for the tempered order"}  # fmt: skip
-    thin = _too_thin(judged_by, ess, ("full", "ranker_tempered"))
-    if thin:
-        return {"retrieval_weight": None, "retrieval_weight_reason": f"{thin}: not judged"}
-    w = RETRIEVAL_WEIGHTS[-1] if tempered > plain else 0.0
-    return {"retrieval_weight": w,
-            "retrieval_weight_reason": f"by {judged_by}: retrieval weight {w:g} (ranker's order "
-                                       f"{plain:.4f}, tempered {tempered:.4f})"}  # fmt: skip
+    options = (("full", 0.0, "ranker's order"),
+               ("ranker_tempered", RETRIEVAL_WEIGHTS[-1], "tempered"))  # fmt: skip
+    return _choose("retrieval_weight", options, values, judged_by, ess)
 
 
 def _variants(bundle: Any, cfg: Any) -> dict[str, tuple[Any, Any]]:
