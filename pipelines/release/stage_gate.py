@@ -21,7 +21,9 @@ click probabilities when the responses carry no ``policy``). Otherwise by **serv
 day's logged impressions. Without both (a ratings-only log), by **forward ranking**: NDCG@10 of
 each variant's slates against the validated positives of the ``H`` days after D
 (``settings.gate_test_days``; :mod:`pipelines.loop.stages`' forward figures), which a backfill
-has for every checkpoint and a daily run never has (the days are in the future).
+has for every checkpoint and a daily run never has (the days are in the future). The replays
+read the online features as materialized then (a backfill's checkpoint: the window's last day),
+the same slight look-ahead in user features as :mod:`pipelines.loop.stages`' forward figures.
 
 ``keep_ranker`` is False when the ranked slate does not beat the retrieval order by more than
 ``min_lift`` (relative) — the release flow then registers the bundle without its ranker and
