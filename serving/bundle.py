@@ -409,8 +409,10 @@ def load(settings: Settings, ref: str, as_of: str | None = None) -> LoadedBundle
         mf=_load_mf(settings, b.get("logical_date")),
         covisit=covisit,
         model_sources=_load_model_sources(settings, b.get("logical_date")),
-        new_users=_new_users_tag(b.get("tags") or {}, registry.NEW_USERS_TAG),
-        retrieval_weight=_weight_tag(b.get("tags") or {}, registry.RETRIEVAL_WEIGHT_TAG),
+        new_users=_choice_tag(b.get("tags") or {}, "new_users", registry.NEW_USERS_TAG),
+        retrieval_weight=_choice_tag(
+            b.get("tags") or {}, "retrieval_weight", registry.RETRIEVAL_WEIGHT_TAG
+        ),
     )
     out.load_seconds = time.perf_counter() - t0
     log.info(
@@ -423,30 +425,15 @@ def load(settings: Settings, ref: str, as_of: str | None = None) -> LoadedBundle
     return out
 
 
-def _new_users_tag(tags: dict[str, str], name: str) -> str | None:
-    """The bundle version's new-user policy tag ``name``, None when absent or not ``trending`` /
-    ``user_tower`` (logged)."""
-    raw = tags.get(name)
-    if raw is None or raw in ("trending", "user_tower"):
-        return raw
-    log.warning("ignoring bundle tag %s=%r (not trending or user_tower)", name, raw)
-    return None
+def _choice_tag(tags: dict[str, str], key: str, name: str) -> Any:
+    """Serving choice ``key`` from the bundle version's tag ``name``
+    (:func:`serving.config.gate_choice_value`); None when absent or invalid (logged)."""
+    from serving.config import gate_choice_value
 
-
-def _weight_tag(tags: dict[str, str], name: str) -> float | None:
-    """The bundle version's tag ``name`` as a weight ``>= 0``, None when absent or not one
-    (logged)."""
-    raw = tags.get(name)
-    if raw is None:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if value >= 0.0 and np.isfinite(value):
-        return value
-    log.warning("ignoring bundle tag %s=%r (not a weight >= 0)", name, raw)
-    return None
+    value = gate_choice_value(key, tags.get(name))
+    if value is None and tags.get(name) is not None:
+        log.warning("ignoring bundle tag %s=%r (not a valid %s)", name, tags[name], key)
+    return value
 
 
 def _load_mf(settings: Settings, logical_date: str | None) -> MFSource | None:

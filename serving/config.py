@@ -34,6 +34,7 @@ constant time. Settings of the platform (paths, Redis, MLflow) stay in ``pipelin
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -64,11 +65,11 @@ def _env_quotas(env: Mapping[str, str], name: str) -> tuple[tuple[str, int], ...
 
 
 RERANKERS = ("cap", "calibrated", "mmr")
+"""Values of ``RECLOOP_SERVE_RERANKER`` (:attr:`ServingConfig.reranker`)."""
 RETRIEVAL_WEIGHTS = (0.0, 0.3)
 """The ``retrieval_weight`` values the stage gate chooses between (``auto``)."""
 NEW_USER_POLICIES = ("auto", "trending", "user_tower")
 """``RECLOOP_SERVE_NEW_USERS`` values; ``auto`` resolves per bundle (:func:`new_user_policy`)."""
-"""Values of ``RECLOOP_SERVE_RERANKER`` (:attr:`ServingConfig.reranker`)."""
 EXPLORERS = ("thompson", "epsilon", "linucb")
 """Values of ``RECLOOP_SERVE_EXPLORER`` (:attr:`ServingConfig.explorer`)."""
 
@@ -377,4 +378,19 @@ def new_user_policy(bundle: Any, cfg: ServingConfig) -> str:
     if cfg.new_users != "auto":
         return cfg.new_users
     chosen = getattr(bundle, "new_users", None)
-    return chosen if chosen in ("trending", "user_tower") else "user_tower"
+    return chosen if chosen in NEW_USER_POLICIES[1:] else "user_tower"
+
+
+def gate_choice_value(key: str, raw: Any) -> str | float | None:
+    """A stage-gate serving choice as read from a bundle tag or a judgement: ``new_users`` →
+    ``trending`` / ``user_tower``, ``retrieval_weight`` → a finite float ``>= 0``; None when
+    ``raw`` is missing or not one (the caller says so)."""
+    if raw is None:
+        return None
+    if key == "new_users":
+        return str(raw) if raw in NEW_USER_POLICIES[1:] else None
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        return None
+    return value if value >= 0.0 and math.isfinite(value) else None

@@ -606,25 +606,20 @@ def _stage_gate_record(
     """The stage gate's judgement recorded on bundle ``version`` (``register_day``), or None;
     when it left the ranker out, the decision's reason says so."""
     from pipelines.release import registry
-    from pipelines.release.register import (
-        LEFT_OUT_TAG,
-        NEW_USERS_FROM_TAG,
-        RETRIEVAL_WEIGHT_FROM_TAG,
-        read_judgement,
-    )
+    from pipelines.release.register import CHOICES, LEFT_OUT_TAG, read_judgement
 
     mv = registry.bundle_version(settings, version)
     tags = dict(mv.tags) if mv is not None else {}
     judgement = read_judgement(tags)
-    new_users = tags.get(registry.NEW_USERS_TAG)
-    if judgement is None and new_users is None:
+    choices = {}
+    for key, (tag, from_tag) in CHOICES.items():
+        choices[key], choices[f"{key}_from"] = tags.get(tag), tags.get(from_tag)
+    if judgement is None and all(choices[key] is None for key in CHOICES):
         return None
     judgement = judgement or {}
     left_out = tags.get(LEFT_OUT_TAG)
     out = {"keep_ranker": left_out is None, "ranker_left_out": left_out, "judgement": judgement,
-           "new_users": new_users, "new_users_from": tags.get(NEW_USERS_FROM_TAG),
-           "retrieval_weight": tags.get(registry.RETRIEVAL_WEIGHT_TAG),
-           "retrieval_weight_from": tags.get(RETRIEVAL_WEIGHT_FROM_TAG)}  # fmt: skip
+           **choices}  # fmt: skip
     why = judgement.get("error") or judgement.get("reason")
     if left_out is not None:
         out["note"] = f"ranker version {left_out} does not lift the slate: retrieval order serves"

@@ -169,15 +169,6 @@ CHOICES = {
 """The stage gate's serving choices recorded on a bundle: judgement key → (tag, source tag)."""
 
 
-def _valid_choice(key: str, value: Any) -> bool:
-    if key == "new_users":
-        return value in ("trending", "user_tower")
-    try:
-        return float(value) >= 0.0
-    except (TypeError, ValueError):
-        return False
-
-
 def gate_choice(
     settings: Settings, judgement: Mapping[str, Any] | None, fingerprint: str, key: str
 ) -> tuple[Any, str]:
@@ -185,16 +176,18 @@ def gate_choice(
     gate's (``judgement[key]``), else the champion's recorded one when the bundle is a refresh
     of it (the same configuration ``fingerprint``: a backfill's final refit, a daily retrain on
     real data, which no forward window judges yet), else ``(None, why)``."""
-    chosen = (judgement or {}).get(key)
-    if chosen is not None and _valid_choice(key, chosen):
+    from serving.config import gate_choice_value
+
+    chosen = gate_choice_value(key, (judgement or {}).get(key))
+    if chosen is not None:
         return chosen, "stage gate"
     champ = registry.bundle_version(settings, "champion")
-    recorded = None if champ is None else champ.tags.get(CHOICES[key][0])
-    if recorded is None or not _valid_choice(key, recorded):
+    recorded = None if champ is None else gate_choice_value(key, champ.tags.get(CHOICES[key][0]))
+    if recorded is None:
         return None, "not judged; the champion has no recorded choice"
     if registry.bundle_fingerprint(settings, champ.version) != fingerprint:
         return None, f"not judged; champion {champ.version} has another configuration"
-    return (recorded if key == "new_users" else float(recorded)), f"champion {champ.version}"
+    return recorded, f"champion {champ.version}"
 
 
 def _tag_choices(

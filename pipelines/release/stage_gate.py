@@ -258,7 +258,7 @@ def judge_stages(
     Returns ``{"date", "bundle", "judged_by": "truth" | "ope" | "forward" | None, "values":
     {variant: float|None}, "distinct_items" (truth), "ess" (OPE) or "forward_users" (forward):
     {variant: ...}, "requests", "keep_ranker", "decided", "lift", "reason", "new_users",
-    "new_users_reason"}`` (module docstring)."""
+    "new_users_reason", "retrieval_weight", "retrieval_weight_reason"}`` (module docstring)."""
     from pipelines.data.simulate import read_world_meta
     from serving.config import ServingConfig
 
