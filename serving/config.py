@@ -134,6 +134,11 @@ class ServingConfig:
     """Add the slate's whole policy to each response (``policy``: exploit list, explore pool and
     its probabilities, rate; :func:`serving.rerank.policy_record`): what off-policy evaluation of
     this configuration replays (:mod:`pipelines.release.served_ope`). Off for clients."""
+    include_candidates: bool = False
+    """Add the request's candidates to each response (``candidates``: ``{"ids": [C ids in
+    retrieval order], "scores": [C exploit scores]}``, the scores the exploit list is chosen by:
+    :func:`serving.pipeline.exploit_scores`): what the stage funnel of ``recloop stages``
+    (:func:`pipelines.loop.stages.funnel_figures`) reads. Off for clients."""
     ranker_batch: int = 65_536
     # deadlines
     deadline_ms: float = 250.0

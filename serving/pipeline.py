@@ -151,6 +151,9 @@ def recommend(engine: Engine, req: Request, info: dict[str, Any] | None = None) 
         engine.metrics.count_fallback(kind)
     engine.metrics.observe_stages(timer.ms)
     extra = {"policy": rerank.policy_record(slate, ranked.ids)} if cfg.include_policy else {}
+    if cfg.include_candidates:
+        scores = exploit_scores(cfg, bundle, ranked)
+        extra["candidates"] = {"ids": list(ranked.ids), "scores": scores.tolist()}
     return {
         **extra,
         "request_id": request_id,
@@ -206,6 +209,22 @@ def _rank(
     return _Ranked(found.ids, scores, trows, cats, ages, sources, ranked), fell_back
 
 
+def exploit_scores(cfg: ServingConfig, bundle: LoadedBundle, ranked: _Ranked) -> np.ndarray:
+    """The scores ``(C,)`` float64 the exploit list is chosen by, one per candidate of
+    ``ranked``: the ranker's click probabilities tempered by the retrieval order
+    (:func:`serving.rerank.retrieval_tempered`, when the ranker scored them), made optimistic
+    (``cfg.exploit_optimism``) and boosted for fresh items (``cfg.fresh_boost``); the retrieval
+    scores when the ranker did not score them."""
+    scores = ranked.scores
+    if ranked.probabilities:  # the ranker scored them: tempered by the retrieval order
+        scores = rerank.retrieval_tempered(scores, retrieval_weight_for(bundle, cfg))
+    if cfg.exploit_optimism > 0.0 and ranked.probabilities:
+        table = bundle.item_table
+        shown = np.where(ranked.trows >= 0, table.impressions[np.maximum(ranked.trows, 0)], 0.0)
+        scores = rerank.optimistic_scores(scores, shown, cfg.exploit_optimism)
+    return rerank.boosted_scores(scores, ranked.ages, cfg.fresh_days, cfg.fresh_boost)
+
+
 def _rerank(
     engine: Engine,
     req: Request,
@@ -220,13 +239,7 @@ def _rerank(
     cfg = engine.config
     table = bundle.item_table
     k = min(req.k, len(ranked.ids))
-    scores = ranked.scores
-    if ranked.probabilities:  # the ranker scored them: tempered by the retrieval order
-        scores = rerank.retrieval_tempered(scores, retrieval_weight_for(bundle, cfg))
-    if cfg.exploit_optimism > 0.0 and ranked.probabilities:
-        shown = np.where(ranked.trows >= 0, table.impressions[np.maximum(ranked.trows, 0)], 0.0)
-        scores = rerank.optimistic_scores(scores, shown, cfg.exploit_optimism)
-    boosted = rerank.boosted_scores(scores, ranked.ages, cfg.fresh_days, cfg.fresh_boost)
+    boosted = exploit_scores(cfg, bundle, ranked)
     exploit = _exploit(cfg, req, ranked, boosted, k, user)
     order = np.argsort(-boosted, kind="stable")
     pool_rows = order[~np.isin(order, exploit)][: cfg.explore_pool]

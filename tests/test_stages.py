@@ -251,3 +251,36 @@ def test_true_ctr_matches_the_simulator(world):
     full = doc["variants"]["full"]
     assert doc["forward_window"] == [DAY, DAY] and full["forward_users"] == len(scored) > 0
     assert full["ndcg@10"] == pytest.approx(_hand_ndcg(out, positives))
+
+
+def test_funnel_bounds_each_stage_by_the_one_before(world):
+    """The funnel's figures are the simulator's truth of the candidates each stage had: the
+    served slates and the score order cannot beat the best the candidates allow, nor that the
+    oracle's slates; ``served`` is ``true_ctr``, and a hand computation gives the rest."""
+    users, w = stages.day_users(world, DAY, 10)
+    doc = stages.run_stages(world, DAY, n_users=10, only=["full", "trending"])
+    for name, v in doc["variants"].items():
+        f = v["funnel"]
+        assert f["served"] == pytest.approx(v["true_ctr"]), name
+        assert f["score_order"] <= f["candidates_best"] + 1e-12, name
+        assert f["served"] <= f["candidates_best"] + 1e-12, name
+        assert f["candidates_best"] <= f["oracle"] + 1e-12, name
+        assert 0.0 <= f["oracle_recall"] <= 1.0 and 0.0 < f["score_order"], name
+    # by hand, for one user's response: the candidates' truth at slot 0, sorted / in score order
+    from serving.bundle import load
+
+    before = (dt.date.fromisoformat(DAY) - dt.timedelta(days=1)).isoformat()
+    bundle = load(world, "champion", as_of=before)
+    out = serve_users(world, bundle, users[:1], ServingConfig.from_env())
+    cand = out[0]["candidates"]
+    assert len(cand["ids"]) == len(cand["scores"]) >= 10
+    rel = simulate.true_click_prob(w, [users[0]] * len(cand["ids"]), cand["ids"], 0)
+    exam = simulate.EXAMINATION[:10]
+    best = float(np.mean(np.sort(rel)[::-1][:10] * exam))
+    order = rel[np.argsort(-np.asarray(cand["scores"]), kind="stable")[:10]]
+    f = stages.funnel_figures(out, w, DAY)
+    assert f["candidates_best"] == pytest.approx(best)
+    assert f["score_order"] == pytest.approx(float(np.mean(order * exam)))
+    # without candidates (a client's response) there is no funnel
+    bare = [{k: v for k, v in r.items() if k != "candidates"} for r in out]
+    assert stages.funnel_figures(bare, w, DAY)["oracle"] is None

@@ -53,7 +53,8 @@ def replay_config(cfg: ServingConfig | None = None, seed: int = 7) -> ServingCon
     """``cfg`` (default: the served defaults, ``ServingConfig()``) made fit for an offline replay:
     no registry polling, no challenger, a fixed exploration seed, no periodic log flush and
     deadlines raised (hydrate 3 s, request 6 s) so that nothing degrades on a busy machine, and
-    each response carrying its whole policy (``include_policy``, for the served OPE)."""
+    each response carrying its whole policy (``include_policy``, for the served OPE) and its
+    candidates (``include_candidates``, for the stage funnel)."""
     base = cfg or ServingConfig()
     return base.with_(
         reload_interval_s=0,
@@ -63,6 +64,7 @@ def replay_config(cfg: ServingConfig | None = None, seed: int = 7) -> ServingCon
         hydrate_deadline_ms=max(base.hydrate_deadline_ms, 3000.0),
         deadline_ms=max(base.deadline_ms, 6000.0),
         include_policy=True,
+        include_candidates=True,
     )
 
 

@@ -27,8 +27,11 @@ sample size; None without logs or when the responses carry no ``policy``), ``dis
 :func:`pipelines.report.catalog.catalog_health` (among them ``coverage`` and ``novelty``, the
 definitions of :mod:`pipelines.core.beyond_accuracy`), ``ild`` and ``calibration_kl``
 (:func:`category_figures`), ``true_ctr_by_bucket`` (per activity bucket
-of the users: positives before the day) and ``paths`` (users per serving path: ``known``,
-``user_tower``, ``cold_start``, ...). Impressions and requests of the replays are not logged.
+of the users: positives before the day), ``paths`` (users per serving path: ``known``,
+``user_tower``, ``cold_start``, ...) and, with a simulator truth, ``funnel``
+(:func:`funnel_figures`: the true CTR of the oracle's slates, of the best the candidates allow,
+of the top candidates in score order and as served: what retrieval, ranking, and re-ranking
+with exploration each lose). Impressions and requests of the replays are not logged.
 
 **Forward ranking figures** (usable on real data, where there is no truth): the forward window
 is the ``h`` days ``[D, D + h)`` (``horizon_days``; default ``settings.gate_test_days``, as
@@ -364,6 +367,77 @@ def category_figures(
     }
 
 
+def funnel_figures(
+    responses: Sequence[dict[str, Any]], world: Any, date: str, k: int = 10
+) -> dict[str, float | None]:
+    """Where a variant's slates lose true CTR, stage by stage (the simulator's truth; position
+    included, slot ``p`` of ``k``), means over the responses' users:
+
+    - ``oracle``: each user's true top ``k`` of every item created by ``date``
+      (:func:`pipelines.data.simulate.oracle_slates`; items the user has seen included, so it
+      bounds what any service can do);
+    - ``candidates_best``: the best ``k`` of the request's candidates (``candidates`` of the
+      response, :attr:`serving.config.ServingConfig.include_candidates`), best first: what
+      retrieval left the later stages to find;
+    - ``score_order``: the top ``k`` candidates by the exploit scores (the ranker's tempered
+      probabilities, or the retrieval order without a ranker), in that order: what ranking
+      found, before re-ranking and exploration;
+    - ``served``: the slates as served (= ``true_ctr``);
+    - ``oracle_recall``: the share of the oracle's items among the candidates.
+
+    ``candidates_best`` and ``served`` are at most ``oracle`` and ``served`` and
+    ``score_order`` at most ``candidates_best`` (every shown item is a candidate). All None
+    without responses carrying candidates."""
+    from pipelines.data import simulate
+
+    rows = [r for r in responses if r.get("candidates") and r["candidates"]["ids"]]
+    none = dict.fromkeys(("oracle", "candidates_best", "score_order", "served", "oracle_recall"))
+    if world is None or not rows:
+        return none
+    users = np.asarray([str(r["user_id"]) for r in rows])
+    sizes = np.asarray([len(r["candidates"]["ids"]) for r in rows])
+    ids = np.concatenate([np.asarray(r["candidates"]["ids"], dtype=str) for r in rows])
+    rel = simulate.true_click_prob(world, np.repeat(users, sizes), ids, 0)  # slot 0: relevance
+    exam = simulate.EXAMINATION[:k]
+    best, ranked, recall = [], [], []
+    oracle = simulate.oracle_slates(world, users, date, k)
+    start = 0
+    for row, (r, n) in enumerate(zip(rows, sizes, strict=True)):
+        seg = rel[start : start + n]
+        scores = np.asarray(r["candidates"]["scores"], dtype=np.float64)
+        m = min(k, n)
+        best.append(np.sort(seg)[::-1][:m] * exam[:m])
+        ranked.append(seg[np.argsort(-scores, kind="stable")[:m]] * exam[:m])
+        recall.append(np.isin(oracle[row], ids[start : start + n]).mean())
+        start += n
+    slots = np.tile(np.arange(k), len(users))
+    top = simulate.true_click_prob(world, np.repeat(users, k), oracle.ravel(), slots)
+    served = slate_truth(responses, world)
+    return {
+        "oracle": float(top.mean()),
+        "candidates_best": float(np.concatenate(best).mean()),
+        "score_order": float(np.concatenate(ranked).mean()),
+        "served": None if served is None else float(served.mean()),
+        "oracle_recall": float(np.mean(recall)),
+    }
+
+
+def slate_truth(responses: Sequence[dict[str, Any]], world: Any) -> np.ndarray | None:
+    """The simulator's true click probability of every shown item of ``responses`` at its slot
+    ``(n,)`` float64 (:func:`pipelines.loop.replay.slate_frame`'s rows); None without a world or
+    slates."""
+    from pipelines.data import simulate
+    from pipelines.loop.replay import slate_frame
+
+    frame = slate_frame(responses)
+    if world is None or not len(frame):
+        return None
+    return simulate.true_click_prob(
+        world, frame["user_id"].to_numpy(), frame["item_id"].to_numpy(),
+        frame["position"].to_numpy(),
+    )  # fmt: skip
+
+
 def variant_figures(
     settings: Settings,
     date: str,
@@ -375,7 +449,6 @@ def variant_figures(
     ``catalog``, ``popularity`` (positives per item before the day), ``buckets`` (user id →
     activity bucket), ``logged`` (the day's logged impressions, for the OPE; or None) and
     ``forward`` (:func:`forward_relevance`; or None: no replayed user has a forward positive)."""
-    from pipelines.data import simulate
     from pipelines.loop.replay import slate_frame
 
     frame = slate_frame(responses)
@@ -390,11 +463,9 @@ def variant_figures(
     paths = pd.Series([",".join(r.get("fallbacks") or ()) or "known" for r in responses])
     out["paths"] = {str(k): int(v) for k, v in paths.value_counts().sort_index().items()}
     out["true_ctr_by_bucket"] = None
-    if world is not None and len(frame):
-        truth = simulate.true_click_prob(
-            world, frame["user_id"].to_numpy(), frame["item_id"].to_numpy(),
-            frame["position"].to_numpy(),
-        )  # fmt: skip
+    out["funnel"] = funnel_figures(responses, world, date)
+    truth = slate_truth(responses, world)
+    if truth is not None:
         out["true_ctr"] = float(truth.mean())
         per = catalog.by_bucket(pd.Series(truth, index=frame["user_id"]), context["buckets"])
         out["true_ctr_by_bucket"] = {b: v["mean"] for b, v in per.items()}
@@ -475,6 +546,22 @@ def format_table(doc: dict[str, Any]) -> str:
             f"{_num(v['novelty'], 2):>8}{_num(v['new_item_share'], 3):>7}  "
             + "  ".join(f"{_num(by.get(b), 4):>{len(b) + 5}}" for b in catalog.BUCKETS)
         )
+    funnels = {
+        n: v["funnel"]
+        for n, v in doc["variants"].items()
+        if (v.get("funnel") or {}).get("oracle") is not None
+    }
+    if funnels:
+        lines.append(
+            f"{'funnel':<16}{'oracle':>9}{'cand_best':>10}{'score_ord':>10}{'served':>9}"
+            f"{'recall':>8}   (true CTR; recall: oracle items among the candidates)"
+        )
+        for name, f in funnels.items():
+            lines.append(
+                f"{name:<16}{_num(f['oracle'], 4):>9}{_num(f['candidates_best'], 4):>10}"
+                f"{_num(f['score_order'], 4):>10}{_num(f['served'], 4):>9}"
+                f"{_num(f['oracle_recall'], 3):>8}"
+            )
     users = next(iter(doc["variants"].values()), {}).get("bucket_users")
     if users:
         lines.append("users per bucket: " + ", ".join(f"{b} {n}" for b, n in users.items()))
