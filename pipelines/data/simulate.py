@@ -447,6 +447,40 @@ def _affinity(world: World, u: np.ndarray, i: np.ndarray) -> np.ndarray:
     return dot.astype(np.float64) / math.sqrt(DIM * TASTE_VAR)
 
 
+KNOWLEDGE = ("appeal", "demographics_x_category", "demographics_x_item", "user_x_category")
+"""What a model could know of the truth (:func:`known_logit`), from least to most for items:
+the items' appeal alone; and the taste term of the users' demographics against the items'
+category centroids, against the items' whole taste vectors, or of the users' whole taste
+vectors against the category centroids."""
+
+
+def known_logit(world: World, u: np.ndarray, i: np.ndarray, known: str) -> np.ndarray:
+    """The relevance logit of user rows ``u`` and item rows ``i`` ``(n,)`` as a model knowing
+    only ``known`` (:data:`KNOWLEDGE`) of the truth would compute it: ``REL_APPEAL *`` the
+    items' scaled appeal, plus (but for ``appeal``) ``REL_AFFINITY *`` the taste term with the
+    unknown part of either vector left out: a user's taste without the individual draw is their
+    demographic embeddings' sum; an item's without its own draw, ``0.8 *`` its category's
+    centroid. Float64 ``(n,)``; for ordering items of one user (the user's bias and the
+    sequential term are left out). ``ValueError`` for another ``known``."""
+    if known not in KNOWLEDGE:
+        raise ValueError(f"known must be one of {KNOWLEDGE}, not {known!r}")
+    logit = REL_APPEAL * world.item_appeal[i] / world.appeal_scale
+    if known == "appeal":
+        return logit.astype(np.float64)
+    if known == "user_x_category":
+        user = world.user_vec[u]
+    else:
+        band = np.searchsorted(np.asarray(AGE_BANDS), world.user_age[u], side="right") - 1
+        user = world.age_emb[band] + world.gender_emb[world.user_gender[u]]
+        user = user + world.country_emb[world.user_country[u]]
+    if known == "demographics_x_item":
+        item = world.item_vec[i]
+    else:
+        item = 0.8 * world.cat_centroids[world.item_category[i]]
+    taste = np.einsum("ij,ij->i", user, item) / math.sqrt(DIM * TASTE_VAR)
+    return (logit + REL_AFFINITY * taste).astype(np.float64)
+
+
 def _relevance(world: World, u: np.ndarray, i: np.ndarray, a: np.ndarray) -> np.ndarray:
     logit = (
         REL_BIAS

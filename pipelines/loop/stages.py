@@ -383,7 +383,12 @@ def funnel_figures(
       probabilities, or the retrieval order without a ranker), in that order: what ranking
       found, before re-ranking and exploration;
     - ``served``: the slates as served (= ``true_ctr``);
-    - ``oracle_recall``: the share of the oracle's items among the candidates.
+    - ``oracle_recall``: the share of the oracle's items among the candidates;
+    - ``known``: ``{what: true CTR}``, for each of :data:`pipelines.data.simulate.KNOWLEDGE`,
+      the top ``k`` candidates in the order a model knowing only that of the truth would give
+      them (:func:`pipelines.data.simulate.known_logit`): how far ``score_order`` is from what
+      the ranker's information could carry (its sparse features are demographics, categories and
+      the item id: ``demographics_x_item`` is their ceiling).
 
     ``candidates_best`` and ``served`` are at most ``oracle`` and ``served`` and
     ``score_order`` at most ``candidates_best`` (every shown item is a candidate). All None
@@ -391,15 +396,21 @@ def funnel_figures(
     from pipelines.data import simulate
 
     rows = [r for r in responses if r.get("candidates") and r["candidates"]["ids"]]
-    none = dict.fromkeys(("oracle", "candidates_best", "score_order", "served", "oracle_recall"))
+    none = dict.fromkeys(
+        ("oracle", "candidates_best", "score_order", "served", "oracle_recall", "known")
+    )
     if world is None or not rows:
         return none
     users = np.asarray([str(r["user_id"]) for r in rows])
     sizes = np.asarray([len(r["candidates"]["ids"]) for r in rows])
     ids = np.concatenate([np.asarray(r["candidates"]["ids"], dtype=str) for r in rows])
     rel = simulate.true_click_prob(world, np.repeat(users, sizes), ids, 0)  # slot 0: relevance
+    urows = simulate.user_rows(world, np.repeat(users, sizes))
+    irows = simulate.item_rows(world, ids)
+    known = {x: simulate.known_logit(world, urows, irows, x) for x in simulate.KNOWLEDGE}
     exam = simulate.EXAMINATION[:k]
     best, ranked, recall = [], [], []
+    by_known: dict[str, list[np.ndarray]] = {x: [] for x in known}
     oracle = simulate.oracle_slates(world, users, date, k)
     start = 0
     for row, (r, n) in enumerate(zip(rows, sizes, strict=True)):
@@ -409,6 +420,9 @@ def funnel_figures(
         best.append(np.sort(seg)[::-1][:m] * exam[:m])
         ranked.append(seg[np.argsort(-scores, kind="stable")[:m]] * exam[:m])
         recall.append(np.isin(oracle[row], ids[start : start + n]).mean())
+        for x, logit in known.items():
+            order = np.argsort(-logit[start : start + n], kind="stable")[:m]
+            by_known[x].append(seg[order] * exam[:m])
         start += n
     slots = np.tile(np.arange(k), len(users))
     top = simulate.true_click_prob(world, np.repeat(users, k), oracle.ravel(), slots)
@@ -419,6 +433,7 @@ def funnel_figures(
         "score_order": float(np.concatenate(ranked).mean()),
         "served": None if served is None else float(served.mean()),
         "oracle_recall": float(np.mean(recall)),
+        "known": {x: float(np.concatenate(v).mean()) for x, v in by_known.items()},
     }
 
 
@@ -552,15 +567,23 @@ def format_table(doc: dict[str, Any]) -> str:
         if (v.get("funnel") or {}).get("oracle") is not None
     }
     if funnels:
+        from pipelines.data.simulate import KNOWLEDGE
+
         lines.append(
             f"{'funnel':<16}{'oracle':>9}{'cand_best':>10}{'score_ord':>10}{'served':>9}"
-            f"{'recall':>8}   (true CTR; recall: oracle items among the candidates)"
+            f"{'recall':>8}{'appeal':>8}{'demo*cat':>9}{'demo*item':>10}{'user*cat':>9}"
+            "   (true CTR; recall: oracle items among the candidates; the last four: the top"
+            " candidates by what a model knowing that of the truth would rank them)"
         )
         for name, f in funnels.items():
             lines.append(
                 f"{name:<16}{_num(f['oracle'], 4):>9}{_num(f['candidates_best'], 4):>10}"
                 f"{_num(f['score_order'], 4):>10}{_num(f['served'], 4):>9}"
                 f"{_num(f['oracle_recall'], 3):>8}"
+                + "".join(
+                    f"{_num((f.get('known') or {}).get(x), 4):>{w}}"
+                    for x, w in zip(KNOWLEDGE, (8, 9, 10, 9), strict=True)
+                )
             )
     users = next(iter(doc["variants"].values()), {}).get("bucket_users")
     if users:
