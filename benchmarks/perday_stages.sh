@@ -2,7 +2,9 @@
 # Per service day of a finished `recloop demo` workspace: the champion that served day D replayed
 # on D's users with what the service had that day (D-1's features re-materialized into Redis;
 # `recloop stages` loads D-1's item table), variants trending, full and retrieval_only; one line
-# per day with each variant's true CTR and distinct items, and full / trending.
+# per day with each variant's true CTR and distinct items, full / trending, and full's stage
+# funnel (`recloop stages`: oracle, best of the candidates, score order, served, recall, and the
+# top candidates by what a model knowing part of the truth would rank them).
 #
 #   RECLOOP_HOME=/tmp/rl/d10e RECLOOP_REDIS_URL=redis://127.0.0.1:6436/0 \
 #       bash benchmarks/perday_stages.sh [FIRST_DAY LAST_DAY (default 6 10)] [USERS (default 1500)]
@@ -34,6 +36,9 @@ print(days[sys.argv[2]]['aliases_before']['champion'])" "$RECLOOP_HOME/reports/l
 import json, sys
 v = json.load(open(sys.argv[1]))['variants']
 cells = {k: (round(x['true_ctr'], 4), x['distinct_items']) for k, x in v.items()}
+f = v['full'].get('funnel') or {}
+funnel = {k: round(x, 4) for k, x in f.items() if isinstance(x, float)}
+funnel.update({k: round(x, 4) for k, x in (f.get('known') or {}).items()})
 print(sys.argv[2], 'bundle', sys.argv[3], cells, 'full/trending',
-      round(v['full']['true_ctr'] / v['trending']['true_ctr'], 3))" "$out" "$day" "$version"
+      round(v['full']['true_ctr'] / v['trending']['true_ctr'], 3), 'funnel(full)', funnel)" "$out" "$day" "$version"
 done

@@ -266,6 +266,11 @@ def test_funnel_bounds_each_stage_by_the_one_before(world):
         assert f["served"] <= f["candidates_best"] + 1e-12, name
         assert f["candidates_best"] <= f["oracle"] + 1e-12, name
         assert 0.0 <= f["oracle_recall"] <= 1.0 and 0.0 < f["score_order"], name
+        ff = v["forward_funnel"]  # the same stages against the day's logged positives
+        assert ff["served"] == pytest.approx(v["ndcg@10"]), name
+        assert ff["score_order"] <= ff["candidates_best"] + 1e-12, name
+        assert ff["served"] <= ff["candidates_best"] + 1e-12, name
+        assert 0.0 < ff["positives_in_candidates"] <= 1.0, name
     # by hand, for one user's response: the candidates' truth at slot 0, sorted / in score order
     from serving.bundle import load
 
@@ -284,3 +289,31 @@ def test_funnel_bounds_each_stage_by_the_one_before(world):
     # without candidates (a client's response) there is no funnel
     bare = [{k: v for k, v in r.items() if k != "candidates"} for r in out]
     assert stages.funnel_figures(bare, w, DAY)["oracle"] is None
+
+
+def test_forward_funnel_orders_the_candidates_by_the_forward_positives():
+    """Hand case: user u1's forward positives a (grade 1), b (1), c (2); candidates x, a, c
+    scored 3, 2, 1; served [a]. Best of the candidates = [c, a, x], score order = [x, a, c]."""
+    import scipy.sparse as sp
+
+    from pipelines.core.metrics import ndcg_at_k
+    from pipelines.core.vocab import Vocab
+
+    users, items = Vocab(["u1", "u2"]), Vocab(["a", "b", "c"])
+    rel = sp.csr_matrix(np.array([[1.0, 1.0, 2.0], [0.0, 0.0, 0.0]]))
+    resp = _resp("u1", ["a"])
+    resp["candidates"] = {"ids": ["x", "a", "c"], "scores": [3.0, 2.0, 1.0]}
+    other = {**_resp("u9", ["a"]), "candidates": {"ids": ["a"], "scores": [1.0]}}  # no positives
+    f = stages.forward_funnel([resp, other], (users, items, rel))
+
+    def ndcg(rows: list[int]) -> float:
+        recs = np.full((2, stages.FORWARD_K), -1, dtype=np.int64)
+        recs[0, : len(rows)] = rows
+        return ndcg_at_k(recs, rel, stages.FORWARD_K)
+
+    assert f["candidates_best"] == pytest.approx(ndcg([2, 0, -1]))
+    assert f["score_order"] == pytest.approx(ndcg([-1, 0, 2]))
+    assert f["served"] == pytest.approx(ndcg([0]))
+    assert f["score_order"] < f["candidates_best"] and f["served"] < f["candidates_best"]
+    assert f["positives_in_candidates"] == pytest.approx(2 / 3)
+    assert stages.forward_funnel([resp], None)["served"] is None

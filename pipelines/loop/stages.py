@@ -31,7 +31,9 @@ of the users: positives before the day), ``paths`` (users per serving path: ``kn
 ``user_tower``, ``cold_start``, ...) and, with a simulator truth, ``funnel``
 (:func:`funnel_figures`: the true CTR of the oracle's slates, of the best the candidates allow,
 of the top candidates in score order and as served: what retrieval, ranking, and re-ranking
-with exploration each lose). Impressions and requests of the replays are not logged.
+with exploration each lose) and, with forward positives, ``forward_funnel``
+(:func:`forward_funnel`: the same stages by NDCG@10 on real data). Impressions and requests of
+the replays are not logged.
 
 **Forward ranking figures** (usable on real data, where there is no truth): the forward window
 is the ``h`` days ``[D, D + h)`` (``horizon_days``; default ``settings.gate_test_days``, as
@@ -226,6 +228,47 @@ def forward_figures(
     out["ndcg_by_bucket"] = {b: f[key] for b, f in per.items()}
     out["forward_users_by_bucket"] = {b: f["forward_users"] for b, f in per.items()}
     return out
+
+
+def forward_funnel(
+    responses: Sequence[dict[str, Any]], forward: tuple[Any, Any, Any] | None
+) -> dict[str, float | None]:
+    """The stage funnel on real data (no truth: the forward window's positives,
+    :func:`forward_relevance`), over the replayed users with a forward positive: NDCG@10 of the
+    best the candidates allow (``candidates_best``: the candidates with a positive first, by
+    grade), of the top candidates in score order (``score_order``) and as served (``served``),
+    and ``positives_in_candidates`` (the share of the users' forward positives among their
+    candidates). All None without forward positives or candidates in the responses."""
+    keys = ("candidates_best", "score_order", "served", "positives_in_candidates")
+    rows = [r for r in responses if r.get("candidates") and r["candidates"]["ids"]]
+    if forward is None or not rows:
+        return dict.fromkeys(keys)
+    users, items, rel = forward
+    item_ids = np.asarray(items.ids, dtype=object)
+    best, ranked, found, total = [], [], 0, 0
+    for r in rows:
+        row = users.index.get(str(r["user_id"]))
+        if row is None:
+            continue
+        ids = list(r["candidates"]["ids"])
+        lo, hi = rel.indptr[row], rel.indptr[row + 1]
+        grade = dict(zip(item_ids[rel.indices[lo:hi]].tolist(), rel.data[lo:hi], strict=True))
+        hits = np.array([grade.get(str(x), 0.0) for x in ids])
+        found += int((hits > 0).sum())
+        total += hi - lo
+        top = np.argsort(-hits, kind="stable")[:FORWARD_K]
+        order = np.argsort(-np.asarray(r["candidates"]["scores"]), kind="stable")[:FORWARD_K]
+        for out, pick in ((best, top), (ranked, order)):
+            shown = [{"item_id": ids[j], "position": p} for p, j in enumerate(pick)]
+            out.append({"user_id": r["user_id"], "items": shown})
+    key = f"ndcg@{FORWARD_K}"
+    figures = {
+        "candidates_best": ranking_figures(slate_matrix(best, users, items), rel)[key],
+        "score_order": ranking_figures(slate_matrix(ranked, users, items), rel)[key],
+        "served": ranking_figures(slate_matrix(responses, users, items), rel)[key],
+        "positives_in_candidates": found / total if total else None,
+    }
+    return figures
 
 
 def _empty_rel() -> Any:
@@ -470,6 +513,7 @@ def variant_figures(
     snips, ess = ope_snips(context["logged"], date, responses, world)
     out: dict[str, Any] = {"true_ctr": None, "ope_snips": snips, "ope_ess": ess}
     out.update(forward_figures(responses, context["forward"], context["buckets"]))
+    out["forward_funnel"] = forward_funnel(responses, context["forward"])
     health = catalog.catalog_health(frame, context["catalog"], date, context["popularity"])
     out.update(health)
     out.update(category_figures(responses, context.get("categories")))
@@ -584,6 +628,21 @@ def format_table(doc: dict[str, Any]) -> str:
                     f"{_num((f.get('known') or {}).get(x), 4):>{w}}"
                     for x, w in zip(KNOWLEDGE, (8, 9, 10, 9), strict=True)
                 )
+            )
+    forward = {
+        n: v["forward_funnel"]
+        for n, v in doc["variants"].items()
+        if (v.get("forward_funnel") or {}).get("candidates_best") is not None
+    }
+    if forward:
+        lines.append(
+            f"{'forward funnel':<16}{'cand_best':>10}{'score_ord':>10}{'served':>9}"
+            f"{'pos_in_cand':>12}   (NDCG@{FORWARD_K} on the forward window's positives)"
+        )
+        for name, f in forward.items():
+            lines.append(
+                f"{name:<16}{_num(f['candidates_best'], 4):>10}{_num(f['score_order'], 4):>10}"
+                f"{_num(f['served'], 4):>9}{_num(f['positives_in_candidates'], 3):>12}"
             )
     users = next(iter(doc["variants"].values()), {}).get("bucket_users")
     if users:
