@@ -256,8 +256,9 @@ def test_the_stage_gate_choice_for_new_users_is_recorded_and_a_refresh_inherits_
     s = mlflow_settings
 
     def chooses_trending(settings, loaded, date):
+        funnel = {"oracle": 0.15, "candidates_best": 0.14, "score_order": 0.067, "served": 0.063}
         return {"keep_ranker": True, "new_users": "trending", "new_users_reason": "by forward",
-                "retrieval_weight": 0.3}  # fmt: skip
+                "retrieval_weight": 0.3, "funnel": funnel}  # fmt: skip
 
     out = register_with_ranker(s, "2026-01-01", chooses_trending)
     assert (out["new_users"], out["new_users_from"]) == ("trending", "stage gate")
@@ -268,6 +269,8 @@ def test_the_stage_gate_choice_for_new_users_is_recorded_and_a_refresh_inherits_
     assert dec["action"] == "champion"
     assert "new users: trending (stage gate)" in gate.format_decision(dec)
     assert "retrieval weight: 0.3 (stage gate)" in gate.format_decision(dec)
+    assert ("stage funnel (true CTR): oracle 0.15, best of the candidates 0.14, score order "
+            "0.067, served 0.063") in gate.format_decision(dec)  # fmt: skip
 
     def cannot_tell(settings, loaded, date):  # a refit: no forward window after its last day
         return {"keep_ranker": True, "new_users": None, "new_users_reason": "not judged"}

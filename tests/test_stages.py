@@ -317,3 +317,16 @@ def test_forward_funnel_orders_the_candidates_by_the_forward_positives():
     assert f["score_order"] < f["candidates_best"] and f["served"] < f["candidates_best"]
     assert f["positives_in_candidates"] == pytest.approx(2 / 3)
     assert stages.forward_funnel([resp], None)["served"] is None
+
+
+def test_the_stage_gate_records_the_funnel_of_full(world):
+    """judge_stages on a simulator workspace records ``full``'s stage funnel, rounded; its
+    served figure is the truth of the slates the gate replayed (bounded as in the funnel)."""
+    from pipelines.release.stage_gate import judge_stages
+
+    out = judge_stages(world, "champion", DAY, max_requests=20)
+    f = out["funnel"]
+    assert out["judged_by"] == "truth" and f["served"] is not None
+    assert f["score_order"] <= f["candidates_best"] <= f["oracle"]
+    assert f["served"] <= f["candidates_best"] and set(f["known"]) == set(simulate.KNOWLEDGE)
+    assert all(round(v, 4) == v for v in f["known"].values())

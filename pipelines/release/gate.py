@@ -408,6 +408,12 @@ def format_decision(decision: dict[str, Any] | Decision) -> str:
         if stage.get("retrieval_weight") is not None:
             lines.append(f"retrieval weight: {stage['retrieval_weight']} "
                          f"({stage.get('retrieval_weight_from') or '-'})")  # fmt: skip
+        funnel = (stage.get("judgement") or {}).get("funnel") or {}
+        if funnel.get("oracle") is not None:
+            lines.append(
+                "stage funnel (true CTR): oracle {oracle}, best of the candidates "
+                "{candidates_best}, score order {score_order}, served {served}".format(**funnel)
+            )
     return "\n".join(lines)
 
 

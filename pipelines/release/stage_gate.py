@@ -210,11 +210,13 @@ def _forward_values(
 
 def _truth_values(
     settings: Settings, bundle: Any, cfg: Any, day: dt.date, max_requests: int, seed: int
-) -> tuple[dict[str, float], dict[str, int], int]:
-    """``(true CTR by variant, distinct items by variant, requests)`` on ``day``'s simulated
-    requests (module docstring)."""
+) -> tuple[dict[str, float], dict[str, int], int, dict[str, Any]]:
+    """``(true CTR by variant, distinct items by variant, requests, funnel of full)`` on
+    ``day``'s simulated requests (module docstring; the funnel:
+    :func:`pipelines.loop.stages.funnel_figures`, rounded to 4 places)."""
     from pipelines.data import simulate
     from pipelines.loop.replay import serve_users
+    from pipelines.loop.stages import funnel_figures
     from pipelines.release import served_ope
 
     world = served_ope.load_world_if_any(settings, day)
@@ -222,10 +224,12 @@ def _truth_values(
     if len(users) > max_requests:
         users = np.sort(np.random.default_rng(seed).choice(users, max_requests, replace=False))
     distinct = list(pd.unique(users))
-    values, items = {}, {}
+    values, items, funnel = {}, {}, {}
     for name, (b, c) in _variants(bundle, cfg).items():
         resp = serve_users(settings, b, distinct, c)
         items[name] = len({x["item_id"] for r in resp for x in r["items"]})
+        if name == "full":
+            funnel = _rounded(funnel_figures(resp, world, day.isoformat()))
         if sum(bool(r.get("degraded")) for r in resp) > MAX_DEGRADED * len(resp):
             log.warning("stage gate: %s: over 5%% of the replayed answers degraded", name)
         k = max(len(r["items"]) for r in resp)
@@ -240,7 +244,14 @@ def _truth_values(
             p = simulate.true_click_prob(world, [r["user_id"]] * len(ids), ids, pos)
             by_user[str(r["user_id"])] = float(p.mean()) if len(p) else 0.0
         values[name] = float(np.mean([by_user[u] for u in users]))
-    return values, items, len(users)
+    return values, items, len(users), funnel
+
+
+def _rounded(x: Any) -> Any:
+    """Floats of a nested dict rounded to 4 places (a compact record)."""
+    if isinstance(x, dict):
+        return {k: _rounded(v) for k, v in x.items()}
+    return round(x, 4) if isinstance(x, float) else x
 
 
 def judge_stages(
@@ -256,7 +267,8 @@ def judge_stages(
     on ``date`` under ``cfg`` (default the served :class:`serving.config.ServingConfig`).
 
     Returns ``{"date", "bundle", "judged_by": "truth" | "ope" | "forward" | None, "values":
-    {variant: float|None}, "distinct_items" (truth), "ess" (OPE) or "forward_users" (forward):
+    {variant: float|None}, "distinct_items" and "funnel" (truth: ``full``'s stage funnel,
+    :func:`pipelines.loop.stages.funnel_figures`), "ess" (OPE) or "forward_users" (forward):
     {variant: ...}, "requests", "keep_ranker", "decided", "lift", "reason", "new_users",
     "new_users_reason", "retrieval_weight", "retrieval_weight_reason"}`` (module docstring)."""
     from pipelines.data.simulate import read_world_meta
@@ -272,8 +284,9 @@ def judge_stages(
     out: dict[str, Any] = {"date": day.isoformat(), "bundle": getattr(bundle, "version", None)}
     ess: dict[str, float] | None = None
     if read_world_meta(settings) is not None:
-        values, items, n = _truth_values(settings, bundle, cfg, day, max_requests, seed)
-        out.update(judged_by="truth", values=values, distinct_items=items, requests=n)
+        values, items, n, funnel = _truth_values(settings, bundle, cfg, day, max_requests, seed)
+        out.update(judged_by="truth", values=values, distinct_items=items, requests=n,
+                   funnel=funnel)  # fmt: skip
     else:
         from pipelines.release import served_ope
 
