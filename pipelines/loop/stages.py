@@ -433,9 +433,9 @@ def funnel_figures(
       the ranker's information could carry (its sparse features are demographics, categories and
       the item id: ``demographics_x_item`` is their ceiling).
 
-    ``candidates_best`` and ``served`` are at most ``oracle`` and ``served`` and
-    ``score_order`` at most ``candidates_best`` (every shown item is a candidate). All None
-    without responses carrying candidates."""
+    ``served`` and ``score_order`` are at most ``candidates_best`` (every shown item is a
+    candidate), and ``candidates_best`` at most ``oracle``. ``served`` is over every response,
+    the rest over those carrying candidates; all None when none does."""
     from pipelines.data import simulate
 
     rows = [r for r in responses if r.get("candidates") and r["candidates"]["ids"]]
