@@ -9,21 +9,29 @@ environment (RECLOOP_SERVE_*), once per variant: full (as served), retrieval_onl
 ranker), trending (the cold-start list for everyone), new_users_trending (with a user
 tower that serves new users: as served, but users unknown to the bundle get the trending list,
 as with RECLOOP_SERVE_NEW_USERS=trending; new_users_tower, the other way round, when the
-bundle's stage gate chose the trending list for them) and <source>_only for each candidate
-source (that source alone, ranker kept).
+bundle's stage gate chose the trending list for them), ranker_tempered or ranker_untempered
+(with a ranker: the stage gate's other order) and <source>_only for each candidate source (that
+source alone, ranker kept).
 Per variant: the mean true CTR of the slates (simulator truth, position included; null without
 one), the OPE estimate from D's logs (SNIPS; null when unavailable), distinct items, intra-list
 diversity (ild) and calibration KL over item categories, catalog coverage, Gini of impressions, novelty (bits), the share of new items, and the true CTR per
 activity bucket (users' positives before D: 0, 1-4, 5-19, 20+), and forward ranking figures
 usable on real data: NDCG@10, hit rate@10 and recall@10 of the served slates against each
 replayed user's positives in the validated logs of the forward window [D, D+H) (H days,
-default RECLOOP_GATE_TEST_DAYS; null when no replayed user has one). Needs the workspace's Redis
-(online features). Nothing is logged by the replays.
+default RECLOOP_GATE_TEST_DAYS; null when no replayed user has one).
+
+The stage funnel (where the slate loses), per variant: with a simulator truth, the true CTR of
+the oracle's slates, of the best 10 of the request's candidates, of the top 10 candidates in
+score order (the ranker), and as served, the share of the oracle's items among the candidates,
+and the top candidates as a model knowing only the items' appeal, demographics x category,
+demographics x item or user x category would rank them; on real data, the same stages by
+NDCG@10 on the forward positives. Needs the workspace's Redis (online features). Nothing is
+logged by the replays.
 
 With --json, standard output is the JSON document only: {"date", "bundle", "users",
 "forward_window", "variants": {"full": {"true_ctr", "ope_snips", "ndcg@10", "hit_rate@10",
-"recall@10", "forward_users", "distinct_items", ...}, ...}}; progress goes to
-standard error. See pipelines/loop/stages.py.
+"recall@10", "forward_users", "distinct_items", "funnel", "forward_funnel", ...}, ...}};
+progress goes to standard error. See pipelines/loop/stages.py.
 """
 
 from __future__ import annotations
