@@ -447,9 +447,9 @@ def funnel_figures(
     users = np.asarray([str(r["user_id"]) for r in rows])
     sizes = np.asarray([len(r["candidates"]["ids"]) for r in rows])
     ids = np.concatenate([np.asarray(r["candidates"]["ids"], dtype=str) for r in rows])
-    rel = simulate.true_click_prob(world, np.repeat(users, sizes), ids, 0)  # slot 0: relevance
     urows = simulate.user_rows(world, np.repeat(users, sizes))
-    irows = simulate.item_rows(world, ids)
+    irows = simulate.item_rows(world, ids)  # the ids' rows once, for the truth and the known
+    rel = simulate.true_probabilities(world, urows, irows, np.zeros(len(ids), np.int64))["click"]
     known = {x: simulate.known_logit(world, urows, irows, x) for x in simulate.KNOWLEDGE}
     exam = simulate.EXAMINATION[:k]
     best, ranked, recall = [], [], []
