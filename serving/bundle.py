@@ -190,6 +190,7 @@ class UserTower:
         self.hits = 0  # lookups answered from the cache
         self.encoded = 0  # attribute tuples run through the network
         self._cache: dict[tuple, np.ndarray] = {}
+        self._item_vecs: np.ndarray | None = None  # (I, D) float32, read once when first asked
         self._lock = threading.Lock()
 
     @classmethod
@@ -246,6 +247,21 @@ class UserTower:
         return np.stack(
             [v if v is not None else fresh[k] for k, v in zip(keys, found, strict=True)]
         )
+
+    def item_scores(self, values: Mapping[str, Any], cols: np.ndarray) -> np.ndarray:
+        """The tower's scores ``(C,)`` float64 (inner products) of the user with online features
+        ``values`` for the model's item columns ``cols`` ``(C,)`` int (-1: not in the model,
+        NaN). The item embeddings are read from the model on first use."""
+        if self._item_vecs is None:
+            vecs = np.ascontiguousarray(self.model.item_embeddings(), dtype=np.float32)
+            with self._lock:
+                self._item_vecs = vecs
+        user = self.vectors([values])[0]
+        cols = np.asarray(cols, dtype=np.int64)
+        out = np.full(len(cols), np.nan)
+        ok = cols >= 0
+        out[ok] = self._item_vecs[cols[ok]] @ user
+        return out
 
     def cached(self, user_id: str) -> np.ndarray | None:
         """The vector ``(1, D)`` of ``user_id``'s remembered features, or None."""
@@ -324,6 +340,9 @@ class LoadedBundle:
     retrieval_weight: float | None = None
     """The stage gate's ``w`` for :func:`serving.rerank.retrieval_tempered` (version tag
     :data:`pipelines.release.registry.RETRIEVAL_WEIGHT_TAG`), or None (not judged)."""
+    tower_weight: float | None = None
+    """The stage gate's ``w`` for :func:`serving.rerank.tower_blended` (version tag
+    :data:`pipelines.release.registry.TOWER_WEIGHT_TAG`), or None (not judged)."""
     loaded_at: float = field(default_factory=time.time)
     load_seconds: float = 0.0
 
@@ -340,6 +359,18 @@ class LoadedBundle:
     def model_version(self) -> str:
         """The impression log's ``model_version``: ``bundle-<v>`` (pins in the registry)."""
         return f"bundle-{self.version}"
+
+    def tower_scores(self, user: Mapping[str, Any] | None, ids: list[str]) -> np.ndarray | None:
+        """The user tower's scores ``(C,)`` float64 of the user with hydrated online features
+        ``user`` for candidates ``ids`` (NaN: an item the two-tower has no embedding for), or
+        None without a user tower or features, or when the tower fails (logged)."""
+        if self.user_tower is None or user is None or not ids:
+            return None
+        try:
+            return self.user_tower.item_scores(user, self.items.encode(ids))
+        except Exception as exc:  # noqa: BLE001 - the ranker's own order serves
+            log.error("user tower scores of bundle %s failed: %r", self.version, exc)
+            return None
 
     def user_row(self, user_id: str) -> int:
         return int(self.users.encode([user_id])[0])
@@ -413,6 +444,7 @@ def load(settings: Settings, ref: str, as_of: str | None = None) -> LoadedBundle
         retrieval_weight=_choice_tag(
             b.get("tags") or {}, "retrieval_weight", registry.RETRIEVAL_WEIGHT_TAG
         ),
+        tower_weight=_choice_tag(b.get("tags") or {}, "tower_weight", registry.TOWER_WEIGHT_TAG),
     )
     out.load_seconds = time.perf_counter() - t0
     log.info(

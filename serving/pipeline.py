@@ -27,7 +27,9 @@ response dict; every stage is timed (``timings_ms``) and has a fallback, so a re
   ranker in the bundle) → the retrieval order and scores, flagged ``rank`` when it failed. The
   ranker's probabilities are tempered by the retrieval order
   (:func:`serving.rerank.retrieval_tempered`, ``w`` by :func:`serving.config.
-  retrieval_weight_for`: the bundle's stage-gate choice unless the operator set one).
+  retrieval_weight_for`: the bundle's stage-gate choice unless the operator set one), or blended
+  with the user tower's scores (:func:`serving.rerank.tower_blended`, ``w`` by
+  :func:`serving.config.tower_weight_for`).
 - **re-rank**: :mod:`serving.rerank` (fresh boost, category caps, exploration, propensities);
   the exploit list by category caps or by a :mod:`serving.diversify` re-ranker (``reranker``).
 - **log**: the impressions logged, the shown items remembered for ``/feedback`` (and shared
@@ -47,7 +49,7 @@ import pandas as pd
 
 from serving import diversify, linucb, rerank, retrieve, shared
 from serving.bundle import LoadedBundle
-from serving.config import ServingConfig, retrieval_weight_for
+from serving.config import ServingConfig, retrieval_weight_for, tower_weight_for
 from serving.engine import Engine
 from serving.hydrate import Hydrated, hydrate
 from serving.logging import impression_rows
@@ -152,7 +154,7 @@ def recommend(engine: Engine, req: Request, info: dict[str, Any] | None = None) 
     engine.metrics.observe_stages(timer.ms)
     extra = {"policy": rerank.policy_record(slate, ranked.ids)} if cfg.include_policy else {}
     if cfg.include_candidates:
-        scores = exploit_scores(cfg, bundle, ranked)
+        scores = exploit_scores(cfg, bundle, ranked, online.user if online is not None else None)
         extra["candidates"] = {"ids": list(ranked.ids), "scores": scores.tolist()}
     return {
         **extra,
@@ -209,15 +211,25 @@ def _rank(
     return _Ranked(found.ids, scores, trows, cats, ages, sources, ranked), fell_back
 
 
-def exploit_scores(cfg: ServingConfig, bundle: LoadedBundle, ranked: _Ranked) -> np.ndarray:
+def exploit_scores(
+    cfg: ServingConfig,
+    bundle: LoadedBundle,
+    ranked: _Ranked,
+    user: dict[str, Any] | None = None,
+) -> np.ndarray:
     """The scores ``(C,)`` float64 the exploit list is chosen by, one per candidate of
     ``ranked``: the ranker's click probabilities tempered by the retrieval order
-    (:func:`serving.rerank.retrieval_tempered`, when the ranker scored them), made optimistic
-    (``cfg.exploit_optimism``) and boosted for fresh items (``cfg.fresh_boost``); the retrieval
-    scores when the ranker did not score them."""
+    (:func:`serving.rerank.retrieval_tempered`) and blended with the user tower's scores of the
+    user with hydrated features ``user`` (:func:`serving.rerank.tower_blended`; None: not
+    blended) when the ranker scored them, made optimistic (``cfg.exploit_optimism``) and boosted
+    for fresh items (``cfg.fresh_boost``); the retrieval scores when the ranker did not score
+    them."""
     scores = ranked.scores
     if ranked.probabilities:  # the ranker scored them: tempered by the retrieval order
         scores = rerank.retrieval_tempered(scores, retrieval_weight_for(bundle, cfg))
+        weight = tower_weight_for(bundle, cfg)
+        if weight > 0.0 and user is not None:
+            scores = rerank.tower_blended(scores, bundle.tower_scores(user, ranked.ids), weight)
     if cfg.exploit_optimism > 0.0 and ranked.probabilities:
         table = bundle.item_table
         shown = np.where(ranked.trows >= 0, table.impressions[np.maximum(ranked.trows, 0)], 0.0)
@@ -239,7 +251,7 @@ def _rerank(
     cfg = engine.config
     table = bundle.item_table
     k = min(req.k, len(ranked.ids))
-    boosted = exploit_scores(cfg, bundle, ranked)
+    boosted = exploit_scores(cfg, bundle, ranked, user)
     exploit = _exploit(cfg, req, ranked, boosted, k, user)
     order = np.argsort(-boosted, kind="stable")
     pool_rows = order[~np.isin(order, exploit)][: cfg.explore_pool]

@@ -98,6 +98,24 @@ def retrieval_tempered(scores: np.ndarray, weight: float) -> np.ndarray:
     return s * (1.0 + np.arange(len(s), dtype=np.float64)) ** -float(weight)
 
 
+def tower_blended(scores: np.ndarray, tower: np.ndarray | None, weight: float) -> np.ndarray:
+    """``scores * exp(weight * z)`` (``(C,)`` float64): the ranker's click probabilities times the
+    user tower's preference, ``z`` the tower's scores ``(C,)`` standardised over the candidates
+    (a candidate the tower has no embedding for, NaN, gets the lowest ``z``). Unchanged when
+    ``weight`` is 0, ``tower`` is None, or fewer than two candidates have a tower score that
+    differs."""
+    s = np.asarray(scores, dtype=np.float64)
+    if weight == 0.0 or tower is None:
+        return s
+    t = np.asarray(tower, dtype=np.float64)
+    known = np.isfinite(t)
+    if known.sum() < 2 or float(t[known].std()) == 0.0:
+        return s
+    z = (t - t[known].mean()) / t[known].std()
+    z = np.where(known, z, z[known].min())
+    return s * np.exp(float(weight) * z)
+
+
 def exploit_list(
     scores: np.ndarray,
     categories: np.ndarray,

@@ -158,3 +158,20 @@ def test_retrieval_tempered_scales_by_the_retrieval_place():
     np.testing.assert_allclose(got, [0.1, 0.1, 0.4 / 3, 0.1])
     # a large weight restores the retrieval order whatever the probabilities
     assert list(np.argsort(-retrieval_tempered(p[::-1], 50.0), kind="stable")) == [0, 1, 2, 3]
+
+
+def test_tower_blended_multiplies_by_the_exponential_of_the_standardised_tower_score():
+    from serving.rerank import tower_blended
+
+    p = np.array([0.1, 0.2, 0.4, 0.3])
+    t = np.array([1.0, 3.0, np.nan, 2.0])  # the third item has no tower embedding
+    np.testing.assert_array_equal(tower_blended(p, t, 0.0), p)
+    np.testing.assert_array_equal(tower_blended(p, None, 0.5), p)
+    z = (np.array([1.0, 3.0, 2.0]) - 2.0) / np.std([1.0, 3.0, 2.0])
+    want = p * np.exp(0.5 * np.array([z[0], z[1], z[0], z[2]]))  # NaN: the lowest z
+    np.testing.assert_allclose(tower_blended(p, t, 0.5), want)
+    # a tower with no spread, or a single score, changes nothing
+    np.testing.assert_array_equal(tower_blended(p, np.full(4, 2.0), 1.0), p)
+    np.testing.assert_array_equal(tower_blended(p, np.array([1.0, np.nan, np.nan, np.nan]), 1.0), p)
+    # a large weight gives the tower's order; equal tower scores keep the ranker's
+    assert list(np.argsort(-tower_blended(p, t, 50.0), kind="stable")) == [1, 3, 2, 0]

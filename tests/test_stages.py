@@ -93,6 +93,14 @@ def test_variants_switch_off_one_stage_each():
     assert nt.new_users == "trending" and not nt.force_cold_start
     assert nt.source_quotas == cfg.source_quotas
     assert "new_users_trending" not in stages.variants(B(user_tower="t"), nt)
+    # with a ranker and a user tower: the ranker's order blended with the tower's, untempered
+    assert list(towered)[4:6] == ["ranker_tempered", "ranker_tower"]
+    blend = towered["ranker_tower"][1]
+    assert blend.tower_weight > 0.0 and blend.retrieval_weight == 0.0
+    assert towered["ranker_tempered"][1].tower_weight == 0.0
+    blended = stages.variants(B(user_tower="t"), cfg.with_(tower_weight=0.2))
+    assert "ranker_tower" not in blended and blended["ranker_no_tower"][1].tower_weight == 0.0
+    assert "ranker_tower" not in stages.variants(B(user_tower="t", ranker=None), cfg)
 
 
 def test_stages_document_scores_every_variant(world):
@@ -102,7 +110,9 @@ def test_stages_document_scores_every_variant(world):
     tower = [n for n in ("new_users_trending", "new_users_tower") if n in doc["variants"]]
     order = [n for n in ("ranker_tempered", "ranker_untempered") if n in doc["variants"]]
     assert len(order) == 1  # the bundle has a ranker: the other order is shown
-    names = fixed + tower + order + [f"{s}_only" for s, _ in cfg.source_quotas]
+    blend = [n for n in ("ranker_tower", "ranker_no_tower") if n in doc["variants"]]
+    assert len(blend) == 1  # and a user tower: the other blend is shown
+    names = fixed + tower + order + blend + [f"{s}_only" for s, _ in cfg.source_quotas]
     assert doc["date"] == DAY and doc["users"] == 12 and list(doc["variants"]) == names
     users, w = stages.day_users(world, DAY, 12)
     for name, v in doc["variants"].items():

@@ -10,8 +10,9 @@ ranker), trending (the cold-start list for everyone), new_users_trending (with a
 tower that serves new users: as served, but users unknown to the bundle get the trending list,
 as with RECLOOP_SERVE_NEW_USERS=trending; new_users_tower, the other way round, when the
 bundle's stage gate chose the trending list for them), ranker_tempered or ranker_untempered
-(with a ranker: the stage gate's other order) and <source>_only for each candidate source (that
-source alone, ranker kept).
+(with a ranker: the stage gate's other order), ranker_tower or ranker_no_tower (with a ranker
+and a user tower: the ranker's order blended with the user tower's scores, or not) and
+<source>_only for each candidate source (that source alone, ranker kept).
 Per variant: the mean true CTR of the slates (simulator truth, position included; null without
 one), the OPE estimate from D's logs (SNIPS; null when unavailable), distinct items, intra-list
 diversity (ild) and calibration KL over item categories, catalog coverage, Gini of impressions, novelty (bits), the share of new items, and the true CTR per

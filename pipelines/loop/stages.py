@@ -15,7 +15,12 @@ serve_users`) once per variant (:func:`variants`):
   gate chose it, or the operator did);
 - ``ranker_tempered`` (a bundle with a ranker whose order is not tempered): as served, with the
   ranker's probabilities tempered by the retrieval order (``retrieval_weight`` the largest of
-  :data:`serving.config.RETRIEVAL_WEIGHTS`); ``ranker_untempered`` instead when it is;
+  :data:`serving.config.RETRIEVAL_WEIGHTS`, the tower blend off); ``ranker_untempered`` instead
+  when it is;
+- ``ranker_tower`` (a bundle with a ranker and a user tower whose order is not blended with the
+  tower): as served, with the ranker's probabilities blended with the user tower's scores
+  (``tower_weight`` the largest of :data:`serving.config.TOWER_WEIGHTS`, the tempering off);
+  ``ranker_no_tower`` instead when it is;
 - ``<source>_only``: one candidate source of ``source_quotas`` (quota = all candidates), the
   ranker kept.
 
@@ -67,8 +72,9 @@ log = logging.getLogger("recloop.loop.stages")
 
 FIXED_VARIANTS = ("full", "retrieval_only", "trending")
 """The variants every run has; ``new_users_trending`` or ``new_users_tower`` (with a user
-tower), ``ranker_tempered`` or ``ranker_untempered`` (with a ranker) and the ``<source>_only``
-ones (one per configured source) follow."""
+tower), ``ranker_tempered`` or ``ranker_untempered`` (with a ranker), ``ranker_tower`` or
+``ranker_no_tower`` (with both) and the ``<source>_only`` ones (one per configured source)
+follow."""
 
 
 def variants(bundle: Any, cfg: Any) -> dict[str, tuple[Any, Any]]:
@@ -91,10 +97,26 @@ def variants(bundle: Any, cfg: Any) -> dict[str, tuple[Any, Any]]:
         if retrieval_weight_for(bundle, cfg) > 0.0:
             out["ranker_untempered"] = (bundle, cfg.with_(retrieval_weight=0.0))
         else:
-            out["ranker_tempered"] = (bundle, cfg.with_(retrieval_weight=RETRIEVAL_WEIGHTS[-1]))
+            tempered = cfg.with_(retrieval_weight=RETRIEVAL_WEIGHTS[-1], tower_weight=0.0)
+            out["ranker_tempered"] = (bundle, tempered)
+        if getattr(bundle, "user_tower", None) is not None:
+            out.update(_tower_variant(bundle, cfg))
     for src, _ in cfg.source_quotas:
         out[f"{src}_only"] = (bundle, cfg.with_(source_quotas=((src, cfg.candidates),)))
     return out
+
+
+def _tower_variant(bundle: Any, cfg: Any) -> dict[str, tuple[Any, Any]]:
+    """``{"ranker_no_tower": ...}`` when ``bundle`` under ``cfg`` blends the ranker's order with
+    the user tower's scores, else ``{"ranker_tower": ...}`` (the blend at the largest of
+    :data:`serving.config.TOWER_WEIGHTS`, untempered)."""
+    from serving.config import TOWER_WEIGHTS, tower_weight_for
+
+    if tower_weight_for(bundle, cfg) > 0.0:
+        return {"ranker_no_tower": (bundle, cfg.with_(tower_weight=0.0))}
+    return {
+        "ranker_tower": (bundle, cfg.with_(tower_weight=TOWER_WEIGHTS[-1], retrieval_weight=0.0))
+    }
 
 
 def day_users(
