@@ -340,9 +340,6 @@ class LoadedBundle:
     retrieval_weight: float | None = None
     """The stage gate's ``w`` for :func:`serving.rerank.retrieval_tempered` (version tag
     :data:`pipelines.release.registry.RETRIEVAL_WEIGHT_TAG`), or None (not judged)."""
-    tower_weight: float | None = None
-    """The stage gate's ``w`` for :func:`serving.rerank.tower_blended` (version tag
-    :data:`pipelines.release.registry.TOWER_WEIGHT_TAG`), or None (not judged)."""
     loaded_at: float = field(default_factory=time.time)
     load_seconds: float = 0.0
 
@@ -444,7 +441,6 @@ def load(settings: Settings, ref: str, as_of: str | None = None) -> LoadedBundle
         retrieval_weight=_choice_tag(
             b.get("tags") or {}, "retrieval_weight", registry.RETRIEVAL_WEIGHT_TAG
         ),
-        tower_weight=_choice_tag(b.get("tags") or {}, "tower_weight", registry.TOWER_WEIGHT_TAG),
     )
     out.load_seconds = time.perf_counter() - t0
     log.info(

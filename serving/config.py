@@ -19,7 +19,7 @@ environment overrides, and the admin token.
 | ``RECLOOP_SERVE_SOURCES``         | ``two_tower:300,mf:100,covisit:60,trending:40,catalog:100`` | candidate sources and their quotas (``serving.sources``) |
 | ``RECLOOP_SERVE_NEW_USERS``      | ``auto``     | users the model has no vector for: ``trending``, ``user_tower`` (from their demographics) or ``auto`` (the bundle's stage-gate decision, else ``user_tower``) |
 | ``RECLOOP_SERVE_RETRIEVAL_WEIGHT``| ``auto``     | the ranker's click probability times ``(1 + retrieval rank) ** -w``: a float ``w >= 0`` or ``auto`` (the bundle's stage-gate choice, else 0) |
-| ``RECLOOP_SERVE_TOWER_WEIGHT``    | ``auto``     | the ranker's click probability times ``exp(w * z)``, ``z`` the user tower's standardised score of the candidate: a float ``w >= 0`` or ``auto`` (the bundle's stage-gate choice, else 0) |
+| ``RECLOOP_SERVE_TOWER_WEIGHT``    | ``0``        | the ranker's click probability times ``exp(w * z)``, ``z`` the user tower's standardised score of the candidate (``w >= 0``; 0: off) |
 | ``RECLOOP_SERVE_LOG_FLUSH_S``     | ``5``        | seconds between flushes of the impression log to parquet |
 | ``RECLOOP_SERVE_SEED``            | unset        | seed of the exploration draws (unset: OS entropy) |
 | ``RECLOOP_SERVE_RERANKER``        | ``cap``      | exploit list: ``cap`` (category caps), ``calibrated`` (Steck) or ``mmr`` (``serving.diversify``) |
@@ -69,8 +69,8 @@ RERANKERS = ("cap", "calibrated", "mmr")
 """Values of ``RECLOOP_SERVE_RERANKER`` (:attr:`ServingConfig.reranker`)."""
 RETRIEVAL_WEIGHTS = (0.0, 0.3)
 """The ``retrieval_weight`` values the stage gate chooses between (``auto``)."""
-TOWER_WEIGHTS = (0.0, 0.2)
-"""The ``tower_weight`` values the stage gate chooses between (``auto``)."""
+TOWER_WEIGHT_TRIED = 0.2
+"""The ``tower_weight`` of ``recloop stages``' ``ranker_tower`` variant."""
 NEW_USER_POLICIES = ("auto", "trending", "user_tower")
 """``RECLOOP_SERVE_NEW_USERS`` values; ``auto`` resolves per bundle (:func:`new_user_policy`)."""
 EXPLORERS = ("thompson", "epsilon", "linucb")
@@ -195,16 +195,16 @@ class ServingConfig:
     (``LoadedBundle.retrieval_weight``), else 0 (:func:`retrieval_weight_for`). On the
     simulator 0.3 served +5-6 % true CTR (demo days 6 and 10); on MovieLens 100K it cost 4 %
     NDCG@10 (benchmarks/README.md, tenth session): so the gate decides per bundle."""
-    tower_weight: float | None = None
+    tower_weight: float = 0.0
     """``w`` of :func:`serving.rerank.tower_blended`: the exploit order is the ranker's click
     probability times ``exp(w * z)``, ``z`` the user tower's score of the candidate (the user's
     online features against the two-tower's item embedding) standardised over the request's
-    candidates: the tower, trained on every positive against the whole catalog, carries item
-    taste the impression-trained ranker lacks. None (``auto``): the bundle's stage-gate choice
-    among :data:`TOWER_WEIGHTS` (``LoadedBundle.tower_weight``), else 0
-    (:func:`tower_weight_for`). The gate chooses it instead of, not with, ``retrieval_weight``:
-    together they served less than either on the simulator (benchmarks/README.md, twelfth
-    session)."""
+    candidates: the tower, trained on every positive against the whole catalog, may know item
+    taste the impression-trained ranker lacks. 0 (off) by default and not a stage-gate choice:
+    on the 10-day demo, 0.2 in place of the tempering served within 1 % of it (-0.9 to +1.1 %
+    a day, same users) while the gate's OPE lost two thirds of its effective sample size; on
+    MovieLens 100K it cost 2.7 % NDCG@10 (benchmarks/README.md, twelfth session). ``recloop
+    stages`` shows it as ``ranker_tower`` (:data:`TOWER_WEIGHT_TRIED`)."""
     explore_rate: float = 0.4
     explore_pool: int = 300
     """One response in ``explore_rate`` explores one slot, from the ``explore_pool`` best
@@ -282,8 +282,8 @@ class ServingConfig:
                 "retrieval_weight must be >= 0 (or auto)",
             ),
             (
-                self.tower_weight is None or self.tower_weight >= 0.0,
-                "tower_weight must be >= 0 (or auto)",
+                self.tower_weight >= 0.0,
+                "tower_weight must be >= 0",
             ),
             (0.0 <= self.explore_uniform <= 1.0, "explore_uniform must be in [0, 1]"),
             (self.explorer in EXPLORERS, f"explorer must be one of {EXPLORERS}"),
@@ -354,7 +354,7 @@ class ServingConfig:
             ("RECLOOP_SERVE_EXPLORE_UNIFORM", "explore_uniform", env_float),
             ("RECLOOP_SERVE_EXPLOIT_OPTIMISM", "exploit_optimism", env_float),
             ("RECLOOP_SERVE_RETRIEVAL_WEIGHT", "retrieval_weight", _env_weight),
-            ("RECLOOP_SERVE_TOWER_WEIGHT", "tower_weight", _env_weight),
+            ("RECLOOP_SERVE_TOWER_WEIGHT", "tower_weight", env_float),
             ("RECLOOP_SERVE_SOURCES", "source_quotas", _env_quotas),
             ("RECLOOP_SERVE_RERANKER", "reranker", env_text),
             ("RECLOOP_SERVE_RERANK_LAMBDA", "rerank_lambda", env_float),
@@ -393,16 +393,6 @@ def retrieval_weight_for(bundle: Any, cfg: ServingConfig) -> float:
     return float(chosen) if chosen is not None else 0.0
 
 
-def tower_weight_for(bundle: Any, cfg: ServingConfig) -> float:
-    """The ``w`` of :func:`serving.rerank.tower_blended` for ``bundle`` under ``cfg``: an explicit
-    ``cfg.tower_weight`` wins, else the bundle's stage-gate choice (``bundle.tower_weight``),
-    else 0."""
-    if cfg.tower_weight is not None:
-        return float(cfg.tower_weight)
-    chosen = getattr(bundle, "tower_weight", None)
-    return float(chosen) if chosen is not None else 0.0
-
-
 def new_user_policy(bundle: Any, cfg: ServingConfig) -> str:
     """How ``bundle`` serves users it has no vector for under ``cfg``: ``trending`` or
     ``user_tower``. An explicit ``cfg.new_users`` wins; ``auto`` takes the bundle's stage-gate
@@ -416,8 +406,8 @@ def new_user_policy(bundle: Any, cfg: ServingConfig) -> str:
 
 def gate_choice_value(key: str, raw: Any) -> str | float | None:
     """A stage-gate serving choice as read from a bundle tag or a judgement: ``new_users`` →
-    ``trending`` / ``user_tower``, ``retrieval_weight`` and ``tower_weight`` → a finite float
-    ``>= 0``; None when ``raw`` is missing or not one (the caller says so)."""
+    ``trending`` / ``user_tower``, ``retrieval_weight`` → a finite float ``>= 0``; None when
+    ``raw`` is missing or not one (the caller says so)."""
     if raw is None:
         return None
     if key == "new_users":

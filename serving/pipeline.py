@@ -28,8 +28,8 @@ response dict; every stage is timed (``timings_ms``) and has a fallback, so a re
   ranker's probabilities are tempered by the retrieval order
   (:func:`serving.rerank.retrieval_tempered`, ``w`` by :func:`serving.config.
   retrieval_weight_for`: the bundle's stage-gate choice unless the operator set one), or blended
-  with the user tower's scores (:func:`serving.rerank.tower_blended`, ``w`` by
-  :func:`serving.config.tower_weight_for`).
+  with the user tower's scores (:func:`serving.rerank.tower_blended`, ``w`` the operator's
+  ``tower_weight``, off by default).
 - **re-rank**: :mod:`serving.rerank` (fresh boost, category caps, exploration, propensities);
   the exploit list by category caps or by a :mod:`serving.diversify` re-ranker (``reranker``).
 - **log**: the impressions logged, the shown items remembered for ``/feedback`` (and shared
@@ -49,7 +49,7 @@ import pandas as pd
 
 from serving import diversify, linucb, rerank, retrieve, shared
 from serving.bundle import LoadedBundle
-from serving.config import ServingConfig, retrieval_weight_for, tower_weight_for
+from serving.config import ServingConfig, retrieval_weight_for
 from serving.engine import Engine
 from serving.hydrate import Hydrated, hydrate
 from serving.logging import impression_rows
@@ -227,9 +227,9 @@ def exploit_scores(
     scores = ranked.scores
     if ranked.probabilities:  # the ranker scored them: tempered by the retrieval order
         scores = rerank.retrieval_tempered(scores, retrieval_weight_for(bundle, cfg))
-        weight = tower_weight_for(bundle, cfg)
-        if weight > 0.0 and user is not None:
-            scores = rerank.tower_blended(scores, bundle.tower_scores(user, ranked.ids), weight)
+        if cfg.tower_weight > 0.0 and user is not None:
+            tower = bundle.tower_scores(user, ranked.ids)
+            scores = rerank.tower_blended(scores, tower, cfg.tower_weight)
     if cfg.exploit_optimism > 0.0 and ranked.probabilities:
         table = bundle.item_table
         shown = np.where(ranked.trows >= 0, table.impressions[np.maximum(ranked.trows, 0)], 0.0)

@@ -258,7 +258,7 @@ def test_the_stage_gate_choice_for_new_users_is_recorded_and_a_refresh_inherits_
     def chooses_trending(settings, loaded, date):
         funnel = {"oracle": 0.15, "candidates_best": 0.14, "score_order": 0.067, "served": 0.063}
         return {"keep_ranker": True, "new_users": "trending", "new_users_reason": "by forward",
-                "retrieval_weight": 0.3, "tower_weight": 0.0, "funnel": funnel}  # fmt: skip
+                "retrieval_weight": 0.3, "funnel": funnel}  # fmt: skip
 
     out = register_with_ranker(s, "2026-01-01", chooses_trending)
     assert (out["new_users"], out["new_users_from"]) == ("trending", "stage gate")
@@ -269,8 +269,6 @@ def test_the_stage_gate_choice_for_new_users_is_recorded_and_a_refresh_inherits_
     assert dec["action"] == "champion"
     assert "new users: trending (stage gate)" in gate.format_decision(dec)
     assert "retrieval weight: 0.3 (stage gate)" in gate.format_decision(dec)
-    assert tags[registry.TOWER_WEIGHT_TAG] == "0.0"
-    assert "tower weight: 0.0 (stage gate)" in gate.format_decision(dec)
     assert ("stage funnel (true CTR): oracle 0.15, best of the candidates 0.14, score order "
             "0.067, served 0.063") in gate.format_decision(dec)  # fmt: skip
 
@@ -285,7 +283,6 @@ def test_the_stage_gate_choice_for_new_users_is_recorded_and_a_refresh_inherits_
     )
     assert registry.load_bundle(s, refit["bundle"])["tags"][registry.NEW_USERS_TAG] == "trending"
     assert refit["retrieval_weight"] == 0.3 and refit["retrieval_weight_from"].startswith("champ")
-    assert refit["tower_weight"] == 0.0 and refit["tower_weight_from"].startswith("champ")
     # the gate's own choice wins over the champion's
     mine = register_with_ranker(s, "2026-01-03", lambda *a: {"keep_ranker": True,
                                                              "new_users": "user_tower"})  # fmt: skip

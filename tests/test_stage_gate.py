@@ -10,9 +10,8 @@ from pipelines.release.stage_gate import (
     decide,
     decide_new_users,
     decide_retrieval_weight,
-    decide_tower_weight,
 )
-from serving.config import RETRIEVAL_WEIGHTS, TOWER_WEIGHTS
+from serving.config import RETRIEVAL_WEIGHTS
 
 
 def test_ranker_kept_only_when_it_lifts():
@@ -77,46 +76,3 @@ def test_the_retrieval_weight_is_the_better_order_and_the_ranker_is_judged_in_it
                                "ranker_tempered": 0.0620}}, True, None, 0.0)  # fmt: skip
     assert out["retrieval_weight"] == w and out["keep_ranker"] and out["decided"]
     assert "0.0620 vs 0.0585" in out["reason"]
-
-
-def test_the_tower_blend_serves_instead_of_the_tempering_when_it_beats_the_chosen_order():
-    w = TOWER_WEIGHTS[-1]
-    assert w > 0
-    won = decide_tower_weight({"full": 0.0668, "ranker_tower": 0.0686}, "truth", order="tempered")
-    assert won["tower_weight"] == w and "tempered 0.0668" in won["tower_weight_reason"]
-    assert decide_tower_weight({"full": 0.07, "ranker_tower": 0.07}, "truth")["tower_weight"] == 0
-    assert decide_tower_weight({"full": 0.07}, "truth")["tower_weight"] is None  # no user tower
-    values = {"full": 0.0580, "retrieval_only": 0.0570, "trending": 0.04,
-              "ranker_tempered": 0.0620, "ranker_tower": 0.0640}  # fmt: skip
-    out = _decided({"bundle": "3", "date": "2026-01-10", "judged_by": "truth", "values": values},
-                   True, None, 0.0)  # fmt: skip
-    # tempered beats the ranker's order, the blend beats the tempered order: the blend alone
-    assert out["tower_weight"] == w and out["retrieval_weight"] == 0.0
-    assert "tower blend serves instead" in out["retrieval_weight_reason"]
-    assert out["keep_ranker"] and "0.0640 vs 0.0570" in out["reason"]
-    # the blend loses to the tempered order: tempering stays, the ranker judged tempered
-    lost = _decided({"bundle": "3", "date": "2026-01-10", "judged_by": "truth",
-                     "values": {**values, "ranker_tower": 0.0610}}, True, None, 0.0)  # fmt: skip
-    assert lost["tower_weight"] == 0.0 and lost["retrieval_weight"] == RETRIEVAL_WEIGHTS[-1]
-    assert "0.0620 vs 0.0570" in lost["reason"]
-
-
-def test_an_operator_who_fixed_a_weight_gets_neither_order_judged():
-    import dataclasses
-
-    from pipelines.release.stage_gate import _variants
-    from serving.config import ServingConfig
-
-    @dataclasses.dataclass
-    class B:
-        ranker: object = "r"
-        user_tower: object = "t"
-
-    cfg = ServingConfig(source_quotas=(("two_tower", 300),))
-    auto = _variants(B(), cfg)
-    assert {"ranker_tempered", "ranker_tower"} <= set(auto)
-    assert auto["full"][1].tower_weight == 0.0 and auto["full"][1].retrieval_weight == 0.0
-    blend = auto["ranker_tower"][1]
-    assert blend.tower_weight == TOWER_WEIGHTS[-1] and blend.retrieval_weight == 0.0
-    for fixed in (cfg.with_(retrieval_weight=0.0), cfg.with_(tower_weight=0.2)):
-        assert not {"ranker_tempered", "ranker_tower"} & set(_variants(B(), fixed))

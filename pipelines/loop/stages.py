@@ -17,10 +17,10 @@ serve_users`) once per variant (:func:`variants`):
   ranker's probabilities tempered by the retrieval order (``retrieval_weight`` the largest of
   :data:`serving.config.RETRIEVAL_WEIGHTS`, the tower blend off); ``ranker_untempered`` instead
   when it is;
-- ``ranker_tower`` (a bundle with a ranker and a user tower whose order is not blended with the
-  tower): as served, with the ranker's probabilities blended with the user tower's scores
-  (``tower_weight`` the largest of :data:`serving.config.TOWER_WEIGHTS`, the tempering off);
-  ``ranker_no_tower`` instead when it is;
+- ``ranker_tower`` (a bundle with a ranker and a user tower, served without the tower blend):
+  as served, with the ranker's probabilities blended with the user tower's scores
+  (``tower_weight`` :data:`serving.config.TOWER_WEIGHT_TRIED`) in place of the retrieval
+  tempering; ``ranker_no_tower`` instead when the operator set ``RECLOOP_SERVE_TOWER_WEIGHT``;
 - ``<source>_only``: one candidate source of ``source_quotas`` (quota = all candidates), the
   ranker kept.
 
@@ -107,16 +107,15 @@ def variants(bundle: Any, cfg: Any) -> dict[str, tuple[Any, Any]]:
 
 
 def _tower_variant(bundle: Any, cfg: Any) -> dict[str, tuple[Any, Any]]:
-    """``{"ranker_no_tower": ...}`` when ``bundle`` under ``cfg`` blends the ranker's order with
-    the user tower's scores, else ``{"ranker_tower": ...}`` (the blend at the largest of
-    :data:`serving.config.TOWER_WEIGHTS`, untempered)."""
-    from serving.config import TOWER_WEIGHTS, tower_weight_for
+    """``{"ranker_no_tower": ...}`` when ``cfg`` blends the ranker's order with the user tower's
+    scores, else ``{"ranker_tower": ...}`` (the blend at :data:`serving.config.
+    TOWER_WEIGHT_TRIED` in place of the retrieval tempering)."""
+    from serving.config import TOWER_WEIGHT_TRIED
 
-    if tower_weight_for(bundle, cfg) > 0.0:
+    if cfg.tower_weight > 0.0:
         return {"ranker_no_tower": (bundle, cfg.with_(tower_weight=0.0))}
-    return {
-        "ranker_tower": (bundle, cfg.with_(tower_weight=TOWER_WEIGHTS[-1], retrieval_weight=0.0))
-    }
+    blend = cfg.with_(tower_weight=TOWER_WEIGHT_TRIED, retrieval_weight=0.0)
+    return {"ranker_tower": (bundle, blend)}
 
 
 def day_users(

@@ -408,9 +408,6 @@ def format_decision(decision: dict[str, Any] | Decision) -> str:
         if stage.get("retrieval_weight") is not None:
             lines.append(f"retrieval weight: {stage['retrieval_weight']} "
                          f"({stage.get('retrieval_weight_from') or '-'})")  # fmt: skip
-        if stage.get("tower_weight") is not None:
-            lines.append(f"tower weight: {stage['tower_weight']} "
-                         f"({stage.get('tower_weight_from') or '-'})")  # fmt: skip
         funnel = (stage.get("judgement") or {}).get("funnel") or {}
         if funnel.get("oracle") is not None:
             lines.append(

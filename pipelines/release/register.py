@@ -20,12 +20,11 @@ is logged and the ranker is kept: the register task never fails on it. A rerun r
 judgement recorded on the first bundle.
 
 **Serving choices.** The served bundle is tagged ``recloop.new_users`` (``trending`` /
-``user_tower``: how users it has no vector for are served), ``recloop.retrieval_weight`` (how
-much the retrieval order tempers the ranker's) and ``recloop.tower_weight`` (how much the user
-tower's scores do) with the stage gate's choices, or — not judged, as for the final refit of a
-backfill — the champion's when the bundle is a refresh of it (:func:`gate_choice`); the service
-follows them under ``RECLOOP_SERVE_NEW_USERS=auto``, ``RECLOOP_SERVE_RETRIEVAL_WEIGHT=auto`` and
-``RECLOOP_SERVE_TOWER_WEIGHT=auto``.
+``user_tower``: how users it has no vector for are served) and ``recloop.retrieval_weight`` (how
+much the retrieval order tempers the ranker's) with the stage gate's choices, or — not judged, as
+for the final refit of a backfill — the champion's when the bundle is a refresh of it
+(:func:`gate_choice`); the service follows them under ``RECLOOP_SERVE_NEW_USERS=auto`` and
+``RECLOOP_SERVE_RETRIEVAL_WEIGHT=auto``.
 
 The MLflow calls themselves (runs, registered versions, bundles, aliases) are
 :mod:`pipelines.release.registry`.
@@ -56,8 +55,6 @@ NEW_USERS_FROM_TAG = "recloop.new_users_from"
 """Bundle version tag: where its ``recloop.new_users`` came from (``stage gate``, ``champion N``)."""
 RETRIEVAL_WEIGHT_FROM_TAG = "recloop.retrieval_weight_from"
 """Bundle version tag: where its ``recloop.retrieval_weight`` came from."""
-TOWER_WEIGHT_FROM_TAG = "recloop.tower_weight_from"
-"""Bundle version tag: where its ``recloop.tower_weight`` came from."""
 
 
 def _artifact_meta(folder: Path) -> dict[str, Any]:
@@ -168,7 +165,6 @@ def _bundle_after_stage_gate(
 CHOICES = {
     "new_users": (registry.NEW_USERS_TAG, NEW_USERS_FROM_TAG),
     "retrieval_weight": (registry.RETRIEVAL_WEIGHT_TAG, RETRIEVAL_WEIGHT_FROM_TAG),
-    "tower_weight": (registry.TOWER_WEIGHT_TAG, TOWER_WEIGHT_FROM_TAG),
 }
 """The stage gate's serving choices recorded on a bundle: judgement key → (tag, source tag)."""
 

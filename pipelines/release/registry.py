@@ -80,9 +80,6 @@ the stage gate chose it or inherited from the champion a refresh replaces
 RETRIEVAL_WEIGHT_TAG = "recloop.retrieval_weight"
 """Bundle version tag: the ``w`` of ``serving.rerank.retrieval_tempered`` (a float as text), set
 like :data:`NEW_USERS_TAG`."""
-TOWER_WEIGHT_TAG = "recloop.tower_weight"
-"""Bundle version tag: the ``w`` of ``serving.rerank.tower_blended`` (a float as text), set like
-:data:`NEW_USERS_TAG`."""
 KIND_TAG = "recloop.kind"
 """Bundle version tag the gate sets: ``refresh`` or ``change`` relative to the champion then."""
 FEATURE_SERVICES = ("ranker_v1", "two_tower_v1", "serving_v1")

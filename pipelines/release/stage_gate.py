@@ -11,8 +11,6 @@
   get the trending list instead of the user tower's candidates, ranked.
 - ``ranker_tempered`` (a bundle with a ranker): as ``full``, the ranker's probabilities tempered
   by the retrieval order (:func:`serving.rerank.retrieval_tempered`).
-- ``ranker_tower`` (a bundle with a ranker and a user tower): as ``full``, the ranker's
-  probabilities blended with the user tower's scores (:func:`serving.rerank.tower_blended`).
 
 Judged by the simulator's **truth** when the workspace has one (``truth/world.json``): the day's
 simulated requests (:func:`pipelines.data.simulate.requests_for_day`, at most ``max_requests``,
@@ -37,13 +35,6 @@ forward, the ranker is kept and ``decided`` is False with the reason.
 RETRIEVAL_WEIGHTS` when ``ranker_tempered`` (the ranker's probabilities tempered by the retrieval
 order) beats ``full`` (its own order), else 0; the ranker is then judged in the chosen order. On
 the simulator the tempered order wins, on MovieLens the ranker's own (benchmarks/README.md).
-
-``tower_weight`` (:func:`decide_tower_weight`): the largest of :data:`serving.config.
-TOWER_WEIGHTS` when ``ranker_tower`` beats ``full`` in the order just chosen, else 0; when it
-wins, the retrieval weight becomes 0 (the blend serves instead of the tempering: together they
-served less than either, benchmarks/README.md, twelfth session) and the ranker is judged in
-the blended order. An operator who fixed either weight (``RECLOOP_SERVE_RETRIEVAL_WEIGHT`` or
-``RECLOOP_SERVE_TOWER_WEIGHT``) gets the other one not judged: the pair would never have been.
 
 ``new_users`` (:func:`decide_new_users`): ``trending`` when ``new_users_trending`` beats ``full``
 by the same judge, ``user_tower`` when it does not, None when the bundle has no user tower or the
@@ -75,9 +66,7 @@ MIN_FORWARD_USERS = 30
 MAX_DEGRADED = 0.05
 """Largest share of degraded replayed answers (no features, no ranker) a forward judgement takes;
 the truth's judgement only warns."""
-VARIANTS = (
-    "full", "retrieval_only", "trending", "new_users_trending", "ranker_tempered", "ranker_tower"
-)  # fmt: skip
+VARIANTS = ("full", "retrieval_only", "trending", "new_users_trending", "ranker_tempered")
 
 
 def decide(
@@ -172,44 +161,19 @@ def decide_retrieval_weight(
     return _choose("retrieval_weight", options, values, judged_by, ess)
 
 
-def decide_tower_weight(
-    values: dict[str, float | None],
-    judged_by: str,
-    ess: dict[str, float] | None = None,
-    order: str = "ranker's order",
-) -> dict[str, Any]:
-    """The ``tower_weight`` the bundle should serve with, from ``values`` of ``full`` (in the
-    order chosen so far, named ``order``) and ``ranker_tower`` (the largest of
-    :data:`serving.config.TOWER_WEIGHTS`): ``{"tower_weight": w | None, "tower_weight_reason"}``;
-    None when ``ranker_tower`` was not judged (no ranker or user tower, or the operator fixed a
-    weight) or the judge cannot tell. A tie keeps 0."""
-    from serving.config import TOWER_WEIGHTS
-
-    options = (("full", 0.0, order), ("ranker_tower", TOWER_WEIGHTS[-1], "tower blend"))
-    return _choose("tower_weight", options, values, judged_by, ess)
-
-
 def _variants(bundle: Any, cfg: Any) -> dict[str, tuple[Any, Any]]:
     """``{variant: (bundle, config)}`` of :data:`VARIANTS` (``new_users_trending`` only with a
-    user tower, ``ranker_tempered`` only with a ranker, ``ranker_tower`` with both), ``full``
-    serving new users by the user tower in the ranker's own order: the gate chooses
-    (:func:`decide_new_users`, :func:`decide_retrieval_weight`, :func:`decide_tower_weight`)
-    unless the operator fixed ``cfg.new_users``, ``cfg.retrieval_weight`` or
-    ``cfg.tower_weight`` (either weight fixed: neither order is judged)."""
+    user tower, ``ranker_tempered`` only with a ranker), ``full`` serving new users by the user
+    tower in the ranker's own order: the gate chooses (:func:`decide_new_users`,
+    :func:`decide_retrieval_weight`) unless the operator fixed ``cfg.new_users`` or
+    ``cfg.retrieval_weight``."""
     from pipelines.loop.stages import variants
 
-    fixed = cfg.retrieval_weight is not None or cfg.tower_weight is not None
     if cfg.new_users == "auto":
         cfg = cfg.with_(new_users="user_tower")
     if cfg.retrieval_weight is None:
         cfg = cfg.with_(retrieval_weight=0.0)
-    if cfg.tower_weight is None:
-        cfg = cfg.with_(tower_weight=0.0)
-    out = {k: v for k, v in variants(bundle, cfg).items() if k in VARIANTS}
-    if fixed:
-        out.pop("ranker_tempered", None)
-        out.pop("ranker_tower", None)
-    return out
+    return {k: v for k, v in variants(bundle, cfg).items() if k in VARIANTS}
 
 
 def _forward_values(
@@ -306,8 +270,7 @@ def judge_stages(
     {variant: float|None}, "distinct_items" and "funnel" (truth: ``full``'s stage funnel,
     :func:`pipelines.loop.stages.funnel_figures`), "ess" (OPE) or "forward_users" (forward):
     {variant: ...}, "requests", "keep_ranker", "decided", "lift", "reason", "new_users",
-    "new_users_reason", "retrieval_weight", "retrieval_weight_reason", "tower_weight",
-    "tower_weight_reason"}`` (module docstring)."""
+    "new_users_reason", "retrieval_weight", "retrieval_weight_reason"}`` (module docstring)."""
     from pipelines.data.simulate import read_world_meta
     from serving.config import ServingConfig
 
@@ -339,8 +302,8 @@ def judge_stages(
                 return {**out, "judged_by": None, "values": {}, "keep_ranker": has_ranker,
                         "decided": False, "lift": None, "reason": reason,
                         "new_users": None, "new_users_reason": "not judged",
-                        "retrieval_weight": None, "retrieval_weight_reason": "not judged",
-                        "tower_weight": None, "tower_weight_reason": "not judged"}  # fmt: skip
+                        "retrieval_weight": None,
+                        "retrieval_weight_reason": "not judged"}  # fmt: skip
             out.update(judged_by="forward", metric="ndcg@10", values=values,
                        forward_users=ess, requests=n)  # fmt: skip
             return _decided(out, has_ranker, ess, min_lift)
@@ -357,23 +320,15 @@ def judge_stages(
 def _decided(
     out: dict[str, Any], has_ranker: bool, ess: dict[str, float] | None, min_lift: float
 ) -> dict[str, Any]:
-    """``out`` with :func:`decide_retrieval_weight`, :func:`decide_tower_weight`, :func:`decide`
-    (``full`` in the chosen order) and :func:`decide_new_users` of its values, logged."""
+    """``out`` with :func:`decide_retrieval_weight`, :func:`decide` (``full`` in the chosen
+    order) and :func:`decide_new_users` of its values, logged."""
     values, judged_by = out["values"], out["judged_by"]
     out.update(decide_retrieval_weight(values, judged_by, ess))
     ranked = dict(values)
     if out["retrieval_weight"]:
         ranked["full"] = values["ranker_tempered"]
-    order = "tempered" if out["retrieval_weight"] else "ranker's order"
-    out.update(decide_tower_weight(ranked, judged_by, ess, order))
-    if out["tower_weight"]:
-        ranked["full"] = values["ranker_tower"]
-        if out["retrieval_weight"]:
-            out["retrieval_weight"] = 0.0
-            out["retrieval_weight_reason"] += "; 0: the tower blend serves instead"
     out.update(decide(ranked, has_ranker, judged_by, ess, min_lift))
     out.update(decide_new_users(values, judged_by, ess))
-    log.info("stage gate of bundle %s on %s: %s; %s; %s; %s", out["bundle"], out["date"],
-             out["reason"], out["retrieval_weight_reason"], out["tower_weight_reason"],
-             out["new_users_reason"])  # fmt: skip
+    log.info("stage gate of bundle %s on %s: %s; %s; %s", out["bundle"], out["date"],
+             out["reason"], out["retrieval_weight_reason"], out["new_users_reason"])  # fmt: skip
     return out
