@@ -201,8 +201,8 @@ class ServingConfig:
     online features against the two-tower's item embedding) standardised over the request's
     candidates: the tower, trained on every positive against the whole catalog, may know item
     taste the impression-trained ranker lacks. 0 (off) by default and not a stage-gate choice:
-    on the 10-day demo, 0.2 in place of the tempering served within 1 % of it (-0.9 to +1.1 %
-    a day, same users) while the gate's OPE lost two thirds of its effective sample size; on
+    over two 10-day demos, 0.2 in place of the tempering served -0.9 to +2.4 % a day (+0.7 % on
+    average, same users) while the gate's OPE lost two thirds of its effective sample size; on
     MovieLens 100K it cost 2.7 % NDCG@10 (benchmarks/README.md, twelfth session). ``recloop
     stages`` shows it as ``ranker_tower`` (:data:`TOWER_WEIGHT_TRIED`)."""
     explore_rate: float = 0.4
