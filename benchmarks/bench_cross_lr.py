@@ -56,6 +56,15 @@ def feature_keys(features: str) -> Callable[[str, str, dict[str, Any]], list[str
     return keys
 
 
+def segment_of(user: dict[str, Any]) -> dict[str, str]:
+    """The ``LEVELS`` values of a user's hydrated online features, as the training rows hold them."""
+    from pipelines.ranking.data import age_band
+
+    return {"user_age_band": age_band(user.get("user_age")),
+            "user_gender": str(user.get("user_gender")),
+            "user_country": str(user.get("user_country"))}  # fmt: skip
+
+
 def design(rows: list[list[str]], vocab: dict[str, int], grow: bool) -> sp.csr_matrix:
     """The ``(len(rows), len(vocab))`` 0/1 matrix of ``rows``' feature names; unknown names are
     added to ``vocab`` when ``grow`` (training), else left out (scoring)."""
@@ -88,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     from pipelines.data import simulate
     from pipelines.features.store import training_frame
     from pipelines.loop import stages
-    from pipelines.ranking.data import SERVICE, add_ranker_columns, age_band, training_rows
+    from pipelines.ranking.data import SERVICE, add_ranker_columns, training_rows
 
     settings = Settings.from_env()
     kept: list[tuple[str, list[str], np.ndarray, Any, dict[str, Any]]] = []
@@ -132,11 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     for user_id, ids, probs, b, user in kept:
-        segment = {
-            "user_age_band": age_band(user.get("user_age")),
-            "user_gender": str(user.get("user_gender")),
-            "user_country": str(user.get("user_country")),
-        }
+        segment = segment_of(user)
         trows = b.item_table.rows(ids)
         cats = np.where(trows >= 0, b.item_table.category[np.maximum(trows, 0)], "unknown")
         lp = np.log(np.clip(probs, 1e-6, 1.0))
@@ -157,9 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         def lr_scores(cfg, b, ranked, user=None):  # noqa: ANN001, ANN202
             if not ranked.probabilities or user is None:
                 return exploit(cfg, b, ranked, user)
-            segment = {"user_age_band": age_band(user.get("user_age")),
-                       "user_gender": str(user.get("user_gender")),
-                       "user_country": str(user.get("user_country"))}  # fmt: skip
+            segment = segment_of(user)
             trows = table.rows(ranked.ids)
             cats = np.where(trows >= 0, table.category[np.maximum(trows, 0)], "unknown")
             cand = [keys(str(i), str(c), segment) for i, c in zip(ranked.ids, cats, strict=True)]
