@@ -203,6 +203,7 @@ MODEL_MODULES = {
     "dssm": "models.dssm",
     "dlrm": "models.dlrm",
     "wide_deep": "models.wide_deep",
+    "cross_lr": "models.cross_lr",
 }
 
 

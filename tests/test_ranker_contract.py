@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from models.base import CONFIG_FILE, MODEL_CLASSES, WEIGHTS_FILE, Ranker, load_model
+from models.cross_lr import CrossLRRanker
 from models.dlrm import INTERACTIONS, DLRMRanker
 from models.wide_deep import WideDeepRanker
 from pipelines.core.metrics import auc
@@ -70,7 +71,7 @@ def dlrm_case(interaction: str) -> Case:
 
 
 # every interaction DLRMRanker offers (dot, cross, fm, deepfm); "linear" as the pipeline builds
-# the logistic baseline; Wide & Deep with one cross
+# the logistic baseline; Wide & Deep with one cross; the cross-feature L2 regression
 CASES = [dlrm_case(kind) for kind in INTERACTIONS if kind != "linear"] + [
     Case("logistic", lambda frame: fit_logistic_regression(frame, DENSE, SPARSE, **SMALL)),
     Case(
@@ -78,6 +79,10 @@ CASES = [dlrm_case(kind) for kind in INTERACTIONS if kind != "linear"] + [
         lambda frame: WideDeepRanker(DENSE, SPARSE, crosses=[SPARSE], **SMALL).fit(
             frame, progress=False
         ),
+    ),
+    Case(
+        "cross_lr",
+        lambda frame: CrossLRRanker(DENSE, SPARSE, crosses=[SPARSE]).fit(frame, progress=False),
     ),
 ]
 

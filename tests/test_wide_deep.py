@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from models.cross_lr import CrossLRRanker
 from models.dlrm import DLRMRanker, bce_loss, table_size
 from models.wide_deep import (
     CROSS_MULTIPLIER,
@@ -197,14 +198,15 @@ def test_saved_models_of_the_older_kinds_keep_their_tensors():
 
 # --- RECLOOP_RANKER -------------------------------------------------------------------------------
 def test_recloop_ranker_setting_picks_the_daily_ranker(tmp_path):
-    assert Settings.from_env({"RECLOOP_HOME": str(tmp_path)}).ranker == "dlrm_dot"
+    assert Settings.from_env({"RECLOOP_HOME": str(tmp_path)}).ranker == "cross_lr"
     got = Settings.from_env({"RECLOOP_HOME": str(tmp_path), "RECLOOP_RANKER": "wide_deep"})
     assert got.ranker == "wide_deep" and got.as_env()["RECLOOP_RANKER"] == "wide_deep"
     with pytest.raises(ValueError, match="RECLOOP_RANKER='dlrm'"):
         Settings.from_env({"RECLOOP_HOME": str(tmp_path), "RECLOOP_RANKER": "dlrm"})
     assert set(rk_train.RANKERS) == set(RANKERS)
     kinds = {k: rk_train.make_ranker(k, ["x"], ["p", "q"]) for k in RANKERS}
-    assert kinds["dlrm_dot"].config() == DLRMRanker(["x"], ["p", "q"]).config()  # today's
+    assert kinds["dlrm_dot"].config() == DLRMRanker(["x"], ["p", "q"]).config()
+    assert isinstance(kinds["cross_lr"], CrossLRRanker)
     assert isinstance(kinds["wide_deep"], WideDeepRanker)
     assert kinds["deepfm"].interaction == "deepfm" and kinds["logistic"].lr == 1e-2
 

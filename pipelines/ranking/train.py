@@ -9,8 +9,8 @@ clicked → 0), or on logs without impressions the engagement rows of
 two-tower model's top candidates for the user that the user did not engage with), joined point in time with the
 ``ranker_v1`` feature service (``pipelines.features.store.training_frame``). Saves
 ``artifacts/models/ranker/date=D/`` (the ranker ``RECLOOP_RANKER`` names, :data:`RANKERS`,
-default the DLRM with dot interactions: weights, normalization statistics, vocabularies, feature
-list and feature service) and ``ranker_lr`` (the baseline), fitted by :func:`fit_ranker` and
+default ``cross_lr``, :mod:`models.cross_lr`: weights, normalization statistics, vocabularies,
+feature list and feature service) and ``ranker_lr`` (the baseline), fitted by :func:`fit_ranker` and
 :func:`fit_logistic_regression`. IPS loss weights and the ``slot`` feature (position) reach every
 kind the same way: through :func:`fit_model` and :func:`pipelines.ranking.data.feature_columns`.
 """
@@ -25,6 +25,7 @@ from typing import Any
 
 import pandas as pd
 
+from models.cross_lr import CrossLRRanker
 from models.dlrm import DLRMRanker
 from models.wide_deep import WideDeepRanker
 from pipelines.core import distributed, layout, schema
@@ -50,9 +51,14 @@ MAX_EPOCHS = 8
 PATIENCE = 1
 """Epochs without a better validation logloss before training stops."""
 RANKER_PARAMS: dict[str, Any] = {"min_count": 50}
-"""Constructor parameters of both rankers: an id (item) shown fewer than 50 times in the window
-shares the out-of-vocabulary row (with 5 or 20 the rarest items' noisy embeddings won the top of
-the slate: true CTR lift +2% / +17% against +24% on day 10, ``benchmarks/README.md``)."""
+"""Constructor parameters of the rankers trained by gradient steps (every kind but
+:data:`PENALISED_KINDS`, and the ``ranker_lr`` baseline): an id (item) shown fewer than 50 times
+in the window shares the out-of-vocabulary row (with 5 or 20 the rarest items' noisy embeddings
+won the top of the slate: true CTR lift +2% / +17% against +24% on day 10,
+``benchmarks/README.md``)."""
+PENALISED_KINDS = frozenset({"cross_lr"})
+"""Kinds whose L2 penalty shrinks rare ids instead: they keep their own ``min_count`` (every
+item its weight; a cut at 50 left 160 of 2,000 items and cost 1.5 % of served true CTR)."""
 USE_DENSE = False
 """Whether the rankers read the feature service's dense aggregates (counts, CTRs, ages...).
 Off: they fit the validation day slightly better (logloss 0.1492 vs 0.1514) but the item counts
@@ -67,10 +73,18 @@ RANKERS: dict[str, tuple[type[DLRMRanker], dict[str, Any]]] = {
     "dlrm_fm": (DLRMRanker, {"interaction": "fm"}),
     "deepfm": (DLRMRanker, {"interaction": "deepfm"}),
     "wide_deep": (WideDeepRanker, {}),
+    "cross_lr": (CrossLRRanker, {}),
     "logistic": (DLRMRanker, {"interaction": "linear", "lr": 1e-2}),
 }
 """``RECLOOP_RANKER`` (``Settings.ranker``, the same names in
 :data:`pipelines.core.settings.RANKERS`) → the class and its constructor defaults."""
+
+
+def ranker_params(name: str, kind: str) -> dict[str, Any]:
+    """The daily path's extra constructor parameters of model ``name`` (``ranker`` of ``kind``,
+    or the ``ranker_lr`` baseline): :data:`RANKER_PARAMS`, except for the ranker of a
+    :data:`PENALISED_KINDS` kind, which keeps its own."""
+    return {} if name == "ranker" and kind in PENALISED_KINDS else dict(RANKER_PARAMS)
 
 
 def make_ranker(
@@ -246,7 +260,7 @@ def train_for_date(
     negatives_per_click: float = 0.0,
 ) -> dict[str, Any]:
     """Train the ranker (``settings.ranker``, ``RECLOOP_RANKER``: :data:`RANKERS`, default
-    ``dlrm_dot``) and the LR baseline on the window ending at ``date``; save both.
+    ``cross_lr``) and the LR baseline on the window ending at ``date``; save both.
 
     ``window_days`` (default ``settings.ranker_window_days``): labelled impressions of that many
     validated days ending at ``date``, no sampled negatives unless ``negatives_per_click`` > 0;
@@ -291,11 +305,12 @@ def train_for_date(
         "offline_store": joined.attrs.get("offline_store"),
         "validation_rows": 0 if valid is None else len(valid),
     }
-    params = {"epochs": epochs, "seed": settings.seed, "patience": PATIENCE, **RANKER_PARAMS}
+    params = {"epochs": epochs, "seed": settings.seed, "patience": PATIENCE}
     for name in MODEL_NAMES:
         model, record = fit_calibrated(
-            name, train, valid, dense, sparse, ips, settings.ranker, **params
-        )
+            name, train, valid, dense, sparse, ips, settings.ranker,
+            **params, **ranker_params(name, settings.ranker),
+        )  # fmt: skip
         meta = {
             "model": name,
             "version": f"{name}-{day.isoformat()}",
