@@ -187,23 +187,7 @@ class CrossLRRanker(DLRMRanker):
         for k, c in enumerate(progress_bar(grid, desc="cross_lr", unit="C", enabled=progress)):
             t0 = time.perf_counter()
             self.net.train()
-            opt = torch.optim.LBFGS(
-                self.net.parameters(), lr=1.0, max_iter=self.max_iter, history_size=20,
-                line_search_fn="strong_wolfe", tolerance_grad=1e-6, tolerance_change=1e-9,
-            )  # fmt: skip
-            lam = 1.0 / (2.0 * c * n)
-
-            def closure(c_lam: float = lam) -> torch.Tensor:
-                opt.zero_grad(set_to_none=True)
-                logits = self.net(dense, sparse)
-                loss = nn.functional.binary_cross_entropy_with_logits(
-                    logits, labels, weight=weights
-                )
-                loss = loss + c_lam * self.net.penalty()
-                loss.backward()
-                return loss
-
-            loss = float(opt.step(closure).detach())
+            loss = self._minimise(dense, sparse, labels, weights, 1.0 / (2.0 * c * n))
             self.net.eval()
             self._scorer = None
             row: dict[str, float] = {"epoch": k, "l2_c": c, "train_objective": loss}
@@ -222,6 +206,33 @@ class CrossLRRanker(DLRMRanker):
             self.l2_c = best[1]
         self.net.eval()
         self._scorer = None
+
+    def _minimise(
+        self,
+        dense: torch.Tensor,
+        sparse: torch.Tensor,
+        labels: torch.Tensor,
+        weights: torch.Tensor,
+        lam: float,
+    ) -> float:
+        """Full-batch L-BFGS from the current weights on the weighted mean logloss plus
+        ``lam ‖w‖²``; returns the final objective."""
+        assert self.net is not None
+        net = self.net
+        opt = torch.optim.LBFGS(
+            net.parameters(), lr=1.0, max_iter=self.max_iter, history_size=20,
+            line_search_fn="strong_wolfe", tolerance_grad=1e-6, tolerance_change=1e-9,
+        )  # fmt: skip
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad(set_to_none=True)
+            logits = net(dense, sparse)
+            loss = nn.functional.binary_cross_entropy_with_logits(logits, labels, weight=weights)
+            loss = loss + lam * net.penalty()
+            loss.backward()
+            return loss
+
+        return float(opt.step(closure).detach())
 
     def config(self) -> dict[str, Any]:
         return {
