@@ -145,3 +145,31 @@ def test_daily_path_trains_saves_loads_and_serves_cross_lr(tmp_path):
     want = again.predict_proba(rd.add_ranker_columns(rows, rd.SERVING_POSITION))
     np.testing.assert_allclose(got, want, rtol=1e-5)
     assert got[0:20:2].min() > got[1:20:2].max()  # "f" clicks the even items
+
+
+def test_auto_keeps_the_kind_with_the_better_validation_logloss():
+    """``RECLOOP_RANKER=auto``: both kinds fitted; the one kept has the lower calibrated
+    validation logloss, and the record names it and both kinds' metrics. Without a validation
+    day the first kind is kept."""
+    train, valid = segment_frame(3000, 7), segment_frame(1500, 8)
+    small = {"dim": 4, "bottom_mlp": (8,), "top_mlp": (8,), "epochs": 2, "seed": 0}
+    model, record = rk_train.fit_daily_ranker(
+        "ranker", train, valid, [], ["item_id", "user_gender"], False, rk_train.AUTO, **small
+    )
+    assert set(record["kinds"]) == set(rk_train.AUTO_KINDS)
+    losses = {k: v["logloss"] for k, v in record["kinds"].items()}
+    assert record["kind"] == min(losses, key=losses.__getitem__)
+    assert record["valid"] == record["kinds"][record["kind"]]
+    want = CrossLRRanker if record["kind"] == "cross_lr" else rk_train.DLRMRanker
+    assert type(model) is want
+    alone, rec = rk_train.fit_daily_ranker(
+        "ranker", train, None, [], ["item_id", "user_gender"], False, rk_train.AUTO, **small
+    )
+    assert rec["kind"] == rk_train.AUTO_KINDS[0] and rec["kinds"] == {
+        "cross_lr": {},
+        "dlrm_dot": {},
+    }
+    lr, lr_rec = rk_train.fit_daily_ranker(
+        "ranker_lr", train, valid, [], ["item_id", "user_gender"], False, rk_train.AUTO, **small
+    )
+    assert "kind" not in lr_rec and lr.interaction == "linear" and lr.min_count == 50

@@ -71,6 +71,11 @@ def test_fingerprint_equal_for_a_retrain_different_for_a_change(settings: Settin
     base = fp(settings, artifacts(tmp_path, 1))
     assert fp(settings, artifacts(tmp_path, 2)) == base  # counts, vocab, stats, curve, index kind
     assert fp(settings, artifacts(tmp_path, 4)) == base
+    # the L2 strength cross_lr chose on its validation day: data, not configuration
+    c1, c3 = (
+        fp(settings, artifacts(tmp_path, 13 + k, rk={"l2_c": c})) for k, c in ((0, 0.1), (1, 0.3))
+    )
+    assert c1 == c3 == base
     changes = [
         fp(settings, artifacts(tmp_path, 5, tt={"lr": 0.01})),  # a hyper-parameter
         fp(settings, artifacts(tmp_path, 6, rk={"dense_features": ["user_ctr_28d"]})),  # features

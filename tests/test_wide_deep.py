@@ -198,13 +198,16 @@ def test_saved_models_of_the_older_kinds_keep_their_tensors():
 
 # --- RECLOOP_RANKER -------------------------------------------------------------------------------
 def test_recloop_ranker_setting_picks_the_daily_ranker(tmp_path):
-    assert Settings.from_env({"RECLOOP_HOME": str(tmp_path)}).ranker == "cross_lr"
+    assert Settings.from_env({"RECLOOP_HOME": str(tmp_path)}).ranker == rk_train.AUTO
     got = Settings.from_env({"RECLOOP_HOME": str(tmp_path), "RECLOOP_RANKER": "wide_deep"})
     assert got.ranker == "wide_deep" and got.as_env()["RECLOOP_RANKER"] == "wide_deep"
     with pytest.raises(ValueError, match="RECLOOP_RANKER='dlrm'"):
         Settings.from_env({"RECLOOP_HOME": str(tmp_path), "RECLOOP_RANKER": "dlrm"})
-    assert set(rk_train.RANKERS) == set(RANKERS)
-    kinds = {k: rk_train.make_ranker(k, ["x"], ["p", "q"]) for k in RANKERS}
+    assert set(rk_train.RANKERS) | {rk_train.AUTO} == set(RANKERS)
+    assert set(rk_train.AUTO_KINDS) <= set(rk_train.RANKERS)
+    with pytest.raises(ValueError, match="unknown ranker 'auto'"):
+        rk_train.make_ranker(rk_train.AUTO, ["x"], ["p", "q"])
+    kinds = {k: rk_train.make_ranker(k, ["x"], ["p", "q"]) for k in rk_train.RANKERS}
     assert kinds["dlrm_dot"].config() == DLRMRanker(["x"], ["p", "q"]).config()
     assert isinstance(kinds["cross_lr"], CrossLRRanker)
     assert isinstance(kinds["wide_deep"], WideDeepRanker)

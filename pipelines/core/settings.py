@@ -15,7 +15,7 @@ environment, and ``Settings.ensure_dirs()`` is the one place that creates the wo
 | ``RECLOOP_IMPORTED_MIN_VOLUME_RATIO`` | ``0``                            | validation of imported days: volume / trailing-7-day median below this fails (0: never; below ``RECLOOP_MIN_VOLUME_RATIO`` warns) |
 | ``RECLOOP_RATING_POSITIVE``  | ``0``                                     | ranker without impressions: a rating >= this is a positive (0: every rating, as retrieval and evaluation count it) |
 | ``RECLOOP_RANKER_WINDOW_DAYS`` | ``28``                                 | ranker training window: labelled impressions of the last N validated days (the last one held out for early stopping and calibration) |
-| ``RECLOOP_RANKER``           | ``cross_lr``                              | the daily ranker (``ranker`` artifact): ``cross_lr`` (L2 logistic regression over item / category × user-segment crosses, :mod:`models.cross_lr`), ``dlrm_dot``, ``dlrm_cross``, ``dlrm_fm``, ``deepfm``, ``wide_deep`` or ``logistic`` (``pipelines.ranking.train.RANKERS``; the ``ranker_lr`` baseline is always trained too) |
+| ``RECLOOP_RANKER``           | ``auto``                                  | the daily ranker (``ranker`` artifact): ``auto`` (``cross_lr`` and ``dlrm_dot`` both trained, the better on the validation day kept: ``pipelines.ranking.train.AUTO_KINDS``), ``cross_lr`` (L2 logistic regression over item / category × user-segment crosses, :mod:`models.cross_lr`), ``dlrm_dot``, ``dlrm_cross``, ``dlrm_fm``, ``deepfm``, ``wide_deep`` or ``logistic`` (``pipelines.ranking.train.RANKERS``; the ``ranker_lr`` baseline is always trained too) |
 | ``RECLOOP_TRAIN_EXTRA``      | (empty)                                   | comma-separated retrievers the daily DAG's ``train_extra`` task also trains (``bpr``, ``ncf``, ``gru4rec``, ``sasrec``, ``bert4rec``, ``dssm``), each then a candidate source the service can be given a quota of (``RECLOOP_SERVE_SOURCES``) |
 | ``RECLOOP_RANKER_IPS``       | ``0``                                     | 1: the daily ranker's loss weighted by inverse logged propensities (IPS; impression-trained rankers only; off: measured worse, benchmarks/README.md) |
 | ``RECLOOP_GATE_TEST_DAYS``   | ``1``                                     | forward evaluation and gate on day D: models trained through D−H scored on the pooled positives of days D−H+1..D (H test days; 1: the day itself) |
@@ -40,8 +40,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-RANKERS = ("dlrm_dot", "dlrm_cross", "dlrm_fm", "deepfm", "wide_deep", "logistic", "cross_lr")
-"""The values of ``RECLOOP_RANKER`` (``pipelines.ranking.train.RANKERS`` builds each)."""
+RANKERS = (
+    "auto", "cross_lr", "dlrm_dot", "dlrm_cross", "dlrm_fm", "deepfm", "wide_deep", "logistic"
+)
+"""The values of ``RECLOOP_RANKER`` (``pipelines.ranking.train.RANKERS`` builds each; ``auto``
+chooses between two of them, ``pipelines.ranking.train.fit_daily_ranker``)."""
 WORKSPACE_DIRS = ("data", "quarantine", "features", "mlflow", "airflow", "artifacts", "reports")
 
 
@@ -100,7 +103,7 @@ class Settings:
     (MovieLens 100K served forward NDCG@10 0.287 at 4, 0.352 at 0; benchmarks/README.md)."""
     gate_test_days: int = 1
     ranker_window_days: int = 28
-    ranker: str = "cross_lr"
+    ranker: str = "auto"
     ranker_ips: bool = False  # IPS loss weights from the logged propensities (issue 16)
     train_extra: tuple[str, ...] = ()  # retrievers the DAG's train_extra task trains (issue 16)
     task_retries: int = 2

@@ -51,6 +51,7 @@ DATA_KEYS = frozenset(
         # calibration and its validation day: whether one existed is the data's doing too)
         "mean", "std", "var", "min", "max", "median", "quantiles",
         "calibration", "validation", "validation_rows", "best_epoch", "epochs_run",
+        "l2_c",  # the L2 strength models.cross_lr chose on the validation day
         # what a build measured; timings and library versions
         "created_at", "build_seconds", "tune_seconds", "tuning", "recall", "faiss_version",
     }
