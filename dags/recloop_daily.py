@@ -21,8 +21,10 @@ Takes one day's interaction logs (`RECLOOP_HOME/data/interactions/date={{ ds }}`
    is measured and a build below its target fails.
 6. **evaluate** — forward evaluation: the models trained through yesterday, scored on today's
    positives beside the baselines → `reports/eval/`.
-7. **train_ranker** — DLRM ranker (and its logistic-regression baseline) on the week's labelled
-   impressions plus sampled negatives (70% uniform, 30% hard from the two-tower), features joined
+7. **train_ranker** — the ranker (``RECLOOP_RANKER=auto``: the cross-feature logistic regression
+   or the DLRM, whichever fits the validation day better; and the logistic-regression baseline)
+   on the window's labelled impressions, or on logs without impressions positives plus sampled
+   negatives (70% uniform, 30% hard from the two-tower), features joined
    point in time through Feast; **evaluate_ranker** scores yesterday's rankers on today's
    impressions (AUC, logloss, calibration, NDCG@10 lift over retrieval order) → `reports/ranker/`.
 8. **register** — MLflow runs and registered versions (`mf`, `two_tower`, `index`, `ranker`) and a

@@ -9,7 +9,7 @@ For each simulated day D (pipelines.loop.closed_loop):
    the simulator's users of D are sent to it over HTTP, click and buy according to the truth,
    report it through /feedback, and the service's log becomes D's partition;
 2. the daily DAG through Airflow (validate, features to Redis, MF / two-tower / baselines, FAISS
-   index, DLRM ranker, forward evaluation, OPE, register, gate → challenger);
+   index, ranker, forward evaluation, OPE, register, gate → challenger);
 3. the A/B DAG: the running experiment (champion vs challenger arms) under an always-valid test:
    promote (the service serves the new champion the next day), roll back, or keep collecting.
 

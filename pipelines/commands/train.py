@@ -7,7 +7,8 @@ Writes artifacts/models/<model>/date=D/ (model, vocabularies, seen matrix, meta)
 ALS on ratings with biases (mu + b_u + b_i + p_u.q_i): `recloop predict --model mf_explicit`
 then returns predicted ratings (e.g. after `recloop ingest movielens`). ncf is neural
 collaborative filtering (GMF + MLP), bpr matrix factorization trained with the BPR loss. ranker
-trains the DLRM ranker and its logistic baseline (artifacts ranker/ and ranker_lr/, the
+trains the ranker (RECLOOP_RANKER: by default the cross-feature regression or the DLRM, the better
+on the validation day) and its logistic baseline (artifacts ranker/ and ranker_lr/, the
 `train_ranker` task). The daily DAG trains mf, two_tower, popular, itemknn and the ranker.
 
 --nproc N (two_tower, ranker): data-parallel training in N processes (PyTorch DDP; gloo on CPU,

@@ -41,7 +41,14 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 RANKERS = (
-    "auto", "cross_lr", "dlrm_dot", "dlrm_cross", "dlrm_fm", "deepfm", "wide_deep", "logistic"
+    "auto",
+    "cross_lr",
+    "dlrm_dot",
+    "dlrm_cross",
+    "dlrm_fm",
+    "deepfm",
+    "wide_deep",
+    "logistic",
 )
 """The values of ``RECLOOP_RANKER`` (``pipelines.ranking.train.RANKERS`` builds each; ``auto``
 chooses between two of them, ``pipelines.ranking.train.fit_daily_ranker``)."""
