@@ -148,9 +148,9 @@ def test_daily_path_trains_saves_loads_and_serves_cross_lr(tmp_path):
 
 
 def test_auto_keeps_the_kind_with_the_better_validation_logloss():
-    """``RECLOOP_RANKER=auto``: both kinds fitted; the one kept has the lower calibrated
-    validation logloss, and the record names it and both kinds' metrics. Without a validation
-    day the first kind is kept."""
+    """``RECLOOP_RANKER=auto``: both kinds fitted; the second is kept only when its calibrated
+    validation logloss is lower by more than the margin, and the record names the one kept and
+    both kinds' metrics. Without a validation day the first kind is kept."""
     train, valid = segment_frame(3000, 7), segment_frame(1500, 8)
     small = {"dim": 4, "bottom_mlp": (8,), "top_mlp": (8,), "epochs": 2, "seed": 0}
     model, record = rk_train.fit_daily_ranker(
@@ -158,7 +158,9 @@ def test_auto_keeps_the_kind_with_the_better_validation_logloss():
     )
     assert set(record["kinds"]) == set(rk_train.AUTO_KINDS)
     losses = {k: v["logloss"] for k, v in record["kinds"].items()}
-    assert record["kind"] == min(losses, key=losses.__getitem__)
+    first, other = rk_train.AUTO_KINDS
+    better = losses[other] < losses[first] * (1 - rk_train.AUTO_MARGIN)
+    assert record["kind"] == (other if better else first)
     assert record["valid"] == record["kinds"][record["kind"]]
     want = CrossLRRanker if record["kind"] == "cross_lr" else rk_train.DLRMRanker
     assert type(model) is want
@@ -173,3 +175,24 @@ def test_auto_keeps_the_kind_with_the_better_validation_logloss():
         "ranker_lr", train, valid, [], ["item_id", "user_gender"], False, rk_train.AUTO, **small
     )
     assert "kind" not in lr_rec and lr.interaction == "linear" and lr.min_count == 50
+
+
+@pytest.mark.parametrize(
+    ("cross_lr", "dlrm_dot", "kept"),
+    [
+        (0.2032, 0.2051, "cross_lr"),  # the simulator's day 10 window
+        (0.5035, 0.4975, "dlrm_dot"),  # MovieLens: the DLRM better by 1.2 %
+        (0.09465, 0.09463, "cross_lr"),  # a demo's day 2: a near-tie keeps the first kind
+    ],
+)
+def test_auto_switches_kind_only_beyond_the_margin(monkeypatch, cross_lr, dlrm_dot, kept):
+    """The choice rule alone, on the validation loglosses measured in benchmarks/README.md
+    (each kind's fit replaced by its recorded logloss)."""
+    losses = {"cross_lr": cross_lr, "dlrm_dot": dlrm_dot}
+
+    def fake_fit(name, train, valid, dense, sparse, ips, kind, **params):  # noqa: ANN001, ANN202
+        return kind, {"valid": {"logloss": losses[kind]}}
+
+    monkeypatch.setattr(rk_train, "fit_calibrated", fake_fit)
+    model, record = rk_train.fit_daily_ranker("ranker", None, None, [], [], False, rk_train.AUTO)
+    assert model == kept == record["kind"]
