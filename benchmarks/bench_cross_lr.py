@@ -1,5 +1,7 @@
 """Does a logistic regression over item x user-segment crosses order a day's candidates better
-than the served ranker? A diagnostic for issue 14 (benchmarks/README.md, twelfth session).
+than the served ranker? A diagnostic for issue 14 (benchmarks/README.md, twelfth session); the
+platform's own version of the regression is ``models.cross_lr`` (``RECLOOP_RANKER``, thirteenth
+session).
 
 On a finished demo workspace: the users of day D are served in-process by bundle REF (the
 champion that served D) as `recloop stages` serves `full`, and each request's candidates, ranker
