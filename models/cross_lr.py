@@ -36,8 +36,8 @@ import torch
 from torch import nn
 
 from models.base import register
-from models.dlrm import DenseNormalizer, DLRMRanker, FirstOrder
-from models.wide_deep import cross_index, cross_table_size, resolve_crosses
+from models.dlrm import DenseNormalizer, DLRMRanker, FirstOrder, _logloss
+from models.wide_deep import CrossBuckets, resolve_crosses
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,8 @@ class CrossLRNet(nn.Module):
     """Raw dense ``(B, Nd)`` float32 + sparse indices ``(B, F)`` int64 → logits ``(B,)``:
     ``b + FirstOrder(normalize(dense), [sparse, crosses])``.
 
-    ``crosses``: ``(C, 2)`` positions of the crossed features in the sparse columns; the cross
-    buffers follow from the config and are not saved (``persistent=False``)."""
+    ``crosses``: ``(C, 2)`` positions of the crossed features in the sparse columns
+    (:class:`models.wide_deep.CrossBuckets`)."""
 
     def __init__(
         self,
@@ -78,26 +78,13 @@ class CrossLRNet(nn.Module):
         super().__init__()
         sizes = [int(s) for s in table_sizes]
         self.normalizer = DenseNormalizer(n_dense)
-        pairs = torch.tensor([list(c) for c in crosses], dtype=torch.int64).reshape(-1, 2)
-        n_pairs = [(sizes[i] - 1) * (sizes[j] - 1) for i, j in crosses]
-        self.register_buffer("cross_a", pairs[:, 0].clone(), persistent=False)
-        self.register_buffer("cross_b", pairs[:, 1].clone(), persistent=False)
-        self.register_buffer(
-            "size_b", torch.tensor([sizes[j] for _, j in crosses], dtype=torch.int64), False
-        )
-        self.register_buffer(
-            "exact", torch.tensor([n <= cross_buckets for n in n_pairs], dtype=torch.bool), False
-        )
-        self.cross_buckets = int(cross_buckets)
-        cross_sizes = [cross_table_size(sizes[i], sizes[j], cross_buckets) for i, j in crosses]
-        self.wide = FirstOrder(n_dense, [*sizes, *cross_sizes])
+        self.crossed = CrossBuckets(sizes, crosses, cross_buckets)
+        self.wide = FirstOrder(n_dense, [*sizes, *self.crossed.table_sizes])
         self.bias = nn.Parameter(torch.zeros(()))
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
         x = self.normalizer(dense)
-        a, b = sparse[:, self.cross_a], sparse[:, self.cross_b]
-        crossed = cross_index(a, b, self.size_b, self.exact, self.cross_buckets)
-        return self.bias + self.wide(x, torch.cat([sparse, crossed], dim=1))
+        return self.bias + self.wide(x, torch.cat([sparse, self.crossed(sparse)], dim=1))
 
     def set_output_bias(self, value: float) -> None:
         with torch.no_grad():
@@ -192,9 +179,8 @@ class CrossLRRanker(DLRMRanker):
             self._scorer = None
             row: dict[str, float] = {"epoch": k, "l2_c": c, "train_objective": loss}
             row["seconds"] = time.perf_counter() - t0
-            if valid_frame is not None and valid_y is not None:
-                p = np.clip(self.predict_proba(valid_frame).astype(np.float64), 1e-7, 1 - 1e-7)
-                vl = float(-(valid_y * np.log(p) + (1 - valid_y) * np.log(1 - p)).mean())
+            if valid_y is not None:
+                vl = _logloss(valid_y, self.predict_proba(valid_frame).astype(np.float64))
                 row["valid_logloss"] = vl
                 if best is None or vl < best[0]:
                     state = {k2: v.detach().clone() for k2, v in self.net.state_dict().items()}

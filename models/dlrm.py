@@ -805,8 +805,7 @@ class DLRMRanker(Ranker):
             }
             self._scorer = None
             if valid_frame is not None and valid_y is not None:
-                p = np.clip(self.predict_proba(valid_frame).astype(np.float64), 1e-7, 1 - 1e-7)
-                vl = float(-(valid_y * np.log(p) + (1 - valid_y) * np.log(1 - p)).mean())
+                vl = _logloss(valid_y, self.predict_proba(valid_frame).astype(np.float64))
                 vl = ddp.agree(vl)  # every rank stops at rank 0's best epoch
                 row["valid_logloss"] = vl
                 if best is None or vl < best[0]:

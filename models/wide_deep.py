@@ -86,11 +86,42 @@ def cross_index(
     return torch.where((a > 0) & (b > 0), idx, torch.zeros_like(idx))
 
 
+class CrossBuckets(nn.Module):
+    """Sparse indices ``(B, F)`` int64 → cross bucket indices ``(B, C)`` (:func:`cross_index`).
+
+    ``table_sizes``: the sparse features' table sizes; ``crosses``: ``(C, 2)`` positions of the
+    crossed features in the sparse columns. :attr:`table_sizes` are then the crosses' own weight
+    tables (:func:`cross_table_size`). The buffers follow from the config and are not saved
+    (``persistent=False``)."""
+
+    def __init__(
+        self, table_sizes: Sequence[int], crosses: Sequence[tuple[int, int]], buckets: int
+    ) -> None:
+        super().__init__()
+        sizes = [int(s) for s in table_sizes]
+        pairs = torch.tensor([list(c) for c in crosses], dtype=torch.int64).reshape(-1, 2)
+        n_pairs = [(sizes[i] - 1) * (sizes[j] - 1) for i, j in crosses]
+        self.register_buffer("cross_a", pairs[:, 0].clone(), persistent=False)
+        self.register_buffer("cross_b", pairs[:, 1].clone(), persistent=False)
+        self.register_buffer(
+            "size_b", torch.tensor([sizes[j] for _, j in crosses], dtype=torch.int64), False
+        )
+        self.register_buffer(
+            "exact", torch.tensor([n <= buckets for n in n_pairs], dtype=torch.bool), False
+        )
+        self.buckets = int(buckets)
+        self.table_sizes = [cross_table_size(sizes[i], sizes[j], buckets) for i, j in crosses]
+
+    def forward(self, sparse: torch.Tensor) -> torch.Tensor:
+        a, b = sparse[:, self.cross_a], sparse[:, self.cross_b]
+        return cross_index(a, b, self.size_b, self.exact, self.buckets)
+
+
 class WideDeepNet(nn.Module):
     """Raw dense ``(B, Nd)`` float32 + sparse indices ``(B, F)`` int64 → logits ``(B,)``.
 
-    ``crosses``: ``(C, 2)`` positions of the crossed features in the sparse columns. The cross
-    buffers follow from the config and are not saved (``persistent=False``).
+    ``crosses``: ``(C, 2)`` positions of the crossed features in the sparse columns
+    (:class:`CrossBuckets`).
     """
 
     def __init__(
@@ -109,24 +140,8 @@ class WideDeepNet(nn.Module):
         self.dense_arch = DenseArch(n_dense, bottom_mlp, dim)
         self.sparse_arch = SparseArch(sizes, dim)
         self.deep = OverArch((len(sizes) + 1) * dim, top_mlp)
-        pairs = torch.tensor([list(c) for c in crosses], dtype=torch.int64).reshape(-1, 2)
-        n_pairs = [(sizes[i] - 1) * (sizes[j] - 1) for i, j in crosses]
-        self.register_buffer("cross_a", pairs[:, 0].clone(), persistent=False)
-        self.register_buffer("cross_b", pairs[:, 1].clone(), persistent=False)
-        self.register_buffer(
-            "size_b", torch.tensor([sizes[j] for _, j in crosses], dtype=torch.int64), False
-        )
-        self.register_buffer(
-            "exact", torch.tensor([n <= cross_buckets for n in n_pairs], dtype=torch.bool), False
-        )
-        self.cross_buckets = int(cross_buckets)
-        cross_sizes = [cross_table_size(sizes[i], sizes[j], cross_buckets) for i, j in crosses]
-        self.wide = FirstOrder(n_dense, [*sizes, *cross_sizes])
-
-    def crossed(self, sparse: torch.Tensor) -> torch.Tensor:
-        """Cross bucket indices ``(B, C)`` of sparse indices ``(B, F)`` (:func:`cross_index`)."""
-        a, b = sparse[:, self.cross_a], sparse[:, self.cross_b]
-        return cross_index(a, b, self.size_b, self.exact, self.cross_buckets)
+        self.crossed = CrossBuckets(sizes, crosses, cross_buckets)
+        self.wide = FirstOrder(n_dense, [*sizes, *self.crossed.table_sizes])
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
         x = self.normalizer(dense)

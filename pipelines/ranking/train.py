@@ -284,8 +284,8 @@ def fit_daily_ranker(
     """The daily path's model ``name``: :func:`fit_calibrated` with :func:`ranker_params`. For
     the ``ranker`` of kind :data:`AUTO` each of :data:`AUTO_KINDS` is fitted and the first kept
     unless another's calibrated validation logloss is lower by more than :data:`AUTO_MARGIN`
-    (then the lowest of those); its record then also has ``kind`` (the one kept) and ``kinds`` (each one's validation
-    metrics)."""
+    (then the lowest of those); its record then also has ``kind`` (the one kept) and ``kinds``
+    (each one's validation metrics)."""
     kinds = AUTO_KINDS if name == "ranker" and kind == AUTO else (kind,)
     fits = {
         k: fit_calibrated(
