@@ -22,6 +22,7 @@ environment overrides, and the admin token.
 | ``RECLOOP_SERVE_TOWER_WEIGHT``    | ``0``        | the ranker's click probability times ``exp(w * z)``, ``z`` the user tower's standardised score of the candidate (``w >= 0``; 0: off) |
 | ``RECLOOP_SERVE_LOG_FLUSH_S``     | ``5``        | seconds between flushes of the impression log to parquet |
 | ``RECLOOP_SERVE_SEED``            | unset        | seed of the exploration draws (unset: OS entropy) |
+| ``RECLOOP_SERVE_CATEGORY_CAP``    | ``3``        | ``cap`` re-ranker: at most this many items of one category in a response (the response length: no cap) |
 | ``RECLOOP_SERVE_RERANKER``        | ``cap``      | exploit list: ``cap`` (category caps), ``calibrated`` (Steck) or ``mmr`` (``serving.diversify``) |
 | ``RECLOOP_SERVE_RERANK_LAMBDA``   | ``0.5``      | ``calibrated``: weight of the KL term (0 = score order); ``mmr``: weight of relevance (1 = score order) |
 | ``RECLOOP_SERVE_ITEM_CACHE_TTL_S``| ``60``       | seconds a candidate's cached online item features are used (0 = no cache) |
@@ -356,6 +357,7 @@ class ServingConfig:
             ("RECLOOP_SERVE_RETRIEVAL_WEIGHT", "retrieval_weight", _env_weight),
             ("RECLOOP_SERVE_TOWER_WEIGHT", "tower_weight", env_float),
             ("RECLOOP_SERVE_SOURCES", "source_quotas", _env_quotas),
+            ("RECLOOP_SERVE_CATEGORY_CAP", "category_cap", env_int),
             ("RECLOOP_SERVE_RERANKER", "reranker", env_text),
             ("RECLOOP_SERVE_RERANK_LAMBDA", "rerank_lambda", env_float),
             ("RECLOOP_SERVE_EXPLORER", "explorer", env_text),

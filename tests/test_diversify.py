@@ -145,6 +145,10 @@ def test_reranker_setting_from_env():
         ServingConfig.from_env({"RECLOOP_SERVE_RERANKER": "shuffle"})
     with pytest.raises(ValueError, match="rerank_lambda"):
         ServingConfig.from_env({"RECLOOP_SERVE_RERANK_LAMBDA": "1.5"})
+    assert ServingConfig.from_env({}).category_cap == 3
+    assert ServingConfig.from_env({"RECLOOP_SERVE_CATEGORY_CAP": "10"}).category_cap == 10
+    with pytest.raises(ValueError, match="category_cap"):
+        ServingConfig.from_env({"RECLOOP_SERVE_CATEGORY_CAP": "0"})
 
 
 def _slate(cfg: ServingConfig, user: dict | None = None) -> rerank.Slate:

@@ -340,3 +340,56 @@ def test_the_stage_gate_records_the_funnel_of_full(world):
     assert f["score_order"] <= f["candidates_best"] <= f["oracle"]
     assert f["served"] <= f["candidates_best"] and set(f["known"]) == set(simulate.KNOWLEDGE)
     assert all(round(v, 4) == v for v in f["known"].values())
+
+
+def test_paired_difference_is_the_mean_of_the_users_differences_with_its_interval():
+    rng = np.random.default_rng(3)
+    users = [f"u{n}" for n in range(400)]
+    base = pd.Series(rng.uniform(0.0, 0.2, 400), index=users)  # a wide spread between users
+    same = stages.paired_difference(base, base)
+    assert same == {"diff": 0.0, "ci_low": 0.0, "ci_high": 0.0, "users": 400}
+    # +0.01 for every user, plus noise far smaller than the users' spread: the pairing sees it
+    better = base + 0.01 + rng.normal(0.0, 0.002, 400)
+    up = stages.paired_difference(better, base)
+    assert up["diff"] == pytest.approx(float((better - base).mean()))
+    assert 0.0 < up["ci_low"] < up["diff"] < up["ci_high"] < 0.02
+    assert stages.paired_difference(better, base) == up  # seeded
+    down = stages.paired_difference(base, better)
+    assert down["diff"] == pytest.approx(-up["diff"]) and down["ci_high"] < 0.0
+    # only the shared users are compared, whatever the order of either index
+    part = better.iloc[::-1].iloc[:100]
+    got = stages.paired_difference(part, base)
+    assert got["users"] == 100
+    assert got["diff"] == pytest.approx(float((part - base.loc[part.index]).mean()))
+    none = stages.paired_difference(base.iloc[:0], base)
+    assert none == {"diff": None, "ci_low": None, "ci_high": None, "users": 0}
+
+
+def test_user_values_are_each_users_own_figures(settings):
+    _write_day(settings, DAY, [("u1", 1, "click", "a"), ("u2", 2, "click", "d")])
+    window = stages.forward_window_from(settings, DAY, 1)
+    positives = stages.forward_positives(settings, window)
+    forward = stages.forward_relevance(settings, window, positives, ["u1", "u2", "u3"])
+    responses = [_resp("u1", ["x", "a"]), _resp("u2", ["d"]), _resp("u3", ["a"])]
+    got = stages.user_values(responses, None, forward)
+    assert list(got) == ["ndcg@10"]  # no simulator truth: no true CTR
+    assert got["ndcg@10"].to_dict() == pytest.approx({"u1": 1 / np.log2(3), "u2": 1.0})
+    buckets = pd.Series({"u1": "0", "u2": "0"})
+    mean = stages.forward_figures(responses, forward, buckets)["ndcg@10"]
+    assert got["ndcg@10"].mean() == pytest.approx(mean)
+    assert stages.user_values(responses, None, None) == {}
+
+
+def test_every_variant_is_compared_with_full_on_the_same_users(world):
+    doc = stages.run_stages(world, DAY, n_users=12, only=["full", "retrieval_only", "trending"])
+    assert "vs_full" not in doc["variants"]["full"]
+    for name in ("retrieval_only", "trending"):
+        v = doc["variants"][name]["vs_full"]["true_ctr"]
+        assert v["users"] == 12 and v["ci_low"] <= v["diff"] <= v["ci_high"]
+        # full slates of 10: the users' mean difference is the difference of the means
+        gap = doc["variants"][name]["true_ctr"] - doc["variants"]["full"]["true_ctr"]
+        assert v["diff"] == pytest.approx(gap)
+        assert set(doc["variants"][name]["vs_full"]) <= {"true_ctr", "ndcg@10"}
+    assert "vs full" in stages.format_table(doc)
+    alone = stages.run_stages(world, DAY, n_users=12, only=["trending"])
+    assert "vs_full" not in alone["variants"]["trending"]

@@ -120,7 +120,14 @@ def map_at_k(recs: np.ndarray, relevance: Relevance, k: int) -> float:
 
 
 def ndcg_at_k(recs: np.ndarray, relevance: Relevance, k: int) -> float:
-    """``DCG@k / IDCG@k`` with gain ``2^rel - 1`` and discount ``log2(i + 1)`` (``i`` from 1).
+    """``DCG@k / IDCG@k`` with gain ``2^rel - 1`` and discount ``log2(i + 1)`` (``i`` from 1),
+    the mean over users with a relevant item (:func:`ndcg_rows`)."""
+    rel = _relevance_csr(relevance, recs)
+    return _mean_over_users_with_relevance(ndcg_rows(recs, rel, k), rel)
+
+
+def ndcg_rows(recs: np.ndarray, relevance: Relevance, k: int) -> np.ndarray:
+    """NDCG@k of each user ``(U_eval,)`` float64 (0 for a user without a relevant item).
 
     IDCG@k is the DCG of the user's own relevant grades sorted best first (at most ``k`` of them).
     """
@@ -131,7 +138,7 @@ def ndcg_at_k(recs: np.ndarray, relevance: Relevance, k: int) -> float:
     for r in range(rel.shape[0]):
         best = np.sort(rel.data[rel.indptr[r] : rel.indptr[r + 1]])[::-1][:k]
         idcg[r] = ((2.0**best - 1.0) * disc[: len(best)]).sum()
-    return _mean_over_users_with_relevance(dcg / np.where(idcg > 0, idcg, 1.0), rel)
+    return dcg / np.where(idcg > 0, idcg, 1.0)
 
 
 def hit_rate_at_k(recs: np.ndarray, relevance: Relevance, k: int) -> float:

@@ -508,8 +508,10 @@ def slate_truth(responses: Sequence[dict[str, Any]], world: Any) -> np.ndarray |
     from pipelines.data import simulate
     from pipelines.loop.replay import slate_frame
 
+    if world is None:
+        return None
     frame = slate_frame(responses)
-    if world is None or not len(frame):
+    if not len(frame):
         return None
     return simulate.true_click_prob(
         world, frame["user_id"].to_numpy(), frame["item_id"].to_numpy(),
@@ -553,6 +555,80 @@ def variant_figures(
     return out
 
 
+PAIRED_BOOT = 2000
+"""Bootstrap replicates of :func:`paired_difference`."""
+PAIRED_LEVEL = 0.95
+"""Level of its percentile interval."""
+
+
+def user_values(
+    responses: Sequence[dict[str, Any]], world: Any, forward: tuple[Any, Any, Any] | None
+) -> dict[str, pd.Series]:
+    """Each replayed user's own figures, for comparing variants on the same users:
+    ``true_ctr`` (the mean true click probability of the user's shown items, position
+    included; absent without a simulator truth) and ``ndcg@10`` (the user's NDCG@10 on the
+    forward window's positives, users with a forward positive only; absent when none has one).
+    Series indexed by user id."""
+    from pipelines.core.metrics import ndcg_rows
+    from pipelines.loop.replay import slate_frame
+
+    out: dict[str, pd.Series] = {}
+    truth = slate_truth(responses, world)
+    if truth is not None:
+        users = slate_frame(responses)["user_id"].astype(str).to_numpy()
+        out["true_ctr"] = pd.Series(truth).groupby(users).mean()
+    if forward is not None:
+        fusers, items, rel = forward
+        scored = np.flatnonzero(np.diff(rel.indptr) > 0)
+        if len(scored):
+            ndcg = ndcg_rows(slate_matrix(responses, fusers, items), rel, FORWARD_K)
+            ids = np.asarray(fusers.ids, dtype=object)[scored].astype(str)
+            out[f"ndcg@{FORWARD_K}"] = pd.Series(ndcg[scored], index=ids)
+    return out
+
+
+def paired_difference(
+    variant: pd.Series,
+    reference: pd.Series,
+    n_boot: int = PAIRED_BOOT,
+    level: float = PAIRED_LEVEL,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The mean over users of ``variant - reference`` (per-user figures indexed by user id,
+    compared on the users both have) with a bootstrap percentile interval at ``level`` (users
+    resampled, ``n_boot`` replicates, seeded): ``{"diff", "ci_low", "ci_high", "users"}``;
+    the figures are None when no user is shared. Pairing removes the users' own spread (the
+    same users see both variants), so the interval is that of the difference, far narrower
+    than either mean's."""
+    common = variant.index.intersection(reference.index)
+    d = variant.loc[common].to_numpy(float) - reference.loc[common].to_numpy(float)
+    out: dict[str, Any] = {"diff": None, "ci_low": None, "ci_high": None, "users": len(d)}
+    if not len(d):
+        return out
+    rng = np.random.default_rng(seed)
+    boot = np.empty(n_boot)
+    for lo in range(0, n_boot, 256):  # chunks of replicates: bounded memory
+        hi = min(n_boot, lo + 256)
+        boot[lo:hi] = d[rng.integers(0, len(d), (hi - lo, len(d)))].mean(axis=1)
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(boot, [tail, 1.0 - tail])
+    return {**out, "diff": float(d.mean()), "ci_low": float(low), "ci_high": float(high)}
+
+
+def compare_to_full(values: dict[str, dict[str, pd.Series]]) -> dict[str, dict[str, Any]]:
+    """``{variant: {figure: paired_difference(variant, full)}}`` for every variant but ``full``
+    of ``values`` (:func:`user_values` per variant), for the figures both have; empty without
+    ``full``."""
+    full = values.get("full")
+    if full is None:
+        return {}
+    return {
+        name: {m: paired_difference(v[m], full[m]) for m in v if m in full}
+        for name, v in values.items()
+        if name != "full"
+    }
+
+
 def run_stages(
     settings: Settings,
     date: str,
@@ -592,13 +668,17 @@ def run_stages(
     doc: dict[str, Any] = {"date": date, "bundle": bundle.version, "users": len(users)}
     doc["forward_window"] = [window.first.isoformat(), window.day.isoformat()]
     doc["variants"] = {}
+    per_user: dict[str, dict[str, pd.Series]] = {}
     for name, (b, c) in variants(bundle, cfg).items():
         if only is not None and name not in only:
             continue
         t0 = time.perf_counter()
         responses = serve_users(settings, b, users, c)
         doc["variants"][name] = variant_figures(settings, date, responses, world, context)
+        per_user[name] = user_values(responses, world, context["forward"])
         log.info("stages %s: %s users in %.1f s", name, len(users), time.perf_counter() - t0)
+    for name, diffs in compare_to_full(per_user).items():
+        doc["variants"][name]["vs_full"] = diffs
     return doc
 
 
@@ -665,10 +745,28 @@ def format_table(doc: dict[str, Any]) -> str:
                 f"{name:<16}{_num(f['candidates_best'], 4):>10}{_num(f['score_order'], 4):>10}"
                 f"{_num(f['served'], 4):>9}{_num(f['positives_in_candidates'], 3):>12}"
             )
+    paired = {n: v["vs_full"] for n, v in doc["variants"].items() if v.get("vs_full")}
+    if paired:
+        pct = round(PAIRED_LEVEL * 100)
+        lines.append(
+            f"{'vs full':<16}{'d_true_ctr':>11}{f'{pct}% CI':>20}{'d_ndcg@10':>11}"
+            f"{f'{pct}% CI':>20}   (variant - full, paired over the same users)"
+        )
+        for name, p in paired.items():
+            cells = [_diff_cells(p.get(m)) for m in ("true_ctr", f"ndcg@{FORWARD_K}")]
+            lines.append(f"{name:<16}" + "".join(cells))
     users = next(iter(doc["variants"].values()), {}).get("bucket_users")
     if users:
         lines.append("users per bucket: " + ", ".join(f"{b} {n}" for b, n in users.items()))
     return "\n".join(lines)
+
+
+def _diff_cells(p: dict[str, Any] | None) -> str:
+    """A paired difference as ``diff`` and ``[low, high]`` columns ("-" when absent)."""
+    if not p or p.get("diff") is None:
+        return f"{'-':>11}{'-':>20}"
+    ci = f"[{p['ci_low']:+.4f}, {p['ci_high']:+.4f}]"
+    return f"{p['diff']:>+11.4f}{ci:>20}"
 
 
 def _num(x: float | None, digits: int) -> str:
