@@ -29,9 +29,14 @@ demographics x item or user x category would rank them; on real data, the same s
 NDCG@10 on the forward positives. Needs the workspace's Redis (online features). Nothing is
 logged by the replays.
 
+Every variant against full, on the same users (vs_full): the mean of the users' differences in
+true CTR and in NDCG@10 (variant - full) with a paired bootstrap 95% interval, so that a
+difference of 0.1% is read as a tie unless its interval excludes 0.
+
 With --json, standard output is the JSON document only: {"date", "bundle", "users",
 "forward_window", "variants": {"full": {"true_ctr", "ope_snips", "ndcg@10", "hit_rate@10",
-"recall@10", "forward_users", "distinct_items", "funnel", "forward_funnel", ...}, ...}};
+"recall@10", "forward_users", "distinct_items", "funnel", "forward_funnel", ...},
+"trending": {..., "vs_full": {"true_ctr": {"diff", "ci_low", "ci_high", "users"}}}, ...}};
 progress goes to standard error. See pipelines/loop/stages.py.
 """
 

@@ -40,6 +40,13 @@ with exploration each lose) and, with forward positives, ``forward_funnel``
 (:func:`forward_funnel`: the same stages by NDCG@10 on real data). Impressions and requests of
 the replays are not logged.
 
+**Each variant against** ``full`` (:func:`compare_to_full`, ``vs_full`` of every variant but
+``full``): the variants serve the same users, so each user's own figures (:func:`user_values`:
+true CTR, NDCG@10) are compared in pairs, ``{"diff", "ci_low", "ci_high", "users"}`` per figure
+(:func:`paired_difference`: the mean of the users' differences, a bootstrap 95 % interval over
+users). Two variants 0.1 % apart are a tie unless the interval excludes 0; the users' own spread,
+which makes either mean uncertain by several per cent, cancels in the pairs.
+
 **Forward ranking figures** (usable on real data, where there is no truth): the forward window
 is the ``h`` days ``[D, D + h)`` (``horizon_days``; default ``settings.gate_test_days``, as
 :mod:`pipelines.core.forward_window` decides for forward evaluation), and each replayed user
