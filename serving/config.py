@@ -22,7 +22,7 @@ environment overrides, and the admin token.
 | ``RECLOOP_SERVE_TOWER_WEIGHT``    | ``0``        | the ranker's click probability times ``exp(w * z)``, ``z`` the user tower's standardised score of the candidate (``w >= 0``; 0: off) |
 | ``RECLOOP_SERVE_LOG_FLUSH_S``     | ``5``        | seconds between flushes of the impression log to parquet |
 | ``RECLOOP_SERVE_SEED``            | unset        | seed of the exploration draws (unset: OS entropy) |
-| ``RECLOOP_SERVE_CATEGORY_CAP``    | ``3``        | ``cap`` re-ranker: at most this many items of one category in a response (the response length: no cap) |
+| ``RECLOOP_SERVE_CATEGORY_CAP``    | ``3``        | ``cap`` re-ranker: at most this many items of one category in a response (0: no cap) |
 | ``RECLOOP_SERVE_RERANKER``        | ``cap``      | exploit list: ``cap`` (category caps), ``calibrated`` (Steck) or ``mmr`` (``serving.diversify``) |
 | ``RECLOOP_SERVE_RERANK_LAMBDA``   | ``0.5``      | ``calibrated``: weight of the KL term (0 = score order); ``mmr``: weight of relevance (1 = score order) |
 | ``RECLOOP_SERVE_ITEM_CACHE_TTL_S``| ``60``       | seconds a candidate's cached online item features are used (0 = no cache) |
@@ -161,7 +161,8 @@ class ServingConfig:
     challenger_share: float = 0.1
     # re-ranking
     category_cap: int = 3
-    """At most this many items of one category in a response (filled beyond it only if short)."""
+    """At most this many items of one category in a response (filled beyond it only if short);
+    0: no cap (the exploit list is the score order)."""
     reranker: str = "cap"
     """How the exploit list is chosen (``serving.pipeline._rerank``): ``cap`` (greedy by score
     under ``category_cap``, :func:`serving.rerank.exploit_list`), ``calibrated`` (the list's
@@ -297,7 +298,7 @@ class ServingConfig:
                 "linucb_uniform in [0, 1]",
             ),
             (self.max_in_flight >= 1 and self.workers >= 1, "max_in_flight, workers must be >= 1"),
-            (self.category_cap >= 1, "category_cap must be >= 1"),
+            (self.category_cap >= 0, "category_cap must be >= 0 (0: no cap)"),
             (self.reranker in RERANKERS, f"reranker must be one of {RERANKERS}"),
             (0.0 <= self.rerank_lambda <= 1.0, "rerank_lambda must be in [0, 1]"),
             (self.deadline_ms > 0 and self.hydrate_deadline_ms > 0, "deadlines must be > 0"),

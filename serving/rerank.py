@@ -4,7 +4,7 @@ Plain functions over arrays of one request's candidates (``C`` of them, already 
 
 **Exploit list** (:func:`exploit_list`): excluded items dropped, ``fresh_boost`` added to the
 score of items at most ``fresh_days`` old, then greedily by score, at most ``category_cap`` items
-of any one category (categories the request's context asked for are not capped); if that leaves
+(0: any number) of any one category (categories the request's context asked for are not capped); if that leaves
 fewer than ``k``, the capped items fill the rest in score order. Deterministic given the request.
 
 **Exploration** (:func:`explore`): with probability ``rate`` one slot of the response explores.
@@ -124,7 +124,8 @@ def exploit_list(
     allowed: np.ndarray | None = None,
     uncapped: frozenset[str] = frozenset(),
 ) -> np.ndarray:
-    """Rows of the top ``k`` (at most ``C``) by ``scores`` under the category cap.
+    """Rows of the top ``k`` (at most ``C``) by ``scores`` under the category cap (``cap`` 0:
+    none, the score order).
 
     ``allowed``: boolean ``(C,)`` mask (False = excluded by a business rule). Ties by row.
     """
@@ -139,7 +140,7 @@ def exploit_list(
         if len(chosen) == k:
             break
         c = str(categories[r])
-        if c not in uncapped and per_cat.get(c, 0) >= cap:
+        if cap > 0 and c not in uncapped and per_cat.get(c, 0) >= cap:
             skipped.append(int(r))
             continue
         per_cat[c] = per_cat.get(c, 0) + 1

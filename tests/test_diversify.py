@@ -148,7 +148,8 @@ def test_reranker_setting_from_env():
     assert ServingConfig.from_env({}).category_cap == 3
     assert ServingConfig.from_env({"RECLOOP_SERVE_CATEGORY_CAP": "10"}).category_cap == 10
     with pytest.raises(ValueError, match="category_cap"):
-        ServingConfig.from_env({"RECLOOP_SERVE_CATEGORY_CAP": "0"})
+        ServingConfig.from_env({"RECLOOP_SERVE_CATEGORY_CAP": "-1"})
+    assert ServingConfig.from_env({"RECLOOP_SERVE_CATEGORY_CAP": "0"}).category_cap == 0
 
 
 def _slate(cfg: ServingConfig, user: dict | None = None) -> rerank.Slate:

@@ -21,6 +21,7 @@ def test_category_cap_and_fill():
     assert steered.tolist() == [0, 1, 2, 3]
     allowed = np.array([False, True, True, True, True, True])
     assert 0 not in rerank.exploit_list(scores, cats, k=3, cap=5, allowed=allowed)
+    assert rerank.exploit_list(scores, cats, k=4, cap=0).tolist() == [0, 1, 2, 3]  # no cap
 
 
 def test_fresh_boost_only_for_young_items():
