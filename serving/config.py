@@ -22,7 +22,7 @@ environment overrides, and the admin token.
 | ``RECLOOP_SERVE_TOWER_WEIGHT``    | ``0``        | the ranker's click probability times ``exp(w * z)``, ``z`` the user tower's standardised score of the candidate (``w >= 0``; 0: off) |
 | ``RECLOOP_SERVE_LOG_FLUSH_S``     | ``5``        | seconds between flushes of the impression log to parquet |
 | ``RECLOOP_SERVE_SEED``            | unset        | seed of the exploration draws (unset: OS entropy) |
-| ``RECLOOP_SERVE_CATEGORY_CAP``    | ``3``        | ``cap`` re-ranker: at most this many items of one category in a response (0: no cap) |
+| ``RECLOOP_SERVE_CATEGORY_CAP``    | ``0``        | ``cap`` re-ranker: at most this many items of one category in a response (0: no cap) |
 | ``RECLOOP_SERVE_RERANKER``        | ``cap``      | exploit list: ``cap`` (category caps), ``calibrated`` (Steck) or ``mmr`` (``serving.diversify``) |
 | ``RECLOOP_SERVE_RERANK_LAMBDA``   | ``0.5``      | ``calibrated``: weight of the KL term (0 = score order); ``mmr``: weight of relevance (1 = score order) |
 | ``RECLOOP_SERVE_ITEM_CACHE_TTL_S``| ``60``       | seconds a candidate's cached online item features are used (0 = no cache) |
@@ -160,9 +160,12 @@ class ServingConfig:
     salt: str = "recloop-ab-v1"
     challenger_share: float = 0.1
     # re-ranking
-    category_cap: int = 3
+    category_cap: int = 0
     """At most this many items of one category in a response (filled beyond it only if short);
-    0: no cap (the exploit list is the score order)."""
+    0 (the default): no cap, the exploit list is the score order. With the ``cross_lr`` ranker
+    a cap of 3 (the default before) cost 3–6 % of the served true CTR over a 10-day demo loop,
+    with no more distinct items (benchmarks/README.md, fourteenth session); set it for slates
+    that must mix categories."""
     reranker: str = "cap"
     """How the exploit list is chosen (``serving.pipeline._rerank``): ``cap`` (greedy by score
     under ``category_cap``, :func:`serving.rerank.exploit_list`), ``calibrated`` (the list's

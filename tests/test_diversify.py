@@ -145,7 +145,7 @@ def test_reranker_setting_from_env():
         ServingConfig.from_env({"RECLOOP_SERVE_RERANKER": "shuffle"})
     with pytest.raises(ValueError, match="rerank_lambda"):
         ServingConfig.from_env({"RECLOOP_SERVE_RERANK_LAMBDA": "1.5"})
-    assert ServingConfig.from_env({}).category_cap == 3
+    assert ServingConfig.from_env({}).category_cap == 0  # no cap
     assert ServingConfig.from_env({"RECLOOP_SERVE_CATEGORY_CAP": "10"}).category_cap == 10
     with pytest.raises(ValueError, match="category_cap"):
         ServingConfig.from_env({"RECLOOP_SERVE_CATEGORY_CAP": "-1"})
@@ -166,7 +166,7 @@ def _slate(cfg: ServingConfig, user: dict | None = None) -> rerank.Slate:
 
 
 def test_cap_keeps_todays_slate_and_calibrated_changes_only_the_exploit_list():
-    cfg = ServingConfig(explore_rate=0.4, seed=7)
+    cfg = ServingConfig(explore_rate=0.4, seed=7, category_cap=3)
     # today's code: exploit_list with the catalog rows disallowed and "b" uncapped, then explore
     allowed = np.arange(20) < 18
     exploit = rerank.exploit_list(SCORES, CATS, 10, 3, allowed, frozenset({"b"}))
