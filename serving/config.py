@@ -163,9 +163,9 @@ class ServingConfig:
     category_cap: int = 0
     """At most this many items of one category in a response (filled beyond it only if short);
     0 (the default): no cap, the exploit list is the score order. With the ``cross_lr`` ranker
-    a cap of 3 (the default before) cost 3–6 % of the served true CTR over a 10-day demo loop,
-    with no more distinct items (benchmarks/README.md, fourteenth session); set it for slates
-    that must mix categories."""
+    a cap of 3 (the default before) cost up to 6 % of the served true CTR over a 10-day demo
+    loop and served fewer distinct items, but lists that mixed more categories
+    (benchmarks/README.md, fourteenth session); set it for slates that must mix categories."""
     reranker: str = "cap"
     """How the exploit list is chosen (``serving.pipeline._rerank``): ``cap`` (greedy by score
     under ``category_cap``, :func:`serving.rerank.exploit_list`), ``calibrated`` (the list's

@@ -4,8 +4,9 @@ Plain functions over arrays of one request's candidates (``C`` of them, already 
 
 **Exploit list** (:func:`exploit_list`): excluded items dropped, ``fresh_boost`` added to the
 score of items at most ``fresh_days`` old, then greedily by score, at most ``category_cap`` items
-(0: any number) of any one category (categories the request's context asked for are not capped); if that leaves
-fewer than ``k``, the capped items fill the rest in score order. Deterministic given the request.
+(0: any number) of any one category (categories the request's context asked for are not
+capped); if that leaves fewer than ``k``, the capped items fill the rest in score order.
+Deterministic given the request.
 
 **Exploration** (:func:`explore`): with probability ``rate`` one slot of the response explores.
 Its position ``p`` is uniform over the ``k`` slots; the exploit items from ``p`` on move down one
