@@ -82,8 +82,10 @@ def loop(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer):
     out["after_stop"] = read_loop_days(settings)
     out["worse_days"] = closed_loop.run_loop(settings, _cfg("2026-01-04", 2))
 
-    # --- better challenger: the inverted bundle as champion against bundle 3's retriever
-    better = register_variant(settings, "3", "as_is")
+    # --- better challenger: the inverted bundle as champion against bundle 3 itself. (Bundle 3's
+    # retriever alone, the "as_is" variant, is no longer clearly better: the inverted bundle keeps
+    # its ranker and the other candidate sources, and the A/B sometimes rolled it back.)
+    better = "3"
     assert registry.promote(settings, worse, "champion")
     assert registry.promote(settings, better, "challenger")
     out["better"] = better
