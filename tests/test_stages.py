@@ -371,13 +371,14 @@ def test_user_values_are_each_users_own_figures(settings):
     positives = stages.forward_positives(settings, window)
     forward = stages.forward_relevance(settings, window, positives, ["u1", "u2", "u3"])
     responses = [_resp("u1", ["x", "a"]), _resp("u2", ["d"]), _resp("u3", ["a"])]
-    got = stages.user_values(responses, None, forward)
+    frame = slate_frame([])  # no simulator truth: the frame is not read
+    got = stages.user_values(responses, frame, None, forward)
     assert list(got) == ["ndcg@10"]  # no simulator truth: no true CTR
     assert got["ndcg@10"].to_dict() == pytest.approx({"u1": 1 / np.log2(3), "u2": 1.0})
     buckets = pd.Series({"u1": "0", "u2": "0"})
     mean = stages.forward_figures(responses, forward, buckets)["ndcg@10"]
     assert got["ndcg@10"].mean() == pytest.approx(mean)
-    assert stages.user_values(responses, None, None) == {}
+    assert stages.user_values(responses, frame, None, None) == {}
 
 
 def test_every_variant_is_compared_with_full_on_the_same_users(world):

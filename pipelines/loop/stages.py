@@ -439,7 +439,11 @@ def category_figures(
 
 
 def funnel_figures(
-    responses: Sequence[dict[str, Any]], world: Any, date: str, k: int = 10
+    responses: Sequence[dict[str, Any]],
+    world: Any,
+    date: str,
+    k: int = 10,
+    served: np.ndarray | None = None,
 ) -> dict[str, float | None]:
     """Where a variant's slates lose true CTR, stage by stage (the simulator's truth; position
     included, slot ``p`` of ``k``), means over the responses' users:
@@ -463,8 +467,10 @@ def funnel_figures(
 
     ``served`` and ``score_order`` are at most ``candidates_best`` (every shown item is a
     candidate), and ``candidates_best`` at most ``oracle``. ``served`` is over every response,
-    the rest over those carrying candidates; all None when none does."""
+    the rest over those carrying candidates; all None when none does. ``served``: the slates'
+    truth when the caller has it (:func:`slate_truth`), else computed here."""
     from pipelines.data import simulate
+    from pipelines.loop.replay import slate_frame
 
     rows = [r for r in responses if r.get("candidates") and r["candidates"]["ids"]]
     none = dict.fromkeys(
@@ -497,7 +503,8 @@ def funnel_figures(
         start += n
     slots = np.tile(np.arange(k), len(users))
     top = simulate.true_click_prob(world, np.repeat(users, k), oracle.ravel(), slots)
-    served = slate_truth(responses, world)
+    if served is None:
+        served = slate_truth(slate_frame(responses), world)
     return {
         "oracle": float(top.mean()),
         "candidates_best": float(np.concatenate(best).mean()),
@@ -508,17 +515,13 @@ def funnel_figures(
     }
 
 
-def slate_truth(responses: Sequence[dict[str, Any]], world: Any) -> np.ndarray | None:
-    """The simulator's true click probability of every shown item of ``responses`` at its slot
-    ``(n,)`` float64 (:func:`pipelines.loop.replay.slate_frame`'s rows); None without a world or
-    slates."""
+def slate_truth(frame: pd.DataFrame, world: Any) -> np.ndarray | None:
+    """The simulator's true click probability of every shown item at its slot, ``(n,)``
+    float64, one per row of ``frame`` (:func:`pipelines.loop.replay.slate_frame` of the
+    responses); None without a world or slates."""
     from pipelines.data import simulate
-    from pipelines.loop.replay import slate_frame
 
-    if world is None:
-        return None
-    frame = slate_frame(responses)
-    if not len(frame):
+    if world is None or not len(frame):
         return None
     return simulate.true_click_prob(
         world, frame["user_id"].to_numpy(), frame["item_id"].to_numpy(),
@@ -532,14 +535,15 @@ def variant_figures(
     responses: list[dict[str, Any]],
     world: Any,
     context: dict[str, Any],
+    frame: pd.DataFrame,
+    truth: np.ndarray | None,
 ) -> dict[str, Any]:
     """The figures of one variant's ``responses`` (the module docstring). ``context``: the day's
     ``catalog``, ``popularity`` (positives per item before the day), ``buckets`` (user id →
     activity bucket), ``logged`` (the day's logged impressions, for the OPE; or None) and
-    ``forward`` (:func:`forward_relevance`; or None: no replayed user has a forward positive)."""
-    from pipelines.loop.replay import slate_frame
-
-    frame = slate_frame(responses)
+    ``forward`` (:func:`forward_relevance`; or None: no replayed user has a forward positive).
+    ``frame``: the responses' :func:`pipelines.loop.replay.slate_frame`; ``truth``: its
+    :func:`slate_truth`."""
     snips, ess = ope_snips(context["logged"], date, responses, world)
     out: dict[str, Any] = {"true_ctr": None, "ope_snips": snips, "ope_ess": ess}
     out.update(forward_figures(responses, context["forward"], context["buckets"]))
@@ -552,8 +556,7 @@ def variant_figures(
     paths = pd.Series([",".join(r.get("fallbacks") or ()) or "known" for r in responses])
     out["paths"] = {str(k): int(v) for k, v in paths.value_counts().sort_index().items()}
     out["true_ctr_by_bucket"] = None
-    out["funnel"] = funnel_figures(responses, world, date)
-    truth = slate_truth(responses, world)
+    out["funnel"] = funnel_figures(responses, world, date, served=truth)
     if truth is not None:
         out["true_ctr"] = float(truth.mean())
         per = catalog.by_bucket(pd.Series(truth, index=frame["user_id"]), context["buckets"])
@@ -569,20 +572,22 @@ PAIRED_LEVEL = 0.95
 
 
 def user_values(
-    responses: Sequence[dict[str, Any]], world: Any, forward: tuple[Any, Any, Any] | None
+    responses: Sequence[dict[str, Any]],
+    frame: pd.DataFrame,
+    truth: np.ndarray | None,
+    forward: tuple[Any, Any, Any] | None,
 ) -> dict[str, pd.Series]:
     """Each replayed user's own figures, for comparing variants on the same users:
     ``true_ctr`` (the mean true click probability of the user's shown items, position
-    included; absent without a simulator truth) and ``ndcg@10`` (the user's NDCG@10 on the
+    included; absent when ``truth`` is None) and ``ndcg@10`` (the user's NDCG@10 on the
     forward window's positives, users with a forward positive only; absent when none has one).
-    Series indexed by user id."""
+    ``frame``: the responses' :func:`pipelines.loop.replay.slate_frame`; ``truth``: its
+    :func:`slate_truth`. Series indexed by user id."""
     from pipelines.core.metrics import ndcg_rows
-    from pipelines.loop.replay import slate_frame
 
     out: dict[str, pd.Series] = {}
-    truth = slate_truth(responses, world)
     if truth is not None:
-        users = slate_frame(responses)["user_id"].astype(str).to_numpy()
+        users = frame["user_id"].astype(str).to_numpy()
         out["true_ctr"] = pd.Series(truth).groupby(users).mean()
     if forward is not None:
         fusers, items, rel = forward
@@ -649,7 +654,7 @@ def run_stages(
     "variants": {name: figures}}`` (see the module docstring; ``forward_window``: ``[first,
     last]`` ISO days of the ``horizon_days`` forward window). ``cfg``: the serving configuration
     as served (default ``ServingConfig.from_env()``); ``only``: run just these variants."""
-    from pipelines.loop.replay import serve_users
+    from pipelines.loop.replay import serve_users, slate_frame
     from serving.bundle import load
     from serving.config import ServingConfig
 
@@ -681,8 +686,11 @@ def run_stages(
             continue
         t0 = time.perf_counter()
         responses = serve_users(settings, b, users, c)
-        doc["variants"][name] = variant_figures(settings, date, responses, world, context)
-        per_user[name] = user_values(responses, world, context["forward"])
+        frame = slate_frame(responses)
+        truth = slate_truth(frame, world)
+        figures = variant_figures(settings, date, responses, world, context, frame, truth)
+        doc["variants"][name] = figures
+        per_user[name] = user_values(responses, frame, truth, context["forward"])
         log.info("stages %s: %s users in %.1f s", name, len(users), time.perf_counter() - t0)
     for name, diffs in compare_to_full(per_user).items():
         doc["variants"][name]["vs_full"] = diffs
