@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_replicas.py [--home DIR] [--scale demo]
         [--large-items 1000000] [--rates 100,200,300] [--seconds 20] [--connections 16]
         [--replicas 1,2,4] [--replica-workers 1] [--baseline-workers 2]
-        [--redis-port P] [--base-port 7500]
+        [--redis-port P] [--base-port 7500] [--index-kind auto] [--synthetic clustered]
 
 Configs, each driven at every ``--rates`` value for ``--seconds``:
 
@@ -15,7 +15,9 @@ Configs, each driven at every ``--rates`` value for ``--seconds``:
   retries; started and stopped by its functions), the load sent to HAProxy's port.
 
 Every server is :mod:`bench_serving`'s (the ``recloop serve`` app, the champion's index replaced
-by the ``--large-items`` HNSW index, cached in the workspace) and the load is its open-loop
+by the ``--large-items`` index, cached in the workspace: ``--index-kind`` and ``--synthetic`` as
+in :mod:`bench_serving`, by default the recall-gated index the daily DAG builds over items
+clustered around the real ones) and the load is its open-loop
 generator (:func:`bench_serving.load`: latency counted from when a request was due), so the
 figures compare with ``bench_serving.py``'s. The workspace is built or reused as there
 (``--home``); Redis is started by this script (``--redis-port``, default a free one).
@@ -166,6 +168,7 @@ def parse_args() -> argparse.Namespace:
         help="uvicorn workers of the direct (no HAProxy) baseline; 0 = no baseline",
     )
     p.add_argument("--redis-port", type=int, default=None, help="default: a free port")
+    bs.add_index_args(p)
     p.add_argument(
         "--base-port",
         type=int,
@@ -182,7 +185,7 @@ def main() -> int:
     args = parse_args()
     logs = Path(tempfile.mkdtemp(prefix="recloop-bench-replicas-logs-"))
     with bs.workspace(args.home, args.scale, args.redis_port) as env:
-        extra = ["--large-items", str(args.large_items)] if args.large_items else []
+        extra = bs.index_extra(args)
         users = bs.champion_users()
         results = []
         if args.baseline_workers:

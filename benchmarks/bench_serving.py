@@ -10,9 +10,11 @@
 2. **Runs**, each a fresh ``uvicorn`` server (``--workers`` processes, default 2 = the cores;
    torch one thread each) serving the champion:
    ``index`` = the bundle's own index (Flat below 50k items); with ``--large-items N`` also the
-   champion with its index replaced by an N-item index (the real items + synthetic unit vectors,
-   HNSW M=32 efSearch≥k, built once and cached under the workspace), then the same N items with
-   exact search (Flat) for comparison. Synthetic items get the online features of the first real
+   champion with its index replaced by an N-item index (the real items + synthetic items,
+   ``--synthetic`` clustered around the real ones by default; ``--index-kind`` auto by default:
+   built as the daily DAG builds one and held to its recall gate, see :data:`INDEX_KINDS`;
+   built once and cached under the workspace), then the same N items with exact search (Flat)
+   for comparison. Synthetic items get the online features of the first real
    item (:func:`synthetic_features`: its Redis hash copied), so they hydrate and rank like real
    ones.
 3. **Load**: requests sent at a steady ``--rate`` per second for ``--seconds`` (open loop: a
@@ -87,9 +89,34 @@ def prepare(home: Path, scale: str, redis_url: str) -> None:
 
 
 SYNTHETIC = ("uniform", "clustered")
-"""How :func:`large_vectors` draws the synthetic items: ``uniform`` (isotropic unit vectors, the
-default: no structure, the hardest case for an ANN index) or ``clustered`` (each a real item's
-vector plus noise, the shape ``bench_faiss.py`` gives trained embeddings)."""
+"""How :func:`large_vectors` draws the synthetic items: ``clustered`` (each a real item's vector
+plus noise, the shape ``bench_faiss.py`` gives trained embeddings; the default) or ``uniform``
+(isotropic unit vectors: no structure, the hardest case for an ANN index)."""
+INDEX_KINDS = ("auto", "hnsw", "flat")
+"""The ``--large-items`` index: ``auto`` (the default) is built as the daily DAG builds one and
+passes its recall gate (IVF-Flat at 1M, ``nprobe`` tuned to recall@10 >= 0.96 on the bundle's
+user vectors); ``hnsw`` (M=32, searched at efSearch = k) is not recall-checked and finds about
+0.57-0.59 of the exact top 10 at 1M uniform items (benchmarks/README.md, sixteenth session):
+faster, but below the gate the service would be held to; ``flat`` is exact search."""
+
+
+def add_index_args(p: argparse.ArgumentParser) -> None:
+    """``--index-kind`` (:data:`INDEX_KINDS`) and ``--synthetic`` (:data:`SYNTHETIC`) on ``p``."""
+    p.add_argument("--index-kind", default="auto", choices=INDEX_KINDS,
+                   help="the --large-items index: auto = recall-gated as the DAG builds it "
+                        "(default); hnsw = not recall-checked; flat = exact")  # fmt: skip
+    p.add_argument("--synthetic", default="clustered", choices=SYNTHETIC,
+                   help="synthetic items: clustered around real items (default) or isotropic "
+                        "unit vectors (uniform)")  # fmt: skip
+
+
+def index_extra(args: argparse.Namespace) -> list[str]:
+    """The benchmark server's arguments for ``args``' large index (empty without
+    ``--large-items``)."""
+    if not args.large_items:
+        return []
+    return ["--large-items", str(args.large_items), "--index-kind", args.index_kind,
+            "--synthetic", args.synthetic]  # fmt: skip
 
 
 def large_vectors(bundle, n_items: int, synthetic: str = "uniform"):
@@ -186,7 +213,7 @@ def synthetic_features(settings, index, batch: int = 10_000) -> int:
 
 def bench_app():
     """The server app of one worker: the champion, its index replaced when
-    ``BENCH_LARGE_ITEMS`` is set (``BENCH_INDEX_KIND`` hnsw or flat)."""
+    ``BENCH_LARGE_ITEMS`` is set (``BENCH_INDEX_KIND``, :data:`INDEX_KINDS`)."""
     import torch
 
     from pipelines.core.settings import Settings
@@ -203,12 +230,12 @@ def bench_app():
     if n:
         champion = manager.get("champion")
         champion.index = large_index(settings, champion, n, os.environ["BENCH_INDEX_KIND"],
-                                     os.environ.get("BENCH_SYNTHETIC", "uniform"))  # fmt: skip
+                                     os.environ.get("BENCH_SYNTHETIC", "clustered"))  # fmt: skip
     return app
 
 
 def serve(args: argparse.Namespace) -> None:
-    """The server: ``--workers`` uvicorn processes of :func:`bench_app` (a large HNSW index is
+    """The server: ``--workers`` uvicorn processes of :func:`bench_app` (a large index is
     built once here first, then loaded from its cache by each worker)."""
     import uvicorn
 
@@ -396,8 +423,7 @@ def main() -> int:
                         "the service's default)")  # fmt: skip
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--index-kind", default="hnsw", help=argparse.SUPPRESS)
-    p.add_argument("--synthetic", default="uniform", choices=SYNTHETIC, help=argparse.SUPPRESS)
+    add_index_args(p)
     args = p.parse_args()
     if args.serve:
         serve(args)
@@ -407,10 +433,11 @@ def main() -> int:
             env["RECLOOP_SERVE_ITEM_CACHE_TTL_S"] = str(args.item_cache_ttl)
         results = [run_case(args, env, f"{args.scale}: bundle index", [])]
         if args.large_items:
-            n = str(args.large_items)
-            results.append(run_case(args, env, f"{n} items: hnsw", ["--large-items", n]))
-            results.append(run_case(args, env, f"{n} items: flat (exact)",
-                                    ["--large-items", n, "--index-kind", "flat"]))  # fmt: skip
+            n = f"{args.large_items} {args.synthetic} items"
+            results.append(run_case(args, env, f"{n}: {args.index_kind}", index_extra(args)))
+            if args.index_kind != "flat":
+                flat = argparse.Namespace(**{**vars(args), "index_kind": "flat"})
+                results.append(run_case(args, env, f"{n}: flat (exact)", index_extra(flat)))
         print("\ncase | ok/requests | errors | degraded | rps | p50 | p99 | "
               "stage p50/p99 ms | load 1 min before/after")  # fmt: skip
         for r in results:

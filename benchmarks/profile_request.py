@@ -7,8 +7,10 @@ generator): where a request's time goes, stage by stage, optionally under cProfi
 
 The workspace's champion serves (its features must be materialized in that Redis:
 ``recloop features materialize --date D``); ``--large-items N`` replaces its index by
-``bench_serving.large_index`` (the real items + synthetic unit vectors, HNSW, cached under the
-workspace; synthetic items get a real item's stored features,
+``bench_serving.large_index`` (the real items + synthetic items, ``--index-kind`` and
+``--synthetic`` as in bench_serving.py: by default the recall-gated index the daily DAG builds
+over items clustered around the real ones; cached under the workspace; synthetic items get a
+real item's stored features,
 ``bench_serving.synthetic_features``). The
 first 50 known users warm the caches; the next ``--requests`` are timed. Printed: CPU ms and wall
 ms per request (``time.process_time`` / ``perf_counter``), the median of each stage's
@@ -37,17 +39,19 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 def main() -> int:
+    import bench_serving as bs
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--large-items", type=int, default=0, help="serve an N-item HNSW index")
+    p.add_argument("--large-items", type=int, default=0, help="serve an N-item index")
+    bs.add_index_args(p)
     p.add_argument("--requests", type=int, default=300, help="timed requests (default 300)")
     p.add_argument("--profile", type=int, default=0, help="print the N heaviest functions")
     p.add_argument("--sort", default="cumulative", help="cProfile order (cumulative, tottime)")
     p.add_argument("--http", action="store_true", help="through a uvicorn server, one at a time")
     args = p.parse_args()
     if args.http:
-        return http_cpu(args.large_items, args.requests)
+        return http_cpu(args, args.requests)
 
-    import bench_serving as bs
     import numpy as np
     import torch
 
@@ -61,7 +65,9 @@ def main() -> int:
     settings = Settings.from_env()
     bundle = load(settings, "champion")
     if args.large_items:
-        bundle.index = bs.large_index(settings, bundle, args.large_items, "hnsw")
+        bundle.index = bs.large_index(
+            settings, bundle, args.large_items, args.index_kind, args.synthetic
+        )
         bs.synthetic_features(settings, bundle.index)
     warm_up(settings, bundle)
     app = create_app(settings, ServingConfig.from_env(reload_interval_s=0), load=False)
@@ -100,7 +106,7 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def http_cpu(large_items: int, requests: int) -> int:
+def http_cpu(args: argparse.Namespace, requests: int) -> int:
     """``--http``: the server's CPU ms per request over ``requests`` sequential requests (after
     50 to warm up) of known users, k = 10, on one kept-alive connection."""
     import asyncio
@@ -112,8 +118,7 @@ def http_cpu(large_items: int, requests: int) -> int:
     from pipelines.core.service_process import start_service
 
     port = free_port()
-    extra = ["--large-items", str(large_items)] if large_items else []
-    cmd = bs.server_cmd(port, 1, extra)
+    cmd = bs.server_cmd(port, 1, bs.index_extra(args))
     url = f"http://127.0.0.1:{port}/health/ready"
     proc = start_service(cmd, dict(os.environ), url, 900, cwd=REPO, name="the server")
     users = bs.champion_users()[: 50 + requests]
