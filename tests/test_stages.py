@@ -365,6 +365,25 @@ def test_paired_difference_is_the_mean_of_the_users_differences_with_its_interva
     assert none == {"diff": None, "ci_low": None, "ci_high": None, "users": 0}
 
 
+def test_an_interval_read_among_many_is_widened_for_the_comparisons():
+    rng = np.random.default_rng(5)
+    users = [f"u{n}" for n in range(300)]
+    base = pd.Series(rng.uniform(0.0, 0.2, 300), index=users)
+    # a small gain, about 2.2 standard errors: the plain interval clears 0, Bonferroni over 9
+    # comparisons (2.8 standard errors) does not
+    d = rng.normal(0.0, 0.01, 300)
+    better = base + d - d.mean() + 2.2 * 0.01 / np.sqrt(300)
+    one = stages.paired_difference(better, base)
+    many = stages.paired_difference(better, base, comparisons=9)
+    assert "comparisons" not in one and many["comparisons"] == 9
+    assert many["diff"] == pytest.approx(one["diff"])
+    assert one["ci_low"] > 0.0 > many["ci_low_adjusted"]
+    assert many["ci_low_adjusted"] < many["ci_low"] <= many["ci_high"] < many["ci_high_adjusted"]
+    assert many["ci_low"] == pytest.approx(one["ci_low"], abs=2e-4)  # more replicates, same level
+    empty = stages.paired_difference(base.iloc[:0], base, comparisons=9)
+    assert empty["ci_low_adjusted"] is None and empty["comparisons"] == 9
+
+
 def test_user_values_are_each_users_own_figures(settings):
     _write_day(settings, DAY, [("u1", 1, "click", "a"), ("u2", 2, "click", "d")])
     window = stages.forward_window_from(settings, DAY, 1)
@@ -391,6 +410,10 @@ def test_every_variant_is_compared_with_full_on_the_same_users(world):
         gap = doc["variants"][name]["true_ctr"] - doc["variants"]["full"]["true_ctr"]
         assert v["diff"] == pytest.approx(gap)
         assert set(doc["variants"][name]["vs_full"]) <= {"true_ctr", "ndcg@10"}
-    assert "vs full" in stages.format_table(doc)
+        # two variants compared: each interval is also given widened for the two
+        assert v["comparisons"] == 2
+        assert v["ci_low_adjusted"] <= v["ci_low"] and v["ci_high"] <= v["ci_high_adjusted"]
+    table = stages.format_table(doc)
+    assert "vs full" in table and "Bonferroni over the 2 variants" in table
     alone = stages.run_stages(world, DAY, n_users=12, only=["trending"])
     assert "vs_full" not in alone["variants"]["trending"]

@@ -31,12 +31,15 @@ logged by the replays.
 
 Every variant against full, on the same users (vs_full): the mean of the users' differences in
 true CTR and in NDCG@10 (variant - full) with a paired bootstrap 95% interval, so that a
-difference of 0.1% is read as a tie unless its interval excludes 0.
+difference of 0.1% is read as a tie unless its interval excludes 0, and the same interval
+adjusted for the number of variants compared (Bonferroni: all the adjusted intervals hold at
+once with 95%), since one plain interval in a dozen excludes 0 by chance.
 
 With --json, standard output is the JSON document only: {"date", "bundle", "users",
 "forward_window", "variants": {"full": {"true_ctr", "ope_snips", "ndcg@10", "hit_rate@10",
 "recall@10", "forward_users", "distinct_items", "funnel", "forward_funnel", ...},
-"trending": {..., "vs_full": {"true_ctr": {"diff", "ci_low", "ci_high", "users"}}}, ...}};
+"trending": {..., "vs_full": {"true_ctr": {"diff", "ci_low", "ci_high", "users",
+"ci_low_adjusted", "ci_high_adjusted", "comparisons"}}}, ...}};
 progress goes to standard error. See pipelines/loop/stages.py.
 """
 

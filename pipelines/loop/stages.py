@@ -45,7 +45,10 @@ the replays are not logged.
 true CTR, NDCG@10) are compared in pairs, ``{"diff", "ci_low", "ci_high", "users"}`` per figure
 (:func:`paired_difference`: the mean of the users' differences, a bootstrap 95 % interval over
 users). Two variants 0.1 % apart are a tie unless the interval excludes 0; the users' own spread,
-which makes either mean uncertain by several per cent, cancels in the pairs.
+which makes either mean uncertain by several per cent, cancels in the pairs. Each figure also
+gets ``ci_low_adjusted`` / ``ci_high_adjusted`` and ``comparisons``: the interval widened for the
+number of variants compared on that figure (Bonferroni), since among a dozen plain 95 %
+intervals one is expected to exclude 0 by chance (benchmarks/README.md, sixteenth session).
 
 **Forward ranking figures** (usable on real data, where there is no truth): the forward window
 is the ``h`` days ``[D, D + h)`` (``horizon_days``; default ``settings.gate_test_days``, as
@@ -569,6 +572,9 @@ PAIRED_BOOT = 2000
 """Bootstrap replicates of :func:`paired_difference`."""
 PAIRED_LEVEL = 0.95
 """Level of its percentile interval."""
+ADJUSTED_TAIL_DRAWS = 20
+"""Fewest bootstrap replicates beyond each end of an adjusted interval (its replicates are
+raised to this over the adjusted tail share)."""
 
 
 def user_values(
@@ -605,39 +611,60 @@ def paired_difference(
     n_boot: int = PAIRED_BOOT,
     level: float = PAIRED_LEVEL,
     seed: int = 0,
+    comparisons: int = 1,
 ) -> dict[str, Any]:
     """The mean over users of ``variant - reference`` (per-user figures indexed by user id,
     compared on the users both have) with a bootstrap percentile interval at ``level`` (users
     resampled, ``n_boot`` replicates, seeded): ``{"diff", "ci_low", "ci_high", "users"}``;
     the figures are None when no user is shared. Pairing removes the users' own spread (the
     same users see both variants), so the interval is that of the difference, far narrower
-    than either mean's."""
+    than either mean's.
+
+    ``comparisons`` > 1 (this difference is one of that many read together, as ``recloop
+    stages`` reads every variant against ``full``) adds ``"ci_low_adjusted"``,
+    ``"ci_high_adjusted"``: the Bonferroni interval at ``1 - (1 - level) / comparisons``, whose
+    family of intervals holds all at once with probability ``level`` (the replicates raised to
+    at least :data:`ADJUSTED_TAIL_DRAWS` beyond each of its ends), and ``"comparisons"``. With a
+    dozen variants one of them is expected to clear 0 by chance on the plain interval; a
+    difference whose adjusted interval excludes 0 is one to act on."""
     common = variant.index.intersection(reference.index)
     d = variant.loc[common].to_numpy(float) - reference.loc[common].to_numpy(float)
     out: dict[str, Any] = {"diff": None, "ci_low": None, "ci_high": None, "users": len(d)}
+    adjusted = comparisons > 1
+    if adjusted:
+        out.update(ci_low_adjusted=None, ci_high_adjusted=None, comparisons=int(comparisons))
     if not len(d):
         return out
+    tail = (1.0 - level) / 2.0
+    tail_adj = tail / max(1, comparisons)
+    if adjusted:
+        n_boot = max(n_boot, int(np.ceil(ADJUSTED_TAIL_DRAWS / tail_adj)))
     rng = np.random.default_rng(seed)
     boot = np.empty(n_boot)
     for lo in range(0, n_boot, 256):  # chunks of replicates: bounded memory
         hi = min(n_boot, lo + 256)
         boot[lo:hi] = d[rng.integers(0, len(d), (hi - lo, len(d)))].mean(axis=1)
-    tail = (1.0 - level) / 2.0
     low, high = np.quantile(boot, [tail, 1.0 - tail])
-    return {**out, "diff": float(d.mean()), "ci_low": float(low), "ci_high": float(high)}
+    out.update(diff=float(d.mean()), ci_low=float(low), ci_high=float(high))
+    if adjusted:
+        low_a, high_a = np.quantile(boot, [tail_adj, 1.0 - tail_adj])
+        out.update(ci_low_adjusted=float(low_a), ci_high_adjusted=float(high_a))
+    return out
 
 
 def compare_to_full(values: dict[str, dict[str, pd.Series]]) -> dict[str, dict[str, Any]]:
     """``{variant: {figure: paired_difference(variant, full)}}`` for every variant but ``full``
-    of ``values`` (:func:`user_values` per variant), for the figures both have; empty without
-    ``full``."""
+    of ``values`` (:func:`user_values` per variant), for the figures both have, each with its
+    interval adjusted for the number of variants compared on that figure
+    (:func:`paired_difference`'s ``comparisons``); empty without ``full``."""
     full = values.get("full")
     if full is None:
         return {}
+    others = {name: v for name, v in values.items() if name != "full"}
+    count = {m: sum(m in v for v in others.values()) for m in full}
     return {
-        name: {m: paired_difference(v[m], full[m]) for m in v if m in full}
-        for name, v in values.items()
-        if name != "full"
+        name: {m: paired_difference(v[m], full[m], comparisons=count[m]) for m in v if m in full}
+        for name, v in others.items()
     }
 
 
@@ -763,9 +790,12 @@ def format_table(doc: dict[str, Any]) -> str:
     paired = {n: v["vs_full"] for n, v in doc["variants"].items() if v.get("vs_full")}
     if paired:
         pct = round(PAIRED_LEVEL * 100)
+        n = max((d.get("comparisons", 1) for p in paired.values() for d in p.values()), default=1)
         lines.append(
-            f"{'vs full':<16}{'d_true_ctr':>11}{f'{pct}% CI':>20}{'d_ndcg@10':>11}"
-            f"{f'{pct}% CI':>20}   (variant - full, paired over the same users)"
+            f"{'vs full':<16}{'d_true_ctr':>11}{f'{pct}% CI':>20}{'adjusted':>20}"
+            f"{'d_ndcg@10':>11}{f'{pct}% CI':>20}{'adjusted':>20}   (variant - full, paired "
+            f"over the same users; adjusted: Bonferroni over the {n} variants, all {pct}% at "
+            "once)"
         )
         for name, p in paired.items():
             cells = [_diff_cells(p.get(m)) for m in ("true_ctr", f"ndcg@{FORWARD_K}")]
@@ -777,11 +807,15 @@ def format_table(doc: dict[str, Any]) -> str:
 
 
 def _diff_cells(p: dict[str, Any] | None) -> str:
-    """A paired difference as ``diff`` and ``[low, high]`` columns ("-" when absent)."""
+    """A paired difference as ``diff``, ``[low, high]`` and adjusted ``[low, high]`` columns
+    ("-" when absent)."""
     if not p or p.get("diff") is None:
-        return f"{'-':>11}{'-':>20}"
+        return f"{'-':>11}{'-':>20}{'-':>20}"
     ci = f"[{p['ci_low']:+.4f}, {p['ci_high']:+.4f}]"
-    return f"{p['diff']:>+11.4f}{ci:>20}"
+    adj = "-"
+    if p.get("ci_low_adjusted") is not None:
+        adj = f"[{p['ci_low_adjusted']:+.4f}, {p['ci_high_adjusted']:+.4f}]"
+    return f"{p['diff']:>+11.4f}{ci:>20}{adj:>20}"
 
 
 def _num(x: float | None, digits: int) -> str:
