@@ -23,7 +23,8 @@ figures compare with ``bench_serving.py``'s. The workspace is built or reused as
 (``--home``); Redis is started by this script (``--redis-port``, default a free one).
 
 Printed per config and rate: ok/requests, errors, degraded answers, achieved req/s, end-to-end
-p50/p99 ms, the ratios of req/s and p99 to ``direct`` at the same rate, and the load average
+p50/p99 ms, the ratios of req/s and p99 to ``direct`` at the same rate, the load generator's own
+CPU ms a request, and the load average
 (1 min) before and after. Load generator, HAProxy, servers and Redis share the machine's
 cores: upper bounds on latency.
 """
@@ -137,8 +138,8 @@ def table(results: list[dict]) -> str:
     """The results as a Markdown table, ratios against the ``direct`` config at the same rate."""
     base = {r["rate"]: r for r in results if r["config"].startswith("direct")}
     lines = ["| config | rate | ok/requests | errors | degraded | req/s | p50 ms | p99 ms | "
-             "req/s vs direct | p99 vs direct | load 1 min before/after |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "req/s vs direct | p99 vs direct | client CPU ms/request | load 1 min before/after |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in results:
         b = base.get(r["rate"])
         rps_ratio = f"{r['throughput_rps'] / b['throughput_rps']:.2f}" if b else "-"
@@ -147,6 +148,7 @@ def table(results: list[dict]) -> str:
                      f"{sum(r['errors'].values())} | {r['degraded']} | {r['throughput_rps']} | "
                      f"{r['e2e_p50_ms']} | "
                      f"{r['e2e_p99_ms']} | {rps_ratio} | {p99_ratio} | "
+                     f"{r.get('client_cpu_ms', '-')} | "
                      f"{r['load_1min'][0]}/{r['load_1min'][1]} |")  # fmt: skip
     return "\n".join(lines)
 

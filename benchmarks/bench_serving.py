@@ -23,8 +23,8 @@
    latency counts from when it was due), users drawn from the bundle's known users (90 %) and
    new ids (10 %), k=10, 500 candidates. Printed: requests, errors (non-200), degraded answers,
    throughput, end-to-end p50/p99 ms (client side, over loopback) and each stage's p50/p99 ms
-   (server side, from the response's ``timings_ms``), and the machine's load average (1 min)
-   before and after each run.
+   (server side, from the response's ``timings_ms``), the client's own CPU ms a request
+   (``client_cpu_ms``) and the machine's load average (1 min) before and after each run.
 
 The server's ``ServingConfig`` comes from the environment (``RECLOOP_SERVE_*``) with the reload
 check off; ``--item-cache-ttl 0`` turns the item-feature cache off (every candidate read from
@@ -324,7 +324,7 @@ async def load(port: int, users: list[str], rate: float, seconds: float, connect
     for v in stages.values():
         v.clear()
     tasks = []
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), time.process_time()
     for i in range(n):
         due = start + i / rate
         delay = due - time.perf_counter()
@@ -333,7 +333,7 @@ async def load(port: int, users: list[str], rate: float, seconds: float, connect
         user = users[rng.integers(len(users))] if rng.random() < 0.9 else f"new-{i}"
         tasks.append(asyncio.create_task(one(user, due)))
     await asyncio.gather(*tasks)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
     while not pool.empty():
         pool.get_nowait()[1].close()
     return {
@@ -342,6 +342,7 @@ async def load(port: int, users: list[str], rate: float, seconds: float, connect
         "errors": errors,
         "degraded": degraded,
         "throughput_rps": round(len(lat) / wall, 1),
+        "client_cpu_ms": round(1e3 * cpu / max(n, 1), 3),
         "e2e_p50_ms": round(percentile(lat, 50), 2),
         "e2e_p99_ms": round(percentile(lat, 99), 2),
         "stages_p50_ms": {s: round(percentile(v, 50), 2) for s, v in stages.items()},
