@@ -92,7 +92,7 @@ def test_settings_and_serving_config_read_the_environment_the_same_way(tmp_path)
     with pytest.raises(ValueError, match="RECLOOP_SERVE_DEADLINE_MS='soon' is not a number"):
         ServingConfig.from_env({"RECLOOP_SERVE_DEADLINE_MS": "soon"})
     # the threads that run the stages at once in one process
-    assert ServingConfig.from_env({}).workers == 2
+    assert ServingConfig.from_env({}).workers == 4
     assert ServingConfig.from_env({"RECLOOP_SERVE_THREADS": "1"}).workers == 1
     with pytest.raises(ValueError, match="workers must be >= 1"):
         ServingConfig.from_env({"RECLOOP_SERVE_THREADS": "0"})
