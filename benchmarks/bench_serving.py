@@ -92,19 +92,22 @@ SYNTHETIC = ("uniform", "clustered")
 """How :func:`large_vectors` draws the synthetic items: ``clustered`` (each a real item's vector
 plus noise, the shape ``bench_faiss.py`` gives trained embeddings; the default) or ``uniform``
 (isotropic unit vectors: no structure, the hardest case for an ANN index)."""
-INDEX_KINDS = ("auto", "hnsw", "flat")
+INDEX_KINDS = ("auto", "ivf", "hnsw", "flat")
 """The ``--large-items`` index: ``auto`` (the default) is built as the daily DAG builds one and
-passes its recall gate (IVF-Flat at 1M, ``nprobe`` tuned to recall@10 >= 0.96 on the bundle's
-user vectors); ``hnsw`` (M=32, searched at efSearch = k) is not recall-checked and finds about
-0.57-0.59 of the exact top 10 at 1M uniform items (benchmarks/README.md, sixteenth session):
-faster, but below the gate the service would be held to; ``flat`` is exact search."""
+passes its recall gate (at 1M items the fast-scan IVF ``ivffs``, ``nprobe`` and the re-ranked
+candidates tuned to recall@10 >= 0.96 on the bundle's user vectors); ``ivf`` is IVF-Flat held to
+the same gate (the DAG's choice before the eighteenth session); ``hnsw`` (M=32, searched at
+efSearch = k) is not recall-checked and finds about 0.57-0.59 of the exact top 10 at 1M uniform
+items (benchmarks/README.md, sixteenth session): faster, but below the gate the service would
+be held to; ``flat`` is exact search."""
 
 
 def add_index_args(p: argparse.ArgumentParser) -> None:
     """``--index-kind`` (:data:`INDEX_KINDS`) and ``--synthetic`` (:data:`SYNTHETIC`) on ``p``."""
     p.add_argument("--index-kind", default="auto", choices=INDEX_KINDS,
                    help="the --large-items index: auto = recall-gated as the DAG builds it "
-                        "(default); hnsw = not recall-checked; flat = exact")  # fmt: skip
+                        "(default); ivf = IVF-Flat, recall-gated; hnsw = not recall-checked; "
+                        "flat = exact")  # fmt: skip
     p.add_argument("--synthetic", default="clustered", choices=SYNTHETIC,
                    help="synthetic items: clustered around real items (default) or isotropic "
                         "unit vectors (uniform)")  # fmt: skip
@@ -151,20 +154,30 @@ def large_index(settings, bundle, n_items: int, kind: str, synthetic: str):
     """The bundle's items + synthetic unit vectors up to ``n_items`` (:func:`large_vectors`,
     ``synthetic`` uniform or clustered), as an index of ``kind``, cached under
     ``RECLOOP_HOME/bench/`` but ``flat``: ``hnsw`` (M=32, efSearch 128, searched at
-    ``max(128, k)``), ``flat`` (exact), or ``auto`` as the daily DAG builds one
-    (:func:`pipelines.retrieval.faiss_index.build_index`: at 1M items IVF-Flat, 4096 lists,
-    ``nprobe`` tuned to recall@10 >= 0.95 + 0.01 on the bundle's user vectors)."""
+    ``max(128, k)``), ``flat`` (exact), ``auto`` as the daily DAG builds one
+    (:func:`pipelines.retrieval.faiss_index.build_index`: at 1M items the fast-scan IVF, 4096
+    lists, tuned to recall@10 >= 0.95 + 0.01 on the bundle's user vectors) or ``ivf``
+    (IVF-Flat, built and gated the same way). A cached ``auto`` index of another kind than
+    :func:`~pipelines.retrieval.faiss_index.choose_kind` now picks is rebuilt."""
     from pipelines.core import layout
-    from pipelines.retrieval.faiss_index import ItemIndex, build_index, get_index, index_dir
+    from pipelines.retrieval.faiss_index import (
+        ItemIndex,
+        build_index,
+        choose_kind,
+        get_index,
+        index_dir,
+    )
 
     version = f"synthetic-{n_items}-{kind}" + ("" if synthetic == "uniform" else f"-{synthetic}")
     root = layout.bench_dir(settings)
     if index_dir(root, version).exists():
-        return ItemIndex.load(index_dir(root, version))
+        cached = ItemIndex.load(index_dir(root, version))
+        if kind != "auto" or cached.kind == choose_kind(n_items):
+            return cached
     vectors, ids = large_vectors(bundle, n_items, synthetic)
     t0 = time.perf_counter()
-    if kind == "auto":
-        out = build_index(vectors, ids, sample_queries=bundle.user_vecs, k=10,
+    if kind in ("auto", "ivf"):
+        out = build_index(vectors, ids, sample_queries=bundle.user_vecs, k=10, kind=kind,
                           model_version=version, seed=settings.seed)  # fmt: skip
         out.save(root)
         print(f"built {out.kind} {out.params} over {len(vectors)} items in "

@@ -19,6 +19,7 @@ from pipelines.retrieval.faiss_index import (
     get_index,
     index_dir,
     probe_ladder,
+    refine_factor,
 )
 
 
@@ -54,9 +55,9 @@ def test_flat_is_exact_brute_force(vecs):
 def test_chooser_by_size_and_target():
     assert choose_kind(10) == "flat"
     assert choose_kind(49_999) == "flat"
-    assert choose_kind(50_000) == "ivf"
-    assert choose_kind(1_000_000) == "ivf"
-    assert choose_kind(5_000_000) == "ivf"
+    assert choose_kind(50_000) == "ivffs"
+    assert choose_kind(1_000_000) == "ivffs"
+    assert choose_kind(5_000_000) == "ivffs"
     assert choose_kind(5_000_001) == "ivfpq"
     assert choose_kind(1_000_000, recall_target=1.0) == "flat"
     assert choose_kind(20_000_000) == "ivfpq"
@@ -64,6 +65,14 @@ def test_chooser_by_size_and_target():
     assert default_params("ivf", 1_000_000, 64)["nlist"] == 4096
     assert default_params("ivf", 50_000, 64)["nlist"] == 1024
     assert default_params("ivf", 4000, 64)["nlist"] == 4000 // 39
+    # fast-scan: IVF-Flat's lists, one 4-bit code a dimension
+    assert default_params("ivffs", 1_000_000, 65) == {
+        "nlist": 4096,
+        "pq_m": 65,
+        "pq_bits": 4,
+        "nprobe": 1,
+        "k_factor": 1,
+    }
     assert default_params("ivfpq", 1_000_000, 64) == {
         "nlist": 1024,
         "pq_m": 16,
@@ -83,6 +92,12 @@ def test_probe_ladder_has_half_steps_and_ends_at_nlist():
 
 def test_get_index_constructs_without_building():
     index, kind, params = get_index(64, 1_000_000)
+    assert kind == "ivffs" and isinstance(index, faiss.IndexRefineFlat)
+    fast = faiss.downcast_index(index.base_index)
+    assert isinstance(fast, faiss.IndexIVFPQFastScan) and fast.by_residual
+    assert fast.nlist == params["nlist"] == 4096 and fast.pq.M == 64 and fast.pq.nbits == 4
+    assert fast.metric_type == faiss.METRIC_INNER_PRODUCT and not index.is_trained
+    index, kind, params = get_index(64, 1_000_000, kind="ivf")
     assert kind == "ivf" and isinstance(index, faiss.IndexIVFFlat)
     assert index.nlist == params["nlist"] == 4096 and params["nprobe"] == 1
     assert isinstance(faiss.downcast_index(index.quantizer), faiss.IndexFlatIP)
@@ -103,7 +118,7 @@ def test_get_index_constructs_without_building():
         get_index(64, 100, kind="lsh")
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "ivf", "ivfpq"])
+@pytest.mark.parametrize("kind", ["hnsw", "ivf", "ivffs", "ivfpq"])
 def test_approximate_kinds_tune_up_to_the_target(vecs, kind):
     x, q = vecs
     idx = build_index(x, sample_queries=q, kind=kind, recall_target=0.9, model_version="m7")
@@ -116,6 +131,31 @@ def test_approximate_kinds_tune_up_to_the_target(vecs, kind):
     exact, _ = brute_force(x, q, 10)
     hits = [len(set(f) & set(e)) for f, e in zip(found, exact, strict=True)]
     assert np.mean(hits) / 10 == pytest.approx(idx.recall, abs=0.02)
+
+
+def test_refined_search_reranks_the_gates_candidates_whatever_k(vecs, tmp_path: Path):
+    # the gate's count (k_factor x its K) when k is smaller, k itself when larger
+    assert refine_factor(16.0, 10, 20) == 8.0
+    assert refine_factor(16.0, 10, 300) == 1.0
+    assert refine_factor(2.0, 10, 10) == 2.0
+    x, q = vecs
+    idx = build_index(x, sample_queries=q, kind="ivffs", recall_target=0.9, model_version="fs1")
+    assert idx.meta["k"] == 10 and idx.params["k_factor"] > 1
+    exact, _ = brute_force(x, q, 10)
+
+    def recall10(found: np.ndarray) -> float:
+        pairs = zip(found[:, :10], exact, strict=True)
+        return float(np.mean([len(set(f) & set(e)) / 10 for f, e in pairs]))
+
+    # a longer list's top 10 is drawn from at least the gate's candidates: as good or better
+    assert recall10(idx.search(q, 10)[0]) == pytest.approx(idx.recall, abs=1e-9)
+    for k in (20, 60):
+        ids, scores = idx.search(q, k)
+        assert ids.shape == (len(q), k) and (ids >= 0).all()
+        assert np.all(np.diff(scores, axis=1) <= 1e-6)  # exactly re-ranked: best first
+        assert recall10(ids) >= idx.recall - 1e-9
+    loaded = ItemIndex.load(idx.save(tmp_path))
+    assert np.array_equal(loaded.search(q, 60)[0], idx.search(q, 60)[0])
 
 
 def test_forced_low_recall_configuration_raises(vecs):
@@ -214,9 +254,9 @@ def test_index_over_two_tower_embeddings_matches_model_ranking():
     )
 
 
-def test_auto_picks_ivf_above_flat_max_and_meets_target_on_mixed_interest_queries():
+def test_auto_picks_ivffs_above_flat_max_and_meets_target_on_mixed_interest_queries():
     """Queries mixing 2 clusters fall between them (the case where HNSW needs a huge efSearch);
-    the auto-chosen IVF-Flat is tuned on one sample and holds the target on another."""
+    the auto-chosen fast-scan IVF is tuned on one sample and holds the target on another."""
     n, d = FLAT_MAX, 16
     x = clustered(n, d, seed=5, centers=200, noise=0.5)
     c = clustered(400, d, seed=6, centers=200, noise=0.0)  # unit cluster centres
@@ -225,7 +265,7 @@ def test_auto_picks_ivf_above_flat_max_and_meets_target_on_mixed_interest_querie
     q = (q + 0.3 * rng.standard_normal(q.shape)).astype(np.float32)
     tune_q, held_q = q[:200], q[200:]
     idx = build_index(x, sample_queries=tune_q, model_version="mix-1")
-    assert idx.kind == "ivf" and idx.params["nlist"] == default_params("ivf", n, d)["nlist"]
+    assert idx.kind == "ivffs" and idx.params["nlist"] == default_params("ivf", n, d)["nlist"]
     assert idx.recall >= 0.95 and idx.params["nprobe"] in probe_ladder(idx.params["nlist"])
     assert idx.params["nprobe"] < idx.params["nlist"]  # tuning stopped before exhaustive search
     found, _ = idx.search(held_q, 10)
