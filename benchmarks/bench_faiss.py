@@ -73,6 +73,7 @@ def make_data(
 SWEEPS: dict[str, list[dict]] = {  # search settings measured per kind (held-out queries)
     "hnsw": [{"efSearch": ef} for ef in (32, 64, 128, 256, 512)],
     "ivf": [{"nprobe": p} for p in (8, 16, 24, 32, 48, 64)],
+    "ivffs": [{"nprobe": p, "k_factor": f} for p, f in ((16, 16), (32, 16), (48, 16), (64, 16))],
     "ivfpq": [{"nprobe": 32, "k_factor": 1}]
     + [{"nprobe": p, "k_factor": f} for p, f in ((16, 8), (32, 8), (32, 16), (64, 16))],
 }
@@ -84,6 +85,8 @@ def label(kind: str, params: dict) -> str:
         return f"HNSW{params['M']} efC{params['efConstruction']}"
     if kind == "ivf":
         return f"IVF{params['nlist']},Flat"
+    if kind == "ivffs":
+        return f"IVF{params['nlist']},PQ{params['pq_m']}x4fs+refine"
     return f"IVF{params['nlist']},PQ{params['pq_m']}+refine"
 
 
@@ -112,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--build-threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
-        "--skip", nargs="*", default=[], choices=["hnsw", "ivf", "ivfpq"], help="skip kinds"
+        "--skip", nargs="*", default=[], choices=list(SWEEPS), help="skip kinds"
     )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
