@@ -96,7 +96,7 @@ INDEX_KINDS = ("auto", "ivf", "hnsw", "flat")
 """The ``--large-items`` index: ``auto`` (the default) is built as the daily DAG builds one and
 passes its recall gate (at 1M items the fast-scan IVF ``ivffs``, ``nprobe`` and the re-ranked
 candidates tuned to recall@10 >= 0.96 on the bundle's user vectors); ``ivf`` is IVF-Flat held to
-the same gate (the DAG's choice before the eighteenth session); ``hnsw`` (M=32, searched at
+the same gate (the DAG's choice before the seventeenth session); ``hnsw`` (M=32, searched at
 efSearch = k) is not recall-checked and finds about 0.57-0.59 of the exact top 10 at 1M uniform
 items (benchmarks/README.md, sixteenth session): faster, but below the gate the service would
 be held to; ``flat`` is exact search."""
