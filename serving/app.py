@@ -79,7 +79,7 @@ def create_app(settings: Settings, config: ServingConfig | None = None, load: bo
                   docs_url=None, redoc_url=None, openapi_url=None)  # fmt: skip
     app.state.engine = engine
     app.add_middleware(InFlightGuard, engine=engine)
-    register_routes(app, engine, anyio.CapacityLimiter(cfg.workers))
+    register_routes(app, engine, anyio.CapacityLimiter(max(1, cfg.workers)))
     return app
 
 

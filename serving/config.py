@@ -6,7 +6,7 @@ environment overrides, and the admin token.
 | ``RECLOOP_ADMIN_TOKEN``           | unset        | bearer token of the ``/admin/*`` endpoints; unset = admin endpoints off (404) |
 | ``RECLOOP_SERVE_CANDIDATES``      | ``500``      | FAISS top-N retrieved per request |
 | ``RECLOOP_SERVE_MAX_IN_FLIGHT``   | ``32``       | requests processed at once; beyond it ``503`` at once |
-| ``RECLOOP_SERVE_THREADS``         | ``4``        | threads of one worker process running the stages at once; the rest of the in-flight requests wait |
+| ``RECLOOP_SERVE_THREADS``         | ``4``        | threads of one worker process running the stages at once; the rest of the in-flight requests wait; ``0``: on the event loop's own thread, one request at a time (no hand-off) |
 | ``RECLOOP_SERVE_CHALLENGER_SHARE``| ``0.1``      | share of users routed to the challenger (when one is loaded) |
 | ``RECLOOP_SERVE_EXPLORE_RATE``    | ``0.4``      | probability that a response carries one exploration slot |
 | ``RECLOOP_SERVE_RELOAD_S``        | ``30``       | seconds between checks of the registry aliases (0 = no background check) |
@@ -110,7 +110,13 @@ class ServingConfig:
     stays 4: with 2, a request's wait for a thread counts in its latency, and under the loaded
     test suite the A/B's latency guardrail (challenger p99 / champion p99 <= 1.5) tripped on
     that noise once and rolled back a better challenger. ``RECLOOP_SERVE_THREADS=1`` or ``2``
-    for throughput on a box whose cores the service has to itself."""
+    for throughput on a box whose cores the service has to itself. ``0``: the stages run on
+    the event loop's thread itself, one request at a time a process (the hydrate reads still on
+    their pool): no thread hand-off a request, no GIL contention between requests; one slow
+    request (a Redis read up to its deadline) holds the process's other requests meanwhile.
+    At 1M items two such replicas behind HAProxy kept 200 req/s at p99 27 ms against 40-48 with
+    4 threads and served 300 req/s (p50 7-12 ms) where 4 threads fell behind (277-284 req/s),
+    interleaved runs (benchmarks/README.md, seventeenth session)."""
     # retrieval / ranking
     candidates: int = 500
     """Most candidates per request, all sources together."""
@@ -307,7 +313,8 @@ class ServingConfig:
                 "linucb_alpha must be >= 0, linucb_temperature and linucb_lambda > 0, "
                 "linucb_uniform in [0, 1]",
             ),
-            (self.max_in_flight >= 1 and self.workers >= 1, "max_in_flight, workers must be >= 1"),
+            (self.max_in_flight >= 1, "max_in_flight must be >= 1"),
+            (self.workers >= 0, "workers (RECLOOP_SERVE_THREADS) must be >= 0"),
             (self.category_cap >= 0, "category_cap must be >= 0 (0: no cap)"),
             (self.reranker in RERANKERS, f"reranker must be one of {RERANKERS}"),
             (0.0 <= self.rerank_lambda <= 1.0, "rerank_lambda must be in [0, 1]"),

@@ -145,7 +145,8 @@ def arrival() -> Arrival:
 async def serve(
     engine: Engine, limiter: anyio.CapacityLimiter, body: BaseModel, start: Arrival
 ) -> JSONResponse:
-    """Run :func:`serving.pipeline.recommend` for a validated body on a worker thread: 200 with
+    """Run :func:`serving.pipeline.recommend` for a validated body on a worker thread (on the
+    event loop's own thread with ``RECLOOP_SERVE_THREADS=0``): 200 with
     its answer, 503 without a champion, 500 (logged, body says only "internal error") when it
     fails; counted and written to the request log either way."""
     req = RecRequest(
@@ -156,7 +157,10 @@ async def serve(
     )
     info: dict[str, Any] = {}
     try:
-        out = await anyio.to_thread.run_sync(recommend, engine, req, info, limiter=limiter)
+        if engine.config.workers == 0:  # on the event loop's thread: no hand-off
+            out = recommend(engine, req, info)
+        else:
+            out = await anyio.to_thread.run_sync(recommend, engine, req, info, limiter=limiter)
     except NoChampion as exc:
         engine.metrics.count_request("none", "unavailable")
         log_request(engine, start, body.user_id, {"request_id": info.get("request_id")}, 503)

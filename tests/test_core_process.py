@@ -94,7 +94,8 @@ def test_settings_and_serving_config_read_the_environment_the_same_way(tmp_path)
     # the threads that run the stages at once in one process
     assert ServingConfig.from_env({}).workers == 4
     assert ServingConfig.from_env({"RECLOOP_SERVE_THREADS": "1"}).workers == 1
-    with pytest.raises(ValueError, match="workers must be >= 1"):
-        ServingConfig.from_env({"RECLOOP_SERVE_THREADS": "0"})
+    assert ServingConfig.from_env({"RECLOOP_SERVE_THREADS": "0"}).workers == 0  # event loop
+    with pytest.raises(ValueError, match=r"workers \(RECLOOP_SERVE_THREADS\) must be >= 0"):
+        ServingConfig.from_env({"RECLOOP_SERVE_THREADS": "-1"})
     with pytest.raises(ValueError, match="RECLOOP_AB_ALPHA='low' is not a number"):
         ABConfig.from_env({"RECLOOP_AB_ALPHA": "low"})

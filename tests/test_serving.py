@@ -94,6 +94,36 @@ def test_full_path_returns_k_distinct_unseen_items_with_propensities(world: Sett
     assert g.status_code == 200 and len(g.json()["items"]) == 3
 
 
+def test_serve_threads_zero_runs_the_stages_on_the_event_loop(
+    world: Settings, monkeypatch: pytest.MonkeyPatch
+):
+    import serving.routes
+
+    user, _ = known_user(world)
+    real, on_loop = serving.routes.recommend, []
+
+    def recording(*args, **kw):
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:  # a worker thread has no running loop
+            on_loop.append(False)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(serving.routes, "recommend", recording)
+
+    async def go(threads: int):
+        cfg = config(challenger_share=0.0, explore_rate=0.0, workers=threads)
+        async with Service(world, cfg) as s:
+            return await s.client.post("/recommend", json={"user_id": user, "k": 8})
+
+    inline, threaded = run(go(0)), run(go(4))
+    assert on_loop == [True, False]
+    assert inline.status_code == threaded.status_code == 200
+    items = [[x["item_id"] for x in r.json()["items"]] for r in (inline, threaded)]
+    assert items[0] == items[1] and len(items[0]) == 8  # the same answer either way
+
+
 def test_cold_start_is_trending_steered_by_categories(world: Settings):
     async def go():
         async with Service(world, config(explore_rate=0.0)) as s:
