@@ -41,6 +41,7 @@ comma-joined list of the response's fallbacks (``""`` for none).
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import threading
 import time
@@ -50,6 +51,7 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.core import layout, schema
@@ -203,24 +205,21 @@ class ImpressionLog:
     def _write(self, rows: list[dict[str, Any]]) -> list[Path]:
         """Write ``rows``, one file per event date; :class:`_Unwritten` (from the cause) with
         the rows of the dates not written when a write fails."""
-        frame = pd.DataFrame(rows)
-        frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        groups = list(frame.groupby(frame["ts"].dt.date, sort=True))
+        groups = _day_tables(rows, self.table_schema)
         out = []
-        for i, (day, part) in enumerate(groups):
+        for i, (day, _, table) in enumerate(groups):
             try:
-                out.append(self._write_file(day, part.reset_index(drop=True), stamp))
+                out.append(self._write_file(day, table, stamp))
             except Exception as exc:
-                left = [rows[j] for _, p in groups[i:] for j in p.index]
+                left = [rows[j] for _, at, _ in groups[i:] for j in at]
                 raise _Unwritten(left) from exc
         log.info("%s: wrote %d rows to %d file(s)", self.what, len(rows), len(out))
         return out
 
-    def _write_file(self, day: Any, part: pd.DataFrame, stamp: str) -> Path:
-        """One file of ``part`` (rows of event date ``day``) in its partition: written beside
+    def _write_file(self, day: Any, table: pa.Table, stamp: str) -> Path:
+        """One file of ``table`` (rows of event date ``day``) in its partition: written beside
         the partitions, fsynced, renamed in; the temporary file is removed on any failure."""
-        table = schema.conform(part, self.table_schema)
         folder = schema.partition_dir(self.root, day)
         folder.mkdir(parents=True, exist_ok=True)
         name = f"part-{stamp}-{uuid.uuid4().hex[:12]}.parquet"
@@ -235,6 +234,34 @@ class ImpressionLog:
         self.rows_written += table.num_rows
         self.files_written += 1
         return folder / name
+
+
+def _day_tables(
+    rows: list[dict[str, Any]], table_schema: pa.Schema
+) -> list[tuple[Any, list[int], pa.Table]]:
+    """``(UTC event date, the rows' positions, their table)`` for each date of ``rows``, dates
+    in order. Built by pyarrow from the rows' values (~4 ms for 2,000 impression rows against
+    ~12 through pandas: the flush runs on a thread of the serving process and holds the GIL the
+    requests need, benchmarks/README.md, seventeenth session); rows it cannot take as they are
+    (a column missing, a value of another type) go through :func:`pipelines.core.schema.conform`
+    as before, which names the column it cannot read."""
+    try:
+        columns = zip(*map(operator.itemgetter(*table_schema.names), rows), strict=True)
+        arrays = [pa.array(c, type=f.type) for c, f in zip(columns, table_schema, strict=True)]
+        table = pa.Table.from_arrays(arrays, schema=table_schema)
+    except (KeyError, TypeError, ValueError, pa.ArrowException):
+        frame = pd.DataFrame(rows)
+        frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+        groups = frame.groupby(frame["ts"].dt.date, sort=True)
+        return [
+            (day, part.index.tolist(), schema.conform(part.reset_index(drop=True), table_schema))
+            for day, part in groups
+        ]
+    days = pc.cast(table["ts"], pa.date32()).to_pylist()
+    at: dict[Any, list[int]] = {}
+    for i, day in enumerate(days):
+        at.setdefault(day, []).append(i)
+    return [(day, at[day], table.take(at[day])) for day in sorted(at)]
 
 
 class RequestLog(ImpressionLog):
