@@ -114,9 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--target", type=float, default=0.95)
     ap.add_argument("--build-threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument(
-        "--skip", nargs="*", default=[], choices=list(SWEEPS), help="skip kinds"
-    )
+    ap.add_argument("--skip", nargs="*", default=[], choices=list(SWEEPS), help="skip kinds")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
