@@ -112,8 +112,10 @@ class ServingConfig:
     that noise once and rolled back a better challenger. ``RECLOOP_SERVE_THREADS=1`` or ``2``
     for throughput on a box whose cores the service has to itself. ``0``: the stages run on
     the event loop's thread itself, one request at a time a process (the hydrate reads still on
-    their pool): no thread hand-off a request, no GIL contention between requests; one slow
-    request (a Redis read up to its deadline) holds the process's other requests meanwhile.
+    their pool), after one turn of the loop so that requests which have arrived reach the guard
+    (``max_in_flight`` counts them, and sheds beyond it, as with threads): no thread hand-off a
+    request, no GIL contention between requests; one slow request (a Redis read up to its
+    deadline) holds the process's other requests meanwhile.
     At 1M items two such replicas behind HAProxy kept 200 req/s at p99 27 ms against 40-48 with
     4 threads and served 300 req/s (p50 7-12 ms) where 4 threads fell behind (277-284 req/s),
     interleaved runs (benchmarks/README.md, seventeenth session)."""

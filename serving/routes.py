@@ -10,6 +10,7 @@ invalid fields → 422 (:mod:`serving.api_models`). The admin token is compared 
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -158,6 +159,7 @@ async def serve(
     info: dict[str, Any] = {}
     try:
         if engine.config.workers == 0:  # on the event loop's thread: no hand-off
+            await asyncio.sleep(0)  # one turn of the loop first: arrivals reach the guard
             out = recommend(engine, req, info)
         else:
             out = await anyio.to_thread.run_sync(recommend, engine, req, info, limiter=limiter)

@@ -249,11 +249,12 @@ def test_bad_inputs_get_4xx_never_500(world: Settings):
         assert body["detail"]  # a message that says what is wrong
 
 
-def test_overload_answers_503_fast(world: Settings):
+@pytest.mark.parametrize("threads", [4, 0])
+def test_overload_answers_503_fast(world: Settings, threads: int):
     user, _ = known_user(world)
 
     async def go():
-        async with Service(world, config(max_in_flight=2)) as s:
+        async with Service(world, config(max_in_flight=2, workers=threads)) as s:
             s.engine.metrics.in_flight = 2  # two requests hold the slots
             t0 = time.perf_counter()
             full = await s.client.post("/recommend", json={"user_id": user})
