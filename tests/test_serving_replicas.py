@@ -147,6 +147,14 @@ def test_rolling_restart_under_traffic_drops_no_request(cluster):
     assert {r["status"] for r in sr.server_stats(layout).values()} == {"UP"}
 
 
+def test_replicas_run_requests_on_their_event_loop_unless_told_otherwise(cluster):
+    _, env, _ = cluster
+    assert env["RECLOOP_SERVE_THREADS"] == os.environ.get("RECLOOP_SERVE_THREADS", "0")
+    assert sr.replica_env({}, "s")["RECLOOP_SERVE_THREADS"] == "0"
+    told = sr.replica_env({"RECLOOP_SERVE_THREADS": "2"}, "s")
+    assert told == {"RECLOOP_SERVE_THREADS": "2", "RECLOOP_SERVE_ID": "s"}
+
+
 def test_the_config_checks_readiness_and_retries_elsewhere(tmp_path: Path):
     text = sr.haproxy_config(sr.Layout(8000, (8001, 8002), tmp_path))
     assert "option httpchk GET /health/ready" in text and "retry-on conn-failure" in text
