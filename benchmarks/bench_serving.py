@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import shutil
@@ -302,6 +303,7 @@ async def load(port: int, users: list[str], rate: float, seconds: float, connect
     rng = np.random.default_rng(0)
     n = int(rate * seconds)
     lat: list[float] = []
+    at: list[float] = []  # when each answered request was due (perf_counter seconds)
     stages: dict[str, list[float]] = {s: [] for s in STAGES}
     errors: dict[str, int] = {}
     degraded = 0
@@ -325,6 +327,7 @@ async def load(port: int, users: list[str], rate: float, seconds: float, connect
             errors[str(status)] = errors.get(str(status), 0) + 1
             return
         lat.append((time.perf_counter() - due) * 1e3)
+        at.append(due)
         out = json.loads(raw)
         degraded += bool(out["degraded"])
         for s in STAGES:
@@ -333,10 +336,14 @@ async def load(port: int, users: list[str], rate: float, seconds: float, connect
     for i in range(50):  # warm-up, not counted
         await one(users[i % len(users)], time.perf_counter())
     lat.clear()
+    at.clear()
     degraded = 0
     for v in stages.values():
         v.clear()
     tasks = []
+    gc.collect()
+    gc.freeze()  # the load generator's own full collections paused its event loop 0.1-0.3 s
+    gc.disable()  # late in a 30 s run, counted as the server's latency (benchmarks/README.md)
     start, cpu0 = time.perf_counter(), time.process_time()
     for i in range(n):
         due = start + i / rate
@@ -347,6 +354,8 @@ async def load(port: int, users: list[str], rate: float, seconds: float, connect
         tasks.append(asyncio.create_task(one(user, due)))
     await asyncio.gather(*tasks)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
+    gc.enable()
+    gc.unfreeze()
     while not pool.empty():
         pool.get_nowait()[1].close()
     return {
@@ -360,7 +369,20 @@ async def load(port: int, users: list[str], rate: float, seconds: float, connect
         "e2e_p99_ms": round(percentile(lat, 99), 2),
         "stages_p50_ms": {s: round(percentile(v, 50), 2) for s, v in stages.items()},
         "stages_p99_ms": {s: round(percentile(v, 99), 2) for s, v in stages.items()},
+        "p99_ms_by_window": p99_by_window(np.asarray(at) - start, np.asarray(lat)),
     }
+
+
+def p99_by_window(due_s, lat_ms, window_s: float = 5.0) -> list[float]:
+    """The p99 latency (ms) of the requests due in each ``window_s`` of a run (``due_s``:
+    seconds from its start): where in the run the tail is."""
+    import numpy as np
+
+    if len(due_s) == 0:
+        return []
+    w = (np.asarray(due_s) // window_s).astype(int)
+    return [round(float(np.percentile(lat_ms[w == i], 99)), 1) if (w == i).any() else 0.0
+            for i in range(int(w.max()) + 1)]  # fmt: skip
 
 
 def server_cmd(port: int, workers: int, extra: list[str]) -> list[str]:
