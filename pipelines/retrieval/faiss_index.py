@@ -257,8 +257,10 @@ def get_index(
     return index, kind, p
 
 
-def search_params(kind: str, params: dict[str, Any], k: int) -> Any:
-    """faiss per-search parameters (thread-safe; the index itself is not modified)."""
+def search_params(kind: str, params: dict[str, Any], k: int, tuned_k: int | None = None) -> Any:
+    """faiss per-search parameters for ``k`` results (thread-safe; the index itself is not
+    modified). ``tuned_k``: the K a refined kind's ``k_factor`` was tuned at (None: ``k``); the
+    search re-ranks :func:`refine_factor`'s count of candidates."""
     import faiss
 
     if kind == "hnsw":
@@ -267,7 +269,7 @@ def search_params(kind: str, params: dict[str, Any], k: int) -> Any:
         return faiss.SearchParametersIVF(nprobe=int(params["nprobe"]))
     if kind in REFINED_KINDS:
         return faiss.IndexRefineSearchParameters(
-            k_factor=float(params["k_factor"]),
+            k_factor=refine_factor(float(params["k_factor"]), tuned_k or k, k),
             base_index_params=faiss.SearchParametersIVF(nprobe=int(params["nprobe"])),
         )
     return None
@@ -680,11 +682,8 @@ class ItemIndex:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         kk = min(k, self.n_items)
-        params = self.params
-        if self.kind in REFINED_KINDS:
-            factor = refine_factor(float(params["k_factor"]), int(self.meta["k"]), kk)
-            params = {**params, "k_factor": factor}
-        scores, labels = self.index.search(q, kk, params=search_params(self.kind, params, kk))
+        sp = search_params(self.kind, self.params, kk, int(self.meta["k"]))
+        scores, labels = self.index.search(q, kk, params=sp)
         if kk < k:
             labels = np.pad(labels, ((0, 0), (0, k - kk)), constant_values=-1)
             scores = np.pad(scores, ((0, 0), (0, k - kk)), constant_values=-np.inf)
